@@ -1,0 +1,112 @@
+"""A synchronous event bus: domain events go to their handlers in the emitting thread.
+
+The bus knows nothing about auditing; :meth:`AuditService.subscribe` attaches an audit
+handler to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from audit_engine.errors import EventDispatchError
+from audit_engine.models import AuditEntry, utcnow
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E", bound="DomainEvent")
+Handler = Callable[[Any], object]
+
+# Fields of a DomainEvent subclass that map one-to-one onto AuditEntry fields.
+_ENTRY_FIELDS = ("actor", "operation", "outcome", "resource_type", "resource_id", "critical")
+
+
+class DomainEvent(BaseModel):
+    """Something that happened in the application. Subclasses add typed fields.
+
+    A subclass may declare ``actor``, ``operation``, ``outcome``, ``resource_type``,
+    ``resource_id`` or ``critical``; :meth:`to_audit_entry` maps those onto the entry and puts every
+    other subclass field into ``details``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    event_type: str = Field(min_length=1)
+    timestamp: datetime = Field(default_factory=utcnow)
+    correlation_id: str | None = None
+    payload: dict[str, JsonValue] = Field(default_factory=dict)
+
+    def to_audit_entry(self) -> AuditEntry:
+        """The audit entry this event stands for (override for a custom mapping)."""
+        data = self.model_dump(
+            mode="json", exclude={"event_type", "timestamp", "correlation_id", "payload"}
+        )
+        fields: dict[str, Any] = {k: data.pop(k) for k in _ENTRY_FIELDS if k in data}
+        details = dict(self.payload)
+        details.update(data)
+        return AuditEntry(
+            action=self.event_type,
+            timestamp=self.timestamp,
+            correlation_id=self.correlation_id,
+            details=details,
+            **fields,
+        )
+
+
+class EventBus:
+    """Synchronous publish/subscribe.
+
+    ``emit()`` calls every handler subscribed to the event's class or one of its base classes, in
+    subscription order, in the calling thread. A failing handler does not stop the others; once all
+    ran, the failures are raised together as one :class:`EventDispatchError` — or only logged when
+    the bus is built with ``raise_errors=False``.
+    """
+
+    def __init__(self, *, raise_errors: bool = True) -> None:
+        self._raise_errors = raise_errors
+        self._lock = threading.Lock()
+        # Copy-on-write tuple: emit() reads it without taking the lock.
+        self._subscriptions: tuple[tuple[type[DomainEvent], Handler], ...] = ()
+
+    def subscribe(self, event_type: type[E], handler: Callable[[E], object]) -> None:
+        """Call ``handler(event)`` for every emitted instance of ``event_type`` (or a subclass)."""
+        if not (isinstance(event_type, type) and issubclass(event_type, DomainEvent)):
+            raise TypeError(f"event_type must be a DomainEvent subclass, got {event_type!r}")
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, got {handler!r}")
+        with self._lock:
+            self._subscriptions = (*self._subscriptions, (event_type, handler))
+
+    def unsubscribe(self, event_type: type[DomainEvent], handler: Callable[..., object]) -> bool:
+        """Remove one subscription; returns False when there was none."""
+        with self._lock:
+            subs = list(self._subscriptions)
+            for i, (etype, h) in enumerate(subs):
+                if etype is event_type and h == handler:
+                    del subs[i]
+                    self._subscriptions = tuple(subs)
+                    return True
+        return False
+
+    def emit(self, event: DomainEvent) -> None:
+        """Dispatch ``event`` to its handlers, in subscription order."""
+        if not isinstance(event, DomainEvent):
+            raise TypeError(f"emit() takes a DomainEvent, got {type(event).__name__}")
+        failures: list[tuple[Callable[..., object], BaseException]] = []
+        for event_type, handler in self._subscriptions:
+            if isinstance(event, event_type):
+                try:
+                    handler(event)
+                except Exception as exc:
+                    failures.append((handler, exc))
+        if not failures:
+            return
+        error = EventDispatchError(event.event_type, failures)
+        if self._raise_errors:
+            raise error
+        logger.error("%s", error, exc_info=failures[0][1])

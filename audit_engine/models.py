@@ -1,0 +1,202 @@
+"""The engine's data: audit entries, their enums, and the statistics a service reports.
+
+:class:`AuditEntry` is the single source of truth for what a valid entry is. Everything the
+writer thread later does with an entry (serialise it, bind it to SQLite) is checked here, in the
+caller's thread, so a bad entry fails loudly where it was made and never reaches the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_MAX_DETAILS_BYTES = 65536
+MAX_ACTION_LENGTH = 200
+MAX_IDENTIFIER_LENGTH = 1024
+
+
+class Operation(StrEnum):
+    """What kind of operation the audited action was."""
+
+    CREATE = "create"
+    READ = "read"
+    UPDATE = "update"
+    DELETE = "delete"
+    EXECUTE = "execute"
+
+
+class Outcome(StrEnum):
+    """Whether the audited action succeeded."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class _EventIdGenerator:
+    """UUIDv7-style ids: 48-bit Unix milliseconds, a 12-bit sequence, 62 random bits.
+
+    Ids made by one process sort in the order they were made, even within one millisecond,
+    which keeps the UNIQUE index on ``event_id`` append-mostly (random ids cost SQLite ~7x).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = 0
+        self._seq = 0
+
+    def __call__(self) -> str:
+        now_ms = time.time_ns() // 1_000_000
+        with self._lock:
+            if now_ms > self._last_ms:
+                self._last_ms = now_ms
+                self._seq = 0
+            else:
+                self._seq += 1
+                if self._seq > 0xFFF:  # sequence exhausted: borrow the next millisecond
+                    self._last_ms += 1
+                    self._seq = 0
+            ms, seq = self._last_ms, self._seq
+        rand = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
+        value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
+        h = f"{value:032x}"
+        return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+new_event_id = _EventIdGenerator()
+"""Return a new time-ordered event id (a UUIDv7 string)."""
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def _check_utf8(field: str, value: str) -> None:
+    # SQLite stores UTF-8: a lone surrogate would only fail later, in the writer thread.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{field} contains characters that cannot be encoded as UTF-8"
+            ) from None
+
+
+def dump_details(details: dict[str, Any]) -> str:
+    """Serialise ``details`` to the compact, key-sorted JSON text that is stored."""
+    return json.dumps(
+        details, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+    )
+
+
+class AuditEntry(BaseModel):
+    """One audit record: who did what to which resource, when, and how it ended.
+
+    Frozen: once validated, an entry cannot change on its way to the database.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(
+        default_factory=new_event_id, min_length=1, max_length=MAX_IDENTIFIER_LENGTH
+    )
+    timestamp: datetime = Field(default_factory=utcnow)
+    actor: str | None = Field(default=None, max_length=MAX_IDENTIFIER_LENGTH)
+    action: str = Field(min_length=1, max_length=MAX_ACTION_LENGTH)
+    operation: Operation = Operation.EXECUTE
+    outcome: Outcome = Outcome.SUCCESS
+    resource_type: str | None = Field(default=None, max_length=MAX_IDENTIFIER_LENGTH)
+    resource_id: str | None = Field(default=None, max_length=MAX_IDENTIFIER_LENGTH)
+    correlation_id: str | None = Field(default=None, max_length=MAX_IDENTIFIER_LENGTH)
+    details: dict[str, JsonValue] = Field(default_factory=dict)
+    critical: bool = False
+
+    _details_json: str = PrivateAttr(default="{}")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp_is_aware_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("timestamp must be timezone-aware (got a naive datetime); use UTC")
+        return value.astimezone(UTC)
+
+    @field_validator("action")
+    @classmethod
+    def _action_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("action must not be blank")
+        return value
+
+    @model_validator(mode="after")
+    def _check_storable(self, info: ValidationInfo) -> AuditEntry:
+        for name in (
+            "event_id",
+            "actor",
+            "action",
+            "resource_type",
+            "resource_id",
+            "correlation_id",
+        ):
+            value = getattr(self, name)
+            if value is not None:
+                _check_utf8(name, value)
+        limit = DEFAULT_MAX_DETAILS_BYTES
+        if isinstance(info.context, dict):
+            limit = info.context.get("max_details_bytes", limit)
+        if self.details:
+            try:
+                text = dump_details(self.details)
+            except ValueError as exc:  # NaN or infinity: not JSON
+                raise ValueError(f"details must be JSON-serialisable: {exc}") from None
+            _check_utf8("details", text)
+            size = len(text.encode("utf-8"))
+            if size > limit:
+                raise ValueError(
+                    f"details is {size} bytes serialised, more than max_details_bytes={limit}"
+                )
+            self._details_json = text
+        return self
+
+    @property
+    def details_json(self) -> str:
+        """``details`` as the JSON text that is stored (computed once, at validation)."""
+        return self._details_json
+
+    def details_size(self) -> int:
+        """Size of the serialised ``details`` in bytes."""
+        return len(self._details_json.encode("utf-8"))
+
+
+class AuditStats(BaseModel):
+    """A snapshot of a service's counters; see ``AuditService.stats()``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    accepted: int = Field(description="entries record() accepted (queued or written synchronously)")
+    written: int = Field(description="entries committed to the database")
+    dropped: int = Field(
+        description="entries discarded because the queue was full (on_full='drop')"
+    )
+    batches: int = Field(description="write transactions the writer thread committed")
+    queue_depth: int = Field(description="entries waiting in the queue now")
+    max_queue_depth: int = Field(description="the most entries that ever waited in the queue")
+    retries: int = Field(description="batch attempts retried because the database was busy")
+    dead_lettered: int = Field(description="entries appended to the dead-letter file")
+    writer_alive: bool = Field(description="whether the writer thread is running")
+    last_error: str | None = Field(description="the last write error, if any")

@@ -1,0 +1,355 @@
+"""AuditService: the facade an application holds.
+
+``record()`` validates in the caller's thread and hands the entry to the write-behind writer (or
+writes it synchronously, in sync mode or through an injected connection). The service owns its
+writer thread and its connections; nothing here is global except the registry that lets atexit and
+``os.fork()`` find the live services.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, Self
+
+from audit_engine import deadletter, store
+from audit_engine.bus import DomainEvent, EventBus
+from audit_engine.errors import (
+    AuditQueueFull,
+    AuditServiceClosed,
+    AuditWriteError,
+    InvalidEntryError,
+)
+from audit_engine.models import AuditEntry, AuditStats
+from audit_engine.settings import AuditSettings
+from audit_engine.writer import _FORK_ORPHANS, _WRITER_BUSY_SLICE_S, Writer
+
+logger = logging.getLogger(__name__)
+
+# How long the exit hook lets each unclosed service drain before the rest is dead-lettered.
+EXIT_DRAIN_TIMEOUT_S = 60.0
+_DROP_WARNING_INTERVAL_S = 10.0
+
+Mapper = Callable[[DomainEvent], AuditEntry | None]
+
+
+class _SyncConnection:
+    """A connection for writes made in callers' threads (sync mode, ``on_full='sync'``).
+
+    Opened on first use; a lock keeps two callers' transactions apart.
+    """
+
+    def __init__(self, settings: AuditSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+        self.written = 0
+
+    def open(self) -> None:
+        """Open the connection now (sync mode), so a bad database fails in the constructor."""
+        with self._lock:
+            if self._conn is None:
+                self._conn = _connect(self._settings, self._settings.busy_timeout)
+
+    def write(self, entry: AuditEntry) -> None:
+        with self._lock:
+            if self._closed:
+                raise AuditServiceClosed("the audit service is closed")
+            if self._conn is None:
+                self._conn = _connect(self._settings, self._settings.busy_timeout)
+            try:
+                store.write_batch(self._conn, (entry,))
+            except sqlite3.Error as exc:
+                raise AuditWriteError(
+                    f"could not write audit entry {entry.event_id}: {exc}"
+                ) from exc
+            self.written += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self.written = 0
+        if self._conn is not None:
+            _FORK_ORPHANS.append(self._conn)
+            self._conn = None
+
+
+def _connect(settings: AuditSettings, busy_timeout: float) -> sqlite3.Connection:
+    return store.open_connection(
+        settings.database, synchronous=settings.synchronous, busy_timeout=busy_timeout
+    )
+
+
+class AuditService:
+    """Records audit entries; see the module docstring and docs/guarantees.md.
+
+    ``AuditService()`` reads :class:`AuditSettings` from the environment. With ``connection=`` every
+    entry is written through that connection, inside the caller's transaction, uncommitted.
+    """
+
+    def __init__(
+        self,
+        settings: AuditSettings | None = None,
+        *,
+        connection: sqlite3.Connection | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else AuditSettings()
+        s = self.settings
+        self._enabled = s.enabled
+        self._context = {"max_details_bytes": s.max_details_bytes}
+        self._connection = connection
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._close_result = True
+        self._writer: Writer | None = None
+        self._sync = _SyncConnection(s)
+        self._counter_lock = threading.Lock()  # guards the two counters below
+        self._injected_written = 0
+        self._dropped = 0
+        self._drops_unreported = 0
+        self._last_drop_warning = 0.0
+        self._last_error: str | None = None
+        if not self._enabled:
+            return
+        if connection is not None:
+            store.migrate(connection)
+        elif s.async_writes:
+            writer = Writer(
+                lambda: _connect(s, min(s.busy_timeout, _WRITER_BUSY_SLICE_S)),
+                deadletter.DeadLetterFile(deadletter.path_for(s.database)),
+                queue_maxsize=s.queue_maxsize,
+                batch_size=s.buffer_max_size,
+                flush_interval_s=s.buffer_flush_interval,
+            )
+            self._writer = writer
+            _live_writers.add(writer)
+            # Drain the writer if the service is garbage-collected unclosed; the callback must not
+            # hold the service itself.
+            weakref.finalize(self, writer.request_stop)
+        else:
+            self._sync.open()
+        _live_services.add(self)
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def record(
+        self,
+        entry: AuditEntry | None = None,
+        /,
+        *,
+        connection: sqlite3.Connection | None = None,
+        **fields: Any,
+    ) -> str | None:
+        """Record one entry; returns its ``event_id``, or None when it was not recorded.
+
+        Pass an :class:`AuditEntry` or its fields as keywords. Validation happens here, in the
+        caller's thread: bad input raises a ``ValueError`` subclass naming the field. None means
+        the service is disabled or the entry was dropped because the queue was full
+        (``on_full='drop'``).
+        With ``connection=`` the entry is written through that connection, uncommitted.
+        """
+        if self._closed:
+            raise AuditServiceClosed("the audit service is closed")
+        if not self._enabled:
+            return None
+        entry = self._validate(entry, fields)
+        if connection is not None or self._connection is not None:
+            self._write_injected(connection or self._connection, entry)  # type: ignore[arg-type]
+            return entry.event_id
+        writer = self._writer
+        if writer is None:
+            self._write_sync(entry)
+            return entry.event_id
+        on_full = self.settings.on_full
+        timeout = self.settings.block_timeout if on_full == "block" else 0.0
+        if writer.put(entry, timeout) is not None:
+            return entry.event_id
+        if on_full == "sync":
+            self._write_sync(entry)
+            return entry.event_id
+        if on_full == "drop":
+            self._count_drop()
+            return None
+        raise AuditQueueFull(
+            f"the audit queue stayed full for {self.settings.block_timeout}s "
+            f"(queue_maxsize={self.settings.queue_maxsize}); the entry was not recorded"
+        )
+
+    def _validate(self, entry: AuditEntry | None, fields: dict[str, Any]) -> AuditEntry:
+        if entry is None:
+            return AuditEntry.model_validate(fields, context=self._context)
+        if not isinstance(entry, AuditEntry):
+            raise TypeError(
+                f"record() takes an AuditEntry or keyword fields, got {type(entry).__name__}"
+            )
+        if fields:
+            raise TypeError("record() takes an AuditEntry or keyword fields, not both")
+        size = entry.details_size()
+        if size > self.settings.max_details_bytes:
+            raise InvalidEntryError(
+                f"details is {size} bytes serialised, more than "
+                f"max_details_bytes={self.settings.max_details_bytes}"
+            )
+        return entry
+
+    def _write_sync(self, entry: AuditEntry) -> None:
+        self._sync.write(entry)
+
+    def _write_injected(self, conn: sqlite3.Connection, entry: AuditEntry) -> None:
+        try:
+            store.write_in_caller_transaction(conn, entry)
+        except sqlite3.Error as exc:
+            raise AuditWriteError(f"could not write audit entry {entry.event_id}: {exc}") from exc
+        with self._counter_lock:
+            self._injected_written += 1
+
+    def _count_drop(self) -> None:
+        with self._counter_lock:
+            self._dropped += 1
+            self._drops_unreported += 1
+            now = time.monotonic()
+            if now - self._last_drop_warning < _DROP_WARNING_INTERVAL_S:
+                return
+            unreported, self._drops_unreported = self._drops_unreported, 0
+            self._last_drop_warning = now
+            total = self._dropped
+        logger.warning(
+            "audit queue full: dropped %d entries (on_full='drop'); %d dropped in total",
+            unreported,
+            total,
+        )
+
+    def subscribe(
+        self, bus: EventBus, mapper: Mapper | None = None
+    ) -> Callable[[DomainEvent], None]:
+        """Audit every :class:`DomainEvent` emitted on ``bus``; returns the handler it subscribed.
+
+        Each event becomes an entry through ``mapper(event)`` (returning None skips the event) or
+        :meth:`DomainEvent.to_audit_entry`.
+        """
+
+        def audit_event(event: DomainEvent) -> None:
+            entry = mapper(event) if mapper is not None else event.to_audit_entry()
+            if entry is not None:
+                self.record(entry)
+
+        bus.subscribe(DomainEvent, audit_event)
+        return audit_event
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every entry accepted before this call is committed; False on timeout.
+
+        ``timeout`` is in seconds (None waits as long as it takes). Returns False at once if the
+        writer thread is gone. Entries moved to the dead-letter file count as handled.
+        """
+        writer = self._writer
+        if writer is None:
+            return True  # synchronous writes are committed before record() returns
+        return writer.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop accepting, commit everything accepted, stop the writer, close the connections.
+
+        Returns False if the queue could not be drained within ``timeout`` seconds; what was left is
+        then in the dead-letter file (see ``stats()``). Idempotent.
+        """
+        with self._close_lock:
+            if self._closed:
+                return self._close_result
+            self._closed = True
+            writer = self._writer
+            if writer is not None:
+                drained, left = writer.stop(timeout)
+                if not drained:
+                    self._last_error = (
+                        f"close() could not drain the queue in time: {left} entries moved to "
+                        f"{deadletter.path_for(self.settings.database)}"
+                    )
+                self._close_result = drained
+            self._sync.close()
+            _live_services.discard(self)
+            return self._close_result
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def stats(self) -> AuditStats:
+        """A snapshot of the counters (still answers after close())."""
+        w = self._writer
+        synchronous = self._sync.written + self._injected_written
+        return AuditStats(
+            accepted=(w.enqueued if w else 0) + synchronous,
+            written=(w.written if w else 0) + synchronous,
+            dropped=self._dropped,
+            batches=w.batches if w else 0,
+            queue_depth=w.queue_depth if w else 0,
+            max_queue_depth=w.max_queue_depth if w else 0,
+            retries=w.retries if w else 0,
+            dead_lettered=w.dead_lettered if w else 0,
+            writer_alive=w.alive if w else False,
+            last_error=self._last_error or (w.last_error if w else None),
+        )
+
+    def _reset_after_fork(self) -> None:
+        self._close_lock = threading.Lock()
+        self._counter_lock = threading.Lock()
+        self._sync.reset_after_fork()
+        self._injected_written = 0
+        self._dropped = 0
+        if self._writer is not None and not self._closed:
+            self._writer.reset_after_fork()
+
+
+# -- process lifecycle: exit and fork ---------------------------------------------------------
+
+# Weak: an unclosed service can still be garbage-collected. Writers stay reachable through their
+# threads until drained, so the exit hook also finds writers whose service is already gone.
+_live_services: weakref.WeakSet[AuditService] = weakref.WeakSet()
+_live_writers: weakref.WeakSet[Writer] = weakref.WeakSet()
+
+
+def _drain_at_exit() -> None:
+    for service in list(_live_services):
+        service.close(EXIT_DRAIN_TIMEOUT_S)
+    for writer in list(_live_writers):
+        if not writer.closed or writer.alive:
+            writer.stop(EXIT_DRAIN_TIMEOUT_S)
+
+
+def _after_fork_in_child() -> None:
+    services = list(_live_services)
+    for service in services:
+        service._reset_after_fork()
+    # A writer whose service is gone holds only the parent's entries: the child must not write them.
+    keep = {id(service._writer) for service in services}
+    for writer in list(_live_writers):
+        if id(writer) not in keep:
+            _live_writers.discard(writer)
+
+
+atexit.register(_drain_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

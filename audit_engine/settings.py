@@ -1,0 +1,118 @@
+"""AuditSettings: every knob of the engine, parsed and validated in one place.
+
+Each field reads the environment variable ``AUDIT_TRAIL_<FIELD NAME IN UPPER CASE>``
+(``async_writes`` reads ``AUDIT_TRAIL_ASYNC``). Keyword arguments win over the environment.
+A bad value raises :class:`~audit_engine.errors.SettingsError` naming the setting and its variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from audit_engine.errors import SettingsError
+
+ENV_PREFIX = "AUDIT_TRAIL_"
+
+OnFull = Literal["block", "drop", "sync"]
+Synchronous = Literal["NORMAL", "FULL"]
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    if field == "async_writes":
+        return f"{ENV_PREFIX}ASYNC"
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class AuditSettings(BaseSettings):
+    """Configuration of an :class:`~audit_engine.AuditService`; every field has a default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        case_sensitive=False,
+        frozen=True,
+        extra="forbid",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    database: Path = Field(
+        default=Path("audit.db"), description="SQLite file the audit trail is written to."
+    )
+    enabled: bool = Field(
+        default=True, description="False: record() does nothing and no database is opened."
+    )
+    async_writes: bool = Field(
+        default=True,
+        validation_alias=AliasChoices("async_writes", f"{ENV_PREFIX}ASYNC"),
+        description="True: a writer thread commits in batches; "
+        "False: INSERT + COMMIT per record().",
+    )
+    queue_maxsize: int = Field(
+        default=10000, gt=0, description="Most entries that may wait for the writer thread."
+    )
+    buffer_max_size: int = Field(
+        default=500, gt=0, description="Most entries per write transaction."
+    )
+    buffer_flush_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="Seconds: the longest an accepted entry waits before its batch commits.",
+    )
+    on_full: OnFull = Field(
+        default="block",
+        description="When the queue is full: block (then raise AuditQueueFull), drop (counted), "
+        "or sync (write in the caller's thread).",
+    )
+    block_timeout: float = Field(
+        default=10.0, ge=0, description="Seconds record() waits for room when on_full=block."
+    )
+    synchronous: Synchronous = Field(
+        default="NORMAL",
+        description="SQLite PRAGMA synchronous: NORMAL (fast, WAL-safe) "
+        "or FULL (survives power loss).",
+    )
+    busy_timeout: float = Field(
+        default=5.0,
+        ge=0,
+        description="Seconds one SQLite call waits for another connection's lock.",
+    )
+    max_details_bytes: int = Field(
+        default=65536, gt=0, description="Largest serialised `details` accepted, in bytes."
+    )
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+
+    @field_validator("on_full", "synchronous", mode="before")
+    @classmethod
+    def _normalise_case(cls, value: object, info: Any) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            return value.upper() if info.field_name == "synchronous" else value.lower()
+        return value
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        loc = error["loc"][0] if error["loc"] else ""
+        field = str(loc)
+        if field.upper() == f"{ENV_PREFIX}ASYNC":
+            field = "async_writes"
+        if field in AuditSettings.model_fields:
+            where = f"{field} ({env_var(field)})"
+        else:
+            where = field or "settings"
+        value = error.get("input")
+        shown = f" (got {value!r})" if error["type"] != "extra_forbidden" else ""
+        parts.append(f"invalid setting {where}: {error['msg']}{shown}")
+    return "; ".join(parts)

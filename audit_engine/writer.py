@@ -1,0 +1,392 @@
+"""The write-behind worker: a bounded queue drained by one daemon thread in batched transactions.
+
+Guarantees kept here (see docs/guarantees.md):
+
+* entries commit in the order they were enqueued (one FIFO queue, one writer, batches in order);
+* a busy database is retried with backoff, never given up on, until ``close()`` times out;
+* a batch that fails for another reason is split until the failing rows are alone; those go to
+  the dead-letter file and the rest commit;
+* the thread never dies from a write error, and ``flush()``/``close()`` never hang on a dead thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from audit_engine import store
+from audit_engine.deadletter import DeadLetterFile
+from audit_engine.errors import AuditServiceClosed
+from audit_engine.models import AuditEntry
+
+logger = logging.getLogger(__name__)
+
+WRITER_THREAD_NAME = "audit-writer"
+# The writer's own SQLite busy wait is short so that close(timeout) can abort a retry loop
+# promptly; the retry loop itself never gives up on a busy database.
+_WRITER_BUSY_SLICE_S = 0.25
+_BACKOFF_START_S = 0.005
+_BACKOFF_MAX_S = 0.5
+# After close() times out, how long it waits for the writer to dead-letter the batch in flight.
+_ABORT_GRACE_S = _WRITER_BUSY_SLICE_S + 0.5
+
+
+class _Wake:
+    """Marker put on the queue to wake the writer (flush, close); never written."""
+
+
+_WAKE = _Wake()
+
+
+class _AuditQueue(queue.Queue[Any]):
+    """A bounded FIFO that counts entries as they are put, under the queue's own lock.
+
+    Counting inside ``_put`` makes ``enqueued`` the exact position of the last entry, which is
+    what ``flush()`` waits for.
+    """
+
+    def _init(self, maxsize: int) -> None:
+        super()._init(maxsize)
+        self.enqueued = 0
+        self.max_depth = 0
+
+    def _put(self, item: Any) -> None:
+        self.queue.append(item)
+        if item is not _WAKE:
+            self.enqueued += 1
+            depth = len(self.queue)
+            if depth > self.max_depth:
+                self.max_depth = depth
+
+    def wait_for_room(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until an entry could be put; True if there is room."""
+        with self.not_full:
+            return self.not_full.wait_for(lambda: self._qsize() < self.maxsize, timeout)
+
+
+class Writer:
+    """Owns the queue, the writer thread and the writer's connection."""
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        dead_letters: DeadLetterFile,
+        *,
+        queue_maxsize: int,
+        batch_size: int,
+        flush_interval_s: float,
+    ) -> None:
+        self._connect = connect
+        self._dead_letters = dead_letters
+        self._queue_maxsize = queue_maxsize
+        self._batch_size = batch_size
+        self._flush_interval_s = flush_interval_s
+        self._reset_state()
+        self._conn: sqlite3.Connection | None = connect()
+        self._start()
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _reset_state(self) -> None:
+        self._queue = _AuditQueue(self._queue_maxsize)
+        self._accept_lock = threading.Lock()
+        self._closed = False
+        self._stopping = False
+        self._abort = threading.Event()
+        self._progress = threading.Condition()
+        self._processed = 0  # entries committed or dead-lettered, counted in queue order
+        self._flush_target = 0
+        self._alive = False
+        self._inflight: list[AuditEntry] = []
+        self.written = 0
+        self.batches = 0
+        self.retries = 0
+        self.dead_lettered = 0
+        self.last_error: str | None = None
+
+    def _start(self) -> None:
+        # Every attribute is set before the thread starts: it never sees a half-built writer.
+        self._alive = True
+        self._thread = threading.Thread(target=self._run, name=WRITER_THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: start over with an empty queue, a new connection and a new thread.
+
+        The parent's queued entries stay the parent's (the child must not write them twice), and the
+        parent's connection is never used or closed here.
+        """
+        orphan = self._conn
+        if orphan is not None:
+            _FORK_ORPHANS.append(orphan)
+        self._reset_state()
+        self._conn = self._connect()
+        self._start()
+
+    # -- producer side ----------------------------------------------------------------------
+
+    @property
+    def enqueued(self) -> int:
+        return self._queue.enqueued
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def max_queue_depth(self) -> int:
+        return self._queue.max_depth
+
+    @property
+    def alive(self) -> bool:
+        return self._alive and self._thread.is_alive()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, entry: AuditEntry, timeout_s: float) -> int | None:
+        """Queue ``entry``; returns its position (1-based), or None if no room within ``timeout_s``.
+
+        Raises :class:`AuditServiceClosed` once the writer is closing.
+        """
+        deadline: float | None = None
+        while True:
+            # The lock makes "not closed" and "put" one step, so nothing lands in the queue after
+            # close() started draining it.
+            with self._accept_lock:
+                if self._closed:
+                    raise AuditServiceClosed("the audit service is closed")
+                try:
+                    self._queue.put_nowait(entry)
+                except queue.Full:
+                    pass
+                else:
+                    return self._queue.enqueued
+            if deadline is None:
+                if timeout_s <= 0:
+                    return None
+                deadline = time.monotonic() + timeout_s
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._queue.wait_for_room(remaining):
+                return None
+
+    def _wake(self) -> None:
+        # A full queue keeps the writer busy anyway: it will see the request.
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_WAKE)
+
+    def wait_for(self, position: int, timeout_s: float | None) -> bool:
+        """Wait until the first ``position`` entries are committed (or dead-lettered)."""
+        with self._progress:
+            if self._processed >= position:
+                return True
+            if position > self._flush_target:
+                self._flush_target = position
+        self._wake()
+        with self._progress:
+            self._progress.wait_for(
+                lambda: self._processed >= position or not self._alive, timeout_s
+            )
+            return self._processed >= position
+
+    def flush(self, timeout_s: float | None) -> bool:
+        """Wait until everything queued before the call is committed (or dead-lettered)."""
+        return self.wait_for(self._queue.enqueued, timeout_s)
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop accepting and let the thread exit once the queue is drained; does not wait."""
+        with self._accept_lock:
+            self._closed = True
+        self._stopping = True
+        self._wake()
+
+    def stop(self, timeout_s: float | None) -> tuple[bool, int]:
+        """Drain, commit and stop; returns (drained in time, entries moved to the dead-letter file).
+
+        If the queue is not drained within ``timeout_s`` (a database locked by someone else), the
+        writer is aborted: what is still queued and the batch in flight go to the dead-letter file.
+        """
+        self.request_stop()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            if self._alive:  # pragma: no cover - only if the thread was killed from outside
+                self._alive = False
+            left = self._drain_here() if self._queue.qsize() else 0
+            self._close_connection()
+            return left == 0, left
+        self._abort.set()
+        left = self._dead_letter_queue("close() timed out while the database was busy")
+        left += len(self._inflight)
+        self._thread.join(_ABORT_GRACE_S)
+        logger.error(
+            "audit writer did not drain within %.1fs; %d entries moved to %s",
+            timeout_s or 0.0,
+            left,
+            self._dead_letters.path,
+        )
+        self.last_error = f"close() timed out; {left} entries moved to the dead-letter file"
+        return False, left
+
+    def _drain_here(self) -> int:
+        """Write what a dead writer thread left in the queue, from the calling thread."""
+        rows = [item for item in self._drain_queue() if item is not _WAKE]
+        if rows and self._conn is not None:
+            before = self.dead_lettered
+            self._write(rows)
+            self._advance(len(rows))
+            return self.dead_lettered - before
+        return 0
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    # -- writer thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    stop = self._run_once()
+                except Exception as exc:
+                    # A bug, not a write error (those are handled in _write): keep the entries
+                    # in hand, report, and go on with the next batch.
+                    logger.exception("audit writer loop failed; continuing")
+                    self.last_error = f"writer loop error: {exc!r}"
+                    rows, self._inflight = self._inflight, []
+                    self._dead_letter(rows, self.last_error)
+                    self._advance(len(rows))
+                    continue
+                if stop:
+                    break
+        finally:
+            with self._progress:
+                self._alive = False
+                self._progress.notify_all()
+            if not self._abort.is_set():
+                self._close_connection()
+
+    def _run_once(self) -> bool:
+        batch, stop = self._collect()
+        if batch:
+            self._write(batch)
+            self._inflight = []
+            self._advance(len(batch))
+        return stop
+
+    def _collect(self) -> tuple[list[AuditEntry], bool]:
+        """Take up to one batch from the queue; returns (batch, writer should stop)."""
+        q = self._queue
+        batch: list[AuditEntry] = []
+        self._inflight = batch
+        deadline = 0.0
+        while len(batch) < self._batch_size:
+            if self._abort.is_set():
+                return batch, True
+            try:
+                item = q.get_nowait()
+            except queue.Empty:
+                # Everything enqueued so far is in `batch` or already processed.
+                if batch and (self._stopping or self._flush_target > self._processed):
+                    break
+                if self._stopping:
+                    return batch, True
+                timeout = deadline - time.monotonic() if batch else None
+                if timeout is not None and timeout <= 0:
+                    break
+                try:
+                    item = q.get(timeout=timeout)
+                except queue.Empty:
+                    break
+            if item is _WAKE:
+                continue
+            if not batch:
+                deadline = time.monotonic() + self._flush_interval_s
+            batch.append(item)
+        return batch, False
+
+    def _write(self, rows: Sequence[AuditEntry]) -> None:
+        """Commit ``rows``; isolate and dead-letter the ones that cannot be committed."""
+        error = self._attempt(rows)
+        if error is None:
+            return
+        if len(rows) == 1 or self._abort.is_set():
+            self._dead_letter(rows, error)
+            return
+        mid = len(rows) // 2
+        self._write(rows[:mid])
+        self._write(rows[mid:])
+
+    def _attempt(self, rows: Sequence[AuditEntry]) -> str | None:
+        """One batch transaction, retrying while the database is busy; None on success."""
+        delay = _BACKOFF_START_S
+        while True:
+            conn = self._conn
+            if conn is None:
+                return "the writer's connection is closed"
+            try:
+                store.write_batch(conn, rows)
+            except Exception as exc:
+                if not store.is_busy(exc):
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    return self.last_error
+                self.retries += 1
+                self.last_error = f"database busy, retrying: {exc}"
+                if self._abort.wait(delay):
+                    return "aborted by close() while the database was busy"
+                delay = min(delay * 2, _BACKOFF_MAX_S)
+            else:
+                self.written += len(rows)
+                self.batches += 1
+                return None
+
+    def _dead_letter(self, rows: Sequence[AuditEntry], error: str) -> None:
+        if not rows:
+            return
+        try:
+            self._dead_letters.append(rows, error)
+        except OSError as exc:
+            # Last resort: the entries go to the log, so they are still not silently gone.
+            self.last_error = f"dead-letter file not writable: {exc}"
+            for entry in rows:
+                logger.critical(
+                    "audit entry LOST to disk, logged instead: %s", entry.model_dump_json()
+                )
+            return
+        self.dead_lettered += len(rows)
+        logger.error("%d audit entries moved to %s: %s", len(rows), self._dead_letters.path, error)
+
+    def _dead_letter_queue(self, error: str) -> int:
+        rows = [item for item in self._drain_queue() if item is not _WAKE]
+        self._dead_letter(rows, error)
+        self._advance(len(rows))
+        return len(rows)
+
+    def _drain_queue(self) -> list[Any]:
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _advance(self, count: int) -> None:
+        with self._progress:
+            self._processed += count
+            self._progress.notify_all()
+
+
+# Connections inherited from a parent process: kept referenced so they are never closed (or
+# checkpointed) in the child, which would disturb the parent's database state.
+_FORK_ORPHANS: list[sqlite3.Connection] = []

@@ -1,0 +1,53 @@
+"""Shared fixtures: every service a test makes is closed, whatever the test did."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit_engine import AuditService, AuditSettings
+
+
+@pytest.fixture(autouse=True)
+def _clean_audit_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AUDIT_TRAIL_* variable from the developer's shell leaks into a test."""
+    import os
+
+    for name in list(os.environ):
+        if name.upper().startswith("AUDIT_TRAIL_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "audit.db"
+
+
+@pytest.fixture
+def make_settings(db_path: Path) -> Callable[..., AuditSettings]:
+    """AuditSettings for the test's own database; keyword arguments override."""
+
+    def make(**overrides: Any) -> AuditSettings:
+        values: dict[str, Any] = {"database": db_path}
+        values.update(overrides)
+        return AuditSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_service(make_settings: Callable[..., AuditSettings]) -> Iterator[Callable[..., AuditService]]:
+    """Build services with ``make_service(**settings)``; all are closed after the test."""
+    made: list[AuditService] = []
+
+    def make(*, connection: Any = None, **overrides: Any) -> AuditService:
+        service = AuditService(make_settings(**overrides), connection=connection)
+        made.append(service)
+        return service
+
+    yield make
+    for service in made:
+        service.close(timeout=10)
