@@ -58,12 +58,13 @@ class DeadLetterFile:
 
 def read(path: Path) -> Iterator[tuple[int, AuditEntry | None, str]]:
     """Yield ``(line_number, entry, error)`` for each line; ``entry`` is None for a bad line."""
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
+    # Bytes, decoded line by line: a line torn by a crash mid-write is reported, not fatal.
+    with path.open("rb") as lines:
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
                 entry = AuditEntry.model_validate(record["entry"], context=_READ_CONTEXT)
             except (ValueError, KeyError, TypeError) as exc:
                 yield number, None, f"line {number}: {exc}"

@@ -11,9 +11,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Self
 
 from pydantic import (
     BaseModel,
@@ -181,6 +182,17 @@ class AuditEntry(BaseModel):
     def details_size(self) -> int:
         """Size of the serialised ``details`` in bytes."""
         return len(self._details_json.encode("utf-8"))
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """pydantic's copy (not re-validated), keeping the stored details text in step."""
+        copy = super().model_copy(update=update, deep=deep)
+        if update and "details" in update:
+            copy._details_json = dump_details(copy.details) if copy.details else "{}"
+        return copy
+
+    def with_details(self, details: dict[str, Any]) -> AuditEntry:
+        """A copy with other ``details`` (already JSON values, e.g. a redacted copy of these)."""
+        return self.model_copy(update={"details": details})
 
 
 class AuditStats(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from audit_engine.errors import SettingsError
@@ -48,7 +48,8 @@ class AuditSettings(BaseSettings):
     )
     async_writes: bool = Field(
         default=True,
-        validation_alias=AliasChoices("async_writes", f"{ENV_PREFIX}ASYNC"),
+        # Only AUDIT_TRAIL_ASYNC in the environment; populate_by_name keeps async_writes= in code.
+        validation_alias=f"{ENV_PREFIX}ASYNC",
         description="True: a writer thread commits in batches; "
         "False: INSERT + COMMIT per record().",
     )

@@ -160,11 +160,12 @@ def open_connection(
     except sqlite3.Error as exc:
         raise AuditStoreError(f"cannot open the audit database {path}: {exc}") from None
     try:
+        if not create:
+            # Check before any PRAGMA that writes: a foreign file is refused untouched.
+            _check_audit_database(conn, path)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
-        if create:
-            migrate(conn)
-        _check_audit_database(conn, path)
+        migrate(conn)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise AuditStoreError(f"{path} is not a usable audit database: {exc}") from None
@@ -180,8 +181,6 @@ def _check_audit_database(conn: sqlite3.Connection, path: Path) -> None:
     ).fetchone()
     if found is None:
         raise AuditStoreError(f"{path} is not an audit database (no {TABLE} table)")
-    if _user_version(conn) != SCHEMA_VERSION:
-        migrate(conn)
 
 
 # -- writes -----------------------------------------------------------------------------------
@@ -189,7 +188,9 @@ def _check_audit_database(conn: sqlite3.Connection, path: Path) -> None:
 
 def format_timestamp(value: datetime) -> str:
     """The stored form of a timestamp: fixed-width ISO-8601 UTC, so text order is time order."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat() zero-pads the year (strftime's %Y does not below 1000) and always prints
+    # microseconds with timespec set; every value is UTC, so "+00:00" becomes "Z".
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def entry_row(entry: AuditEntry) -> tuple[Any, ...]:
