@@ -1,0 +1,471 @@
+"""AuditEntry and AuditStats: defaults, validation, and the stored JSON form of details."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from audit_engine import models
+from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
+
+IDENTIFIER_FIELDS = ("event_id", "actor", "resource_type", "resource_id", "correlation_id")
+
+
+def _only_error(exc: pytest.ExceptionInfo[ValidationError]) -> dict[str, Any]:
+    errors = exc.value.errors()
+    assert len(errors) == 1, errors
+    return dict(errors[0])
+
+
+def _id_parts(event_id: str) -> tuple[int, int]:
+    """(unix milliseconds, sequence) of a UUIDv7-style event id."""
+    hex_digits = event_id.replace("-", "")
+    return int(hex_digits[:12], 16), int(hex_digits[13:16], 16)
+
+
+# -- event_id ----------------------------------------------------------------------------------
+
+
+def test_default_event_id_is_a_uuid7_string() -> None:
+    event_id = AuditEntry(action="a").event_id
+
+    parsed = uuid.UUID(event_id)
+    assert parsed.version == 7
+    assert parsed.variant == uuid.RFC_4122
+    assert str(parsed) == event_id  # canonical lower-case, hyphenated form
+
+
+def test_event_id_carries_the_current_unix_milliseconds() -> None:
+    generate = models._EventIdGenerator()  # a fresh one: the shared one may run ahead
+    before_ms = datetime.now(UTC).timestamp() * 1000
+    ms, _ = _id_parts(generate())
+    after_ms = datetime.now(UTC).timestamp() * 1000
+
+    assert int(before_ms) <= ms <= math.ceil(after_ms)
+
+
+def test_default_event_ids_sort_in_creation_order_and_are_unique() -> None:
+    ids = [AuditEntry(action="a").event_id for _ in range(10_000)]
+
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_ids_within_one_millisecond_use_the_sequence_then_borrow_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    frozen_ns = 1_700_000_000_123 * 1_000_000
+    monkeypatch.setattr(models, "time", SimpleNamespace(time_ns=lambda: frozen_ns))
+    generate = models._EventIdGenerator()
+
+    ids = [generate() for _ in range(0x1000 + 2)]
+
+    parts = [_id_parts(i) for i in ids]
+    assert parts[0] == (1_700_000_000_123, 0)
+    assert parts[0xFFF] == (1_700_000_000_123, 0xFFF)
+    assert parts[0x1000] == (1_700_000_000_124, 0)  # sequence exhausted: next millisecond
+    assert parts[0x1001] == (1_700_000_000_124, 1)
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+
+
+def test_ids_keep_increasing_when_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter(ms * 1_000_000 for ms in (5_000, 4_000, 3_000, 5_000, 6_000))
+    monkeypatch.setattr(models, "time", SimpleNamespace(time_ns=lambda: next(clock)))
+    generate = models._EventIdGenerator()
+
+    ids = [generate() for _ in range(5)]
+
+    assert ids == sorted(ids)
+    # The sequence carries on within the last millisecond seen until the clock passes it.
+    assert [_id_parts(i) for i in ids] == [(5_000, s) for s in range(4)] + [(6_000, 0)]
+
+
+# -- timestamp ---------------------------------------------------------------------------------
+
+
+def test_default_timestamp_is_now_in_aware_utc() -> None:
+    before = datetime.now(UTC)
+    stamp = AuditEntry(action="a").timestamp
+    after = datetime.now(UTC)
+
+    assert stamp.tzinfo is not None
+    assert stamp.utcoffset() == timedelta(0)
+    assert before <= stamp <= after
+
+
+@pytest.mark.parametrize(
+    "naive",
+    [datetime(2024, 1, 1, 12, 0), "2024-01-01T12:00:00"],
+    ids=["datetime", "iso-string"],
+)
+def test_naive_timestamp_is_rejected_naming_timestamp(naive: object) -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", timestamp=naive)
+
+    error = _only_error(exc)
+    assert error["loc"] == ("timestamp",)
+    assert error["msg"] == (
+        "Value error, timestamp must be timezone-aware (got a naive datetime); use UTC"
+    )
+
+
+class _UnknownOffset(tzinfo):
+    """A tzinfo that does not know its offset: such a datetime is effectively naive."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        return None
+
+
+def test_timestamp_whose_tzinfo_has_no_offset_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="timestamp must be timezone-aware"):
+        AuditEntry(action="a", timestamp=datetime(2024, 1, 1, tzinfo=_UnknownOffset()))
+
+
+@pytest.mark.parametrize(
+    "aware",
+    [
+        datetime(2024, 1, 1, 18, 30, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+        datetime(2024, 1, 1, 8, 0, tzinfo=timezone(timedelta(hours=-5))),
+        "2024-01-01T14:00:00+01:00",
+        "2024-01-01T13:00:00Z",
+    ],
+)
+def test_aware_timestamp_is_converted_to_utc(aware: object) -> None:
+    stamp = AuditEntry(action="a", timestamp=aware).timestamp
+
+    assert stamp == datetime(2024, 1, 1, 13, 0, tzinfo=UTC)
+    assert stamp.utcoffset() == timedelta(0)
+    assert stamp.hour == 13  # the wall-clock value changed, not only the offset
+
+
+# -- action and identifiers --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [
+        ("", "String should have at least 1 character"),
+        ("   ", "Value error, action must not be blank"),
+        ("\t\n", "Value error, action must not be blank"),
+        ("x" * 201, "String should have at most 200 characters"),
+    ],
+    ids=["empty", "spaces", "whitespace", "201-chars"],
+)
+def test_bad_action_is_rejected(action: str, message: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action=action)
+
+    error = _only_error(exc)
+    assert error["loc"] == ("action",)
+    assert error["msg"] == message
+
+
+def test_action_of_200_chars_is_accepted() -> None:
+    assert AuditEntry(action="x" * 200).action == "x" * 200
+
+
+def test_action_is_required() -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry()  # type: ignore[call-arg]
+
+    assert _only_error(exc)["loc"] == ("action",)
+
+
+@pytest.mark.parametrize("field", IDENTIFIER_FIELDS)
+def test_identifiers_longer_than_1024_chars_are_rejected(field: str) -> None:
+    assert getattr(AuditEntry(action="a", **{field: "i" * 1024}), field) == "i" * 1024
+
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", **{field: "i" * 1025})
+
+    assert _only_error(exc)["loc"] == (field,)
+
+
+def test_empty_event_id_is_rejected() -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", event_id="")
+
+    assert _only_error(exc)["loc"] == ("event_id",)
+
+
+@pytest.mark.parametrize("field", ["action", *IDENTIFIER_FIELDS])
+def test_lone_surrogate_is_rejected_naming_the_field(field: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(**{"action": "a", field: "bad \ud800 text"})
+
+    error = _only_error(exc)
+    assert error["loc"] == (field,)
+    assert field in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "details",
+    [{"note": "bad \udfff"}, {"bad \ud800 key": 1}, {"nested": [{"deep": "\ud83d"}]}],
+    ids=["value", "key", "nested"],
+)
+def test_lone_surrogate_in_details_is_rejected(details: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", details=details)
+
+    assert _only_error(exc)["msg"] == (
+        "Value error, details contains characters that cannot be encoded as UTF-8"
+    )
+
+
+def test_non_ascii_text_is_accepted() -> None:
+    entry = AuditEntry(action="dokument.öffnen", actor="zoë 🦊", details={"ключ": "値"})
+
+    assert entry.actor == "zoë 🦊"
+    assert entry.details == {"ключ": "値"}
+
+
+# -- operation and outcome ---------------------------------------------------------------------
+
+
+def test_operation_and_outcome_defaults() -> None:
+    entry = AuditEntry(action="a")
+
+    assert entry.operation is Operation.EXECUTE
+    assert entry.outcome is Outcome.SUCCESS
+    assert entry.critical is False
+    assert entry.details == {}
+    assert (entry.actor, entry.resource_type, entry.resource_id, entry.correlation_id) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+def test_enum_values() -> None:
+    assert [op.value for op in Operation] == ["create", "read", "update", "delete", "execute"]
+    assert [o.value for o in Outcome] == ["success", "failure"]
+
+
+@pytest.mark.parametrize("operation", list(Operation))
+def test_operation_accepts_enum_and_string(operation: Operation) -> None:
+    assert AuditEntry(action="a", operation=operation).operation is operation
+    assert AuditEntry(action="a", operation=operation.value).operation is operation
+
+
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_outcome_accepts_enum_and_string(outcome: Outcome) -> None:
+    assert AuditEntry(action="a", outcome=outcome.value).outcome is outcome
+
+
+@pytest.mark.parametrize(("field", "value"), [("operation", "destroy"), ("outcome", "maybe")])
+def test_unknown_enum_value_is_rejected(field: str, value: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", **{field: value})
+
+    error = _only_error(exc)
+    assert error["loc"] == (field,)
+    assert error["type"] == "enum"
+
+
+# -- details -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"ratio": math.nan},
+        {"ratio": math.inf},
+        {"nested": {"values": [1.0, -math.inf]}},
+    ],
+    ids=["nan", "inf", "nested-minus-inf"],
+)
+def test_details_with_nan_or_infinity_is_rejected(details: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", details=details)
+
+    assert _only_error(exc)["msg"].startswith("Value error, details must be JSON-serialisable: ")
+
+
+@pytest.mark.parametrize(
+    ("details", "loc"),
+    [
+        ({1: "one"}, ("details", 1, "[key]")),
+        ({"tags": {"a", "b"}}, ("details", "tags")),
+        ({"thing": object()}, ("details", "thing")),
+        ({"pair": (1, 2)}, ("details", "pair")),
+        ({"when": datetime(2024, 1, 1, tzinfo=UTC)}, ("details", "when")),
+    ],
+    ids=["int-key", "set", "object", "tuple", "datetime"],
+)
+def test_details_that_are_not_json_values_are_rejected(
+    details: dict[Any, Any], loc: tuple[object, ...]
+) -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", details=details)
+
+    assert _only_error(exc)["loc"] == loc
+
+
+def test_details_must_be_a_dict() -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", details=["not", "a", "dict"])
+
+    assert _only_error(exc)["loc"] == ("details",)
+
+
+def test_details_json_is_compact_and_key_sorted_at_every_depth() -> None:
+    entry = AuditEntry(
+        action="a",
+        details={"b": 1, "a": {"z": [1, 2.5, None, True], "c": "é"}, "A": "upper"},
+    )
+
+    assert entry.details_json == '{"A":"upper","a":{"c":"é","z":[1,2.5,null,true]},"b":1}'
+    assert entry.details_size() == len(entry.details_json.encode("utf-8"))
+    assert entry.details_size() == len(entry.details_json) + 1  # "é" is two bytes in UTF-8
+
+
+def test_empty_details_serialise_to_an_empty_object() -> None:
+    entry = AuditEntry(action="a")
+
+    assert entry.details_json == "{}"
+    assert entry.details_size() == 2
+
+
+def _details_of_size(size: int) -> dict[str, str]:
+    details = {"k": "x" * (size - len('{"k":""}'))}
+    assert len(models.dump_details(details).encode()) == size
+    return details
+
+
+def test_details_at_the_default_limit_is_accepted_and_one_byte_more_is_not() -> None:
+    limit = models.DEFAULT_MAX_DETAILS_BYTES
+    assert limit == 65536
+
+    assert AuditEntry(action="a", details=_details_of_size(limit)).details_size() == limit
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", details=_details_of_size(limit + 1))
+
+    assert _only_error(exc)["msg"] == (
+        "Value error, details is 65537 bytes serialised, more than max_details_bytes=65536"
+    )
+
+
+@pytest.mark.parametrize(("size", "accepted"), [(99, True), (100, True), (101, False)])
+def test_details_limit_comes_from_the_validation_context(size: int, accepted: bool) -> None:
+    data = {"action": "a", "details": _details_of_size(size)}
+    context = {"max_details_bytes": 100}
+
+    if accepted:
+        assert AuditEntry.model_validate(data, context=context).details_size() == size
+    else:
+        with pytest.raises(ValidationError) as exc:
+            AuditEntry.model_validate(data, context=context)
+        assert _only_error(exc)["msg"] == (
+            f"Value error, details is {size} bytes serialised, more than max_details_bytes=100"
+        )
+
+
+def test_context_can_raise_the_limit_above_the_default() -> None:
+    data = {"action": "a", "details": _details_of_size(70_000)}
+
+    entry = AuditEntry.model_validate(data, context={"max_details_bytes": 100_000})
+
+    assert entry.details_size() == 70_000
+
+
+def test_details_limit_counts_utf8_bytes_not_characters() -> None:
+    details = {"k": "é" * 50}  # 50 characters, 100 bytes, 108 bytes serialised
+
+    with pytest.raises(ValidationError, match="details is 108 bytes serialised"):
+        AuditEntry.model_validate(
+            {"action": "a", "details": details}, context={"max_details_bytes": 107}
+        )
+
+
+def test_details_json_follows_details_on_model_copy() -> None:
+    entry = AuditEntry(action="a", details={"old": 1})
+
+    copy = entry.model_copy(update={"details": {"new": 2}})
+
+    assert copy.details_json == '{"new":2}'
+
+
+# -- model config ------------------------------------------------------------------------------
+
+
+def test_extra_fields_are_forbidden() -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", user="alice")
+
+    error = _only_error(exc)
+    assert error["loc"] == ("user",)
+    assert error["type"] == "extra_forbidden"
+
+
+@pytest.mark.parametrize(("field", "value"), [("action", "b"), ("details", {}), ("critical", True)])
+def test_entry_is_frozen(field: str, value: object) -> None:
+    entry = AuditEntry(action="a", details={"k": 1})
+
+    with pytest.raises(ValidationError) as exc:
+        setattr(entry, field, value)
+
+    assert _only_error(exc)["type"] == "frozen_instance"
+    assert entry.action == "a"
+    assert entry.details == {"k": 1}
+
+
+def test_entries_with_the_same_fields_are_equal() -> None:
+    fields: dict[str, Any] = {
+        "event_id": "e-1",
+        "timestamp": datetime(2024, 1, 1, tzinfo=UTC),
+        "action": "a",
+        "details": {"k": [1, 2]},
+    }
+
+    assert AuditEntry(**fields) == AuditEntry(**fields)
+    assert AuditEntry(**fields) != AuditEntry(**{**fields, "details": {"k": [2, 1]}})
+
+
+# -- AuditStats --------------------------------------------------------------------------------
+
+STATS_FIELDS = {
+    "accepted": 5,
+    "written": 4,
+    "dropped": 1,
+    "batches": 2,
+    "queue_depth": 0,
+    "max_queue_depth": 3,
+    "retries": 0,
+    "dead_lettered": 0,
+    "writer_alive": True,
+    "last_error": None,
+}
+
+
+def test_audit_stats_fields() -> None:
+    stats = AuditStats(**STATS_FIELDS)
+
+    assert list(AuditStats.model_fields) == list(STATS_FIELDS)
+    assert stats.model_dump() == STATS_FIELDS
+    assert all(field.description for field in AuditStats.model_fields.values())
+
+
+@pytest.mark.parametrize("missing", list(STATS_FIELDS))
+def test_audit_stats_fields_are_required(missing: str) -> None:
+    values = {k: v for k, v in STATS_FIELDS.items() if k != missing}
+
+    with pytest.raises(ValidationError) as exc:
+        AuditStats(**values)
+
+    assert _only_error(exc)["loc"] == (missing,)
+
+
+def test_audit_stats_is_frozen() -> None:
+    stats = AuditStats(**STATS_FIELDS)
+
+    with pytest.raises(ValidationError):
+        stats.written = 99  # type: ignore[misc]
+    assert stats.written == 4

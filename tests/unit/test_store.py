@@ -1,0 +1,798 @@
+"""SQLite storage: opening and checking files, the schema, batch writes and typed queries."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit_engine import AuditEntry, AuditStore, AuditStoreError, Operation, Outcome, store
+
+T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+EXPECTED_COLUMNS = [
+    # (name, type, not null, primary key)
+    ("id", "INTEGER", 0, 1),
+    ("event_id", "TEXT", 1, 0),
+    ("timestamp", "TEXT", 1, 0),
+    ("actor", "TEXT", 0, 0),
+    ("action", "TEXT", 1, 0),
+    ("operation", "TEXT", 1, 0),
+    ("outcome", "TEXT", 1, 0),
+    ("resource_type", "TEXT", 0, 0),
+    ("resource_id", "TEXT", 0, 0),
+    ("correlation_id", "TEXT", 0, 0),
+    ("details", "TEXT", 1, 0),
+    ("critical", "INTEGER", 1, 0),
+]
+EXPECTED_INDEXES = {
+    # name: (unique, columns)
+    "ux_audit_entries_event_id": (1, ["event_id"]),
+    "ix_audit_entries_timestamp": (0, ["timestamp"]),
+    "ix_audit_entries_actor_timestamp": (0, ["actor", "timestamp"]),
+    "ix_audit_entries_resource": (0, ["resource_type", "resource_id"]),
+}
+
+
+@pytest.fixture
+def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = store.open_connection(db_path)
+    yield connection
+    connection.close()
+
+
+def _table_exists(connection: sqlite3.Connection) -> bool:
+    row = connection.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (store.TABLE,)
+    ).fetchone()
+    return bool(row[0])
+
+
+def _user_version(connection: sqlite3.Connection) -> int:
+    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _event_ids(connection: sqlite3.Connection) -> list[str]:
+    rows = connection.execute(f"SELECT event_id FROM {store.TABLE} ORDER BY id").fetchall()
+    return [row[0] for row in rows]
+
+
+def _entry(number: int, **fields: Any) -> AuditEntry:
+    values: dict[str, Any] = {
+        "event_id": f"evt-{number:03d}",
+        "timestamp": T0 + timedelta(seconds=number),
+        "action": "thing.do",
+    }
+    values.update(fields)
+    return AuditEntry(**values)
+
+
+# -- open_connection ---------------------------------------------------------------------------
+
+
+def test_new_database_files_are_private(conn: sqlite3.Connection, db_path: Path) -> None:
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        assert path.exists(), path
+        assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_connection_is_wal_and_autocommit(conn: sqlite3.Connection) -> None:
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.isolation_level is None
+    assert conn.in_transaction is False
+
+
+@pytest.mark.parametrize(("synchronous", "pragma"), [("NORMAL", 1), ("FULL", 2)])
+def test_synchronous_setting(db_path: Path, synchronous: str, pragma: int) -> None:
+    connection = store.open_connection(db_path, synchronous=synchronous)
+    try:
+        assert connection.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    finally:
+        connection.close()
+
+
+def test_busy_timeout_is_in_seconds(db_path: Path) -> None:
+    connection = store.open_connection(db_path, busy_timeout=2.5)
+    try:
+        assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
+    finally:
+        connection.close()
+
+
+def test_new_database_has_the_current_schema_version(conn: sqlite3.Connection) -> None:
+    assert store.SCHEMA_VERSION == 1
+    assert _user_version(conn) == store.SCHEMA_VERSION
+
+
+def test_table_columns(conn: sqlite3.Connection) -> None:
+    columns = [
+        (name, type_, notnull, pk)
+        for _, name, type_, notnull, _, pk in conn.execute(f"PRAGMA table_info({store.TABLE})")
+    ]
+
+    assert columns == EXPECTED_COLUMNS
+
+
+def test_table_indexes(conn: sqlite3.Connection) -> None:
+    indexes = {
+        name: (unique, [col for _, _, col in conn.execute(f"PRAGMA index_info({name})")])
+        for _, name, unique, origin, _ in conn.execute(f"PRAGMA index_list({store.TABLE})")
+        if origin == "c"  # created by CREATE INDEX, not implied by a constraint
+    }
+
+    assert indexes == EXPECTED_INDEXES
+
+
+def test_reopening_keeps_existing_rows(db_path: Path) -> None:
+    first = store.open_connection(db_path)
+    store.write_batch(first, [_entry(1)])
+    first.close()
+
+    again = store.open_connection(db_path, create=False)
+    try:
+        assert _event_ids(again) == ["evt-001"]
+    finally:
+        again.close()
+
+
+def test_missing_file_with_create_false_is_an_error_and_is_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+
+    with pytest.raises(AuditStoreError) as exc:
+        store.open_connection(missing, create=False)
+
+    assert str(exc.value) == f"no audit database at {missing}"
+    assert not missing.exists()
+
+
+def test_missing_parent_directory_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "no" / "such" / "dir" / "audit.db"
+
+    with pytest.raises(AuditStoreError) as exc:
+        store.open_connection(path)
+
+    assert str(exc.value) == f"cannot create the audit database {path}: no such directory"
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_a_directory_is_not_a_database(tmp_path: Path, create: bool) -> None:
+    with pytest.raises(AuditStoreError) as exc:
+        store.open_connection(tmp_path, create=create)
+
+    assert str(exc.value) == f"{tmp_path} is a directory, not an audit database"
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_a_file_that_is_not_sqlite_is_an_error(tmp_path: Path, create: bool) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("these are not the pages you are looking for\n" * 50)
+
+    with pytest.raises(AuditStoreError) as exc:
+        store.open_connection(path, create=create)
+
+    assert str(exc.value) == f"{path} is not a usable audit database: file is not a database"
+
+
+def _foreign_database(path: Path) -> Path:
+    other = sqlite3.connect(path)
+    other.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    other.commit()
+    other.close()
+    return path
+
+
+def test_sqlite_file_without_the_audit_table_is_an_error(tmp_path: Path) -> None:
+    path = _foreign_database(tmp_path / "app.db")
+
+    with pytest.raises(AuditStoreError) as exc:
+        store.open_connection(path, create=False)
+
+    assert str(exc.value) == f"{path} is not an audit database (no audit_entries table)"
+
+
+def test_empty_file_with_create_false_is_not_an_audit_database(tmp_path: Path) -> None:
+    path = tmp_path / "empty.db"
+    path.touch()
+
+    with pytest.raises(AuditStoreError, match="is not an audit database"):
+        store.open_connection(path, create=False)
+
+
+@pytest.mark.parametrize("create", [True, False])
+def test_newer_schema_version_is_refused(db_path: Path, create: bool) -> None:
+    connection = store.open_connection(db_path)
+    connection.execute("PRAGMA user_version = 99")
+    connection.close()
+
+    with pytest.raises(AuditStoreError) as exc:
+        store.open_connection(db_path, create=create)
+
+    assert str(exc.value) == (
+        "the audit database has schema version 99; this audit_engine supports up to 1: "
+        "upgrade audit_engine"
+    )
+
+
+# -- migrate -----------------------------------------------------------------------------------
+
+
+def _schema(connection: sqlite3.Connection) -> list[tuple[str, str]]:
+    return connection.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+
+def test_migrate_is_idempotent(conn: sqlite3.Connection) -> None:
+    store.write_batch(conn, [_entry(1)])
+    before = _schema(conn)
+
+    store.migrate(conn)
+    store.migrate(conn)
+
+    assert _schema(conn) == before
+    assert _user_version(conn) == store.SCHEMA_VERSION
+    assert _event_ids(conn) == ["evt-001"]
+    assert conn.in_transaction is False
+
+
+def test_migrate_creates_the_schema_in_its_own_committed_transaction(db_path: Path) -> None:
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        store.migrate(connection)
+        assert connection.in_transaction is False
+    finally:
+        connection.close()
+
+    other = sqlite3.connect(db_path)
+    try:
+        assert _table_exists(other)
+        assert _user_version(other) == store.SCHEMA_VERSION
+    finally:
+        other.close()
+
+
+def _app_connection(path: Path) -> sqlite3.Connection:
+    """An application's own connection with a transaction in progress."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER PRIMARY KEY, item TEXT)")
+    connection.execute("BEGIN")
+    connection.execute("INSERT INTO orders (item) VALUES ('book')")
+    return connection
+
+
+def test_migrate_inside_an_open_transaction_leaves_it_open(db_path: Path) -> None:
+    connection = _app_connection(db_path)
+    try:
+        store.migrate(connection)
+
+        assert connection.in_transaction is True
+        assert _table_exists(connection)
+        assert _user_version(connection) == store.SCHEMA_VERSION
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(("finish", "kept"), [("ROLLBACK", False), ("COMMIT", True)])
+def test_outer_transaction_decides_whether_the_migration_is_kept(
+    db_path: Path, finish: str, kept: bool
+) -> None:
+    connection = _app_connection(db_path)
+    try:
+        store.migrate(connection)
+        connection.execute(finish)
+
+        assert _table_exists(connection) is kept
+        assert _user_version(connection) == (store.SCHEMA_VERSION if kept else 0)
+        assert connection.execute("SELECT count(*) FROM orders").fetchone()[0] == int(kept)
+    finally:
+        connection.close()
+
+
+def _broken_schema(path: Path) -> None:
+    """An audit_entries table that migration 1 cannot create over (user_version is still 0)."""
+    connection = sqlite3.connect(path)
+    connection.execute(f"CREATE TABLE {store.TABLE} (x)")
+    connection.commit()
+    connection.close()
+
+
+def test_failed_migration_in_a_caller_transaction_undoes_only_its_savepoint(
+    db_path: Path,
+) -> None:
+    _broken_schema(db_path)
+    connection = _app_connection(db_path)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="already exists"):
+            store.migrate(connection)
+
+        assert connection.in_transaction is True
+        assert connection.execute("SELECT item FROM orders").fetchall() == [("book",)]
+        assert _user_version(connection) == 0
+    finally:
+        connection.close()
+
+
+def test_failed_migration_in_its_own_transaction_rolls_back(db_path: Path) -> None:
+    _broken_schema(db_path)
+    connection = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="already exists"):
+            store.migrate(connection)
+
+        assert connection.in_transaction is False
+        assert _user_version(connection) == 0
+    finally:
+        connection.close()
+
+
+# -- writes ------------------------------------------------------------------------------------
+
+
+def test_write_batch_commits_in_order(conn: sqlite3.Connection, db_path: Path) -> None:
+    store.write_batch(conn, [_entry(3), _entry(1), _entry(2)])
+
+    assert conn.in_transaction is False
+    with AuditStore(db_path) as reader:  # another connection sees the commit
+        assert [e.event_id for e in reader.query()] == ["evt-003", "evt-001", "evt-002"]
+
+
+def test_write_batch_stores_the_documented_row_form(conn: sqlite3.Connection) -> None:
+    entry = _entry(
+        1,
+        timestamp=datetime(2024, 5, 1, 14, 0, 0, 123, tzinfo=timezone(timedelta(hours=2))),
+        actor="alice",
+        operation=Operation.DELETE,
+        outcome=Outcome.FAILURE,
+        resource_type="doc",
+        resource_id="7",
+        correlation_id="req-1",
+        details={"b": 2, "a": "é"},
+        critical=True,
+    )
+
+    store.write_batch(conn, [entry])
+
+    row = conn.execute(f"SELECT * FROM {store.TABLE}").fetchone()
+    assert row == (
+        1,
+        "evt-001",
+        "2024-05-01T12:00:00.000123Z",
+        "alice",
+        "thing.do",
+        "delete",
+        "failure",
+        "doc",
+        "7",
+        "req-1",
+        '{"a":"é","b":2}',
+        1,
+    )
+
+
+def test_write_batch_is_atomic(conn: sqlite3.Connection) -> None:
+    store.write_batch(conn, [_entry(1)])
+
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
+        store.write_batch(conn, [_entry(2), _entry(3), _entry(2, action="dup")])
+
+    assert conn.in_transaction is False
+    assert _event_ids(conn) == ["evt-001"]
+    store.write_batch(conn, [_entry(2)])  # the connection is still usable
+    assert _event_ids(conn) == ["evt-001", "evt-002"]
+
+
+def test_write_batch_rejects_an_id_already_stored(conn: sqlite3.Connection) -> None:
+    store.write_batch(conn, [_entry(1)])
+
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write_batch(conn, [_entry(2), _entry(1)])
+
+    assert _event_ids(conn) == ["evt-001"]
+
+
+def test_write_batch_of_nothing_writes_nothing(conn: sqlite3.Connection) -> None:
+    store.write_batch(conn, [])
+
+    assert _event_ids(conn) == []
+    assert conn.in_transaction is False
+
+
+@pytest.mark.parametrize(("finish", "kept"), [("ROLLBACK", []), ("COMMIT", ["evt-001"])])
+def test_write_in_caller_transaction_creates_the_schema_and_does_not_commit(
+    db_path: Path, finish: str, kept: list[str]
+) -> None:
+    connection = _app_connection(db_path)
+    try:
+        store.write_in_caller_transaction(connection, _entry(1))
+
+        assert connection.in_transaction is True
+        assert _event_ids(connection) == ["evt-001"]
+        connection.execute(finish)
+
+        assert _table_exists(connection) is bool(kept)  # the schema shares the caller's fate
+        if kept:
+            assert _event_ids(connection) == kept
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(("finish", "kept"), [("ROLLBACK", []), ("COMMIT", ["evt-002"])])
+def test_write_in_caller_transaction_with_the_schema_in_place(
+    db_path: Path, finish: str, kept: list[str]
+) -> None:
+    store.open_connection(db_path).close()
+    connection = _app_connection(db_path)
+    try:
+        store.write_in_caller_transaction(connection, _entry(2))
+        assert connection.in_transaction is True
+        connection.execute(finish)
+
+        assert _event_ids(connection) == kept
+    finally:
+        connection.close()
+
+
+def test_write_in_caller_transaction_with_a_legacy_connection(db_path: Path) -> None:
+    # Python's default isolation level: the app's INSERT opened a transaction implicitly.
+    connection = sqlite3.connect(db_path)
+    try:
+        connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
+        connection.execute("INSERT INTO orders (item) VALUES ('book')")
+        store.write_in_caller_transaction(connection, _entry(1))
+        connection.rollback()
+
+        assert connection.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
+        assert not _table_exists(connection)
+    finally:
+        connection.close()
+
+
+def test_write_in_caller_transaction_reraises_other_errors(db_path: Path) -> None:
+    store.open_connection(db_path).close()
+    read_only = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store.write_in_caller_transaction(read_only, _entry(1))
+    finally:
+        read_only.close()
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC), "2024-01-02T03:04:05.000000Z"),
+        (datetime(2024, 1, 2, 3, 4, 5, 7, tzinfo=UTC), "2024-01-02T03:04:05.000007Z"),
+        (
+            datetime(2024, 1, 2, 1, 0, tzinfo=timezone(timedelta(hours=2))),
+            "2024-01-01T23:00:00.000000Z",
+        ),
+        (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), "9999-12-31T23:59:59.999999Z"),
+    ],
+)
+def test_format_timestamp(value: datetime, text: str) -> None:
+    assert store.format_timestamp(value) == text
+
+
+def test_format_timestamp_is_fixed_width_and_sorts_like_time() -> None:
+    tz_east, tz_west = timezone(timedelta(hours=9)), timezone(timedelta(hours=-7))
+    moments = [
+        datetime(2024, 1, 1, tzinfo=UTC),
+        datetime(2024, 1, 1, 0, 0, 0, 1, tzinfo=UTC),
+        datetime(2024, 1, 1, 8, 0, 0, 2, tzinfo=tz_east),  # 2023-12-31T23:00 UTC
+        datetime(2023, 12, 31, 18, 30, tzinfo=tz_west),  # 2024-01-01T01:30 UTC
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2100, 6, 1, tzinfo=UTC),
+        datetime(1000, 1, 1, tzinfo=UTC),
+    ]
+
+    texts = [store.format_timestamp(m) for m in moments]
+
+    assert {len(t) for t in texts} == {27}
+    assert sorted(texts) == [store.format_timestamp(m) for m in sorted(moments)]
+
+
+def test_timestamps_before_year_1000_round_trip_and_sort(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    old = _entry(1, timestamp=datetime(999, 1, 1, tzinfo=UTC))
+    new = _entry(2, timestamp=datetime(2024, 1, 1, tzinfo=UTC))
+    store.write_batch(conn, [old, new])
+
+    with AuditStore(db_path) as reader:
+        assert reader.count(since=datetime(2000, 1, 1, tzinfo=UTC)) == 1
+        assert reader.query() == [old, new]
+
+
+def test_is_busy_recognises_a_locked_database(db_path: Path) -> None:
+    holder = store.open_connection(db_path)
+    waiter = store.open_connection(db_path, busy_timeout=0)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlite3.OperationalError) as exc:
+            waiter.execute("BEGIN IMMEDIATE")
+
+        assert store.is_busy(exc.value) is True
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        waiter.close()
+
+
+def test_is_busy_is_false_for_other_errors(conn: sqlite3.Connection) -> None:
+    with pytest.raises(sqlite3.OperationalError) as no_table:
+        conn.execute("SELECT * FROM no_such_table")
+    store.write_batch(conn, [_entry(1)])
+    with pytest.raises(sqlite3.IntegrityError) as duplicate:
+        store.write_batch(conn, [_entry(1)])
+
+    assert store.is_busy(no_table.value) is False
+    assert store.is_busy(duplicate.value) is False
+    assert store.is_busy(TimeoutError("database is locked")) is False
+
+
+# -- AuditStore --------------------------------------------------------------------------------
+
+INJECTION = "' OR 1=1 --"
+
+
+@pytest.fixture
+def stored(conn: sqlite3.Connection) -> list[AuditEntry]:
+    """Four entries committed in this order, one second apart from T0."""
+    entries = [
+        _entry(
+            0,
+            actor="alice",
+            action="doc.open",
+            operation=Operation.READ,
+            resource_type="doc",
+            resource_id="1",
+            correlation_id="c1",
+        ),
+        _entry(
+            1,
+            actor="bob",
+            action="doc.save",
+            operation=Operation.UPDATE,
+            resource_type="doc",
+            resource_id="2",
+            correlation_id="c1",
+            details={"size": 10},
+        ),
+        _entry(
+            2,
+            actor="alice",
+            action="doc.delete",
+            operation=Operation.DELETE,
+            outcome=Outcome.FAILURE,
+            resource_type="doc",
+            resource_id="2",
+            correlation_id="c2",
+            critical=True,
+        ),
+        _entry(3, action="job.run", resource_type="job", resource_id="9"),
+    ]
+    store.write_batch(conn, entries)
+    return entries
+
+
+FILTER_CASES = [
+    pytest.param({}, [0, 1, 2, 3], id="no-filter"),
+    pytest.param({"actor": "alice"}, [0, 2], id="actor"),
+    pytest.param({"action": "doc.open"}, [0], id="action"),
+    pytest.param({"operation": Operation.READ}, [0], id="operation-enum"),
+    pytest.param({"operation": "update"}, [1], id="operation-str"),
+    pytest.param({"operation": "create"}, [], id="operation-none-match"),
+    pytest.param({"outcome": Outcome.FAILURE}, [2], id="outcome-enum"),
+    pytest.param({"outcome": "success"}, [0, 1, 3], id="outcome-str"),
+    pytest.param({"resource_type": "doc"}, [0, 1, 2], id="resource_type"),
+    pytest.param({"resource_id": "2"}, [1, 2], id="resource_id"),
+    pytest.param({"resource_type": "job", "resource_id": "9"}, [3], id="resource"),
+    pytest.param({"correlation_id": "c1"}, [0, 1], id="correlation_id"),
+    pytest.param({"since": T0 + timedelta(seconds=1)}, [1, 2, 3], id="since-inclusive"),
+    pytest.param({"until": T0 + timedelta(seconds=2)}, [0, 1], id="until-exclusive"),
+    pytest.param(
+        {"since": T0 + timedelta(seconds=1), "until": T0 + timedelta(seconds=3)},
+        [1, 2],
+        id="since-until",
+    ),
+    pytest.param(
+        {"since": T0.astimezone(timezone(timedelta(hours=-5))) + timedelta(seconds=2)},
+        [2, 3],
+        id="since-other-timezone",
+    ),
+    pytest.param({"since": T0 + timedelta(microseconds=1)}, [1, 2, 3], id="since-microsecond"),
+    pytest.param({"actor": "alice", "outcome": "failure"}, [2], id="combined"),
+    pytest.param({"actor": "nobody"}, [], id="no-match"),
+    pytest.param({"actor": INJECTION}, [], id="sql-in-actor"),
+    pytest.param({"action": "doc.open' OR '1'='1"}, [], id="sql-in-action"),
+    pytest.param({"resource_id": "1; DROP TABLE audit_entries"}, [], id="sql-in-resource_id"),
+]
+
+
+@pytest.mark.parametrize(("filters", "expected"), FILTER_CASES)
+def test_query_filters(
+    db_path: Path, stored: list[AuditEntry], filters: dict[str, Any], expected: list[int]
+) -> None:
+    with AuditStore(db_path) as reader:
+        assert reader.query(**filters) == [stored[i] for i in expected]
+        assert reader.count() == len(stored)  # the table survived whatever the filter held
+
+
+@pytest.mark.parametrize(("filters", "expected"), FILTER_CASES)
+def test_count_uses_the_same_filters(
+    db_path: Path, stored: list[AuditEntry], filters: dict[str, Any], expected: list[int]
+) -> None:
+    with AuditStore(db_path) as reader:
+        assert reader.count(**filters) == len(expected)
+
+
+def test_values_with_sql_in_them_are_matched_literally(
+    conn: sqlite3.Connection, db_path: Path, stored: list[AuditEntry]
+) -> None:
+    tricky = _entry(10, actor=INJECTION)
+    store.write_batch(conn, [tricky])
+
+    with AuditStore(db_path) as reader:
+        assert reader.query(actor=INJECTION) == [tricky]
+        assert reader.count(actor=INJECTION) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"limit": 2}, [0, 1]),
+        ({"limit": 0}, []),
+        ({"limit": 10}, [0, 1, 2, 3]),
+        ({"newest_first": True}, [3, 2, 1, 0]),
+        ({"newest_first": True, "limit": 1}, [3]),
+        ({"actor": "alice", "newest_first": True, "limit": 1}, [2]),
+    ],
+)
+def test_query_limit_and_order(
+    db_path: Path, stored: list[AuditEntry], options: dict[str, Any], expected: list[int]
+) -> None:
+    with AuditStore(db_path) as reader:
+        assert reader.query(**options) == [stored[i] for i in expected]
+
+
+def test_query_order_is_commit_order_not_timestamp_order(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    later, earlier = _entry(1, timestamp=T0 + timedelta(hours=1)), _entry(2, timestamp=T0)
+    store.write_batch(conn, [later])
+    store.write_batch(conn, [earlier])
+
+    with AuditStore(db_path) as reader:
+        assert reader.query() == [later, earlier]
+        assert reader.query(newest_first=True) == [earlier, later]
+
+
+def test_negative_limit_is_an_error(db_path: Path, stored: list[AuditEntry]) -> None:
+    with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
+        reader.query(limit=-1)
+
+    assert str(exc.value) == "limit must be zero or more (got -1)"
+
+
+@pytest.mark.parametrize("method", ["query", "count"])
+@pytest.mark.parametrize("bound", ["since", "until"])
+def test_naive_time_bound_is_an_error(
+    db_path: Path, stored: list[AuditEntry], method: str, bound: str
+) -> None:
+    with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
+        getattr(reader, method)(**{bound: datetime(2024, 5, 1, 12, 0)})
+
+    assert str(exc.value) == f"{bound} must be timezone-aware (got a naive datetime)"
+
+
+@pytest.mark.parametrize("field", ["operation", "outcome"])
+def test_unknown_enum_filter_is_an_error(
+    db_path: Path, stored: list[AuditEntry], field: str
+) -> None:
+    with AuditStore(db_path) as reader, pytest.raises(ValueError, match="'bogus' is not a valid"):
+        reader.query(**{field: "bogus"})
+
+
+def test_round_trip_equals_the_original(conn: sqlite3.Connection, db_path: Path) -> None:
+    original = AuditEntry(
+        timestamp=datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-3))),
+        actor="zoë",
+        action="invoice.pay",
+        operation=Operation.UPDATE,
+        outcome=Outcome.FAILURE,
+        resource_type="invoice",
+        resource_id="INV-2024-0001",
+        correlation_id="req-🦊",
+        details={"amount": 12.5, "lines": [{"sku": "A1", "qty": 2}], "note": None, "ok": False},
+        critical=True,
+    )
+    store.write_batch(conn, [original])
+
+    with AuditStore(db_path) as reader:
+        [copy] = reader.query()
+
+    assert copy == original
+    assert copy.details_json == original.details_json
+    assert copy.timestamp == original.timestamp
+
+
+def test_round_trip_of_an_entry_with_minimal_fields(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    original = AuditEntry(action="a")
+    store.write_batch(conn, [original])
+
+    with AuditStore(db_path) as reader:
+        assert reader.query() == [original]
+
+
+def test_query_reads_details_larger_than_the_default_limit(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    # Stored rows were checked against the recording service's limit, which may be higher.
+    big = AuditEntry.model_validate(
+        {"action": "a", "details": {"blob": "x" * 100_000}},
+        context={"max_details_bytes": 200_000},
+    )
+    store.write_batch(conn, [big])
+
+    with AuditStore(db_path) as reader:
+        assert reader.query() == [big]
+
+
+def test_audit_store_on_a_missing_file_does_not_create_it(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+
+    with pytest.raises(AuditStoreError) as exc:
+        AuditStore(missing)
+
+    assert str(exc.value) == f"no audit database at {missing}"
+    assert not missing.exists()
+
+
+def test_audit_store_on_a_foreign_database_is_an_error(tmp_path: Path) -> None:
+    path = _foreign_database(tmp_path / "app.db")
+
+    with pytest.raises(AuditStoreError) as exc:
+        AuditStore(path)
+
+    assert str(exc.value) == f"{path} is not an audit database (no audit_entries table)"
+
+
+def test_audit_store_leaves_a_foreign_database_unchanged(tmp_path: Path) -> None:
+    path = _foreign_database(tmp_path / "app.db")
+
+    with pytest.raises(AuditStoreError):
+        AuditStore(path)
+
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        check.close()
+
+
+def test_audit_store_is_a_context_manager_that_closes(
+    db_path: Path, stored: list[AuditEntry]
+) -> None:
+    with AuditStore(db_path) as reader:
+        assert reader.path == db_path
+        assert reader.count() == 4
+
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        reader.count()
+    reader.close()  # idempotent
+
+
+def test_audit_store_accepts_a_string_path(db_path: Path, stored: list[AuditEntry]) -> None:
+    reader = AuditStore(str(db_path))
+    try:
+        assert reader.path == db_path
+        assert reader.query(limit=1) == stored[:1]
+    finally:
+        reader.close()
