@@ -11,7 +11,6 @@ Guarantees kept here (see docs/guarantees.md):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import sqlite3
@@ -45,29 +44,63 @@ _WAKE = _Wake()
 
 
 class _AuditQueue(queue.Queue[Any]):
-    """A bounded FIFO that counts entries as they are put, under the queue's own lock.
+    """A bounded FIFO of entries for one consumer, built on ``queue.Queue``'s lock and conditions.
 
-    Counting inside ``_put`` makes ``enqueued`` the exact position of the last entry, which is
-    what ``flush()`` waits for.
+    Entries go in through :meth:`offer`, which counts them under the queue's own lock: that makes
+    ``enqueued`` the exact position of the last entry, which is what ``flush()`` waits for. Wake
+    markers (:meth:`wake`) ride along without taking an entry's room. The consumer uses the
+    ordinary ``get()`` / ``get_nowait()``.
     """
 
-    def _init(self, maxsize: int) -> None:
-        super()._init(maxsize)
+    def __init__(self, capacity: int) -> None:
+        super().__init__()  # unbounded underneath: offer() enforces the capacity for entries
+        self.capacity = capacity
         self.enqueued = 0
         self.max_depth = 0
+        self.markers = 0
 
-    def _put(self, item: Any) -> None:
-        self.queue.append(item)
-        if item is not _WAKE:
+    def depth(self) -> int:
+        """Entries waiting now (wake markers not counted)."""
+        with self.mutex:
+            return len(self.queue) - self.markers
+
+    def _has_room(self) -> bool:
+        return len(self.queue) - self.markers < self.capacity
+
+    def offer(self, item: Any) -> bool:
+        """Append an entry if there is room; never blocks."""
+        with self.mutex:
+            if not self._has_room():
+                return False
+            self.queue.append(item)
             self.enqueued += 1
-            depth = len(self.queue)
+            depth = len(self.queue) - self.markers
             if depth > self.max_depth:
                 self.max_depth = depth
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+            return True
+
+    def _get(self) -> Any:
+        item = self.queue.popleft()
+        if item is _WAKE:
+            self.markers -= 1
+        return item
+
+    def wake(self) -> None:
+        """Wake a consumer blocked in get(), even when the queue is full; one marker at a time."""
+        with self.mutex:
+            if self.markers:
+                return  # one pending marker wakes the writer as well as several would
+            self.queue.append(_WAKE)
+            self.markers += 1
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
 
     def wait_for_room(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until an entry could be put; True if there is room."""
+        """Wait up to ``timeout`` seconds until an entry could be offered; True if there is room."""
         with self.not_full:
-            return self.not_full.wait_for(lambda: self._qsize() < self.maxsize, timeout)
+            return self.not_full.wait_for(self._has_room, timeout)
 
 
 class Writer:
@@ -137,7 +170,7 @@ class Writer:
 
     @property
     def queue_depth(self) -> int:
-        return self._queue.qsize()
+        return self._queue.depth()
 
     @property
     def max_queue_depth(self) -> int:
@@ -163,11 +196,7 @@ class Writer:
             with self._accept_lock:
                 if self._closed:
                     raise AuditServiceClosed("the audit service is closed")
-                try:
-                    self._queue.put_nowait(entry)
-                except queue.Full:
-                    pass
-                else:
+                if self._queue.offer(entry):
                     return self._queue.enqueued
             if deadline is None:
                 if timeout_s <= 0:
@@ -178,9 +207,7 @@ class Writer:
                 return None
 
     def _wake(self) -> None:
-        # A full queue keeps the writer busy anyway: it will see the request.
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_WAKE)
+        self._queue.wake()
 
     def wait_for(self, position: int, timeout_s: float | None) -> bool:
         """Wait until the first ``position`` entries are committed (or dead-lettered)."""
@@ -221,7 +248,7 @@ class Writer:
         if not self._thread.is_alive():
             if self._alive:  # pragma: no cover - only if the thread was killed from outside
                 self._alive = False
-            left = self._drain_here() if self._queue.qsize() else 0
+            left = self._drain_here() if self._queue.depth() else 0
             self._close_connection()
             return left == 0, left
         self._abort.set()
@@ -238,14 +265,24 @@ class Writer:
         return False, left
 
     def _drain_here(self) -> int:
-        """Write what a dead writer thread left in the queue, from the calling thread."""
+        """Write what a dead writer thread left in the queue, from the calling thread.
+
+        Returns how many entries went to the dead-letter file instead of the database.
+        """
         rows = [item for item in self._drain_queue() if item is not _WAKE]
-        if rows and self._conn is not None:
-            before = self.dead_lettered
-            self._write(rows)
-            self._advance(len(rows))
-            return self.dead_lettered - before
-        return 0
+        if not rows:
+            return 0
+        before = self.dead_lettered
+        if self._conn is None:
+            try:
+                self._conn = self._connect()
+            except Exception as exc:
+                self._dead_letter(rows, f"could not reopen the database: {exc}")
+                self._advance(len(rows))
+                return len(rows)
+        self._write(rows)
+        self._advance(len(rows))
+        return self.dead_lettered - before
 
     def _close_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -255,6 +292,7 @@ class Writer:
     # -- writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        finished = False
         try:
             while True:
                 try:
@@ -270,12 +308,16 @@ class Writer:
                     continue
                 if stop:
                     break
+            finished = True
+            self._close_connection()
         finally:
+            # If the thread dies some other way, the connection stays open so that stop() can
+            # still write what is queued from the caller's thread.
             with self._progress:
                 self._alive = False
                 self._progress.notify_all()
-            if not self._abort.is_set():
-                self._close_connection()
+            if not finished:
+                logger.critical("audit writer thread died; close() will write the queue itself")
 
     def _run_once(self) -> bool:
         batch, stop = self._collect()
