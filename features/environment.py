@@ -1,0 +1,290 @@
+"""Set-up and tear-down for the behave scenarios.
+
+Every scenario gets a fresh :class:`World`: its own temporary directory (also the working directory,
+so a default ``audit.db`` never lands in the repository), no ``AUDIT_TRAIL_*`` variables, and a
+register of everything it starts. ``after_scenario`` releases held locks first (a writer stuck
+behind one could not drain), then closes every service and connection, and restores the
+environment, the working directory and the file system.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from behave.model import Scenario
+from behave.runner import Context
+
+from audit_engine import AuditService, AuditSettings
+
+ENV_PREFIX = "AUDIT_TRAIL_"
+# Upper bound for every wait in a scenario: long enough for a loaded CI machine, short enough
+# that a hang fails the scenario instead of the whole run.
+WAIT_S = 10.0
+_POLL_TICK_S = 0.005
+
+_AUDIT_COLUMNS = (
+    "id",
+    "event_id",
+    "timestamp",
+    "actor",
+    "action",
+    "operation",
+    "resource_type",
+    "resource_id",
+    "details",
+)
+
+
+class _LogRecorder(logging.Handler):
+    """Keeps what the library logs during a scenario, so steps can check what operators see."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class World:
+    """What one scenario owns, and the helpers its steps share."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.database = root / "audit.db"
+        self.settings_values: dict[str, Any] = {}
+        self.service: AuditService | None = None
+        self.services: list[AuditService] = []
+        self.connections: list[sqlite3.Connection] = []
+        self.threads: list[threading.Thread] = []
+        self.timers: list[threading.Timer] = []
+        self._locks: list[sqlite3.Connection] = []
+        self._lock_guard = threading.Lock()
+        self.lock_released = threading.Event()
+        self.log = _LogRecorder()
+        self.release_started_at: float | None = None
+        # What the tool recorded: every record() result in order, and the ids it got back.
+        self.results: list[str | None] = []
+        self.last_results: list[str | None] = []
+        self.accepted: list[str] = []
+        self.seq = 0
+        # The outcome of the last single attempt ("tries to ...").
+        self.error: BaseException | None = None
+        self.returned: Any = None
+        self.elapsed_s = 0.0
+        self.finished_at = 0.0
+        self.close_results: list[bool] = []
+
+    # -- services ------------------------------------------------------------------------------
+
+    def settings(self, **values: Any) -> AuditSettings:
+        """Settings for this scenario's database, overridden by ``values``."""
+        merged = {"database": self.database, **self.settings_values, **values}
+        return AuditSettings(**merged)
+
+    def track(self, service: AuditService) -> AuditService:
+        """Register ``service`` so that ``after_scenario`` closes it."""
+        self.services.append(service)
+        return service
+
+    def open_service(self, settings: AuditSettings | None = None, **kwargs: Any) -> AuditService:
+        service = self.track(AuditService(settings or self.settings(), **kwargs))
+        self.service = service
+        return service
+
+    @property
+    def audit(self) -> AuditService:
+        assert self.service is not None, "the scenario has not started an audit service"
+        return self.service
+
+    def connect(self, path: Path, **kwargs: Any) -> sqlite3.Connection:
+        """An application connection, closed after the scenario."""
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=WAIT_S, **kwargs)
+        self.connections.append(conn)
+        return conn
+
+    # -- recording -----------------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        seq = self.seq
+        self.seq += 1
+        return seq
+
+    def record_notes(self, count: int, **fields: Any) -> list[str | None]:
+        """Record ``count`` distinct note saves; returns what each record() returned."""
+        results = []
+        for _ in range(count):
+            seq = self.next_seq()
+            values = {
+                "action": "note.save",
+                "actor": "alice",
+                "operation": "update",
+                "resource_type": "note",
+                "resource_id": f"note-{seq}",
+                "details": {"seq": seq},
+                **fields,
+            }
+            results.append(self.keep(self.audit.record(**values)))
+        self.last_results = results
+        return results
+
+    def keep(self, result: str | None) -> str | None:
+        self.results.append(result)
+        if result is not None:
+            self.accepted.append(result)
+        return result
+
+    def attempt(self, action: Callable[[], Any]) -> None:
+        """Run ``action`` once, remembering what it returned or raised and how long it took."""
+        self.error, self.returned = None, None
+        started = time.monotonic()
+        try:
+            self.returned = action()
+        except Exception as exc:
+            self.error = exc
+        self.finished_at = time.monotonic()
+        self.elapsed_s = self.finished_at - started
+
+    # -- another program's write lock ----------------------------------------------------------
+
+    def hold_write_lock(self, path: Path | None = None) -> None:
+        """Take the database's write lock from a separate connection, as another program would."""
+        conn = sqlite3.connect(
+            path or self.database, isolation_level=None, check_same_thread=False, timeout=WAIT_S
+        )
+        conn.execute("BEGIN EXCLUSIVE")
+        with self._lock_guard:
+            self._locks.append(conn)
+            self.lock_released.clear()
+
+    @property
+    def lock_held(self) -> bool:
+        with self._lock_guard:
+            return bool(self._locks)
+
+    def release_write_locks(self) -> None:
+        """Release every held lock; safe from a Timer thread and safe to call twice."""
+        with self._lock_guard:
+            locks, self._locks = self._locks, []
+            if locks:
+                self.release_started_at = time.monotonic()
+            for conn in locks:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.close()
+            self.lock_released.set()
+
+    def release_locks_later(self, delay_s: float) -> None:
+        timer = threading.Timer(delay_s, self.release_write_locks)
+        timer.daemon = True
+        self.timers.append(timer)
+        timer.start()
+
+    # -- waiting and reading -------------------------------------------------------------------
+
+    @staticmethod
+    def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+        """Poll a condition the library reports only as a counter, with a hard deadline.
+
+        Used only where the public API offers nothing to wait on (e.g. "the writer has met the
+        lock"); everything else waits on flush(), close(), joins and Events.
+        """
+        deadline = time.monotonic() + timeout_s
+        tick = threading.Event()
+        while not predicate():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"gave up after {timeout_s}s waiting until {what}")
+            tick.wait(min(_POLL_TICK_S, remaining))
+
+    def audit_rows(self, path: Path | None = None) -> list[dict[str, Any]]:
+        """The audit rows in commit order, read through a separate connection."""
+        path = path or self.database
+        if not path.exists():
+            return []
+        conn = sqlite3.connect(path, timeout=WAIT_S)
+        try:
+            try:
+                cursor = conn.execute(
+                    f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit_entries ORDER BY id"
+                )
+            except sqlite3.OperationalError as exc:
+                if "no such table" in str(exc):
+                    return []
+                raise
+            rows = [dict(zip(_AUDIT_COLUMNS, values, strict=True)) for values in cursor]
+        finally:
+            conn.close()
+        for row in rows:
+            row["details"] = json.loads(row["details"])
+        return rows
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        path = Path(f"{self.database}.deadletter.jsonl")
+        if not path.exists():
+            return []
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    # -- tear-down -----------------------------------------------------------------------------
+
+    def close_everything(self) -> list[str]:
+        """Stop and close everything the scenario started; returns what could not be stopped."""
+        problems = []
+        for timer in self.timers:
+            timer.cancel()
+            timer.join(WAIT_S)
+        # Locks first: a writer retrying behind a lock cannot drain while it is held.
+        self.release_write_locks()
+        for thread in self.threads:
+            thread.join(WAIT_S)
+            if thread.is_alive():
+                problems.append(f"thread {thread.name} still running")
+        for service in self.services:
+            service.close(timeout=WAIT_S)
+            if service.stats().writer_alive:
+                problems.append("an audit writer thread still running after close()")
+        for conn in self.connections:
+            conn.close()
+        return problems
+
+
+def before_scenario(context: Context, scenario: Scenario) -> None:
+    root = Path(tempfile.mkdtemp(prefix="audit-feature-"))
+    context.saved_env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    for name in context.saved_env:
+        del os.environ[name]
+    context.saved_cwd = os.getcwd()
+    os.chdir(root)
+    context.world = World(root)
+    library_logger = logging.getLogger("audit_engine")
+    context.saved_logging = (library_logger.level, library_logger.propagate)
+    library_logger.addHandler(context.world.log)
+    library_logger.setLevel(logging.DEBUG)
+    library_logger.propagate = False  # expected warnings stay out of the run's output
+
+
+def after_scenario(context: Context, scenario: Scenario) -> None:
+    world: World = context.world
+    try:
+        problems = world.close_everything()
+    finally:
+        for name in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+            del os.environ[name]
+        os.environ.update(context.saved_env)
+        os.chdir(context.saved_cwd)
+        library_logger = logging.getLogger("audit_engine")
+        library_logger.removeHandler(world.log)
+        library_logger.level, library_logger.propagate = context.saved_logging
+        shutil.rmtree(world.root, ignore_errors=True)
+    assert not problems, f"scenario left work running: {problems}"
