@@ -1,0 +1,1 @@
+"""asv benchmarks for audit_engine (see docs/performance.md)."""
