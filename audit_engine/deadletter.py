@@ -32,6 +32,10 @@ class DeadLetterFile:
         self.path = path
         self._lock = threading.Lock()
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fresh lock (another thread may have held it at the fork)."""
+        self._lock = threading.Lock()
+
     def append(self, entries: Sequence[AuditEntry], error: str) -> None:
         """Append ``entries`` with the reason they failed; returns once the lines are on disk."""
         failed_at = utcnow().isoformat()

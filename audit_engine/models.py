@@ -60,6 +60,11 @@ class _EventIdGenerator:
         self._lock = threading.Lock()
         self._last_ms = 0
         self._seq = 0
+        os.register_at_fork(after_in_child=self._reset_lock)
+
+    def _reset_lock(self) -> None:
+        # Another thread may have held the lock at the fork; the child has only this thread.
+        self._lock = threading.Lock()
 
     def __call__(self) -> str:
         now_ms = time.time_ns() // 1_000_000

@@ -12,6 +12,7 @@ import atexit
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -143,6 +144,7 @@ class AuditService:
         else:
             self._sync.open()
         _live_services.add(self)
+        _register_mp_finalizer()
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -340,7 +342,26 @@ def _drain_at_exit() -> None:
             writer.stop(EXIT_DRAIN_TIMEOUT_S)
 
 
+# multiprocessing ends its children with os._exit(), which skips atexit; its exit function still
+# runs its own finalizers, so the drain is registered there too (once per process).
+_mp_finalizer_pid = 0
+
+
+def _register_mp_finalizer(_: object = None) -> None:
+    global _mp_finalizer_pid
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is None or _mp_finalizer_pid == os.getpid():
+        return
+    mp_util.Finalize(None, _drain_at_exit, exitpriority=100)
+    _mp_finalizer_pid = os.getpid()
+
+
 def _after_fork_in_child() -> None:
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        # A multiprocessing child clears its finalizers right after the fork, then runs its
+        # after-fork callbacks: register from there.
+        mp_util.register_after_fork(_drain_at_exit, _register_mp_finalizer)
     services = list(_live_services)
     for service in services:
         service._reset_after_fork()

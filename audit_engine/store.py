@@ -166,6 +166,9 @@ def open_connection(
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         migrate(conn)
+        if create:
+            # user_version said "current" but another application may own that number.
+            _check_audit_database(conn, path)
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise AuditStoreError(f"{path} is not a usable audit database: {exc}") from None

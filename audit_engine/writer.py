@@ -141,6 +141,7 @@ class Writer:
         self.batches = 0
         self.retries = 0
         self.dead_lettered = 0
+        self._counter_lock = threading.Lock()
         self.last_error: str | None = None
 
     def _start(self) -> None:
@@ -158,6 +159,7 @@ class Writer:
         orphan = self._conn
         if orphan is not None:
             _FORK_ORPHANS.append(orphan)
+        self._dead_letters.reset_after_fork()
         self._reset_state()
         self._conn = self._connect()
         self._start()
@@ -252,9 +254,14 @@ class Writer:
             self._close_connection()
             return left == 0, left
         self._abort.set()
-        left = self._dead_letter_queue("close() timed out while the database was busy")
-        left += len(self._inflight)
+        before = self.dead_lettered
+        self._dead_letter_queue("close() timed out while the database was busy")
+        # The writer dead-letters its batch in flight once its current attempt ends (or commits
+        # it, if the lock went away meanwhile): count what really happened.
         self._thread.join(_ABORT_GRACE_S)
+        left = self.dead_lettered - before
+        if self._thread.is_alive():  # pragma: no cover - an attempt outlasting the grace period
+            left += len(self._inflight)
         logger.error(
             "audit writer did not drain within %.1fs; %d entries moved to %s",
             timeout_s or 0.0,
@@ -406,7 +413,8 @@ class Writer:
                     "audit entry LOST to disk, logged instead: %s", entry.model_dump_json()
                 )
             return
-        self.dead_lettered += len(rows)
+        with self._counter_lock:  # the writer and a timed-out close() may both get here
+            self.dead_lettered += len(rows)
         logger.error("%d audit entries moved to %s: %s", len(rows), self._dead_letters.path, error)
 
     def _dead_letter_queue(self, error: str) -> int:
