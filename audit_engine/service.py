@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import sqlite3
 import sys
@@ -122,7 +123,7 @@ class AuditService:
         self._injected_written = 0
         self._dropped = 0
         self._drops_unreported = 0
-        self._last_drop_warning = 0.0
+        self._last_drop_warning = -math.inf  # the first drop is always reported
         self._last_error: str | None = None
         if not self._enabled:
             return

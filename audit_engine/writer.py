@@ -250,7 +250,7 @@ class Writer:
         if not self._thread.is_alive():
             if self._alive:  # pragma: no cover - only if the thread was killed from outside
                 self._alive = False
-            left = self._drain_here() if self._queue.depth() else 0
+            left = self._drain_here()
             self._close_connection()
             return left == 0, left
         self._abort.set()
@@ -276,7 +276,9 @@ class Writer:
 
         Returns how many entries went to the dead-letter file instead of the database.
         """
-        rows = [item for item in self._drain_queue() if item is not _WAKE]
+        # The batch the thread had in hand comes first: it was taken off the queue first.
+        rows, self._inflight = self._inflight, []
+        rows += [item for item in self._drain_queue() if item is not _WAKE]
         if not rows:
             return 0
         before = self.dead_lettered
@@ -324,6 +326,7 @@ class Writer:
                 self._alive = False
                 self._progress.notify_all()
             if not finished:
+                self.last_error = "the writer thread died; close() writes the queue itself"
                 logger.critical("audit writer thread died; close() will write the queue itself")
 
     def _run_once(self) -> bool:
