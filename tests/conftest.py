@@ -39,7 +39,9 @@ def make_settings(db_path: Path) -> Callable[..., AuditSettings]:
 
 
 @pytest.fixture
-def make_service(make_settings: Callable[..., AuditSettings]) -> Iterator[Callable[..., AuditService]]:
+def make_service(
+    make_settings: Callable[..., AuditSettings],
+) -> Iterator[Callable[..., AuditService]]:
     """Build services with ``make_service(**settings)``; all are closed after the test."""
     made: list[AuditService] = []
 
