@@ -52,7 +52,8 @@ def demo(database: Path, events: int) -> None:
     report = run_demo(database, events)
     click.echo(f"Audited {report.events_emitted} events into {report.database}")
     click.echo(
-        f"  accepted {report.accepted}, written {report.written} in {report.batches} batches, "
+        f"  accepted {report.accepted}, filtered {report.filtered}, "
+        f"written {report.written} in {report.batches} batches, "
         f"dead-lettered {report.dead_lettered}"
     )
     click.echo(

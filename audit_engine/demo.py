@@ -53,6 +53,7 @@ class DemoReport(BaseModel):
     database: Path
     events_emitted: int
     accepted: int
+    filtered: int
     written: int
     batches: int
     dead_lettered: int
@@ -93,7 +94,11 @@ def run_demo(
     seed: int = 7,
     on_progress: Callable[[int], None] | None = None,
 ) -> DemoReport:
-    """Emit ``events`` note events through a bus into ``database`` and report what was written."""
+    """Emit ``events`` note events through a bus into ``database`` and report what was written.
+
+    The audit policy comes from the environment (``AUDIT_TRAIL_*``), so with the default level
+    ``writes_only`` the reads are filtered out, except the critical privileged read.
+    """
     if events < 1:
         raise ValueError(f"events must be at least 1 (got {events})")
     rng = random.Random(seed)
@@ -130,6 +135,7 @@ def run_demo(
         database=database,
         events_emitted=events,
         accepted=stats.accepted,
+        filtered=stats.filtered_by_level + stats.excluded + stats.sampled_out + stats.deduplicated,
         written=stats.written,
         batches=stats.batches,
         dead_lettered=stats.dead_lettered,

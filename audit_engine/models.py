@@ -217,3 +217,7 @@ class AuditStats(BaseModel):
     dead_lettered: int = Field(description="entries appended to the dead-letter file")
     writer_alive: bool = Field(description="whether the writer thread is running")
     last_error: str | None = Field(description="the last write error, if any")
+    filtered_by_level: int = Field(description="entries the level setting left out")
+    excluded: int = Field(description="entries left out by exclude_actions / exclude_resources")
+    sampled_out: int = Field(description="entries left out by sampling")
+    deduplicated: int = Field(description="repeats suppressed within a scope()")

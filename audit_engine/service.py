@@ -18,6 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Self
 
 from audit_engine import deadletter, store
@@ -29,6 +30,8 @@ from audit_engine.errors import (
     InvalidEntryError,
 )
 from audit_engine.models import AuditEntry, AuditStats
+from audit_engine.policy import AuditPolicy, Decision
+from audit_engine.scope import AuditScope, KeyFunc, ScopeStack
 from audit_engine.settings import AuditSettings
 from audit_engine.writer import _FORK_ORPHANS, _WRITER_BUSY_SLICE_S, Writer
 
@@ -112,6 +115,8 @@ class AuditService:
         self.settings = settings if settings is not None else AuditSettings()
         s = self.settings
         self._enabled = s.enabled
+        self.policy = AuditPolicy.from_settings(s)
+        self._scopes = ScopeStack(f"audit_scope_{id(self):x}")
         self._context = {"max_details_bytes": s.max_details_bytes}
         self._connection = connection
         self._closed = False
@@ -119,9 +124,11 @@ class AuditService:
         self._close_result = True
         self._writer: Writer | None = None
         self._sync = _SyncConnection(s)
-        self._counter_lock = threading.Lock()  # guards the two counters below
+        self._counter_lock = threading.Lock()  # guards the counters below
         self._injected_written = 0
         self._dropped = 0
+        self._not_kept = dict.fromkeys(Decision, 0)
+        self._deduplicated = 0
         self._drops_unreported = 0
         self._last_drop_warning = -math.inf  # the first drop is always reported
         self._last_error: str | None = None
@@ -160,9 +167,11 @@ class AuditService:
         """Record one entry; returns its ``event_id``, or None when it was not recorded.
 
         Pass an :class:`AuditEntry` or its fields as keywords. Validation happens here, in the
-        caller's thread: bad input raises a ``ValueError`` subclass naming the field. None means
-        the service is disabled or the entry was dropped because the queue was full
-        (``on_full='drop'``).
+        caller's thread: bad input raises a ``ValueError`` subclass naming the field. Then the
+        policy decides (level, exclusions, sampling; critical entries bypass them), ``details``
+        are redacted, and a scope (:meth:`scope`) suppresses repeats. None means the entry was
+        not recorded: the service is disabled, the policy filtered it out, it repeated an entry
+        of the current scope, or the queue was full with ``on_full='drop'``.
         With ``connection=`` the entry is written through that connection, uncommitted.
         """
         if self._closed:
@@ -170,6 +179,29 @@ class AuditService:
         if not self._enabled:
             return None
         entry = self._validate(entry, fields)
+        policy = self.policy
+        decision = policy.decide(entry)
+        if decision is not Decision.KEEP:
+            with self._counter_lock:
+                self._not_kept[decision] += 1
+            return None
+        entry = policy.redact(entry)
+        scope = self._scopes.current()
+        if scope is None or entry.critical:  # critical entries are never de-duplicated
+            return self._accept(entry, connection)
+        key = scope.key(entry)
+        if key in scope.seen:
+            with self._counter_lock:
+                self._deduplicated += 1
+            return None
+        event_id = self._accept(entry, connection)
+        # Marked only once accepted: after a failed record() the same entry is tried again.
+        if event_id is not None:
+            scope.seen.add(key)
+        return event_id
+
+    def _accept(self, entry: AuditEntry, connection: sqlite3.Connection | None) -> str | None:
+        """Write or enqueue a kept entry; None if dropped (full queue, ``on_full='drop'``)."""
         if connection is not None or self._connection is not None:
             self._write_injected(connection or self._connection, entry)  # type: ignore[arg-type]
             return entry.event_id
@@ -179,7 +211,10 @@ class AuditService:
             return entry.event_id
         on_full = self.settings.on_full
         timeout = self.settings.block_timeout if on_full == "block" else 0.0
-        if writer.put(entry, timeout) is not None:
+        position = writer.put(entry, timeout)
+        if position is not None:
+            if entry.critical and self.settings.critical_sync:
+                self._wait_committed(writer, position, entry)
             return entry.event_id
         if on_full == "sync":
             self._write_sync(entry)
@@ -209,6 +244,15 @@ class AuditService:
             )
         return entry
 
+    def _wait_committed(self, writer: Writer, position: int, entry: AuditEntry) -> None:
+        # The writer commits at once when someone waits; FIFO keeps earlier entries first.
+        if not writer.wait_for(position, self.settings.block_timeout):
+            raise AuditWriteError(
+                f"critical entry {entry.event_id} was not confirmed committed within "
+                f"{self.settings.block_timeout}s (block_timeout); it stays queued and is still "
+                "written when the database allows"
+            )
+
     def _write_sync(self, entry: AuditEntry) -> None:
         self._sync.write(entry)
 
@@ -235,6 +279,18 @@ class AuditService:
             unreported,
             total,
         )
+
+    def scope(
+        self, key: KeyFunc | None = None, *, fresh: bool = False
+    ) -> AbstractContextManager[AuditScope]:
+        """Open a unit of work in which repeated entries are recorded once.
+
+        Entries are repeats when ``key(entry)`` is equal — by default (actor, action,
+        resource_type, resource_id). Scopes follow the current thread / contextvars context and
+        nest; an inner scope shares the outer one's markers unless opened with ``fresh=True``.
+        Critical entries are never de-duplicated.
+        """
+        return self._scopes.open(key, fresh=fresh)
 
     def subscribe(
         self, bus: EventBus, mapper: Mapper | None = None
@@ -315,6 +371,10 @@ class AuditService:
             dead_lettered=w.dead_lettered if w else 0,
             writer_alive=w.alive if w else False,
             last_error=self._last_error or (w.last_error if w else None),
+            filtered_by_level=self._not_kept[Decision.FILTERED_BY_LEVEL],
+            excluded=self._not_kept[Decision.EXCLUDED],
+            sampled_out=self._not_kept[Decision.SAMPLED_OUT],
+            deduplicated=self._deduplicated,
         )
 
     def _reset_after_fork(self) -> None:
@@ -323,6 +383,8 @@ class AuditService:
         self._sync.reset_after_fork()
         self._injected_written = 0
         self._dropped = 0
+        self._not_kept = dict.fromkeys(Decision, 0)
+        self._deduplicated = 0
         if self._writer is not None and not self._closed:
             self._writer.reset_after_fork()
 

@@ -8,15 +8,18 @@ A bad value raises :class:`~audit_engine.errors.SettingsError` naming the settin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from audit_engine.errors import SettingsError
+from audit_engine.policy import DEFAULT_REDACT_FIELDS, Level
 
 ENV_PREFIX = "AUDIT_TRAIL_"
 
+# A list in code; a comma-separated string in the environment (not JSON).
+NameList = Annotated[list[str], NoDecode]
 OnFull = Literal["block", "drop", "sync"]
 Synchronous = Literal["NORMAL", "FULL"]
 
@@ -87,18 +90,59 @@ class AuditSettings(BaseSettings):
         default=65536, gt=0, description="Largest serialised `details` accepted, in bytes."
     )
 
+    # -- policy: what is audited (see audit_engine.policy) --
+    level: Level = Field(
+        default=Level.WRITES_ONLY,
+        description="all, writes_only (all but reads), mutations_only (update, delete), "
+        "deletes_only, or failures_only.",
+    )
+    exclude_actions: NameList = Field(
+        default_factory=list, description="Actions never audited; shell-style globs allowed."
+    )
+    exclude_resources: NameList = Field(
+        default_factory=list, description="Resource types never audited; globs allowed."
+    )
+    sample_rate: float = Field(
+        default=1.0, ge=0.0, le=1.0, description="Share of sampled entries kept (0.0-1.0)."
+    )
+    sample_reads: bool = Field(
+        default=True,
+        description="True: sampling applies to reads only; False: to every non-critical entry.",
+    )
+    redact_fields: NameList = Field(
+        default_factory=lambda: list(DEFAULT_REDACT_FIELDS),
+        description="Keys in details (any depth, any case) whose values become [REDACTED].",
+    )
+    critical_sync: bool = Field(
+        default=True, description="record() of a critical entry returns once it is committed."
+    )
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)
         except ValidationError as exc:
             raise SettingsError(_describe(exc)) from None
 
-    @field_validator("on_full", "synchronous", mode="before")
+    @field_validator("on_full", "synchronous", "level", mode="before")
     @classmethod
     def _normalise_case(cls, value: object, info: Any) -> object:
         if isinstance(value, str):
             value = value.strip()
             return value.upper() if info.field_name == "synchronous" else value.lower()
+        return value
+
+    @field_validator("exclude_actions", "exclude_resources", "redact_fields", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("exclude_actions", "exclude_resources", "redact_fields")
+    @classmethod
+    def _no_blank_names(cls, value: list[str]) -> list[str]:
+        if any(not name.strip() for name in value):
+            raise ValueError("names must not be blank")
         return value
 
 

@@ -77,6 +77,8 @@ class World:
         self.results: list[str | None] = []
         self.last_results: list[str | None] = []
         self.accepted: list[str] = []
+        # Entries recorded under a label (record_labelled), with what record() returned.
+        self.labelled: list[tuple[str, str | None]] = []
         self.seq = 0
         # The outcome of the last single attempt ("tries to ...").
         self.error: BaseException | None = None
@@ -137,6 +139,15 @@ class World:
             results.append(self.keep(self.audit.record(**values)))
         self.last_results = results
         return results
+
+    def record_labelled(self, label: str, **fields: Any) -> str | None:
+        """Record one entry (actor alice unless given), remembering its result under ``label``.
+
+        None is a legitimate result here: the audit policy may leave the entry out.
+        """
+        result = self.keep(self.audit.record(**{"actor": "alice", **fields}))
+        self.labelled.append((label, result))
+        return result
 
     def keep(self, result: str | None) -> str | None:
         self.results.append(result)
@@ -228,6 +239,17 @@ class World:
         for row in rows:
             row["details"] = json.loads(row["details"])
         return rows
+
+    def committed(self, event_id: str, path: Path | None = None) -> bool:
+        """Whether another program sees ``event_id`` committed (a fresh connection, no cache)."""
+        conn = sqlite3.connect(path or self.database, timeout=WAIT_S)
+        try:
+            (found,) = conn.execute(
+                "SELECT count(*) FROM audit_entries WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        finally:
+            conn.close()
+        return bool(found == 1)
 
     def dead_letters(self) -> list[dict[str, Any]]:
         path = Path(f"{self.database}.deadletter.jsonl")

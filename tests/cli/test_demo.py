@@ -16,13 +16,21 @@ from audit_engine import AuditStore, Operation
 from audit_engine.cli import main
 from audit_engine.demo import DemoReport, run_demo
 
-SUMMARY = re.compile(r"accepted (\d+), written (\d+) in (\d+) batches, dead-lettered (\d+)")
+SUMMARY = re.compile(
+    r"accepted (\d+), filtered (\d+), written (\d+) in (\d+) batches, dead-lettered (\d+)"
+)
 ROWS = re.compile(r"rows in the file: (\d+) \((.*)\)")
 
 
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _audit_every_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Most checks count every event: level=all. The default-policy test unsets it."""
+    monkeypatch.setenv("AUDIT_TRAIL_LEVEL", "all")
 
 
 def _row_count(database: Path) -> int:
@@ -33,7 +41,10 @@ def _row_count(database: Path) -> int:
 # -- the command -------------------------------------------------------------------------------
 
 
-def test_demo_audits_every_event_into_the_file(runner: CliRunner, tmp_path: Path) -> None:
+def test_demo_with_the_default_policy_filters_reads(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AUDIT_TRAIL_LEVEL")
     database = tmp_path / "d.db"
 
     result = runner.invoke(main, ["demo", "--db", str(database), "--events", "300"])
@@ -42,15 +53,31 @@ def test_demo_audits_every_event_into_the_file(runner: CliRunner, tmp_path: Path
     assert result.output.startswith(f"Audited 300 events into {database}\n")
     summary = SUMMARY.search(result.output)
     assert summary is not None
-    accepted, written, batches, dead_lettered = map(int, summary.groups())
-    assert (accepted, written, dead_lettered) == (300, 300, 0)
-    assert 1 <= batches <= 300
+    accepted, filtered, written, batches, dead_lettered = map(int, summary.groups())
+    # The default level (writes_only) filters the reads; every event is accepted or filtered.
+    assert accepted + filtered == 300
+    assert filtered > 0
+    assert (written, dead_lettered) == (accepted, 0)
+    assert 1 <= batches <= accepted
     rows = ROWS.search(result.output)
     assert rows is not None
-    assert int(rows.group(1)) == 300
+    assert int(rows.group(1)) == accepted
     per_operation = dict(part.split(" ") for part in rows.group(2).split(", "))
     assert set(per_operation) <= {op.value for op in Operation}
-    assert sum(map(int, per_operation.values())) == 300
+    assert sum(map(int, per_operation.values())) == accepted
+    assert per_operation["read"] == "1"  # only the critical privileged read
+    assert _row_count(database) == accepted
+
+
+def test_demo_with_level_all_audits_every_event(runner: CliRunner, tmp_path: Path) -> None:
+    database = tmp_path / "d.db"
+
+    result = runner.invoke(main, ["demo", "--db", str(database), "--events", "300"])
+
+    assert result.exit_code == 0, result.output
+    summary = SUMMARY.search(result.output)
+    assert summary is not None
+    assert tuple(map(int, summary.groups()))[:3] == (300, 0, 300)
     assert _row_count(database) == 300
 
 
@@ -158,7 +185,7 @@ def test_python_dash_m_runs_the_demo(tmp_path: Path) -> None:
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith(f"Audited 50 events into {database}\n")
-    assert "accepted 50, written 50 in" in completed.stdout
+    assert "accepted 50, filtered 0, written 50 in" in completed.stdout
     assert completed.stderr == ""
     assert _row_count(database) == 50
 

@@ -442,6 +442,10 @@ STATS_FIELDS = {
     "dead_lettered": 0,
     "writer_alive": True,
     "last_error": None,
+    "filtered_by_level": 6,
+    "excluded": 1,
+    "sampled_out": 2,
+    "deduplicated": 3,
 }
 
 

@@ -1,0 +1,229 @@
+"""What gets audited: a pure decision over an entry, made from the operator's settings.
+
+Order (see docs/configuration.md): critical entries bypass level, exclusions and sampling;
+then level → exclusions → sampling. Redaction is applied to every entry that is kept. Nothing
+here touches the queue, the database or a clock, so every rule is tested on its own.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from audit_engine.models import AuditEntry, Operation, Outcome
+
+if TYPE_CHECKING:
+    from audit_engine.settings import AuditSettings
+
+REDACTED = "[REDACTED]"
+
+DEFAULT_REDACT_FIELDS = (
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "set_cookie",
+    "private_key",
+    "ssn",
+    "credit_card",
+    "card_number",
+    "cvv",
+)
+
+
+class Level(StrEnum):
+    """Which operations are audited."""
+
+    ALL = "all"
+    WRITES_ONLY = "writes_only"  # everything except reads
+    MUTATIONS_ONLY = "mutations_only"  # updates and deletes
+    DELETES_ONLY = "deletes_only"
+    FAILURES_ONLY = "failures_only"  # any operation whose outcome is failure
+
+
+class Decision(StrEnum):
+    """The outcome of :meth:`AuditPolicy.decide`."""
+
+    KEEP = "keep"
+    FILTERED_BY_LEVEL = "filtered_by_level"
+    EXCLUDED = "excluded"
+    SAMPLED_OUT = "sampled_out"
+
+
+_MUTATIONS = frozenset({Operation.UPDATE, Operation.DELETE})
+
+
+def _normalise_key(key: str) -> str:
+    return key.lower().replace("-", "_")
+
+
+class _NameMatcher:
+    """Exact names in a set, shell-style globs (``health_*``) in one compiled regex."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        exact: set[str] = set()
+        globs: list[str] = []
+        for pattern in patterns:
+            if any(c in pattern for c in "*?["):
+                globs.append(pattern)
+            else:
+                exact.add(pattern)
+        self._exact = frozenset(exact)
+        self._regex = re.compile("|".join(fnmatch.translate(g) for g in globs)) if globs else None
+
+    def __bool__(self) -> bool:
+        return bool(self._exact) or self._regex is not None
+
+    def matches(self, name: str | None) -> bool:
+        if name is None:
+            return False
+        if name in self._exact:
+            return True
+        return self._regex is not None and self._regex.match(name) is not None
+
+
+def sample_fraction(event_id: str) -> float:
+    """A stable number in [0, 1) derived from ``event_id``: same id, same sampling decision."""
+    digest = hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest) / 2**64
+
+
+class AuditPolicy:
+    """The operator's audit policy. Build it with :meth:`from_settings`, or directly in tests."""
+
+    __slots__ = (
+        "_actions",
+        "_redact",
+        "_resources",
+        "exclude_actions",
+        "exclude_resources",
+        "level",
+        "redact_fields",
+        "sample_rate",
+        "sample_reads",
+    )
+
+    def __init__(
+        self,
+        *,
+        level: Level | str = Level.ALL,
+        exclude_actions: Iterable[str] = (),
+        exclude_resources: Iterable[str] = (),
+        sample_rate: float = 1.0,
+        sample_reads: bool = True,
+        redact_fields: Iterable[str] = DEFAULT_REDACT_FIELDS,
+    ) -> None:
+        if not 0.0 <= sample_rate <= 1.0:
+            raise ValueError(f"sample_rate must be between 0.0 and 1.0 (got {sample_rate})")
+        self.level = Level(level)
+        self.exclude_actions = tuple(exclude_actions)
+        self.exclude_resources = tuple(exclude_resources)
+        self.sample_rate = sample_rate
+        self.sample_reads = sample_reads
+        self.redact_fields = tuple(redact_fields)
+        self._actions = _NameMatcher(self.exclude_actions)
+        self._resources = _NameMatcher(self.exclude_resources)
+        self._redact = frozenset(_normalise_key(k) for k in self.redact_fields)
+
+    def __repr__(self) -> str:
+        return (
+            f"AuditPolicy(level={self.level.value!r}, exclude_actions={self.exclude_actions!r}, "
+            f"exclude_resources={self.exclude_resources!r}, sample_rate={self.sample_rate!r}, "
+            f"sample_reads={self.sample_reads!r}, redact_fields={self.redact_fields!r})"
+        )
+
+    @classmethod
+    def from_settings(cls, settings: AuditSettings) -> AuditPolicy:
+        """The policy described by ``settings``."""
+        return cls(
+            level=settings.level,
+            exclude_actions=settings.exclude_actions,
+            exclude_resources=settings.exclude_resources,
+            sample_rate=settings.sample_rate,
+            sample_reads=settings.sample_reads,
+            redact_fields=settings.redact_fields,
+        )
+
+    # -- the decision --------------------------------------------------------------------------
+
+    def decide(self, entry: AuditEntry) -> Decision:
+        """Whether ``entry`` is kept, and if not, which rule filtered it out."""
+        if entry.critical:
+            return Decision.KEEP
+        if not self.level_allows(entry.operation, entry.outcome):
+            return Decision.FILTERED_BY_LEVEL
+        if self.is_excluded(entry.action, entry.resource_type):
+            return Decision.EXCLUDED
+        if not self.sampled_in(entry.event_id, entry.operation):
+            return Decision.SAMPLED_OUT
+        return Decision.KEEP
+
+    def level_allows(self, operation: Operation, outcome: Outcome) -> bool:
+        level = self.level
+        if level is Level.ALL:
+            return True
+        if level is Level.WRITES_ONLY:
+            return operation is not Operation.READ
+        if level is Level.MUTATIONS_ONLY:
+            return operation in _MUTATIONS
+        if level is Level.DELETES_ONLY:
+            return operation is Operation.DELETE
+        return outcome is Outcome.FAILURE
+
+    def is_excluded(self, action: str, resource_type: str | None) -> bool:
+        return self._actions.matches(action) or self._resources.matches(resource_type)
+
+    def sampled_in(self, event_id: str, operation: Operation) -> bool:
+        rate = self.sample_rate
+        if rate >= 1.0:
+            return True
+        if self.sample_reads and operation is not Operation.READ:
+            return True
+        return rate > 0.0 and sample_fraction(event_id) < rate
+
+    # -- redaction -----------------------------------------------------------------------------
+
+    def redact(self, entry: AuditEntry) -> AuditEntry:
+        """``entry`` with every configured key in ``details`` (at any depth) masked.
+
+        Returns the same object when there is nothing to mask, so the common case costs one walk.
+        """
+        keys = self._redact
+        if not keys or not entry.details:
+            return entry
+        redacted, changed = _redact_value(entry.details, keys)
+        if not changed:
+            return entry
+        return entry.with_details(redacted)
+
+
+def _redact_value(value: Any, keys: frozenset[str]) -> tuple[Any, bool]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        changed = False
+        for key, item in value.items():
+            if isinstance(key, str) and _normalise_key(key) in keys:
+                out[key] = REDACTED
+                changed = True
+            else:
+                out[key], item_changed = _redact_value(item, keys)
+                changed = changed or item_changed
+        return (out, True) if changed else (value, False)
+    if isinstance(value, list):
+        items = [_redact_value(item, keys) for item in value]
+        if any(changed for _, changed in items):
+            return [item for item, _ in items], True
+        return value, False
+    return value, False
