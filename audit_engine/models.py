@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -93,6 +94,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _check_utf8(field: str, value: str) -> None:
     # SQLite stores UTF-8: a lone surrogate would only fail later, in the writer thread.
     if not value.isascii():
@@ -102,6 +106,14 @@ def _check_utf8(field: str, value: str) -> None:
             raise ValueError(
                 f"{field} contains characters that cannot be encoded as UTF-8"
             ) from None
+
+
+def _check_text(field: str, value: str) -> None:
+    # Identifiers with control characters forge lines in logs and terminals, and the hash
+    # chain's canonical form relies on text fields never holding U+0000 or U+001F.
+    if not (value.isascii() and value.isprintable()) and _CONTROL.search(value):
+        raise ValueError(f"{field} must not contain control characters")
+    _check_utf8(field, value)
 
 
 def dump_details(details: dict[str, Any]) -> str:
@@ -161,7 +173,7 @@ class AuditEntry(BaseModel):
         ):
             value = getattr(self, name)
             if value is not None:
-                _check_utf8(name, value)
+                _check_text(name, value)
         limit = DEFAULT_MAX_DETAILS_BYTES
         if isinstance(info.context, dict):
             limit = info.context.get("max_details_bytes", limit)
@@ -221,3 +233,9 @@ class AuditStats(BaseModel):
     excluded: int = Field(description="entries left out by exclude_actions / exclude_resources")
     sampled_out: int = Field(description="entries left out by sampling")
     deduplicated: int = Field(description="repeats suppressed within a scope()")
+    longest_batch_s: float = Field(
+        description="the longest a committed batch transaction took, in seconds (lock waits "
+        "included): the writer's worst stall"
+    )
+    cleanup_runs: int = Field(description="background retention runs completed")
+    rows_purged: int = Field(description="rows the background retention runs deleted")

@@ -8,20 +8,18 @@ writer thread and its connections; nothing here is global except the registry th
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
-import os
 import sqlite3
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from typing import Any, Self
 
-from audit_engine import deadletter, store
+from audit_engine import deadletter, lifecycle, store
 from audit_engine.bus import DomainEvent, EventBus
 from audit_engine.errors import (
     AuditQueueFull,
@@ -31,14 +29,15 @@ from audit_engine.errors import (
 )
 from audit_engine.models import AuditEntry, AuditStats
 from audit_engine.policy import AuditPolicy, Decision
+from audit_engine.retention import CleanupThread
 from audit_engine.scope import AuditScope, KeyFunc, ScopeStack
 from audit_engine.settings import AuditSettings
 from audit_engine.writer import _FORK_ORPHANS, _WRITER_BUSY_SLICE_S, Writer
 
 logger = logging.getLogger(__name__)
 
-# How long the exit hook lets each unclosed service drain before the rest is dead-lettered.
-EXIT_DRAIN_TIMEOUT_S = 60.0
+# close() waits this long for the cleanup thread to finish its current batch.
+_CLEANUP_STOP_TIMEOUT_S = 5.0
 _DROP_WARNING_INTERVAL_S = 10.0
 
 Mapper = Callable[[DomainEvent], AuditEntry | None]
@@ -123,6 +122,7 @@ class AuditService:
         self._close_lock = threading.Lock()
         self._close_result = True
         self._writer: Writer | None = None
+        self._cleanup: CleanupThread | None = None
         self._sync = _SyncConnection(s)
         self._counter_lock = threading.Lock()  # guards the counters below
         self._injected_written = 0
@@ -145,14 +145,38 @@ class AuditService:
                 flush_interval_s=s.buffer_flush_interval,
             )
             self._writer = writer
-            _live_writers.add(writer)
             # Drain the writer if the service is garbage-collected unclosed; the callback must not
             # hold the service itself.
             weakref.finalize(self, writer.request_stop)
         else:
             self._sync.open()
-        _live_services.add(self)
-        _register_mp_finalizer()
+        if connection is None and s.cleanup_enabled:
+            self._cleanup = self._start_cleanup()
+            weakref.finalize(self, self._cleanup.request_stop)
+        lifecycle.register(self)
+
+    def _start_cleanup(self) -> CleanupThread:
+        s = self.settings
+        return CleanupThread(
+            lambda: _connect(s, s.busy_timeout),
+            retention=timedelta(days=s.retention_days),
+            batch_size=s.cleanup_batch_size,
+            interval_s=s.cleanup_interval,
+        )
+
+    def fork_gates(self) -> list[threading.Lock]:
+        """Locks this service's threads hold while inside SQLite (taken by the fork hook)."""
+        gates = []
+        if self._writer is not None:
+            gates.append(self._writer.fork_gate)
+        if self._cleanup is not None:
+            gates.append(self._cleanup.fork_gate)
+        return gates
+
+    @property
+    def writer(self) -> Writer | None:
+        """The write-behind worker (None in sync mode, with an injected connection, or disabled)."""
+        return self._writer
 
     # -- recording ---------------------------------------------------------------------------
 
@@ -341,8 +365,10 @@ class AuditService:
                         f"{deadletter.path_for(self.settings.database)}"
                     )
                 self._close_result = drained
+            if self._cleanup is not None:
+                self._cleanup.stop(_CLEANUP_STOP_TIMEOUT_S)
             self._sync.close()
-            _live_services.discard(self)
+            lifecycle.unregister(self)
             return self._close_result
 
     @property
@@ -375,6 +401,9 @@ class AuditService:
             excluded=self._not_kept[Decision.EXCLUDED],
             sampled_out=self._not_kept[Decision.SAMPLED_OUT],
             deduplicated=self._deduplicated,
+            longest_batch_s=w.longest_batch_s if w else 0.0,
+            cleanup_runs=self._cleanup.runs if self._cleanup else 0,
+            rows_purged=self._cleanup.rows_deleted if self._cleanup else 0,
         )
 
     def _reset_after_fork(self) -> None:
@@ -385,55 +414,9 @@ class AuditService:
         self._dropped = 0
         self._not_kept = dict.fromkeys(Decision, 0)
         self._deduplicated = 0
-        if self._writer is not None and not self._closed:
+        if self._closed:
+            return
+        if self._writer is not None:
             self._writer.reset_after_fork()
-
-
-# -- process lifecycle: exit and fork ---------------------------------------------------------
-
-# Weak: an unclosed service can still be garbage-collected. Writers stay reachable through their
-# threads until drained, so the exit hook also finds writers whose service is already gone.
-_live_services: weakref.WeakSet[AuditService] = weakref.WeakSet()
-_live_writers: weakref.WeakSet[Writer] = weakref.WeakSet()
-
-
-def _drain_at_exit() -> None:
-    for service in list(_live_services):
-        service.close(EXIT_DRAIN_TIMEOUT_S)
-    for writer in list(_live_writers):
-        if not writer.closed or writer.alive:
-            writer.stop(EXIT_DRAIN_TIMEOUT_S)
-
-
-# multiprocessing ends its children with os._exit(), which skips atexit; its exit function still
-# runs its own finalizers, so the drain is registered there too (once per process).
-_mp_finalizer_pid = 0
-
-
-def _register_mp_finalizer(_: object = None) -> None:
-    global _mp_finalizer_pid
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is None or _mp_finalizer_pid == os.getpid():
-        return
-    mp_util.Finalize(None, _drain_at_exit, exitpriority=100)
-    _mp_finalizer_pid = os.getpid()
-
-
-def _after_fork_in_child() -> None:
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        # A multiprocessing child clears its finalizers right after the fork, then runs its
-        # after-fork callbacks: register from there.
-        mp_util.register_after_fork(_drain_at_exit, _register_mp_finalizer)
-    services = list(_live_services)
-    for service in services:
-        service._reset_after_fork()
-    # A writer whose service is gone holds only the parent's entries: the child must not write them.
-    keep = {id(service._writer) for service in services}
-    for writer in list(_live_writers):
-        if id(writer) not in keep:
-            _live_writers.discard(writer)
-
-
-atexit.register(_drain_at_exit)
-os.register_at_fork(after_in_child=_after_fork_in_child)
+        if self._cleanup is not None:
+            self._cleanup = self._start_cleanup()  # threads do not survive a fork

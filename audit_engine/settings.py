@@ -117,6 +117,20 @@ class AuditSettings(BaseSettings):
         default=True, description="record() of a critical entry returns once it is committed."
     )
 
+    # -- retention (see audit_engine.retention) --
+    retention_days: int = Field(
+        default=90, gt=0, description="Entries older than this many days are purged."
+    )
+    cleanup_enabled: bool = Field(
+        default=True, description="Run the background cleanup thread that purges old entries."
+    )
+    cleanup_batch_size: int = Field(
+        default=10000, gt=0, description="Rows deleted per purge transaction."
+    )
+    cleanup_interval: float = Field(
+        default=3600.0, gt=0, description="Seconds between two background cleanup runs."
+    )
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)

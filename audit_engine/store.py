@@ -1,199 +1,53 @@
-"""SQLite storage: schema and migrations (sqlite-utils), the batch insert, typed queries.
+"""SQLite storage: the chained batch insert and typed reads of the audit table.
 
-This is the only module that speaks SQL. Values always travel as parameters, never in the SQL text.
+With :mod:`audit_engine.schema` (the file and its schema), :mod:`audit_engine.chain` and
+:mod:`audit_engine.retention`, this is where SQL lives. Values always travel as parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import itertools
 import json
 import os
 import sqlite3
 import sys
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
 import sqlite_utils
 
+from audit_engine.chain import GENESIS_HASH, ChainHead, VerifyReport, link, read_chain, verify_rows
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, Operation, Outcome
-
-TABLE = "audit_entries"
-SCHEMA_VERSION = 1
-
-_COLUMNS = (
-    "event_id",
-    "timestamp",
-    "actor",
-    "action",
-    "operation",
-    "outcome",
-    "resource_type",
-    "resource_id",
-    "correlation_id",
-    "details",
-    "critical",
+from audit_engine.retention import DEFAULT_CLEANUP_BATCH_SIZE, CleanupReport, cutoff_for, purge
+from audit_engine.schema import (
+    ANCHORS,
+    SCHEMA_VERSION,
+    STORED_COLUMNS,
+    TABLE,
+    format_timestamp,
+    migrate,
+    open_connection,
+    rollback_quietly,
 )
+
+__all__ = ["SCHEMA_VERSION", "AuditStore", "migrate", "open_connection"]
+
+_COLUMNS = STORED_COLUMNS
 _INSERT_SQL = (
-    f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+    f"INSERT INTO {TABLE} (id, {', '.join(_COLUMNS)}, prev_hash, hash) "
+    f"VALUES ({', '.join('?' for _ in range(len(_COLUMNS) + 3))})"
 )
 _SELECT_SQL = f"SELECT id, {', '.join(_COLUMNS)} FROM {TABLE}"
 _READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # stored rows were checked when recorded
 
 
-# -- schema -----------------------------------------------------------------------------------
-
-
-def _create_v1(db: sqlite_utils.Database) -> None:
-    table = db.table(TABLE)
-    table.create(
-        {
-            "id": int,
-            "event_id": str,
-            "timestamp": str,
-            "actor": str,
-            "action": str,
-            "operation": str,
-            "outcome": str,
-            "resource_type": str,
-            "resource_id": str,
-            "correlation_id": str,
-            "details": str,
-            "critical": int,
-        },
-        pk="id",
-        not_null={"event_id", "timestamp", "action", "operation", "outcome", "details", "critical"},
-    )
-    # Indexes are most of SQLite's insert cost: one per common filter, no more.
-    table.create_index(["event_id"], index_name="ux_audit_entries_event_id", unique=True)
-    table.create_index(["timestamp"], index_name="ix_audit_entries_timestamp")
-    table.create_index(["actor", "timestamp"], index_name="ix_audit_entries_actor_timestamp")
-    table.create_index(["resource_type", "resource_id"], index_name="ix_audit_entries_resource")
-
-
-# _MIGRATIONS[v] upgrades a database at user_version v to v + 1.
-_MIGRATIONS = (_create_v1,)
-assert len(_MIGRATIONS) == SCHEMA_VERSION
-
-
-def _user_version(conn: sqlite3.Connection) -> int:
-    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    return version
-
-
-def migrate(conn: sqlite3.Connection) -> None:
-    """Create or upgrade the audit schema on ``conn`` to :data:`SCHEMA_VERSION`.
-
-    Runs in its own ``BEGIN IMMEDIATE`` transaction (so two processes cannot both migrate), or in a
-    savepoint of the caller's transaction when one is open (an injected connection).
-    """
-    version = _user_version(conn)
-    if version == SCHEMA_VERSION:
-        return
-    if version > SCHEMA_VERSION:
-        raise AuditStoreError(
-            f"the audit database has schema version {version}; this audit_engine supports "
-            f"up to {SCHEMA_VERSION}: upgrade audit_engine"
-        )
-    own_transaction = not conn.in_transaction
-    conn.execute("BEGIN IMMEDIATE" if own_transaction else "SAVEPOINT audit_engine_migrate")
-    try:
-        db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
-        for step in _MIGRATIONS[_user_version(conn) :]:
-            step(db)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    except BaseException:
-        if own_transaction:
-            _rollback(conn)
-        elif conn.in_transaction:
-            conn.execute("ROLLBACK TO audit_engine_migrate")
-            conn.execute("RELEASE audit_engine_migrate")
-        raise
-    conn.execute("COMMIT" if own_transaction else "RELEASE audit_engine_migrate")
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        # The failed statement may already have ended the transaction.
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-
-
-def _create_private_file(path: Path) -> None:
-    # Audit trails hold personal data: the file is readable by its owner only (SQLite gives the
-    # -wal and -shm files the same mode).
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise AuditStoreError(f"cannot create the audit database {path}: {exc.strerror}") from None
-    os.close(fd)
-
-
-def open_connection(
-    path: str | os.PathLike[str],
-    *,
-    synchronous: str = "NORMAL",
-    busy_timeout: float = 5.0,
-    create: bool = True,
-) -> sqlite3.Connection:
-    """Open ``path`` in WAL mode with the schema in place, in autocommit mode (explicit BEGINs).
-
-    With ``create=False`` a missing file is an error instead of a new empty database.
-    """
-    path = Path(path)
-    if not path.exists():
-        if not create:
-            raise AuditStoreError(f"no audit database at {path}")
-        if not path.parent.is_dir():
-            raise AuditStoreError(f"cannot create the audit database {path}: no such directory")
-        _create_private_file(path)
-    elif path.is_dir():
-        raise AuditStoreError(f"{path} is a directory, not an audit database")
-    try:
-        conn = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
-        )
-    except sqlite3.Error as exc:
-        raise AuditStoreError(f"cannot open the audit database {path}: {exc}") from None
-    try:
-        if not create:
-            # Check before any PRAGMA that writes: a foreign file is refused untouched.
-            _check_audit_database(conn, path)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
-        migrate(conn)
-        if create:
-            # user_version said "current" but another application may own that number.
-            _check_audit_database(conn, path)
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise AuditStoreError(f"{path} is not a usable audit database: {exc}") from None
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _check_audit_database(conn: sqlite3.Connection, path: Path) -> None:
-    found = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
-    ).fetchone()
-    if found is None:
-        raise AuditStoreError(f"{path} is not an audit database (no {TABLE} table)")
-
-
 # -- writes -----------------------------------------------------------------------------------
-
-
-def format_timestamp(value: datetime) -> str:
-    """The stored form of a timestamp: fixed-width ISO-8601 UTC, so text order is time order."""
-    # isoformat() zero-pads the year (strftime's %Y does not below 1000) and always prints
-    # microseconds with timespec set; every value is UTC, so "+00:00" becomes "Z".
-    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def entry_row(entry: AuditEntry) -> tuple[Any, ...]:
@@ -213,9 +67,30 @@ def entry_row(entry: AuditEntry) -> tuple[Any, ...]:
     )
 
 
+def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
+    """The (id, hash) new rows chain from: the last row, else the last purge anchor, else genesis.
+
+    Read inside the writing transaction, through the primary key: O(1), never a scan.
+    """
+    row = conn.execute(f"SELECT id, hash FROM {TABLE} ORDER BY id DESC LIMIT 1").fetchone()
+    if row is None:
+        row = conn.execute(
+            f"SELECT last_deleted_id, last_deleted_hash FROM {ANCHORS} "
+            "ORDER BY last_deleted_id DESC LIMIT 1"
+        ).fetchone()
+    if row is None:
+        return 0, GENESIS_HASH
+    return int(row[0]), str(row[1])
+
+
 def insert_entries(conn: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
-    """Insert ``entries`` on ``conn`` in the current transaction (or autocommit), in order."""
-    conn.executemany(_INSERT_SQL, [entry_row(e) for e in entries])
+    """Append ``entries`` to the chain on ``conn``, in order, in the current transaction.
+
+    The caller holds the write lock (``BEGIN IMMEDIATE``, or its own transaction), so the tail
+    cannot move between reading it and inserting after it.
+    """
+    tail_id, tail_hash = chain_tail(conn)
+    conn.executemany(_INSERT_SQL, link((entry_row(e) for e in entries), tail_id, tail_hash))
 
 
 def write_batch(conn: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
@@ -225,20 +100,20 @@ def write_batch(conn: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None
         insert_entries(conn, entries)
         conn.execute("COMMIT")
     except BaseException:
-        _rollback(conn)
+        rollback_quietly(conn)
         raise
 
 
 def write_in_caller_transaction(conn: sqlite3.Connection, entry: AuditEntry) -> None:
     """Insert ``entry`` through a connection the application owns, without committing.
 
-    The schema is created on first use (inside the caller's transaction, so a rollback undoes
-    it too); the common path pays nothing for that check.
+    The schema is created or upgraded on first use (inside the caller's transaction, so a
+    rollback undoes it too); the common path pays nothing for that check.
     """
     try:
         insert_entries(conn, (entry,))
     except sqlite3.OperationalError as exc:
-        if "no such table" not in str(exc):
+        if "no such table" not in str(exc) and "has no column" not in str(exc):
             raise
         migrate(conn)
         insert_entries(conn, (entry,))
@@ -296,6 +171,90 @@ class AuditStore:
     def close(self) -> None:
         """Close the connection. Idempotent."""
         self._conn.close()
+
+    # -- integrity and retention -----------------------------------------------------------------
+
+    def head(self) -> ChainHead | None:
+        """The newest link of the chain (after a full purge: the anchor), or None when empty.
+
+        Publish it or store it apart: ``verify(expected_head=...)`` then detects truncation.
+        """
+        with self._errors("read the chain head of"):
+            tail_id, tail_hash = chain_tail(self._conn)
+        return ChainHead(id=tail_id, hash=tail_hash) if tail_id else None
+
+    def verify(self, *, expected_head: ChainHead | None = None) -> VerifyReport:
+        """Check the whole chain in one read snapshot, streaming in constant memory.
+
+        Detects a modified field, a deleted, inserted or reordered row, and (against an
+        ``expected_head`` kept elsewhere) rows deleted from the end.
+        """
+        with self._errors("verify"), self._snapshot():
+            start, rows = read_chain(self._conn, TABLE, _COLUMNS, ANCHORS)
+            return verify_rows(rows, start, expected_head)
+
+    def purge(
+        self,
+        older_than: timedelta | datetime,
+        *,
+        batch_size: int | None = None,
+        dry_run: bool = False,
+    ) -> CleanupReport:
+        """Delete the rows older than ``older_than`` (an age, or an aware cutoff datetime).
+
+        Deletes the prefix of the chain before the first row at or after the cutoff, in
+        transactions of ``batch_size`` rows (default 10 000), each recording an anchor so
+        ``verify()`` still proves what remains. ``dry_run`` only counts. The run is kept in the
+        cleanup-runs table.
+        """
+        cutoff = cutoff_for(older_than)
+        size = DEFAULT_CLEANUP_BATCH_SIZE if batch_size is None else batch_size
+        with self._errors("purge"):
+            return purge(self._conn, cutoff, size, dry_run=dry_run)
+
+    def export(
+        self,
+        fmt: str = "jsonl",
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        **filters: Any,
+    ) -> Iterator[str]:
+        """Yield the matching entries as lines (each ending in a newline), in commit order.
+
+        ``fmt="jsonl"``: one JSON object per row with its id, stored fields, ``prev_hash`` and
+        ``hash`` (a contiguous range verifies offline with ``chain.verify_exported_lines``).
+        ``fmt="csv"``: a header row, then one row per entry (``details`` as JSON text). Takes the
+        filters of :meth:`query`. Streams: memory does not grow with the number of rows.
+        """
+        if fmt not in ("jsonl", "csv"):
+            raise AuditStoreError(f"unknown export format {fmt!r}: use 'jsonl' or 'csv'")
+        where, params = self._where(since=since, until=until, **filters)
+        sql = f"SELECT id, {', '.join(_COLUMNS)}, prev_hash, hash FROM {TABLE}{where} ORDER BY id"
+        names = ("id", *_COLUMNS, "prev_hash", "hash")
+        with self._errors("export"):
+            cursor = self._conn.execute(sql, params)
+        if fmt == "csv":
+            return _csv_lines(names, cursor)
+        return _jsonl_lines(names, cursor)
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        # One read transaction: a purge or a write between two statements cannot be half-seen.
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            raise AuditStoreError(f"cannot {what} {self.path}: {exc}") from None
+
+    # -- queries ---------------------------------------------------------------------------------
 
     def query(
         self,
@@ -366,15 +325,15 @@ class AuditStore:
 
     @staticmethod
     def _where(
-        actor: str | None,
-        action: str | None,
-        operation: Operation | str | None,
-        outcome: Outcome | str | None,
-        resource_type: str | None,
-        resource_id: str | None,
-        correlation_id: str | None,
-        since: datetime | None,
-        until: datetime | None,
+        actor: str | None = None,
+        action: str | None = None,
+        operation: Operation | str | None = None,
+        outcome: Outcome | str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        correlation_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
@@ -398,3 +357,21 @@ class AuditStore:
             clauses.append("timestamp < ?")
             params.append(_as_utc(until, "until"))
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _jsonl_lines(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[str]:
+    for row in rows:
+        record = dict(zip(names, row, strict=True))
+        record["details"] = json.loads(record["details"])
+        record["critical"] = bool(record["critical"])
+        yield json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def _csv_lines(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in itertools.chain([names], rows):
+        writer.writerow(row)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()

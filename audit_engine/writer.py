@@ -121,6 +121,9 @@ class Writer:
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._reset_state()
+        # Held while this writer is inside SQLite; os.fork() waits for it (see lifecycle), so a
+        # child never inherits a SQLite mutex locked by a thread that does not exist there.
+        self.fork_gate = threading.Lock()
         self._conn: sqlite3.Connection | None = connect()
         self._start()
 
@@ -141,6 +144,7 @@ class Writer:
         self.batches = 0
         self.retries = 0
         self.dead_lettered = 0
+        self.longest_batch_s = 0.0
         self._counter_lock = threading.Lock()
         self.last_error: str | None = None
 
@@ -160,6 +164,7 @@ class Writer:
         if orphan is not None:
             _FORK_ORPHANS.append(orphan)
         self._dead_letters.reset_after_fork()
+        self.fork_gate = threading.Lock()
         self._reset_state()
         self._conn = self._connect()
         self._start()
@@ -296,7 +301,8 @@ class Writer:
     def _close_connection(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            conn.close()
+            with self.fork_gate:
+                conn.close()
 
     # -- writer thread ----------------------------------------------------------------------
 
@@ -388,7 +394,10 @@ class Writer:
             if conn is None:
                 return "the writer's connection is closed"
             try:
-                store.write_batch(conn, rows)
+                started = time.perf_counter()
+                with self.fork_gate:
+                    store.write_batch(conn, rows)
+                took = time.perf_counter() - started
             except Exception as exc:
                 if not store.is_busy(exc):
                     self.last_error = f"{type(exc).__name__}: {exc}"
@@ -401,6 +410,8 @@ class Writer:
             else:
                 self.written += len(rows)
                 self.batches += 1
+                if took > self.longest_batch_s:
+                    self.longest_batch_s = took
                 return None
 
     def _dead_letter(self, rows: Sequence[AuditEntry], error: str) -> None:

@@ -446,6 +446,9 @@ STATS_FIELDS = {
     "excluded": 1,
     "sampled_out": 2,
     "deduplicated": 3,
+    "longest_batch_s": 0.25,
+    "cleanup_runs": 2,
+    "rows_purged": 40,
 }
 
 

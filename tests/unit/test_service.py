@@ -41,9 +41,9 @@ from audit_engine import (
     Operation,
     Outcome,
     deadletter,
+    lifecycle,
     store,
 )
-from audit_engine import service as service_module
 from audit_engine.writer import WRITER_THREAD_NAME, Writer
 
 MakeService = Callable[..., AuditService]
@@ -1013,7 +1013,7 @@ def test_the_exit_hook_closes_live_services_and_drains_orphaned_writers(
     orphan_ids = [orphan.record(action="orphan") for _ in range(5)]
     del orphan
     gc.collect()
-    service_module._drain_at_exit()  # what atexit runs
+    lifecycle._drain_at_exit()  # what atexit runs
     assert kept.closed
     assert not kept.stats().writer_alive
     assert _ids(db_path) == kept_ids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
@@ -27,6 +28,8 @@ EXPECTED_COLUMNS = [
     ("correlation_id", "TEXT", 0, 0),
     ("details", "TEXT", 1, 0),
     ("critical", "INTEGER", 1, 0),
+    ("prev_hash", "TEXT", 0, 0),
+    ("hash", "TEXT", 0, 0),
 ]
 EXPECTED_INDEXES = {
     # name: (unique, columns)
@@ -104,7 +107,7 @@ def test_busy_timeout_is_in_seconds(db_path: Path) -> None:
 
 
 def test_new_database_has_the_current_schema_version(conn: sqlite3.Connection) -> None:
-    assert store.SCHEMA_VERSION == 1
+    assert store.SCHEMA_VERSION == 2
     assert _user_version(conn) == store.SCHEMA_VERSION
 
 
@@ -212,7 +215,7 @@ def test_newer_schema_version_is_refused(db_path: Path, create: bool) -> None:
         store.open_connection(db_path, create=create)
 
     assert str(exc.value) == (
-        "the audit database has schema version 99; this audit_engine supports up to 1: "
+        "the audit database has schema version 99; this audit_engine supports up to 2: "
         "upgrade audit_engine"
     )
 
@@ -355,7 +358,7 @@ def test_write_batch_stores_the_documented_row_form(conn: sqlite3.Connection) ->
     store.write_batch(conn, [entry])
 
     row = conn.execute(f"SELECT * FROM {store.TABLE}").fetchone()
-    assert row == (
+    stored = (
         1,
         "evt-001",
         "2024-05-01T12:00:00.000123Z",
@@ -369,6 +372,12 @@ def test_write_batch_stores_the_documented_row_form(conn: sqlite3.Connection) ->
         '{"a":"é","b":2}',
         1,
     )
+    genesis = "0" * 64
+    assert row == (*stored, genesis, row[-1])
+    # The documented canonical form (docs/integrity.md), computed by hand: version, the stored
+    # values as text (NULL as U+0000), prev_hash, joined by U+001F, UTF-8, SHA-256.
+    canonical = "\x1f".join(["1", *(str(v) for v in stored), genesis]).encode("utf-8")
+    assert row[-1] == hashlib.sha256(canonical).hexdigest()
 
 
 def test_write_batch_is_atomic(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,223 @@
+"""The tamper-evident hash chain: canonical form, linking a batch to the tail, verifying.
+
+Each row's ``hash`` is SHA-256 over its canonical form, which includes the previous row's hash, so
+changing, deleting, inserting or reordering any row breaks every link after it. The canonical form
+is documented in docs/integrity.md so anyone can verify a file with their own code:
+
+    canonical = "\\x1f".join([CHAIN_VERSION, id, event_id, timestamp, actor, action, operation,
+                             outcome, resource_type, resource_id, correlation_id, details,
+                             critical, prev_hash])
+
+with every value as its stored text (integers in decimal), NULL as ``"\\x00"``, encoded as UTF-8.
+Stored text never contains U+0000 or U+001F (the model rejects control characters and ``details``
+is JSON, which escapes them), so the form is unambiguous.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from audit_engine.models import dump_details
+
+CHAIN_VERSION = "1"
+GENESIS_HASH = "0" * 64
+_SEP = "\x1f"
+_NULL = "\x00"
+
+
+def canonical(row: Sequence[Any]) -> bytes:
+    """The bytes hashed for ``row`` = (id, event_id, ..., critical, prev_hash) as stored."""
+    return _SEP.join([CHAIN_VERSION, *(_NULL if v is None else str(v) for v in row)]).encode(
+        "utf-8"
+    )
+
+
+def row_hash(row: Sequence[Any]) -> str:
+    """The hex SHA-256 of :func:`canonical` (``row`` ends with the previous row's hash)."""
+    return hashlib.sha256(canonical(row)).hexdigest()
+
+
+def link(values: Iterable[Sequence[Any]], tail_id: int, tail_hash: str) -> list[tuple[Any, ...]]:
+    """Give each row of ``values`` (stored fields without id) its id, prev_hash and hash.
+
+    Ids continue from ``tail_id``; the first row chains from ``tail_hash``. Returns the full rows
+    ``(id, *values, prev_hash, hash)`` ready for the insert.
+    """
+    rows = []
+    prev = tail_hash
+    next_id = tail_id
+    for fields in values:
+        next_id += 1
+        body = (next_id, *fields, prev)
+        digest = row_hash(body)
+        rows.append((*body, digest))
+        prev = digest
+    return rows
+
+
+class ChainHead(BaseModel):
+    """The newest link of a chain: publish or store it apart to detect truncation later."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    hash: str
+
+
+class VerifyReport(BaseModel):
+    """The result of :meth:`AuditStore.verify`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    rows_checked: int
+    first_bad_id: int | None = None
+    reason: str | None = None
+    head: ChainHead | None = None
+
+
+class ChainVerifier:
+    """Checks rows one at a time, in id order, in constant memory."""
+
+    def __init__(self, start_id: int, start_hash: str) -> None:
+        self.prev_id = start_id
+        self.prev_hash = start_hash
+        self.rows_checked = 0
+
+    def check(self, row: Sequence[Any]) -> str | None:
+        """Check a stored row ``(id, *fields, prev_hash, hash)``; returns why it is bad, or None."""
+        row_id, prev_hash, stored_hash = row[0], row[-2], row[-1]
+        if row_id != self.prev_id + 1:
+            if row_id <= self.prev_id:
+                return f"row {row_id} comes before the chain's starting point (id {self.prev_id})"
+            missing = (
+                f"row {row_id - 1} is"
+                if row_id - 1 == self.prev_id + 1
+                else f"rows {self.prev_id + 1}..{row_id - 1} are"
+            )
+            return f"{missing} missing (deleted from the chain)"
+        if prev_hash != self.prev_hash:
+            return f"row {row_id} does not link to the row before it (prev_hash mismatch)"
+        if row_hash(row[:-1]) != stored_hash:
+            return f"row {row_id} was modified (its hash does not match its contents)"
+        self.prev_id = row_id
+        self.prev_hash = stored_hash
+        self.rows_checked += 1
+        return None
+
+
+def verify_rows(
+    rows: Iterable[Sequence[Any]],
+    start: ChainHead,
+    expected_head: ChainHead | None = None,
+) -> VerifyReport:
+    """Verify stored rows ``(id, *fields, prev_hash, hash)`` in id order, in constant memory.
+
+    ``start`` is where the rows must chain from: genesis (id 0), or the last purge anchor.
+    ``expected_head``, kept apart from the database, must still be on the chain: a chain that
+    ends before it was truncated.
+    """
+    verifier = ChainVerifier(start.id, start.hash)
+    if (
+        expected_head is not None
+        and expected_head.id == start.id
+        and start.hash != (expected_head.hash)
+    ):
+        return VerifyReport(
+            ok=False,
+            rows_checked=0,
+            first_bad_id=start.id,
+            reason=f"the chain's anchor at id {start.id} differs from the expected head",
+        )
+    for row in rows:
+        reason = verifier.check(row)
+        if (
+            reason is None
+            and expected_head is not None
+            and row[0] == expected_head.id
+            and row[-1] != expected_head.hash
+        ):
+            reason = f"row {row[0]} differs from the expected head (hash mismatch)"
+        if reason is not None:
+            return VerifyReport(
+                ok=False, rows_checked=verifier.rows_checked, first_bad_id=row[0], reason=reason
+            )
+    if expected_head is not None and verifier.prev_id < expected_head.id:
+        return VerifyReport(
+            ok=False,
+            rows_checked=verifier.rows_checked,
+            first_bad_id=verifier.prev_id + 1,
+            reason=(
+                f"the chain ends at id {verifier.prev_id}, before the expected head "
+                f"{expected_head.id}: rows were deleted from its end"
+            ),
+        )
+    head = ChainHead(id=verifier.prev_id, hash=verifier.prev_hash) if verifier.prev_id else None
+    return VerifyReport(ok=True, rows_checked=verifier.rows_checked, head=head)
+
+
+def verify_exported_lines(lines: Iterable[str], start: ChainHead | None = None) -> VerifyReport:
+    """Verify a JSON-lines export (``AuditStore.export(fmt="jsonl")``) of a contiguous range.
+
+    Without ``start``, the first line's ``prev_hash`` is trusted as the starting point; pass the
+    anchor or the last row before the range to prove the link into it as well.
+    """
+
+    def rows() -> Iterable[tuple[Any, ...]]:
+        for line in lines:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            details = record["details"]
+            yield (
+                record["id"],
+                record["event_id"],
+                record["timestamp"],
+                record["actor"],
+                record["action"],
+                record["operation"],
+                record["outcome"],
+                record["resource_type"],
+                record["resource_id"],
+                record["correlation_id"],
+                dump_details(details) if details else "{}",
+                1 if record["critical"] else 0,
+                record["prev_hash"],
+                record["hash"],
+            )
+
+    iterator = iter(rows())
+    first = next(iterator, None)
+    if first is None:
+        return VerifyReport(ok=True, rows_checked=0)
+    if start is None:
+        start = ChainHead(id=first[0] - 1, hash=first[-2])
+    return verify_rows(_chain_first(first, iterator), start)
+
+
+def _chain_first(first: tuple[Any, ...], rest: Iterable[tuple[Any, ...]]) -> Iterable[Any]:
+    yield first
+    yield from rest
+
+
+def read_chain(
+    conn: sqlite3.Connection, table: str, columns: Sequence[str], anchors: str
+) -> tuple[ChainHead, Iterable[Sequence[Any]]]:
+    """The chain's starting point (last anchor, or genesis) and its rows in id order."""
+    anchor = conn.execute(
+        f"SELECT last_deleted_id, last_deleted_hash FROM {anchors} "
+        "ORDER BY last_deleted_id DESC LIMIT 1"
+    ).fetchone()
+    start = (
+        ChainHead(id=anchor[0], hash=anchor[1]) if anchor else ChainHead(id=0, hash=GENESIS_HASH)
+    )
+    rows = conn.execute(
+        f"SELECT id, {', '.join(columns)}, prev_hash, hash FROM {table} ORDER BY id"
+    )
+    return start, rows

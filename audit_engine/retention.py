@@ -1,0 +1,263 @@
+"""Retention: delete old rows in short batches without breaking the hash chain.
+
+Only a *prefix* of the chain is ever deleted: the rows before the first row whose timestamp is at
+or after the cutoff. (A row with an old timestamp that was committed after a newer one waits until
+the prefix reaches it.) Each batch is its own short transaction and records an anchor — the last
+deleted id and hash — so ``verify()`` still proves the rows that remain.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from audit_engine.errors import AuditStoreError
+from audit_engine.models import utcnow
+from audit_engine.schema import ANCHORS, CLEANUP_RUNS, TABLE, format_timestamp, rollback_quietly
+
+logger = logging.getLogger(__name__)
+
+CLEANUP_THREAD_NAME = "audit-cleanup"
+DEFAULT_CLEANUP_BATCH_SIZE = 10_000
+
+
+class CleanupReport(BaseModel):
+    """What one purge did (or, with ``dry_run``, would do)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cutoff: datetime
+    rows_deleted: int
+    batches: int
+    duration_s: float
+    dry_run: bool = False
+
+
+def cutoff_for(older_than: timedelta | datetime) -> datetime:
+    """The cutoff instant for ``older_than`` (an age, or an aware datetime)."""
+    if isinstance(older_than, timedelta):
+        if older_than <= timedelta(0):
+            raise AuditStoreError(f"older_than must be a positive duration (got {older_than})")
+        return utcnow() - older_than
+    if isinstance(older_than, datetime):
+        if older_than.tzinfo is None:
+            raise AuditStoreError("older_than must be timezone-aware (got a naive datetime)")
+        return older_than
+    raise AuditStoreError(
+        f"older_than must be a timedelta or a datetime (got {type(older_than).__name__})"
+    )
+
+
+# The last id of the deletable prefix: the row before the first one at or after the cutoff, or
+# the last row when every row is older. One statement, so one consistent snapshot: two separate
+# reads could see a writer's new rows in between and delete them.
+_BOUNDARY_SQL = (
+    f"SELECT (SELECT min(id) FROM {TABLE}), "
+    f"coalesce((SELECT min(id) FROM {TABLE} WHERE timestamp >= ?) - 1, "
+    f"(SELECT max(id) FROM {TABLE}), 0)"
+)
+
+
+def _plan(conn: sqlite3.Connection, cutoff_text: str, batch_size: int) -> int | None:
+    """The last id the next batch deletes, or None when the prefix is gone."""
+    lowest, boundary = conn.execute(_BOUNDARY_SQL, (cutoff_text,)).fetchone()
+    if lowest is None or lowest > boundary:
+        return None
+    return int(min(lowest + batch_size - 1, boundary))
+
+
+def purge(
+    conn: sqlite3.Connection,
+    cutoff: datetime,
+    batch_size: int,
+    *,
+    dry_run: bool = False,
+    record_empty_run: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+    gate: AbstractContextManager[Any] | None = None,
+) -> CleanupReport:
+    """Delete the prefix of rows older than ``cutoff`` in transactions of ``batch_size`` rows.
+
+    ``conn`` is in autocommit mode. The run is kept in the cleanup-runs table (unless it deleted
+    nothing and ``record_empty_run`` is False, or it is a dry run). ``gate`` is held around each
+    step that is inside SQLite (the cleanup thread's fork gate).
+    """
+    held = gate if gate is not None else contextlib.nullcontext()
+    if batch_size <= 0:
+        raise AuditStoreError(f"batch_size must be a positive number of rows (got {batch_size})")
+    started_at = utcnow()
+    started = time.perf_counter()
+    cutoff_text = format_timestamp(cutoff)
+    if dry_run:
+        _, boundary = conn.execute(_BOUNDARY_SQL, (cutoff_text,)).fetchone()
+        would_delete = conn.execute(
+            f"SELECT count(*) FROM {TABLE} WHERE id <= ?", (boundary,)
+        ).fetchone()[0]
+        return CleanupReport(
+            cutoff=cutoff,
+            rows_deleted=int(would_delete),
+            batches=0,
+            duration_s=time.perf_counter() - started,
+            dry_run=True,
+        )
+    deleted = batches = 0
+    anchor_id: int | None = None
+    # A read outside any transaction first: a run with nothing to delete never takes the lock.
+    while not should_stop():
+        with held:
+            if _plan(conn, cutoff_text, batch_size) is None:
+                break
+            anchor_id, count = _delete_batch(conn, cutoff_text, batch_size, anchor_id)
+        if not count:
+            break
+        deleted += count
+        batches += 1
+    report = CleanupReport(
+        cutoff=cutoff,
+        rows_deleted=deleted,
+        batches=batches,
+        duration_s=time.perf_counter() - started,
+    )
+    if deleted or record_empty_run:
+        with held:
+            _record_run(conn, report, started_at)
+    return report
+
+
+def _delete_batch(
+    conn: sqlite3.Connection, cutoff_text: str, batch_size: int, anchor_id: int | None
+) -> tuple[int | None, int]:
+    """Delete the next batch of the prefix and move the run's anchor there, in one transaction.
+
+    The batch is planned again under the write lock, so it matches the table as it is now.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        upto = _plan(conn, cutoff_text, batch_size)
+        if upto is None:
+            conn.execute("COMMIT")
+            return anchor_id, 0
+        last = conn.execute(
+            f"SELECT id, hash FROM {TABLE} WHERE id <= ? ORDER BY id DESC LIMIT 1", (upto,)
+        ).fetchone()
+        count = conn.execute(f"DELETE FROM {TABLE} WHERE id <= ?", (upto,)).rowcount
+        now = utcnow().isoformat()
+        if anchor_id is None:
+            cursor = conn.execute(
+                f"INSERT INTO {ANCHORS} (last_deleted_id, last_deleted_hash, rows_deleted, "
+                "cutoff, created_at) VALUES (?, ?, ?, ?, ?)",
+                (last[0], last[1], count, cutoff_text, now),
+            )
+            anchor_id = cursor.lastrowid
+        else:
+            conn.execute(
+                f"UPDATE {ANCHORS} SET last_deleted_id = ?, last_deleted_hash = ?, "
+                "rows_deleted = rows_deleted + ?, created_at = ? WHERE id = ?",
+                (last[0], last[1], count, now, anchor_id),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(conn)
+        raise
+    return anchor_id, count
+
+
+def _record_run(conn: sqlite3.Connection, report: CleanupReport, started_at: datetime) -> None:
+    conn.execute(
+        f"INSERT INTO {CLEANUP_RUNS} (started_at, finished_at, cutoff, rows_deleted, batches, "
+        "duration_s) VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            started_at.isoformat(),
+            utcnow().isoformat(),
+            report.cutoff.isoformat(),
+            report.rows_deleted,
+            report.batches,
+            report.duration_s,
+        ),
+    )
+
+
+class CleanupThread:
+    """Purges rows older than the retention period every ``interval_s`` seconds.
+
+    A daemon thread named ``audit-cleanup`` with its own connection. It waits on an Event between
+    runs (no polling), stops between batches when asked, and never dies from a purge error.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        *,
+        retention: timedelta,
+        batch_size: int,
+        interval_s: float,
+    ) -> None:
+        self._connect = connect
+        self._retention = retention
+        self._batch_size = batch_size
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        # Held while this thread is inside SQLite; os.fork() waits for it (see lifecycle).
+        self.fork_gate = threading.Lock()
+        self.runs = 0
+        self.rows_deleted = 0
+        self.last_report: CleanupReport | None = None
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name=CLEANUP_THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if conn is None:
+                        with self.fork_gate:
+                            conn = self._connect()
+                    report = purge(
+                        conn,
+                        cutoff_for(self._retention),
+                        self._batch_size,
+                        record_empty_run=False,  # an hourly no-op is not worth a write
+                        should_stop=self._stop.is_set,
+                        gate=self.fork_gate,
+                    )
+                except Exception as exc:  # a locked or broken database: try again next time
+                    self.last_error = f"cleanup failed: {exc}"
+                    logger.warning(
+                        "audit cleanup failed; retrying in %ss: %s", self._interval_s, exc
+                    )
+                else:
+                    with self._lock:
+                        self.runs += 1
+                        self.rows_deleted += report.rows_deleted
+                        self.last_report = report
+                self._stop.wait(self._interval_s)
+        finally:
+            if conn is not None:
+                with self.fork_gate:
+                    conn.close()
+
+    def request_stop(self) -> None:
+        """Ask the thread to stop after its current batch; does not wait."""
+        self._stop.set()
+
+    def stop(self, timeout_s: float) -> None:
+        """Ask the thread to stop (between batches) and wait up to ``timeout_s`` seconds."""
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()

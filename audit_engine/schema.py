@@ -1,0 +1,238 @@
+"""The audit database file: creation, schema and migrations (with sqlite-utils), connections.
+
+The schema is versioned with ``PRAGMA user_version``; :func:`migrate` upgrades an older file in
+place, inside one ``BEGIN IMMEDIATE`` transaction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import sqlite_utils
+
+from audit_engine.chain import GENESIS_HASH, row_hash
+from audit_engine.errors import AuditStoreError
+
+TABLE = "audit_entries"
+ANCHORS = "audit_anchors"
+CLEANUP_RUNS = "audit_cleanup_runs"
+SCHEMA_VERSION = 2
+
+
+def format_timestamp(value: datetime) -> str:
+    """The stored form of a timestamp: fixed-width ISO-8601 UTC, so text order is time order."""
+    # isoformat() zero-pads the year (strftime's %Y does not below 1000) and always prints
+    # microseconds with timespec set; every value is UTC, so "+00:00" becomes "Z".
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+# The stored fields of an entry, in the order of the hash chain's canonical form (after id).
+STORED_COLUMNS = (
+    "event_id",
+    "timestamp",
+    "actor",
+    "action",
+    "operation",
+    "outcome",
+    "resource_type",
+    "resource_id",
+    "correlation_id",
+    "details",
+    "critical",
+)
+
+
+def _create_v1(db: sqlite_utils.Database) -> None:
+    table = db.table(TABLE)
+    table.create(
+        {
+            "id": int,
+            "event_id": str,
+            "timestamp": str,
+            "actor": str,
+            "action": str,
+            "operation": str,
+            "outcome": str,
+            "resource_type": str,
+            "resource_id": str,
+            "correlation_id": str,
+            "details": str,
+            "critical": int,
+        },
+        pk="id",
+        not_null={"event_id", "timestamp", "action", "operation", "outcome", "details", "critical"},
+    )
+    # Indexes are most of SQLite's insert cost: one per common filter, no more.
+    table.create_index(["event_id"], index_name="ux_audit_entries_event_id", unique=True)
+    table.create_index(["timestamp"], index_name="ix_audit_entries_timestamp")
+    table.create_index(["actor", "timestamp"], index_name="ix_audit_entries_actor_timestamp")
+    table.create_index(["resource_type", "resource_id"], index_name="ix_audit_entries_resource")
+
+
+def _add_chain_v2(db: sqlite_utils.Database) -> None:
+    """Version 2: the hash chain (prev_hash, hash), retention anchors and cleanup runs."""
+    table = db.table(TABLE)
+    table.add_column("prev_hash", str)
+    table.add_column("hash", str)
+    # Chain the rows a version-1 file already holds, in id order, a slice at a time.
+    conn = db.conn
+    prev_hash = GENESIS_HASH
+    last_id = 0
+    while True:
+        rows = conn.execute(
+            f"SELECT id, {', '.join(STORED_COLUMNS)} FROM {TABLE} "
+            "WHERE id > ? ORDER BY id LIMIT 5000",
+            (last_id,),
+        ).fetchall()
+        if not rows:
+            break
+        updates = []
+        for row in rows:
+            digest = row_hash((*row, prev_hash))
+            updates.append((prev_hash, digest, row[0]))
+            prev_hash = digest
+        conn.executemany(f"UPDATE {TABLE} SET prev_hash = ?, hash = ? WHERE id = ?", updates)
+        last_id = rows[-1][0]
+    db.table(ANCHORS).create(
+        {
+            "id": int,
+            "last_deleted_id": int,
+            "last_deleted_hash": str,
+            "rows_deleted": int,
+            "cutoff": str,
+            "created_at": str,
+        },
+        pk="id",
+        not_null={"last_deleted_id", "last_deleted_hash", "rows_deleted", "cutoff", "created_at"},
+    )
+    db.table(CLEANUP_RUNS).create(
+        {
+            "id": int,
+            "started_at": str,
+            "finished_at": str,
+            "cutoff": str,
+            "rows_deleted": int,
+            "batches": int,
+            "duration_s": float,
+        },
+        pk="id",
+        not_null={"started_at", "finished_at", "cutoff", "rows_deleted", "batches", "duration_s"},
+    )
+
+
+# _MIGRATIONS[v] upgrades a database at user_version v to v + 1.
+_MIGRATIONS = (_create_v1, _add_chain_v2)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Create or upgrade the audit schema on ``conn`` to :data:`SCHEMA_VERSION`.
+
+    Runs in its own ``BEGIN IMMEDIATE`` transaction (so two processes cannot both migrate), or in a
+    savepoint of the caller's transaction when one is open (an injected connection).
+    """
+    version = _user_version(conn)
+    if version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise AuditStoreError(
+            f"the audit database has schema version {version}; this audit_engine supports "
+            f"up to {SCHEMA_VERSION}: upgrade audit_engine"
+        )
+    own_transaction = not conn.in_transaction
+    conn.execute("BEGIN IMMEDIATE" if own_transaction else "SAVEPOINT audit_engine_migrate")
+    try:
+        db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
+        for step in _MIGRATIONS[_user_version(conn) :]:
+            step(db)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        if own_transaction:
+            rollback_quietly(conn)
+        elif conn.in_transaction:
+            conn.execute("ROLLBACK TO audit_engine_migrate")
+            conn.execute("RELEASE audit_engine_migrate")
+        raise
+    conn.execute("COMMIT" if own_transaction else "RELEASE audit_engine_migrate")
+
+
+def rollback_quietly(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if any, ignoring a transaction the error already ended."""
+    if conn.in_transaction:
+        # The failed statement may already have ended the transaction.
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _create_private_file(path: Path) -> None:
+    # Audit trails hold personal data: the file is readable by its owner only (SQLite gives the
+    # -wal and -shm files the same mode).
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise AuditStoreError(f"cannot create the audit database {path}: {exc.strerror}") from None
+    os.close(fd)
+
+
+def open_connection(
+    path: str | os.PathLike[str],
+    *,
+    synchronous: str = "NORMAL",
+    busy_timeout: float = 5.0,
+    create: bool = True,
+) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode with the schema in place, in autocommit mode (explicit BEGINs).
+
+    With ``create=False`` a missing file is an error instead of a new empty database.
+    """
+    path = Path(path)
+    if not path.exists():
+        if not create:
+            raise AuditStoreError(f"no audit database at {path}")
+        if not path.parent.is_dir():
+            raise AuditStoreError(f"cannot create the audit database {path}: no such directory")
+        _create_private_file(path)
+    elif path.is_dir():
+        raise AuditStoreError(f"{path} is a directory, not an audit database")
+    try:
+        conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
+        )
+    except sqlite3.Error as exc:
+        raise AuditStoreError(f"cannot open the audit database {path}: {exc}") from None
+    try:
+        if not create:
+            # Check before any PRAGMA that writes: a foreign file is refused untouched.
+            _check_audit_database(conn, path)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
+        migrate(conn)
+        if create:
+            # user_version said "current" but another application may own that number.
+            _check_audit_database(conn, path)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise AuditStoreError(f"{path} is not a usable audit database: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_audit_database(conn: sqlite3.Connection, path: Path) -> None:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)
+    ).fetchone()
+    if found is None:
+        raise AuditStoreError(f"{path} is not an audit database (no {TABLE} table)")
