@@ -32,7 +32,8 @@ from audit_engine.policy import AuditPolicy, Decision
 from audit_engine.retention import CleanupThread
 from audit_engine.scope import AuditScope, KeyFunc, ScopeStack
 from audit_engine.settings import AuditSettings
-from audit_engine.writer import _FORK_ORPHANS, _WRITER_BUSY_SLICE_S, Writer
+from audit_engine.syncwrite import SyncConnection, connect
+from audit_engine.writer import _WRITER_BUSY_SLICE_S, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -41,61 +42,6 @@ _CLEANUP_STOP_TIMEOUT_S = 5.0
 _DROP_WARNING_INTERVAL_S = 10.0
 
 Mapper = Callable[[DomainEvent], AuditEntry | None]
-
-
-class _SyncConnection:
-    """A connection for writes made in callers' threads (sync mode, ``on_full='sync'``).
-
-    Opened on first use; a lock keeps two callers' transactions apart.
-    """
-
-    def __init__(self, settings: AuditSettings) -> None:
-        self._settings = settings
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._closed = False
-
-        self.written = 0
-
-    def open(self) -> None:
-        """Open the connection now (sync mode), so a bad database fails in the constructor."""
-        with self._lock:
-            if self._conn is None:
-                self._conn = _connect(self._settings, self._settings.busy_timeout)
-
-    def write(self, entry: AuditEntry) -> None:
-        with self._lock:
-            if self._closed:
-                raise AuditServiceClosed("the audit service is closed")
-            if self._conn is None:
-                self._conn = _connect(self._settings, self._settings.busy_timeout)
-            try:
-                store.write_batch(self._conn, (entry,))
-            except sqlite3.Error as exc:
-                raise AuditWriteError(
-                    f"could not write audit entry {entry.event_id}: {exc}"
-                ) from exc
-            self.written += 1
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    def reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self.written = 0
-        if self._conn is not None:
-            _FORK_ORPHANS.append(self._conn)
-            self._conn = None
-
-
-def _connect(settings: AuditSettings, busy_timeout: float) -> sqlite3.Connection:
-    return store.open_connection(
-        settings.database, synchronous=settings.synchronous, busy_timeout=busy_timeout
-    )
 
 
 class AuditService:
@@ -123,7 +69,7 @@ class AuditService:
         self._close_result = True
         self._writer: Writer | None = None
         self._cleanup: CleanupThread | None = None
-        self._sync = _SyncConnection(s)
+        self._sync = SyncConnection(s)
         self._counter_lock = threading.Lock()  # guards the counters below
         self._injected_written = 0
         self._dropped = 0
@@ -138,7 +84,7 @@ class AuditService:
             store.migrate(connection)
         elif s.async_writes:
             writer = Writer(
-                lambda: _connect(s, min(s.busy_timeout, _WRITER_BUSY_SLICE_S)),
+                lambda: connect(s, min(s.busy_timeout, _WRITER_BUSY_SLICE_S)),
                 deadletter.DeadLetterFile(deadletter.path_for(s.database)),
                 queue_maxsize=s.queue_maxsize,
                 batch_size=s.buffer_max_size,
@@ -158,7 +104,7 @@ class AuditService:
     def _start_cleanup(self) -> CleanupThread:
         s = self.settings
         return CleanupThread(
-            lambda: _connect(s, s.busy_timeout),
+            lambda: connect(s, s.busy_timeout),
             retention=timedelta(days=s.retention_days),
             batch_size=s.cleanup_batch_size,
             interval_s=s.cleanup_interval,

@@ -22,6 +22,7 @@ from typing import Any
 from audit_engine import store
 from audit_engine.deadletter import DeadLetterFile
 from audit_engine.errors import AuditServiceClosed
+from audit_engine.handoff import WAKE, HandoffQueue
 from audit_engine.models import AuditEntry
 
 logger = logging.getLogger(__name__)
@@ -34,73 +35,6 @@ _BACKOFF_START_S = 0.005
 _BACKOFF_MAX_S = 0.5
 # After close() times out, how long it waits for the writer to dead-letter the batch in flight.
 _ABORT_GRACE_S = _WRITER_BUSY_SLICE_S + 0.5
-
-
-class _Wake:
-    """Marker put on the queue to wake the writer (flush, close); never written."""
-
-
-_WAKE = _Wake()
-
-
-class _AuditQueue(queue.Queue[Any]):
-    """A bounded FIFO of entries for one consumer, built on ``queue.Queue``'s lock and conditions.
-
-    Entries go in through :meth:`offer`, which counts them under the queue's own lock: that makes
-    ``enqueued`` the exact position of the last entry, which is what ``flush()`` waits for. Wake
-    markers (:meth:`wake`) ride along without taking an entry's room. The consumer uses the
-    ordinary ``get()`` / ``get_nowait()``.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()  # unbounded underneath: offer() enforces the capacity for entries
-        self.capacity = capacity
-        self.enqueued = 0
-        self.max_depth = 0
-        self.markers = 0
-
-    def depth(self) -> int:
-        """Entries waiting now (wake markers not counted)."""
-        with self.mutex:
-            return len(self.queue) - self.markers
-
-    def _has_room(self) -> bool:
-        return len(self.queue) - self.markers < self.capacity
-
-    def offer(self, item: Any) -> bool:
-        """Append an entry if there is room; never blocks."""
-        with self.mutex:
-            if not self._has_room():
-                return False
-            self.queue.append(item)
-            self.enqueued += 1
-            depth = len(self.queue) - self.markers
-            if depth > self.max_depth:
-                self.max_depth = depth
-            self.unfinished_tasks += 1
-            self.not_empty.notify()
-            return True
-
-    def _get(self) -> Any:
-        item = self.queue.popleft()
-        if item is _WAKE:
-            self.markers -= 1
-        return item
-
-    def wake(self) -> None:
-        """Wake a consumer blocked in get(), even when the queue is full; one marker at a time."""
-        with self.mutex:
-            if self.markers:
-                return  # one pending marker wakes the writer as well as several would
-            self.queue.append(_WAKE)
-            self.markers += 1
-            self.unfinished_tasks += 1
-            self.not_empty.notify()
-
-    def wait_for_room(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until an entry could be offered; True if there is room."""
-        with self.not_full:
-            return self.not_full.wait_for(self._has_room, timeout)
 
 
 class Writer:
@@ -130,7 +64,7 @@ class Writer:
     # -- state ------------------------------------------------------------------------------
 
     def _reset_state(self) -> None:
-        self._queue = _AuditQueue(self._queue_maxsize)
+        self._queue = HandoffQueue(self._queue_maxsize)
         self._accept_lock = threading.Lock()
         self._closed = False
         self._stopping = False
@@ -283,7 +217,7 @@ class Writer:
         """
         # The batch the thread had in hand comes first: it was taken off the queue first.
         rows, self._inflight = self._inflight, []
-        rows += [item for item in self._drain_queue() if item is not _WAKE]
+        rows += [item for item in self._drain_queue() if item is not WAKE]
         if not rows:
             return 0
         before = self.dead_lettered
@@ -367,7 +301,7 @@ class Writer:
                     item = q.get(timeout=timeout)
                 except queue.Empty:
                     break
-            if item is _WAKE:
+            if item is WAKE:
                 continue
             if not batch:
                 deadline = time.monotonic() + self._flush_interval_s
@@ -432,7 +366,7 @@ class Writer:
         logger.error("%d audit entries moved to %s: %s", len(rows), self._dead_letters.path, error)
 
     def _dead_letter_queue(self, error: str) -> int:
-        rows = [item for item in self._drain_queue() if item is not _WAKE]
+        rows = [item for item in self._drain_queue() if item is not WAKE]
         self._dead_letter(rows, error)
         self._advance(len(rows))
         return len(rows)

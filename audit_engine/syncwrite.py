@@ -1,0 +1,72 @@
+"""Writes made in the caller's thread: sync mode and ``on_full="sync"``.
+
+One connection, opened on first use (or up front in sync mode, so a bad database fails in the
+service's constructor); a lock keeps two callers' transactions apart.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from audit_engine import store
+from audit_engine.errors import AuditServiceClosed, AuditWriteError
+from audit_engine.models import AuditEntry
+from audit_engine.settings import AuditSettings
+from audit_engine.writer import _FORK_ORPHANS
+
+
+class SyncConnection:
+    """A connection for writes made in callers' threads (sync mode, ``on_full='sync'``).
+
+    Opened on first use; a lock keeps two callers' transactions apart.
+    """
+
+    def __init__(self, settings: AuditSettings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+        self.written = 0
+
+    def open(self) -> None:
+        """Open the connection now (sync mode), so a bad database fails in the constructor."""
+        with self._lock:
+            if self._conn is None:
+                self._conn = connect(self._settings, self._settings.busy_timeout)
+
+    def write(self, entry: AuditEntry) -> None:
+        with self._lock:
+            if self._closed:
+                raise AuditServiceClosed("the audit service is closed")
+            if self._conn is None:
+                self._conn = connect(self._settings, self._settings.busy_timeout)
+            try:
+                store.write_batch(self._conn, (entry,))
+            except sqlite3.Error as exc:
+                raise AuditWriteError(
+                    f"could not write audit entry {entry.event_id}: {exc}"
+                ) from exc
+            self.written += 1
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self.written = 0
+        if self._conn is not None:
+            _FORK_ORPHANS.append(self._conn)
+            self._conn = None
+
+
+def connect(settings: AuditSettings, busy_timeout: float) -> sqlite3.Connection:
+    """A connection to ``settings.database`` (created and migrated if needed)."""
+    return store.open_connection(
+        settings.database, synchronous=settings.synchronous, busy_timeout=busy_timeout
+    )
