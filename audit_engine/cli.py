@@ -1,18 +1,52 @@
 """The ``audit-engine`` command: arguments to the public API, errors to ``Error: ...``.
 
-No SQL and no business logic here. Every command runs inside :class:`_Group`, which maps the
-engine's errors (and bad-input ``ValueError``s) to one ``Error: <message>`` line and exit code 1.
+No SQL and no business logic here: each command builds its arguments, calls the library, and
+prints. :class:`_Group` is the one place where the engine's errors (and bad input) become
+``Error: <message>`` with exit code 1; click's usage errors exit 2.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 
+from audit_engine.chain import ChainHead
+from audit_engine.cli_output import (
+    FORMATS,
+    DurationParam,
+    TimeParam,
+    entry_object,
+    parse_detail,
+    render,
+    render_reference,
+)
 from audit_engine.demo import DEFAULT_DATABASE, DEFAULT_EVENTS, run_demo
 from audit_engine.errors import AuditEngineError
+from audit_engine.models import Operation, Outcome
+from audit_engine.service import AuditService
+from audit_engine.settings import AuditSettings
+from audit_engine.store import SCHEMA_VERSION, AuditStore
+
+PROG = "audit-engine"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'entry'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        return f"invalid entry: {problems}"
+    return str(exc)
 
 
 class _Group(click.Group):
@@ -22,13 +56,379 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except (AuditEngineError, ValueError) as exc:
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(_describe(exc)) from exc
+
+
+def _database(ctx: click.Context) -> Path:
+    path: Path = ctx.find_root().params["database"]
+    return path
+
+
+@contextmanager
+def _store(ctx: click.Context) -> Iterator[AuditStore]:
+    with AuditStore(_database(ctx)) as store:
+        yield store
+
+
+def _progress(length: int, label: str) -> Any:
+    """A progress bar on stderr when it is a terminal; nothing at all otherwise (pipes)."""
+    return click.progressbar(
+        length=length, label=label, file=sys.stderr, hidden=not sys.stderr.isatty()
+    )
+
+
+def _filters(func: Any) -> Any:
+    """The filters of AuditStore.query, as options."""
+    options = [
+        click.option("--actor", help="Only entries by this actor."),
+        click.option("--action", help="Only entries with this action."),
+        click.option(
+            "--operation",
+            type=click.Choice([o.value for o in Operation]),
+            help="Only entries of this operation.",
+        ),
+        click.option(
+            "--outcome", type=click.Choice([o.value for o in Outcome]), help="Only this outcome."
+        ),
+        click.option("--resource-type", help="Only entries on this resource type."),
+        click.option("--resource-id", help="Only entries on this resource id."),
+        click.option("--correlation-id", help="Only entries with this correlation id."),
+        click.option(
+            "--since",
+            type=TimeParam(),
+            help="From this time on (inclusive): ISO-8601, or back from now: 15m, 24h, 7d.",
+        ),
+        click.option(
+            "--until", type=TimeParam(), help="Before this time (exclusive); same forms as --since."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 @click.group(cls=_Group)
-@click.version_option(package_name="audit-engine")
-def main() -> None:
-    """Record, read and prove an audit trail kept in SQLite."""
+@click.option(
+    "--db",
+    "database",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="AUDIT_TRAIL_DATABASE",
+    show_envvar=True,
+    default=Path("audit.db"),
+    show_default=True,
+    help="The audit database.",
+)
+@click.version_option(package_name="audit-engine", prog_name=PROG)
+def main(database: Path) -> None:
+    """Record, read, prove and prune an audit trail kept in SQLite."""
+
+
+@main.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create the audit database, or migrate it to the current schema."""
+    with AuditStore(_database(ctx), create=True) as store:
+        click.echo(f"Audit database ready at {store.path} (schema version {SCHEMA_VERSION})")
+
+
+@main.command()
+@click.option("--action", help="What was done (required unless --stdin).")
+@click.option("--actor", help="Who did it.")
+@click.option(
+    "--operation",
+    type=click.Choice([o.value for o in Operation]),
+    default="execute",
+    show_default=True,
+    help="The kind of operation.",
+)
+@click.option(
+    "--outcome",
+    type=click.Choice([o.value for o in Outcome]),
+    default="success",
+    show_default=True,
+    help="How it ended.",
+)
+@click.option("--resource-type", help="The kind of resource acted on.")
+@click.option("--resource-id", help="The resource acted on.")
+@click.option("--correlation-id", help="Ties entries of one request or command together.")
+@click.option("--critical", is_flag=True, help="Never filtered; committed before returning.")
+@click.option(
+    "--detail",
+    "details",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A details field (repeatable); VALUE is JSON if it parses as JSON, else text.",
+)
+@click.option(
+    "--stdin",
+    "from_stdin",
+    is_flag=True,
+    help="Read entries as JSON lines (objects of entry fields) from standard input.",
+)
+@click.pass_context
+def record(
+    ctx: click.Context, /, from_stdin: bool, details: tuple[str, ...], **fields: Any
+) -> None:
+    """Record entries through the write-behind engine (the policy from AUDIT_TRAIL_* applies).
+
+    Prints how many were accepted, filtered and written. With --stdin, a bad line is reported
+    with its line number and the good lines are still recorded (exit 1 if any line was bad).
+    """
+    if not from_stdin and not fields["action"]:
+        raise click.UsageError("Missing option '--action' (or use --stdin).")
+    if from_stdin and (fields["action"] or details):
+        raise click.UsageError("--stdin takes entries from standard input, not from options.")
+    bad_lines: list[str] = []
+    with AuditService(AuditSettings(database=_database(ctx))) as audit:
+        if from_stdin:
+            for number, line in enumerate(sys.stdin, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError as exc:
+                    bad_lines.append(f"line {number}: not JSON ({exc})")
+                    continue
+                if not isinstance(entry, dict):
+                    bad_lines.append(f"line {number}: not a JSON object of entry fields")
+                    continue
+                try:
+                    audit.record(**entry)
+                except (ValueError, TypeError) as exc:
+                    bad_lines.append(f"line {number}: {_describe(exc)}")
+        else:
+            fields["details"] = dict(parse_detail(d) for d in details)
+            audit.record(**{k: v for k, v in fields.items() if v is not None})
+    stats = audit.stats()
+    filtered = stats.filtered_by_level + stats.excluded + stats.sampled_out + stats.deduplicated
+    line = f"accepted {stats.accepted}, filtered {filtered}, written {stats.written}"
+    if stats.dead_lettered:
+        line += f", dead-lettered {stats.dead_lettered}"
+    click.echo(line)
+    if bad_lines:
+        for problem in bad_lines:
+            click.echo(f"Error: {problem}", err=True)
+        ctx.exit(1)
+
+
+@main.command()
+@_filters
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many entries.")
+@click.option("--newest-first", is_flag=True, help="Newest entries first.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="table for people; json (one array), jsonl or csv for programs.",
+)
+@click.pass_context
+def query(
+    ctx: click.Context, /, limit: int | None, newest_first: bool, fmt: str, **filters: Any
+) -> None:
+    """Print the entries that match every filter, in commit order."""
+    with _store(ctx) as store:
+        entries = store.query(limit=limit, newest_first=newest_first, **filters)
+    for line in render(entries, fmt):
+        click.echo(line)
+
+
+@main.command()
+@click.option(
+    "-n",
+    "--lines",
+    "count",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="How many of the newest entries to print.",
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new entries until interrupted.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between two looks for new entries with --follow.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "jsonl"]),
+    default="table",
+    show_default=True,
+    help="table for people, jsonl for programs.",
+)
+@click.pass_context
+def tail(ctx: click.Context, count: int, follow: bool, interval: float, fmt: str) -> None:
+    """Print the newest entries (oldest of them first); -f follows new ones."""
+    with _store(ctx) as store:
+        last = store.last_id()
+        rows = store.entries_after(max(0, last - count), limit=count)
+        _print_rows([e for _, e in rows], fmt, header=True)
+        last = rows[-1][0] if rows else last
+        if not follow:
+            return
+        try:
+            while True:
+                time.sleep(interval)  # a CLI poll, like tail -f
+                rows = store.entries_after(last)
+                if rows:
+                    _print_rows([e for _, e in rows], fmt, header=False)
+                    last = rows[-1][0]
+        except KeyboardInterrupt:
+            return
+
+
+def _print_rows(entries: list[Any], fmt: str, *, header: bool) -> None:
+    if fmt == "jsonl":
+        for entry in entries:
+            click.echo(json.dumps(entry_object(entry), ensure_ascii=False))
+        return
+    lines = list(render(entries, "table"))[:-1]  # no "(n entries)" footer while tailing
+    for line in lines if header else lines[1:]:
+        click.echo(line, nl=True)
+    sys.stdout.flush()
+
+
+@main.command()
+@_filters
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default="jsonl",
+    show_default=True,
+    help="jsonl keeps ids and hashes per row; csv has a header row.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write to this file instead of standard output.",
+)
+@click.pass_context
+def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any) -> None:
+    """Export entries with their hashes, streamed: JSON lines (verifiable offline) or CSV."""
+    with _store(ctx) as store:
+        if output is None:
+            for line in store.export(fmt, **filters):
+                click.echo(line, nl=False)
+            return
+        total = store.count(**filters)
+        written = 0
+        with (
+            output.open("w", encoding="utf-8", newline="") as out,
+            _progress(total, "exporting") as bar,
+        ):
+            for line in store.export(fmt, **filters):
+                out.write(line)
+                if not (fmt == "csv" and written == 0 and line.startswith("id,")):
+                    bar.update(1)
+                written += 1
+    count = written - 1 if fmt == "csv" else written
+    click.echo(f"Exported {count} entries to {output}")
+
+
+def _head(value: str | None) -> ChainHead | None:
+    if value is None:
+        return None
+    ident, sep, digest = value.partition(":")
+    if not sep or not ident.isdigit() or len(digest) != 64:
+        raise click.BadParameter("use ID:HASH as printed by verify", param_hint="'--expected-head'")
+    return ChainHead(id=int(ident), hash=digest)
+
+
+@main.command()
+@click.option(
+    "--expected-head",
+    metavar="ID:HASH",
+    help="A head published earlier: the chain must still reach it (detects truncation).",
+)
+@click.pass_context
+def verify(ctx: click.Context, expected_head: str | None) -> None:
+    """Check the hash chain; exit 1 naming the first bad row and why."""
+    head = _head(expected_head)
+    with _store(ctx) as store:
+        report = store.verify(expected_head=head)
+    if not report.ok:
+        raise click.ClickException(
+            f"chain broken at row {report.first_bad_id}: {report.reason} "
+            f"({report.rows_checked} rows verified before it)"
+        )
+    tip = f"; head {report.head.id}:{report.head.hash}" if report.head else ""
+    click.echo(f"OK: {report.rows_checked} rows verified{tip}")
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    type=DurationParam(),
+    required=True,
+    help="Delete entries older than this age, e.g. 90d, 12w, 24h.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=10000,
+    show_default=True,
+    help="Rows deleted per transaction.",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.pass_context
+def purge(ctx: click.Context, older_than: timedelta, batch_size: int, dry_run: bool) -> None:
+    """Delete old entries in batches, keeping the rest of the chain provable."""
+    with _store(ctx) as store:
+        planned = store.purge(older_than, batch_size=batch_size, dry_run=True)
+        if dry_run:
+            click.echo(
+                f"Would purge {planned.rows_deleted} entries older than "
+                f"{planned.cutoff:%Y-%m-%d %H:%M:%S} UTC"
+            )
+            return
+        with _progress(planned.rows_deleted, "purging") as bar:
+            report = store.purge(older_than, batch_size=batch_size, on_batch=bar.update)
+    click.echo(
+        f"Purged {report.rows_deleted} entries older than {report.cutoff:%Y-%m-%d %H:%M:%S} UTC "
+        f"in {report.batches} batches ({report.duration_s:.2f}s)"
+    )
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """Totals by action, operation, outcome and day; file size; chain status; last cleanup."""
+    with _store(ctx) as store:
+        summary = store.summary()
+    if as_json:
+        click.echo(summary.model_dump_json(indent=2))
+        return
+    chain = summary.chain
+    run = summary.last_cleanup
+    size = f"{summary.file_bytes:,} bytes, schema v{summary.schema_version}"
+    span = f"{summary.first_timestamp or '-'} .. {summary.last_timestamp or '-'}"
+    status = (
+        f"ok ({chain.rows_checked:,} rows)"
+        if chain.ok
+        else f"BROKEN at row {chain.first_bad_id}: {chain.reason}"
+    )
+    cleanup = (
+        f"{run.finished_at}: {run.rows_deleted:,} rows in {run.batches} batches" if run else "never"
+    )
+    click.echo(f"Database:   {summary.path} ({size})")
+    click.echo(f"Entries:    {summary.entries:,} ({span})")
+    click.echo(f"Chain:      {status}")
+    click.echo(f"Cleanup:    {cleanup}")
+    for title, counts in (
+        ("By operation", summary.by_operation),
+        ("By outcome", summary.by_outcome),
+        ("By action", summary.by_action),
+        ("By day", summary.by_day),
+    ):
+        click.echo(f"{title}:")
+        for key, value in counts.items():
+            click.echo(f"  {key:<30} {value:>10,}")
 
 
 @main.command()
@@ -36,9 +436,9 @@ def main() -> None:
     "--db",
     "database",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_DATABASE,
-    show_default=True,
-    help="SQLite file to write the demo's audit trail to.",
+    default=None,
+    help="SQLite file for the demo's trail "
+    f"[default: the global --db if given, else {DEFAULT_DATABASE}]",
 )
 @click.option(
     "--events",
@@ -47,9 +447,14 @@ def main() -> None:
     show_default=True,
     help="How many domain events the simulated tool emits.",
 )
-def demo(database: Path, events: int) -> None:
-    """Run a simulated desktop tool whose events are audited into DB, then show what was written."""
-    report = run_demo(database, events)
+@click.pass_context
+def demo(ctx: click.Context, database: Path | None, events: int) -> None:
+    """Run a simulated desktop tool whose events are audited, then show what was written."""
+    root = ctx.find_root()
+    explicit = root.get_parameter_source("database") != click.core.ParameterSource.DEFAULT
+    target = database or (_database(ctx) if explicit else DEFAULT_DATABASE)
+    with _progress(events, "auditing") as bar:
+        report = run_demo(target, events, on_progress=bar.update)
     click.echo(f"Audited {report.events_emitted} events into {report.database}")
     click.echo(
         f"  accepted {report.accepted}, filtered {report.filtered}, "
@@ -63,6 +468,7 @@ def demo(database: Path, events: int) -> None:
     )
     by_op = ", ".join(f"{op} {n}" for op, n in sorted(report.by_operation.items()))
     click.echo(f"  rows in the file: {report.rows_in_file} ({by_op})")
+    click.echo(f"  verify: {report.verify}")
     click.echo("  latest entries:")
     for entry in report.latest:
         click.echo(
@@ -70,3 +476,31 @@ def demo(database: Path, events: int) -> None:
             f"{entry.operation.value:<7} {entry.outcome.value:<8} "
             f"{entry.resource_type}/{entry.resource_id}{'  [critical]' if entry.critical else ''}"
         )
+
+
+@main.command("replay-deadletter")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The dead-letter file [default: <db>.deadletter.jsonl].",
+)
+@click.pass_context
+def replay_deadletter(ctx: click.Context, path: Path | None) -> None:
+    """Re-import entries the writer could not commit, then remove the replayed lines."""
+    with _store(ctx) as store:
+        report = store.replay_dead_letters(path)
+    click.echo(
+        f"Replayed {report.replayed} entries ({report.already_present} were already stored); "
+        f"{report.kept} lines kept"
+    )
+    if report.errors:
+        for problem in report.errors:
+            click.echo(f"Error: {problem}", err=True)
+        ctx.exit(1)
+
+
+@main.command("cli-docs", hidden=True)
+def cli_docs() -> None:
+    """Print docs/cli.md (the reference generated from every command's --help)."""
+    click.echo(render_reference(main, PROG), nl=False)

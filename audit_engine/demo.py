@@ -63,6 +63,7 @@ class DemoReport(BaseModel):
     events_per_s: float
     by_operation: dict[str, int]
     rows_in_file: int
+    verify: str
     latest: list[AuditEntry]
 
 
@@ -130,6 +131,12 @@ def run_demo(
     with AuditStore(database) as store:
         latest = store.query(limit=5, newest_first=True)
         rows_in_file = store.count()
+        check = store.verify()
+        verdict = (
+            f"ok, {check.rows_checked} rows chained"
+            if check.ok
+            else f"BROKEN at row {check.first_bad_id}: {check.reason}"
+        )
         by_operation = Counter({op.value: store.count(operation=op) for op in Operation})
     return DemoReport(
         database=database,
@@ -145,5 +152,6 @@ def run_demo(
         events_per_s=events / elapsed if elapsed > 0 else 0.0,
         by_operation={k: v for k, v in by_operation.items() if v},
         rows_in_file=rows_in_file,
+        verify=verdict,
         latest=latest,
     )

@@ -84,12 +84,14 @@ def purge(
     record_empty_run: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
     gate: AbstractContextManager[Any] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> CleanupReport:
     """Delete the prefix of rows older than ``cutoff`` in transactions of ``batch_size`` rows.
 
     ``conn`` is in autocommit mode. The run is kept in the cleanup-runs table (unless it deleted
     nothing and ``record_empty_run`` is False, or it is a dry run). ``gate`` is held around each
-    step that is inside SQLite (the cleanup thread's fork gate).
+    step that is inside SQLite (the cleanup thread's fork gate). ``on_batch(rows)`` is called
+    after each committed batch (a progress bar).
     """
     held = gate if gate is not None else contextlib.nullcontext()
     if batch_size <= 0:
@@ -121,6 +123,8 @@ def purge(
             break
         deleted += count
         batches += 1
+        if on_batch is not None:
+            on_batch(count)
     report = CleanupReport(
         cutoff=cutoff,
         rows_deleted=deleted,

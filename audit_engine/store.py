@@ -14,10 +14,10 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import sqlite_utils
 
@@ -35,6 +35,10 @@ from audit_engine.schema import (
     open_connection,
     rollback_quietly,
 )
+from audit_engine.summary import StoreSummary, summarise
+
+if TYPE_CHECKING:
+    from audit_engine.deadletter import ReplayReport
 
 __all__ = ["SCHEMA_VERSION", "AuditStore", "migrate", "open_connection"]
 
@@ -119,6 +123,12 @@ def write_in_caller_transaction(conn: sqlite3.Connection, entry: AuditEntry) -> 
         insert_entries(conn, (entry,))
 
 
+def has_event(conn: sqlite3.Connection, event_id: str) -> bool:
+    """Whether an entry with ``event_id`` is stored (through the UNIQUE index)."""
+    found = conn.execute(f"SELECT 1 FROM {TABLE} WHERE event_id = ?", (event_id,)).fetchone()
+    return found is not None
+
+
 def is_busy(exc: BaseException) -> bool:
     """Whether ``exc`` means another connection holds a lock (worth retrying)."""
     if not isinstance(exc, sqlite3.OperationalError):
@@ -151,13 +161,15 @@ class AuditStore:
     """Typed reads of an existing audit database.
 
     ``AuditStore(path)`` opens the file (it must exist; a missing or foreign file raises
-    :class:`~audit_engine.errors.AuditStoreError`). Use it as a context manager or call
-    :meth:`close`.
+    :class:`~audit_engine.errors.AuditStoreError`); ``create=True`` creates or migrates it
+    instead. Use it as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, create: bool = False
+    ) -> None:
         self.path = Path(path)
-        self._conn = open_connection(self.path, busy_timeout=busy_timeout, create=False)
+        self._conn = open_connection(self.path, busy_timeout=busy_timeout, create=create)
         self._db = sqlite_utils.Database(
             self._conn, recursive_triggers=False, execute_plugins=False
         )
@@ -199,18 +211,19 @@ class AuditStore:
         *,
         batch_size: int | None = None,
         dry_run: bool = False,
+        on_batch: Callable[[int], None] | None = None,
     ) -> CleanupReport:
         """Delete the rows older than ``older_than`` (an age, or an aware cutoff datetime).
 
         Deletes the prefix of the chain before the first row at or after the cutoff, in
         transactions of ``batch_size`` rows (default 10 000), each recording an anchor so
         ``verify()`` still proves what remains. ``dry_run`` only counts. The run is kept in the
-        cleanup-runs table.
+        cleanup-runs table. ``on_batch(rows)`` is called after each committed batch.
         """
         cutoff = cutoff_for(older_than)
         size = DEFAULT_CLEANUP_BATCH_SIZE if batch_size is None else batch_size
         with self._errors("purge"):
-            return purge(self._conn, cutoff, size, dry_run=dry_run)
+            return purge(self._conn, cutoff, size, dry_run=dry_run, on_batch=on_batch)
 
     def export(
         self,
@@ -241,6 +254,9 @@ class AuditStore:
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
         # One read transaction: a purge or a write between two statements cannot be half-seen.
+        if self._conn.in_transaction:  # already inside one (summary() calls verify())
+            yield
+            return
         self._conn.execute("BEGIN")
         try:
             yield
@@ -254,7 +270,30 @@ class AuditStore:
         except sqlite3.DatabaseError as exc:
             raise AuditStoreError(f"cannot {what} {self.path}: {exc}") from None
 
+    def replay_dead_letters(self, path: str | os.PathLike[str] | None = None) -> ReplayReport:
+        """Re-import a dead-letter file (default: this database's) and drop the replayed lines."""
+        from audit_engine import deadletter  # deadletter writes through this module
+
+        target = Path(path) if path is not None else deadletter.path_for(self.path)
+        with self._errors("replay dead letters into"):
+            return deadletter.replay(target, self._conn)
+
+    def summary(self) -> StoreSummary:
+        """Totals by action, operation, outcome and day; file size; chain status; last cleanup."""
+        with self._errors("summarise"), self._snapshot():
+            return summarise(self._conn, self.path, verify=lambda: self.verify())
+
     # -- queries ---------------------------------------------------------------------------------
+
+    def entries_after(self, last_id: int, *, limit: int = 1000) -> list[tuple[int, AuditEntry]]:
+        """Up to ``limit`` entries committed after row ``last_id``, with their ids (for follow)."""
+        rows = self._db.query(f"{_SELECT_SQL} WHERE id > ? ORDER BY id LIMIT ?", [last_id, limit])
+        return [(row["id"], parse_row(row)) for row in rows]
+
+    def last_id(self) -> int:
+        """The id of the newest row, or 0 when the table is empty."""
+        row = self._conn.execute(f"SELECT coalesce(max(id), 0) FROM {TABLE}").fetchone()
+        return int(row[0])
 
     def query(
         self,
