@@ -31,11 +31,13 @@ _SEP = "\x1f"
 _NULL = "\x00"
 
 
+def _canonical_text(row: Sequence[Any]) -> str:
+    return _SEP.join([CHAIN_VERSION, *(_NULL if v is None else str(v) for v in row)])
+
+
 def canonical(row: Sequence[Any]) -> bytes:
     """The bytes hashed for ``row`` = (id, event_id, ..., critical, prev_hash) as stored."""
-    return _SEP.join([CHAIN_VERSION, *(_NULL if v is None else str(v) for v in row)]).encode(
-        "utf-8"
-    )
+    return _canonical_text(row).encode("utf-8")
 
 
 def row_hash(row: Sequence[Any]) -> str:
@@ -104,7 +106,15 @@ class ChainVerifier:
             return f"{missing} missing (deleted from the chain)"
         if prev_hash != self.prev_hash:
             return f"row {row_id} does not link to the row before it (prev_hash mismatch)"
-        if row_hash(row[:-1]) != stored_hash:
+        body = row[:-1]
+        text = _canonical_text(body)
+        # The engine never stores U+0000 or U+001F in a value; one there could make two different
+        # rows share a canonical form (a NULL and the text "\x00", or a field split in two).
+        if text.count(_SEP) != len(body) or text.count(_NULL) != body.count(None):
+            return (
+                f"row {row_id} was modified (it holds a control character the engine never writes)"
+            )
+        if hashlib.sha256(text.encode("utf-8")).hexdigest() != stored_hash:
             return f"row {row_id} was modified (its hash does not match its contents)"
         self.prev_id = row_id
         self.prev_hash = stored_hash

@@ -247,9 +247,13 @@ class AuditStore:
         names = ("id", *_COLUMNS, "prev_hash", "hash")
         with self._errors("export"):
             cursor = self._conn.execute(sql, params)
-        if fmt == "csv":
-            return _csv_lines(names, cursor)
-        return _jsonl_lines(names, cursor)
+        lines = _csv_lines(names, cursor) if fmt == "csv" else _jsonl_lines(names, cursor)
+        return self._guarded(lines, "export")
+
+    def _guarded(self, lines: Iterator[str], what: str) -> Iterator[str]:
+        # Rows are read while the caller iterates: a corrupt page shows up here, not earlier.
+        with self._errors(what):
+            yield from lines
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
