@@ -16,6 +16,7 @@ from audit_engine.errors import (
     InvalidEntryError,
     SettingsError,
 )
+from audit_engine.lifecycle import install_signal_handlers
 from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
 from audit_engine.service import AuditService
 from audit_engine.settings import AuditSettings
@@ -42,4 +43,5 @@ __all__ = [
     "Outcome",
     "SettingsError",
     "__version__",
+    "install_signal_handlers",
 ]

@@ -41,11 +41,11 @@ class DeadLetterFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh lock (another thread may have held it at the fork)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def append(self, entries: Sequence[AuditEntry], error: str) -> None:
         """Append ``entries`` with the reason they failed; returns once the lines are on disk."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
 import threading
 import weakref
-from typing import Protocol
+from typing import Any, Protocol
 
 from audit_engine.writer import Writer
 
@@ -25,7 +26,7 @@ class _Service(Protocol):
 
     def close(self, timeout: float | None = None) -> bool: ...
 
-    def fork_gates(self) -> list[threading.Lock]: ...
+    def fork_gates(self) -> list[threading.RLock]: ...
 
     def _reset_after_fork(self) -> None: ...
 
@@ -72,7 +73,7 @@ def _register_mp_finalizer(_: object = None) -> None:
 
 
 # Gates taken before a fork and let go after it, in the parent and in the child.
-_held_gates: list[threading.Lock] = []
+_held_gates: list[threading.RLock] = []
 
 
 def _before_fork() -> None:
@@ -112,3 +113,38 @@ atexit.register(_drain_at_exit)
 os.register_at_fork(
     before=_before_fork, after_in_parent=_release_gates, after_in_child=_after_fork_in_child
 )
+
+
+# -- signals ----------------------------------------------------------------------------------
+
+_installed: dict[int, Any] = {}
+
+
+def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    """Make SIGTERM and SIGINT close (drain) every open service, then act as they would have.
+
+    Opt-in, because signal handlers belong to the application: call it once, from the main
+    thread, after installing your own handlers if you have any — they are called afterwards.
+    Without it, SIGTERM's default action ends the process at once and loses what is queued.
+    A signal the process ignores (``SIG_IGN``) stays ignored. Idempotent.
+    """
+    for signum in signals:
+        if signum in _installed:
+            continue
+        previous = signal.getsignal(signum)
+        if previous is signal.SIG_IGN:
+            continue
+        _installed[signum] = previous
+        signal.signal(signum, _on_signal)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _drain_at_exit()
+    previous = _installed.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)  # e.g. Python's SIGINT handler: KeyboardInterrupt
+        return
+    # The default action (terminate): restore it and deliver the signal again, so the exit
+    # status says "killed by SIGTERM" just as without the handler.
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)

@@ -212,7 +212,7 @@ class CleanupThread:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         # Held while this thread is inside SQLite; os.fork() waits for it (see lifecycle).
-        self.fork_gate = threading.Lock()
+        self.fork_gate = threading.RLock()
         self.runs = 0
         self.rows_deleted = 0
         self.last_report: CleanupReport | None = None

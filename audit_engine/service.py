@@ -65,7 +65,7 @@ class AuditService:
         self._context = {"max_details_bytes": s.max_details_bytes}
         self._connection = connection
         self._closed = False
-        self._close_lock = threading.Lock()
+        self._close_lock = threading.RLock()
         self._close_result = True
         self._writer: Writer | None = None
         self._cleanup: CleanupThread | None = None
@@ -110,7 +110,7 @@ class AuditService:
             interval_s=s.cleanup_interval,
         )
 
-    def fork_gates(self) -> list[threading.Lock]:
+    def fork_gates(self) -> list[threading.RLock]:
         """Locks this service's threads hold while inside SQLite (taken by the fork hook)."""
         gates = []
         if self._writer is not None:
@@ -353,7 +353,7 @@ class AuditService:
         )
 
     def _reset_after_fork(self) -> None:
-        self._close_lock = threading.Lock()
+        self._close_lock = threading.RLock()
         self._counter_lock = threading.Lock()
         self._sync.reset_after_fork()
         self._injected_written = 0

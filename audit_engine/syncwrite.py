@@ -24,7 +24,7 @@ class SyncConnection:
 
     def __init__(self, settings: AuditSettings) -> None:
         self._settings = settings
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
 
@@ -58,7 +58,7 @@ class SyncConnection:
             conn.close()
 
     def reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.written = 0
         if self._conn is not None:
             _FORK_ORPHANS.append(self._conn)

@@ -57,7 +57,7 @@ class Writer:
         self._reset_state()
         # Held while this writer is inside SQLite; os.fork() waits for it (see lifecycle), so a
         # child never inherits a SQLite mutex locked by a thread that does not exist there.
-        self.fork_gate = threading.Lock()
+        self.fork_gate = threading.RLock()
         self._conn: sqlite3.Connection | None = connect()
         self._start()
 
@@ -65,7 +65,9 @@ class Writer:
 
     def _reset_state(self) -> None:
         self._queue = HandoffQueue(self._queue_maxsize)
-        self._accept_lock = threading.Lock()
+        # Reentrant, like every lock on the close path: install_signal_handlers() closes services
+        # from a signal handler, which may interrupt this very thread while it holds the lock.
+        self._accept_lock = threading.RLock()
         self._closed = False
         self._stopping = False
         self._abort = threading.Event()
@@ -98,7 +100,7 @@ class Writer:
         if orphan is not None:
             _FORK_ORPHANS.append(orphan)
         self._dead_letters.reset_after_fork()
-        self.fork_gate = threading.Lock()
+        self.fork_gate = threading.RLock()
         self._reset_state()
         self._conn = self._connect()
         self._start()
