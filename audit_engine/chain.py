@@ -147,6 +147,7 @@ def verify_rows(
         )
     for row in rows:
         reason = verifier.check(row)
+        checked = verifier.rows_checked
         if (
             reason is None
             and expected_head is not None
@@ -154,10 +155,9 @@ def verify_rows(
             and row[-1] != expected_head.hash
         ):
             reason = f"row {row[0]} differs from the expected head (hash mismatch)"
+            checked -= 1  # the row itself is the bad one
         if reason is not None:
-            return VerifyReport(
-                ok=False, rows_checked=verifier.rows_checked, first_bad_id=row[0], reason=reason
-            )
+            return VerifyReport(ok=False, rows_checked=checked, first_bad_id=row[0], reason=reason)
     if expected_head is not None and verifier.prev_id < expected_head.id:
         return VerifyReport(
             ok=False,

@@ -182,7 +182,7 @@ def _record_run(conn: sqlite3.Connection, report: CleanupReport, started_at: dat
         (
             started_at.isoformat(),
             utcnow().isoformat(),
-            report.cutoff.isoformat(),
+            format_timestamp(report.cutoff),  # the same form as the anchors' cutoff
             report.rows_deleted,
             report.batches,
             report.duration_s,

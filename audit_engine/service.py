@@ -342,7 +342,9 @@ class AuditService:
             retries=w.retries if w else 0,
             dead_lettered=w.dead_lettered if w else 0,
             writer_alive=w.alive if w else False,
-            last_error=self._last_error or (w.last_error if w else None),
+            last_error=self._last_error
+            or (w.last_error if w else None)
+            or (self._cleanup.last_error if self._cleanup else None),
             filtered_by_level=self._not_kept[Decision.FILTERED_BY_LEVEL],
             excluded=self._not_kept[Decision.EXCLUDED],
             sampled_out=self._not_kept[Decision.SAMPLED_OUT],
