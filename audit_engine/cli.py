@@ -19,6 +19,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from audit_engine.bench import SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
 from audit_engine.chain import ChainHead
 from audit_engine.cli_output import (
     FORMATS,
@@ -498,6 +499,50 @@ def replay_deadletter(ctx: click.Context, path: Path | None) -> None:
         for problem in report.errors:
             click.echo(f"Error: {problem}", err=True)
         ctx.exit(1)
+
+
+@main.command()
+@click.option(
+    "--events",
+    type=click.IntRange(min=1),
+    default=20000,
+    show_default=True,
+    help=f"Events per mode (sync-default does at most {SYNC_DEFAULT_MAX_EVENTS}).",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Threads calling record() in the engine mode.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def bench(events: int, threads: int, as_json: bool) -> None:
+    """Measure the engine against the usual alternatives and SQLite's ceiling, side by side.
+
+    Modes: sync-default and sync-wal (INSERT + COMMIT per event), thread-per-row (a queue and a
+    thread committing each row), engine (record() to commit, hash chain on), ceiling (prebuilt
+    rows, executemany, 500 per transaction). All write the same row into the engine's schema.
+    """
+    with _progress(total_events(events), "benchmarking") as bar:
+        report = run_bench(events, threads, on_progress=bar.update)
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+        return
+    click.echo(
+        f"Python {report.python}, SQLite {report.sqlite}, {report.machine}, {report.cpus} CPUs; "
+        f"{report.events} events, {report.threads} recording thread(s)"
+    )
+    click.echo(
+        f"{'mode':<16}{'events':>8}{'events/s':>12}{'caller p50':>12}{'caller p99':>12}"
+        f"{'commits':>9}{'commits/ev':>12}{'x ceiling':>11}"
+    )
+    for r in report.results:
+        click.echo(
+            f"{r.mode:<16}{r.events:>8}{r.events_per_s:>12,.0f}{r.caller_p50_us:>10.1f}us"
+            f"{r.caller_p99_us:>10.1f}us{r.commits:>9}{r.commits_per_event:>12.4f}"
+            f"{r.ratio_to_ceiling:>11.2f}"
+        )
 
 
 @main.command("cli-docs", hidden=True)
