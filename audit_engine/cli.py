@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +23,17 @@ from audit_engine.bench import SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
 from audit_engine.chain import ChainHead
 from audit_engine.cli_output import (
     FORMATS,
+    DetailParam,
     DurationParam,
     TimeParam,
     entry_object,
-    parse_detail,
+    plural,
     render,
     render_reference,
 )
 from audit_engine.demo import DEFAULT_DATABASE, DEFAULT_EVENTS, run_demo
 from audit_engine.errors import AuditEngineError
-from audit_engine.models import Operation, Outcome
+from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.service import AuditService
 from audit_engine.settings import AuditSettings
 from audit_engine.store import SCHEMA_VERSION, AuditStore
@@ -43,10 +44,13 @@ PROG = "audit-engine"
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'entry'}: {error['msg']}"
+            (f"{'.'.join(str(p) for p in error['loc'])}: " if error["loc"] else "")
+            + error["msg"].removeprefix("Value error, ")
             for error in exc.errors()
         )
         return f"invalid entry: {problems}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     return str(exc)
 
 
@@ -56,7 +60,7 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (AuditEngineError, ValueError) as exc:
+        except (AuditEngineError, ValueError, OSError) as exc:
             raise click.ClickException(_describe(exc)) from exc
 
 
@@ -156,6 +160,7 @@ def init(ctx: click.Context) -> None:
 @click.option(
     "--detail",
     "details",
+    type=DetailParam(),
     multiple=True,
     metavar="KEY=VALUE",
     help="A details field (repeatable); VALUE is JSON if it parses as JSON, else text.",
@@ -168,7 +173,7 @@ def init(ctx: click.Context) -> None:
 )
 @click.pass_context
 def record(
-    ctx: click.Context, /, from_stdin: bool, details: tuple[str, ...], **fields: Any
+    ctx: click.Context, /, from_stdin: bool, details: tuple[tuple[str, Any], ...], **fields: Any
 ) -> None:
     """Record entries through the write-behind engine (the policy from AUDIT_TRAIL_* applies).
 
@@ -180,25 +185,33 @@ def record(
     if from_stdin and (fields["action"] or details):
         raise click.UsageError("--stdin takes entries from standard input, not from options.")
     bad_lines: list[str] = []
-    with AuditService(AuditSettings(database=_database(ctx))) as audit:
+    # A one-shot command: retention is the cleanup thread's job in long-running services (or
+    # `purge`'s), not a side effect of recording one entry.
+    settings = AuditSettings(database=_database(ctx), cleanup_enabled=False)
+    context = {"max_details_bytes": settings.max_details_bytes}
+    with AuditService(settings) as audit:
         if from_stdin:
-            for number, line in enumerate(sys.stdin, start=1):
-                if not line.strip():
+            for number, raw in enumerate(sys.stdin.buffer, start=1):
+                if not raw.strip():
                     continue
                 try:
-                    entry = json.loads(line)
-                except ValueError as exc:
-                    bad_lines.append(f"line {number}: not JSON ({exc})")
+                    fields_in = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    bad_lines.append(f"line {number}: not UTF-8 text")
                     continue
-                if not isinstance(entry, dict):
+                except json.JSONDecodeError as exc:
+                    bad_lines.append(f"line {number}: not JSON ({exc.msg})")
+                    continue
+                if not isinstance(fields_in, dict):
                     bad_lines.append(f"line {number}: not a JSON object of entry fields")
                     continue
                 try:
-                    audit.record(**entry)
-                except (ValueError, TypeError) as exc:
+                    # Validated as an entry: a line names entry fields, nothing else.
+                    audit.record(AuditEntry.model_validate(fields_in, context=context))
+                except ValueError as exc:
                     bad_lines.append(f"line {number}: {_describe(exc)}")
         else:
-            fields["details"] = dict(parse_detail(d) for d in details)
+            fields["details"] = dict(details)
             audit.record(**{k: v for k, v in fields.items() if v is not None})
     stats = audit.stats()
     filtered = stats.filtered_by_level + stats.excluded + stats.sampled_out + stats.deduplicated
@@ -311,6 +324,13 @@ def _print_rows(entries: list[Any], fmt: str, *, header: bool) -> None:
 @click.pass_context
 def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any) -> None:
     """Export entries with their hashes, streamed: JSON lines (verifiable offline) or CSV."""
+    database = _database(ctx).resolve()
+    if output is not None and output.resolve() in {
+        database,
+        Path(f"{database}-wal"),
+        Path(f"{database}-shm"),
+    }:
+        raise click.BadParameter("is the audit database itself", param_hint="'--output'")
     with _store(ctx) as store:
         if output is None:
             for line in store.export(fmt, **filters):
@@ -328,7 +348,7 @@ def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any)
                     bar.update(1)
                 written += 1
     count = written - 1 if fmt == "csv" else written
-    click.echo(f"Exported {count} entries to {output}")
+    click.echo(f"Exported {plural(count, 'entry', 'entries')} to {output}")
 
 
 def _head(value: str | None) -> ChainHead | None:
@@ -355,10 +375,10 @@ def verify(ctx: click.Context, expected_head: str | None) -> None:
     if not report.ok:
         raise click.ClickException(
             f"chain broken at row {report.first_bad_id}: {report.reason} "
-            f"({report.rows_checked} rows verified before it)"
+            f"({plural(report.rows_checked, 'row')} verified before it)"
         )
     tip = f"; head {report.head.id}:{report.head.hash}" if report.head else ""
-    click.echo(f"OK: {report.rows_checked} rows verified{tip}")
+    click.echo(f"OK: {plural(report.rows_checked, 'row')} verified{tip}")
 
 
 @main.command()
@@ -383,15 +403,23 @@ def purge(ctx: click.Context, older_than: timedelta, batch_size: int, dry_run: b
         planned = store.purge(older_than, batch_size=batch_size, dry_run=True)
         if dry_run:
             click.echo(
-                f"Would purge {planned.rows_deleted} entries older than "
-                f"{planned.cutoff:%Y-%m-%d %H:%M:%S} UTC"
+                f"Would purge {plural(planned.rows_deleted, 'entry', 'entries')} older than "
+                f"{_utc(planned.cutoff)}"
             )
             return
         with _progress(planned.rows_deleted, "purging") as bar:
             report = store.purge(older_than, batch_size=batch_size, on_batch=bar.update)
     click.echo(
-        f"Purged {report.rows_deleted} entries older than {report.cutoff:%Y-%m-%d %H:%M:%S} UTC "
-        f"in {report.batches} batches ({report.duration_s:.2f}s)"
+        f"Purged {plural(report.rows_deleted, 'entry', 'entries')} older than "
+        f"{_utc(report.cutoff)} in {plural(report.batches, 'batch', 'batches')} "
+        f"({report.duration_s:.2f}s)"
+    )
+
+
+def _utc(moment: datetime) -> str:
+    # isoformat pads the year (strftime's %Y does not below 1000).
+    return (
+        moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds") + " UTC"
     )
 
 
@@ -492,8 +520,8 @@ def replay_deadletter(ctx: click.Context, path: Path | None) -> None:
     with _store(ctx) as store:
         report = store.replay_dead_letters(path)
     click.echo(
-        f"Replayed {report.replayed} entries ({report.already_present} were already stored); "
-        f"{report.kept} lines kept"
+        f"Replayed {plural(report.replayed, 'entry', 'entries')} "
+        f"({report.already_present} already stored); {plural(report.kept, 'line')} kept"
     )
     if report.errors:
         for problem in report.errors:

@@ -33,23 +33,31 @@ def parse_duration(text: str) -> timedelta:
     value = float(match.group(1)) * _UNITS[match.group(2)]
     if value <= 0:
         raise ValueError(f"{text!r} is not a positive duration")
-    return timedelta(seconds=value)
+    try:
+        return timedelta(seconds=value)
+    except OverflowError:
+        raise ValueError(f"{text!r} is too long a duration") from None
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
     """An ISO-8601 date or time (naive means UTC), or a duration back from now (``24h``)."""
     try:
-        return (now or datetime.now(UTC)) - parse_duration(text)
+        age = parse_duration(text)
     except ValueError:
-        pass
+        age = None
     try:
+        if age is not None:
+            return (now or datetime.now(UTC)) - age
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        # Normalised here, inside the try: an offset can push year 1 or 9999 out of range.
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError(f"{text!r} is out of the range of dates") from None
     except ValueError:
         raise ValueError(
             f"{text!r} is neither an ISO-8601 time (2026-11-23, 2026-11-23T16:00:00Z) "
             "nor a duration back from now (15m, 24h, 7d)"
         ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class DurationParam(click.ParamType):  # type: ignore[type-arg]  # generic in click >= 8.5 only
@@ -78,6 +86,25 @@ class TimeParam(click.ParamType):  # type: ignore[type-arg]
             return parse_time(str(value))
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class DetailParam(click.ParamType):  # type: ignore[type-arg]
+    """``--detail key=value``, checked before anything is opened (a usage error, exit 2)."""
+
+    name = "key=value"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_detail(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 row``, ``2 rows`` (``many`` for irregular plurals: entry/entries)."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"
 
 
 def entry_object(entry: AuditEntry) -> dict[str, Any]:
@@ -152,7 +179,7 @@ def table_lines(entries: Sequence[AuditEntry]) -> Iterator[str]:
     ]
     for row in (_TABLE_COLUMNS, *rows):
         yield "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-    yield f"({len(rows)} entr{'y' if len(rows) == 1 else 'ies'})"
+    yield f"({plural(len(rows), 'entry', 'entries')})"
 
 
 def parse_detail(text: str) -> tuple[str, Any]:

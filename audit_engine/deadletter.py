@@ -105,8 +105,11 @@ def replay(path: Path, conn: sqlite3.Connection) -> ReplayReport:
     """
     if not path.exists():
         raise AuditStoreError(f"no dead-letter file at {path}")
+    with path.open("rb") as head:
+        if head.read(16) == b"SQLite format 3\x00":
+            raise AuditStoreError(f"{path} is an SQLite database, not a dead-letter file")
     replayed = already = 0
-    kept: list[str] = []
+    kept: list[bytes] = []
     errors: list[str] = []
     with _file_lock(path):
         raw_lines = path.read_bytes().splitlines(keepends=True)
@@ -130,14 +133,14 @@ def replay(path: Path, conn: sqlite3.Connection) -> ReplayReport:
     return ReplayReport(replayed=replayed, already_present=already, kept=len(kept), errors=errors)
 
 
-def _parse(raw_lines: list[bytes]) -> list[tuple[str, AuditEntry | None, str]]:
-    out: list[tuple[str, AuditEntry | None, str]] = []
+def _parse(raw_lines: list[bytes]) -> list[tuple[bytes, AuditEntry | None, str]]:
+    # Kept lines are written back byte for byte, even a line that is not valid UTF-8.
+    out: list[tuple[bytes, AuditEntry | None, str]] = []
     for number, raw in enumerate(raw_lines, start=1):
         if not raw.strip():
             continue
-        text = raw.decode("utf-8", errors="replace")
         entry, problem = _parse_line(number, raw)
-        out.append((text if text.endswith("\n") else text + "\n", entry, problem))
+        out.append((raw if raw.endswith(b"\n") else raw + b"\n", entry, problem))
     return out
 
 
@@ -151,14 +154,14 @@ def _parse_line(number: int, raw: bytes) -> tuple[AuditEntry | None, str]:
     return entry, str(record.get("error", ""))
 
 
-def _rewrite(path: Path, lines: list[str]) -> None:
+def _rewrite(path: Path, lines: list[bytes]) -> None:
     if not lines:
         path.unlink()
         return
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, "".join(lines).encode("utf-8"))
+        os.write(fd, b"".join(lines))
         os.fsync(fd)
     finally:
         os.close(fd)
