@@ -69,9 +69,13 @@ class DurationParam(click.ParamType):  # type: ignore[type-arg]  # generic in cl
         if isinstance(value, timedelta):
             return value
         try:
-            return parse_duration(str(value))
+            age = parse_duration(str(value))
+            datetime.now(UTC) - age  # an age is used back from now: it must stay after year 1
+        except OverflowError:
+            self.fail(f"{value!r} reaches before year 1", param, ctx)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+        return age
 
 
 class TimeParam(click.ParamType):  # type: ignore[type-arg]

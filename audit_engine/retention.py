@@ -47,7 +47,10 @@ def cutoff_for(older_than: timedelta | datetime) -> datetime:
     if isinstance(older_than, timedelta):
         if older_than <= timedelta(0):
             raise AuditStoreError(f"older_than must be a positive duration (got {older_than})")
-        return utcnow() - older_than
+        try:
+            return utcnow() - older_than
+        except OverflowError:
+            raise AuditStoreError(f"older_than reaches before year 1 (got {older_than})") from None
     if isinstance(older_than, datetime):
         if older_than.tzinfo is None:
             raise AuditStoreError("older_than must be timezone-aware (got a naive datetime)")
