@@ -1,0 +1,299 @@
+"""audit_engine.cli_output on its own: durations, times, --detail, and the output formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+import click
+import pytest
+
+from audit_engine.cli_output import (
+    DetailParam,
+    DurationParam,
+    TimeParam,
+    csv_lines,
+    entry_object,
+    parse_detail,
+    parse_duration,
+    parse_time,
+    render,
+    table_lines,
+)
+from audit_engine.models import AuditEntry
+
+NOW = datetime(2026, 11, 23, 16, 0, tzinfo=UTC)
+
+
+def _entry(**fields: object) -> AuditEntry:
+    values: dict[str, object] = {
+        "event_id": "evt-1",
+        "timestamp": datetime(2026, 11, 23, 9, 30, 15, 123456, tzinfo=UTC),
+        "action": "note.save",
+    }
+    values.update(fields)
+    return AuditEntry.model_validate(values)
+
+
+# -- parse_duration ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", timedelta(seconds=30)),
+        ("15m", timedelta(minutes=15)),
+        ("24h", timedelta(hours=24)),
+        ("7d", timedelta(days=7)),
+        ("2w", timedelta(weeks=2)),
+        ("1.5h", timedelta(minutes=90)),
+        (" 90 d ", timedelta(days=90)),
+    ],
+)
+def test_parse_duration(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "7", "d", "7D", "7 days", "-7d", "1y", "7d ago", "1e3s"])
+def test_parse_duration_refuses_what_is_not_a_duration(text: str) -> None:
+    message = f"{text!r} is not a duration: a number and a unit (s, m, h, d, w), e.g. 15m, 24h, 7d"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["0s", "0d", "0.0h"])
+def test_parse_duration_refuses_zero(text: str) -> None:
+    with pytest.raises(ValueError, match=rf"^'{text}' is not a positive duration$"):
+        parse_duration(text)
+
+
+def test_parse_duration_refuses_a_duration_too_large() -> None:
+    """Too large for a timedelta: a ValueError, not an OverflowError."""
+    with pytest.raises(ValueError, match=r"^'99999999999d' is too long a duration$"):
+        parse_duration("99999999999d")
+
+
+# -- parse_time --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("15m", NOW - timedelta(minutes=15)),
+        ("7d", NOW - timedelta(days=7)),
+        ("2026-11-20", datetime(2026, 11, 20, tzinfo=UTC)),
+        ("2026-11-20T08:00:00", datetime(2026, 11, 20, 8, tzinfo=UTC)),
+        ("2026-11-20T08:00:00Z", datetime(2026, 11, 20, 8, tzinfo=UTC)),
+        ("2026-11-20 08:00:00.5Z", datetime(2026, 11, 20, 8, 0, 0, 500000, tzinfo=UTC)),
+        ("2026-11-20T10:00:00+02:00", datetime(2026, 11, 20, 8, tzinfo=UTC)),
+        (" 2026-11-20T08:00Z ", datetime(2026, 11, 20, 8, tzinfo=UTC)),
+    ],
+)
+def test_parse_time(text: str, expected: datetime) -> None:
+    parsed = parse_time(text, now=NOW)
+
+    assert parsed == expected
+    assert parsed.tzinfo is UTC
+
+
+def test_parse_time_converts_an_offset_to_utc() -> None:
+    parsed = parse_time("2026-11-20T10:00:00+02:00")
+
+    assert parsed.tzinfo is UTC
+    assert (parsed.year, parsed.month, parsed.day, parsed.hour) == (2026, 11, 20, 8)
+
+
+def test_parse_time_naive_means_utc() -> None:
+    assert parse_time("2026-11-20T08:00:00").tzinfo is UTC
+
+
+def test_parse_time_relative_to_the_clock() -> None:
+    before = datetime.now(UTC)
+    parsed = parse_time("1h")
+    after = datetime.now(UTC)
+
+    assert before - timedelta(hours=1) <= parsed <= after - timedelta(hours=1)
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2026-11-31", "0m", "", "-1h", "16:00"])
+def test_parse_time_refuses_what_is_neither(text: str) -> None:
+    with pytest.raises(ValueError, match="is neither an ISO-8601 time") as caught:
+        parse_time(text, now=NOW)
+
+    assert str(caught.value) == (
+        f"{text!r} is neither an ISO-8601 time (2026-11-23, 2026-11-23T16:00:00Z) "
+        "nor a duration back from now (15m, 24h, 7d)"
+    )
+
+
+@pytest.mark.parametrize("text", ["5000000d", "0001-01-01T00:00:00+05:00"])
+def test_parse_time_refuses_a_time_out_of_range(text: str) -> None:
+    """Before year 1 (in UTC): a ValueError, not an OverflowError."""
+    with pytest.raises(ValueError, match=f"^{re.escape(repr(text))} is out of the range of dates$"):
+        parse_time(text, now=NOW)
+
+
+# -- the click types ---------------------------------------------------------------------------
+
+
+def test_duration_param_converts_and_passes_timedeltas_through() -> None:
+    param = DurationParam()
+
+    assert param.convert("2w", None, None) == timedelta(weeks=2)
+    assert param.convert(timedelta(hours=1), None, None) == timedelta(hours=1)
+    with pytest.raises(click.BadParameter, match=r"^'x' is not a duration"):
+        param.convert("x", None, None)
+
+
+def test_time_param_converts_and_passes_datetimes_through() -> None:
+    param = TimeParam()
+
+    assert param.convert("2026-11-20Z", None, None) == datetime(2026, 11, 20, tzinfo=UTC)
+    assert param.convert(NOW, None, None) is NOW
+    with pytest.raises(click.BadParameter, match=r"^'x' is neither"):
+        param.convert("x", None, None)
+
+
+def test_detail_param_converts_and_passes_pairs_through() -> None:
+    param = DetailParam()
+
+    assert param.convert("n=3", None, None) == ("n", 3)
+    assert param.convert(("k", "v"), None, None) == ("k", "v")
+    with pytest.raises(click.BadParameter, match=r"^--detail takes key=value, got 'x'$"):
+        param.convert("x", None, None)
+
+
+# -- parse_detail ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("n=3", ("n", 3)),
+        ("ratio=0.5", ("ratio", 0.5)),
+        ("ok=false", ("ok", False)),
+        ("none=null", ("none", None)),
+        ('list=[1, "a"]', ("list", [1, "a"])),
+        ('obj={"k": {"x": 1}}', ("obj", {"k": {"x": 1}})),
+        ('quoted="007"', ("quoted", "007")),
+        ("text=hello world", ("text", "hello world")),
+        ("zip=007", ("zip", "007")),
+        ("empty=", ("empty", "")),
+        ("url=a=b&c=d", ("url", "a=b&c=d")),
+        (" key =v", ("key", "v")),
+        ("k={not json", ("k", "{not json")),
+    ],
+)
+def test_parse_detail(text: str, expected: tuple[str, object]) -> None:
+    assert parse_detail(text) == expected
+
+
+@pytest.mark.parametrize("text", ["novalue", "=x", "  =x", ""])
+def test_parse_detail_needs_a_key_and_an_equals_sign(text: str) -> None:
+    with pytest.raises(ValueError, match=r"^--detail takes key=value, got ") as caught:
+        parse_detail(text)
+
+    assert str(caught.value) == f"--detail takes key=value, got {text!r}"
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def test_entry_object_is_the_json_form_with_nested_details() -> None:
+    entry = _entry(details={"b": [1, 2], "a": {"x": None}}, actor="zoë", critical=True)
+
+    assert entry_object(entry) == {
+        "event_id": "evt-1",
+        "timestamp": "2026-11-23T09:30:15.123456Z",
+        "actor": "zoë",
+        "action": "note.save",
+        "operation": "execute",
+        "outcome": "success",
+        "resource_type": None,
+        "resource_id": None,
+        "correlation_id": None,
+        "details": {"b": [1, 2], "a": {"x": None}},
+        "critical": True,
+    }
+
+
+def test_render_json_is_one_array() -> None:
+    entries = [_entry(), _entry(event_id="evt-2", details={"k": "v"})]
+
+    [text] = render(entries, "json")
+
+    assert json.loads(text) == [entry_object(e) for e in entries]
+    assert list(render([], "json")) == ["[]"]
+
+
+def test_render_jsonl_is_one_object_per_line_without_escaping_unicode() -> None:
+    entries = [_entry(actor="zoë"), _entry(event_id="evt-2")]
+
+    lines = list(render(entries, "jsonl"))
+
+    assert [json.loads(line) for line in lines] == [entry_object(e) for e in entries]
+    assert '"actor": "zoë"' in lines[0]
+    assert list(render([], "jsonl")) == []
+
+
+def test_render_csv_has_a_header_and_quotes_what_needs_it() -> None:
+    entry = _entry(actor='o"neil, jr', details={"note": "a,b\nc"}, critical=True)
+
+    lines = list(render([entry], "csv"))
+
+    assert lines[0] == (
+        "event_id,timestamp,actor,action,operation,outcome,resource_type,resource_id,"
+        "correlation_id,details,critical"
+    )
+    [row] = list(csv.DictReader(io.StringIO("\n".join(lines))))
+    assert row["actor"] == 'o"neil, jr'
+    assert json.loads(row["details"]) == {"note": "a,b\nc"}
+    assert (row["critical"], row["resource_type"], row["timestamp"]) == (
+        "true",
+        "",
+        "2026-11-23T09:30:15.123456Z",
+    )
+    assert list(render([], "csv")) == [lines[0]]
+
+
+def test_csv_lines_without_a_header() -> None:
+    lines = list(csv_lines([_entry()], header=False))
+
+    assert lines == ["evt-1,2026-11-23T09:30:15.123456Z,,note.save,execute,success,,,,{},false"]
+
+
+def test_render_table_is_the_default() -> None:
+    entries = [_entry()]
+
+    assert list(render(entries, "table")) == list(render(entries, "anything else"))
+
+
+@pytest.mark.parametrize(
+    ("count", "footer"), [(0, "(0 entries)"), (1, "(1 entry)"), (2, "(2 entries)")]
+)
+def test_table_footer_counts_entries(count: int, footer: str) -> None:
+    entries = [_entry(event_id=f"evt-{n}") for n in range(count)]
+
+    lines = list(table_lines(entries))
+
+    assert lines[-1] == footer
+    assert len(lines) == count + 2
+
+
+def test_table_columns_are_aligned() -> None:
+    entries = [
+        _entry(actor="alice", resource_type="note", resource_id="n-1", critical=True),
+        _entry(event_id="evt-2", action="a", operation="delete", outcome="failure"),
+    ]
+
+    header, first, second, footer = table_lines(entries)
+
+    assert header == "time (UTC)           actor  action     operation  outcome  resource"
+    assert first == (
+        "2026-11-23 09:30:15  alice  note.save  execute    success  note/n-1  critical"
+    )
+    assert second == "2026-11-23 09:30:15  -      a          delete     failure  -/-"
+    assert footer == "(2 entries)"

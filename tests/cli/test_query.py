@@ -1,0 +1,234 @@
+"""``query``: every filter, times, limits, every output format; filter values stay data."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from conftest import Cli, Trail
+
+
+ENTRY_FIELDS = [
+    "event_id",
+    "timestamp",
+    "actor",
+    "action",
+    "operation",
+    "outcome",
+    "resource_type",
+    "resource_id",
+    "correlation_id",
+    "details",
+    "critical",
+]
+TABLE_HEADER = ["time (UTC)", "actor", "action", "operation", "outcome", "resource"]
+
+
+def _jsonl_actions(output: str) -> list[str]:
+    return [json.loads(line)["action"] for line in output.splitlines()]
+
+
+# -- filters -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ([], ["note.create", "note.open", "note.delete", "user.login"]),
+        (["--actor", "alice"], ["note.create", "note.delete"]),
+        (["--action", "note.open"], ["note.open"]),
+        (["--operation", "delete"], ["note.delete"]),
+        (["--outcome", "success"], ["note.create", "note.open", "user.login"]),
+        (["--resource-type", "session"], ["user.login"]),
+        (["--resource-id", "n1"], ["note.create", "note.open"]),
+        (["--correlation-id", "req-3"], ["note.delete", "user.login"]),
+        (["--actor", "alice", "--resource-id", "n2"], ["note.delete"]),
+        (["--actor", "bob", "--operation", "create"], []),
+    ],
+)
+def test_query_filters(cli: Cli, notes: Trail, options: list[str], expected: list[str]) -> None:
+    result = cli.run("query", *options, "--format", "jsonl")
+
+    assert _jsonl_actions(result.output) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--since", "1d"], ["note.open", "note.delete", "user.login"]),
+        (["--since", "90m"], ["note.delete", "user.login"]),
+        (["--until", "1h"], ["note.create", "note.open"]),
+        (["--since", "4d", "--until", "2d"], ["note.create"]),
+        (["--since", "1w"], ["note.create", "note.open", "note.delete", "user.login"]),
+        (["--since", "30s"], []),
+    ],
+)
+def test_query_since_until_relative(
+    cli: Cli, notes: Trail, options: list[str], expected: list[str]
+) -> None:
+    result = cli.run("query", *options, "--format", "jsonl")
+
+    assert _jsonl_actions(result.output) == expected
+
+
+def test_query_since_until_iso(cli: Cli, notes: Trail) -> None:
+    now = datetime.now(UTC)
+    two_days_ago = now - timedelta(days=2)
+    naive = (now - timedelta(hours=3)).replace(tzinfo=None).isoformat()
+    zulu = (now - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    paris = (now - timedelta(hours=3)).astimezone(timezone(timedelta(hours=2)))
+
+    aware = cli.run("query", "--since", two_days_ago.isoformat(), "--format", "jsonl")
+    naive_utc = cli.run("query", "--since", naive, "--until", zulu, "--format", "jsonl")
+    offset = cli.run("query", "--until", paris.isoformat(), "--format", "jsonl")
+    day = cli.run("query", "--until", f"{now - timedelta(days=1):%Y-%m-%d}", "--format", "jsonl")
+
+    assert _jsonl_actions(aware.output) == ["note.open", "note.delete", "user.login"]
+    # A naive time is UTC, 'Z' is UTC.
+    assert _jsonl_actions(naive_utc.output) == ["note.open"]
+    assert _jsonl_actions(offset.output) == ["note.create"]
+    assert _jsonl_actions(day.output) == ["note.create"]
+
+
+@pytest.mark.parametrize("option", ["--since", "--until"])
+@pytest.mark.parametrize("value", ["yesterday", "-1d", "2026-13-01", "0m"])
+def test_a_bad_time_is_a_usage_error(cli: Cli, notes: Trail, option: str, value: str) -> None:
+    result = cli.run("query", option, value, code=2)
+
+    assert result.output.startswith("Usage: audit-engine query [OPTIONS]\n")
+    assert result.output.endswith(
+        f"Error: Invalid value for '{option}': {value!r} is neither an ISO-8601 time "
+        "(2026-11-23, 2026-11-23T16:00:00Z) nor a duration back from now (15m, 24h, 7d)\n"
+    )
+
+
+def test_query_limit_and_newest_first(cli: Cli, notes: Trail) -> None:
+    oldest = cli.run("query", "--limit", "2", "--format", "jsonl")
+    newest = cli.run("query", "--limit", "2", "--newest-first", "--format", "jsonl")
+    nothing = cli.run("query", "--limit", "0")
+
+    assert _jsonl_actions(oldest.output) == ["note.create", "note.open"]
+    assert _jsonl_actions(newest.output) == ["user.login", "note.delete"]
+    assert nothing.output.splitlines()[-1] == "(0 entries)"
+
+
+def test_a_negative_limit_is_a_usage_error(cli: Cli, notes: Trail) -> None:
+    result = cli.run("query", "--limit", "-1", code=2)
+
+    assert result.output.endswith(
+        "Error: Invalid value for '--limit': -1 is not in the range x>=0.\n"
+    )
+
+
+def test_query_json_is_one_array_of_entries_with_nested_details(cli: Cli, notes: Trail) -> None:
+    result = cli.run("query", "--format", "json")
+
+    entries = json.loads(result.output)  # the whole of stdout: nothing else is printed
+    assert isinstance(entries, list)
+    assert [list(e) for e in entries] == [ENTRY_FIELDS] * 4
+    assert entries[0]["details"] == {"title": "plan", "tags": ["q3"]}
+    assert entries[2]["critical"] is True
+    assert entries[1]["actor"] == "bob"
+    assert entries == [e.model_dump(mode="json") for e in notes.entries()]
+
+
+def test_query_json_of_nothing_is_an_empty_array(cli: Cli, trail: Trail) -> None:
+    trail.init()
+
+    assert cli.run("query", "--format", "json").output == "[]\n"
+
+
+def test_query_jsonl_is_one_object_per_line(cli: Cli, notes: Trail) -> None:
+    result = cli.run("query", "--format", "jsonl")
+
+    lines = result.output.splitlines()
+    assert len(lines) == 4
+    objects = [json.loads(line) for line in lines]
+    assert objects == [e.model_dump(mode="json") for e in notes.entries()]
+    assert objects[0]["details"] == {"title": "plan", "tags": ["q3"]}
+
+
+def test_query_csv_has_a_header_then_one_row_per_entry(cli: Cli, notes: Trail) -> None:
+    result = cli.run("query", "--format", "csv")
+
+    lines = result.output.splitlines()
+    assert lines[0] == ",".join(ENTRY_FIELDS)
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert len(rows) == 4 == len(lines) - 1
+    assert [r["action"] for r in rows] == ["note.create", "note.open", "note.delete", "user.login"]
+    assert json.loads(rows[0]["details"]) == {"tags": ["q3"], "title": "plan"}
+    assert [r["critical"] for r in rows] == ["false", "false", "true", "false"]
+    assert rows[3]["operation"] == "execute"
+
+
+def test_query_table_has_a_header_rows_and_a_footer(cli: Cli, notes: Trail) -> None:
+    result = cli.run("query")
+
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["time", "(UTC)", *TABLE_HEADER[1:]]
+    assert lines[-1] == "(4 entries)"
+    assert len(lines) == 6
+    assert lines[1].split()[2:] == ["alice", "note.create", "create", "success", "note/n1"]
+    assert lines[3].split()[2:] == [
+        *("alice", "note.delete", "delete", "failure", "note/n2", "critical")
+    ]
+    assert lines[2].split()[-1] == "note/n1"
+    assert cli.run("query", "--limit", "1").output.splitlines()[-1] == "(1 entry)"
+
+
+def test_the_default_format_is_the_table(cli: Cli, notes: Trail) -> None:
+    assert cli.run("query").output == cli.run("query", "--format", "table").output
+
+
+@pytest.mark.parametrize(
+    "option", ["--actor", "--action", "--resource-type", "--resource-id", "--correlation-id"]
+)
+@pytest.mark.parametrize(
+    "value",
+    ["' OR 1=1 --", "x' OR 'a'='a", "x'; DROP TABLE audit_entries; --", '" OR ""="', "%"],
+)
+def test_sql_in_a_filter_value_matches_nothing(
+    cli: Cli, notes: Trail, option: str, value: str
+) -> None:
+    result = cli.run("query", option, value, "--format", "json")
+    exported = cli.run("export", option, value)
+
+    assert json.loads(result.output) == []
+    assert exported.output == ""
+    assert len(notes.entries()) == 4
+
+
+def test_a_filter_value_that_looks_like_sql_matches_exactly(cli: Cli, trail: Trail) -> None:
+    trail.record({"action": "x", "actor": "' OR 1=1 --"}, {"action": "y", "actor": "mallory"})
+
+    result = cli.run("query", "--actor", "' OR 1=1 --", "--format", "jsonl")
+
+    assert _jsonl_actions(result.output) == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("5000000d", "'5000000d' is out of the range of dates"),
+        ("0001-01-01T00:00:00+05:00", "'0001-01-01T00:00:00+05:00' is out of the range of dates"),
+        # Too long for a duration at all: like '0m', not a usable duration, so neither form.
+        (
+            "99999999999d",
+            "'99999999999d' is neither an ISO-8601 time (2026-11-23, 2026-11-23T16:00:00Z) "
+            "nor a duration back from now (15m, 24h, 7d)",
+        ),
+    ],
+)
+def test_a_time_out_of_range_is_a_usage_error(
+    cli: Cli, notes: Trail, value: str, problem: str
+) -> None:
+    result = cli.run("query", "--since", value, code=2)
+
+    assert result.output.startswith("Usage: audit-engine query [OPTIONS]\n")
+    assert result.output.endswith(f"Error: Invalid value for '--since': {problem}\n")

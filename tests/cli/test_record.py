@@ -1,0 +1,397 @@
+"""``init`` and ``record``: creating the database, recording from options and from JSON lines."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+import sqlite_utils
+
+from audit_engine import deadletter, schema
+from audit_engine.models import AuditEntry
+
+if TYPE_CHECKING:
+    from conftest import Cli, Trail
+
+# -- init --------------------------------------------------------------------------------------
+
+
+def test_init_creates_an_empty_audit_database(cli: Cli, trail: Trail, db_path: Path) -> None:
+    result = cli.run("init")
+
+    assert result.output == f"Audit database ready at {db_path} (schema version 2)\n"
+    assert db_path.is_file()
+    assert trail.entries() == []
+
+
+def test_init_is_idempotent_and_keeps_the_entries(cli: Cli, trail: Trail, db_path: Path) -> None:
+    trail.record({"action": "doc.save"})
+
+    first = cli.run("init")
+    second = cli.run("init")
+
+    assert (
+        first.output == second.output == (f"Audit database ready at {db_path} (schema version 2)\n")
+    )
+    assert trail.actions() == ["doc.save"]
+
+
+def test_init_migrates_a_version_1_database_and_chains_its_rows(
+    cli: Cli, trail: Trail, db_path: Path
+) -> None:
+    entry = AuditEntry(action="doc.save", actor="alice", details={"n": 1})
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        schema._create_v1(sqlite_utils.Database(conn))
+        conn.execute(
+            "INSERT INTO audit_entries (event_id, timestamp, actor, action, operation, outcome, "
+            "details, critical) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.event_id,
+                "2026-01-02T03:04:05.000000Z",
+                "alice",
+                "doc.save",
+                "execute",
+                "success",
+                entry.details_json,
+                0,
+            ),
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.commit()
+
+    cli.run("init")
+
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    assert cli.run("verify").output == f"OK: 1 row verified; head 1:{trail.head().hash}\n"
+    assert [e.event_id for e in trail.entries()] == [entry.event_id]
+
+
+def test_init_refuses_a_database_of_a_newer_schema(cli: Cli, db_path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        conn.execute("PRAGMA user_version = 3")
+
+    result = cli.run("init", code=1)
+
+    assert result.output == (
+        "Error: the audit database has schema version 3; this audit_engine supports up to 2: "
+        "upgrade audit_engine\n"
+    )
+
+
+def test_init_in_a_missing_directory_is_an_error(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "no-such-dir" / "audit.db"
+
+    result = cli.run("--db", str(path), "init", code=1, db=False)
+
+    assert result.output == f"Error: cannot create the audit database {path}: no such directory\n"
+
+
+def test_init_refuses_a_file_that_is_not_a_database(cli: Cli, db_path: Path) -> None:
+    db_path.write_text("meeting notes\n" * 50)
+
+    result = cli.run("init", code=1)
+
+    assert result.output == (
+        f"Error: {db_path} is not a usable audit database: file is not a database\n"
+    )
+    assert db_path.read_text() == "meeting notes\n" * 50
+
+
+# -- record from options -----------------------------------------------------------------------
+
+
+def test_record_takes_every_field_from_options(cli: Cli, trail: Trail) -> None:
+    result = cli.run(
+        "record",
+        "--action", "doc.save",
+        "--actor", "alice",
+        "--operation", "update",
+        "--outcome", "failure",
+        "--resource-type", "doc",
+        "--resource-id", "42",
+        "--correlation-id", "req-7",
+    )  # fmt: skip
+
+    assert result.output == "accepted 1, filtered 0, written 1\n"
+    [entry] = trail.entries()
+    assert (entry.action, entry.actor, entry.operation, entry.outcome) == (
+        "doc.save",
+        "alice",
+        "update",
+        "failure",
+    )
+    assert (entry.resource_type, entry.resource_id, entry.correlation_id) == ("doc", "42", "req-7")
+    assert (entry.details, entry.critical) == ({}, False)
+
+
+def test_record_defaults_to_a_successful_execute(cli: Cli, trail: Trail) -> None:
+    cli.run("record", "--action", "job.run")
+
+    [entry] = trail.entries()
+    assert (entry.operation, entry.outcome, entry.actor, entry.critical) == (
+        "execute",
+        "success",
+        None,
+        False,
+    )
+
+
+def test_detail_values_are_json_when_they_parse_else_text(cli: Cli, trail: Trail) -> None:
+    cli.run(
+        "record", "--action", "doc.save",
+        "--detail", "size=3",
+        "--detail", 'tags=["a", "b"]',
+        "--detail", 'meta={"pages": 2}',
+        "--detail", "draft=true",
+        "--detail", "title=Q3 plan",
+        "--detail", "zip=007",
+        "--detail", "empty=",
+        "--detail", "eq=a=b",
+        "--detail", " spaced =x",
+    )  # fmt: skip
+
+    [entry] = trail.entries()
+    assert entry.details == {
+        "size": 3,
+        "tags": ["a", "b"],
+        "meta": {"pages": 2},
+        "draft": True,
+        "title": "Q3 plan",
+        "zip": "007",
+        "empty": "",
+        "eq": "a=b",
+        "spaced": "x",
+    }
+
+
+@pytest.mark.parametrize("detail", ["novalue", "=x", " =x"])
+def test_a_detail_without_key_is_a_usage_error_that_creates_nothing(cli: Cli, detail: str) -> None:
+    """--detail is checked while the arguments are parsed, before the database is opened."""
+    result = cli.run("record", "--action", "doc.save", "--detail", detail, code=2)
+
+    assert result.output.startswith("Usage: audit-engine record [OPTIONS]\n")
+    assert result.output.endswith(
+        f"\nError: Invalid value for '--detail': --detail takes key=value, got {detail!r}\n"
+    )
+    assert not cli.database.exists()
+
+
+def test_a_detail_that_is_not_storable_is_reported(cli: Cli, trail: Trail) -> None:
+    result = cli.run("record", "--action", "doc.save", "--detail", "x=1e999", code=1)
+
+    assert result.output == (
+        "Error: invalid entry: details must be JSON-serialisable: "
+        "Out of range float values are not JSON compliant\n"
+    )
+    assert trail.entries() == []
+
+
+def test_a_control_character_in_a_field_is_reported(cli: Cli) -> None:
+    result = cli.run("record", "--action", "doc.save", "--actor", "eve\x1b[2J", code=1)
+
+    assert result.output == "Error: invalid entry: actor must not contain control characters\n"
+
+
+def test_record_without_action_is_a_usage_error(cli: Cli) -> None:
+    result = cli.run("record", "--actor", "alice", code=2)
+
+    assert result.output.endswith("\nError: Missing option '--action' (or use --stdin).\n")
+    assert result.output.startswith("Usage: audit-engine record [OPTIONS]\n")
+    assert not cli.database.exists()
+
+
+def test_record_with_an_unknown_operation_is_a_usage_error(cli: Cli) -> None:
+    result = cli.run("record", "--action", "x", "--operation", "bogus", code=2)
+
+    assert result.output.endswith(
+        "Error: Invalid value for '--operation': 'bogus' is not one of "
+        "'create', 'read', 'update', 'delete', 'execute'.\n"
+    )
+
+
+def test_the_policy_from_the_environment_filters_a_read(cli: Cli, trail: Trail) -> None:
+    filtered = cli.run("record", "--action", "doc.open", "--operation", "read")
+    kept = cli.run(
+        "record", "--action", "doc.view", "--operation", "read", env={"AUDIT_TRAIL_LEVEL": "all"}
+    )
+
+    # The default level, writes_only, leaves reads out.
+    assert filtered.output == "accepted 0, filtered 1, written 0\n"
+    assert kept.output == "accepted 1, filtered 0, written 1\n"
+    assert trail.actions() == ["doc.view"]
+
+
+def test_a_critical_entry_bypasses_the_policy(cli: Cli, trail: Trail) -> None:
+    result = cli.run(
+        "record", "--action", "patient.open", "--operation", "read", "--critical",
+        env={"AUDIT_TRAIL_LEVEL": "deletes_only"},
+    )  # fmt: skip
+
+    assert result.output == "accepted 1, filtered 0, written 1\n"
+    [entry] = trail.entries()
+    assert (entry.action, entry.critical) == ("patient.open", True)
+
+
+def test_a_bad_setting_in_the_environment_is_an_error(cli: Cli) -> None:
+    result = cli.run("record", "--action", "x", env={"AUDIT_TRAIL_LEVEL": "bogus"}, code=1)
+
+    assert result.output == (
+        "Error: invalid setting level (AUDIT_TRAIL_LEVEL): Input should be 'all', 'writes_only', "
+        "'mutations_only', 'deletes_only' or 'failures_only' (got 'bogus')\n"
+    )
+
+
+def test_record_into_a_missing_directory_is_an_error(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "gone" / "audit.db"
+
+    result = cli.run("--db", str(path), "record", "--action", "x", code=1, db=False)
+
+    assert result.output == f"Error: cannot create the audit database {path}: no such directory\n"
+
+
+# -- record --stdin ----------------------------------------------------------------------------
+
+
+def test_stdin_records_every_line(cli: Cli, trail: Trail) -> None:
+    lines = [
+        {"action": "deploy.start", "actor": "ci", "details": {"sha": "abc"}},
+        {"action": "deploy.finish", "operation": "update", "outcome": "failure"},
+        {
+            "action": "backfill",
+            "event_id": "evt-fixed",
+            "timestamp": "2026-01-02T03:04:05Z",
+            "critical": True,
+        },
+    ]
+
+    result = cli.run("record", "--stdin", input="".join(json.dumps(x) + "\n" for x in lines))
+
+    assert result.output == "accepted 3, filtered 0, written 3\n"
+    first, second, third = trail.entries()
+    assert (first.action, first.actor, first.details) == ("deploy.start", "ci", {"sha": "abc"})
+    assert (second.operation, second.outcome) == ("update", "failure")
+    assert (third.event_id, third.timestamp, third.critical) == (
+        "evt-fixed",
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        True,
+    )
+
+
+def test_stdin_reports_bad_lines_by_number_and_records_the_good_ones(
+    cli: Cli, trail: Trail
+) -> None:
+    lines = [
+        '{"action": "one"}',
+        "not json",
+        "",
+        '["a", "list"]',
+        '{"action": ""}',
+        '{"action": "x", "colour": "red"}',
+        '{"action": "x", "timestamp": "2026-01-02T03:04:05"}',
+        '{"action": "two", "operation": "delete"}',
+    ]
+
+    result = cli.run("record", "--stdin", input="\n".join(lines) + "\n", code=1)
+
+    assert result.stdout == "accepted 2, filtered 0, written 2\n"
+    assert result.stderr == (
+        "Error: line 2: not JSON (Expecting value)\n"
+        "Error: line 4: not a JSON object of entry fields\n"
+        "Error: line 5: invalid entry: action: String should have at least 1 character\n"
+        "Error: line 6: invalid entry: colour: Extra inputs are not permitted\n"
+        "Error: line 7: invalid entry: timestamp: timestamp must be timezone-aware "
+        "(got a naive datetime); use UTC\n"
+    )
+    assert trail.actions() == ["one", "two"]
+
+
+def test_stdin_counts_what_the_policy_filtered(cli: Cli, trail: Trail) -> None:
+    lines = [
+        {"action": "doc.open", "operation": "read"},
+        {"action": "doc.save", "operation": "update"},
+        {"action": "doc.peek", "operation": "read", "critical": True},
+    ]
+
+    result = cli.run("record", "--stdin", input="".join(json.dumps(x) + "\n" for x in lines))
+
+    assert result.output == "accepted 2, filtered 1, written 2\n"
+    assert trail.actions() == ["doc.save", "doc.peek"]
+
+
+def test_stdin_with_no_lines_records_nothing(cli: Cli) -> None:
+    result = cli.run("record", "--stdin", input="")
+
+    assert result.output == "accepted 0, filtered 0, written 0\n"
+
+
+@pytest.mark.parametrize(
+    "options", [["--action", "x"], ["--detail", "k=v"]], ids=["action", "detail"]
+)
+def test_stdin_with_entry_options_is_a_usage_error(cli: Cli, options: list[str]) -> None:
+    result = cli.run("record", "--stdin", *options, input='{"action": "y"}\n', code=2)
+
+    assert result.output.endswith(
+        "\nError: --stdin takes entries from standard input, not from options.\n"
+    )
+    assert not cli.database.exists()
+
+
+def test_a_reused_event_id_is_dead_lettered_and_counted(cli: Cli, trail: Trail) -> None:
+    lines = [
+        '{"action": "first", "event_id": "evt-1"}',
+        '{"action": "again", "event_id": "evt-1"}',
+        '{"action": "third"}',
+    ]
+
+    result = cli.run("record", "--stdin", input="\n".join(lines) + "\n")
+
+    assert result.stdout == "accepted 3, filtered 0, written 2, dead-lettered 1\n"
+    assert trail.actions() == ["first", "third"]
+    [kept] = list(deadletter.read(deadletter.path_for(cli.database)))
+    assert kept[1] is not None
+    assert kept[1].action == "again"
+
+
+def test_a_line_naming_a_record_keyword_is_a_bad_line(cli: Cli, trail: Trail) -> None:
+    """A line holds entry fields only: a keyword of AuditService.record() is an unknown key."""
+    lines = ['{"action": "one"}', '{"action": "x", "connection": "oops"}', '{"action": "two"}']
+
+    result = cli.run("record", "--stdin", input="\n".join(lines) + "\n", code=1)
+
+    assert result.stdout == "accepted 2, filtered 0, written 2\n"
+    assert result.stderr == (
+        "Error: line 2: invalid entry: connection: Extra inputs are not permitted\n"
+    )
+    assert trail.actions() == ["one", "two"]
+
+
+def test_a_line_that_is_not_utf8_is_a_bad_line(cli: Cli, trail: Trail) -> None:
+    """Standard input is read as bytes: one undecodable line does not stop the others."""
+    data = b'{"action": "one"}\n\xff\xfe\n{"action": "two"}\n'
+
+    result = cli.run("record", "--stdin", input=data, code=1)
+
+    assert result.stdout == "accepted 2, filtered 0, written 2\n"
+    assert result.stderr == "Error: line 2: not UTF-8 text\n"
+    assert trail.actions() == ["one", "two"]
+
+
+def test_record_does_not_purge_old_entries(cli: Cli, trail: Trail) -> None:
+    """Recording one entry has no retention side effect, even with cleanup enabled by the
+    environment: purging is the job of `purge` or of a long-running service's cleanup thread.
+    """
+    old = datetime.now(UTC) - timedelta(days=200)
+    trail.record({"action": "old.0", "timestamp": old})
+    env = {"AUDIT_TRAIL_RETENTION_DAYS": "1", "AUDIT_TRAIL_CLEANUP_ENABLED": "true"}
+
+    result = cli.run("record", "--action", "new.0", env=env)
+
+    assert result.output == "accepted 1, filtered 0, written 1\n"
+    assert trail.actions() == ["old.0", "new.0"]
+    assert "Cleanup:    never\n" in cli.run("stats").output
