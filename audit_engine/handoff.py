@@ -1,78 +1,97 @@
 """The bounded hand-off queue between callers and the writer thread.
 
-Built on ``queue.Queue``'s lock and conditions (so the consumer blocks in ``get()`` without
-polling), with two additions: entries are counted as they go in, under the queue's own lock, and
-wake markers can be added without taking an entry's room.
+One consumer that takes whole batches: the writer sleeps until the first entry arrives, then
+until a batch is full, the flush interval has passed, or someone asks for a commit — so a busy
+caller wakes the writer once per batch, not once per entry (every wake-up costs the caller the
+GIL). Entries are counted as they go in, under the queue's lock, so ``enqueued`` is the exact
+position of the last entry: what ``flush()`` waits for.
 """
 
 from __future__ import annotations
 
-import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 
-class Wake:
-    """Marker put on the queue to wake the writer (flush, close); never written."""
-
-
-WAKE = Wake()
-
-
-class HandoffQueue(queue.Queue[Any]):
-    """A bounded FIFO of entries for one consumer, built on ``queue.Queue``'s lock and conditions.
-
-    Entries go in through :meth:`offer`, which counts them under the queue's own lock: that makes
-    ``enqueued`` the exact position of the last entry, which is what ``flush()`` waits for. Wake
-    markers (:meth:`wake`) ride along without taking an entry's room. The consumer uses the
-    ordinary ``get()`` / ``get_nowait()``.
-    """
+class HandoffQueue:
+    """A bounded FIFO of entries with batch-sized wake-ups for its one consumer."""
 
     def __init__(self, capacity: int) -> None:
-        super().__init__()  # unbounded underneath: offer() enforces the capacity for entries
         self.capacity = capacity
         self.enqueued = 0
         self.max_depth = 0
-        self.markers = 0
+        self._items: deque[Any] = deque()
+        self._mutex = threading.Lock()
+        self._not_empty = threading.Condition(self._mutex)  # the consumer waits here
+        self._not_full = threading.Condition(self._mutex)  # producers wait here for room
+        self._wanted = 1  # how many waiting entries wake the consumer
+        self._woken = False
 
     def depth(self) -> int:
-        """Entries waiting now (wake markers not counted)."""
-        with self.mutex:
-            return len(self.queue) - self.markers
-
-    def _has_room(self) -> bool:
-        return len(self.queue) - self.markers < self.capacity
+        """Entries waiting now."""
+        with self._mutex:
+            return len(self._items)
 
     def offer(self, item: Any) -> bool:
         """Append an entry if there is room; never blocks."""
-        with self.mutex:
-            if not self._has_room():
+        with self._mutex:
+            depth = len(self._items)
+            if depth >= self.capacity:
                 return False
-            self.queue.append(item)
+            self._items.append(item)
             self.enqueued += 1
-            depth = len(self.queue) - self.markers
+            depth += 1
             if depth > self.max_depth:
                 self.max_depth = depth
-            self.unfinished_tasks += 1
-            self.not_empty.notify()
+            if depth >= self._wanted:
+                self._not_empty.notify()
             return True
-
-    def _get(self) -> Any:
-        item = self.queue.popleft()
-        if item is WAKE:
-            self.markers -= 1
-        return item
-
-    def wake(self) -> None:
-        """Wake a consumer blocked in get(), even when the queue is full; one marker at a time."""
-        with self.mutex:
-            if self.markers:
-                return  # one pending marker wakes the writer as well as several would
-            self.queue.append(WAKE)
-            self.markers += 1
-            self.unfinished_tasks += 1
-            self.not_empty.notify()
 
     def wait_for_room(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds until an entry could be offered; True if there is room."""
-        with self.not_full:
-            return self.not_full.wait_for(self._has_room, timeout)
+        with self._not_full:
+            return self._not_full.wait_for(lambda: len(self._items) < self.capacity, timeout)
+
+    def wake(self) -> None:
+        """Make the consumer look at its ``urgent`` condition now (flush, close)."""
+        with self._mutex:
+            self._woken = True
+            self._not_empty.notify()
+
+    def take(self, max_n: int, fill_s: float, urgent: Callable[[], bool]) -> list[Any]:
+        """Wait for a batch: up to ``max_n`` entries, at most ``fill_s`` after the first one.
+
+        Returns at once with what is there when ``urgent()`` (checked under the lock, after every
+        wake-up); returns an empty list when woken with nothing queued.
+        """
+        with self._mutex:
+            items = self._items
+            while not items:
+                if self._woken or urgent():
+                    self._woken = False
+                    return []
+                self._wanted = 1
+                self._not_empty.wait()
+            deadline = time.monotonic() + fill_s
+            self._wanted = max_n
+            while len(items) < max_n and not self._woken and not urgent():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._not_empty.wait(remaining)
+            self._wanted = 1
+            self._woken = False
+            batch = [items.popleft() for _ in range(min(max_n, len(items)))]
+            self._not_full.notify_all()
+            return batch
+
+    def drain(self) -> list[Any]:
+        """Take everything that is queued, at once."""
+        with self._mutex:
+            batch = list(self._items)
+            self._items.clear()
+            self._not_full.notify_all()
+            return batch

@@ -12,7 +12,6 @@ Guarantees kept here (see docs/guarantees.md):
 from __future__ import annotations
 
 import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -22,7 +21,7 @@ from typing import Any
 from audit_engine import store
 from audit_engine.deadletter import DeadLetterFile
 from audit_engine.errors import AuditServiceClosed
-from audit_engine.handoff import WAKE, HandoffQueue
+from audit_engine.handoff import HandoffQueue
 from audit_engine.models import AuditEntry
 
 logger = logging.getLogger(__name__)
@@ -219,7 +218,7 @@ class Writer:
         """
         # The batch the thread had in hand comes first: it was taken off the queue first.
         rows, self._inflight = self._inflight, []
-        rows += [item for item in self._drain_queue() if item is not WAKE]
+        rows += self._drain_queue()
         if not rows:
             return 0
         before = self.dead_lettered
@@ -281,34 +280,18 @@ class Writer:
 
     def _collect(self) -> tuple[list[AuditEntry], bool]:
         """Take up to one batch from the queue; returns (batch, writer should stop)."""
-        q = self._queue
-        batch: list[AuditEntry] = []
+        batch: list[AuditEntry] = self._queue.take(
+            self._batch_size, self._flush_interval_s, self._urgent
+        )
         self._inflight = batch
-        deadline = 0.0
-        while len(batch) < self._batch_size:
-            if self._abort.is_set():
-                return batch, True
-            try:
-                item = q.get_nowait()
-            except queue.Empty:
-                # Everything enqueued so far is in `batch` or already processed.
-                if batch and (self._stopping or self._flush_target > self._processed):
-                    break
-                if self._stopping:
-                    return batch, True
-                timeout = deadline - time.monotonic() if batch else None
-                if timeout is not None and timeout <= 0:
-                    break
-                try:
-                    item = q.get(timeout=timeout)
-                except queue.Empty:
-                    break
-            if item is WAKE:
-                continue
-            if not batch:
-                deadline = time.monotonic() + self._flush_interval_s
-            batch.append(item)
-        return batch, False
+        if self._abort.is_set():
+            return batch, True
+        # Stop once closing and nothing is left: close() accepts nothing new after _stopping.
+        return batch, not batch and self._stopping and not self._queue.depth()
+
+    def _urgent(self) -> bool:
+        # Commit what is there now: someone waits for it (flush, critical entry) or we close.
+        return self._stopping or self._flush_target > self._processed or self._abort.is_set()
 
     def _write(self, rows: Sequence[AuditEntry]) -> None:
         """Commit ``rows``; isolate and dead-letter the ones that cannot be committed."""
@@ -368,18 +351,13 @@ class Writer:
         logger.error("%d audit entries moved to %s: %s", len(rows), self._dead_letters.path, error)
 
     def _dead_letter_queue(self, error: str) -> int:
-        rows = [item for item in self._drain_queue() if item is not WAKE]
+        rows = self._drain_queue()
         self._dead_letter(rows, error)
         self._advance(len(rows))
         return len(rows)
 
     def _drain_queue(self) -> list[Any]:
-        items = []
-        while True:
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                return items
+        return self._queue.drain()
 
     def _advance(self, count: int) -> None:
         with self._progress:
