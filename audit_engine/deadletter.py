@@ -15,11 +15,13 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from audit_engine import store
 from audit_engine.errors import AuditStoreError
+from audit_engine.intake import Row
 from audit_engine.models import AuditEntry, utcnow
 
 try:
@@ -47,12 +49,12 @@ class DeadLetterFile:
         """In a forked child: a fresh lock (another thread may have held it at the fork)."""
         self._lock = threading.RLock()
 
-    def append(self, entries: Sequence[AuditEntry], error: str) -> None:
+    def append(self, entries: Sequence[AuditEntry | Row], error: str) -> None:
         """Append ``entries`` with the reason they failed; returns once the lines are on disk."""
         failed_at = utcnow().isoformat()
         lines = "".join(
             json.dumps(
-                {"entry": entry.model_dump(mode="json"), "error": error, "failed_at": failed_at},
+                {"entry": _entry_object(entry), "error": error, "failed_at": failed_at},
                 ensure_ascii=False,
             )
             + "\n"
@@ -69,6 +71,22 @@ class DeadLetterFile:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+def _entry_object(entry: AuditEntry | Row) -> dict[str, Any]:
+    """An entry as the JSON object of its fields (``details`` nested), from a model or a row."""
+    if isinstance(entry, AuditEntry):
+        return entry.model_dump(mode="json")
+    return {
+        **entry._asdict(),
+        "details": json.loads(entry.details),
+        "critical": bool(entry.critical),
+    }
+
+
+def deadletter_json(entry: AuditEntry | Row) -> str:
+    """One entry as JSON text (the last resort when even the dead-letter file fails)."""
+    return json.dumps(_entry_object(entry), ensure_ascii=False, separators=(",", ":"))
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import threading
 import time
@@ -50,6 +51,9 @@ class Outcome(StrEnum):
     FAILURE = "failure"
 
 
+_random_bits = random.getrandbits
+
+
 class _EventIdGenerator:
     """UUIDv7-style ids: 48-bit Unix milliseconds, a 12-bit sequence, 62 random bits.
 
@@ -79,9 +83,11 @@ class _EventIdGenerator:
                     self._last_ms += 1
                     self._seq = 0
             ms, seq = self._last_ms, self._seq
-        rand = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
-        value = (ms << 80) | (0x7 << 76) | (seq << 64) | (0b10 << 62) | rand
-        h = f"{value:032x}"
+        # Uniqueness comes from (ms, seq) within a process and 62 random bits across processes;
+        # ids need not be unguessable, so the fast Mersenne Twister (reseeded after fork) will do.
+        high = (ms << 16) | 0x7000 | seq
+        low = 0x8000_0000_0000_0000 | _random_bits(62)
+        h = f"{high:016x}{low:016x}"
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -152,7 +158,10 @@ class AuditEntry(BaseModel):
     def _timestamp_is_aware_utc(cls, value: datetime) -> datetime:
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("timestamp must be timezone-aware (got a naive datetime); use UTC")
-        return value.astimezone(UTC)
+        try:
+            return value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("timestamp is out of range once converted to UTC") from None
 
     @field_validator("action")
     @classmethod

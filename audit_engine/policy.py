@@ -160,36 +160,56 @@ class AuditPolicy:
 
     def decide(self, entry: AuditEntry) -> Decision:
         """Whether ``entry`` is kept, and if not, which rule filtered it out."""
-        if entry.critical:
+        return self.decide_values(
+            entry.operation,
+            entry.outcome,
+            entry.action,
+            entry.resource_type,
+            entry.event_id,
+            entry.critical,
+        )
+
+    def decide_values(
+        self,
+        operation: str,
+        outcome: str,
+        action: str,
+        resource_type: str | None,
+        event_id: str,
+        critical: bool | int,
+    ) -> Decision:
+        """:meth:`decide` on the values themselves (operation and outcome as their text)."""
+        if critical:
             return Decision.KEEP
-        if not self.level_allows(entry.operation, entry.outcome):
+        if not self.level_allows(operation, outcome):
             return Decision.FILTERED_BY_LEVEL
-        if self.is_excluded(entry.action, entry.resource_type):
+        if self.is_excluded(action, resource_type):
             return Decision.EXCLUDED
-        if not self.sampled_in(entry.event_id, entry.operation):
+        if not self.sampled_in(event_id, operation):
             return Decision.SAMPLED_OUT
         return Decision.KEEP
 
-    def level_allows(self, operation: Operation, outcome: Outcome) -> bool:
+    def level_allows(self, operation: str, outcome: str) -> bool:
+        # Operation and Outcome are StrEnums: a member equals its text, so both forms work.
         level = self.level
         if level is Level.ALL:
             return True
         if level is Level.WRITES_ONLY:
-            return operation is not Operation.READ
+            return operation != Operation.READ
         if level is Level.MUTATIONS_ONLY:
             return operation in _MUTATIONS
         if level is Level.DELETES_ONLY:
-            return operation is Operation.DELETE
-        return outcome is Outcome.FAILURE
+            return operation == Operation.DELETE
+        return outcome == Outcome.FAILURE
 
     def is_excluded(self, action: str, resource_type: str | None) -> bool:
         return self._actions.matches(action) or self._resources.matches(resource_type)
 
-    def sampled_in(self, event_id: str, operation: Operation) -> bool:
+    def sampled_in(self, event_id: str, operation: str) -> bool:
         rate = self.sample_rate
         if rate >= 1.0:
             return True
-        if self.sample_reads and operation is not Operation.READ:
+        if self.sample_reads and operation != Operation.READ:
             return True
         return rate > 0.0 and sample_fraction(event_id) < rate
 
@@ -200,30 +220,48 @@ class AuditPolicy:
 
         Returns the same object when there is nothing to mask, so the common case costs one walk.
         """
+        redacted = self.redact_details(entry.details)
+        return entry if redacted is entry.details else entry.with_details(redacted)
+
+    def redact_details(self, details: dict[str, Any]) -> dict[str, Any]:
+        """``details`` with every configured key masked; the same object when nothing matches."""
         keys = self._redact
-        if not keys or not entry.details:
-            return entry
-        redacted, changed = _redact_value(entry.details, keys)
-        if not changed:
-            return entry
-        return entry.with_details(redacted)
+        if not keys or not details:
+            return details
+        redacted, changed = _redact_value(details, keys)
+        return redacted if changed else details
+
+
+def _needs_redaction(value: Any, keys: frozenset[str]) -> bool:
+    # A read-only walk first: most details hold no secret, and building copies costs more.
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and _normalise_key(key) in keys:
+                return True
+            if isinstance(item, Mapping | list) and _needs_redaction(item, keys):
+                return True
+        return False
+    if isinstance(value, list):
+        return any(
+            isinstance(item, Mapping | list) and _needs_redaction(item, keys) for item in value
+        )
+    return False
 
 
 def _redact_value(value: Any, keys: frozenset[str]) -> tuple[Any, bool]:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        changed = False
-        for key, item in value.items():
-            if isinstance(key, str) and _normalise_key(key) in keys:
-                out[key] = REDACTED
-                changed = True
-            else:
-                out[key], item_changed = _redact_value(item, keys)
-                changed = changed or item_changed
-        return (out, True) if changed else (value, False)
-    if isinstance(value, list):
-        items = [_redact_value(item, keys) for item in value]
-        if any(changed for _, changed in items):
-            return [item for item, _ in items], True
+    if not _needs_redaction(value, keys):
         return value, False
-    return value, False
+    return _redacted_copy(value, keys), True
+
+
+def _redacted_copy(value: Any, keys: frozenset[str]) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            key: REDACTED
+            if isinstance(key, str) and _normalise_key(key) in keys
+            else _redacted_copy(item, keys)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_redacted_copy(item, keys) for item in value]
+    return value

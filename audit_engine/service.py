@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, Self
 
-from audit_engine import deadletter, lifecycle, store
+from audit_engine import deadletter, intake, lifecycle, store
 from audit_engine.bus import DomainEvent, EventBus
 from audit_engine.errors import (
     AuditQueueFull,
@@ -27,10 +27,11 @@ from audit_engine.errors import (
     AuditWriteError,
     InvalidEntryError,
 )
+from audit_engine.intake import Row
 from audit_engine.models import AuditEntry, AuditStats
 from audit_engine.policy import AuditPolicy, Decision
 from audit_engine.retention import CleanupThread
-from audit_engine.scope import AuditScope, KeyFunc, ScopeStack
+from audit_engine.scope import AuditScope, KeyFunc, ScopeStack, default_key
 from audit_engine.settings import AuditSettings
 from audit_engine.syncwrite import SyncConnection, connect
 from audit_engine.writer import _WRITER_BUSY_SLICE_S, Writer
@@ -148,29 +149,34 @@ class AuditService:
             raise AuditServiceClosed("the audit service is closed")
         if not self._enabled:
             return None
-        entry = self._validate(entry, fields)
+        row, details = self._validate(entry, fields)
         policy = self.policy
-        decision = policy.decide(entry)
+        decision = policy.decide_values(
+            row.operation, row.outcome, row.action, row.resource_type, row.event_id, row.critical
+        )
         if decision is not Decision.KEEP:
             with self._counter_lock:
                 self._not_kept[decision] += 1
             return None
-        entry = policy.redact(entry)
+        redacted = policy.redact_details(details)
+        if redacted is not details:
+            row = intake.with_details(row, redacted)
         scope = self._scopes.current()
-        if scope is None or entry.critical:  # critical entries are never de-duplicated
-            return self._accept(entry, connection)
-        key = scope.key(entry)
+        if scope is None or row.critical:  # critical entries are never de-duplicated
+            return self._accept(row, connection)
+        # The default key reads the row's own fields; a custom key gets the model.
+        key = scope.key(row if scope.key is default_key else intake.row_entry(row))  # type: ignore[arg-type]
         if key in scope.seen:
             with self._counter_lock:
                 self._deduplicated += 1
             return None
-        event_id = self._accept(entry, connection)
+        event_id = self._accept(row, connection)
         # Marked only once accepted: after a failed record() the same entry is tried again.
         if event_id is not None:
             scope.seen.add(key)
         return event_id
 
-    def _accept(self, entry: AuditEntry, connection: sqlite3.Connection | None) -> str | None:
+    def _accept(self, entry: Row, connection: sqlite3.Connection | None) -> str | None:
         """Write or enqueue a kept entry; None if dropped (full queue, ``on_full='drop'``)."""
         if connection is not None or self._connection is not None:
             self._write_injected(connection or self._connection, entry)  # type: ignore[arg-type]
@@ -197,9 +203,11 @@ class AuditService:
             f"(queue_maxsize={self.settings.queue_maxsize}); the entry was not recorded"
         )
 
-    def _validate(self, entry: AuditEntry | None, fields: dict[str, Any]) -> AuditEntry:
+    def _validate(
+        self, entry: AuditEntry | None, fields: dict[str, Any]
+    ) -> tuple[Row, dict[str, Any]]:
         if entry is None:
-            return AuditEntry.model_validate(fields, context=self._context)
+            return intake.validated_row(fields, self.settings.max_details_bytes)
         if not isinstance(entry, AuditEntry):
             raise TypeError(
                 f"record() takes an AuditEntry or keyword fields, got {type(entry).__name__}"
@@ -212,9 +220,9 @@ class AuditService:
                 f"details is {size} bytes serialised, more than "
                 f"max_details_bytes={self.settings.max_details_bytes}"
             )
-        return entry
+        return intake.entry_row(entry), entry.details
 
-    def _wait_committed(self, writer: Writer, position: int, entry: AuditEntry) -> None:
+    def _wait_committed(self, writer: Writer, position: int, entry: Row) -> None:
         # The writer commits at once when someone waits; FIFO keeps earlier entries first.
         if not writer.wait_for(position, self.settings.block_timeout):
             raise AuditWriteError(
@@ -223,10 +231,10 @@ class AuditService:
                 "written when the database allows"
             )
 
-    def _write_sync(self, entry: AuditEntry) -> None:
+    def _write_sync(self, entry: Row) -> None:
         self._sync.write(entry)
 
-    def _write_injected(self, conn: sqlite3.Connection, entry: AuditEntry) -> None:
+    def _write_injected(self, conn: sqlite3.Connection, entry: Row) -> None:
         try:
             store.write_in_caller_transaction(conn, entry)
         except sqlite3.Error as exc:

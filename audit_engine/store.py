@@ -23,6 +23,7 @@ import sqlite_utils
 
 from audit_engine.chain import GENESIS_HASH, ChainHead, VerifyReport, link, read_chain, verify_rows
 from audit_engine.errors import AuditStoreError
+from audit_engine.intake import Row, entry_row
 from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.retention import DEFAULT_CLEANUP_BATCH_SIZE, CleanupReport, cutoff_for, purge
 from audit_engine.schema import (
@@ -40,7 +41,7 @@ from audit_engine.summary import StoreSummary, summarise
 if TYPE_CHECKING:
     from audit_engine.deadletter import ReplayReport
 
-__all__ = ["SCHEMA_VERSION", "AuditStore", "migrate", "open_connection"]
+__all__ = ["SCHEMA_VERSION", "AuditStore", "entry_row", "migrate", "open_connection"]
 
 _COLUMNS = STORED_COLUMNS
 _INSERT_SQL = (
@@ -52,23 +53,6 @@ _READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # stored rows were checked w
 
 
 # -- writes -----------------------------------------------------------------------------------
-
-
-def entry_row(entry: AuditEntry) -> tuple[Any, ...]:
-    """The values of ``entry`` in the order of the insert statement."""
-    return (
-        entry.event_id,
-        format_timestamp(entry.timestamp),
-        entry.actor,
-        entry.action,
-        entry.operation.value,
-        entry.outcome.value,
-        entry.resource_type,
-        entry.resource_id,
-        entry.correlation_id,
-        entry.details_json,
-        1 if entry.critical else 0,
-    )
 
 
 def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
@@ -87,17 +71,20 @@ def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
     return int(row[0]), str(row[1])
 
 
-def insert_entries(conn: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
-    """Append ``entries`` to the chain on ``conn``, in order, in the current transaction.
+def insert_entries(conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row]) -> None:
+    """Append ``entries`` (models or stored rows) to the chain on ``conn``, in order.
+
+    In the current transaction.
 
     The caller holds the write lock (``BEGIN IMMEDIATE``, or its own transaction), so the tail
     cannot move between reading it and inserting after it.
     """
     tail_id, tail_hash = chain_tail(conn)
-    conn.executemany(_INSERT_SQL, link((entry_row(e) for e in entries), tail_id, tail_hash))
+    rows = (e if isinstance(e, tuple) else entry_row(e) for e in entries)
+    conn.executemany(_INSERT_SQL, link(rows, tail_id, tail_hash))
 
 
-def write_batch(conn: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
+def write_batch(conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row]) -> None:
     """Commit ``entries`` in one transaction; on any error nothing of the batch is kept."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -108,7 +95,7 @@ def write_batch(conn: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None
         raise
 
 
-def write_in_caller_transaction(conn: sqlite3.Connection, entry: AuditEntry) -> None:
+def write_in_caller_transaction(conn: sqlite3.Connection, entry: AuditEntry | Row) -> None:
     """Insert ``entry`` through a connection the application owns, without committing.
 
     The schema is created or upgraded on first use (inside the caller's transaction, so a

@@ -11,7 +11,7 @@ import threading
 
 from audit_engine import store
 from audit_engine.errors import AuditServiceClosed, AuditWriteError
-from audit_engine.models import AuditEntry
+from audit_engine.intake import Row
 from audit_engine.settings import AuditSettings
 from audit_engine.writer import _FORK_ORPHANS
 
@@ -36,7 +36,7 @@ class SyncConnection:
             if self._conn is None:
                 self._conn = connect(self._settings, self._settings.busy_timeout)
 
-    def write(self, entry: AuditEntry) -> None:
+    def write(self, entry: Row) -> None:
         with self._lock:
             if self._closed:
                 raise AuditServiceClosed("the audit service is closed")

@@ -19,10 +19,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from audit_engine import store
-from audit_engine.deadletter import DeadLetterFile
+from audit_engine.deadletter import DeadLetterFile, deadletter_json
 from audit_engine.errors import AuditServiceClosed
 from audit_engine.handoff import HandoffQueue
-from audit_engine.models import AuditEntry
+from audit_engine.intake import Row
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Writer:
         self._processed = 0  # entries committed or dead-lettered, counted in queue order
         self._flush_target = 0
         self._alive = False
-        self._inflight: list[AuditEntry] = []
+        self._inflight: list[Row] = []
         self.written = 0
         self.batches = 0
         self.retries = 0
@@ -126,7 +126,7 @@ class Writer:
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, entry: AuditEntry, timeout_s: float) -> int | None:
+    def put(self, entry: Row, timeout_s: float) -> int | None:
         """Queue ``entry``; returns its position (1-based), or None if no room within ``timeout_s``.
 
         Raises :class:`AuditServiceClosed` once the writer is closing.
@@ -278,11 +278,9 @@ class Writer:
             self._advance(len(batch))
         return stop
 
-    def _collect(self) -> tuple[list[AuditEntry], bool]:
+    def _collect(self) -> tuple[list[Row], bool]:
         """Take up to one batch from the queue; returns (batch, writer should stop)."""
-        batch: list[AuditEntry] = self._queue.take(
-            self._batch_size, self._flush_interval_s, self._urgent
-        )
+        batch: list[Row] = self._queue.take(self._batch_size, self._flush_interval_s, self._urgent)
         self._inflight = batch
         if self._abort.is_set():
             return batch, True
@@ -293,7 +291,7 @@ class Writer:
         # Commit what is there now: someone waits for it (flush, critical entry) or we close.
         return self._stopping or self._flush_target > self._processed or self._abort.is_set()
 
-    def _write(self, rows: Sequence[AuditEntry]) -> None:
+    def _write(self, rows: Sequence[Row]) -> None:
         """Commit ``rows``; isolate and dead-letter the ones that cannot be committed."""
         error = self._attempt(rows)
         if error is None:
@@ -305,7 +303,7 @@ class Writer:
         self._write(rows[:mid])
         self._write(rows[mid:])
 
-    def _attempt(self, rows: Sequence[AuditEntry]) -> str | None:
+    def _attempt(self, rows: Sequence[Row]) -> str | None:
         """One batch transaction, retrying while the database is busy; None on success."""
         delay = _BACKOFF_START_S
         while True:
@@ -333,7 +331,7 @@ class Writer:
                     self.longest_batch_s = took
                 return None
 
-    def _dead_letter(self, rows: Sequence[AuditEntry], error: str) -> None:
+    def _dead_letter(self, rows: Sequence[Row], error: str) -> None:
         if not rows:
             return
         try:
@@ -343,7 +341,7 @@ class Writer:
             self.last_error = f"dead-letter file not writable: {exc}"
             for entry in rows:
                 logger.critical(
-                    "audit entry LOST to disk, logged instead: %s", entry.model_dump_json()
+                    "audit entry LOST to disk, logged instead: %s", deadletter_json(entry)
                 )
             return
         with self._counter_lock:  # the writer and a timed-out close() may both get here

@@ -223,3 +223,14 @@ def test_writes_only_on_a_90_10_workload_keeps_only_the_writes() -> None:
     workload += [entry(operation="create") for _ in range(100)]
     kept = sum(policy.decide(e) is Decision.KEEP for e in workload)
     assert kept == 100
+
+
+@pytest.mark.parametrize("key", ["api-key", "API_KEY", "Api-Key", "apikey"])
+def test_a_lone_secret_key_is_found_in_any_spelling(key: str) -> None:
+    e = entry(details={"note": "x", key: "k-123"})
+    assert AuditPolicy().redact(e).details == {"note": "x", key: REDACTED}
+
+
+def test_a_secret_only_inside_a_list_of_objects_is_found() -> None:
+    e = entry(details={"items": [{"n": 1}, {"token": "t"}]})
+    assert AuditPolicy().redact(e).details == {"items": [{"n": 1}, {"token": REDACTED}]}

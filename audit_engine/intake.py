@@ -1,0 +1,218 @@
+"""From ``record()``'s arguments to the row that is queued and stored, in the caller's thread.
+
+:class:`~audit_engine.models.AuditEntry` is the single source of truth for what is valid. Building
+a pydantic model costs ~15 µs, though, most of the caller's cost, so keyword input that is plainly
+valid — exact types, ASCII text, plain JSON details — takes a hand-written fast path that yields
+the same row the model would. Anything else (coercions, non-ASCII text, odd JSON, every error)
+goes through the model itself, so errors and edge cases are pydantic's. A property test proves the
+two paths agree (tests/property/test_intake.py).
+
+Rows are :class:`Row` tuples in the insert's column order; the queue holds them, not models, which
+also keeps 10 000 queued entries small.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from audit_engine.models import (
+    MAX_ACTION_LENGTH,
+    MAX_IDENTIFIER_LENGTH,
+    AuditEntry,
+    Operation,
+    Outcome,
+    new_event_id,
+)
+from audit_engine.schema import format_timestamp
+
+
+class Row(NamedTuple):
+    """An entry in its stored form (the column order of the insert, without id and hashes)."""
+
+    event_id: str
+    timestamp: str
+    actor: str | None
+    action: str
+    operation: str
+    outcome: str
+    resource_type: str | None
+    resource_id: str | None
+    correlation_id: str | None
+    details: str
+    critical: int
+
+
+def entry_row(entry: AuditEntry) -> Row:
+    """The stored form of a validated entry."""
+    return Row(
+        entry.event_id,
+        format_timestamp(entry.timestamp),
+        entry.actor,
+        entry.action,
+        entry.operation.value,
+        entry.outcome.value,
+        entry.resource_type,
+        entry.resource_id,
+        entry.correlation_id,
+        entry.details_json,
+        1 if entry.critical else 0,
+    )
+
+
+def row_entry(row: Row) -> AuditEntry:
+    """The model of a stored row (for the dead-letter file and custom scope keys)."""
+    return AuditEntry.model_validate(
+        {**row._asdict(), "details": json.loads(row.details), "critical": bool(row.critical)},
+        context={"max_details_bytes": len(row.details.encode("utf-8"))},
+    )
+
+
+_FIELDS = frozenset(AuditEntry.model_fields)
+_OPERATIONS = {op.value: op.value for op in Operation} | {op: op.value for op in Operation}
+_OUTCOMES = {o.value: o.value for o in Outcome} | {o: o.value for o in Outcome}
+_MAX_DEPTH = 32
+_encode_details = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+).encode
+
+
+class _NotPlain(Exception):
+    """The input is outside the fast path's subset: let the model decide."""
+
+
+def _text(value: object, limit: int) -> str:
+    # Plain means: an exact str of printable ASCII within the limit (so no control characters
+    # and nothing that could fail UTF-8). Everything else is the model's to judge.
+    if (
+        type(value) is not str
+        or len(value) > limit
+        or not (value.isascii() and value.isprintable())
+    ):
+        raise _NotPlain
+    return value
+
+
+def _plain_json(value: object, depth: int) -> bool:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return value == value and value not in (float("inf"), float("-inf"))
+    if depth >= _MAX_DEPTH:
+        return False
+    if kind is dict:
+        return all(
+            type(k) is str and _plain_json(v, depth + 1)
+            for k, v in value.items()  # type: ignore[attr-defined]
+        )
+    if kind is list:
+        return all(_plain_json(v, depth + 1) for v in value)  # type: ignore[attr-defined]
+    return False
+
+
+_second = -1
+_second_text = ""
+
+
+def _now_text() -> str:
+    # The stored timestamp form, formatted from the clock directly (and the seconds part once
+    # per second): datetime.now(UTC) plus isoformat() costs several times more.
+    global _second, _second_text
+    now_ns = time.time_ns()
+    second, micros = divmod(now_ns // 1000, 1_000_000)
+    if second != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = second
+    return f"{_second_text}.{micros:06d}Z"
+
+
+def plain_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict[str, Any]]:
+    """The row for plainly valid keyword input, and its details dict (for redaction).
+
+    Raises :class:`_NotPlain` for anything else.
+    """
+    if not fields.keys() <= _FIELDS:
+        raise _NotPlain
+    action = _text(fields.get("action"), MAX_ACTION_LENGTH)
+    if not action or action.isspace():
+        raise _NotPlain
+    get = fields.get
+    actor = get("actor")
+    resource_type = get("resource_type")
+    resource_id = get("resource_id")
+    correlation_id = get("correlation_id")
+    for value in (actor, resource_type, resource_id, correlation_id):
+        if value is not None:
+            _text(value, MAX_IDENTIFIER_LENGTH)
+    event_id = fields.get("event_id")
+    if event_id is None:
+        if "event_id" in fields:
+            raise _NotPlain
+        event_id = new_event_id()
+    elif not _text(event_id, MAX_IDENTIFIER_LENGTH):
+        raise _NotPlain
+    stamp = fields.get("timestamp")
+    if stamp is None:
+        if "timestamp" in fields:
+            raise _NotPlain
+        timestamp = _now_text()
+    elif type(stamp) is datetime and stamp.utcoffset() is not None:
+        try:
+            timestamp = format_timestamp(stamp)
+        except OverflowError:  # an offset pushing year 1 or 9999 out of range
+            raise _NotPlain from None
+    else:
+        raise _NotPlain
+    operation_in = fields.get("operation", "execute")
+    outcome_in = fields.get("outcome", "success")
+    critical = fields.get("critical", False)
+    if type(operation_in) not in (str, Operation) or type(outcome_in) not in (str, Outcome):
+        raise _NotPlain
+    operation = _OPERATIONS.get(operation_in)
+    outcome = _OUTCOMES.get(outcome_in)
+    if operation is None or outcome is None or type(critical) is not bool:
+        raise _NotPlain
+    details = fields.get("details", {})
+    if type(details) is not dict or not _plain_json(details, 0):
+        raise _NotPlain
+    text = _encode_details(details) if details else "{}"
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate
+            raise _NotPlain from None
+    if size > max_details_bytes:
+        raise _NotPlain  # the model raises the size error
+    row = Row(
+        event_id,
+        timestamp,
+        actor,
+        action,
+        operation,
+        outcome,
+        resource_type,
+        resource_id,
+        correlation_id,
+        text,
+        1 if critical else 0,
+    )
+    return row, details
+
+
+def validated_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict[str, Any]]:
+    """The row for keyword input: the fast path, or the model (which raises for bad input)."""
+    try:
+        return plain_row(fields, max_details_bytes)
+    except _NotPlain:
+        entry = AuditEntry.model_validate(fields, context={"max_details_bytes": max_details_bytes})
+        return entry_row(entry), entry.details
+
+
+def with_details(row: Row, details: dict[str, Any]) -> Row:
+    """``row`` with other details (a redacted copy)."""
+    return row._replace(details=_encode_details(details) if details else "{}")
