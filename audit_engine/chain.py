@@ -133,6 +133,16 @@ def verify_rows(
     ``expected_head``, kept apart from the database, must still be on the chain: a chain that
     ends before it was truncated.
     """
+    if expected_head is not None and expected_head.id < start.id:
+        return VerifyReport(
+            ok=False,
+            rows_checked=0,
+            reason=(
+                f"the expected head (id {expected_head.id}) is older than the retention anchor "
+                f"(id {start.id}) and can no longer be checked: use a head published after "
+                "the last purge"
+            ),
+        )
     verifier = ChainVerifier(start.id, start.hash)
     if (
         expected_head is not None
@@ -180,35 +190,49 @@ def verify_exported_lines(lines: Iterable[str], start: ChainHead | None = None) 
     """
 
     def rows() -> Iterable[tuple[Any, ...]]:
-        for line in lines:
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            record = json.loads(line)
-            details = record["details"]
-            yield (
-                record["id"],
-                record["event_id"],
-                record["timestamp"],
-                record["actor"],
-                record["action"],
-                record["operation"],
-                record["outcome"],
-                record["resource_type"],
-                record["resource_id"],
-                record["correlation_id"],
-                dump_details(details) if details else "{}",
-                1 if record["critical"] else 0,
-                record["prev_hash"],
-                record["hash"],
-            )
+            try:
+                record = json.loads(line)
+                details = record["details"]
+                yield _export_row(record, details)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise _BadLine(f"line {number} is not an export line ({exc!r})") from None
 
     iterator = iter(rows())
-    first = next(iterator, None)
-    if first is None:
-        return VerifyReport(ok=True, rows_checked=0)
-    if start is None:
-        start = ChainHead(id=first[0] - 1, hash=first[-2])
-    return verify_rows(_chain_first(first, iterator), start)
+    try:
+        first = next(iterator, None)
+        if first is None:
+            return VerifyReport(ok=True, rows_checked=0)
+        if start is None:
+            start = ChainHead(id=first[0] - 1, hash=first[-2])
+        return verify_rows(_chain_first(first, iterator), start)
+    except _BadLine as bad:
+        return VerifyReport(ok=False, rows_checked=0, reason=str(bad))
+
+
+class _BadLine(Exception):
+    """A line of an export that is not JSON or lacks a field."""
+
+
+def _export_row(record: dict[str, Any], details: Any) -> tuple[Any, ...]:
+    return (
+        record["id"],
+        record["event_id"],
+        record["timestamp"],
+        record["actor"],
+        record["action"],
+        record["operation"],
+        record["outcome"],
+        record["resource_type"],
+        record["resource_id"],
+        record["correlation_id"],
+        dump_details(details) if details else "{}",
+        1 if record["critical"] else 0,
+        record["prev_hash"],
+        record["hash"],
+    )
 
 
 def _chain_first(first: tuple[Any, ...], rest: Iterable[tuple[Any, ...]]) -> Iterable[Any]:

@@ -22,12 +22,20 @@ from pydantic import BaseModel, ConfigDict
 
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import utcnow
-from audit_engine.schema import ANCHORS, CLEANUP_RUNS, TABLE, format_timestamp, rollback_quietly
+from audit_engine.schema import (
+    ANCHORS,
+    CLEANUP_RUNS,
+    TABLE,
+    format_timestamp,
+    is_busy,
+    rollback_quietly,
+)
 
 logger = logging.getLogger(__name__)
 
 CLEANUP_THREAD_NAME = "audit-cleanup"
 DEFAULT_CLEANUP_BATCH_SIZE = 10_000
+BUSY_RETRY_S = 60.0
 
 
 class CleanupReport(BaseModel):
@@ -60,22 +68,39 @@ def cutoff_for(older_than: timedelta | datetime) -> datetime:
     )
 
 
-# The last id of the deletable prefix: the row before the first one at or after the cutoff, or
-# the last row when every row is older. One statement, so one consistent snapshot: two separate
-# reads could see a writer's new rows in between and delete them.
-_BOUNDARY_SQL = (
-    f"SELECT (SELECT min(id) FROM {TABLE}), "
-    f"coalesce((SELECT min(id) FROM {TABLE} WHERE timestamp >= ?) - 1, "
-    f"(SELECT max(id) FROM {TABLE}), 0)"
-)
+# Planning reads the table through its primary key only, a batch-sized window at a time: a
+# "min(id) WHERE timestamp >= ?" over the whole table would walk every old row on every batch.
+_ENDS_SQL = f"SELECT min(id), max(id) FROM {TABLE}"
+_FIRST_KEPT_SQL = f"SELECT min(id) FROM {TABLE} WHERE id BETWEEN ? AND ? AND timestamp >= ?"
 
 
 def _plan(conn: sqlite3.Connection, cutoff_text: str, batch_size: int) -> int | None:
     """The last id the next batch deletes, or None when the prefix is gone."""
-    lowest, boundary = conn.execute(_BOUNDARY_SQL, (cutoff_text,)).fetchone()
-    if lowest is None or lowest > boundary:
+    lowest, highest = conn.execute(_ENDS_SQL).fetchone()
+    if lowest is None:
         return None
-    return int(min(lowest + batch_size - 1, boundary))
+    window_end = min(lowest + batch_size - 1, highest)
+    first_kept = conn.execute(_FIRST_KEPT_SQL, (lowest, window_end, cutoff_text)).fetchone()[0]
+    upto = window_end if first_kept is None else first_kept - 1
+    return int(upto) if upto >= lowest else None
+
+
+def _prefix_rows(conn: sqlite3.Connection, cutoff_text: str, step: int) -> int:
+    """How many rows the prefix holds (a dry run), window by window."""
+    lowest, highest = conn.execute(_ENDS_SQL).fetchone()
+    if lowest is None:
+        return 0
+    start = lowest
+    while start <= highest:
+        end = min(start + step - 1, highest)
+        first_kept = conn.execute(_FIRST_KEPT_SQL, (start, end, cutoff_text)).fetchone()[0]
+        if first_kept is not None:
+            end = first_kept - 1
+            break
+        start = end + 1
+    else:
+        end = highest
+    return int(conn.execute(f"SELECT count(*) FROM {TABLE} WHERE id <= ?", (end,)).fetchone()[0])
 
 
 def purge(
@@ -88,28 +113,28 @@ def purge(
     should_stop: Callable[[], bool] = lambda: False,
     gate: AbstractContextManager[Any] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    wait: Callable[[float], bool] | None = None,
 ) -> CleanupReport:
     """Delete the prefix of rows older than ``cutoff`` in transactions of ``batch_size`` rows.
 
     ``conn`` is in autocommit mode. The run is kept in the cleanup-runs table (unless it deleted
     nothing and ``record_empty_run`` is False, or it is a dry run). ``gate`` is held around each
-    step that is inside SQLite (the cleanup thread's fork gate). ``on_batch(rows)`` is called
-    after each committed batch (a progress bar).
+    step that is inside SQLite (the service's writer gate, so writer and cleanup take turns).
+    ``on_batch(rows)`` is called after each committed batch (a progress bar). A batch that
+    meets a busy database is retried with backoff for up to :data:`BUSY_RETRY_S` seconds;
+    ``wait(seconds)`` does the waiting and returns True to give up (the cleanup thread's stop).
     """
     held = gate if gate is not None else contextlib.nullcontext()
+    wait = wait if wait is not None else threading.Event().wait
     if batch_size <= 0:
         raise AuditStoreError(f"batch_size must be a positive number of rows (got {batch_size})")
     started_at = utcnow()
     started = time.perf_counter()
     cutoff_text = format_timestamp(cutoff)
     if dry_run:
-        _, boundary = conn.execute(_BOUNDARY_SQL, (cutoff_text,)).fetchone()
-        would_delete = conn.execute(
-            f"SELECT count(*) FROM {TABLE} WHERE id <= ?", (boundary,)
-        ).fetchone()[0]
         return CleanupReport(
             cutoff=cutoff,
-            rows_deleted=int(would_delete),
+            rows_deleted=_prefix_rows(conn, cutoff_text, max(batch_size, 10_000)),
             batches=0,
             duration_s=time.perf_counter() - started,
             dry_run=True,
@@ -121,7 +146,9 @@ def purge(
         with held:
             if _plan(conn, cutoff_text, batch_size) is None:
                 break
-            anchor_id, count = _delete_batch(conn, cutoff_text, batch_size, anchor_id)
+        anchor_id, count = _delete_with_retries(
+            conn, cutoff_text, batch_size, anchor_id, held, wait
+        )
         if not count:
             break
         deleted += count
@@ -138,6 +165,28 @@ def purge(
         with held:
             _record_run(conn, report, started_at)
     return report
+
+
+def _delete_with_retries(
+    conn: sqlite3.Connection,
+    cutoff_text: str,
+    batch_size: int,
+    anchor_id: int | None,
+    held: AbstractContextManager[Any],
+    wait: Callable[[float], bool],
+) -> tuple[int | None, int]:
+    # A busy writer retakes the lock right after each commit; SQLite's own busy wait is no
+    # queue, so the purge keeps trying (with backoff) instead of failing the whole run.
+    deadline = time.monotonic() + BUSY_RETRY_S
+    delay = 0.01
+    while True:
+        try:
+            with held:
+                return _delete_batch(conn, cutoff_text, batch_size, anchor_id)
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() >= deadline or wait(delay):
+                raise
+            delay = min(delay * 2, 0.5)
 
 
 def _delete_batch(
@@ -207,6 +256,7 @@ class CleanupThread:
         retention: timedelta,
         batch_size: int,
         interval_s: float,
+        gate: threading.RLock | None = None,
     ) -> None:
         self._connect = connect
         self._retention = retention
@@ -214,8 +264,9 @@ class CleanupThread:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        # Held while this thread is inside SQLite; os.fork() waits for it (see lifecycle).
-        self.fork_gate = threading.RLock()
+        # Held while this thread is inside SQLite; os.fork() waits for it (see lifecycle). The
+        # service passes its writer's gate, so that writer and cleanup take turns fairly.
+        self.fork_gate = gate if gate is not None else threading.RLock()
         self.runs = 0
         self.rows_deleted = 0
         self.last_report: CleanupReport | None = None
@@ -238,6 +289,7 @@ class CleanupThread:
                         record_empty_run=False,  # an hourly no-op is not worth a write
                         should_stop=self._stop.is_set,
                         gate=self.fork_gate,
+                        wait=self._stop.wait,
                     )
                 except Exception as exc:  # a locked or broken database: try again next time
                     self.last_error = f"cleanup failed: {exc}"

@@ -236,3 +236,14 @@ def _check_audit_database(conn: sqlite3.Connection, path: Path) -> None:
     ).fetchone()
     if found is None:
         raise AuditStoreError(f"{path} is not an audit database (no {TABLE} table)")
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` means another connection holds a lock (worth retrying)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    message = str(exc)  # pragma: no cover - errors raised without a code (hand-made in tests)
+    return "locked" in message or "busy" in message  # pragma: no cover

@@ -109,6 +109,7 @@ class AuditService:
             retention=timedelta(days=s.retention_days),
             batch_size=s.cleanup_batch_size,
             interval_s=s.cleanup_interval,
+            gate=self._writer.fork_gate if self._writer is not None else None,
         )
 
     def fork_gates(self) -> list[threading.RLock]:

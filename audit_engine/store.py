@@ -32,6 +32,7 @@ from audit_engine.schema import (
     STORED_COLUMNS,
     TABLE,
     format_timestamp,
+    is_busy,
     migrate,
     open_connection,
     rollback_quietly,
@@ -41,7 +42,14 @@ from audit_engine.summary import StoreSummary, summarise
 if TYPE_CHECKING:
     from audit_engine.deadletter import ReplayReport
 
-__all__ = ["SCHEMA_VERSION", "AuditStore", "entry_row", "migrate", "open_connection"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "AuditStore",
+    "entry_row",
+    "is_busy",
+    "migrate",
+    "open_connection",
+]
 
 _COLUMNS = STORED_COLUMNS
 _INSERT_SQL = (
@@ -114,17 +122,6 @@ def has_event(conn: sqlite3.Connection, event_id: str) -> bool:
     """Whether an entry with ``event_id`` is stored (through the UNIQUE index)."""
     found = conn.execute(f"SELECT 1 FROM {TABLE} WHERE event_id = ?", (event_id,)).fetchone()
     return found is not None
-
-
-def is_busy(exc: BaseException) -> bool:
-    """Whether ``exc`` means another connection holds a lock (worth retrying)."""
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    message = str(exc)  # pragma: no cover - errors raised without a code (hand-made in tests)
-    return "locked" in message or "busy" in message  # pragma: no cover
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -389,12 +386,17 @@ class AuditStore:
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def _jsonl_lines(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[str]:
     for row in rows:
         record = dict(zip(names, row, strict=True))
         record["details"] = json.loads(record["details"])
         record["critical"] = bool(record["critical"])
-        yield json.dumps(record, ensure_ascii=False) + "\n"
+        line = json.dumps(record, ensure_ascii=False)
+        # Line separators JSON leaves raw would split the line for str.splitlines() readers.
+        yield line.translate(_LINE_BREAKS) + "\n"
 
 
 def _csv_lines(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[str]:

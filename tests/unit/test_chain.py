@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -524,3 +525,37 @@ def test_exported_lines_with_empty_details_and_nulls_verify() -> None:
     rows = link([_fields(1, details="{}", actor=None, correlation_id=None)], 0, GENESIS_HASH)
 
     assert verify_exported_lines(_lines(rows)).ok is True
+
+
+def test_a_damaged_export_line_is_a_failed_report_not_a_crash() -> None:
+    from audit_engine.chain import verify_exported_lines
+
+    for lines in (['{"id": 1'], ['{"id": 1}'], ["[1, 2]"]):
+        report = verify_exported_lines(lines)
+        assert report.ok is False
+        assert report.reason is not None
+        assert report.reason.startswith("line 1 is not an export line")
+
+
+def test_an_expected_head_older_than_the_anchor_cannot_be_checked() -> None:
+    from audit_engine.chain import ChainHead, verify_rows
+
+    report = verify_rows([], ChainHead(id=5, hash="a" * 64), ChainHead(id=2, hash="b" * 64))
+    assert report.ok is False
+    assert report.reason is not None
+    assert "older than the retention anchor (id 5)" in report.reason
+
+
+def test_export_lines_escape_unicode_line_separators(tmp_path: Path) -> None:
+    from audit_engine import AuditStore, store
+    from audit_engine.chain import verify_exported_lines
+    from audit_engine.models import AuditEntry
+
+    db = tmp_path / "a.db"
+    conn = store.open_connection(db)
+    store.write_batch(conn, [AuditEntry(action="x", details={"t": "a\u2028b\u2029c\x85d"})])
+    conn.close()
+    with AuditStore(db) as reader:
+        text = "".join(reader.export("jsonl"))
+    assert len(text.splitlines()) == 1
+    assert verify_exported_lines(text.splitlines()).ok

@@ -752,3 +752,66 @@ def test_the_cleanup_thread_survives_a_purge_error(
     assert stats.cleanup_runs >= 1  # the failed run is not counted, the next ones are
     assert stats.rows_purged == 4
     assert _ids(db_path) == [5]
+
+
+# -- planning and contention -------------------------------------------------------------------
+
+
+def test_the_prefix_ends_inside_a_later_window(db_path: Path) -> None:
+    old = utcnow() - timedelta(days=200)
+    new = utcnow()
+    # 25 old rows, one new one, then old again: only the first 25 go, whatever the batch size.
+    _write(db_path, [old] * 25 + [new] + [old] * 5)
+    with AuditStore(db_path) as store:
+        dry = store.purge(timedelta(days=90), batch_size=10, dry_run=True)
+        report = store.purge(timedelta(days=90), batch_size=10)
+        assert store.verify().ok
+    assert (dry.rows_deleted, report.rows_deleted, report.batches) == (25, 25, 3)
+    assert _ids(db_path)[0] == 26
+
+
+def test_a_batch_meeting_a_busy_database_is_retried(db_path: Path) -> None:
+    _write(db_path, [utcnow() - timedelta(days=200)] * 5)
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def wait(seconds: float) -> bool:
+        # The purge's backoff: release the other writer's lock on its first retry.
+        if not released.is_set():
+            holder.execute("ROLLBACK")
+            released.set()
+        return False
+
+    try:
+        with AuditStore(db_path, busy_timeout=0.01) as store:
+            from audit_engine.retention import cutoff_for, purge
+
+            report = purge(store._conn, cutoff_for(timedelta(days=90)), 10, wait=wait)
+    finally:
+        holder.close()
+    assert released.is_set()
+    assert report.rows_deleted == 5
+
+
+def test_a_busy_database_that_stays_busy_fails_the_purge_when_told_to_stop(db_path: Path) -> None:
+    _write(db_path, [utcnow() - timedelta(days=200)] * 5)
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with AuditStore(db_path, busy_timeout=0.01) as store:
+            from audit_engine.retention import cutoff_for, purge
+
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                purge(store._conn, cutoff_for(timedelta(days=90)), 10, wait=lambda _: True)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert len(_ids(db_path)) == 5
+
+
+def test_an_age_reaching_before_year_1_is_refused() -> None:
+    from audit_engine.retention import cutoff_for
+
+    with pytest.raises(AuditStoreError, match="older_than reaches before year 1"):
+        cutoff_for(timedelta(days=999_999))
