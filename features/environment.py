@@ -12,25 +12,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
 from behave.model import Scenario
 from behave.runner import Context
 
-from audit_engine import AuditService, AuditSettings
+from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore, store
+from audit_engine.chain import ChainHead, VerifyReport
 
 ENV_PREFIX = "AUDIT_TRAIL_"
 # Upper bound for every wait in a scenario: long enough for a loaded CI machine, short enough
 # that a hang fails the scenario instead of the whole run.
 WAIT_S = 10.0
 _POLL_TICK_S = 0.005
+_AGE = re.compile(r"(\d+) (day|hour)s? ago")
 
 _AUDIT_COLUMNS = (
     "id",
@@ -149,6 +154,51 @@ class World:
         self.labelled.append((label, result))
         return result
 
+    @staticmethod
+    def recorded_at(age: str, count: int) -> list[datetime]:
+        """Timestamps for ``count`` entries recorded ``age`` ("200 days ago", "1 hour ago").
+
+        "N days ago" is noon UTC of that calendar day, so one day's entries never straddle
+        midnight; the entries of one group are a second apart, in recording order.
+        """
+        match = _AGE.fullmatch(age.strip())
+        assert match, f"unknown age {age!r}: say 'N days ago' or 'N hours ago'"
+        amount, unit = int(match[1]), match[2]
+        now = datetime.now(UTC)
+        if unit == "day":
+            day = (now - timedelta(days=amount)).date()
+            start = datetime.combine(day, dt_time(12), tzinfo=UTC)
+        else:
+            start = now - timedelta(hours=amount)
+        return [start + timedelta(seconds=i) for i in range(count)]
+
+    def write_entries(self, count: int, age: str, **fields: Any) -> list[str]:
+        """Commit ``count`` note saves recorded ``age``, in one transaction, as a writer would.
+
+        How a scenario sets up a trail recorded long ago: record() stamps entries with the
+        current time, and a service's cleanup thread could purge old ones before a step looks.
+        """
+        entries = []
+        for timestamp in self.recorded_at(age, count):
+            seq = self.next_seq()
+            values = {
+                "action": "note.save",
+                "actor": "alice",
+                "operation": "update",
+                "resource_type": "note",
+                "resource_id": f"note-{seq}",
+                "details": {"seq": seq},
+                "timestamp": timestamp,
+                **fields,
+            }
+            entries.append(AuditEntry(**values))
+        conn = store.open_connection(self.database)
+        try:
+            store.write_batch(conn, entries)
+        finally:
+            conn.close()
+        return [entry.event_id for entry in entries]
+
     def keep(self, result: str | None) -> str | None:
         self.results.append(result)
         if result is not None:
@@ -239,6 +289,11 @@ class World:
         for row in rows:
             row["details"] = json.loads(row["details"])
         return rows
+
+    def verify_trail(self, expected_head: ChainHead | None = None) -> VerifyReport:
+        """What ``AuditStore.verify()`` says about this scenario's database now."""
+        with AuditStore(self.database) as audit_store:
+            return audit_store.verify(expected_head=expected_head)
 
     def committed(self, event_id: str, path: Path | None = None) -> bool:
         """Whether another program sees ``event_id`` committed (a fresh connection, no cache)."""

@@ -1,0 +1,338 @@
+"""Steps for tamper evidence: published heads, verification, tampering, exports checked offline.
+
+The tampering steps change the database file (or an exported file) the way someone with write
+access could, behind the engine's back. A forger knows the hash chain's algorithm (it is public,
+docs/integrity.md), so the forged entries carry hashes that are right for their own contents.
+"""
+
+import json
+import sqlite3
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from behave import given, then, when
+from behave.runner import Context
+
+from audit_engine import AuditStore, AuditStoreError
+from audit_engine.chain import ChainHead, row_hash, verify_exported_lines
+
+WAIT_S = 10.0
+# The stored fields that the chain hashes, between id and prev_hash (docs/integrity.md).
+_FIELDS = (
+    "event_id, timestamp, actor, action, operation, outcome, resource_type, resource_id, "
+    "correlation_id, details, critical"
+)
+
+
+# -- the trail and its published head ---------------------------------------------------------
+
+
+@given("the operator has published the chain head")
+def given_published(context: Context) -> None:
+    with AuditStore(context.world.database) as store:
+        context.world.published_head = store.head()
+    assert context.world.published_head is not None, "there is no chain head to publish"
+
+
+@given(
+    "an audit trail of {count:d} entries recorded an hour ago, "
+    "whose chain head the operator published"
+)
+def given_published_trail(context: Context, count: int) -> None:
+    context.world.write_entries(count, "1 hour ago")
+    given_published(context)
+    assert context.world.published_head.id == count, context.world.published_head
+
+
+# -- verifying --------------------------------------------------------------------------------
+
+
+@when("the reviewer verifies the audit trail")
+def when_verify(context: Context) -> None:
+    context.world.report = context.world.verify_trail()
+
+
+@when("the reviewer verifies the audit trail against the published head")
+def when_verify_against_head(context: Context) -> None:
+    context.world.report = context.world.verify_trail(context.world.published_head)
+
+
+@then("verification succeeds, checking {count:d} entries")
+def then_ok(context: Context, count: int) -> None:
+    report = context.world.report
+    assert report.ok, f"verification failed: {report}"
+    assert report.rows_checked == count, f"expected {count} entries checked: {report}"
+
+
+@then("verification ends at entry {entry:d}")
+def then_ends_at(context: Context, entry: int) -> None:
+    head = context.world.report.head
+    assert head is not None, f"verification reported no head: {context.world.report}"
+    assert head.id == entry, f"verification ended at {head}"
+
+
+@then("verification ends at entry {entry:d}, the same as the published head")
+def then_ends_at_published(context: Context, entry: int) -> None:
+    then_ends_at(context, entry)
+    assert context.world.report.head == context.world.published_head, (
+        context.world.report.head,
+        context.world.published_head,
+    )
+
+
+@then('verification fails at entry {entry:d}: "{reason}"')
+def then_fails(context: Context, entry: int, reason: str) -> None:
+    report = context.world.report
+    assert not report.ok, f"the tampering went unnoticed: {report}"
+    assert report.first_bad_id == entry, f"expected entry {entry} to be named: {report}"
+    assert report.reason == reason, f"the reason was {report.reason!r}"
+
+
+# -- tampering with the database file ---------------------------------------------------------
+
+
+def _tamper(context: Context, *statements: tuple[str, tuple[Any, ...]]) -> None:
+    conn = context.world.connect(context.world.database)
+    with conn:
+        for sql, params in statements:
+            conn.execute(sql, params)
+
+
+def _move(conn: sqlite3.Connection, old_id: int, new_id: int) -> None:
+    conn.execute("UPDATE audit_entries SET id = ? WHERE id = ?", (new_id, old_id))
+
+
+@when('someone changes the actor of entry {entry:d} to "{actor}" directly in the database file')
+def when_edit_actor(context: Context, entry: int, actor: str) -> None:
+    _tamper(context, ("UPDATE audit_entries SET actor = ? WHERE id = ?", (actor, entry)))
+
+
+@when("someone deletes entry {entry:d} directly in the database file")
+def when_delete_one(context: Context, entry: int) -> None:
+    _tamper(context, ("DELETE FROM audit_entries WHERE id = ?", (entry,)))
+
+
+@when("someone deletes entries {first:d} to {last:d} directly in the database file")
+def when_delete_range(context: Context, first: int, last: int) -> None:
+    _tamper(context, ("DELETE FROM audit_entries WHERE id BETWEEN ? AND ?", (first, last)))
+
+
+@when("someone deletes the newest {count:d} entries directly in the database file")
+def when_truncate(context: Context, count: int) -> None:
+    _tamper(
+        context,
+        (
+            "DELETE FROM audit_entries WHERE id IN "
+            "(SELECT id FROM audit_entries ORDER BY id DESC LIMIT ?)",
+            (count,),
+        ),
+    )
+
+
+@when("someone swaps entries {first:d} and {second:d} directly in the database file")
+def when_swap(context: Context, first: int, second: int) -> None:
+    conn = context.world.connect(context.world.database)
+    with conn:
+        _move(conn, first, -first)
+        _move(conn, second, first)
+        _move(conn, -first, second)
+
+
+def _insert_forged(conn: sqlite3.Connection, after: int) -> None:
+    """Make room after entry ``after`` and insert an entry that links to it, hashed correctly."""
+    later = conn.execute(
+        "SELECT id FROM audit_entries WHERE id > ? ORDER BY id DESC", (after,)
+    ).fetchall()
+    for (row_id,) in later:  # newest first, so no id is ever taken twice
+        _move(conn, row_id, row_id + 1)
+    timestamp, prev_hash = conn.execute(
+        "SELECT timestamp, hash FROM audit_entries WHERE id = ?", (after,)
+    ).fetchone()
+    fields = (
+        str(uuid.uuid4()),
+        timestamp,
+        "alice",
+        "note.delete",
+        "delete",
+        "success",
+        "note",
+        "note-forged",
+        None,
+        "{}",
+        0,
+    )
+    body = (after + 1, *fields, prev_hash)
+    conn.execute(
+        f"INSERT INTO audit_entries (id, {_FIELDS}, prev_hash, hash) "
+        f"VALUES ({', '.join('?' * (len(body) + 1))})",
+        (*body, row_hash(body)),
+    )
+
+
+def _rehash_after(conn: sqlite3.Connection, entry: int) -> None:
+    """Recompute prev_hash and hash of every entry after ``entry``, as a careful forger would."""
+    (prev_hash,) = conn.execute("SELECT hash FROM audit_entries WHERE id = ?", (entry,)).fetchone()
+    rows = conn.execute(
+        f"SELECT id, {_FIELDS} FROM audit_entries WHERE id > ? ORDER BY id", (entry,)
+    ).fetchall()
+    for row in rows:
+        digest = row_hash((*row, prev_hash))
+        conn.execute(
+            "UPDATE audit_entries SET prev_hash = ?, hash = ? WHERE id = ?",
+            (prev_hash, digest, row[0]),
+        )
+        prev_hash = digest
+
+
+@when("someone inserts a forged entry after entry {entry:d} directly in the database file")
+def when_insert_forged(context: Context, entry: int) -> None:
+    conn = context.world.connect(context.world.database)
+    with conn:
+        _insert_forged(conn, entry)
+
+
+@when(
+    "someone inserts a forged entry after entry {entry:d} and recomputes every hash after it "
+    "directly in the database file"
+)
+def when_rewrite_history(context: Context, entry: int) -> None:
+    conn = context.world.connect(context.world.database)
+    with conn:
+        _insert_forged(conn, entry)
+        _rehash_after(conn, entry + 1)
+
+
+# -- files that are not audit databases -------------------------------------------------------
+
+
+def _snapshot(path: Path) -> Any:
+    """What a file (its bytes) or a directory (its listing) holds, and what lies next to it."""
+    content: Any = None
+    if path.is_file():
+        content = path.read_bytes()
+    elif path.is_dir():
+        content = sorted(p.name for p in path.iterdir())
+    return content, sorted(p.name for p in path.parent.iterdir())
+
+
+@given('another application\'s SQLite database named "{name}"')
+def given_foreign_database(context: Context, name: str) -> None:
+    path = context.world.root / name
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        conn.execute("INSERT INTO notes (body) VALUES ('shopping list')")
+    conn.close()
+    context.world.before = _snapshot(path)
+
+
+@given('a text file named "{name}"')
+def given_text_file(context: Context, name: str) -> None:
+    path = context.world.root / name
+    path.write_text("these are my notes, not an audit trail\n" * 200, encoding="utf-8")
+    context.world.before = _snapshot(path)
+
+
+@given('an empty directory named "{name}"')
+def given_directory(context: Context, name: str) -> None:
+    path = context.world.root / name
+    path.mkdir()
+    context.world.before = _snapshot(path)
+
+
+@when('the reviewer tries to verify "{name}"')
+def when_try_verify(context: Context, name: str) -> None:
+    def verify() -> Any:
+        # A relative name, as an operator would type it (the scenario runs in its own directory).
+        with AuditStore(name) as store:
+            return store.verify()
+
+    context.world.attempt(verify)
+
+
+@then('verification is refused with the message "{message}"')
+def then_verify_refused(context: Context, message: str) -> None:
+    world = context.world
+    assert isinstance(world.error, AuditStoreError), (
+        f"expected AuditStoreError, got {world.error!r} (returned {world.returned!r})"
+    )
+    assert str(world.error) == message, f"the message was {str(world.error)!r}"
+
+
+@then('"{name}" is unchanged')
+def then_unchanged(context: Context, name: str) -> None:
+    after = _snapshot(context.world.root / name)
+    assert after == context.world.before, "verifying changed the file or created files next to it"
+
+
+@then('there is no file "{name}"')
+def then_no_file(context: Context, name: str) -> None:
+    leftovers = sorted(p.name for p in context.world.root.iterdir() if p.name.startswith(name))
+    assert leftovers == [], f"verifying created {leftovers}"
+
+
+# -- exports checked offline ------------------------------------------------------------------
+
+
+def _line_index(context: Context, entry: int) -> int:
+    for index, line in enumerate(context.world.export_lines):
+        if json.loads(line)["id"] == entry:
+            return index
+    raise AssertionError(f"entry {entry} is not in the export")
+
+
+@when("the operator exports the entries of the day {days:d} days ago as JSON lines")
+def when_export_day(context: Context, days: int) -> None:
+    world = context.world
+    day = (datetime.now(UTC) - timedelta(days=days)).date()
+    since = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    path = world.root / f"audit-{day.isoformat()}.jsonl"
+    with AuditStore(world.database) as store, path.open("w", encoding="utf-8") as out:
+        out.writelines(store.export("jsonl", since=since, until=since + timedelta(days=1)))
+    # What the reviewer receives is the file: read it back the way a JSON-lines reader does.
+    with path.open(encoding="utf-8") as lines:
+        world.export_lines = list(lines)
+
+
+@then("the export holds entries {first:d} to {last:d}")
+def then_export_holds(context: Context, first: int, last: int) -> None:
+    ids = [json.loads(line)["id"] for line in context.world.export_lines]
+    assert ids == list(range(first, last + 1)), f"the export holds entries {ids}"
+
+
+@when('someone changes the actor of entry {entry:d} to "{actor}" in the exported file')
+def when_edit_exported_actor(context: Context, entry: int, actor: str) -> None:
+    lines = context.world.export_lines
+    index = _line_index(context, entry)
+    record = json.loads(lines[index])
+    assert record["actor"] != actor, "the entry already had that actor"
+    lines[index] = json.dumps({**record, "actor": actor}) + "\n"
+
+
+@when("someone changes the details of entry {entry:d} in the exported file")
+def when_edit_exported_details(context: Context, entry: int) -> None:
+    lines = context.world.export_lines
+    index = _line_index(context, entry)
+    record = json.loads(lines[index])
+    lines[index] = json.dumps({**record, "details": {**record["details"], "seq": -1}}) + "\n"
+
+
+@when("someone removes the line of entry {entry:d} in the exported file")
+def when_remove_exported_line(context: Context, entry: int) -> None:
+    del context.world.export_lines[_line_index(context, entry)]
+
+
+@when("someone swaps the lines of entries {first:d} and {second:d} in the exported file")
+def when_swap_exported_lines(context: Context, first: int, second: int) -> None:
+    lines = context.world.export_lines
+    i, j = _line_index(context, first), _line_index(context, second)
+    lines[i], lines[j] = lines[j], lines[i]
+
+
+@when("the reviewer verifies the export offline, starting from the published head")
+def when_verify_export(context: Context) -> None:
+    world = context.world
+    start: ChainHead = world.published_head
+    world.report = verify_exported_lines(iter(world.export_lines), start=start)
