@@ -5,7 +5,7 @@ a pydantic model costs ~15 µs, though, most of the caller's cost, so keyword in
 valid — exact types, ASCII text, plain JSON details — takes a hand-written fast path that yields
 the same row the model would. Anything else (coercions, non-ASCII text, odd JSON, every error)
 goes through the model itself, so errors and edge cases are pydantic's. A property test proves the
-two paths agree (tests/property/test_intake.py).
+two paths agree (tests/property/test_intake_equivalence.py).
 
 Rows are :class:`Row` tuples in the insert's column order; the queue holds them, not models, which
 also keeps 10 000 queued entries small.
