@@ -124,7 +124,8 @@ def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGTERM, signal.S
     """Make SIGTERM and SIGINT close (drain) every open service, then act as they would have.
 
     Opt-in, because signal handlers belong to the application: call it once, from the main
-    thread, after installing your own handlers if you have any — they are called afterwards.
+    thread, after installing your own handlers if you have any — they run afterwards (the
+    signal is delivered again once every service is drained).
     Without it, SIGTERM's default action ends the process at once and loses what is queued.
     A signal the process ignores (``SIG_IGN``) stays ignored. Idempotent.
     """
@@ -139,12 +140,18 @@ def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGTERM, signal.S
 
 
 def _on_signal(signum: int, frame: Any) -> None:
-    _drain_at_exit()
-    previous = _installed.get(signum, signal.SIG_DFL)
-    if callable(previous):
-        previous(signum, frame)  # e.g. Python's SIGINT handler: KeyboardInterrupt
-        return
-    # The default action (terminate): restore it and deliver the signal again, so the exit
-    # status says "killed by SIGTERM" just as without the handler.
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    # The handler interrupts the main thread wherever it is — possibly inside record(), holding
+    # the queue's lock that the drain needs. So it only hands over: put the previous handling
+    # back, drain in a thread of its own, then deliver the signal again to the main thread,
+    # which acts as it would have (SIG_DFL: terminate with the signal's status; Python's SIGINT
+    # handler: KeyboardInterrupt). Until then the main thread runs on, and record() raises
+    # AuditServiceClosed once the drain has closed its service.
+    signal.signal(signum, _installed.pop(signum, signal.SIG_DFL))
+    main_ident = threading.main_thread().ident
+    assert main_ident is not None  # the main thread has started: it is running this handler
+
+    def drain_then_deliver() -> None:
+        _drain_at_exit()
+        signal.pthread_kill(main_ident, signum)
+
+    threading.Thread(target=drain_then_deliver, name="audit-signal-drain").start()

@@ -34,6 +34,17 @@ _BACKOFF_START_S = 0.005
 _BACKOFF_MAX_S = 0.5
 # After close() times out, how long it waits for the writer to dead-letter the batch in flight.
 _ABORT_GRACE_S = _WRITER_BUSY_SLICE_S + 0.5
+# SQLite errors about the file, not a row: splitting the batch cannot help. (A full disk is not
+# one of them: a smaller part of the batch may still fit, so that one is split.)
+_FILE_LEVEL_ERRORS = frozenset(
+    {
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
 
 
 class Writer:
@@ -80,6 +91,7 @@ class Writer:
         self.retries = 0
         self.dead_lettered = 0
         self.longest_batch_s = 0.0
+        self._file_level_error = False
         self._counter_lock = threading.Lock()
         self.last_error: str | None = None
 
@@ -296,7 +308,9 @@ class Writer:
         error = self._attempt(rows)
         if error is None:
             return
-        if len(rows) == 1 or self._abort.is_set():
+        # Splitting finds a row that fails alone; a read-only or broken database fails every
+        # row, so the whole batch goes at once (one append, one fsync).
+        if len(rows) == 1 or self._abort.is_set() or self._file_level_error:
             self._dead_letter(rows, error)
             return
         mid = len(rows) // 2
@@ -317,6 +331,8 @@ class Writer:
                 took = time.perf_counter() - started
             except Exception as exc:
                 if not store.is_busy(exc):
+                    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                    self._file_level_error = code in _FILE_LEVEL_ERRORS
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     return self.last_error
                 self.retries += 1

@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -266,3 +267,28 @@ def test_disabled_service_applies_no_policy_and_creates_nothing(
     assert audit.record(action="x", critical=True) is None
     assert not db_path.exists()
     assert audit.stats().accepted == 0
+
+
+def test_a_read_only_database_dead_letters_whole_batches_without_splitting(
+    make_service: MakeService, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit_engine import store
+
+    attempts: list[int] = []
+
+    def read_only(conn: sqlite3.Connection, rows: Any) -> None:
+        attempts.append(len(rows))
+        exc = sqlite3.OperationalError("attempt to write a readonly database")
+        exc.sqlite_errorcode = sqlite3.SQLITE_READONLY  # type: ignore[attr-defined]
+        raise exc
+
+    audit = make_service(level="all", buffer_max_size=64, buffer_flush_interval=3600)
+    monkeypatch.setattr(store, "write_batch", read_only)
+    for i in range(64):
+        audit.record(action="note.save", resource_id=str(i))
+    assert audit.flush(10)
+    stats = audit.stats()
+    assert (stats.written, stats.dead_lettered) == (0, 64)
+    assert attempts == [64]  # one attempt for the whole batch: no splitting
+    lines = (db_path.parent / (db_path.name + ".deadletter.jsonl")).read_text().splitlines()
+    assert len(lines) == 64
