@@ -113,20 +113,21 @@ def _plain_json(value: object, depth: int) -> bool:
     return False
 
 
-_second = -1
-_second_text = ""
+# (second, its text): one tuple, swapped in one assignment, so threads never see a second with
+# another second's text.
+_stamp_cache: tuple[int, str] = (-1, "")
 
 
 def _now_text() -> str:
     # The stored timestamp form, formatted from the clock directly (and the seconds part once
     # per second): datetime.now(UTC) plus isoformat() costs several times more.
-    global _second, _second_text
-    now_ns = time.time_ns()
-    second, micros = divmod(now_ns // 1000, 1_000_000)
-    if second != _second:
-        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _second = second
-    return f"{_second_text}.{micros:06d}Z"
+    global _stamp_cache
+    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
+    cached_second, text = _stamp_cache
+    if second != cached_second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamp_cache = (second, text)
+    return f"{text}.{micros:06d}Z"
 
 
 def plain_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict[str, Any]]:

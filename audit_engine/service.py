@@ -119,6 +119,7 @@ class AuditService:
             gates.append(self._writer.fork_gate)
         if self._cleanup is not None:
             gates.append(self._cleanup.fork_gate)
+        gates.append(self._sync.lock)  # held for a whole synchronous write
         return gates
 
     @property

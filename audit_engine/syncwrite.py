@@ -24,7 +24,7 @@ class SyncConnection:
 
     def __init__(self, settings: AuditSettings) -> None:
         self._settings = settings
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
 
@@ -32,12 +32,12 @@ class SyncConnection:
 
     def open(self) -> None:
         """Open the connection now (sync mode), so a bad database fails in the constructor."""
-        with self._lock:
+        with self.lock:
             if self._conn is None:
                 self._conn = connect(self._settings, self._settings.busy_timeout)
 
     def write(self, entry: Row) -> None:
-        with self._lock:
+        with self.lock:
             if self._closed:
                 raise AuditServiceClosed("the audit service is closed")
             if self._conn is None:
@@ -51,14 +51,14 @@ class SyncConnection:
             self.written += 1
 
     def close(self) -> None:
-        with self._lock:
+        with self.lock:
             self._closed = True
             conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
     def reset_after_fork(self) -> None:
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         self.written = 0
         if self._conn is not None:
             _FORK_ORPHANS.append(self._conn)

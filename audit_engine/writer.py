@@ -86,6 +86,7 @@ class Writer:
         self._flush_target = 0
         self._alive = False
         self._inflight: list[Row] = []
+        self._inflight_done = 0  # rows of _inflight committed or dead-lettered so far
         self.written = 0
         self.batches = 0
         self.retries = 0
@@ -204,6 +205,8 @@ class Writer:
                 self._alive = False
             left = self._drain_here()
             self._close_connection()
+            # A dead thread's leftovers that could not be committed make close() report False,
+            # as a timed-out drain does: the operator has entries to replay.
             return left == 0, left
         self._abort.set()
         before = self.dead_lettered
@@ -228,10 +231,13 @@ class Writer:
 
         Returns how many entries went to the dead-letter file instead of the database.
         """
-        # The batch the thread had in hand comes first: it was taken off the queue first.
-        rows, self._inflight = self._inflight, []
-        rows += self._drain_queue()
+        # The batch the thread had in hand comes first: it was taken off the queue first. Its
+        # rows already committed or dead-lettered (the thread died mid-split) are not redone.
+        done = self._inflight_done
+        rows = self._inflight[done:] + self._drain_queue()
+        self._inflight, self._inflight_done = [], 0
         if not rows:
+            self._advance(done)
             return 0
         before = self.dead_lettered
         if self._conn is None:
@@ -239,10 +245,10 @@ class Writer:
                 self._conn = self._connect()
             except Exception as exc:
                 self._dead_letter(rows, f"could not reopen the database: {exc}")
-                self._advance(len(rows))
+                self._advance(done + len(rows))
                 return len(rows)
         self._write(rows)
-        self._advance(len(rows))
+        self._advance(done + len(rows))
         return self.dead_lettered - before
 
     def _close_connection(self) -> None:
@@ -264,9 +270,10 @@ class Writer:
                     # in hand, report, and go on with the next batch.
                     logger.exception("audit writer loop failed; continuing")
                     self.last_error = f"writer loop error: {exc!r}"
-                    rows, self._inflight = self._inflight, []
-                    self._dead_letter(rows, self.last_error)
-                    self._advance(len(rows))
+                    batch, done = self._inflight, self._inflight_done
+                    self._inflight, self._inflight_done = [], 0
+                    self._dead_letter(batch[done:], self.last_error)
+                    self._advance(len(batch))
                     continue
                 if stop:
                     break
@@ -293,7 +300,7 @@ class Writer:
     def _collect(self) -> tuple[list[Row], bool]:
         """Take up to one batch from the queue; returns (batch, writer should stop)."""
         batch: list[Row] = self._queue.take(self._batch_size, self._flush_interval_s, self._urgent)
-        self._inflight = batch
+        self._inflight, self._inflight_done = batch, 0
         if self._abort.is_set():
             return batch, True
         # Stop once closing and nothing is left: close() accepts nothing new after _stopping.
@@ -307,11 +314,13 @@ class Writer:
         """Commit ``rows``; isolate and dead-letter the ones that cannot be committed."""
         error = self._attempt(rows)
         if error is None:
+            self._inflight_done += len(rows)  # halves are written in order: a prefix is done
             return
         # Splitting finds a row that fails alone; a read-only or broken database fails every
         # row, so the whole batch goes at once (one append, one fsync).
         if len(rows) == 1 or self._abort.is_set() or self._file_level_error:
             self._dead_letter(rows, error)
+            self._inflight_done += len(rows)
             return
         mid = len(rows) // 2
         self._write(rows[:mid])
