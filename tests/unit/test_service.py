@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from support import locked
 
 from audit_engine import (
     AuditEntry,
@@ -79,42 +80,6 @@ def _recorded(event_id: str | None) -> str:
 
 def _writer_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == WRITER_THREAD_NAME}
-
-
-class _Lock:
-    """Another connection holding ``BEGIN EXCLUSIVE`` on the database; release() is idempotent."""
-
-    def __init__(self, db_path: Path) -> None:
-        self._guard = threading.Lock()
-        self._conn = sqlite3.connect(
-            db_path, isolation_level=None, check_same_thread=False, timeout=10
-        )
-        self._conn.execute("BEGIN EXCLUSIVE")
-
-    def release(self) -> None:
-        with self._guard:
-            if self._conn.in_transaction:
-                self._conn.execute("COMMIT")
-
-    def close(self) -> None:
-        self.release()
-        with self._guard:
-            self._conn.close()
-
-
-@contextlib.contextmanager
-def _locked(db_path: Path, release_after: float | None = None) -> Iterator[_Lock]:
-    """Hold the database locked; released after ``release_after`` seconds, or on exit."""
-    lock = _Lock(db_path)
-    timer = threading.Timer(release_after, lock.release) if release_after is not None else None
-    if timer is not None:
-        timer.start()
-    try:
-        yield lock
-    finally:
-        if timer is not None:
-            timer.cancel()
-        lock.close()
 
 
 class _WriteSpy:
@@ -294,7 +259,7 @@ def test_async_record_only_enqueues_and_never_touches_sqlite(
 ) -> None:
     spy = _WriteSpy(monkeypatch)
     service = make_service(buffer_flush_interval=0.05)
-    with _locked(db_path) as lock:
+    with locked(db_path) as lock:
         started = time.monotonic()
         ids = [service.record(action="while.locked") for _ in range(20)]
         # A locked database would hold a synchronous INSERT for busy_timeout (5 s).
@@ -394,11 +359,11 @@ def test_flush_is_safe_from_several_threads_at_once(
     assert len(_ids(db_path)) == 200
 
 
-def test_flush_returns_false_on_timeout_while_the_database_is_locked(
+def test_flush_returns_false_on_timeout_while_the_database_islocked(
     make_service: MakeService, db_path: Path
 ) -> None:
     service = make_service(buffer_flush_interval=0.05)
-    with _locked(db_path) as lock:
+    with locked(db_path) as lock:
         event_id = service.record(action="stuck")
         started = time.monotonic()
         assert service.flush(timeout=0.3) is False
@@ -455,7 +420,7 @@ def test_close_times_out_on_a_locked_database_and_dead_letters_the_rest(
     make_service: MakeService, db_path: Path
 ) -> None:
     service = make_service(buffer_max_size=3, buffer_flush_interval=0.05)
-    with _locked(db_path):
+    with locked(db_path):
         ids = [_recorded(service.record(action="locked.out")) for _ in range(10)]
         started = time.monotonic()
         assert service.close(timeout=1) is False
@@ -689,7 +654,7 @@ def test_on_full_block_waits_then_raises_audit_queue_full(
 ) -> None:
     service = make_service(on_full="block", queue_maxsize=5, buffer_max_size=1, block_timeout=0.2)
     accepted: list[str | None] = []
-    with _locked(db_path) as lock:
+    with locked(db_path) as lock:
         with pytest.raises(AuditQueueFull) as raised:  # noqa: PT012 - fills the queue first
             for _ in range(20):
                 entry = AuditEntry(action="fill")
@@ -714,7 +679,7 @@ def test_on_full_drop_discards_counts_and_warns(
     make_service: MakeService, db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     service = make_service(on_full="drop", queue_maxsize=5, buffer_max_size=1)
-    with _locked(db_path) as lock, caplog.at_level(logging.WARNING, logger="audit_engine"):
+    with locked(db_path) as lock, caplog.at_level(logging.WARNING, logger="audit_engine"):
         results = [service.record(action="maybe") for _ in range(20)]
         lock.release()
         assert service.flush(30)
@@ -738,7 +703,7 @@ def test_on_full_sync_writes_the_overflow_in_the_caller_thread(
     me = threading.current_thread().name
     # The writer is stuck on the lock; the overflow write waits (busy_timeout) until the timer
     # releases it, then commits from this thread.
-    with _locked(db_path, release_after=0.5):
+    with locked(db_path, release_after=0.5):
         ids = [_recorded(service.record(action="overflow", details={"i": i})) for i in range(6)]
         assert service.flush(30)
     assert sorted(_ids(db_path)) == sorted(ids)
@@ -779,7 +744,7 @@ def test_a_busy_database_is_retried_and_nothing_is_lost(
     make_service: MakeService, db_path: Path
 ) -> None:
     service = make_service(buffer_max_size=10, buffer_flush_interval=0.05)
-    with _locked(db_path, release_after=0.5):
+    with locked(db_path, release_after=0.5):
         ids = [service.record(action="retry", details={"i": i}) for i in range(30)]
         assert service.flush(timeout=30)
     stats = service.stats()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import locked
 
 from audit_engine import deadletter, store
 from audit_engine.deadletter import DeadLetterFile
@@ -50,42 +51,6 @@ def _dead_letters(db_path: Path) -> list[tuple[AuditEntry | None, str]]:
     if not path.exists():
         return []
     return [(entry, error) for _, entry, error in deadletter.read(path)]
-
-
-class _Lock:
-    """Another connection holding ``BEGIN EXCLUSIVE`` on the database; release() is idempotent."""
-
-    def __init__(self, db_path: Path) -> None:
-        self._guard = threading.Lock()
-        self._conn = sqlite3.connect(
-            db_path, isolation_level=None, check_same_thread=False, timeout=10
-        )
-        self._conn.execute("BEGIN EXCLUSIVE")
-
-    def release(self) -> None:
-        with self._guard:
-            if self._conn.in_transaction:
-                self._conn.execute("COMMIT")
-
-    def close(self) -> None:
-        self.release()
-        with self._guard:
-            self._conn.close()
-
-
-@contextlib.contextmanager
-def _locked(db_path: Path, release_after: float | None = None) -> Iterator[_Lock]:
-    """Hold the database locked; released after ``release_after`` seconds, or on exit."""
-    lock = _Lock(db_path)
-    timer = threading.Timer(release_after, lock.release) if release_after is not None else None
-    if timer is not None:
-        timer.start()
-    try:
-        yield lock
-    finally:
-        if timer is not None:
-            timer.cancel()
-        lock.close()
 
 
 class _WriteSpy:
@@ -291,12 +256,12 @@ def test_flush_with_nothing_queued_returns_at_once(make_writer: MakeWriter) -> N
 # -- busy database ------------------------------------------------------------------------------
 
 
-def test_flush_times_out_while_the_database_is_locked(
+def test_flush_times_out_while_the_database_islocked(
     make_writer: MakeWriter, db_path: Path
 ) -> None:
     writer = make_writer()
     entry = AuditEntry(action="doc.save")
-    with _locked(db_path) as lock:
+    with locked(db_path) as lock:
         writer.put(entry, 1.0)
         started = time.monotonic()
         assert not writer.flush(0.3)
@@ -313,7 +278,7 @@ def test_a_busy_batch_is_retried_and_nothing_is_lost(
 ) -> None:
     writer = make_writer(batch_size=7)
     entries = _entries(20)
-    with _locked(db_path, release_after=0.5):
+    with locked(db_path, release_after=0.5):
         _put_all(writer, entries)
         assert writer.flush(30)
     assert writer.retries > 0
@@ -632,7 +597,7 @@ def test_stop_timeout_aborts_and_moves_the_rest_to_the_dead_letter_file(
 ) -> None:
     writer = make_writer(batch_size=3)
     entries = _entries(10)
-    with _locked(db_path), caplog.at_level(logging.ERROR, logger="audit_engine.writer"):
+    with locked(db_path), caplog.at_level(logging.ERROR, logger="audit_engine.writer"):
         _put_all(writer, entries)
         started = time.monotonic()
         drained, left = writer.stop(0.5)
@@ -658,7 +623,7 @@ def test_stop_timeout_still_closes_the_writer_connection(
     make_writer: MakeWriter, db_path: Path
 ) -> None:
     writer = make_writer()
-    with _locked(db_path):
+    with locked(db_path):
         _put_all(writer, _entries(3))
         drained, _ = writer.stop(0.3)
         assert not drained
