@@ -19,7 +19,6 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
-from audit_engine.bench import SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
 from audit_engine.chain import ChainHead
 from audit_engine.cli_output import (
     FORMATS,
@@ -28,10 +27,12 @@ from audit_engine.cli_output import (
     TimeParam,
     entry_object,
     plural,
+    progress,
     render,
     render_reference,
+    root_database,
 )
-from audit_engine.demo import DEFAULT_DATABASE, DEFAULT_EVENTS, run_demo
+from audit_engine.cli_reports import bench, demo, stats
 from audit_engine.errors import AuditEngineError
 from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.service import AuditService
@@ -64,22 +65,10 @@ class _Group(click.Group):
             raise click.ClickException(_describe(exc)) from exc
 
 
-def _database(ctx: click.Context) -> Path:
-    path: Path = ctx.find_root().params["database"]
-    return path
-
-
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[AuditStore]:
-    with AuditStore(_database(ctx)) as store:
+    with AuditStore(root_database(ctx)) as store:
         yield store
-
-
-def _progress(length: int, label: str) -> Any:
-    """A progress bar on stderr when it is a terminal; nothing at all otherwise (pipes)."""
-    return click.progressbar(
-        length=length, label=label, file=sys.stderr, hidden=not sys.stderr.isatty()
-    )
 
 
 def _filters(func: Any) -> Any:
@@ -132,7 +121,7 @@ def main(database: Path) -> None:
 @click.pass_context
 def init(ctx: click.Context) -> None:
     """Create the audit database, or migrate it to the current schema."""
-    with AuditStore(_database(ctx), create=True) as store:
+    with AuditStore(root_database(ctx), create=True) as store:
         click.echo(f"Audit database ready at {store.path} (schema version {SCHEMA_VERSION})")
 
 
@@ -187,7 +176,7 @@ def record(
     bad_lines: list[str] = []
     # A one-shot command: retention is the cleanup thread's job in long-running services (or
     # `purge`'s), not a side effect of recording one entry.
-    settings = AuditSettings(database=_database(ctx), cleanup_enabled=False)
+    settings = AuditSettings(database=root_database(ctx), cleanup_enabled=False)
     context = {"max_details_bytes": settings.max_details_bytes}
     with AuditService(settings) as audit:
         if from_stdin:
@@ -324,7 +313,7 @@ def _print_rows(entries: list[Any], fmt: str, *, header: bool) -> None:
 @click.pass_context
 def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any) -> None:
     """Export entries with their hashes, streamed: JSON lines (verifiable offline) or CSV."""
-    database = _database(ctx).resolve()
+    database = root_database(ctx).resolve()
     if output is not None and output.resolve() in {
         database,
         Path(f"{database}-wal"),
@@ -340,7 +329,7 @@ def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any)
         written = 0
         with (
             output.open("w", encoding="utf-8", newline="") as out,
-            _progress(total, "exporting") as bar,
+            progress(total, "exporting") as bar,
         ):
             for line in store.export(fmt, **filters):
                 out.write(line)
@@ -407,7 +396,7 @@ def purge(ctx: click.Context, older_than: timedelta, batch_size: int, dry_run: b
                 f"{_utc(planned.cutoff)}"
             )
             return
-        with _progress(planned.rows_deleted, "purging") as bar:
+        with progress(planned.rows_deleted, "purging") as bar:
             report = store.purge(older_than, batch_size=batch_size, on_batch=bar.update)
     click.echo(
         f"Purged {plural(report.rows_deleted, 'entry', 'entries')} older than "
@@ -421,90 +410,6 @@ def _utc(moment: datetime) -> str:
     return (
         moment.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="seconds") + " UTC"
     )
-
-
-@main.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@click.pass_context
-def stats(ctx: click.Context, as_json: bool) -> None:
-    """Totals by action, operation, outcome and day; file size; chain status; last cleanup."""
-    with _store(ctx) as store:
-        summary = store.summary()
-    if as_json:
-        click.echo(summary.model_dump_json(indent=2))
-        return
-    chain = summary.chain
-    run = summary.last_cleanup
-    size = f"{summary.file_bytes:,} bytes, schema v{summary.schema_version}"
-    span = f"{summary.first_timestamp or '-'} .. {summary.last_timestamp or '-'}"
-    status = (
-        f"ok ({chain.rows_checked:,} rows)"
-        if chain.ok
-        else f"BROKEN at row {chain.first_bad_id}: {chain.reason}"
-    )
-    cleanup = (
-        f"{run.finished_at}: {run.rows_deleted:,} rows in {run.batches} batches" if run else "never"
-    )
-    click.echo(f"Database:   {summary.path} ({size})")
-    click.echo(f"Entries:    {summary.entries:,} ({span})")
-    click.echo(f"Chain:      {status}")
-    click.echo(f"Cleanup:    {cleanup}")
-    for title, counts in (
-        ("By operation", summary.by_operation),
-        ("By outcome", summary.by_outcome),
-        ("By action", summary.by_action),
-        ("By day", summary.by_day),
-    ):
-        click.echo(f"{title}:")
-        for key, value in counts.items():
-            click.echo(f"  {key:<30} {value:>10,}")
-
-
-@main.command()
-@click.option(
-    "--db",
-    "database",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="SQLite file for the demo's trail "
-    f"[default: the global --db if given, else {DEFAULT_DATABASE}]",
-)
-@click.option(
-    "--events",
-    type=click.IntRange(min=1),
-    default=DEFAULT_EVENTS,
-    show_default=True,
-    help="How many domain events the simulated tool emits.",
-)
-@click.pass_context
-def demo(ctx: click.Context, database: Path | None, events: int) -> None:
-    """Run a simulated desktop tool whose events are audited, then show what was written."""
-    root = ctx.find_root()
-    explicit = root.get_parameter_source("database") != click.core.ParameterSource.DEFAULT
-    target = database or (_database(ctx) if explicit else DEFAULT_DATABASE)
-    with _progress(events, "auditing") as bar:
-        report = run_demo(target, events, on_progress=bar.update)
-    click.echo(f"Audited {report.events_emitted} events into {report.database}")
-    click.echo(
-        f"  accepted {report.accepted}, filtered {report.filtered}, "
-        f"written {report.written} in {report.batches} batches, "
-        f"dead-lettered {report.dead_lettered}"
-    )
-    click.echo(
-        f"  record() caller cost: p50 {report.record_p50_us:.1f} us, "
-        f"p99 {report.record_p99_us:.1f} us; "
-        f"{report.events_per_s:,.0f} events/s end to end"
-    )
-    by_op = ", ".join(f"{op} {n}" for op, n in sorted(report.by_operation.items()))
-    click.echo(f"  rows in the file: {report.rows_in_file} ({by_op})")
-    click.echo(f"  verify: {report.verify}")
-    click.echo("  latest entries:")
-    for entry in report.latest:
-        click.echo(
-            f"    {entry.timestamp:%Y-%m-%d %H:%M:%S} {entry.actor or '-':<6} {entry.action:<20} "
-            f"{entry.operation.value:<7} {entry.outcome.value:<8} "
-            f"{entry.resource_type}/{entry.resource_id}{'  [critical]' if entry.critical else ''}"
-        )
 
 
 @main.command("replay-deadletter")
@@ -529,48 +434,9 @@ def replay_deadletter(ctx: click.Context, path: Path | None) -> None:
         ctx.exit(1)
 
 
-@main.command()
-@click.option(
-    "--events",
-    type=click.IntRange(min=1),
-    default=20000,
-    show_default=True,
-    help=f"Events per mode (sync-default does at most {SYNC_DEFAULT_MAX_EVENTS}).",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Threads calling record() in the engine mode.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def bench(events: int, threads: int, as_json: bool) -> None:
-    """Measure the engine against the usual alternatives and SQLite's ceiling, side by side.
-
-    Modes: sync-default and sync-wal (INSERT + COMMIT per event), thread-per-row (a queue and a
-    thread committing each row), engine (record() to commit, hash chain on), ceiling (prebuilt
-    rows, executemany, 500 per transaction). All write the same row into the engine's schema.
-    """
-    with _progress(total_events(events), "benchmarking") as bar:
-        report = run_bench(events, threads, on_progress=bar.update)
-    if as_json:
-        click.echo(report.model_dump_json(indent=2))
-        return
-    click.echo(
-        f"Python {report.python}, SQLite {report.sqlite}, {report.machine}, {report.cpus} CPUs; "
-        f"{report.events} events, {report.threads} recording thread(s)"
-    )
-    click.echo(
-        f"{'mode':<16}{'events':>8}{'events/s':>12}{'caller p50':>12}{'caller p99':>12}"
-        f"{'commits':>9}{'commits/ev':>12}{'x ceiling':>11}"
-    )
-    for r in report.results:
-        click.echo(
-            f"{r.mode:<16}{r.events:>8}{r.events_per_s:>12,.0f}{r.caller_p50_us:>10.1f}us"
-            f"{r.caller_p99_us:>10.1f}us{r.commits:>9}{r.commits_per_event:>12.4f}"
-            f"{r.ratio_to_ceiling:>11.2f}"
-        )
+main.add_command(stats)
+main.add_command(demo)
+main.add_command(bench)
 
 
 @main.command("cli-docs", hidden=True)

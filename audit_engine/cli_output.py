@@ -9,8 +9,10 @@ import csv
 import io
 import json
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import click
@@ -221,3 +223,16 @@ def render_reference(group: click.Group, prog: str) -> str:
         )
         parts += [f"## `{prog} {name}`", "", "```text", command.get_help(sub), "```", ""]
     return "\n".join(parts)
+
+
+def root_database(ctx: click.Context) -> Path:
+    """The global ``--db`` of the command being run."""
+    path: Path = ctx.find_root().params["database"]
+    return path
+
+
+def progress(length: int, label: str) -> Any:
+    """A progress bar on stderr when it is a terminal; nothing at all otherwise (pipes)."""
+    return click.progressbar(
+        length=length, label=label, file=sys.stderr, hidden=not sys.stderr.isatty()
+    )
