@@ -312,6 +312,9 @@ class AuditService:
             if self._closed:
                 return self._close_result
             self._closed = True
+            if self._cleanup is not None:
+                # First, so a long purge stops taking turns with the writer while it drains.
+                self._cleanup.request_stop()
             writer = self._writer
             if writer is not None:
                 drained, left = writer.stop(timeout)
