@@ -43,19 +43,27 @@ class DomainEvent(BaseModel):
 
     def to_audit_entry(self) -> AuditEntry:
         """The audit entry this event stands for (override for a custom mapping)."""
+        return AuditEntry(**self.audit_fields())
+
+    def audit_fields(self) -> dict[str, Any]:
+        """The fields of :meth:`to_audit_entry`'s entry, before validation.
+
+        ``AuditService.subscribe`` records these as keywords (the fast path) unless a subclass
+        overrides ``to_audit_entry``.
+        """
         data = self.model_dump(
             mode="json", exclude={"event_type", "timestamp", "correlation_id", "payload"}
         )
         fields: dict[str, Any] = {k: data.pop(k) for k in _ENTRY_FIELDS if k in data}
         details = dict(self.payload)
         details.update(data)
-        return AuditEntry(
-            action=self.event_type,
-            timestamp=self.timestamp,
-            correlation_id=self.correlation_id,
-            details=details,
+        return {
+            "action": self.event_type,
+            "timestamp": self.timestamp,
+            "correlation_id": self.correlation_id,
+            "details": details,
             **fields,
-        )
+        }
 
 
 class EventBus:

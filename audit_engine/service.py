@@ -282,6 +282,9 @@ class AuditService:
         """
 
         def audit_event(event: DomainEvent) -> None:
+            if mapper is None and type(event).to_audit_entry is DomainEvent.to_audit_entry:
+                self.record(**event.audit_fields())  # keywords: record()'s fast path
+                return
             entry = mapper(event) if mapper is not None else event.to_audit_entry()
             if entry is not None:
                 self.record(entry)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from audit_engine import AuditService, AuditStore, AuditWriteError
+from audit_engine import AuditEntry, AuditService, AuditStore, AuditWriteError
 
 MakeService = Callable[..., AuditService]
 
@@ -292,3 +292,37 @@ def test_a_read_only_database_dead_letters_whole_batches_without_splitting(
     assert attempts == [64]  # one attempt for the whole batch: no splitting
     lines = (db_path.parent / (db_path.name + ".deadletter.jsonl")).read_text().splitlines()
     assert len(lines) == 64
+
+
+def test_bus_events_are_stored_as_their_audit_entry(
+    make_service: MakeService, db_path: Path
+) -> None:
+    from audit_engine import DomainEvent, EventBus, Operation
+
+    class Saved(DomainEvent):
+        event_type: str = "note.save"
+        actor: str
+        operation: Operation = Operation.UPDATE
+        resource_id: str
+        size: int = 0
+
+    class Custom(Saved):
+        def to_audit_entry(self) -> AuditEntry:
+            return super().to_audit_entry().model_copy(update={"action": "custom.save"})
+
+    audit = make_service(level="all")
+    bus = EventBus()
+    audit.subscribe(bus)
+    plain = Saved(actor="al", resource_id="7", size=3, payload={"k": "v"}, correlation_id="c1")
+    custom = Custom(actor="bo", resource_id="8")
+    bus.emit(plain)
+    bus.emit(custom)
+    audit.close()
+    with AuditStore(db_path) as store:
+        stored = [e.model_dump(exclude={"event_id"}) for e in store.query()]
+    expected = [
+        e.model_dump(exclude={"event_id"})
+        for e in (plain.to_audit_entry(), custom.to_audit_entry())
+    ]
+    assert stored == expected
+    assert stored[1]["action"] == "custom.save"
