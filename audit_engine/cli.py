@@ -7,7 +7,9 @@ prints. :class:`_Group` is the one place where the engine's errors (and bad inpu
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -55,12 +57,22 @@ def _describe(exc: BaseException) -> str:
     return str(exc)
 
 
+def _quiet_broken_pipe() -> None:
+    # The reader went away (`audit-engine query | head`): stop quietly, as other tools do. Point
+    # stdout at /dev/null so the interpreter's final flush does not complain again.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(1)
+
+
 class _Group(click.Group):
     """The one place where library errors become CLI errors."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
         except (AuditEngineError, ValueError, OSError) as exc:
             raise click.ClickException(_describe(exc)) from exc
 
