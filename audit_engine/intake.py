@@ -96,21 +96,36 @@ def _text(value: object, limit: int) -> str:
 
 
 def _plain_json(value: object, depth: int) -> bool:
+    # Written as loops over exact types: this runs for every record() with details.
     kind = type(value)
+    if kind is dict:
+        if depth >= _MAX_DEPTH:
+            return False
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                return False
+            t = type(item)
+            if t is str or t is int or t is bool or item is None:
+                continue
+            if t is float:
+                if item != item or item in _INFINITIES:
+                    return False
+                continue
+            if not _plain_json(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        if depth >= _MAX_DEPTH:
+            return False
+        return all(_plain_json(item, depth + 1) for item in value)  # type: ignore[attr-defined]
     if kind is str or kind is int or kind is bool or value is None:
         return True
     if kind is float:
-        return value == value and value not in (float("inf"), float("-inf"))
-    if depth >= _MAX_DEPTH:
-        return False
-    if kind is dict:
-        return all(
-            type(k) is str and _plain_json(v, depth + 1)
-            for k, v in value.items()  # type: ignore[attr-defined]
-        )
-    if kind is list:
-        return all(_plain_json(v, depth + 1) for v in value)  # type: ignore[attr-defined]
+        return value == value and value not in _INFINITIES
     return False
+
+
+_INFINITIES = (float("inf"), float("-inf"))
 
 
 # (second, its text): one tuple, swapped in one assignment, so threads never see a second with
@@ -137,17 +152,28 @@ def plain_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict
     """
     if not fields.keys() <= _FIELDS:
         raise _NotPlain
-    action = _text(fields.get("action"), MAX_ACTION_LENGTH)
-    if not action or action.isspace():
-        raise _NotPlain
     get = fields.get
+    action = get("action")
+    if (
+        type(action) is not str
+        or not 0 < len(action) <= MAX_ACTION_LENGTH
+        or not (action.isascii() and action.isprintable())
+        or action.isspace()
+    ):
+        raise _NotPlain
     actor = get("actor")
     resource_type = get("resource_type")
     resource_id = get("resource_id")
     correlation_id = get("correlation_id")
     for value in (actor, resource_type, resource_id, correlation_id):
-        if value is not None:
-            _text(value, MAX_IDENTIFIER_LENGTH)
+        # Plain: an exact str of printable ASCII within the limit (no control characters,
+        # nothing that could fail UTF-8). Everything else is the model's to judge.
+        if value is not None and (
+            type(value) is not str
+            or len(value) > MAX_IDENTIFIER_LENGTH
+            or not (value.isascii() and value.isprintable())
+        ):
+            raise _NotPlain
     event_id = fields.get("event_id")
     if event_id is None:
         if "event_id" in fields:

@@ -65,8 +65,17 @@ class Decision(StrEnum):
 _MUTATIONS = frozenset({Operation.UPDATE, Operation.DELETE})
 
 
+_NORMALISED: dict[str, str] = {}
+
+
 def _normalise_key(key: str) -> str:
-    return key.lower().replace("-", "_")
+    # Details keys repeat from one entry to the next: remember the few hundred seen (bounded).
+    normalised = _NORMALISED.get(key)
+    if normalised is None:
+        normalised = key.lower().replace("-", "_")
+        if len(_NORMALISED) < 4096:
+            _NORMALISED[key] = normalised
+    return normalised
 
 
 class _NameMatcher:
