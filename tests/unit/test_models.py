@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from types import SimpleNamespace
@@ -24,9 +25,16 @@ def _only_error(exc: pytest.ExceptionInfo[ValidationError]) -> dict[str, Any]:
 
 
 def _id_parts(event_id: str) -> tuple[int, int]:
-    """(unix milliseconds, sequence) of a UUIDv7-style event id."""
+    """(unix milliseconds, counter) of an event id: 12 counter bits in rand_a, 30 in rand_b."""
     hex_digits = event_id.replace("-", "")
-    return int(hex_digits[:12], 16), int(hex_digits[13:16], 16)
+    rand_a = int(hex_digits[13:16], 16)
+    rand_b = int(hex_digits[16:32], 16) & ((1 << 62) - 1)
+    return int(hex_digits[:12], 16), rand_a << 30 | rand_b >> 32
+
+
+def _id_tag(event_id: str) -> str:
+    """The per-process random tag: an id's last 8 hex digits."""
+    return event_id[-8:]
 
 
 # -- event_id ----------------------------------------------------------------------------------
@@ -57,22 +65,23 @@ def test_default_event_ids_sort_in_creation_order_and_are_unique() -> None:
     assert len(set(ids)) == len(ids)
 
 
-def test_ids_within_one_millisecond_use_the_sequence_then_borrow_the_next(
+def test_ids_within_one_millisecond_are_ordered_by_the_counter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     frozen_ns = 1_700_000_000_123 * 1_000_000
     monkeypatch.setattr(models, "time", SimpleNamespace(time_ns=lambda: frozen_ns))
     generate = models._EventIdGenerator()
 
-    ids = [generate() for _ in range(0x1000 + 2)]
+    # More than 65 536: the counter's cached upper bits change at least once on the way.
+    ids = [generate() for _ in range(70_000)]
 
     parts = [_id_parts(i) for i in ids]
-    assert parts[0] == (1_700_000_000_123, 0)
-    assert parts[0xFFF] == (1_700_000_000_123, 0xFFF)
-    assert parts[0x1000] == (1_700_000_000_124, 0)  # sequence exhausted: next millisecond
-    assert parts[0x1001] == (1_700_000_000_124, 1)
+    assert {ms for ms, _ in parts} == {1_700_000_000_123}
+    first = parts[0][1]
+    assert [counter for _, counter in parts] == list(range(first, first + len(ids)))
     assert ids == sorted(ids)
     assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 7 and str(uuid.UUID(i)) == i for i in ids[::997])
 
 
 def test_ids_keep_increasing_when_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,8 +92,35 @@ def test_ids_keep_increasing_when_the_clock_steps_back(monkeypatch: pytest.Monke
     ids = [generate() for _ in range(5)]
 
     assert ids == sorted(ids)
-    # The sequence carries on within the last millisecond seen until the clock passes it.
-    assert [_id_parts(i) for i in ids] == [(5_000, s) for s in range(4)] + [(6_000, 0)]
+    # The last millisecond seen is kept until the clock passes it; the counter orders the rest.
+    assert [ms for ms, _ in map(_id_parts, ids)] == [5_000] * 4 + [6_000]
+
+
+def test_two_generators_differ_in_tag_and_counter_start() -> None:
+    # What separates processes writing into one file: a random tag and counter start each.
+    one, two = models._EventIdGenerator()(), models._EventIdGenerator()()
+
+    assert _id_tag(one) != _id_tag(two)
+    assert _id_parts(one)[1] != _id_parts(two)[1]
+
+
+def test_a_forked_child_makes_ids_with_a_fresh_tag() -> None:
+    parent_id = models.new_event_id()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; its result comes back through the pipe
+        try:
+            os.write(write_end, models.new_event_id().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child_id = pipe.read()
+    _, status = os.waitpid(pid, 0)
+
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert uuid.UUID(child_id).version == 7
+    assert _id_tag(child_id) != _id_tag(parent_id)
 
 
 # -- timestamp ---------------------------------------------------------------------------------
