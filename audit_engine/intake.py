@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
 from audit_engine.models import (
@@ -77,6 +79,19 @@ _MAX_DEPTH = 32
 _encode_details = json.JSONEncoder(
     separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
 ).encode
+
+
+def _fast_encoder() -> Callable[[dict[str, Any]], str]:
+    # JSONEncoder.encode builds a new C encoder on every call (~0.9 µs of the ~1.6): build it
+    # once. Without the cycle check (markers=None), so only for details _plain_json accepted,
+    # which are acyclic (its depth limit). Same settings, so the same text as _encode_details.
+    if c_make_encoder is None:  # pragma: no cover - CPython always has the C encoder
+        return _encode_details
+    make_chunks = c_make_encoder(None, None, encode_basestring, None, ":", ",", True, False, False)
+    return lambda details: "".join(make_chunks(details, 0))
+
+
+_encode_plain_details = _fast_encoder()
 
 
 class _NotPlain(Exception):
@@ -205,7 +220,7 @@ def plain_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict
     details = fields.get("details", {})
     if type(details) is not dict or not _plain_json(details, 0):
         raise _NotPlain
-    text = _encode_details(details) if details else "{}"
+    text = _encode_plain_details(details) if details else "{}"
     if text.isascii():
         size = len(text)
     else:
