@@ -118,6 +118,7 @@ class AuditPolicy:
         "_resources",
         "exclude_actions",
         "exclude_resources",
+        "keeps_everything",
         "level",
         "redact_fields",
         "sample_rate",
@@ -145,6 +146,13 @@ class AuditPolicy:
         self._actions = _NameMatcher(self.exclude_actions)
         self._resources = _NameMatcher(self.exclude_resources)
         self._redact = frozenset(_normalise_key(k) for k in self.redact_fields)
+        # The default policy, checked once here so record() can skip the decision altogether.
+        self.keeps_everything = (
+            self.level is Level.ALL
+            and not self.exclude_actions
+            and not self.exclude_resources
+            and sample_rate >= 1.0
+        )
 
     def __repr__(self) -> str:
         return (
@@ -242,11 +250,16 @@ class AuditPolicy:
 
 
 def _needs_redaction(value: Any, keys: frozenset[str]) -> bool:
-    # A read-only walk first: most details hold no secret, and building copies costs more.
-    if isinstance(value, Mapping):
+    # A read-only walk first: most details hold no secret, and building copies costs more. It
+    # runs in every record(): exact types are tested before the (slower) ABC checks, and
+    # scalar values, which hold nothing below them, are passed over at once.
+    if type(value) is dict or isinstance(value, Mapping):
         for key, item in value.items():
-            if isinstance(key, str) and _normalise_key(key) in keys:
+            if isinstance(key, str) and (_NORMALISED.get(key) or _normalise_key(key)) in keys:
                 return True
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or kind is float or item is None:
+                continue
             if isinstance(item, Mapping | list) and _needs_redaction(item, keys):
                 return True
         return False
