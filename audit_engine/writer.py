@@ -20,7 +20,6 @@ from typing import Any
 
 from audit_engine import store
 from audit_engine.deadletter import DeadLetterFile, deadletter_json
-from audit_engine.errors import AuditServiceClosed
 from audit_engine.handoff import HandoffQueue
 from audit_engine.intake import Row
 
@@ -75,10 +74,6 @@ class Writer:
 
     def _reset_state(self) -> None:
         self._queue = HandoffQueue(self._queue_maxsize)
-        # Reentrant, like every lock on the close path: install_signal_handlers() closes services
-        # from a signal handler, which may interrupt this very thread while it holds the lock.
-        self._accept_lock = threading.RLock()
-        self._closed = False
         self._stopping = False
         self._abort = threading.Event()
         self._progress = threading.Condition()
@@ -137,29 +132,25 @@ class Writer:
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._queue.closed
 
-    def put(self, entry: Row, timeout_s: float) -> int | None:
-        """Queue ``entry``; returns its position (1-based), or None if no room within ``timeout_s``.
+    def put(self, entry: Row, timeout_s: float) -> int:
+        """Queue ``entry``; returns its position (1-based), or 0 if no room within ``timeout_s``.
 
         Raises :class:`AuditServiceClosed` once the writer is closing.
         """
-        deadline: float | None = None
+        position = self._queue.offer(entry)
+        if position or timeout_s <= 0:
+            return position
+        deadline = time.monotonic() + timeout_s
         while True:
-            # The lock makes "not closed" and "put" one step, so nothing lands in the queue after
-            # close() started draining it.
-            with self._accept_lock:
-                if self._closed:
-                    raise AuditServiceClosed("the audit service is closed")
-                if self._queue.offer(entry):
-                    return self._queue.enqueued
-            if deadline is None:
-                if timeout_s <= 0:
-                    return None
-                deadline = time.monotonic() + timeout_s
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._queue.wait_for_room(remaining):
-                return None
+                # Closed while waiting raises here rather than reporting a full queue.
+                return self._queue.offer(entry)
+            position = self._queue.offer(entry)
+            if position:
+                return position
 
     def _wake(self) -> None:
         self._queue.wake()
@@ -186,8 +177,7 @@ class Writer:
 
     def request_stop(self) -> None:
         """Stop accepting and let the thread exit once the queue is drained; does not wait."""
-        with self._accept_lock:
-            self._closed = True
+        self._queue.close()
         self._stopping = True
         self._wake()
 

@@ -158,9 +158,9 @@ def test_put_on_a_full_queue_waits_for_room_then_gives_up(
     assert writer.queue_depth == 2
     assert writer.max_queue_depth == 2
 
-    assert writer.put(fourth, 0) is None
+    assert writer.put(fourth, 0) == 0
     started = time.monotonic()
-    assert writer.put(fourth, 0.2) is None
+    assert writer.put(fourth, 0.2) == 0
     assert 0.2 <= time.monotonic() - started < 2
 
     releaser = threading.Timer(0.2, spy.release.set)
@@ -172,6 +172,37 @@ def test_put_on_a_full_queue_waits_for_room_then_gives_up(
         spy.release.set()
     assert writer.flush(10)
     assert writer.written == 4
+
+
+def test_a_producer_waiting_for_room_is_woken_by_close(
+    make_writer: MakeWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = _WriteSpy(monkeypatch, hold_first=True)
+    writer = make_writer(queue_maxsize=1, batch_size=1)
+    first, second, third = _entries(3)
+    assert writer.put(first, 1.0) == 1
+    assert spy.called.wait(5)  # the writer is stuck writing `first`
+    assert writer.put(second, 1.0) == 2  # the queue is full now
+    outcome: list[BaseException | int] = []
+
+    def produce() -> None:
+        try:
+            outcome.append(writer.put(third, 60.0))
+        except AuditServiceClosed as exc:
+            outcome.append(exc)
+
+    producer = threading.Thread(target=produce, name="waiting-producer")
+    producer.start()
+    try:
+        writer.request_stop()
+        producer.join(10)  # far less than its 60 s wait: closing woke it
+        assert not producer.is_alive()
+    finally:
+        spy.release.set()
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], AuditServiceClosed)
+    assert writer.stop(10) == (True, 0)
+    assert writer.written == 2
 
 
 def test_flush_markers_do_not_take_queue_room(
