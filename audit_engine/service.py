@@ -63,7 +63,7 @@ class AuditService:
         self._enabled = s.enabled
         self.policy = AuditPolicy.from_settings(s)
         self._scopes = ScopeStack(f"audit_scope_{id(self):x}")
-        self._context = {"max_details_bytes": s.max_details_bytes}
+        self._max_details_bytes = s.max_details_bytes
         self._connection = connection
         self._closed = False
         self._close_lock = threading.RLock()
@@ -151,15 +151,21 @@ class AuditService:
             raise AuditServiceClosed("the audit service is closed")
         if not self._enabled:
             return None
-        row, details = self._validate(entry, fields)
+        # The common path (keywords, default policy, no scope, room in the queue) is written
+        # straight through: it runs for every entry and its cost is the caller's.
+        if entry is None:
+            row, details = intake.validated_row(fields, self._max_details_bytes)
+        else:
+            row, details = self._entry_row(entry, fields)
         policy = self.policy
-        decision = policy.decide_values(
-            row.operation, row.outcome, row.action, row.resource_type, row.event_id, row.critical
-        )
-        if decision is not Decision.KEEP:
-            with self._counter_lock:
-                self._not_kept[decision] += 1
-            return None
+        if not (policy.keeps_everything or row.critical):
+            decision = policy.decide_values(
+                row.operation, row.outcome, row.action, row.resource_type, row.event_id, False
+            )
+            if decision is not Decision.KEEP:
+                with self._counter_lock:
+                    self._not_kept[decision] += 1
+                return None
         redacted = policy.redact_details(details)
         if redacted is not details:
             row = intake.with_details(row, redacted)
@@ -180,17 +186,25 @@ class AuditService:
 
     def _accept(self, entry: Row, connection: sqlite3.Connection | None) -> str | None:
         """Write or enqueue a kept entry; None if dropped (full queue, ``on_full='drop'``)."""
+        writer = self._writer
+        # Room in the queue for a plain entry: the common case, done.
+        if (
+            writer is not None
+            and connection is None
+            and not entry.critical
+            and writer.put(entry, 0.0)
+        ):
+            return entry.event_id
         if connection is not None or self._connection is not None:
             self._write_injected(connection or self._connection, entry)  # type: ignore[arg-type]
             return entry.event_id
-        writer = self._writer
         if writer is None:
             self._write_sync(entry)
             return entry.event_id
         on_full = self.settings.on_full
         timeout = self.settings.block_timeout if on_full == "block" else 0.0
         position = writer.put(entry, timeout)
-        if position is not None:
+        if position:
             if entry.critical and self.settings.critical_sync:
                 self._wait_committed(writer, position, entry)
             return entry.event_id
@@ -205,11 +219,8 @@ class AuditService:
             f"(queue_maxsize={self.settings.queue_maxsize}); the entry was not recorded"
         )
 
-    def _validate(
-        self, entry: AuditEntry | None, fields: dict[str, Any]
-    ) -> tuple[Row, dict[str, Any]]:
-        if entry is None:
-            return intake.validated_row(fields, self.settings.max_details_bytes)
+    def _entry_row(self, entry: AuditEntry, fields: dict[str, Any]) -> tuple[Row, dict[str, Any]]:
+        """The row of an :class:`AuditEntry` passed to ``record()``."""
         if not isinstance(entry, AuditEntry):
             raise TypeError(
                 f"record() takes an AuditEntry or keyword fields, got {type(entry).__name__}"
@@ -217,10 +228,10 @@ class AuditService:
         if fields:
             raise TypeError("record() takes an AuditEntry or keyword fields, not both")
         size = entry.details_size()
-        if size > self.settings.max_details_bytes:
+        if size > self._max_details_bytes:
             raise InvalidEntryError(
                 f"details is {size} bytes serialised, more than "
-                f"max_details_bytes={self.settings.max_details_bytes}"
+                f"max_details_bytes={self._max_details_bytes}"
             )
         return intake.entry_row(entry), entry.details
 
