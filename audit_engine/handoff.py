@@ -11,6 +11,7 @@ one lock per entry, not two.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections import deque
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from audit_engine.errors import AuditServiceClosed
+
+_NOT_WAITING = sys.maxsize
 
 
 class HandoffQueue:
@@ -31,7 +34,10 @@ class HandoffQueue:
         self._mutex = threading.Lock()
         self._not_empty = threading.Condition(self._mutex)  # the consumer waits here
         self._not_full = threading.Condition(self._mutex)  # producers wait here for room
-        self._wanted = 1  # how many waiting entries wake the consumer
+        # How many waiting entries wake the consumer; "never" while it is not waiting at all
+        # (busy writing), so producers skip the notify (~0.5 µs each) — it looks at the queue,
+        # under this lock, before it waits again.
+        self._wanted = _NOT_WAITING
         self._woken = False
         self.closed = False
 
@@ -97,6 +103,7 @@ class HandoffQueue:
             while not items:
                 if self._woken or urgent():
                     self._woken = False
+                    self._wanted = _NOT_WAITING
                     return []
                 self._wanted = 1
                 self._not_empty.wait()
@@ -107,7 +114,7 @@ class HandoffQueue:
                 if remaining <= 0:
                     break
                 self._not_empty.wait(remaining)
-            self._wanted = 1
+            self._wanted = _NOT_WAITING
             self._woken = False
             batch = [items.popleft() for _ in range(min(max_n, len(items)))]
             self._not_full.notify_all()
