@@ -114,6 +114,7 @@ class AuditPolicy:
 
     __slots__ = (
         "_actions",
+        "_excludes",
         "_redact",
         "_resources",
         "exclude_actions",
@@ -145,6 +146,7 @@ class AuditPolicy:
         self.redact_fields = tuple(redact_fields)
         self._actions = _NameMatcher(self.exclude_actions)
         self._resources = _NameMatcher(self.exclude_resources)
+        self._excludes = bool(self.exclude_actions or self.exclude_resources)
         self._redact = frozenset(_normalise_key(k) for k in self.redact_fields)
         # The default policy, checked once here so record() can skip the decision altogether.
         self.keeps_everything = (
@@ -200,9 +202,9 @@ class AuditPolicy:
             return Decision.KEEP
         if not self.level_allows(operation, outcome):
             return Decision.FILTERED_BY_LEVEL
-        if self.is_excluded(action, resource_type):
+        if self._excludes and self.is_excluded(action, resource_type):
             return Decision.EXCLUDED
-        if not self.sampled_in(event_id, operation):
+        if self.sample_rate < 1.0 and not self.sampled_in(event_id, operation):
             return Decision.SAMPLED_OUT
         return Decision.KEEP
 
