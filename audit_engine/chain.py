@@ -51,19 +51,35 @@ def link(values: Iterable[Sequence[Any]], tail_id: int, tail_hash: str) -> list[
     Ids continue from ``tail_id``; the first row chains from ``tail_hash``. Returns the full rows
     ``(id, *values, prev_hash, hash)`` ready for the insert.
     """
+    rows = []
+    for fields in values:
+        full: list[Any] = []
+        tail_id, tail_hash = link_into(full, (fields,), tail_id, tail_hash)
+        rows.append(tuple(full))
+    return rows
+
+
+def link_into(
+    params: list[Any], values: Iterable[Sequence[Any]], tail_id: int, tail_hash: str
+) -> tuple[int, str]:
+    """:func:`link`, appending the full rows' values one after another to ``params``.
+
+    The writer binds them as one multi-row INSERT. Returns the new tail (last id, last hash).
+    """
     # The writer's per-row Python cost (it shares the GIL with callers): the canonical text is
     # joined from the values directly, with no per-value str() call — every stored value is
     # already text except the id and `critical`, and only the nullable ones can be None.
-    rows = []
     prev = tail_hash
     next_id = tail_id
+    add, extend = params.append, params.extend
     sha256, sep, nul, version = hashlib.sha256, _SEP, _NULL, CHAIN_VERSION
     for fields in values:
         next_id += 1
         if len(fields) != 11:  # not an entry's stored form: the general (slower) path
             body = (next_id, *fields, prev)
             digest = row_hash(body)
-            rows.append((*body, digest))
+            extend(body)
+            add(digest)
             prev = digest
             continue
         event_id, stamp, actor, action, op, outcome, rtype, rid, corr, details, critical = fields
@@ -86,9 +102,12 @@ def link(values: Iterable[Sequence[Any]], tail_id: int, tail_hash: str) -> list[
             )
         )
         digest = sha256(text.encode("utf-8")).hexdigest()
-        rows.append((next_id, *fields, prev, digest))
+        add(next_id)
+        extend(fields)
+        add(prev)
+        add(digest)
         prev = digest
-    return rows
+    return next_id, prev
 
 
 class ChainHead(BaseModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import itertools
 import json
@@ -21,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Self
 
 import sqlite_utils
 
-from audit_engine.chain import GENESIS_HASH, ChainHead, VerifyReport, link, read_chain, verify_rows
+from audit_engine.chain import (
+    GENESIS_HASH,
+    ChainHead,
+    VerifyReport,
+    link_into,
+    read_chain,
+    verify_rows,
+)
 from audit_engine.errors import AuditStoreError
 from audit_engine.intake import Row, entry_row
 from audit_engine.models import AuditEntry, Operation, Outcome
@@ -52,10 +60,6 @@ __all__ = [
 ]
 
 _COLUMNS = STORED_COLUMNS
-_INSERT_SQL = (
-    f"INSERT INTO {TABLE} (id, {', '.join(_COLUMNS)}, prev_hash, hash) "
-    f"VALUES ({', '.join('?' for _ in range(len(_COLUMNS) + 3))})"
-)
 _SELECT_SQL = f"SELECT id, {', '.join(_COLUMNS)} FROM {TABLE}"
 _READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # stored rows were checked when recorded
 
@@ -63,44 +67,160 @@ _READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # stored rows were checked w
 # -- writes -----------------------------------------------------------------------------------
 
 
+def _newest_row(conn: sqlite3.Connection) -> tuple[int, str] | None:
+    row = conn.execute(f"SELECT id, hash FROM {TABLE} ORDER BY id DESC LIMIT 1").fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
 def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
     """The (id, hash) new rows chain from: the last row, else the last purge anchor, else genesis.
 
     Read inside the writing transaction, through the primary key: O(1), never a scan.
     """
-    row = conn.execute(f"SELECT id, hash FROM {TABLE} ORDER BY id DESC LIMIT 1").fetchone()
-    if row is None:
-        row = conn.execute(
-            f"SELECT last_deleted_id, last_deleted_hash FROM {ANCHORS} "
-            "ORDER BY last_deleted_id DESC LIMIT 1"
-        ).fetchone()
+    newest = _newest_row(conn)
+    if newest is not None:
+        return newest
+    row = conn.execute(
+        f"SELECT last_deleted_id, last_deleted_hash FROM {ANCHORS} "
+        "ORDER BY last_deleted_id DESC LIMIT 1"
+    ).fetchone()
     if row is None:
         return 0, GENESIS_HASH
     return int(row[0]), str(row[1])
 
 
-def insert_entries(conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row]) -> None:
+# -- the chained insert -------------------------------------------------------------------------
+#
+# Rows go in as one multi-row INSERT per chunk rather than executemany(): SQLite then inserts
+# the whole chunk in one step, during which the GIL is free for the application's threads, where
+# executemany() gives the GIL up and waits to get it back for every row. Each statement is
+# guarded: it inserts nothing unless the newest stored row is the tail the rows were linked to.
+# That lets the writer append a batch with one statement in its own transaction, chaining from
+# the tail it remembers, and notice when someone else (another process, a purge, a synchronous
+# write) moved the tail meanwhile. Chunk lengths come from a short ladder (see chunk_lengths),
+# because preparing a statement for 500 rows costs about as much as inserting them: each
+# connection prepares a few statements once and reuses them.
+
+_ROW_WIDTH = len(_COLUMNS) + 3  # id, the stored fields, prev_hash, hash
+_ROW_PARAMS = f"({', '.join('?' * _ROW_WIDTH)})"
+# Every chunk of up to this many rows fits in one statement on any SQLite (999 variables).
+_SAFE_CHUNK = (999 - 1) // _ROW_WIDTH
+
+
+@functools.lru_cache(maxsize=64)
+def _append_sql(rows: int) -> str:
+    return (
+        f"INSERT INTO {TABLE} (id, {', '.join(_COLUMNS)}, prev_hash, hash) "
+        f"SELECT * FROM (VALUES {', '.join([_ROW_PARAMS] * rows)}) "
+        f"WHERE (SELECT hash FROM {TABLE} ORDER BY id DESC LIMIT 1) IS ?"
+    )
+
+
+def max_chunk(conn: sqlite3.Connection) -> int:
+    """The most rows one INSERT can carry on ``conn`` (SQLite's limit on bound variables)."""
+    return (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1) // _ROW_WIDTH
+
+
+@functools.lru_cache(maxsize=8)
+def chunk_ladder(largest: int) -> frozenset[int]:
+    """The lengths :func:`chunk_lengths` cuts into: ``largest``, then powers of two below it."""
+    return frozenset({largest} | {1 << k for k in range(largest.bit_length()) if 1 << k < largest})
+
+
+def chunk_lengths(count: int, largest: int) -> list[int]:
+    """``count`` cut into lengths from the ladder ``largest``, then powers of two below it."""
+    lengths = []
+    step = largest
+    while count:
+        while step > count:
+            step = 1 << (step.bit_length() - 1) if step & (step - 1) else step >> 1
+        lengths.append(step)
+        count -= step
+    return lengths
+
+
+def _append_chunk(
+    conn: sqlite3.Connection, params: list[Any], rows: int, expected: str | None
+) -> bool:
+    # `expected` is the hash of the newest stored row the chunk chains from (None: no row).
+    params.append(expected)
+    return conn.execute(_append_sql(rows), params).rowcount == rows
+
+
+def append_batch(
+    conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row], tail: tuple[int, str]
+) -> tuple[int, str] | None:
+    """Commit ``rows`` after ``tail`` — the newest stored row, as the writer remembers it.
+
+    One statement in its own transaction, so ``len(rows)`` must be a length :func:`max_chunk`
+    allows. Returns the new tail, or None if the newest stored row is not ``tail`` any more:
+    then nothing was written, and :func:`write_batch` (which reads the tail) should be used.
+    """
+    rows = [e if isinstance(e, tuple) else entry_row(e) for e in entries]
+    params: list[Any] = []
+    new_tail = link_into(params, rows, *tail)
+    return new_tail if _append_chunk(conn, params, len(rows), tail[1]) else None
+
+
+def insert_entries(
+    conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row], largest: int = _SAFE_CHUNK
+) -> tuple[int, str]:
     """Append ``entries`` (models or stored rows) to the chain on ``conn``, in order.
 
-    In the current transaction.
+    In the current transaction. Returns the new tail (last id, last hash).
 
     The caller holds the write lock (``BEGIN IMMEDIATE``, or its own transaction), so the tail
     cannot move between reading it and inserting after it.
     """
-    tail_id, tail_hash = chain_tail(conn)
-    rows = (e if isinstance(e, tuple) else entry_row(e) for e in entries)
-    conn.executemany(_INSERT_SQL, link(rows, tail_id, tail_hash))
+    newest = _newest_row(conn)
+    tail = newest if newest is not None else chain_tail(conn)
+    expected = None if newest is None else newest[1]
+    rows = [e if isinstance(e, tuple) else entry_row(e) for e in entries]
+    offset = 0
+    for length in chunk_lengths(len(rows), min(largest, max_chunk(conn))):
+        params: list[Any] = []
+        tail = link_into(params, rows[offset : offset + length], *tail)
+        if not _append_chunk(conn, params, length, expected):
+            raise AuditStoreError("the audit chain's tail moved inside a write transaction")
+        expected = tail[1]
+        offset += length
+    return tail
 
 
-def write_batch(conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row]) -> None:
-    """Commit ``entries`` in one transaction; on any error nothing of the batch is kept."""
+def write_batch(
+    conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row], largest: int = _SAFE_CHUNK
+) -> tuple[int, str]:
+    """Commit ``entries`` in one transaction; on any error nothing of the batch is kept.
+
+    Returns the new tail (last id, last hash).
+    """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        insert_entries(conn, entries)
+        tail = insert_entries(conn, entries, largest)
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)
         raise
+    return tail
+
+
+def commit_batch(
+    conn: sqlite3.Connection,
+    entries: Sequence[AuditEntry | Row],
+    tail: tuple[int, str] | None,
+    largest: int,
+) -> tuple[int, str]:
+    """The writer's commit: ``entries`` in one transaction after ``tail``; returns the new tail.
+
+    ``tail`` is the newest row as this connection last wrote it (None: not known). When it is
+    known and the batch is one chunk length (:func:`chunk_ladder`), the batch is one guarded
+    statement (:func:`append_batch`); otherwise, or if the tail moved, :func:`write_batch`.
+    """
+    if tail is not None and len(entries) in chunk_ladder(largest):
+        new_tail = append_batch(conn, entries, tail)
+        if new_tail is not None:
+            return new_tail
+    return write_batch(conn, entries, largest)
 
 
 def write_in_caller_transaction(conn: sqlite3.Connection, entry: AuditEntry | Row) -> None:

@@ -68,6 +68,8 @@ class Writer:
         # child never inherits a SQLite mutex locked by a thread that does not exist there.
         self.fork_gate = threading.RLock()
         self._conn: sqlite3.Connection | None = connect()
+        # The longest INSERT statement (store.commit_batch): the batch size, if SQLite allows.
+        self._largest = min(batch_size, store.max_chunk(self._conn))
         self._start()
 
     # -- state ------------------------------------------------------------------------------
@@ -82,6 +84,9 @@ class Writer:
         self._alive = False
         self._inflight: list[Row] = []
         self._inflight_done = 0  # rows of _inflight committed or dead-lettered so far
+        # (id, hash) of the newest row this writer committed: the next batch chains from it
+        # unless the stored tail moved (store.append_batch checks, in the same statement).
+        self._tail: tuple[int, str] | None = None
         self.written = 0
         self.batches = 0
         self.retries = 0
@@ -326,7 +331,7 @@ class Writer:
             try:
                 started = time.perf_counter()
                 with self.fork_gate:
-                    store.write_batch(conn, rows)
+                    self._tail = store.commit_batch(conn, rows, self._tail, self._largest)
                 took = time.perf_counter() - started
             except Exception as exc:
                 if not store.is_busy(exc):

@@ -257,16 +257,16 @@ def test_a_runtime_error_in_the_writer_loop_dead_letters_its_batch_and_the_write
 def test_a_transient_store_error_is_retried_by_splitting_and_nothing_is_dead_lettered(
     make_service: MakeService, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = store.write_batch
+    original = store.commit_batch
     failed = threading.Event()
 
-    def write_batch(conn: sqlite3.Connection, rows: Sequence[Any]) -> None:
+    def commit_batch(conn: sqlite3.Connection, rows: Sequence[Any], *rest: Any) -> Any:
         if not failed.is_set() and len(rows) > 1:
             failed.set()
             raise RuntimeError("transient, not a busy database")
-        original(conn, rows)
+        return original(conn, rows, *rest)
 
-    monkeypatch.setattr(store, "write_batch", write_batch)
+    monkeypatch.setattr(store, "commit_batch", commit_batch)
     service = make_service(buffer_max_size=40, buffer_flush_interval=0.01, cleanup_enabled=False)
     errors = _run_threads(list(_producers(service, 4, 250)), timeout_s=60)
     assert errors == []
@@ -337,19 +337,20 @@ def test_a_writer_killed_while_splitting_a_batch_counts_each_entry_once(
     make_service: MakeService, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deaths = _Deaths(monkeypatch)
-    original = store.write_batch
+    original = store.commit_batch
     sub_batches_committed = 0
 
-    def write_batch(conn: sqlite3.Connection, rows: Sequence[Any]) -> None:
+    def commit_batch(conn: sqlite3.Connection, rows: Sequence[Any], *rest: Any) -> Any:
         nonlocal sub_batches_committed
         if _poisoned(rows):
             raise sqlite3.IntegrityError("CHECK constraint failed: poison")
         if sub_batches_committed == 1 and not deaths.seen.is_set():
             raise _WriterKilled("killed between two halves of a split batch")
-        original(conn, rows)
+        tail = original(conn, rows, *rest)
         sub_batches_committed += 1
+        return tail
 
-    monkeypatch.setattr(store, "write_batch", write_batch)
+    monkeypatch.setattr(store, "commit_batch", commit_batch)
     service = make_service(buffer_max_size=100, buffer_flush_interval=3600, cleanup_enabled=False)
     # One batch of 8: [0..3] commit as the first half; the second half [4..7] (poison at 7)
     # kills the thread.

@@ -9,6 +9,7 @@ Nothing here sleeps to wait for the writer thread: tests wait on ``flush()``, ``
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import multiprocessing
@@ -83,17 +84,24 @@ def _writer_threads() -> set[threading.Thread]:
 
 
 class _WriteSpy:
-    """Wraps ``store.write_batch``: remembers which thread wrote which event ids."""
+    """Wraps the writer's and the synchronous writes: remembers which thread wrote which ids."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.thread_of: dict[str, str] = {}
-        self._original = store.write_batch
-        monkeypatch.setattr(store, "write_batch", self._write)
+        for name in ("commit_batch", "write_batch"):
+            monkeypatch.setattr(store, name, functools.partial(self._write, getattr(store, name)))
 
-    def _write(self, conn: sqlite3.Connection, rows: Sequence[AuditEntry]) -> None:
-        self._original(conn, rows)
+    def _write(
+        self,
+        original: Callable[..., Any],
+        conn: sqlite3.Connection,
+        rows: Sequence[AuditEntry],
+        *rest: Any,
+    ) -> Any:
+        result = original(conn, rows, *rest)
         for entry in rows:
             self.thread_of[entry.event_id] = threading.current_thread().name
+        return result
 
 
 class OrderPlaced(DomainEvent):
@@ -859,17 +867,17 @@ def _kill_writer_on_first_loop(monkeypatch: pytest.MonkeyPatch) -> _Deaths:
 
 def _kill_writer_in_first_write(monkeypatch: pytest.MonkeyPatch) -> _Deaths:
     deaths = _Deaths(monkeypatch)
-    original = store.write_batch
+    original = store.commit_batch
     killed = False
 
-    def write(conn: sqlite3.Connection, rows: Sequence[AuditEntry]) -> None:
+    def write(conn: sqlite3.Connection, rows: Sequence[AuditEntry], *rest: Any) -> Any:
         nonlocal killed
         if not killed:
             killed = True
             raise _WriterKilled("killed by the test")
-        original(conn, rows)
+        return original(conn, rows, *rest)
 
-    monkeypatch.setattr(store, "write_batch", write)
+    monkeypatch.setattr(store, "commit_batch", write)
     return deaths
 
 

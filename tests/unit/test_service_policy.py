@@ -276,14 +276,14 @@ def test_a_read_only_database_dead_letters_whole_batches_without_splitting(
 
     attempts: list[int] = []
 
-    def read_only(conn: sqlite3.Connection, rows: Any) -> None:
+    def read_only(conn: sqlite3.Connection, rows: Any, *rest: Any) -> None:
         attempts.append(len(rows))
         exc = sqlite3.OperationalError("attempt to write a readonly database")
         exc.sqlite_errorcode = sqlite3.SQLITE_READONLY  # type: ignore[attr-defined]
         raise exc
 
     audit = make_service(level="all", buffer_max_size=64, buffer_flush_interval=3600)
-    monkeypatch.setattr(store, "write_batch", read_only)
+    monkeypatch.setattr(store, "commit_batch", read_only)
     for i in range(64):
         audit.record(action="note.save", resource_id=str(i))
     assert audit.flush(10)

@@ -54,7 +54,7 @@ def _dead_letters(db_path: Path) -> list[tuple[AuditEntry | None, str]]:
 
 
 class _WriteSpy:
-    """Wraps ``store.write_batch``: records each call's size and thread, can hold a write."""
+    """Wraps ``store.commit_batch``: records each call's size and thread, can hold a write."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, hold_first: bool = False) -> None:
         self.sizes: list[int] = []
@@ -63,16 +63,16 @@ class _WriteSpy:
         self.release = threading.Event()
         if not hold_first:
             self.release.set()
-        self._original = store.write_batch
-        monkeypatch.setattr(store, "write_batch", self._write)
+        self._original = store.commit_batch
+        monkeypatch.setattr(store, "commit_batch", self._write)
 
-    def _write(self, conn: sqlite3.Connection, rows: Sequence[AuditEntry]) -> None:
+    def _write(self, conn: sqlite3.Connection, rows: Sequence[AuditEntry], *rest: Any) -> Any:
         self.sizes.append(len(rows))
         self.threads.append(threading.current_thread().name)
         self.called.set()
         # Bounded: a test that forgets to release still ends.
         self.release.wait(10)
-        self._original(conn, rows)
+        return self._original(conn, rows, *rest)
 
 
 @pytest.fixture
@@ -236,7 +236,7 @@ def test_entries_commit_in_batches_of_at_most_batch_size(
     assert writer.flush(30)
     assert writer.written == 1000
     assert 10 <= writer.batches <= 20
-    # One write_batch call is one BEGIN IMMEDIATE ... COMMIT transaction.
+    # One commit_batch call is one transaction.
     assert len(spy.sizes) == writer.batches
     assert sum(spy.sizes) == 1000
     assert max(spy.sizes) == 100
@@ -350,14 +350,21 @@ def test_a_failing_batch_is_split_and_only_the_bad_row_is_dead_lettered(
 def test_a_row_that_raises_alone_is_dead_lettered_and_the_rest_commit(
     make_writer: MakeWriter, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = store.insert_entries
+    # Both ways the writer inserts: appending after the tail it remembers, and write_batch.
+    for name in ("append_batch", "write_batch"):
+        original = getattr(store, name)
 
-    def insert(conn: sqlite3.Connection, entries: Sequence[AuditEntry]) -> None:
-        if any(e.action == "poison" for e in entries):
-            raise RuntimeError("cannot bind this one")
-        original(conn, entries)
+        def insert(
+            conn: sqlite3.Connection,
+            entries: Sequence[AuditEntry],
+            *rest: Any,
+            original: Callable[..., Any] = original,
+        ) -> Any:
+            if any(e.action == "poison" for e in entries):
+                raise RuntimeError("cannot bind this one")
+            return original(conn, entries, *rest)
 
-    monkeypatch.setattr(store, "insert_entries", insert)
+        monkeypatch.setattr(store, name, insert)
     writer = make_writer(batch_size=100, flush_interval_s=3600)
     good = _entries(7)
     poison = AuditEntry(action="poison")
@@ -497,16 +504,16 @@ def _kill_writer(monkeypatch: pytest.MonkeyPatch, *, mid_batch: bool = False) ->
     deaths = _Deaths(monkeypatch)
     killed = False
     if mid_batch:
-        original_write = store.write_batch
+        original_write = store.commit_batch
 
-        def write(conn: sqlite3.Connection, rows: Sequence[AuditEntry]) -> None:
+        def write(conn: sqlite3.Connection, rows: Sequence[AuditEntry], *rest: Any) -> Any:
             nonlocal killed
             if not killed:
                 killed = True
                 raise _WriterKilled("writer thread killed by the test")
-            original_write(conn, rows)
+            return original_write(conn, rows, *rest)
 
-        monkeypatch.setattr(store, "write_batch", write)
+        monkeypatch.setattr(store, "commit_batch", write)
         return deaths
     original_collect = Writer._collect
 
