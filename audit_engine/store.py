@@ -117,8 +117,11 @@ def _append_sql(rows: int) -> str:
 
 
 def max_chunk(conn: sqlite3.Connection) -> int:
-    """The most rows one INSERT can carry on ``conn`` (SQLite's limit on bound variables)."""
-    return (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1) // _ROW_WIDTH
+    """The most rows one INSERT can carry on ``conn`` (SQLite's limit on bound variables).
+
+    At least 1: a connection limited below one row's variables fails in SQLite, with its error.
+    """
+    return max(1, (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1) // _ROW_WIDTH)
 
 
 @functools.lru_cache(maxsize=8)
@@ -129,6 +132,8 @@ def chunk_ladder(largest: int) -> frozenset[int]:
 
 def chunk_lengths(count: int, largest: int) -> list[int]:
     """``count`` cut into lengths from the ladder ``largest``, then powers of two below it."""
+    if largest < 1 or count < 0:
+        raise ValueError(f"cannot cut {count} rows into chunks of at most {largest}")
     lengths = []
     step = largest
     while count:
@@ -156,6 +161,8 @@ def append_batch(
     allows. Returns the new tail, or None if the newest stored row is not ``tail`` any more:
     then nothing was written, and :func:`write_batch` (which reads the tail) should be used.
     """
+    if not entries:
+        return tail
     rows = [e if isinstance(e, tuple) else entry_row(e) for e in entries]
     params: list[Any] = []
     new_tail = link_into(params, rows, *tail)
@@ -216,6 +223,7 @@ def commit_batch(
     known and the batch is one chunk length (:func:`chunk_ladder`), the batch is one guarded
     statement (:func:`append_batch`); otherwise, or if the tail moved, :func:`write_batch`.
     """
+    largest = min(largest, max_chunk(conn))
     if tail is not None and len(entries) in chunk_ladder(largest):
         new_tail = append_batch(conn, entries, tail)
         if new_tail is not None:

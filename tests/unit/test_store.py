@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Iterator
@@ -10,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audit_engine import AuditEntry, AuditStore, AuditStoreError, Operation, Outcome, store
+from audit_engine.chain import GENESIS_HASH, ChainHead
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 EXPECTED_COLUMNS = [
@@ -805,3 +809,375 @@ def test_audit_store_accepts_a_string_path(db_path: Path, stored: list[AuditEntr
         assert reader.query(limit=1) == stored[:1]
     finally:
         reader.close()
+
+
+# -- the chained insert ------------------------------------------------------------------------
+
+ROW_WIDTH = len(EXPECTED_COLUMNS)  # the values one row binds in the multi-row INSERT
+
+
+@contextlib.contextmanager
+def _traced(connection: sqlite3.Connection) -> Iterator[list[str]]:
+    """The SQL statements ``connection`` runs inside the block, in order."""
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    try:
+        yield statements
+    finally:
+        connection.set_trace_callback(None)
+
+
+def _verbs(statements: list[str]) -> list[str]:
+    return [statement.split()[0].upper() for statement in statements]
+
+
+def _newest(connection: sqlite3.Connection) -> tuple[int, str]:
+    row = connection.execute(
+        f"SELECT id, hash FROM {store.TABLE} ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+    return int(row[0]), str(row[1])
+
+
+def _row_ids(connection: sqlite3.Connection) -> list[int]:
+    return [row[0] for row in connection.execute(f"SELECT id FROM {store.TABLE} ORDER BY id")]
+
+
+def _row_count(connection: sqlite3.Connection) -> int:
+    count: int = connection.execute(f"SELECT count(*) FROM {store.TABLE}").fetchone()[0]
+    return count
+
+
+def _prev_hash(connection: sqlite3.Connection, row_id: int) -> str:
+    row = connection.execute(
+        f"SELECT prev_hash FROM {store.TABLE} WHERE id = ?", (row_id,)
+    ).fetchone()
+    return str(row[0])
+
+
+def _assert_chain_verifies(db_path: Path, head: tuple[int, str]) -> None:
+    with AuditStore(db_path) as reader:
+        report = reader.verify(expected_head=ChainHead(id=head[0], hash=head[1]))
+    assert report.ok is True, report
+    assert report.head == ChainHead(id=head[0], hash=head[1])
+
+
+def _entries(numbers: range) -> list[AuditEntry]:
+    return [_entry(n) for n in numbers]
+
+
+def test_chunk_ladder_is_the_largest_then_the_powers_of_two_below_it() -> None:
+    assert store.chunk_ladder(500) == {500, 256, 128, 64, 32, 16, 8, 4, 2, 1}
+    assert store.chunk_ladder(256) == {256, 128, 64, 32, 16, 8, 4, 2, 1}
+    assert store.chunk_ladder(7) == {7, 4, 2, 1}
+    assert store.chunk_ladder(2) == {2, 1}
+    assert store.chunk_ladder(1) == {1}
+
+
+@pytest.mark.parametrize("largest", [1, 2, 7, 71, 500])
+def test_chunk_lengths_of_nothing_is_empty(largest: int) -> None:
+    assert store.chunk_lengths(0, largest) == []
+
+
+@pytest.mark.parametrize(
+    ("count", "largest", "lengths"),
+    [
+        (1, 500, [1]),
+        (3, 500, [2, 1]),
+        (500, 500, [500]),
+        (1000, 500, [500, 500]),
+        (1001, 500, [500, 500, 1]),
+        (755, 500, [500, 128, 64, 32, 16, 8, 4, 2, 1]),
+        (50, 7, [7, 7, 7, 7, 7, 7, 7, 1]),
+        (7, 8, [4, 2, 1]),
+        (5, 1, [1, 1, 1, 1, 1]),
+    ],
+)
+def test_chunk_lengths_examples(count: int, largest: int, lengths: list[int]) -> None:
+    assert store.chunk_lengths(count, largest) == lengths
+
+
+@settings(max_examples=300)
+@given(count=st.integers(min_value=0, max_value=5000), largest=st.integers(1, 3000))
+def test_chunk_lengths_cut_any_count_into_ladder_lengths(count: int, largest: int) -> None:
+    lengths = store.chunk_lengths(count, largest)
+
+    assert sum(lengths) == count
+    assert set(lengths) <= store.chunk_ladder(largest)
+    assert lengths == sorted(lengths, reverse=True)
+    # Full-size chunks while they fit; the rest as distinct smaller lengths (so a batch is never
+    # more than a handful of statements beyond count // largest).
+    assert lengths.count(largest) == count // largest
+    shorter = [length for length in lengths if length != largest]
+    assert len(shorter) == len(set(shorter))
+
+
+def test_max_chunk_follows_the_connections_variable_limit(conn: sqlite3.Connection) -> None:
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    assert store.max_chunk(conn) == (limit - 1) // ROW_WIDTH
+
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    assert store.max_chunk(conn) == 71
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)
+    assert store.max_chunk(conn) == 7
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 7 * ROW_WIDTH)  # one short of 7 rows
+    assert store.max_chunk(conn) == 6
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, ROW_WIDTH + 1)
+    assert store.max_chunk(conn) == 1
+
+
+@pytest.mark.parametrize("own_transaction", [True, False], ids=["write_batch", "insert_entries"])
+def test_a_low_variable_limit_cuts_a_batch_into_statements_that_fit(
+    conn: sqlite3.Connection, db_path: Path, own_transaction: bool
+) -> None:
+    store.write_batch(conn, [_entry(0)])  # the first chunk chains from a stored row
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # 7 rows of 14 values, and the tail
+    entries = _entries(range(1, 51))
+
+    with _traced(conn) as statements:
+        if own_transaction:
+            tail = store.write_batch(conn, entries, largest=500)
+        else:
+            conn.execute("BEGIN IMMEDIATE")
+            tail = store.insert_entries(conn, entries, largest=500)
+            conn.execute("COMMIT")
+
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    assert len(inserts) == len(store.chunk_lengths(50, 7)) == 8
+    assert _verbs(statements).count("BEGIN") == 1
+    assert _verbs(statements).count("COMMIT") == 1
+    assert _event_ids(conn) == [e.event_id for e in [_entry(0), *entries]]
+    assert _row_ids(conn) == list(range(1, 52))
+    assert tail == _newest(conn) == (51, tail[1])
+    _assert_chain_verifies(db_path, tail)
+
+
+def test_append_batch_after_the_newest_row_returns_the_stored_tail(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    remembered = store.write_batch(conn, [_entry(1)])
+
+    with _traced(conn) as statements:
+        tail = store.append_batch(conn, _entries(range(2, 6)), remembered)
+
+    assert _verbs(statements) == ["INSERT"]  # one statement, its own transaction
+    assert conn.in_transaction is False
+    assert tail is not None
+    assert tail == _newest(conn) == (5, tail[1])
+    assert _prev_hash(conn, 2) == remembered[1]
+    # Stored rows (the writer's form) chain the same way, from the tail just returned.
+    again = store.append_batch(conn, [store.entry_row(e) for e in _entries(range(6, 8))], tail)
+    assert again is not None
+    assert again == _newest(conn) == (7, again[1])
+    assert _event_ids(conn) == [f"evt-{n:03d}" for n in range(1, 8)]
+    assert _row_ids(conn) == list(range(1, 8))
+    _assert_chain_verifies(db_path, again)
+    with contextlib.closing(sqlite3.connect(db_path)) as other:  # committed: others see it
+        assert _row_count(other) == 7
+
+
+def test_append_batch_after_a_stale_tail_writes_nothing_and_commit_batch_falls_back(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    remembered = store.write_batch(conn, [_entry(1)])
+    other = store.open_connection(db_path)
+    try:
+        moved = store.write_batch(other, [_entry(2)])  # another writer moves the tail
+    finally:
+        other.close()
+
+    assert store.append_batch(conn, [_entry(3)], remembered) is None
+    assert conn.in_transaction is False
+    assert _event_ids(conn) == ["evt-001", "evt-002"]
+
+    with _traced(conn) as statements:
+        tail = store.commit_batch(conn, [_entry(3), _entry(4)], remembered, 500)
+
+    # The guarded append was tried first (2 is a ladder length), then write_batch read the tail.
+    assert _verbs(statements)[:2] == ["INSERT", "BEGIN"]
+    assert _verbs(statements)[-1] == "COMMIT"
+    assert tail == _newest(conn) == (4, tail[1])
+    assert _prev_hash(conn, 3) == moved[1]
+    assert _row_ids(conn) == [1, 2, 3, 4]
+    assert _event_ids(conn) == ["evt-001", "evt-002", "evt-003", "evt-004"]
+    _assert_chain_verifies(db_path, tail)
+
+
+def test_append_batch_after_a_purged_tail_writes_nothing_and_commit_batch_uses_the_anchor(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    remembered = store.write_batch(conn, _entries(range(1, 4)))
+    with AuditStore(db_path) as audit:
+        assert audit.purge(T0 + timedelta(hours=1)).rows_deleted == 3
+    assert _row_count(conn) == 0
+    assert store.chain_tail(conn) == remembered  # the anchor is the purged newest row
+
+    assert store.append_batch(conn, [_entry(4)], remembered) is None
+    assert _row_count(conn) == 0
+
+    tail = store.commit_batch(conn, [_entry(4)], remembered, 500)
+
+    assert tail == _newest(conn) == (4, tail[1])
+    assert _prev_hash(conn, 4) == remembered[1]
+    _assert_chain_verifies(db_path, tail)
+
+
+@pytest.mark.parametrize("tail", [(0, GENESIS_HASH), (3, "f" * 64)], ids=["genesis", "unknown"])
+def test_append_batch_never_writes_into_an_empty_table(
+    conn: sqlite3.Connection, tail: tuple[int, str]
+) -> None:
+    # With no stored row the tail is an anchor or genesis: only write_batch reads those.
+    assert store.append_batch(conn, [_entry(1)], tail) is None
+    assert _row_count(conn) == 0
+
+
+def test_a_purge_that_keeps_the_newest_row_does_not_move_the_tail(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    remembered = store.write_batch(conn, _entries(range(1, 4)))
+    with AuditStore(db_path) as audit:
+        assert audit.purge(T0 + timedelta(seconds=3)).rows_deleted == 2
+
+    tail = store.append_batch(conn, [_entry(4)], remembered)
+
+    assert tail is not None
+    assert tail == _newest(conn) == (4, tail[1])
+    assert _row_ids(conn) == [3, 4]
+    _assert_chain_verifies(db_path, tail)
+
+
+def test_commit_batch_of_a_length_off_the_ladder_is_one_transaction(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    remembered = store.write_batch(conn, [_entry(1)])
+    changes = conn.total_changes
+
+    with _traced(conn) as statements:
+        tail = store.commit_batch(conn, _entries(range(2, 5)), remembered, 500)
+
+    verbs = _verbs(statements)
+    assert statements[0] == "BEGIN IMMEDIATE"
+    assert verbs[-1] == "COMMIT"
+    assert verbs.count("BEGIN") == verbs.count("COMMIT") == 1
+    assert verbs.count("INSERT") == len(store.chunk_lengths(3, 500)) == 2
+    assert conn.total_changes - changes == 3
+    assert tail == _newest(conn) == (4, tail[1])
+    _assert_chain_verifies(db_path, tail)
+
+
+@pytest.mark.parametrize("count", [1, 2, 4, 8, 64, 500])
+def test_commit_batch_of_a_ladder_length_after_a_known_tail_is_one_statement(
+    conn: sqlite3.Connection, db_path: Path, count: int
+) -> None:
+    remembered = store.write_batch(conn, [_entry(0)])
+    changes = conn.total_changes
+
+    with _traced(conn) as statements:
+        tail = store.commit_batch(conn, _entries(range(1, count + 1)), remembered, 500)
+
+    assert _verbs(statements) == ["INSERT"]  # no BEGIN, no read of the tail, no COMMIT
+    assert conn.in_transaction is False
+    assert conn.total_changes - changes == count
+    assert tail == _newest(conn) == (count + 1, tail[1])
+    _assert_chain_verifies(db_path, tail)
+
+
+def test_commit_batch_without_a_known_tail_reads_it_in_a_transaction(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    store.write_batch(conn, [_entry(0)])
+
+    with _traced(conn) as statements:
+        tail = store.commit_batch(conn, _entries(range(1, 5)), None, 500)
+
+    verbs = _verbs(statements)
+    assert verbs[0] == "BEGIN"
+    assert verbs[-1] == "COMMIT"
+    assert verbs.count("INSERT") == 1
+    assert tail == _newest(conn) == (5, tail[1])
+    _assert_chain_verifies(db_path, tail)
+
+
+@pytest.mark.parametrize("position", [0, 2, 4], ids=["first", "middle", "last"])
+def test_append_batch_with_a_failing_row_stores_nothing_of_the_statement(
+    conn: sqlite3.Connection, db_path: Path, position: int
+) -> None:
+    remembered = store.write_batch(conn, [_entry(1)])
+    batch = _entries(range(2, 7))
+    batch[position] = _entry(1, action="dup")  # event_id already stored
+
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
+        store.append_batch(conn, batch, remembered)
+
+    assert conn.in_transaction is False
+    assert _event_ids(conn) == ["evt-001"]
+    # The tail did not move: the writer's next attempt (say, with the bad row split off) appends.
+    tail = store.append_batch(conn, _entries(range(2, 6)), remembered)
+    assert tail is not None
+    assert _row_ids(conn) == [1, 2, 3, 4, 5]
+    _assert_chain_verifies(db_path, tail)
+
+
+def test_commit_batch_with_a_duplicate_inside_the_batch_stores_nothing(
+    conn: sqlite3.Connection,
+) -> None:
+    remembered = store.write_batch(conn, [_entry(1)])
+    batch = [_entry(2), _entry(3), _entry(2, action="dup"), _entry(4)]
+
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
+        store.commit_batch(conn, batch, remembered, 500)  # 4 rows: the append_batch path
+
+    assert conn.in_transaction is False
+    assert _event_ids(conn) == ["evt-001"]
+
+
+@pytest.mark.parametrize("limit", [None, 100], ids=["default-limit", "seven-rows-a-statement"])
+@pytest.mark.parametrize("position", [1, 17, 48])
+def test_write_batch_with_a_failing_row_stores_nothing_of_the_batch(
+    conn: sqlite3.Connection, db_path: Path, limit: int | None, position: int
+) -> None:
+    remembered = store.write_batch(conn, [_entry(0)])
+    if limit is not None:
+        conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
+    batch = _entries(range(1, 51))
+    # A duplicate in the first, a middle or the last multi-row chunk: chunks before it were
+    # inserted, and so were rows before it in its own statement.
+    batch[position] = _entry(0, action="dup")
+
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
+        store.write_batch(conn, batch, largest=64)
+
+    assert conn.in_transaction is False
+    assert _event_ids(conn) == ["evt-000"]
+    assert _newest(conn) == remembered
+    _assert_chain_verifies(db_path, remembered)
+
+
+def test_commit_batch_keeps_to_what_one_statement_can_carry(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    remembered = store.write_batch(conn, [_entry(0)])
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # 7 rows per statement
+
+    # 8 is a ladder length of 8, but no statement here carries 8 rows: the batch is cut.
+    with _traced(conn) as statements:
+        tail = store.commit_batch(conn, _entries(range(1, 9)), remembered, 8)
+
+    assert _verbs(statements).count("INSERT") == len(store.chunk_lengths(8, 7)) == 2
+    assert tail == _newest(conn) == (9, tail[1])
+    _assert_chain_verifies(db_path, tail)
+
+
+def test_append_batch_of_nothing_keeps_the_tail(conn: sqlite3.Connection) -> None:
+    remembered = store.write_batch(conn, [_entry(1)])
+
+    with _traced(conn) as statements:
+        assert store.append_batch(conn, [], remembered) == remembered
+
+    assert statements == []
+    assert _row_count(conn) == 1
+
+
+@pytest.mark.parametrize(("count", "largest"), [(5, 0), (5, -1), (-1, 4)])
+def test_chunk_lengths_refuses_what_it_cannot_cut(count: int, largest: int) -> None:
+    with pytest.raises(ValueError, match="cannot cut"):
+        store.chunk_lengths(count, largest)
