@@ -1,10 +1,11 @@
 """Stateful property: whatever mix of record / flush / close / reopen and faults happens, every
 accepted entry is committed exactly once or is in the dead-letter file.
 
-Faults: a "poisoned" entry makes any batch holding it fail with a non-busy error (the writer must
-isolate it and dead-letter it alone); an entry repeating a committed ``event_id`` fails for real
-(UNIQUE); another connection holds the write lock for a moment (the writer must retry, and a
-critical entry recorded meanwhile raises ``AuditWriteError`` but stays queued and is written).
+Faults: a "poisoned" entry makes any batch holding it fail with a non-busy error (a trigger
+refuses it; the writer must isolate it and dead-letter it alone); an entry repeating a committed
+``event_id`` fails for real (UNIQUE); another connection holds the write lock for a moment (the
+writer must retry, and a critical entry recorded meanwhile raises ``AuditWriteError`` but stays
+queued and is written).
 
 Each example works in its own temporary directory; the invariant is checked after every flush
 and close, and at teardown.
@@ -18,9 +19,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -40,7 +39,6 @@ from audit_engine import (
     AuditStore,
     AuditWriteError,
     deadletter,
-    store,
 )
 
 POISON_ACTION = "state.poison"
@@ -52,21 +50,6 @@ COMMITTED = None
 # of its last attempt (busy, or whatever failed once the lock was gone).
 ANY_DEAD_LETTER = "any dead-letter error"
 FLUSH_TIMEOUT_S = 10.0
-
-
-Insert = Callable[[sqlite3.Connection, Sequence[Any]], None]
-
-
-def _poisoned_insert(original: Insert) -> Insert:
-    """``store.insert_entries`` failing (not busy) for any batch that holds a poisoned entry."""
-
-    def insert(conn: sqlite3.Connection, entries: Sequence[Any]) -> None:
-        # By action: the store receives entries as models or as stored rows, both have .action.
-        if any(e.action == POISON_ACTION for e in entries):
-            raise sqlite3.IntegrityError("CHECK constraint failed: poisoned by the test")
-        original(conn, entries)
-
-    return insert
 
 
 class AuditMachine(RuleBasedStateMachine):
@@ -156,6 +139,15 @@ class AuditMachine(RuleBasedStateMachine):
     @initialize()
     def start(self) -> None:
         self.service = self._open()
+        # The poison is SQLite's own refusal, after the write lock is taken, in every way a row
+        # can be written: a trigger on the schema the service just created.
+        with contextlib.closing(sqlite3.connect(self.db_path)) as conn:
+            conn.execute(
+                f"CREATE TRIGGER poison BEFORE INSERT ON audit_entries "
+                f"WHEN NEW.action = '{POISON_ACTION}' "
+                "BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: poisoned by the test'); END"
+            )
+            conn.commit()
 
     @precondition(lambda self: self.service is not None)
     @rule(count=st.integers(min_value=1, max_value=12), critical_at=st.integers(0, 15))
@@ -277,10 +269,7 @@ class AuditMachine(RuleBasedStateMachine):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def test_every_accepted_entry_is_committed_once_or_dead_lettered(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(store, "insert_entries", _poisoned_insert(store.insert_entries))
+def test_every_accepted_entry_is_committed_once_or_dead_lettered() -> None:
     run_state_machine_as_test(
         AuditMachine,
         settings=settings(

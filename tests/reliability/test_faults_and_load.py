@@ -137,16 +137,16 @@ def test_poison_rows_are_dead_lettered_and_the_rest_of_their_batches_commit(
     error: sqlite3.Error,
 ) -> None:
     assert not store.is_busy(error)  # a hand-made error without a code: judged by its message
-    original = store.insert_entries
+    original = store.commit_batch
     calls = Counter[int]()
 
-    def insert(conn: sqlite3.Connection, entries: Sequence[Any]) -> None:
+    def commit(conn: sqlite3.Connection, entries: Sequence[Any], *rest: Any) -> Any:
         calls[len(entries)] += 1
         if _poisoned(entries):
             raise error
-        original(conn, entries)
+        return original(conn, entries, *rest)
 
-    monkeypatch.setattr(store, "insert_entries", insert)
+    monkeypatch.setattr(store, "commit_batch", commit)
     service = make_service(buffer_max_size=64, buffer_flush_interval=0.02, cleanup_enabled=False)
     producers, per_producer = 4, 500
     accepted: dict[str, list[str]] = {}
@@ -683,11 +683,12 @@ def test_a_fork_during_a_synchronous_write_leaves_the_child_able_to_write(
     inside, leave = threading.Event(), threading.Event()
     original = store.insert_entries
 
-    def insert(conn: sqlite3.Connection, entries: Sequence[Any]) -> None:
-        original(conn, entries)
+    def insert(conn: sqlite3.Connection, entries: Sequence[Any], *rest: Any) -> Any:
+        tail = original(conn, entries, *rest)
         if any(e.action == "sync.hold" for e in entries):
             inside.set()  # BEGIN IMMEDIATE done, row inserted, COMMIT not yet
             leave.wait(10)
+        return tail
 
     monkeypatch.setattr(store, "insert_entries", insert)
     sync_service = make_service(async_writes=False, cleanup_enabled=False)
