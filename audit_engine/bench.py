@@ -126,19 +126,20 @@ _INSERT_STORED = (
 )
 
 
-def _row(i: int) -> tuple[Any, ...]:
+def _row(fields: dict[str, Any]) -> tuple[Any, ...]:
     # The same validation the engine's record() does, so the modes differ only in writing.
-    return validated_row(_fields(i), DEFAULT_MAX_DETAILS_BYTES)[0]
+    return validated_row(fields, DEFAULT_MAX_DETAILS_BYTES)[0]
 
 
 def _per_event_commit(
-    conn: sqlite3.Connection, events: int, tick: Callable[[], None]
+    conn: sqlite3.Connection, inputs: list[dict[str, Any]], tick: Callable[[], None]
 ) -> ModeResult:
+    events = len(inputs)
     costs: list[float] = []
     started = time.perf_counter()
-    for i in range(events):
+    for fields in inputs:
         t0 = time.perf_counter_ns()
-        row = _row(i)  # the caller builds and validates its row in every mode
+        row = _row(fields)  # the caller validates its row in every mode
         conn.execute("BEGIN")
         conn.execute(_INSERT, row)
         conn.execute("COMMIT")
@@ -148,7 +149,10 @@ def _per_event_commit(
     return _result("", events, elapsed, costs, commits=events)
 
 
-def _thread_per_row(conn: sqlite3.Connection, events: int, tick: Callable[[], None]) -> ModeResult:
+def _thread_per_row(
+    conn: sqlite3.Connection, inputs: list[dict[str, Any]], tick: Callable[[], None]
+) -> ModeResult:
+    events = len(inputs)
     rows: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
 
     def drain() -> None:
@@ -161,9 +165,9 @@ def _thread_per_row(conn: sqlite3.Connection, events: int, tick: Callable[[], No
     worker.start()
     costs: list[float] = []
     started = time.perf_counter()
-    for i in range(events):
+    for fields in inputs:
         t0 = time.perf_counter_ns()
-        rows.put(_row(i))
+        rows.put(_row(fields))
         costs.append((time.perf_counter_ns() - t0) / 1000)
         tick()
     rows.put(None)
@@ -172,7 +176,10 @@ def _thread_per_row(conn: sqlite3.Connection, events: int, tick: Callable[[], No
     return _result("", events, elapsed, costs, commits=events)
 
 
-def _engine(workdir: Path, events: int, threads: int, tick: Callable[[], None]) -> ModeResult:
+def _engine(
+    workdir: Path, inputs: list[dict[str, Any]], threads: int, tick: Callable[[], None]
+) -> ModeResult:
+    events = len(inputs)
     settings = AuditSettings(
         database=workdir / "engine.db",
         level="all",
@@ -188,8 +195,7 @@ def _engine(workdir: Path, events: int, threads: int, tick: Callable[[], None]) 
             record, mine = audit.record, costs[n]
             base = sum(per_thread[:n])
             start.wait()
-            for i in range(base, base + per_thread[n]):
-                fields = _fields(i)
+            for fields in inputs[base : base + per_thread[n]]:
                 t0 = time.perf_counter_ns()
                 record(**fields)
                 mine.append((time.perf_counter_ns() - t0) / 1000)
@@ -211,10 +217,13 @@ def _engine(workdir: Path, events: int, threads: int, tick: Callable[[], None]) 
     return _result("", events, elapsed, [c for mine in costs for c in mine], commits=commits)
 
 
-def _ceiling(conn: sqlite3.Connection, events: int, tick: Callable[[], None]) -> ModeResult:
+def _ceiling(
+    conn: sqlite3.Connection, inputs: list[dict[str, Any]], tick: Callable[[], None]
+) -> ModeResult:
+    events = len(inputs)
     # Prebuilt as the engine stores them — id, fields, prev_hash and hash — so only SQLite's
     # work is timed, for the same rows the engine writes.
-    rows = link((_row(i) for i in range(events)), 0, GENESIS_HASH)
+    rows = link((_row(fields) for fields in inputs), 0, GENESIS_HASH)
     started = time.perf_counter()
     commits = 0
     for offset in range(0, events, _CEILING_BATCH):
@@ -264,6 +273,9 @@ def run_bench(
         if on_progress is not None:
             on_progress(1)
 
+    # The application's data exists before it records: every mode gets the same prebuilt field
+    # dicts, and its timing starts where it validates them (record(), for the engine).
+    inputs = [_fields(i) for i in range(events)]
     results: list[ModeResult] = []
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as tmp:
         workdir = Path(tmp)
@@ -274,19 +286,19 @@ def run_bench(
             if mode == "sync-default":
                 n = min(events, SYNC_DEFAULT_MAX_EVENTS)
                 conn = _fresh(workdir, mode, schema, wal=False)
-                result = _per_event_commit(conn, n, tick)
+                result = _per_event_commit(conn, inputs[:n], tick)
             elif mode == "sync-wal":
                 conn = _fresh(workdir, mode, schema, wal=True)
-                result = _per_event_commit(conn, events, tick)
+                result = _per_event_commit(conn, inputs, tick)
             elif mode == "thread-per-row":
                 conn = _fresh(workdir, mode, schema, wal=True)
-                result = _thread_per_row(conn, events, tick)
+                result = _thread_per_row(conn, inputs, tick)
             elif mode == "engine":
                 conn = None
-                result = _engine(workdir, events, threads, tick)
+                result = _engine(workdir, inputs, threads, tick)
             else:
                 conn = _fresh(workdir, mode, schema, wal=True)
-                result = _ceiling(conn, events, tick)
+                result = _ceiling(conn, inputs, tick)
             if conn is not None:
                 conn.close()
             results.append(result.model_copy(update={"mode": mode}))
