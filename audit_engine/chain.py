@@ -29,10 +29,44 @@ CHAIN_VERSION = "1"
 GENESIS_HASH = "0" * 64
 _SEP = "\x1f"
 _NULL = "\x00"
+_sha256 = hashlib.sha256
 
 
 def _canonical_text(row: Sequence[Any]) -> str:
     return _SEP.join([CHAIN_VERSION, *(_NULL if v is None else str(v) for v in row)])
+
+
+def _stored_canonical_text(row: Sequence[Any]) -> str:
+    """The canonical text of a stored row ``(id, *fields, prev_hash, hash)``."""
+    # verify()'s per-row cost: for a row as the engine stores it, joined directly (no str() per
+    # value — only id and critical are not text), like link_into(); anything else, or a value
+    # of an unexpected type (join raises), takes the general path.
+    if len(row) == 14:
+        (row_id, event_id, stamp, actor, action, op, outcome, rtype, rid, corr, details,
+         critical, prev_hash, _) = row  # fmt: skip
+        nul = _NULL
+        try:
+            return _SEP.join(
+                (
+                    CHAIN_VERSION,
+                    str(row_id),
+                    event_id if event_id is not None else nul,
+                    stamp if stamp is not None else nul,
+                    actor if actor is not None else nul,
+                    action if action is not None else nul,
+                    op if op is not None else nul,
+                    outcome if outcome is not None else nul,
+                    rtype if rtype is not None else nul,
+                    rid if rid is not None else nul,
+                    corr if corr is not None else nul,
+                    details if details is not None else nul,
+                    str(critical) if critical is not None else nul,
+                    prev_hash if prev_hash is not None else nul,
+                )
+            )
+        except TypeError:
+            pass
+    return _canonical_text(row[:-1])
 
 
 def canonical(row: Sequence[Any]) -> bytes:
@@ -64,6 +98,8 @@ def link_into(
 ) -> tuple[int, str]:
     """:func:`link`, appending the full rows' values one after another to ``params``.
 
+    Each row of ``values`` is an entry's stored form: the 11 fields of ``schema.STORED_COLUMNS``.
+
     The writer binds them as one multi-row INSERT. Returns the new tail (last id, last hash).
     """
     # The writer's per-row Python cost (it shares the GIL with callers): the canonical text is
@@ -75,13 +111,6 @@ def link_into(
     sha256, sep, nul, version = hashlib.sha256, _SEP, _NULL, CHAIN_VERSION
     for fields in values:
         next_id += 1
-        if len(fields) != 11:  # not an entry's stored form: the general (slower) path
-            body = (next_id, *fields, prev)
-            digest = row_hash(body)
-            extend(body)
-            add(digest)
-            prev = digest
-            continue
         event_id, stamp, actor, action, op, outcome, rtype, rid, corr, details, critical = fields
         text = sep.join(
             (
@@ -153,15 +182,15 @@ class ChainVerifier:
             return f"{missing} missing (deleted from the chain)"
         if prev_hash != self.prev_hash:
             return f"row {row_id} does not link to the row before it (prev_hash mismatch)"
-        body = row[:-1]
-        text = _canonical_text(body)
+        text = _stored_canonical_text(row)
         # The engine never stores U+0000 or U+001F in a value; one there could make two different
         # rows share a canonical form (a NULL and the text "\x00", or a field split in two).
-        if text.count(_SEP) != len(body) or text.count(_NULL) != body.count(None):
+        # (prev_hash equals the previous hash here, and a None stored hash never matches.)
+        if text.count(_SEP) != len(row) - 1 or text.count(_NULL) != row.count(None):
             return (
                 f"row {row_id} was modified (it holds a control character the engine never writes)"
             )
-        if hashlib.sha256(text.encode("utf-8")).hexdigest() != stored_hash:
+        if _sha256(text.encode("utf-8")).hexdigest() != stored_hash:
             return f"row {row_id} was modified (its hash does not match its contents)"
         self.prev_id = row_id
         self.prev_hash = stored_hash
@@ -202,19 +231,12 @@ def verify_rows(
             first_bad_id=start.id,
             reason=f"the chain's anchor at id {start.id} differs from the expected head",
         )
-    for row in rows:
-        reason = verifier.check(row)
-        checked = verifier.rows_checked
-        if (
-            reason is None
-            and expected_head is not None
-            and row[0] == expected_head.id
-            and row[-1] != expected_head.hash
-        ):
-            reason = f"row {row[0]} differs from the expected head (hash mismatch)"
-            checked -= 1  # the row itself is the bad one
-        if reason is not None:
-            return VerifyReport(ok=False, rows_checked=checked, first_bad_id=row[0], reason=reason)
+    bad = _check_all(verifier, rows, expected_head)
+    if bad is not None:
+        row, reason = bad
+        return VerifyReport(
+            ok=False, rows_checked=verifier.rows_checked, first_bad_id=row[0], reason=reason
+        )
     if expected_head is not None and verifier.prev_id < expected_head.id:
         return VerifyReport(
             ok=False,
@@ -227,6 +249,46 @@ def verify_rows(
         )
     head = ChainHead(id=verifier.prev_id, hash=verifier.prev_hash) if verifier.prev_id else None
     return VerifyReport(ok=True, rows_checked=verifier.rows_checked, head=head)
+
+
+def _check_all(
+    verifier: ChainVerifier, rows: Iterable[Sequence[Any]], expected_head: ChainHead | None
+) -> tuple[Sequence[Any], str] | None:
+    """Run ``rows`` through ``verifier``; the first bad row and why, or None.
+
+    The loop is verify()'s per-row cost, so a good row is checked here with local variables;
+    a row that fails any check goes through :meth:`ChainVerifier.check`, which says why.
+    """
+    prev_id, prev_hash = verifier.prev_id, verifier.prev_hash
+    head_id = expected_head.id if expected_head is not None else None
+    sep, nul, sha256, canonical_text = _SEP, _NULL, _sha256, _stored_canonical_text
+    good = 0
+    try:
+        for row in rows:
+            row_id, stored_hash = row[0], row[-1]
+            if row_id == prev_id + 1 and row[-2] == prev_hash:
+                text = canonical_text(row)
+                if (
+                    text.count(sep) == len(row) - 1
+                    and text.count(nul) == row.count(None)
+                    and sha256(text.encode("utf-8")).hexdigest() == stored_hash
+                ):
+                    if row_id == head_id and stored_hash != expected_head.hash:  # type: ignore[union-attr]
+                        return row, f"row {row_id} differs from the expected head (hash mismatch)"
+                    prev_id, prev_hash = row_id, stored_hash
+                    good += 1
+                    continue
+            verifier.prev_id, verifier.prev_hash = prev_id, prev_hash
+            verifier.rows_checked += good
+            good = 0
+            reason = verifier.check(row)
+            if reason is not None:
+                return row, reason
+            prev_id, prev_hash = verifier.prev_id, verifier.prev_hash  # pragma: no cover
+        return None
+    finally:
+        verifier.prev_id, verifier.prev_hash = prev_id, prev_hash
+        verifier.rows_checked += good
 
 
 def verify_exported_lines(lines: Iterable[str], start: ChainHead | None = None) -> VerifyReport:

@@ -269,6 +269,17 @@ def test_a_field_holding_a_control_character_is_detected(written: Path, value: s
     assert report.reason == CONTROL_4
 
 
+def test_a_value_of_another_type_is_detected(written: Path) -> None:
+    # The same characters as a BLOB: not a value the engine writes (and not text to join).
+    _tamper(written, "UPDATE audit_entries SET resource_id = CAST('7' AS BLOB) WHERE id = 7")
+    assert _query(written, "SELECT resource_id FROM audit_entries WHERE id = 7") == [(b"7",)]
+
+    report = _verify(written)
+
+    assert (report.ok, report.first_bad_id, report.rows_checked) == (False, 7, 6)
+    assert report.reason == "row 7 was modified (its hash does not match its contents)"
+
+
 def test_a_deleted_middle_row_is_detected(written: Path) -> None:
     _tamper(written, "DELETE FROM audit_entries WHERE id = 4")
 
