@@ -47,6 +47,9 @@ class Row(NamedTuple):
     critical: int
 
 
+_new_row = tuple.__new__
+
+
 def entry_row(entry: AuditEntry) -> Row:
     """The stored form of a validated entry."""
     return Row(
@@ -230,18 +233,22 @@ def plain_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict
             raise _NotPlain from None
     if size > max_details_bytes:
         raise _NotPlain  # the model raises the size error
-    row = Row(
-        event_id,
-        timestamp,
-        actor,
-        action,
-        operation,
-        outcome,
-        resource_type,
-        resource_id,
-        correlation_id,
-        text,
-        1 if critical else 0,
+    # tuple.__new__ directly: Row(...) goes through a generated Python __new__ (~0.2 µs more).
+    row = _new_row(
+        Row,
+        (
+            event_id,
+            timestamp,
+            actor,
+            action,
+            operation,
+            outcome,
+            resource_type,
+            resource_id,
+            correlation_id,
+            text,
+            1 if critical else 0,
+        ),
     )
     return row, details
 
