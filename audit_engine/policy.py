@@ -245,10 +245,10 @@ class AuditPolicy:
     def redact_details(self, details: dict[str, Any]) -> dict[str, Any]:
         """``details`` with every configured key masked; the same object when nothing matches."""
         keys = self._redact
-        if not keys or not details:
+        if not keys or not details or not _needs_redaction(details, keys):
             return details
-        redacted, changed = _redact_value(details, keys)
-        return redacted if changed else details
+        redacted: dict[str, Any] = _redacted_copy(details, keys)
+        return redacted
 
 
 def _needs_redaction(value: Any, keys: frozenset[str]) -> bool:
@@ -270,12 +270,6 @@ def _needs_redaction(value: Any, keys: frozenset[str]) -> bool:
             isinstance(item, Mapping | list) and _needs_redaction(item, keys) for item in value
         )
     return False
-
-
-def _redact_value(value: Any, keys: frozenset[str]) -> tuple[Any, bool]:
-    if not _needs_redaction(value, keys):
-        return value, False
-    return _redacted_copy(value, keys), True
 
 
 def _redacted_copy(value: Any, keys: frozenset[str]) -> Any:
