@@ -188,12 +188,7 @@ class AuditService:
         """Write or enqueue a kept entry; None if dropped (full queue, ``on_full='drop'``)."""
         writer = self._writer
         # Room in the queue for a plain entry: the common case, done.
-        if (
-            writer is not None
-            and connection is None
-            and not entry.critical
-            and writer.put(entry, 0.0)
-        ):
+        if writer is not None and connection is None and not entry.critical and writer.offer(entry):
             return entry.event_id
         if connection is not None or self._connection is not None:
             self._write_injected(connection or self._connection, entry)  # type: ignore[arg-type]

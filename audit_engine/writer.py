@@ -76,6 +76,10 @@ class Writer:
 
     def _reset_state(self) -> None:
         self._queue = HandoffQueue(self._queue_maxsize)
+        # Queue an entry if there is room, without waiting: its position (1-based), or 0 when
+        # full; raises AuditServiceClosed once closing. The queue's own method, bound here:
+        # record() calls it for every entry.
+        self.offer: Callable[[Row], int] = self._queue.offer
         self._stopping = False
         self._abort = threading.Event()
         self._progress = threading.Condition()
@@ -144,7 +148,7 @@ class Writer:
 
         Raises :class:`AuditServiceClosed` once the writer is closing.
         """
-        position = self._queue.offer(entry)
+        position = self.offer(entry)
         if position or timeout_s <= 0:
             return position
         deadline = time.monotonic() + timeout_s
