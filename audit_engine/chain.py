@@ -36,39 +36,6 @@ def _canonical_text(row: Sequence[Any]) -> str:
     return _SEP.join([CHAIN_VERSION, *(_NULL if v is None else str(v) for v in row)])
 
 
-def _stored_canonical_text(row: Sequence[Any]) -> str:
-    """The canonical text of a stored row ``(id, *fields, prev_hash, hash)``."""
-    # verify()'s per-row cost: for a row as the engine stores it, joined directly (no str() per
-    # value — only id and critical are not text), like link_into(); anything else, or a value
-    # of an unexpected type (join raises), takes the general path.
-    if len(row) == 14:
-        (row_id, event_id, stamp, actor, action, op, outcome, rtype, rid, corr, details,
-         critical, prev_hash, _) = row  # fmt: skip
-        nul = _NULL
-        try:
-            return _SEP.join(
-                (
-                    CHAIN_VERSION,
-                    str(row_id),
-                    event_id if event_id is not None else nul,
-                    stamp if stamp is not None else nul,
-                    actor if actor is not None else nul,
-                    action if action is not None else nul,
-                    op if op is not None else nul,
-                    outcome if outcome is not None else nul,
-                    rtype if rtype is not None else nul,
-                    rid if rid is not None else nul,
-                    corr if corr is not None else nul,
-                    details if details is not None else nul,
-                    str(critical) if critical is not None else nul,
-                    prev_hash if prev_hash is not None else nul,
-                )
-            )
-        except TypeError:
-            pass
-    return _canonical_text(row[:-1])
-
-
 def canonical(row: Sequence[Any]) -> bytes:
     """The bytes hashed for ``row`` = (id, event_id, ..., critical, prev_hash) as stored."""
     return _canonical_text(row).encode("utf-8")
@@ -182,7 +149,7 @@ class ChainVerifier:
             return f"{missing} missing (deleted from the chain)"
         if prev_hash != self.prev_hash:
             return f"row {row_id} does not link to the row before it (prev_hash mismatch)"
-        text = _stored_canonical_text(row)
+        text = _canonical_text(row[:-1])
         # The engine never stores U+0000 or U+001F in a value; one there could make two different
         # rows share a canonical form (a NULL and the text "\x00", or a field split in two).
         # (prev_hash equals the previous hash here, and a None stored hash never matches.)
@@ -256,20 +223,44 @@ def _check_all(
 ) -> tuple[Sequence[Any], str] | None:
     """Run ``rows`` through ``verifier``; the first bad row and why, or None.
 
-    The loop is verify()'s per-row cost, so a good row is checked here with local variables;
-    a row that fails any check goes through :meth:`ChainVerifier.check`, which says why.
+    This loop is verify()'s per-row cost. A row as the engine stores it is checked here, with
+    local variables and its canonical text joined directly (only id and critical are not text,
+    as in link_into()); a row that fails a check, or holds a value of another type (join
+    raises), goes through :meth:`ChainVerifier.check` — the reference — which says why.
     """
     prev_id, prev_hash = verifier.prev_id, verifier.prev_hash
     head_id = expected_head.id if expected_head is not None else None
-    sep, nul, sha256, canonical_text = _SEP, _NULL, _sha256, _stored_canonical_text
+    sep, nul, sha256, version = _SEP, _NULL, _sha256, CHAIN_VERSION
     good = 0
     try:
         for row in rows:
-            row_id, stored_hash = row[0], row[-1]
-            if row_id == prev_id + 1 and row[-2] == prev_hash:
-                text = canonical_text(row)
+            if len(row) == 14 and row[0] == prev_id + 1 and row[12] == prev_hash:
+                (row_id, event_id, stamp, actor, action, op, outcome, rtype, rid, corr,
+                 details, critical, _, stored_hash) = row  # fmt: skip
+                try:
+                    text = sep.join(
+                        (
+                            version,
+                            str(row_id),
+                            event_id if event_id is not None else nul,
+                            stamp if stamp is not None else nul,
+                            actor if actor is not None else nul,
+                            action if action is not None else nul,
+                            op if op is not None else nul,
+                            outcome if outcome is not None else nul,
+                            rtype if rtype is not None else nul,
+                            rid if rid is not None else nul,
+                            corr if corr is not None else nul,
+                            details if details is not None else nul,
+                            str(critical) if critical is not None else nul,
+                            prev_hash,
+                        )
+                    )
+                except TypeError:
+                    text = ""
+                # The engine never stores U+0000 or U+001F in a value (see check()).
                 if (
-                    text.count(sep) == len(row) - 1
+                    text.count(sep) == 13
                     and text.count(nul) == row.count(None)
                     and sha256(text.encode("utf-8")).hexdigest() == stored_hash
                 ):
