@@ -71,7 +71,8 @@ def link_into(
     """
     # The writer's per-row Python cost (it shares the GIL with callers): the canonical text is
     # joined from the values directly, with no per-value str() call — every stored value is
-    # already text except the id and `critical`, and only the nullable ones can be None.
+    # already text except the id and `critical` — and only the nullable columns (actor and
+    # resource_type, resource_id, correlation_id) are tested for None: the others are NOT NULL.
     prev = tail_hash
     next_id = tail_id
     add, extend = params.append, params.extend
@@ -83,17 +84,17 @@ def link_into(
             (
                 version,
                 str(next_id),
-                event_id if event_id is not None else nul,
-                stamp if stamp is not None else nul,
+                event_id,
+                stamp,
                 actor if actor is not None else nul,
-                action if action is not None else nul,
-                op if op is not None else nul,
-                outcome if outcome is not None else nul,
+                action,
+                op,
+                outcome,
                 rtype if rtype is not None else nul,
                 rid if rid is not None else nul,
                 corr if corr is not None else nul,
-                details if details is not None else nul,
-                str(critical) if critical is not None else nul,
+                details,
+                str(critical),
                 prev,
             )
         )
@@ -224,9 +225,9 @@ def _check_all(
     """Run ``rows`` through ``verifier``; the first bad row and why, or None.
 
     This loop is verify()'s per-row cost. A row as the engine stores it is checked here, with
-    local variables and its canonical text joined directly (only id and critical are not text,
-    as in link_into()); a row that fails a check, or holds a value of another type (join
-    raises), goes through :meth:`ChainVerifier.check` — the reference — which says why.
+    local variables and its canonical text joined directly, as in link_into(); a row that fails
+    a check, or holds a value of another type (join raises), goes through
+    :meth:`ChainVerifier.check` — the reference — which says why.
     """
     prev_id, prev_hash = verifier.prev_id, verifier.prev_hash
     head_id = expected_head.id if expected_head is not None else None
@@ -242,17 +243,17 @@ def _check_all(
                         (
                             version,
                             str(row_id),
-                            event_id if event_id is not None else nul,
-                            stamp if stamp is not None else nul,
+                            event_id,
+                            stamp,
                             actor if actor is not None else nul,
-                            action if action is not None else nul,
-                            op if op is not None else nul,
-                            outcome if outcome is not None else nul,
+                            action,
+                            op,
+                            outcome,
                             rtype if rtype is not None else nul,
                             rid if rid is not None else nul,
                             corr if corr is not None else nul,
-                            details if details is not None else nul,
-                            str(critical) if critical is not None else nul,
+                            details,
+                            str(critical),
                             prev_hash,
                         )
                     )
