@@ -98,3 +98,15 @@ Feature: Tampering with the audit trail shows when it is verified
       | removes the line of entry 8               | 9   | row 8 is missing (deleted from the chain)                     |
       | removes the line of entry 5               | 6   | row 5 is missing (deleted from the chain)                     |
       | swaps the lines of entries 6 and 7        | 7   | row 6 is missing (deleted from the chain)                     |
+
+  Scenario: Two tools writing the same trail keep one chain
+    Given a tool with an audit service
+    When the tool records 5 entries
+    And the tool flushes the audit trail
+    And a second tool, in a program of its own, records 3 entries in the same audit trail
+    And the tool records 4 entries
+    And the tool closes the audit service
+    And the reviewer verifies the audit trail
+    Then verification succeeds, checking 12 entries
+    And verification ends at entry 12
+    And the audit trail holds entries 1 to 12, those of both tools in the order they were recorded

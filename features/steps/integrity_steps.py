@@ -6,7 +6,10 @@ docs/integrity.md), so the forged entries carry hashes that are right for their 
 """
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -336,3 +339,60 @@ def when_verify_export(context: Context) -> None:
     world = context.world
     start: ChainHead = world.published_head
     world.report = verify_exported_lines(iter(world.export_lines), start=start)
+
+
+# -- two tools writing one trail --------------------------------------------------------------
+
+# A second program's run ends well within this; subprocess.run kills it if it does not.
+_OTHER_PROGRAM_TIMEOUT_S = 60.0
+
+
+@when("a second tool, in a program of its own, records {count:d} entries in the same audit trail")
+def when_second_tool_records(context: Context, count: int) -> None:
+    world = context.world
+    event_ids = [f"second-tool-{uuid.uuid4()}" for _ in range(count)]
+    lines = [
+        json.dumps(
+            {
+                "event_id": event_id,
+                "action": "note.save",
+                "actor": "bob",
+                "operation": "update",
+                "resource_type": "note",
+                "resource_id": f"bob-note-{n}",
+            }
+        )
+        for n, event_id in enumerate(event_ids)
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_TRAIL_")}
+    # The real command in a process of its own: its own connection, its own writer, and the
+    # chain's tail moved under the first tool's writer between two of its batches.
+    result = subprocess.run(
+        [sys.executable, "-m", "audit_engine", "--db", str(world.database), "record", "--stdin"],
+        input="\n".join(lines) + "\n",
+        capture_output=True,
+        text=True,
+        cwd=world.root,
+        env=env,
+        timeout=_OTHER_PROGRAM_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, f"exit status {result.returncode}: {result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stdout == f"accepted {count}, filtered 0, written {count}\n", result.stdout
+    # Where the second tool's entries fall among the first tool's, in recording order.
+    world.second_tool = (len(world.accepted), event_ids)
+
+
+@then(
+    "the audit trail holds entries {first:d} to {last:d}, "
+    "those of both tools in the order they were recorded"
+)
+def then_both_tools_in_order(context: Context, first: int, last: int) -> None:
+    world = context.world
+    before, theirs = world.second_tool
+    expected = world.accepted[:before] + theirs + world.accepted[before:]
+    rows = world.audit_rows()
+    assert [row["id"] for row in rows] == list(range(first, last + 1)), [r["id"] for r in rows]
+    stored = [row["event_id"] for row in rows]
+    assert stored == expected, f"stored {stored}, recorded {expected}"
