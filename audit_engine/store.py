@@ -67,23 +67,17 @@ _READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # stored rows were checked w
 # -- writes -----------------------------------------------------------------------------------
 
 
-def _newest_row(conn: sqlite3.Connection) -> tuple[int, str] | None:
-    row = conn.execute(f"SELECT id, hash FROM {TABLE} ORDER BY id DESC LIMIT 1").fetchone()
-    return None if row is None else (int(row[0]), str(row[1]))
-
-
 def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
     """The (id, hash) new rows chain from: the last row, else the last purge anchor, else genesis.
 
     Read inside the writing transaction, through the primary key: O(1), never a scan.
     """
-    newest = _newest_row(conn)
-    if newest is not None:
-        return newest
-    row = conn.execute(
-        f"SELECT last_deleted_id, last_deleted_hash FROM {ANCHORS} "
-        "ORDER BY last_deleted_id DESC LIMIT 1"
-    ).fetchone()
+    row = conn.execute(f"SELECT id, hash FROM {TABLE} ORDER BY id DESC LIMIT 1").fetchone()
+    if row is None:
+        row = conn.execute(
+            f"SELECT last_deleted_id, last_deleted_hash FROM {ANCHORS} "
+            "ORDER BY last_deleted_id DESC LIMIT 1"
+        ).fetchone()
     if row is None:
         return 0, GENESIS_HASH
     return int(row[0]), str(row[1])
@@ -94,7 +88,8 @@ def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
 # Rows go in as one multi-row INSERT per chunk rather than executemany(): SQLite then inserts
 # the whole chunk in one step, during which the GIL is free for the application's threads, where
 # executemany() gives the GIL up and waits to get it back for every row. Each statement is
-# guarded: it inserts nothing unless the newest stored row is the tail the rows were linked to.
+# guarded: it inserts nothing unless the chain's tail — the newest row, else the newest purge
+# anchor, else genesis, as chain_tail() reads it — is the one the rows were linked to.
 # That lets the writer append a batch with one statement in its own transaction, chaining from
 # the tail it remembers, and notice when someone else (another process, a purge, a synchronous
 # write) moved the tail meanwhile. Chunk lengths come from a short ladder (see chunk_lengths),
@@ -112,7 +107,9 @@ def _append_sql(rows: int) -> str:
     return (
         f"INSERT INTO {TABLE} (id, {', '.join(_COLUMNS)}, prev_hash, hash) "
         f"SELECT * FROM (VALUES {', '.join([_ROW_PARAMS] * rows)}) "
-        f"WHERE (SELECT hash FROM {TABLE} ORDER BY id DESC LIMIT 1) IS ?"
+        f"WHERE coalesce((SELECT hash FROM {TABLE} ORDER BY id DESC LIMIT 1), "
+        f"(SELECT last_deleted_hash FROM {ANCHORS} ORDER BY last_deleted_id DESC LIMIT 1), "
+        f"'{GENESIS_HASH}') = ?"
     )
 
 
@@ -144,22 +141,20 @@ def chunk_lengths(count: int, largest: int) -> list[int]:
     return lengths
 
 
-def _append_chunk(
-    conn: sqlite3.Connection, params: list[Any], rows: int, expected: str | None
-) -> bool:
-    # `expected` is the hash of the newest stored row the chunk chains from (None: no row).
-    params.append(expected)
+def _append_chunk(conn: sqlite3.Connection, params: list[Any], rows: int, tail_hash: str) -> bool:
+    # `tail_hash`: the hash of the chain's tail the chunk was linked to.
+    params.append(tail_hash)
     return conn.execute(_append_sql(rows), params).rowcount == rows
 
 
 def append_batch(
     conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row], tail: tuple[int, str]
 ) -> tuple[int, str] | None:
-    """Commit ``rows`` after ``tail`` — the newest stored row, as the writer remembers it.
+    """Commit ``entries`` after ``tail`` — the chain's tail (:func:`chain_tail`) as last known.
 
     One statement in its own transaction, so ``len(rows)`` must be a length :func:`max_chunk`
-    allows. Returns the new tail, or None if the newest stored row is not ``tail`` any more:
-    then nothing was written, and :func:`write_batch` (which reads the tail) should be used.
+    allows. Returns the new tail, or None if the chain's tail is not ``tail`` any more: then
+    nothing was written, and :func:`write_batch` (which reads the tail) should be used.
     """
     if not entries:
         return tail
@@ -179,17 +174,15 @@ def insert_entries(
     The caller holds the write lock (``BEGIN IMMEDIATE``, or its own transaction), so the tail
     cannot move between reading it and inserting after it.
     """
-    newest = _newest_row(conn)
-    tail = newest if newest is not None else chain_tail(conn)
-    expected = None if newest is None else newest[1]
+    tail = chain_tail(conn)
     rows = [e if isinstance(e, tuple) else entry_row(e) for e in entries]
     offset = 0
     for length in chunk_lengths(len(rows), min(largest, max_chunk(conn))):
         params: list[Any] = []
+        chained_from = tail[1]
         tail = link_into(params, rows[offset : offset + length], *tail)
-        if not _append_chunk(conn, params, length, expected):
+        if not _append_chunk(conn, params, length, chained_from):
             raise AuditStoreError("the audit chain's tail moved inside a write transaction")
-        expected = tail[1]
         offset += length
     return tail
 
@@ -219,9 +212,9 @@ def commit_batch(
 ) -> tuple[int, str]:
     """The writer's commit: ``entries`` in one transaction after ``tail``; returns the new tail.
 
-    ``tail`` is the newest row as this connection last wrote it (None: not known). When it is
-    known and the batch is one chunk length (:func:`chunk_ladder`), the batch is one guarded
-    statement (:func:`append_batch`); otherwise, or if the tail moved, :func:`write_batch`.
+    ``tail`` is the chain's tail as last known (None: not known). When it is known and the
+    batch is one chunk length (:func:`chunk_ladder`), the batch is one guarded statement
+    (:func:`append_batch`); otherwise, or if the tail moved, :func:`write_batch`.
     """
     largest = min(largest, max_chunk(conn))
     if tail is not None and len(entries) in chunk_ladder(largest):

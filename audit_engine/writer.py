@@ -88,8 +88,9 @@ class Writer:
         self._alive = False
         self._inflight: list[Row] = []
         self._inflight_done = 0  # rows of _inflight committed or dead-lettered so far
-        # (id, hash) of the newest row this writer committed: the next batch chains from it
-        # unless the stored tail moved (store.append_batch checks, in the same statement).
+        # (id, hash) of the chain's tail as this writer last saw it (read when the thread
+        # starts, then its own last commit): the next batch chains from it unless the tail
+        # moved meanwhile (store.append_batch checks, in the same statement).
         self._tail: tuple[int, str] | None = None
         self.written = 0
         self.batches = 0
@@ -260,6 +261,7 @@ class Writer:
 
     def _run(self) -> None:
         finished = False
+        self._read_tail()
         try:
             while True:
                 try:
@@ -287,6 +289,18 @@ class Writer:
             if not finished:
                 self.last_error = "the writer thread died; close() writes the queue itself"
                 logger.critical("audit writer thread died; close() will write the queue itself")
+
+    def _read_tail(self) -> None:
+        # Before the first batch arrives, so that it too is one statement. Best effort: without
+        # it, the first batch reads the tail itself (store.write_batch).
+        conn = self._conn
+        if conn is None:  # pragma: no cover - the thread always starts with a connection
+            return
+        try:
+            with self.fork_gate:
+                self._tail = store.chain_tail(conn)
+        except sqlite3.Error as exc:
+            logger.debug("audit writer could not read the chain's tail up front: %s", exc)
 
     def _run_once(self) -> bool:
         batch, stop = self._collect()

@@ -1002,7 +1002,7 @@ def test_append_batch_after_a_stale_tail_writes_nothing_and_commit_batch_falls_b
     _assert_chain_verifies(db_path, tail)
 
 
-def test_append_batch_after_a_purged_tail_writes_nothing_and_commit_batch_uses_the_anchor(
+def test_append_batch_after_a_purge_of_every_row_chains_from_the_anchor(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
     remembered = store.write_batch(conn, _entries(range(1, 4)))
@@ -1011,22 +1011,48 @@ def test_append_batch_after_a_purged_tail_writes_nothing_and_commit_batch_uses_t
     assert _row_count(conn) == 0
     assert store.chain_tail(conn) == remembered  # the anchor is the purged newest row
 
-    assert store.append_batch(conn, [_entry(4)], remembered) is None
-    assert _row_count(conn) == 0
+    tail = store.append_batch(conn, [_entry(4)], remembered)
 
-    tail = store.commit_batch(conn, [_entry(4)], remembered, 500)
-
+    assert tail is not None
     assert tail == _newest(conn) == (4, tail[1])
     assert _prev_hash(conn, 4) == remembered[1]
     _assert_chain_verifies(db_path, tail)
 
 
-@pytest.mark.parametrize("tail", [(0, GENESIS_HASH), (3, "f" * 64)], ids=["genesis", "unknown"])
-def test_append_batch_never_writes_into_an_empty_table(
-    conn: sqlite3.Connection, tail: tuple[int, str]
+def test_append_batch_after_an_anchor_that_moved_writes_nothing(
+    conn: sqlite3.Connection, db_path: Path
 ) -> None:
-    # With no stored row the tail is an anchor or genesis: only write_batch reads those.
-    assert store.append_batch(conn, [_entry(1)], tail) is None
+    remembered = store.write_batch(conn, _entries(range(1, 4)))
+    with contextlib.closing(store.open_connection(db_path, busy_timeout=1.0)) as other:
+        store.write_batch(other, _entries(range(4, 6)))  # someone else appended ...
+    with AuditStore(db_path) as audit:  # ... and then every row was purged
+        assert audit.purge(T0 + timedelta(hours=1)).rows_deleted == 5
+    assert store.chain_tail(conn)[0] == 5
+
+    assert store.append_batch(conn, [_entry(6)], remembered) is None
+    assert _row_count(conn) == 0
+
+    tail = store.commit_batch(conn, [_entry(6)], remembered, 500)
+
+    assert tail == _newest(conn) == (6, tail[1])
+    _assert_chain_verifies(db_path, tail)
+
+
+def test_append_batch_into_a_new_file_chains_from_genesis(
+    conn: sqlite3.Connection, db_path: Path
+) -> None:
+    tail = store.append_batch(conn, [_entry(1)], (0, GENESIS_HASH))
+
+    assert tail is not None
+    assert tail == _newest(conn) == (1, tail[1])
+    assert _prev_hash(conn, 1) == GENESIS_HASH
+    _assert_chain_verifies(db_path, tail)
+
+
+def test_append_batch_into_an_empty_table_with_an_unknown_tail_writes_nothing(
+    conn: sqlite3.Connection,
+) -> None:
+    assert store.append_batch(conn, [_entry(1)], (3, "f" * 64)) is None
     assert _row_count(conn) == 0
 
 
@@ -1181,3 +1207,18 @@ def test_append_batch_of_nothing_keeps_the_tail(conn: sqlite3.Connection) -> Non
 def test_chunk_lengths_refuses_what_it_cannot_cut(count: int, largest: int) -> None:
     with pytest.raises(ValueError, match="cannot cut"):
         store.chunk_lengths(count, largest)
+
+
+def test_insert_entries_refuses_to_write_after_a_tail_that_is_not_the_chains(
+    conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.write_batch(conn, [_entry(1)])
+    # Inside a write transaction the tail cannot move; if it read wrong, nothing is written.
+    monkeypatch.setattr(store, "chain_tail", lambda _conn: (7, "e" * 64))
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(AuditStoreError, match="tail moved inside a write transaction"):
+            store.insert_entries(conn, [_entry(2)])
+    finally:
+        conn.execute("ROLLBACK")
+    assert _row_count(conn) == 1

@@ -707,3 +707,57 @@ def test_after_fork_the_child_writer_starts_fresh(make_writer: MakeWriter, db_pa
     assert [event_id for event_id, action in rows if action == "parent"] == [
         e.event_id for e in parent_entries
     ]
+
+
+def test_the_first_batch_chains_from_the_tail_read_when_the_thread_started(
+    make_writer: MakeWriter, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows already in the file: the writer's thread reads their tail before any batch arrives,
+    # so even its first batch is one guarded statement, not a BEGIN IMMEDIATE transaction.
+    with contextlib.closing(store.open_connection(db_path, busy_timeout=1.0)) as conn:
+        existing = store.write_batch(conn, _entries(3, action="before"))
+    calls: list[str] = []
+    for name in ("append_batch", "write_batch"):
+        original = getattr(store, name)
+
+        def spy(*args: Any, original: Callable[..., Any] = original, name: str = name) -> Any:
+            calls.append(name)
+            return original(*args)
+
+        monkeypatch.setattr(store, name, spy)
+    writer = make_writer()
+    first = _entries(2, action="after")
+
+    _put_all(writer, first)
+    assert writer.flush(10)
+
+    assert set(calls) == {"append_batch"}
+    assert _ids(db_path)[3:] == [e.event_id for e in first]
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        (prev_hash,) = conn.execute("SELECT prev_hash FROM audit_entries WHERE id = 4").fetchone()
+    assert prev_hash == existing[1]
+
+
+def test_a_tail_that_cannot_be_read_up_front_is_read_by_the_first_batch(
+    make_writer: MakeWriter, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = store.chain_tail
+    failures = 0
+
+    def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
+        nonlocal failures
+        if failures == 0:  # only the read when the thread starts
+            failures += 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return original(conn)
+
+    monkeypatch.setattr(store, "chain_tail", chain_tail)
+    writer = make_writer()
+    entries = _entries(2)
+
+    _put_all(writer, entries)
+    assert writer.flush(10)
+
+    assert failures == 1
+    assert _ids(db_path) == [e.event_id for e in entries]
+    assert writer.dead_lettered == 0
