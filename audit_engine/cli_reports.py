@@ -137,7 +137,11 @@ def bench(events: int, threads: int, as_json: bool) -> None:
     )
     for r in report.results:
         click.echo(
-            f"{r.mode:<16}{r.events:>8}{r.events_per_s:>12,.0f}{r.caller_p50_us:>10.1f}us"
-            f"{r.caller_p99_us:>10.1f}us{r.commits:>9}{r.commits_per_event:>12.4f}"
+            f"{r.mode:<16}{r.events:>8}{r.events_per_s:>12,.0f}{_micros(r.caller_p50_us):>12}"
+            f"{_micros(r.caller_p99_us):>12}{r.commits:>9}{r.commits_per_event:>12.4f}"
             f"{r.ratio_to_ceiling:>11.2f}"
         )
+
+
+def _micros(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}us"

@@ -115,7 +115,12 @@ def then_commit_per_event(context: Context, modes: str) -> None:
 def then_caller_latency(context: Context) -> None:
     for result in _report(context).results:
         if result.mode == _CEILING:
+            # Its rows are prebuilt: no caller to time.
+            assert result.caller_p50_us is None, result
+            assert result.caller_p99_us is None, result
             continue
+        assert result.caller_p50_us is not None, result
+        assert result.caller_p99_us is not None, result
         assert result.caller_p50_us > 0, result
         assert result.caller_p99_us >= result.caller_p50_us, result
 

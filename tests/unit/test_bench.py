@@ -25,7 +25,13 @@ def test_every_mode_runs_side_by_side() -> None:
     assert by_mode["ceiling"].ratio_to_ceiling == pytest.approx(1.0)
     assert by_mode["ceiling"].commits == 1  # 500 rows per transaction
     assert by_mode["engine"].commits < by_mode["sync-wal"].commits == 120
-    assert by_mode["engine"].caller_p99_us >= by_mode["engine"].caller_p50_us > 0
+    engine = by_mode["engine"]
+    assert engine.caller_p50_us is not None
+    assert engine.caller_p99_us is not None
+    assert engine.caller_p99_us >= engine.caller_p50_us > 0
+    # The ceiling's rows are prebuilt: it has no caller to time.
+    assert by_mode["ceiling"].caller_p50_us is None
+    assert by_mode["ceiling"].caller_p99_us is None
     assert report.threads == 2
     assert report.cpus >= 1
 
@@ -58,6 +64,10 @@ def test_bench_command_prints_a_table_and_json() -> None:
     lines = table.output.splitlines()
     assert lines[1].split()[:3] == ["mode", "events", "events/s"]
     assert [line.split()[0] for line in lines[2:]] == list(MODES)
+    ceiling = lines[-1].split()
+    assert ceiling[0] == "ceiling"
+    assert ceiling[3:5] == ["-", "-"]  # no caller timings
+    assert all(cell.endswith("us") for line in lines[2:-1] for cell in line.split()[3:5])
     as_json = runner.invoke(main, ["bench", "--events", "60", "--threads", "2", "--json"])
     assert as_json.exit_code == 0, as_json.output
     data = json.loads(as_json.output)
