@@ -68,8 +68,6 @@ class Writer:
         # child never inherits a SQLite mutex locked by a thread that does not exist there.
         self.fork_gate = threading.RLock()
         self._conn: sqlite3.Connection | None = connect()
-        # The longest INSERT statement (store.commit_batch): the batch size, if SQLite allows.
-        self._largest = min(batch_size, store.max_chunk(self._conn))
         self._start()
 
     # -- state ------------------------------------------------------------------------------
@@ -349,7 +347,7 @@ class Writer:
             try:
                 started = time.perf_counter()
                 with self.fork_gate:
-                    self._tail = store.commit_batch(conn, rows, self._tail, self._largest)
+                    self._tail = store.commit_batch(conn, rows, self._tail, self._batch_size)
                 took = time.perf_counter() - started
             except Exception as exc:
                 if not store.is_busy(exc):
