@@ -150,11 +150,11 @@ class ChainVerifier:
             return f"{missing} missing (deleted from the chain)"
         if prev_hash != self.prev_hash:
             return f"row {row_id} does not link to the row before it (prev_hash mismatch)"
-        text = _canonical_text(row[:-1])
+        body = row[:-1]
+        text = _canonical_text(body)
         # The engine never stores U+0000 or U+001F in a value; one there could make two different
         # rows share a canonical form (a NULL and the text "\x00", or a field split in two).
-        # (prev_hash equals the previous hash here, and a None stored hash never matches.)
-        if text.count(_SEP) != len(row) - 1 or text.count(_NULL) != row.count(None):
+        if text.count(_SEP) != len(body) or text.count(_NULL) != body.count(None):
             return (
                 f"row {row_id} was modified (it holds a control character the engine never writes)"
             )
