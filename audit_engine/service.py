@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -33,6 +34,7 @@ from audit_engine.policy import AuditPolicy, Decision
 from audit_engine.retention import CleanupThread
 from audit_engine.scope import AuditScope, KeyFunc, ScopeStack, default_key
 from audit_engine.settings import AuditSettings
+from audit_engine.settings import resolve as resolve_settings
 from audit_engine.syncwrite import SyncConnection, connect
 from audit_engine.writer import _WRITER_BUSY_SLICE_S, Writer
 
@@ -48,17 +50,26 @@ Mapper = Callable[[DomainEvent], AuditEntry | None]
 class AuditService:
     """Records audit entries; see the module docstring and docs/guarantees.md.
 
-    ``AuditService()`` reads :class:`AuditSettings` from the environment. With ``connection=`` every
-    entry is written through that connection, inside the caller's transaction, uncommitted.
+    ``AuditService()`` reads :class:`AuditSettings` from the environment;
+    ``AuditService("audit.db")`` takes the database path, ``AuditService(settings)`` given
+    settings, and keyword arguments override single settings (``queue_maxsize=50``), validated
+    like settings. With ``connection=`` every entry is written through that connection, inside
+    the caller's transaction, uncommitted.
     """
 
     def __init__(
         self,
-        settings: AuditSettings | None = None,
+        settings: AuditSettings | str | os.PathLike[str] | None = None,
         *,
         connection: sqlite3.Connection | None = None,
+        **overrides: Any,
     ) -> None:
-        self.settings = settings if settings is not None else AuditSettings()
+        if connection is not None and not isinstance(connection, sqlite3.Connection):
+            raise TypeError(
+                "AuditService() connection must be a sqlite3.Connection or None, "
+                f"got {type(connection).__name__}"
+            )
+        self.settings = resolve_settings(settings, overrides)
         s = self.settings
         self._enabled = s.enabled
         self.policy = AuditPolicy.from_settings(s)
@@ -198,11 +209,15 @@ class AuditService:
             return entry.event_id
         on_full = self.settings.on_full
         timeout = self.settings.block_timeout if on_full == "block" else 0.0
+        waits = entry.critical and self.settings.critical_sync
+        if waits:
+            writer.watch(entry)  # before queueing: the writer may set it aside at once
         position = writer.put(entry, timeout)
         if position:
-            if entry.critical and self.settings.critical_sync:
+            if waits:
                 self._wait_committed(writer, position, entry)
             return entry.event_id
+        writer.outcome(entry)  # not queued: stop watching it (a no-op if not watched)
         if on_full == "sync":
             self._write_sync(entry)
             return entry.event_id
@@ -232,7 +247,13 @@ class AuditService:
 
     def _wait_committed(self, writer: Writer, position: int, entry: Row) -> None:
         # The writer commits at once when someone waits; FIFO keeps earlier entries first.
-        if not writer.wait_for(position, self.settings.block_timeout):
+        try:
+            done = writer.wait_for(position, self.settings.block_timeout)
+        finally:
+            why = writer.outcome(entry)  # set if it went to the dead-letter file or the log
+        if why is not None:
+            raise AuditWriteError(f"critical entry {entry.event_id} was not committed: {why}")
+        if not done:
             raise AuditWriteError(
                 f"critical entry {entry.event_id} was not confirmed committed within "
                 f"{self.settings.block_timeout}s (block_timeout); it stays queued and is still "
@@ -332,7 +353,8 @@ class AuditService:
                         f"close() could not drain the queue in time: {left} entries moved to "
                         f"{deadletter.path_for(self.settings.database)}"
                     )
-                self._close_result = drained
+                # Entries only in the log, or a batch the loop failed on: not a clean close.
+                self._close_result = drained and writer.clean
             if self._cleanup is not None:
                 self._cleanup.stop(_CLEANUP_STOP_TIMEOUT_S)
             self._sync.close()

@@ -7,6 +7,7 @@ A bad value raises :class:`~audit_engine.errors.SettingsError` naming the settin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -158,6 +159,37 @@ class AuditSettings(BaseSettings):
         if any(not name.strip() for name in value):
             raise ValueError("names must not be blank")
         return value
+
+
+def resolve(
+    settings: AuditSettings | str | os.PathLike[str] | None, overrides: dict[str, Any]
+) -> AuditSettings:
+    """The settings ``AuditService(settings, **overrides)`` runs with.
+
+    ``settings`` is an :class:`AuditSettings`, a database path, or None (read the environment);
+    each keyword override replaces that one setting and is validated like it
+    (:class:`~audit_engine.errors.SettingsError`). Anything else raises ``TypeError`` naming it.
+    """
+    unknown = [name for name in overrides if name not in AuditSettings.model_fields]
+    if unknown:
+        raise TypeError(f"AuditService() got an unexpected keyword argument {unknown[0]!r}")
+    if isinstance(settings, AuditSettings):
+        if not overrides:
+            return settings
+        # Every field given explicitly, so the environment cannot change what the caller built.
+        return AuditSettings(**{**settings.model_dump(), **overrides})
+    if settings is None:
+        return AuditSettings(**overrides)
+    if isinstance(settings, str | os.PathLike):
+        if "database" in overrides:
+            raise TypeError(
+                "AuditService() got the database twice: as its first argument and as database="
+            )
+        return AuditSettings(database=settings, **overrides)
+    raise TypeError(
+        "AuditService() settings must be AuditSettings, a database path (str or os.PathLike) "
+        f"or None, got {type(settings).__name__}"
+    )
 
 
 def _describe(exc: ValidationError) -> str:

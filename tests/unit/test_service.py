@@ -42,6 +42,7 @@ from audit_engine import (
     InvalidEntryError,
     Operation,
     Outcome,
+    SettingsError,
     deadletter,
     lifecycle,
     store,
@@ -126,6 +127,124 @@ def test_settings_none_reads_the_audit_trail_environment(
         assert _writer_threads() == before
         event_id = service.record(action="env.configured")
         assert _ids(db_path) == [event_id]
+
+
+@pytest.mark.parametrize("as_path", [str, Path], ids=["str", "PathLike"])
+def test_a_database_path_as_the_first_argument(
+    db_path: Path, as_path: Callable[[Path], Any]
+) -> None:
+    with AuditService(as_path(db_path), cleanup_enabled=False) as service:
+        assert service.settings.database == db_path
+        assert service.settings.cleanup_enabled is False
+        event_id = service.record(action="path.configured")
+    assert _ids(db_path) == [event_id]
+
+
+def test_keyword_overrides_beat_the_environment(
+    monkeypatch: pytest.MonkeyPatch, db_path: Path
+) -> None:
+    monkeypatch.setenv("AUDIT_TRAIL_QUEUE_MAXSIZE", "7")
+    monkeypatch.setenv("AUDIT_TRAIL_ASYNC", "false")
+    with AuditService(database=db_path, queue_maxsize=50) as service:
+        assert service.settings.database == db_path
+        assert service.settings.queue_maxsize == 50
+        assert service.settings.async_writes is False  # the environment still fills the rest
+
+
+def test_keyword_overrides_replace_those_settings_only(
+    make_settings: Callable[..., AuditSettings], db_path: Path
+) -> None:
+    settings = make_settings(buffer_max_size=20, level="all")
+    with AuditService(settings, queue_maxsize=50, async_writes=False) as service:
+        assert service.settings.queue_maxsize == 50
+        assert service.settings.async_writes is False
+        assert service.settings.buffer_max_size == 20
+        assert service.settings.level == "all"
+        assert service.settings.database == db_path
+    assert settings.queue_maxsize == 10000  # the caller's settings are left as they were
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (
+            (),
+            {"queue_maxsize": 0},
+            "invalid setting queue_maxsize (AUDIT_TRAIL_QUEUE_MAXSIZE): "
+            "Input should be greater than 0 (got 0)",
+        ),
+        (
+            ("x.db",),
+            {"on_full": "wait"},
+            "invalid setting on_full (AUDIT_TRAIL_ON_FULL): "
+            "Input should be 'block', 'drop' or 'sync' (got 'wait')",
+        ),
+        (
+            (AuditSettings(),),
+            {"sample_rate": 2},
+            "invalid setting sample_rate "
+            "(AUDIT_TRAIL_SAMPLE_RATE): Input should be less than or equal to 1 (got 2)",
+        ),
+    ],
+)
+def test_a_bad_override_raises_settings_error_naming_the_setting(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError) as exc:
+        AuditService(*args, **kwargs)
+    assert str(exc.value) == message
+    assert not list(tmp_path.iterdir())  # nothing was opened
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        (
+            (42,),
+            {},
+            "AuditService() settings must be AuditSettings, a database path (str or "
+            "os.PathLike) or None, got int",
+        ),
+        (
+            (b"x.db",),
+            {},
+            "AuditService() settings must be AuditSettings, a database path (str or "
+            "os.PathLike) or None, got bytes",
+        ),
+        (
+            (),
+            {"connection": "x.db"},
+            "AuditService() connection must be a sqlite3.Connection or None, got str",
+        ),
+        (
+            (),
+            {"queue_max_size": 10},
+            "AuditService() got an unexpected keyword argument 'queue_max_size'",
+        ),
+        (
+            ("x.db",),
+            {"database": "y.db"},
+            "AuditService() got the database twice: as its first argument and as database=",
+        ),
+    ],
+)
+def test_an_argument_of_the_wrong_kind_raises_type_error_naming_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    message: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError) as exc:
+        AuditService(*args, **kwargs)
+    assert str(exc.value) == message
+    assert not list(tmp_path.iterdir())
 
 
 def test_each_async_service_starts_one_daemon_writer_thread(make_service: MakeService) -> None:
