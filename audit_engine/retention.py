@@ -2,8 +2,10 @@
 
 Only a *prefix* of the chain is ever deleted: the rows before the first row whose timestamp is at
 or after the cutoff. (A row with an old timestamp that was committed after a newer one waits until
-the prefix reaches it.) Each batch is its own short transaction and records an anchor — the last
-deleted id and hash — so ``verify()`` still proves the rows that remain.
+the prefix reaches it.) Each batch is its own short transaction and moves the run's anchor — the
+last deleted id and hash, the rows deleted, the newest purged timestamp, the cutoff — so
+``verify()`` still proves the rows that remain and can check the purge itself (see
+:mod:`audit_engine.anchors`). Every run that deletes something logs one INFO line.
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from audit_engine.anchors import extend_anchor, record_run
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import utcnow
 from audit_engine.schema import (
-    ANCHORS,
-    CLEANUP_RUNS,
     TABLE,
     format_timestamp,
     is_busy,
@@ -114,6 +115,7 @@ def purge(
     gate: AbstractContextManager[Any] | None = None,
     on_batch: Callable[[int], None] | None = None,
     wait: Callable[[float], bool] | None = None,
+    older_than: timedelta | None = None,
 ) -> CleanupReport:
     """Delete the prefix of rows older than ``cutoff`` in transactions of ``batch_size`` rows.
 
@@ -123,6 +125,8 @@ def purge(
     ``on_batch(rows)`` is called after each committed batch (a progress bar). A batch that
     meets a busy database is retried with backoff for up to :data:`BUSY_RETRY_S` seconds;
     ``wait(seconds)`` does the waiting and returns True to give up (the cleanup thread's stop).
+    ``older_than``, the age the cutoff was computed from (None: a cutoff given as a datetime),
+    is kept in the anchor.
     """
     held = gate if gate is not None else contextlib.nullcontext()
     wait = wait if wait is not None else threading.Event().wait
@@ -141,13 +145,14 @@ def purge(
         )
     deleted = batches = 0
     anchor_id: int | None = None
+    older_than_us = None if older_than is None else older_than // timedelta(microseconds=1)
     # A read outside any transaction first: a run with nothing to delete never takes the lock.
     while not should_stop():
         with held:
             if _plan(conn, cutoff_text, batch_size) is None:
                 break
         anchor_id, count = _delete_with_retries(
-            conn, cutoff_text, batch_size, anchor_id, held, wait
+            conn, (cutoff_text, older_than_us), batch_size, anchor_id, held, wait
         )
         if not count:
             break
@@ -164,12 +169,20 @@ def purge(
     if deleted or record_empty_run:
         with held:
             _record_run(conn, report, started_at)
+    if deleted:
+        # Deleting audit data is worth a line in the application's log, every time.
+        logger.info(
+            "audit retention purged %d entries older than %s (%d batches)",
+            deleted,
+            cutoff_text,
+            batches,
+        )
     return report
 
 
 def _delete_with_retries(
     conn: sqlite3.Connection,
-    cutoff_text: str,
+    cutoff: tuple[str, int | None],
     batch_size: int,
     anchor_id: int | None,
     held: AbstractContextManager[Any],
@@ -182,7 +195,7 @@ def _delete_with_retries(
     while True:
         try:
             with held:
-                return _delete_batch(conn, cutoff_text, batch_size, anchor_id)
+                return _delete_batch(conn, cutoff, batch_size, anchor_id)
         except sqlite3.OperationalError as exc:
             if not is_busy(exc) or time.monotonic() >= deadline or wait(delay):
                 raise
@@ -190,12 +203,17 @@ def _delete_with_retries(
 
 
 def _delete_batch(
-    conn: sqlite3.Connection, cutoff_text: str, batch_size: int, anchor_id: int | None
+    conn: sqlite3.Connection,
+    cutoff: tuple[str, int | None],
+    batch_size: int,
+    anchor_id: int | None,
 ) -> tuple[int | None, int]:
     """Delete the next batch of the prefix and move the run's anchor there, in one transaction.
 
+    ``cutoff`` is the cutoff's stored text and the age it came from in microseconds (or None).
     The batch is planned again under the write lock, so it matches the table as it is now.
     """
+    cutoff_text, older_than_us = cutoff
     conn.execute("BEGIN IMMEDIATE")
     try:
         upto = _plan(conn, cutoff_text, batch_size)
@@ -205,21 +223,20 @@ def _delete_batch(
         last = conn.execute(
             f"SELECT id, hash FROM {TABLE} WHERE id <= ? ORDER BY id DESC LIMIT 1", (upto,)
         ).fetchone()
+        newest = conn.execute(
+            f"SELECT max(timestamp) FROM {TABLE} WHERE id <= ?", (upto,)
+        ).fetchone()[0]
         count = conn.execute(f"DELETE FROM {TABLE} WHERE id <= ?", (upto,)).rowcount
-        now = utcnow().isoformat()
-        if anchor_id is None:
-            cursor = conn.execute(
-                f"INSERT INTO {ANCHORS} (last_deleted_id, last_deleted_hash, rows_deleted, "
-                "cutoff, created_at) VALUES (?, ?, ?, ?, ?)",
-                (last[0], last[1], count, cutoff_text, now),
-            )
-            anchor_id = cursor.lastrowid
-        else:
-            conn.execute(
-                f"UPDATE {ANCHORS} SET last_deleted_id = ?, last_deleted_hash = ?, "
-                "rows_deleted = rows_deleted + ?, created_at = ? WHERE id = ?",
-                (last[0], last[1], count, now, anchor_id),
-            )
+        anchor_id = extend_anchor(
+            conn,
+            anchor_id,
+            last=(last[0], last[1]),
+            count=count,
+            newest=newest,
+            cutoff=cutoff_text,
+            older_than_us=older_than_us,
+            created_at=utcnow().isoformat(),
+        )
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)
@@ -228,18 +245,25 @@ def _delete_batch(
 
 
 def _record_run(conn: sqlite3.Connection, report: CleanupReport, started_at: datetime) -> None:
-    conn.execute(
-        f"INSERT INTO {CLEANUP_RUNS} (started_at, finished_at, cutoff, rows_deleted, batches, "
-        "duration_s) VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            started_at.isoformat(),
-            utcnow().isoformat(),
-            format_timestamp(report.cutoff),  # the same form as the anchors' cutoff
-            report.rows_deleted,
-            report.batches,
-            report.duration_s,
-        ),
-    )
+    # In its own write transaction: the run chain's tail cannot move between read and insert.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        record_run(
+            conn,
+            (
+                started_at.isoformat(),
+                utcnow().isoformat(),
+                format_timestamp(report.cutoff),  # the same form as the anchors' cutoff
+                report.rows_deleted,
+                report.batches,
+                # Rounded as the run's canonical form spells it (six decimals).
+                round(report.duration_s, 6),
+            ),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(conn)
+        raise
 
 
 class CleanupThread:
@@ -290,6 +314,7 @@ class CleanupThread:
                         should_stop=self._stop.is_set,
                         gate=self.fork_gate,
                         wait=self._stop.wait,
+                        older_than=self._retention,
                     )
                 except Exception as exc:  # a locked or broken database: try again next time
                     self.last_error = f"cleanup failed: {exc}"

@@ -14,13 +14,20 @@ from pathlib import Path
 
 import sqlite_utils
 
+from audit_engine.anchors import (
+    ANCHOR_COLUMNS,
+    RUN_COLUMNS,
+    anchor_hash,
+    chain_records,
+    run_hash,
+)
+from audit_engine.anchors import ANCHORS as ANCHORS  # re-exported: the tables live here
+from audit_engine.anchors import CLEANUP_RUNS as CLEANUP_RUNS
 from audit_engine.chain import GENESIS_HASH, row_hash
 from audit_engine.errors import AuditStoreError
 
 TABLE = "audit_entries"
-ANCHORS = "audit_anchors"
-CLEANUP_RUNS = "audit_cleanup_runs"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def format_timestamp(value: datetime) -> str:
@@ -124,8 +131,25 @@ def _add_chain_v2(db: sqlite_utils.Database) -> None:
     )
 
 
+def _chain_maintenance_v3(db: sqlite_utils.Database) -> None:
+    """Version 3: anchors record what they replaced; anchors and cleanup runs are hash chains.
+
+    Anchors written before keep NULL for what they never recorded (the newest purged timestamp,
+    the age the purge was run with); verify() says so instead of guessing.
+    """
+    anchors = db.table(ANCHORS)
+    anchors.add_column("newest_purged", str)
+    anchors.add_column("older_than_us", int)
+    runs = db.table(CLEANUP_RUNS)
+    for table in (anchors, runs):
+        table.add_column("prev_hash", str)
+        table.add_column("hash", str)
+    chain_records(db.conn, ANCHORS, ANCHOR_COLUMNS, anchor_hash)
+    chain_records(db.conn, CLEANUP_RUNS, RUN_COLUMNS, run_hash)
+
+
 # _MIGRATIONS[v] upgrades a database at user_version v to v + 1.
-_MIGRATIONS = (_create_v1, _add_chain_v2)
+_MIGRATIONS = (_create_v1, _add_chain_v2, _chain_maintenance_v3)
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 

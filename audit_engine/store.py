@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any, Self
 
 import sqlite_utils
 
+from audit_engine.anchors import check_maintenance
 from audit_engine.chain import (
     GENESIS_HASH,
     ChainHead,
     VerifyReport,
     link_into,
-    read_chain,
     verify_rows,
 )
 from audit_engine.errors import AuditStoreError
 from audit_engine.intake import Row, entry_row
-from audit_engine.models import AuditEntry, Operation, Outcome
+from audit_engine.models import AuditEntry, Operation, Outcome, utcnow
 from audit_engine.retention import DEFAULT_CLEANUP_BATCH_SIZE, CleanupReport, cutoff_for, purge
 from audit_engine.schema import (
     ANCHORS,
@@ -300,15 +300,39 @@ class AuditStore:
             tail_id, tail_hash = chain_tail(self._conn)
         return ChainHead(id=tail_id, hash=tail_hash) if tail_id else None
 
-    def verify(self, *, expected_head: ChainHead | None = None) -> VerifyReport:
+    def verify(
+        self,
+        *,
+        expected_head: ChainHead | None = None,
+        min_retention: timedelta | None = None,
+    ) -> VerifyReport:
         """Check the whole chain in one read snapshot, streaming in constant memory.
 
         Detects a modified field, a deleted, inserted or reordered row, and (against an
-        ``expected_head`` kept elsewhere) rows deleted from the end.
+        ``expected_head`` kept elsewhere) rows deleted from the end or a head an anchor claims.
+        First checks the purge anchors and cleanup runs (their own hash chains, and that each
+        anchor is possible); with ``min_retention``, an anchor whose cutoff is less than that
+        before its purge is refused (``None``: no minimum is checked). See docs/integrity.md.
         """
+        if min_retention is not None and (
+            not isinstance(min_retention, timedelta) or min_retention < timedelta(0)
+        ):
+            raise AuditStoreError(
+                f"min_retention must be a duration of zero or more (got {min_retention!r})"
+            )
         with self._errors("verify"), self._snapshot():
-            start, rows = read_chain(self._conn, TABLE, _COLUMNS, ANCHORS)
-            return verify_rows(rows, start, expected_head)
+            checked = check_maintenance(self._conn, utcnow(), min_retention)
+            found = {
+                "anchors_checked": checked.anchors,
+                "cleanup_runs_checked": checked.runs,
+                "warnings": checked.warnings,
+            }
+            if checked.problem is not None:
+                return VerifyReport(ok=False, rows_checked=0, reason=checked.problem, **found)
+            rows = self._conn.execute(
+                f"SELECT id, {', '.join(_COLUMNS)}, prev_hash, hash FROM {TABLE} ORDER BY id"
+            )
+            return verify_rows(rows, checked.start, expected_head).model_copy(update=found)
 
     def purge(
         self,
@@ -327,8 +351,11 @@ class AuditStore:
         """
         cutoff = cutoff_for(older_than)
         size = DEFAULT_CLEANUP_BATCH_SIZE if batch_size is None else batch_size
+        age = older_than if isinstance(older_than, timedelta) else None
         with self._errors("purge"):
-            return purge(self._conn, cutoff, size, dry_run=dry_run, on_batch=on_batch)
+            return purge(
+                self._conn, cutoff, size, dry_run=dry_run, on_batch=on_batch, older_than=age
+            )
 
     def export(
         self,

@@ -39,6 +39,31 @@ Feature: Tampering with the audit trail shows when it is verified
     When the reviewer verifies the audit trail against the published head
     Then verification fails at entry 10: "row 10 differs from the expected head (hash mismatch)"
 
+  Scenario Outline: Deleting entries behind a forged purge anchor is caught, with or without the published head
+    Given an audit trail of 50 entries recorded an hour ago, whose chain head the operator published
+    When someone deletes entries 1 to <last> and adds a purge anchor for entry <last> directly in the database file
+    And the reviewer verifies the audit trail
+    Then verification fails: "anchor 1 is not part of the anchor chain (it has no hash: a purge did not write it)"
+    When the reviewer verifies the audit trail against the published head
+    Then verification fails: "anchor 1 is not part of the anchor chain (it has no hash: a purge did not write it)"
+
+    Examples:
+      | last |
+      | 50   |
+      | 40   |
+
+  Scenario: A forger who recomputes the anchor's hash cannot hide the published head
+    Given an audit trail of 50 entries recorded an hour ago, whose chain head the operator published
+    When someone deletes entries 1 to 50 and adds a purge anchor with a recomputed hash directly in the database file
+    And the reviewer verifies the audit trail against the published head
+    Then verification fails at entry 50: "row 50, the expected head, is gone (an anchor claims it was purged): a published head must still be in the table; publish heads more often than the retention period"
+
+  Scenario: A forger who recomputes the anchor's hash over recent entries breaks the retention setting
+    Given an audit trail of 50 entries recorded an hour ago, whose chain head the operator published
+    When someone deletes entries 1 to 40 and adds a purge anchor with a recomputed hash directly in the database file
+    And the reviewer verifies the audit trail with a minimum retention of 90 days
+    Then verification fails, saying "anchor 1 purged rows younger than the minimum retention of 90 days: its cutoff"
+
   Scenario: Entries recorded after the head was published still verify against it
     Given an audit trail of 10 entries recorded an hour ago, whose chain head the operator published
     When the tool starts its audit service and records 5 entries

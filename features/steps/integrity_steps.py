@@ -19,7 +19,9 @@ from behave import given, then, when
 from behave.runner import Context
 
 from audit_engine import AuditStore, AuditStoreError
-from audit_engine.chain import ChainHead, row_hash, verify_exported_lines
+from audit_engine.anchors import anchor_hash
+from audit_engine.chain import GENESIS_HASH, ChainHead, row_hash, verify_exported_lines
+from audit_engine.schema import format_timestamp
 
 WAIT_S = 10.0
 # The stored fields that the chain hashes, between id and prev_hash (docs/integrity.md).
@@ -396,3 +398,85 @@ def then_both_tools_in_order(context: Context, first: int, last: int) -> None:
     assert [row["id"] for row in rows] == list(range(first, last + 1)), [r["id"] for r in rows]
     stored = [row["event_id"] for row in rows]
     assert stored == expected, f"stored {stored}, recorded {expected}"
+
+
+# -- forged purge anchors ---------------------------------------------------------------------
+
+
+def _anchor_over(context: Context, last: int, *, rehashed: bool) -> None:
+    """Delete entries 1..last and claim a purge replaced them.
+
+    Not rehashed: the anchor row a version-2 purge wrote. Rehashed: the forger also fills in
+    the anchor's chain fields, with a newest timestamp just before a cutoff that the entries
+    still in the table do not contradict.
+    """
+    conn = context.world.connect(context.world.database)
+    last_hash, stamp = conn.execute(
+        "SELECT hash, timestamp FROM audit_entries WHERE id = ?", (last,)
+    ).fetchone()
+    now = datetime.now(UTC)
+    cutoff = datetime.fromisoformat(stamp) + timedelta(microseconds=1)
+    values = (
+        1,
+        last,
+        last_hash,
+        last,
+        stamp,
+        format_timestamp(cutoff),
+        None,
+        now.isoformat(),
+        GENESIS_HASH,
+    )
+    with conn:
+        conn.execute("DELETE FROM audit_entries WHERE id <= ?", (last,))
+        if rehashed:
+            conn.execute(
+                "INSERT INTO audit_anchors (id, last_deleted_id, last_deleted_hash, "
+                "rows_deleted, newest_purged, cutoff, older_than_us, created_at, prev_hash, "
+                "hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*values, anchor_hash(values)),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO audit_anchors (last_deleted_id, last_deleted_hash, rows_deleted, "
+                "cutoff, created_at) VALUES (?, ?, ?, ?, ?)",
+                (last, last_hash, last, format_timestamp(now), now.isoformat()),
+            )
+
+
+@when(
+    "someone deletes entries 1 to {last:d} and adds a purge anchor for entry {anchor:d} "
+    "directly in the database file"
+)
+def when_forged_anchor(context: Context, last: int, anchor: int) -> None:
+    assert last == anchor
+    _anchor_over(context, last, rehashed=False)
+
+
+@when(
+    "someone deletes entries 1 to {last:d} and adds a purge anchor with a recomputed hash "
+    "directly in the database file"
+)
+def when_rehashed_anchor(context: Context, last: int) -> None:
+    _anchor_over(context, last, rehashed=True)
+
+
+@when("the reviewer verifies the audit trail with a minimum retention of {days:d} days")
+def when_verify_min_retention(context: Context, days: int) -> None:
+    with AuditStore(context.world.database) as audit_store:
+        context.world.report = audit_store.verify(min_retention=timedelta(days=days))
+
+
+@then('verification fails: "{reason}"')
+def then_fails_anywhere(context: Context, reason: str) -> None:
+    report = context.world.report
+    assert not report.ok, f"the tampering went unnoticed: {report}"
+    assert report.reason == reason, f"the reason was {report.reason!r}"
+
+
+@then('verification fails, saying "{start}"')
+def then_fails_saying(context: Context, start: str) -> None:
+    report = context.world.report
+    assert not report.ok, f"the tampering went unnoticed: {report}"
+    assert report.reason is not None
+    assert report.reason.startswith(start), f"the reason was {report.reason!r}"

@@ -177,6 +177,17 @@ def then_verifies_against_head(context: Context, count: int) -> None:
     assert report.rows_checked == count, report
 
 
+@then("the audit trail no longer verifies against the published head, whose entry was purged")
+def then_published_head_purged(context: Context) -> None:
+    # A published head must still be a row: an anchor only claims what it replaced.
+    head = context.world.published_head
+    report = context.world.verify_trail(head)
+    assert not report.ok, report
+    assert report.first_bad_id == head.id, report
+    assert report.reason is not None
+    assert report.reason.startswith(f"row {head.id}, the expected head, is gone"), report
+
+
 @then("the chain head is still entry {entry:d}, the same as the published head")
 def then_head_kept(context: Context, entry: int) -> None:
     with AuditStore(context.world.database) as store:

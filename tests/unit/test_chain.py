@@ -390,23 +390,23 @@ def test_verify_rows_detects_truncation_to_nothing() -> None:
     )
 
 
-def test_verify_rows_with_an_expected_head_at_a_different_anchor() -> None:
+@pytest.mark.parametrize("expected_hash", [OTHER_HASH, GENESIS_HASH])
+def test_verify_rows_with_an_expected_head_at_the_anchor_fails(expected_hash: str) -> None:
+    # The anchor only claims the head's row was purged; a forged anchor equal to a published
+    # head would otherwise hide the deletion of every row (issue 11 item 9).
     anchor = ChainHead(id=5, hash=OTHER_HASH)
 
-    report = verify_rows([], anchor, ChainHead(id=5, hash=GENESIS_HASH))
+    report = verify_rows([], anchor, ChainHead(id=5, hash=expected_hash))
 
     assert report == VerifyReport(
         ok=False,
         rows_checked=0,
         first_bad_id=5,
-        reason="the chain's anchor at id 5 differs from the expected head",
+        reason=(
+            "row 5, the expected head, is gone (an anchor claims it was purged): a published "
+            "head must still be in the table; publish heads more often than the retention period"
+        ),
     )
-
-
-def test_verify_rows_with_the_expected_head_at_the_anchor() -> None:
-    anchor = ChainHead(id=5, hash=OTHER_HASH)
-
-    assert verify_rows([], anchor, anchor).ok is True
 
 
 # -- verify_exported_lines -----------------------------------------------------------------------
@@ -542,8 +542,9 @@ def test_an_expected_head_older_than_the_anchor_cannot_be_checked() -> None:
 
     report = verify_rows([], ChainHead(id=5, hash="a" * 64), ChainHead(id=2, hash="b" * 64))
     assert report.ok is False
+    assert report.first_bad_id == 2
     assert report.reason is not None
-    assert "older than the retention anchor (id 5)" in report.reason
+    assert report.reason.startswith("row 2, the expected head, is gone (an anchor claims it")
 
 
 def test_export_lines_escape_unicode_line_separators(tmp_path: Path) -> None:

@@ -799,7 +799,7 @@ def test_a_version_1_file_is_chained_in_place_when_opened(db_path: Path) -> None
 
     assert report.ok is True
     assert report.rows_checked == 3
-    assert _query(db_path, "PRAGMA user_version") == [(2,)]
+    assert _query(db_path, "PRAGMA user_version") == [(store.SCHEMA_VERSION,)]
     rows = _query(db_path, f"SELECT id, {STORED}, prev_hash, hash FROM audit_entries ORDER BY id")
     assert [row[:12] for row in rows] == _V1_ROWS  # the stored values are untouched
     prev = GENESIS_HASH
@@ -837,4 +837,4 @@ def test_an_empty_version_1_file_migrates(db_path: Path) -> None:
         conn.commit()
 
     assert _verify(db_path) == VerifyReport(ok=True, rows_checked=0)
-    assert _query(db_path, "PRAGMA user_version") == [(2,)]
+    assert _query(db_path, "PRAGMA user_version") == [(store.SCHEMA_VERSION,)]

@@ -192,7 +192,8 @@ def test_each_batch_is_its_own_transaction(db_path: Path) -> None:
 
     assert report.batches == 3
     txn = [s.split()[0] for s in statements if s.split()[0] in ("BEGIN", "COMMIT", "DELETE")]
-    assert txn == ["BEGIN", "DELETE", "COMMIT"] * 3
+    # Three batches, then the run's record (its chain's tail is read under the write lock).
+    assert txn == ["BEGIN", "DELETE", "COMMIT"] * 3 + ["BEGIN", "COMMIT"]
     assert all(s == "BEGIN IMMEDIATE" for s in statements if s.startswith("BEGIN"))
 
 
@@ -351,7 +352,7 @@ def test_purge_keeps_each_run(db_path: Path) -> None:
     assert before <= datetime.fromisoformat(started) <= datetime.fromisoformat(finished) <= after
     assert datetime.fromisoformat(cutoff_text) == cutoff
     assert (rows_deleted, batches) == (25, 3)
-    assert duration_s == pytest.approx(report.duration_s)
+    assert duration_s == round(report.duration_s, 6)  # as the run's canonical form spells it
     assert (empty.rows_deleted, empty.batches) == (0, 0)
     assert runs[1][3:5] == (0, 0)  # a run that deleted nothing is kept too
 
@@ -390,7 +391,9 @@ def test_verify_after_purging_everything(db_path: Path) -> None:
     assert verified.rows_checked == 0
     assert verified.head == anchor
     assert head_before == head_after == anchor
-    assert against_old_head.ok is True
+    # A head must still be a row: the anchor only claims it was purged (issue 11 item 9).
+    assert against_old_head.ok is False
+    assert against_old_head.first_bad_id == 5
 
 
 def test_rows_written_after_a_full_purge_chain_from_the_anchor(db_path: Path) -> None:
@@ -498,9 +501,9 @@ def test_a_forged_anchor_hash_is_reported(db_path: Path) -> None:
 
     with AuditStore(db_path) as audit:
         report = audit.verify()
+    # The anchor is itself hashed now: the change shows before the rows are read.
     assert report.ok is False
-    assert report.first_bad_id == 3
-    assert report.reason == "row 3 does not link to the row before it (prev_hash mismatch)"
+    assert report.reason == "anchor 1 was modified (its hash does not match its contents)"
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def test_busy_timeout_is_in_seconds(db_path: Path) -> None:
 
 
 def test_new_database_has_the_current_schema_version(conn: sqlite3.Connection) -> None:
-    assert store.SCHEMA_VERSION == 2
+    assert store.SCHEMA_VERSION == 3
     assert _user_version(conn) == store.SCHEMA_VERSION
 
 
@@ -219,7 +219,7 @@ def test_newer_schema_version_is_refused(db_path: Path, create: bool) -> None:
         store.open_connection(db_path, create=create)
 
     assert str(exc.value) == (
-        "the audit database has schema version 99; this audit_engine supports up to 2: "
+        "the audit database has schema version 99; this audit_engine supports up to 3: "
         "upgrade audit_engine"
     )
 
