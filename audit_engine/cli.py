@@ -21,21 +21,29 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from audit_engine import deadletter
 from audit_engine.chain import ChainHead
 from audit_engine.cli_output import (
-    FORMATS,
+    CountParam,
     DetailParam,
     DurationParam,
     TimeParam,
-    entry_object,
     plural,
     progress,
-    render,
     render_reference,
     root_database,
 )
 from audit_engine.cli_reports import bench, demo, stats
-from audit_engine.errors import AuditEngineError
+from audit_engine.errors import AuditEngineError, AuditWriteError
+from audit_engine.formats import (
+    FOLLOW_WIDTHS,
+    FORMATS,
+    Table,
+    entry_object,
+    json_text,
+    render,
+    table_cells,
+)
 from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.service import AuditService
 from audit_engine.settings import AuditSettings
@@ -102,7 +110,8 @@ def _filters(func: Any) -> Any:
         click.option(
             "--since",
             type=TimeParam(),
-            help="From this time on (inclusive): ISO-8601, or back from now: 15m, 24h, 7d.",
+            help="From this time on (inclusive): ISO-8601 (without an offset it is local time, "
+            "as `date` reads it; add Z for UTC), or back from now: 15m, 24h, 7d.",
         ),
         click.option(
             "--until", type=TimeParam(), help="Before this time (exclusive); same forms as --since."
@@ -163,8 +172,9 @@ def init(ctx: click.Context) -> None:
     "details",
     type=DetailParam(),
     multiple=True,
-    metavar="KEY=VALUE",
-    help="A details field (repeatable); VALUE is JSON if it parses as JSON, else text.",
+    metavar="KEY=TEXT|KEY:=JSON",
+    help="A details field (repeatable), as in HTTPie: KEY=TEXT is text (version=1.10 stays "
+    "'1.10'); KEY:=JSON is a JSON value (count:=3, ok:=true, tags:='[\"a\"]').",
 )
 @click.option(
     "--stdin",
@@ -178,8 +188,10 @@ def record(
 ) -> None:
     """Record entries through the write-behind engine (the policy from AUDIT_TRAIL_* applies).
 
-    Prints how many were accepted, filtered and written. With --stdin, a bad line is reported
-    with its line number and the good lines are still recorded (exit 1 if any line was bad).
+    Prints how many were accepted, filtered and written. Exits 1 with "Error: ..." when an
+    accepted entry was not committed (it is then kept in the dead-letter file). With --stdin, a
+    bad line is reported with its line number and the good lines are still recorded (exit 1 if
+    any line was bad).
     """
     if not from_stdin and not fields["action"]:
         raise click.UsageError("Missing option '--action' (or use --stdin).")
@@ -189,46 +201,84 @@ def record(
     # A one-shot command: retention is the cleanup thread's job in long-running services (or
     # `purge`'s), not a side effect of recording one entry.
     settings = AuditSettings(database=root_database(ctx), cleanup_enabled=False)
-    context = {"max_details_bytes": settings.max_details_bytes}
-    with AuditService(settings) as audit:
+    audit = AuditService(settings)
+    try:
         if from_stdin:
-            for number, raw in enumerate(sys.stdin.buffer, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    fields_in = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    bad_lines.append(f"line {number}: not UTF-8 text")
-                    continue
-                except json.JSONDecodeError as exc:
-                    bad_lines.append(f"line {number}: not JSON ({exc.msg})")
-                    continue
-                if not isinstance(fields_in, dict):
-                    bad_lines.append(f"line {number}: not a JSON object of entry fields")
-                    continue
-                try:
-                    # Validated as an entry: a line names entry fields, nothing else.
-                    audit.record(AuditEntry.model_validate(fields_in, context=context))
-                except ValueError as exc:
-                    bad_lines.append(f"line {number}: {_describe(exc)}")
+            bad_lines = _record_lines(audit, settings.max_details_bytes)
         else:
             fields["details"] = dict(details)
             audit.record(**{k: v for k, v in fields.items() if v is not None})
+    finally:
+        drained = audit.close()
     stats = audit.stats()
     filtered = stats.filtered_by_level + stats.excluded + stats.sampled_out + stats.deduplicated
     line = f"accepted {stats.accepted}, filtered {filtered}, written {stats.written}"
     if stats.dead_lettered:
         line += f", dead-lettered {stats.dead_lettered}"
     click.echo(line)
-    if bad_lines:
-        for problem in bad_lines:
-            click.echo(f"Error: {problem}", err=True)
+    problems = [*bad_lines, *_not_committed(stats, drained, settings.database)]
+    for problem in problems:
+        click.echo(f"Error: {problem}", err=True)
+    if problems:
         ctx.exit(1)
+
+
+def _record_lines(audit: AuditService, max_details_bytes: int) -> list[str]:
+    """Record each JSON line of standard input; returns the problems, one per bad line."""
+    context = {"max_details_bytes": max_details_bytes}
+    bad_lines: list[str] = []
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        if not raw.strip():
+            continue
+        try:
+            fields_in = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            bad_lines.append(f"line {number}: not UTF-8 text")
+            continue
+        except json.JSONDecodeError as exc:
+            bad_lines.append(f"line {number}: not JSON ({exc.msg})")
+            continue
+        except RecursionError:
+            bad_lines.append(f"line {number}: nested too deeply to read")
+            continue
+        if not isinstance(fields_in, dict):
+            bad_lines.append(f"line {number}: not a JSON object of entry fields")
+            continue
+        try:
+            # Validated as an entry: a line names entry fields, nothing else.
+            audit.record(AuditEntry.model_validate(fields_in, context=context))
+        except RecursionError:
+            bad_lines.append(f"line {number}: invalid entry: details are nested too deeply")
+        except (ValueError, AuditWriteError) as exc:
+            # AuditWriteError: a critical entry that was not committed; the next lines go on.
+            bad_lines.append(f"line {number}: {_describe(exc)}")
+    return bad_lines
+
+
+def _not_committed(stats: Any, drained: bool, database: Path) -> list[str]:
+    """What ``record`` must report when an accepted entry did not reach the database."""
+    problems = []
+    reason = f" ({stats.last_error})" if stats.last_error else ""
+    if stats.dead_lettered:
+        problems.append(
+            f"{plural(stats.dead_lettered, 'entry was', 'entries were')} not committed{reason}: "
+            f"kept in {deadletter.path_for(database)}; `audit-engine replay-deadletter` "
+            "stores them once the cause is fixed"
+        )
+    logged_only = getattr(stats, "logged_only", 0)
+    if logged_only:
+        problems.append(
+            f"{plural(logged_only, 'entry was', 'entries were')} not committed{reason} and "
+            "could not be kept in the dead-letter file either: they are only in the log"
+        )
+    if not drained and not problems:
+        problems.append("the writer did not finish committing the accepted entries")
+    return problems
 
 
 @main.command()
 @_filters
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many entries.")
+@click.option("--limit", type=CountParam(min=0), help="At most this many entries.")
 @click.option("--newest-first", is_flag=True, help="Newest entries first.")
 @click.option(
     "--format",
@@ -254,7 +304,7 @@ def query(
     "-n",
     "--lines",
     "count",
-    type=click.IntRange(min=1),
+    type=CountParam(min=1),
     default=10,
     show_default=True,
     help="How many of the newest entries to print.",
@@ -277,11 +327,22 @@ def query(
 )
 @click.pass_context
 def tail(ctx: click.Context, count: int, follow: bool, interval: float, fmt: str) -> None:
-    """Print the newest entries (oldest of them first); -f follows new ones."""
+    """Print the newest entries (oldest of them first); -f follows new ones.
+
+    With -f the table's columns keep the widths of its header: a longer value is cut to fit,
+    ending in "…" (--format jsonl prints every value whole).
+    """
     with _store(ctx) as store:
         last = store.last_id()
         rows = store.entries_after(max(0, last - count), limit=count)
-        _print_rows([e for _, e in rows], fmt, header=True)
+        entries = [e for _, e in rows]
+        # Followed rows must line up with a header printed before they were known.
+        table = Table.fitting(
+            [table_cells(e) for e in entries], minimum=FOLLOW_WIDTHS if follow else ()
+        )
+        if fmt == "table":
+            click.echo(table.header())
+        _print_rows(entries, fmt, table)
         last = rows[-1][0] if rows else last
         if not follow:
             return
@@ -290,20 +351,17 @@ def tail(ctx: click.Context, count: int, follow: bool, interval: float, fmt: str
                 time.sleep(interval)  # a CLI poll, like tail -f
                 rows = store.entries_after(last)
                 if rows:
-                    _print_rows([e for _, e in rows], fmt, header=False)
+                    _print_rows([e for _, e in rows], fmt, table)
                     last = rows[-1][0]
         except KeyboardInterrupt:
             return
 
 
-def _print_rows(entries: list[Any], fmt: str, *, header: bool) -> None:
-    if fmt == "jsonl":
-        for entry in entries:
-            click.echo(json.dumps(entry_object(entry), ensure_ascii=False))
-        return
-    lines = list(render(entries, "table"))[:-1]  # no "(n entries)" footer while tailing
-    for line in lines if header else lines[1:]:
-        click.echo(line, nl=True)
+def _print_rows(entries: list[AuditEntry], fmt: str, table: Table) -> None:
+    for entry in entries:
+        click.echo(
+            json_text(entry_object(entry)) if fmt == "jsonl" else table.line(table_cells(entry))
+        )
     sys.stdout.flush()
 
 
@@ -339,8 +397,11 @@ def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any)
             return
         total = store.count(**filters)
         written = 0
+        # Audit data is sensitive: a new file is readable by its owner only (an existing one
+        # keeps its mode, as with cp).
+        descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with (
-            output.open("w", encoding="utf-8", newline="") as out,
+            open(descriptor, "w", encoding="utf-8", newline="") as out,
             progress(total, "exporting") as bar,
         ):
             for line in store.export(fmt, **filters):
@@ -391,7 +452,7 @@ def verify(ctx: click.Context, expected_head: str | None) -> None:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(min=1),
+    type=CountParam(min=1),
     default=10000,
     show_default=True,
     help="Rows deleted per transaction.",

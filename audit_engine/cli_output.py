@@ -1,28 +1,22 @@
-"""What the CLI reads and prints: time arguments, entry rendering, the generated reference.
+"""What the CLI reads: durations, times, ``--detail``; and the generated reference.
 
-Kept apart from ``cli.py`` so the commands stay one call into the library each.
+Kept apart from ``cli.py`` so the commands stay one call into the library each. How entries
+are printed is :mod:`audit_engine.formats` (shared with ``AuditStore.export``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import click
 
-from audit_engine.models import AuditEntry
-
-FORMATS = ("table", "json", "jsonl", "csv")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_CSV_FIELDS = tuple(AuditEntry.model_fields)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -36,13 +30,20 @@ def parse_duration(text: str) -> timedelta:
     if value <= 0:
         raise ValueError(f"{text!r} is not a positive duration")
     try:
-        return timedelta(seconds=value)
+        duration = timedelta(seconds=value)
     except OverflowError:
         raise ValueError(f"{text!r} is too long a duration") from None
+    if not duration:  # rounded to whole microseconds: 0.0000001s would be no age at all
+        raise ValueError(f"{text!r} is shorter than a microsecond, the smallest duration")
+    return duration
 
 
 def parse_time(text: str, *, now: datetime | None = None) -> datetime:
-    """An ISO-8601 date or time (naive means UTC), or a duration back from now (``24h``)."""
+    """An ISO-8601 date or time, or a duration back from now (``24h``); returned in UTC.
+
+    A date or time without an offset is local time (the ``TZ`` environment variable, as
+    ``date`` reads it); ``Z`` or ``+02:00`` say which zone.
+    """
     try:
         age = parse_duration(text)
     except ValueError:
@@ -52,7 +53,8 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
             return (now or datetime.now(UTC)) - age
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
         # Normalised here, inside the try: an offset can push year 1 or 9999 out of range.
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        # astimezone() reads a naive value as local time.
+        return value.astimezone(UTC)
     except OverflowError:
         raise ValueError(f"{text!r} is out of the range of dates") from None
     except ValueError:
@@ -97,7 +99,7 @@ class TimeParam(click.ParamType):  # type: ignore[type-arg]
 class DetailParam(click.ParamType):  # type: ignore[type-arg]
     """``--detail key=value``, checked before anything is opened (a usage error, exit 2)."""
 
-    name = "key=value"
+    name = "key=value|key:=json"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         if isinstance(value, tuple):
@@ -108,96 +110,56 @@ class DetailParam(click.ParamType):  # type: ignore[type-arg]
             self.fail(str(exc), param, ctx)
 
 
+# SQLite's largest integer: a count beyond it is a usage error, not an OverflowError later.
+INT_MAX = 2**63 - 1
+
+
+class CountParam(click.IntRange):
+    """A whole number from ``min`` on, at most SQLite's largest integer (a usage error above)."""
+
+    def __init__(self, min: int) -> None:
+        super().__init__(min=min)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if number > INT_MAX:
+            self.fail(f"{number} is more than SQLite can count (at most {INT_MAX})", param, ctx)
+        return number
+
+
 def plural(count: int, word: str, many: str | None = None) -> str:
     """``1 row``, ``2 rows`` (``many`` for irregular plurals: entry/entries)."""
     return f"{count} {word if count == 1 else (many or word + 's')}"
 
 
-def entry_object(entry: AuditEntry) -> dict[str, Any]:
-    """The stable JSON form of an entry (``details`` as a nested object)."""
-    return entry.model_dump(mode="json")
-
-
-def render(entries: Sequence[AuditEntry], fmt: str) -> Iterator[str]:
-    """The lines that print ``entries`` in ``fmt`` (each without its newline)."""
-    if fmt == "json":
-        yield json.dumps([entry_object(e) for e in entries], indent=2, ensure_ascii=False)
-    elif fmt == "jsonl":
-        for entry in entries:
-            yield json.dumps(entry_object(entry), ensure_ascii=False)
-    elif fmt == "csv":
-        yield from csv_lines(entries, header=True)
-    else:
-        yield from table_lines(entries)
-
-
-def csv_lines(entries: Iterable[AuditEntry], *, header: bool) -> Iterator[str]:
-    """CSV rows: a header of the entry's fields, then one row per entry."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="")
-    rows: Iterable[Sequence[Any]] = (
-        [
-            e.event_id,
-            entry_object(e)["timestamp"],
-            e.actor or "",
-            e.action,
-            e.operation.value,
-            e.outcome.value,
-            e.resource_type or "",
-            e.resource_id or "",
-            e.correlation_id or "",
-            e.details_json,
-            "true" if e.critical else "false",
-        ]
-        for e in entries
-    )
-    if header:
-        writer.writerow(_CSV_FIELDS)
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-    for row in rows:
-        writer.writerow(row)
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-
-
-_TABLE_COLUMNS = ("time (UTC)", "actor", "action", "operation", "outcome", "resource", "")
-
-
-def table_lines(entries: Sequence[AuditEntry]) -> Iterator[str]:
-    """An aligned table for people; not for parsing (use json, jsonl or csv)."""
-    rows = [
-        (
-            f"{e.timestamp:%Y-%m-%d %H:%M:%S}",
-            e.actor or "-",
-            e.action,
-            e.operation.value,
-            e.outcome.value,
-            f"{e.resource_type or '-'}/{e.resource_id or '-'}",
-            "critical" if e.critical else "",
-        )
-        for e in entries
-    ]
-    widths = [
-        max(len(str(c)) for c in column) for column in zip(_TABLE_COLUMNS, *rows, strict=False)
-    ]
-    for row in (_TABLE_COLUMNS, *rows):
-        yield "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-    yield f"({plural(len(rows), 'entry', 'entries')})"
-
-
 def parse_detail(text: str) -> tuple[str, Any]:
-    """``key=value`` from ``--detail``; the value is JSON when it parses as JSON, else text."""
+    """``--detail``: ``key=value`` is text, ``key:=json`` a JSON value (HTTPie's convention).
+
+    ``version=1.10`` is the text ``"1.10"``; ``count:=3``, ``tags:='["a"]'``, ``ok:=true`` are
+    JSON. The split is at the first ``=``, so the text may hold more (``url=a=b``).
+    """
     key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"--detail takes key=value, got {text!r}")
+    is_json = key.endswith(":")
+    name = (key[:-1] if is_json else key).strip()
+    if not sep or not name:
+        raise ValueError(f"--detail takes KEY=TEXT or KEY:=JSON, got {_shown(text)}")
+    if not is_json:
+        return name, raw
     try:
         value: Any = json.loads(raw)
-    except ValueError:
-        value = raw
-    return key.strip(), value
+    except RecursionError:
+        raise ValueError(f"{name}:= takes a JSON value: this one is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{name}:= takes a JSON value: {exc.msg} at character {exc.pos} "
+            f"(for text, use {name}=...)"
+        ) from None
+    return name, value
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    # Echo what the user typed, but not all of a pasted megabyte.
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 def render_reference(group: click.Group, prog: str) -> str:

@@ -7,10 +7,7 @@ With :mod:`audit_engine.schema` (the file and its schema), :mod:`audit_engine.ch
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
-import io
-import itertools
 import json
 import os
 import sqlite3
@@ -22,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import sqlite_utils
 
+from audit_engine import formats
 from audit_engine.anchors import check_maintenance
 from audit_engine.chain import (
     GENESIS_HASH,
@@ -369,8 +367,10 @@ class AuditStore:
 
         ``fmt="jsonl"``: one JSON object per row with its id, stored fields, ``prev_hash`` and
         ``hash`` (a contiguous range verifies offline with ``chain.verify_exported_lines``).
-        ``fmt="csv"``: a header row, then one row per entry (``details`` as JSON text). Takes the
-        filters of :meth:`query`. Streams: memory does not grow with the number of rows.
+        ``fmt="csv"``: a header row, then one row per entry (``details`` as JSON text,
+        ``critical`` as true/false). Values are rendered by :mod:`audit_engine.formats`, as
+        ``audit-engine query`` renders them. Takes the filters of :meth:`query`. Streams: memory
+        does not grow with the number of rows.
         """
         if fmt not in ("jsonl", "csv"):
             raise AuditStoreError(f"unknown export format {fmt!r}: use 'jsonl' or 'csv'")
@@ -379,8 +379,7 @@ class AuditStore:
         names = ("id", *_COLUMNS, "prev_hash", "hash")
         with self._errors("export"):
             cursor = self._conn.execute(sql, params)
-        lines = _csv_lines(names, cursor) if fmt == "csv" else _jsonl_lines(names, cursor)
-        return self._guarded(lines, "export")
+        return self._guarded(formats.export_lines(fmt, names, cursor), "export")
 
     def _guarded(self, lines: Iterator[str], what: str) -> Iterator[str]:
         # Rows are read while the caller iterates: a corrupt page shows up here, not earlier.
@@ -532,26 +531,3 @@ class AuditStore:
             clauses.append("timestamp < ?")
             params.append(_as_utc(until, "until"))
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
-
-
-_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
-
-
-def _jsonl_lines(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[str]:
-    for row in rows:
-        record = dict(zip(names, row, strict=True))
-        record["details"] = json.loads(record["details"])
-        record["critical"] = bool(record["critical"])
-        line = json.dumps(record, ensure_ascii=False)
-        # Line separators JSON leaves raw would split the line for str.splitlines() readers.
-        yield line.translate(_LINE_BREAKS) + "\n"
-
-
-def _csv_lines(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for row in itertools.chain([names], rows):
-        writer.writerow(row)
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()

@@ -1,4 +1,5 @@
-"""audit_engine.cli_output on its own: durations, times, --detail, and the output formats."""
+"""audit_engine.cli_output and audit_engine.formats on their own: durations, times, --detail,
+and the output formats."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import csv
 import io
 import json
 import re
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import click
@@ -15,12 +18,20 @@ from audit_engine.cli_output import (
     DetailParam,
     DurationParam,
     TimeParam,
-    csv_lines,
-    entry_object,
     parse_detail,
     parse_duration,
     parse_time,
+)
+from audit_engine.errors import AuditStoreError
+from audit_engine.formats import (
+    TABLE_COLUMNS,
+    Table,
+    csv_lines,
+    entry_object,
+    export_lines,
+    json_text,
     render,
+    table_cells,
     table_lines,
 )
 from audit_engine.models import AuditEntry
@@ -70,6 +81,15 @@ def test_parse_duration_refuses_zero(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize("text", ["0.0000001s", "0.0000004s"])
+def test_parse_duration_refuses_less_than_a_microsecond(text: str) -> None:
+    """Issue 11 item 12: it rounded to a zero timedelta, which purge then refused (exit 1)."""
+    with pytest.raises(ValueError, match="shorter than a microsecond") as caught:
+        parse_duration(text)
+
+    assert str(caught.value) == f"{text!r} is shorter than a microsecond, the smallest duration"
+
+
 def test_parse_duration_refuses_a_duration_too_large() -> None:
     """Too large for a timedelta: a ValueError, not an OverflowError."""
     with pytest.raises(ValueError, match=r"^'99999999999d' is too long a duration$"):
@@ -84,8 +104,6 @@ def test_parse_duration_refuses_a_duration_too_large() -> None:
     [
         ("15m", NOW - timedelta(minutes=15)),
         ("7d", NOW - timedelta(days=7)),
-        ("2026-11-20", datetime(2026, 11, 20, tzinfo=UTC)),
-        ("2026-11-20T08:00:00", datetime(2026, 11, 20, 8, tzinfo=UTC)),
         ("2026-11-20T08:00:00Z", datetime(2026, 11, 20, 8, tzinfo=UTC)),
         ("2026-11-20 08:00:00.5Z", datetime(2026, 11, 20, 8, 0, 0, 500000, tzinfo=UTC)),
         ("2026-11-20T10:00:00+02:00", datetime(2026, 11, 20, 8, tzinfo=UTC)),
@@ -106,8 +124,34 @@ def test_parse_time_converts_an_offset_to_utc() -> None:
     assert (parsed.year, parsed.month, parsed.day, parsed.hour) == (2026, 11, 20, 8)
 
 
-def test_parse_time_naive_means_utc() -> None:
-    assert parse_time("2026-11-20T08:00:00").tzinfo is UTC
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone is New York's (EST, UTC-5, in late November)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("new_york")
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-11-20T08:00:00", datetime(2026, 11, 20, 13, tzinfo=UTC)),
+        ("2026-11-20 08:00", datetime(2026, 11, 20, 13, tzinfo=UTC)),
+        ("2026-11-20", datetime(2026, 11, 20, 5, tzinfo=UTC)),
+        ("2026-07-01T08:00:00", datetime(2026, 7, 1, 12, tzinfo=UTC)),  # EDT, UTC-4
+        ("2026-11-20T08:00:00Z", datetime(2026, 11, 20, 8, tzinfo=UTC)),
+        ("2026-11-20T08:00:00+01:00", datetime(2026, 11, 20, 7, tzinfo=UTC)),
+    ],
+)
+def test_parse_time_naive_means_local_time(text: str, expected: datetime) -> None:
+    """Issue 11 item 18: as `date` reads it; an offset or Z still says which zone."""
+    parsed = parse_time(text, now=NOW)
+
+    assert parsed == expected
+    assert parsed.tzinfo is UTC
 
 
 def test_parse_time_relative_to_the_clock() -> None:
@@ -160,9 +204,9 @@ def test_time_param_converts_and_passes_datetimes_through() -> None:
 def test_detail_param_converts_and_passes_pairs_through() -> None:
     param = DetailParam()
 
-    assert param.convert("n=3", None, None) == ("n", 3)
+    assert param.convert("n:=3", None, None) == ("n", 3)
     assert param.convert(("k", "v"), None, None) == ("k", "v")
-    with pytest.raises(click.BadParameter, match=r"^--detail takes key=value, got 'x'$"):
+    with pytest.raises(click.BadParameter, match=r"^--detail takes KEY=TEXT or KEY:=JSON, got 'x'"):
         param.convert("x", None, None)
 
 
@@ -172,31 +216,75 @@ def test_detail_param_converts_and_passes_pairs_through() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("n=3", ("n", 3)),
-        ("ratio=0.5", ("ratio", 0.5)),
-        ("ok=false", ("ok", False)),
-        ("none=null", ("none", None)),
-        ('list=[1, "a"]', ("list", [1, "a"])),
-        ('obj={"k": {"x": 1}}', ("obj", {"k": {"x": 1}})),
-        ('quoted="007"', ("quoted", "007")),
+        # KEY=TEXT is always text (issue 11 item 21: 1.10 was stored as 1.1, 1e3 as 1000.0).
+        ("version=1.10", ("version", "1.10")),
+        ("code=1e3", ("code", "1e3")),
+        ("n=3", ("n", "3")),
+        ("ok=false", ("ok", "false")),
+        ("none=null", ("none", "null")),
+        ('quoted="007"', ("quoted", '"007"')),
         ("text=hello world", ("text", "hello world")),
-        ("zip=007", ("zip", "007")),
         ("empty=", ("empty", "")),
         ("url=a=b&c=d", ("url", "a=b&c=d")),
         (" key =v", ("key", "v")),
         ("k={not json", ("k", "{not json")),
+        ("a:b=c", ("a:b", "c")),
+        ("deep=" + "[" * 3000, ("deep", "[" * 3000)),
+        # KEY:=JSON is a JSON value.
+        ("n:=3", ("n", 3)),
+        ("ratio:=0.5", ("ratio", 0.5)),
+        ("ok:=false", ("ok", False)),
+        ("none:=null", ("none", None)),
+        ('list:=[1, "a"]', ("list", [1, "a"])),
+        ('obj:={"k": {"x": 1}}', ("obj", {"k": {"x": 1}})),
+        ('quoted:="007"', ("quoted", "007")),
+        ('url:="a=b"', ("url", "a=b")),
+        (" key :=1", ("key", 1)),
     ],
 )
 def test_parse_detail(text: str, expected: tuple[str, object]) -> None:
     assert parse_detail(text) == expected
 
 
-@pytest.mark.parametrize("text", ["novalue", "=x", "  =x", ""])
+@pytest.mark.parametrize("text", ["novalue", "=x", "  =x", "", ":=1", " :=1"])
 def test_parse_detail_needs_a_key_and_an_equals_sign(text: str) -> None:
-    with pytest.raises(ValueError, match=r"^--detail takes key=value, got ") as caught:
+    with pytest.raises(ValueError, match=r"^--detail takes") as caught:
         parse_detail(text)
 
-    assert str(caught.value) == f"--detail takes key=value, got {text!r}"
+    assert str(caught.value) == f"--detail takes KEY=TEXT or KEY:=JSON, got {text!r}"
+
+
+def test_parse_detail_shortens_a_long_bad_argument() -> None:
+    with pytest.raises(ValueError, match=r"^--detail takes") as caught:
+        parse_detail("x" * 100)
+
+    assert str(caught.value) == f"--detail takes KEY=TEXT or KEY:=JSON, got {'x' * 60!r}..."
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("n:=1.2.3", "Extra data at character 3"),
+        ("t:=hello", "Expecting value at character 0"),
+        ("e:=", "Expecting value at character 0"),
+    ],
+)
+def test_parse_detail_json_that_is_not_json(text: str, problem: str) -> None:
+    key = text.partition(":")[0]
+
+    with pytest.raises(ValueError, match="takes a JSON value") as caught:
+        parse_detail(text)
+
+    assert str(caught.value) == f"{key}:= takes a JSON value: {problem} (for text, use {key}=...)"
+
+
+@pytest.mark.parametrize("brackets", ["[" * 3000, "[" * 3000 + "]" * 3000])
+def test_parse_detail_json_nested_too_deeply(brackets: str) -> None:
+    """Issue 11 item 11: json.loads raised RecursionError, a traceback on the command line."""
+    with pytest.raises(ValueError, match="nested too deeply") as caught:
+        parse_detail("k:=" + brackets)
+
+    assert str(caught.value) == "k:= takes a JSON value: this one is nested too deeply"
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -291,9 +379,113 @@ def test_table_columns_are_aligned() -> None:
 
     header, first, second, footer = table_lines(entries)
 
-    assert header == "time (UTC)           actor  action     operation  outcome  resource"
-    assert first == (
-        "2026-11-23 09:30:15  alice  note.save  execute    success  note/n-1  critical"
+    assert header == (
+        "time (UTC)           actor  action     operation  outcome  resource  correlation"
     )
-    assert second == "2026-11-23 09:30:15  -      a          delete     failure  -/-"
+    assert first == (
+        "2026-11-23 09:30:15  alice  note.save  execute    success  note/n-1  -            critical"
+    )
+    assert second == "2026-11-23 09:30:15  -      a          delete     failure  -/-       -"
     assert footer == "(2 entries)"
+
+
+def test_the_table_shows_the_correlation_id() -> None:
+    """Issue 11 item 20: the table left correlation_id out."""
+    header, row, _ = table_lines([_entry(correlation_id="req-42")])
+
+    assert header.split()[-1] == "correlation"
+    assert row.split()[-1] == "req-42"
+    assert header.index("correlation") == row.index("req-42")
+
+
+def test_a_table_made_before_its_rows_cuts_what_does_not_fit() -> None:
+    """tail -f prints the header first: later rows keep its columns (issue 11 item 20)."""
+    table = Table.fitting([], minimum=(19, 5, 6, 9, 7, 8, 11, 8))
+    long = _entry(actor="a-very-long-actor", action="x", correlation_id="c", critical=True)
+
+    line = table.line(table_cells(long))
+
+    assert table.header() == (
+        "time (UTC)           actor  action  operation  outcome  resource  correlation"
+    )
+    assert line == (
+        "2026-11-23 09:30:15  a-ve…  x       execute    success  -/-       c            critical"
+    )
+    starts = [table.header().index(title) for title in TABLE_COLUMNS[1:-1]]
+    assert [line.index(cell) for cell in ("a-ve…", "x  ", "execute", "success", "-/-")] == (
+        starts[:5]
+    )
+
+
+def test_the_table_pads_a_year_below_1000() -> None:
+    entry = _entry(timestamp=datetime(999, 1, 2, 3, 4, 5, tzinfo=UTC))
+
+    assert table_cells(entry)[0] == "0999-01-02 03:04:05"
+
+
+# -- one rendering of each value (issue 11 item 20) --------------------------------------------
+
+_NAMES = (
+    "id", "event_id", "timestamp", "actor", "action", "operation", "outcome", "resource_type",
+    "resource_id", "correlation_id", "details", "critical", "prev_hash", "hash",
+)  # fmt: skip
+
+
+def _stored(details: str = "{}", critical: int = 0) -> tuple[object, ...]:
+    return (
+        *(7, "evt-1", "2026-01-02T03:04:05.000000Z", None, "note.save", "execute", "success"),
+        *(None, None, None, details, critical, "0" * 64, "f" * 64),
+    )
+
+
+def test_timestamps_are_the_stored_form_everywhere() -> None:
+    entry = _entry(timestamp=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+
+    [jsonl] = render([entry], "jsonl")
+    [_, csv_row] = render([entry], "csv")
+    [exported] = export_lines("jsonl", _NAMES, [_stored()])
+
+    assert json.loads(jsonl)["timestamp"] == "2026-01-02T03:04:05.000000Z"
+    assert csv_row.split(",")[1] == "2026-01-02T03:04:05.000000Z"
+    assert json.loads(exported)["timestamp"] == "2026-01-02T03:04:05.000000Z"
+
+
+def test_critical_is_true_or_false_in_query_and_export_csv() -> None:
+    """Issue 11 item 20: export's CSV wrote 0/1 where query's wrote true/false."""
+    [_, queried] = render([_entry(critical=True)], "csv")
+    exported = list(export_lines("csv", _NAMES, [_stored(critical=1), _stored()]))
+
+    assert queried.endswith(",true")
+    assert exported[0] == ",".join(_NAMES) + "\n"
+    rows = list(csv.DictReader(io.StringIO("".join(exported))))
+    assert [row["critical"] for row in rows] == ["true", "false"]
+    assert rows[0]["actor"] == ""
+
+
+def test_line_separators_are_escaped_in_every_json_and_csv_output() -> None:
+    """Issue 11 item 20: only export escaped U+2028; query's jsonl split for line readers."""
+    details = {"note": "a\u2028b\u2029c\x85d"}
+    entry = _entry(details=details, actor="zoë")
+
+    outputs = [
+        *render([entry], "jsonl"),
+        *render([entry], "json"),
+        *render([entry], "csv"),
+        *export_lines("jsonl", _NAMES, [_stored(details=entry.details_json)]),
+        *export_lines("csv", _NAMES, [_stored(details=entry.details_json)]),
+    ]
+
+    for text in outputs:
+        assert not {"\u2028", "\u2029", "\x85"} & set(text), text
+        assert text.rstrip("\n").splitlines() == text.rstrip("\n").split("\n")
+    assert json.loads(outputs[0])["details"] == details
+    assert "zoë" in outputs[0]
+    assert json_text("\u2028") == '"\\u2028"'
+
+
+def test_a_stored_row_whose_details_are_not_json_is_named() -> None:
+    lines = export_lines("jsonl", _NAMES, [_stored(), _stored(details="not json")])
+
+    assert json.loads(next(lines))["id"] == 7
+    with pytest.raises(AuditStoreError, match=r"^cannot export row 7: its details are not JSON \("):
+        next(lines)

@@ -217,6 +217,8 @@ def test_purge_with_nothing_old_enough(cli: Cli, aged: Trail) -> None:
     [
         ("0d", "'0d' is not a positive duration"),
         ("0.0s", "'0.0s' is not a positive duration"),
+        # Issue 11 item 12: rounded to no age at all, then refused by purge with exit 1.
+        ("0.0000001s", "'0.0000001s' is shorter than a microsecond, the smallest duration"),
         ("90", "'90' is not a duration: a number and a unit (s, m, h, d, w), e.g. 15m, 24h, 7d"),
         ("-5d", "'-5d' is not a duration: a number and a unit (s, m, h, d, w), e.g. 15m, 24h, 7d"),
         ("3y", "'3y' is not a duration: a number and a unit (s, m, h, d, w), e.g. 15m, 24h, 7d"),
@@ -239,6 +241,11 @@ def test_a_bad_age_is_a_usage_error(cli: Cli, aged: Trail, value: str, problem: 
         (
             ["--older-than", "90d", "--batch-size", "0"],
             "Error: Invalid value for '--batch-size': 0 is not in the range x>=1.\n",
+        ),
+        (
+            ["--older-than", "90d", "--batch-size", "9223372036854775808"],
+            "Error: Invalid value for '--batch-size': 9223372036854775808 is more than SQLite can "
+            "count (at most 9223372036854775807)\n",
         ),
     ],
 )
@@ -274,7 +281,7 @@ def test_stats_shows_every_section(cli: Cli, three: Trail, db_path: Path) -> Non
     lines = result.output.splitlines()
     day = f"{datetime.now(UTC):%Y-%m-%d}"
     assert re.fullmatch(
-        rf"Database:   {re.escape(str(db_path))} \([\d,]+ bytes, schema v2\)", lines[0]
+        rf"Database:   {re.escape(str(db_path))} \([\d,]+ bytes, schema v3\)", lines[0]
     )
     assert re.fullmatch(rf"Entries:    3 \({day}T\S+Z \.\. {day}T\S+Z\)", lines[1])
     assert lines[2:4] == ["Chain:      ok (3 rows)", "Cleanup:    never"]
@@ -332,7 +339,7 @@ def test_stats_json(cli: Cli, aged: Trail, db_path: Path) -> None:
     assert summary["path"] == str(db_path)
     assert summary["entries"] == 2
     assert summary["file_bytes"] > 0
-    assert summary["schema_version"] == 2
+    assert summary["schema_version"] == 3
     assert summary["by_operation"] == {"execute": 2}
     assert summary["by_action"] == {"new.0": 1, "new.1": 1}
     assert summary["by_outcome"] == {"success": 2}

@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
@@ -27,7 +31,7 @@ ENTRY_FIELDS = [
     "details",
     "critical",
 ]
-TABLE_HEADER = ["time (UTC)", "actor", "action", "operation", "outcome", "resource"]
+TABLE_HEADER = ["time (UTC)", "actor", "action", "operation", "outcome", "resource", "correlation"]
 
 
 def _jsonl_actions(output: str) -> list[str]:
@@ -80,7 +84,7 @@ def test_query_since_until_relative(
 def test_query_since_until_iso(cli: Cli, notes: Trail) -> None:
     now = datetime.now(UTC)
     two_days_ago = now - timedelta(days=2)
-    naive = (now - timedelta(hours=3)).replace(tzinfo=None).isoformat()
+    naive = (now - timedelta(hours=3)).astimezone().replace(tzinfo=None).isoformat()
     zulu = (now - timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
     paris = (now - timedelta(hours=3)).astimezone(timezone(timedelta(hours=2)))
 
@@ -90,7 +94,7 @@ def test_query_since_until_iso(cli: Cli, notes: Trail) -> None:
     day = cli.run("query", "--until", f"{now - timedelta(days=1):%Y-%m-%d}", "--format", "jsonl")
 
     assert _jsonl_actions(aware.output) == ["note.open", "note.delete", "user.login"]
-    # A naive time is UTC, 'Z' is UTC.
+    # A naive time is local time, 'Z' is UTC.
     assert _jsonl_actions(naive_utc.output) == ["note.open"]
     assert _jsonl_actions(offset.output) == ["note.create"]
     assert _jsonl_actions(day.output) == ["note.create"]
@@ -123,6 +127,61 @@ def test_a_negative_limit_is_a_usage_error(cli: Cli, notes: Trail) -> None:
 
     assert result.output.endswith(
         "Error: Invalid value for '--limit': -1 is not in the range x>=0.\n"
+    )
+
+
+def test_a_limit_beyond_sqlite_integers_is_a_usage_error(cli: Cli, notes: Trail) -> None:
+    """Issue 11 item 12: an OverflowError traceback."""
+    result = cli.run("query", "--limit", "9223372036854775808", code=2)
+    largest = cli.run("query", "--limit", "9223372036854775807", "--format", "jsonl")
+
+    assert result.output.startswith("Usage: audit-engine query [OPTIONS]\n")
+    assert result.output.endswith(
+        "Error: Invalid value for '--limit': 9223372036854775808 is more than SQLite can count "
+        "(at most 9223372036854775807)\n"
+    )
+    assert len(largest.output.splitlines()) == 4
+
+
+def test_a_naive_time_is_local_time(
+    cli: Cli, trail: Trail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 item 18: --since 2026-12-01T11:00:00 was read as UTC, not as `date` reads it."""
+    trail.record(
+        {"action": "at.15.30Z", "timestamp": datetime(2026, 12, 1, 15, 30, tzinfo=UTC)},
+        {"action": "at.16.30Z", "timestamp": datetime(2026, 12, 1, 16, 30, tzinfo=UTC)},
+    )
+    new_york = {"TZ": "America/New_York"}  # 11:00 there is 16:00 UTC
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        local = cli.run("query", "--since", "2026-12-01T11:00:00", "--format", "jsonl")
+        utc = cli.run("query", "--since", "2026-12-01T11:00:00Z", "--format", "jsonl")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    command = [sys.executable, "-m", "audit_engine", "--db", str(cli.database), "query"]
+    process = subprocess.run(
+        [*command, "--until", "2026-12-01 11:00", "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **new_york},
+        timeout=60,
+        check=False,
+    )
+
+    assert _jsonl_actions(local.output) == ["at.16.30Z"]
+    assert _jsonl_actions(utc.output) == ["at.15.30Z", "at.16.30Z"]
+    assert (process.returncode, process.stderr) == (0, "")
+    assert _jsonl_actions(process.stdout) == ["at.15.30Z"]
+
+
+def test_the_help_says_a_naive_time_is_local(cli: Cli) -> None:
+    help_text = " ".join(cli.run("query", "--help").output.split())
+
+    assert "ISO-8601 (without an offset it is local time, as `date` reads it; add Z for UTC)" in (
+        help_text
     )
 
 
@@ -174,11 +233,13 @@ def test_query_table_has_a_header_rows_and_a_footer(cli: Cli, notes: Trail) -> N
     assert lines[0].split() == ["time", "(UTC)", *TABLE_HEADER[1:]]
     assert lines[-1] == "(4 entries)"
     assert len(lines) == 6
-    assert lines[1].split()[2:] == ["alice", "note.create", "create", "success", "note/n1"]
-    assert lines[3].split()[2:] == [
-        *("alice", "note.delete", "delete", "failure", "note/n2", "critical")
+    assert lines[1].split()[2:] == [
+        *("alice", "note.create", "create", "success", "note/n1", "req-1")
     ]
-    assert lines[2].split()[-1] == "note/n1"
+    assert lines[3].split()[2:] == [
+        *("alice", "note.delete", "delete", "failure", "note/n2", "req-3", "critical")
+    ]
+    assert lines[2].split()[-1] == "req-2"
     assert cli.run("query", "--limit", "1").output.splitlines()[-1] == "(1 entry)"
 
 

@@ -67,7 +67,7 @@ def test_init_migrates_a_version_1_database_and_chains_its_rows(
     cli.run("init")
 
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
     assert cli.run("verify").output == f"OK: 1 row verified; head 1:{trail.head().hash}\n"
     assert [e.event_id for e in trail.entries()] == [entry.event_id]
 
@@ -142,48 +142,80 @@ def test_record_defaults_to_a_successful_execute(cli: Cli, trail: Trail) -> None
     )
 
 
-def test_detail_values_are_json_when_they_parse_else_text(cli: Cli, trail: Trail) -> None:
+def test_detail_values_are_text_or_json_as_in_httpie(cli: Cli, trail: Trail) -> None:
+    """Issue 11 item 21: KEY=TEXT is text (1.10 was stored as 1.1), KEY:=JSON a JSON value."""
     cli.run(
         "record", "--action", "doc.save",
-        "--detail", "size=3",
-        "--detail", 'tags=["a", "b"]',
-        "--detail", 'meta={"pages": 2}',
-        "--detail", "draft=true",
-        "--detail", "title=Q3 plan",
+        "--detail", "version=1.10",
+        "--detail", "code=1e3",
         "--detail", "zip=007",
+        "--detail", "title=Q3 plan",
         "--detail", "empty=",
         "--detail", "eq=a=b",
         "--detail", " spaced =x",
+        "--detail", "size:=3",
+        "--detail", 'tags:=["a", "b"]',
+        "--detail", 'meta:={"pages": 2}',
+        "--detail", "draft:=true",
+        "--detail", "ratio:=1.10",
     )  # fmt: skip
 
     [entry] = trail.entries()
     assert entry.details == {
+        "version": "1.10",
+        "code": "1e3",
+        "zip": "007",
+        "title": "Q3 plan",
+        "empty": "",
+        "eq": "a=b",
+        "spaced": "x",
         "size": 3,
         "tags": ["a", "b"],
         "meta": {"pages": 2},
         "draft": True,
-        "title": "Q3 plan",
-        "zip": "007",
-        "empty": "",
-        "eq": "a=b",
-        "spaced": "x",
+        "ratio": 1.1,
     }
 
 
-@pytest.mark.parametrize("detail", ["novalue", "=x", " =x"])
+@pytest.mark.parametrize("detail", ["novalue", "=x", " =x", ":=1"])
 def test_a_detail_without_key_is_a_usage_error_that_creates_nothing(cli: Cli, detail: str) -> None:
     """--detail is checked while the arguments are parsed, before the database is opened."""
     result = cli.run("record", "--action", "doc.save", "--detail", detail, code=2)
 
     assert result.output.startswith("Usage: audit-engine record [OPTIONS]\n")
     assert result.output.endswith(
-        f"\nError: Invalid value for '--detail': --detail takes key=value, got {detail!r}\n"
+        f"\nError: Invalid value for '--detail': --detail takes KEY=TEXT or KEY:=JSON, "
+        f"got {detail!r}\n"
     )
     assert not cli.database.exists()
 
 
+def test_a_json_detail_that_is_not_json_is_a_usage_error(cli: Cli) -> None:
+    result = cli.run("record", "--action", "doc.save", "--detail", "title:=Q3 plan", code=2)
+
+    assert result.output.endswith(
+        "\nError: Invalid value for '--detail': title:= takes a JSON value: Expecting value at "
+        "character 0 (for text, use title=...)\n"
+    )
+    assert not cli.database.exists()
+
+
+def test_a_detail_nested_too_deeply_is_a_usage_error(cli: Cli, trail: Trail) -> None:
+    """Issue 11 item 11: 3 000 brackets raised RecursionError, a traceback; as text they are
+    just text."""
+    as_json = cli.run("record", "--action", "doc.save", "--detail", "k:=" + "[" * 3000, code=2)
+    as_text = cli.run("record", "--action", "doc.save", "--detail", "k=" + "[" * 3000)
+
+    assert as_json.output.endswith(
+        "\nError: Invalid value for '--detail': k:= takes a JSON value: this one is nested too "
+        "deeply\n"
+    )
+    assert as_text.output == "accepted 1, filtered 0, written 1\n"
+    assert [e.details for e in trail.entries()] == [{"k": "[" * 3000}]
+
+
 def test_a_detail_that_is_not_storable_is_reported(cli: Cli, trail: Trail) -> None:
-    result = cli.run("record", "--action", "doc.save", "--detail", "x=1e999", code=1)
+    result = cli.run("record", "--action", "doc.save", "--detail", "x:=1e999", code=1)
 
     assert result.output == (
         "Error: invalid entry: details must be JSON-serialisable: "
@@ -342,20 +374,108 @@ def test_stdin_with_entry_options_is_a_usage_error(cli: Cli, options: list[str])
     assert not cli.database.exists()
 
 
-def test_a_reused_event_id_is_dead_lettered_and_counted(cli: Cli, trail: Trail) -> None:
+def test_a_reused_event_id_is_dead_lettered_counted_and_an_error(cli: Cli, trail: Trail) -> None:
+    """Issue 11 item 2: the command exited 0 although an entry was not written."""
     lines = [
         '{"action": "first", "event_id": "evt-1"}',
         '{"action": "again", "event_id": "evt-1"}',
         '{"action": "third"}',
     ]
 
-    result = cli.run("record", "--stdin", input="\n".join(lines) + "\n")
+    result = cli.run("record", "--stdin", input="\n".join(lines) + "\n", code=1)
 
     assert result.stdout == "accepted 3, filtered 0, written 2, dead-lettered 1\n"
+    assert result.stderr == (
+        "Error: 1 entry was not committed "
+        "(IntegrityError: UNIQUE constraint failed: audit_entries.event_id): "
+        f"kept in {cli.database}.deadletter.jsonl; `audit-engine replay-deadletter` stores them "
+        "once the cause is fixed\n"
+    )
     assert trail.actions() == ["first", "third"]
     [kept] = list(deadletter.read(deadletter.path_for(cli.database)))
     assert kept[1] is not None
     assert kept[1].action == "again"
+
+
+def _refuse_inserts(trail: Trail) -> None:
+    """A database that refuses every new row (a trigger), as a locked-down or broken file would."""
+    trail.init()
+    trail.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON audit_entries "
+        "BEGIN SELECT RAISE(ABORT, 'no more rows'); END"
+    )
+
+
+def _dead_lettered_actions(cli: Cli) -> list[str]:
+    kept = deadletter.read(deadletter.path_for(cli.database))
+    return [line[1].action for line in kept if line[1] is not None]
+
+
+def test_an_entry_the_database_refuses_is_an_error(cli: Cli, trail: Trail) -> None:
+    """Issue 11 item 2: exit 1 whenever an entry was not committed."""
+    _refuse_inserts(trail)
+
+    result = cli.run("record", "--action", "doc.save", code=1)
+
+    assert result.stdout == "accepted 1, filtered 0, written 0, dead-lettered 1\n"
+    assert result.stderr == (
+        "Error: 1 entry was not committed (IntegrityError: no more rows): "
+        f"kept in {cli.database}.deadletter.jsonl; `audit-engine replay-deadletter` stores them "
+        "once the cause is fixed\n"
+    )
+
+
+def test_a_critical_entry_the_database_refuses_is_an_error(cli: Cli, trail: Trail) -> None:
+    """Issue 11 item 2, with --critical: nothing written is never exit 0."""
+    _refuse_inserts(trail)
+
+    result = cli.run("record", "--action", "doc.save", "--critical", code=1)
+
+    assert result.stderr.startswith("Error: ")
+    assert "no more rows" in result.stderr
+    assert "written 1" not in result.output
+    assert _dead_lettered_actions(cli) == ["doc.save"]
+
+
+def test_a_critical_line_the_database_refuses_does_not_stop_the_others(
+    cli: Cli, trail: Trail
+) -> None:
+    _refuse_inserts(trail)
+    lines = ['{"action": "one", "critical": true}', '{"action": "two", "critical": true}']
+
+    result = cli.run("record", "--stdin", input="\n".join(lines) + "\n", code=1)
+
+    assert result.stderr.startswith("Error: ")
+    assert "no more rows" in result.stderr
+    assert _dead_lettered_actions(cli) == ["one", "two"]
+
+
+def test_a_line_nested_too_deeply_is_a_bad_line(cli: Cli, trail: Trail) -> None:
+    """Issue 11 item 11: a line nested 5 000 deep was a RecursionError traceback, and the good
+    lines after it were not recorded."""
+    deep = '{"action": "x", "details": {"k": ' + "[" * 5000 + "]" * 5000 + "}}"
+    lines = ['{"action": "one"}', deep, '{"action": "two"}']
+
+    result = cli.run("record", "--stdin", input="\n".join(lines) + "\n", code=1)
+
+    assert result.stdout == "accepted 2, filtered 0, written 2\n"
+    assert result.stderr == "Error: line 2: nested too deeply to read\n"
+    assert trail.actions() == ["one", "two"]
+
+
+def test_a_line_whose_details_are_too_deep_to_store_is_a_bad_line(
+    cli: Cli, trail: Trail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nesting JSON can read but the entry cannot take: a bad line, not a traceback."""
+
+    def too_deep(*args: object, **kwargs: object) -> object:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(AuditEntry, "model_validate", too_deep)
+    result = cli.run("record", "--stdin", input='{"action": "one"}\n', code=1)
+
+    assert result.stdout == "accepted 0, filtered 0, written 0\n"
+    assert result.stderr == "Error: line 1: invalid entry: details are nested too deeply\n"
 
 
 def test_a_line_naming_a_record_keyword_is_a_bad_line(cli: Cli, trail: Trail) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import queue
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -41,7 +42,7 @@ EXPORT_CSV_HEADER = (
     "id,event_id,timestamp,actor,action,operation,outcome,resource_type,resource_id,"
     "correlation_id,details,critical,prev_hash,hash"
 )
-TABLE_HEADER = ["time (UTC)", "actor", "action", "operation", "outcome", "resource"]
+TABLE_HEADER = ["time (UTC)", "actor", "action", "operation", "outcome", "resource", "correlation"]
 
 
 def _jsonl_actions(output: str) -> list[str]:
@@ -89,6 +90,12 @@ def test_tail_of_an_empty_trail_prints_the_header_only(cli: Cli, trail: Trail) -
             ["--format", "csv"],
             "Error: Invalid value for '--format': 'csv' is not one of 'table', 'jsonl'.\n",
         ),
+        (
+            # Issue 11 item 12: an OverflowError traceback.
+            ["-n", "9223372036854775808"],
+            "Error: Invalid value for '-n' / '--lines': 9223372036854775808 is more than SQLite "
+            "can count (at most 9223372036854775807)\n",
+        ),
     ],
 )
 def test_tail_usage_errors(cli: Cli, notes: Trail, options: list[str], message: str) -> None:
@@ -116,6 +123,44 @@ def test_tail_follow_prints_new_rows_without_a_second_header(
     assert lines[0].split() == ["time", "(UTC)", *TABLE_HEADER[1:]]
     assert [line.split()[3] for line in lines[1:]] == ["user.login", "late.one", "late.two"]
     assert polls == [0.5, 0.5, 0.5]
+
+
+def test_tail_follow_rows_line_up_with_the_header(
+    cli: Cli, trail: Trail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11 item 20: each poll's rows were padded to their own widths, not the header's."""
+    trail.record({"action": "a", "actor": "al"})
+    late = [
+        {"action": "note.quite-long-action", "actor": "bartholomew", "resource_type": "note",
+         "resource_id": "n-123456", "correlation_id": "req-1", "critical": True},
+        {"action": "x" * 40, "actor": "y" * 30, "correlation_id": "z" * 30},
+    ]  # fmt: skip
+    polls: list[float] = []
+
+    def poll(interval: float) -> None:
+        polls.append(interval)
+        if len(polls) == 1:
+            trail.record(*late)
+        elif len(polls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "time", SimpleNamespace(sleep=poll))
+
+    header, first, *followed = cli.run("tail", "-f").output.splitlines()
+
+    starts = [header.index(title) for title in TABLE_HEADER[1:]]
+    for line in (first, *followed):
+        # Each column starts where its title does, after two spaces.
+        assert [line[start - 2 : start] for start in starts] == ["  "] * len(starts), line
+        assert line[starts[0] - 3] != " ", line
+    assert followed[0].split() == [
+        *followed[0].split()[:2],
+        *("bartholomew", "note.quite-long-action", "execute", "success", "note/n-123456"),
+        *("req-1", "critical"),
+    ]
+    assert followed[1].split()[2:] == [
+        *("y" * 11 + "…", "x" * 23 + "…", "execute", "success", "-/-", "z" * 15 + "…")
+    ]
 
 
 def _read_lines(stream: IO[str], lines: queue.Queue[str]) -> None:
@@ -190,6 +235,58 @@ def test_export_csv_to_stdout_has_a_header_row(cli: Cli, notes: Trail) -> None:
     assert [r["id"] for r in rows] == ["1", "2", "3", "4"]
     assert rows[3]["hash"] == notes.head().hash
     assert json.loads(rows[0]["details"]) == {"tags": ["q3"], "title": "plan"}
+
+
+def test_export_csv_and_query_csv_render_values_alike(cli: Cli, notes: Trail) -> None:
+    """Issue 11 item 20: export wrote critical as 0/1, query as true/false."""
+    exported = list(csv.DictReader(io.StringIO(cli.run("export", "--format", "csv").output)))
+    queried = list(csv.DictReader(io.StringIO(cli.run("query", "--format", "csv").output)))
+
+    assert [row["critical"] for row in exported] == ["false", "false", "true", "false"]
+    for mine, theirs in zip(exported, queried, strict=True):
+        assert {name: mine[name] for name in ENTRY_FIELDS} == theirs
+
+
+def test_export_and_query_escape_line_separators_alike(cli: Cli, trail: Trail) -> None:
+    """Issue 11 item 20: only export escaped U+2028; a query line split for line readers."""
+    trail.record({"action": "note.save", "details": {"body": "one\u2028two\u2029three"}})
+
+    queried = cli.run("query", "--format", "jsonl").output
+    exported = cli.run("export").output
+
+    for text in (queried, exported):
+        assert len(text.splitlines()) == 1
+        assert "\\u2028" in text
+        assert json.loads(text)["details"] == {"body": "one\u2028two\u2029three"}
+    assert verify_exported_lines(exported.splitlines()).ok
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_export_creates_its_file_readable_by_the_owner_only(
+    cli: Cli, notes: Trail, tmp_path: Path, fmt: str
+) -> None:
+    """Issue 11 item 23: --output was created 0644."""
+    target = tmp_path / f"trail.{fmt}"
+    old_umask = os.umask(0o022)
+    try:
+        cli.run("export", "--format", fmt, "--output", str(target))
+    finally:
+        os.umask(old_umask)
+
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+def test_export_over_an_existing_file_keeps_its_mode(
+    cli: Cli, notes: Trail, tmp_path: Path
+) -> None:
+    target = tmp_path / "shared.jsonl"
+    target.write_text("old contents that are longer than nothing\n" * 100)
+    target.chmod(0o640)
+
+    cli.run("export", "--actor", "bob", "--output", str(target))
+
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert _jsonl_actions(target.read_text(encoding="utf-8")) == ["note.open"]
 
 
 @pytest.mark.parametrize(("fmt", "lines"), [("jsonl", 4), ("csv", 5)])
