@@ -428,13 +428,33 @@ def _head(value: str | None) -> ChainHead | None:
     metavar="ID:HASH",
     help="A head published earlier: the chain must still reach it (detects truncation).",
 )
+@click.option(
+    "--min-retention",
+    type=DurationParam(),
+    metavar="DURATION",
+    help=(
+        "Refuse a purge anchor whose cutoff is less than this before its purge, e.g. 90d "
+        "[default: the retention setting, AUDIT_TRAIL_RETENTION_DAYS]."
+    ),
+)
 @click.pass_context
-def verify(ctx: click.Context, expected_head: str | None) -> None:
-    """Check the hash chain; exit 1 naming the first bad row and why."""
+def verify(ctx: click.Context, expected_head: str | None, min_retention: timedelta | None) -> None:
+    """Check the hash chain and the purge records; exit 1 naming what is wrong and why."""
     head = _head(expected_head)
+    if min_retention is None:
+        min_retention = timedelta(days=AuditSettings().retention_days)
     with _store(ctx) as store:
-        report = store.verify(expected_head=head)
+        report = store.verify(expected_head=head, min_retention=min_retention)
+    for warning in report.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     if not report.ok:
+        if report.first_bad_id is None:  # a purge anchor or cleanup run, before any row
+            hint = (
+                "; --min-retention defaults to the retention setting (AUDIT_TRAIL_RETENTION_DAYS)"
+                if report.reason is not None and "minimum retention" in report.reason
+                else ""
+            )
+            raise click.ClickException(f"purge records refused: {report.reason}{hint}")
         raise click.ClickException(
             f"chain broken at row {report.first_bad_id}: {report.reason} "
             f"({plural(report.rows_checked, 'row')} verified before it)"

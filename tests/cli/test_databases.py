@@ -110,7 +110,7 @@ def test_the_database_comes_from_audit_trail_database(
     cli.run("record", "--action", "env.write", env=env, db=False)
     listed = cli.run("query", "--format", "jsonl", env=env, db=False)
 
-    assert created.output == f"Audit database ready at {other} (schema version 2)\n"
+    assert created.output == f"Audit database ready at {other} (schema version 3)\n"
     assert _jsonl_actions(listed.output) == ["env.write"]
     assert not trail.database.exists()
     # --db wins over the environment.

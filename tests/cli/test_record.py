@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 def test_init_creates_an_empty_audit_database(cli: Cli, trail: Trail, db_path: Path) -> None:
     result = cli.run("init")
 
-    assert result.output == f"Audit database ready at {db_path} (schema version 2)\n"
+    assert result.output == f"Audit database ready at {db_path} (schema version 3)\n"
     assert db_path.is_file()
     assert trail.entries() == []
 
@@ -36,7 +36,7 @@ def test_init_is_idempotent_and_keeps_the_entries(cli: Cli, trail: Trail, db_pat
     second = cli.run("init")
 
     assert (
-        first.output == second.output == (f"Audit database ready at {db_path} (schema version 2)\n")
+        first.output == second.output == (f"Audit database ready at {db_path} (schema version 3)\n")
     )
     assert trail.actions() == ["doc.save"]
 
@@ -74,12 +74,12 @@ def test_init_migrates_a_version_1_database_and_chains_its_rows(
 
 def test_init_refuses_a_database_of_a_newer_schema(cli: Cli, db_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        conn.execute("PRAGMA user_version = 3")
+        conn.execute("PRAGMA user_version = 4")
 
     result = cli.run("init", code=1)
 
     assert result.output == (
-        "Error: the audit database has schema version 3; this audit_engine supports up to 2: "
+        "Error: the audit database has schema version 4; this audit_engine supports up to 3: "
         "upgrade audit_engine\n"
     )
 
