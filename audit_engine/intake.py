@@ -14,6 +14,7 @@ also keeps 10 000 queued entries small.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -50,8 +51,27 @@ class Row(NamedTuple):
 _new_row = tuple.__new__
 
 
+_FIELD_NAMES = tuple(AuditEntry.model_fields)
+
+
+def storable_entry(entry: AuditEntry, max_details_bytes: int | None = None) -> AuditEntry:
+    """``entry`` if validation made it and nothing changed it since, else it validated again.
+
+    ``model_copy(update=...)``, ``model_construct`` and ``object.__setattr__`` make entries no
+    validation saw; one of those with a lone surrogate or a control character used to reach the
+    writer. Raises the model's ``ValidationError`` (a ValueError naming the field).
+    """
+    if entry.is_intact():
+        return entry  # the common case: one identity check per field
+    values = entry.__dict__
+    data = {name: values[name] for name in _FIELD_NAMES if name in values}
+    limit = sys.maxsize if max_details_bytes is None else max_details_bytes
+    return AuditEntry.model_validate(data, context={"max_details_bytes": limit})
+
+
 def entry_row(entry: AuditEntry) -> Row:
-    """The stored form of a validated entry."""
+    """The stored form of an entry (validated again first unless :func:`storable_entry` holds)."""
+    entry = storable_entry(entry)
     return Row(
         entry.event_id,
         format_timestamp(entry.timestamp),
@@ -78,6 +98,7 @@ def row_entry(row: Row) -> AuditEntry:
 _FIELDS = frozenset(AuditEntry.model_fields)
 _OPERATIONS = {op.value: op.value for op in Operation} | {op: op.value for op in Operation}
 _OUTCOMES = {o.value: o.value for o in Outcome} | {o: o.value for o in Outcome}
+# Deeper details are checked by the model (up to MAX_DETAILS_DEPTH), not the fast path.
 _MAX_DEPTH = 32
 _encode_details = json.JSONEncoder(
     separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
@@ -223,7 +244,10 @@ def plain_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict
     details = fields.get("details", {})
     if type(details) is not dict or not _plain_json(details, 0):
         raise _NotPlain
-    text = _encode_plain_details(details) if details else "{}"
+    try:
+        text = _encode_plain_details(details) if details else "{}"
+    except ValueError:  # an int too long for int -> str: the model names the key
+        raise _NotPlain from None
     if text.isascii():
         size = len(text)
     else:

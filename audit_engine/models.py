@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import operator
 import os
 import re
 import time
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Self
+from uuid import UUID
 
 from pydantic import (
     BaseModel,
@@ -27,6 +29,22 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from audit_engine.details import MAX_DETAILS_DEPTH, to_json_details
+
+__all__ = [
+    "DEFAULT_MAX_DETAILS_BYTES",
+    "MAX_ACTION_LENGTH",
+    "MAX_DETAILS_DEPTH",
+    "MAX_IDENTIFIER_LENGTH",
+    "AuditEntry",
+    "AuditStats",
+    "Operation",
+    "Outcome",
+    "dump_details",
+    "new_event_id",
+    "utcnow",
+]
 
 DEFAULT_MAX_DETAILS_BYTES = 65536
 MAX_ACTION_LENGTH = 200
@@ -102,26 +120,54 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _check_utf8(field: str, value: str) -> None:
-    # SQLite stores UTF-8: a lone surrogate would only fail later, in the writer thread.
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError(
-                f"{field} contains characters that cannot be encoded as UTF-8"
-            ) from None
+# C0 and C1 controls and DEL; the line and paragraph separators (U+2028, U+2029), which break
+# lines in editors and JSON-in-JS; and the bidirectional overrides and isolates (U+202A-U+202E,
+# U+2066-U+2069), which make a terminal show text in another order than it is stored.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _check_text(field: str, value: str) -> None:
     # Identifiers with control characters forge lines in logs and terminals, and the hash
-    # chain's canonical form relies on text fields never holding U+0000 or U+001F.
+    # chain's canonical form relies on text fields never holding U+0000 or U+001F. (A lone
+    # surrogate, which UTF-8 cannot store, pydantic refuses in every str field itself.)
     if not (value.isascii() and value.isprintable()) and _CONTROL.search(value):
         raise ValueError(f"{field} must not contain control characters")
-    _check_utf8(field, value)
+
+
+ID_FIELDS_TAKING_NUMBERS = ("actor", "resource_id", "correlation_id")
+
+
+def ids_as_text(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with an int (not a bool) or a UUID in an id field as its text (``"42"``).
+
+    The ids an application has at hand. Done on the input, before pydantic's ``str`` check
+    (a validator on the field itself would switch off pydantic's refusal of lone surrogates).
+    """
+    converted = None
+    for name in ID_FIELDS_TAKING_NUMBERS:
+        value = data.get(name)
+        if type(value) is int or isinstance(value, UUID):
+            if converted is None:
+                converted = dict(data)
+            converted[name] = str(value)
+    return data if converted is None else converted
+
+
+class _Seal:
+    """The field values an entry had when validation passed (see ``AuditEntry.is_intact``).
+
+    Not part of an entry's value: equal to every other seal, so entries compare by their fields.
+    """
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple[Any, ...]) -> None:
+        self.values = values
+
+    def __eq__(self, other: object) -> bool:
+        return other is None or isinstance(other, _Seal)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def dump_details(details: dict[str, Any]) -> str:
@@ -134,7 +180,9 @@ def dump_details(details: dict[str, Any]) -> str:
 class AuditEntry(BaseModel):
     """One audit record: who did what to which resource, when, and how it ended.
 
-    Frozen: once validated, an entry cannot change on its way to the database.
+    Frozen: once validated, an entry cannot change on its way to the database. An entry made
+    without validation (``model_copy(update=...)``, ``model_construct``, ``object.__setattr__``)
+    is validated again when it is recorded (:meth:`is_intact` tells them apart).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -153,7 +201,19 @@ class AuditEntry(BaseModel):
     details: dict[str, JsonValue] = Field(default_factory=dict)
     critical: bool = False
 
-    _details_json: str = PrivateAttr(default="{}")
+    _details_json: str | None = PrivateAttr(default=None)
+    _seal: _Seal | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _convert_input(cls, data: Any) -> Any:
+        # Details before field validation, so the error names the key (details.when) and a
+        # structure nested 5 000 deep meets the depth limit instead of pydantic's recursion.
+        if isinstance(data, dict):
+            data = ids_as_text(data)
+            if "details" in data:
+                data = {**data, "details": to_json_details(data["details"])}
+        return data
 
     @field_validator("timestamp")
     @classmethod
@@ -188,39 +248,65 @@ class AuditEntry(BaseModel):
         limit = DEFAULT_MAX_DETAILS_BYTES
         if isinstance(info.context, dict):
             limit = info.context.get("max_details_bytes", limit)
-        if self.details:
-            try:
-                text = dump_details(self.details)
-            except ValueError as exc:  # NaN or infinity: not JSON
-                raise ValueError(f"details must be JSON-serialisable: {exc}") from None
-            _check_utf8("details", text)
-            size = len(text.encode("utf-8"))
-            if size > limit:
-                raise ValueError(
-                    f"details is {size} bytes serialised, more than max_details_bytes={limit}"
-                )
-            self._details_json = text
+        # The details were converted to JSON values before: they always serialise.
+        text = dump_details(self.details) if self.details else "{}"
+        size = len(text.encode("utf-8"))
+        if size > limit:
+            raise ValueError(
+                f"details is {size} bytes serialised, more than max_details_bytes={limit}"
+            )
+        self._details_json = text
+        self._seal = _Seal(tuple(self.__dict__.values()))
         return self
+
+    def is_intact(self) -> bool:
+        """Whether every field still holds what validation passed (the entry is storable).
+
+        False for an entry made by ``model_copy(update=...)`` or ``model_construct``, or changed
+        through ``object.__setattr__``. (``details`` changed in place do not count: what is stored
+        is the text made at validation, :attr:`details_json`.)
+        """
+        seal = self._seal
+        if seal is None:
+            return False
+        values = seal.values
+        current = self.__dict__
+        return len(values) == len(current) and all(map(operator.is_, values, current.values()))
 
     @property
     def details_json(self) -> str:
         """``details`` as the JSON text that is stored (computed once, at validation)."""
-        return self._details_json
+        text = self._details_json
+        if text is None:  # not made by validation (model_construct): serialise what is there
+            text = dump_details(self.details) if self.details else "{}"
+        return text
 
     def details_size(self) -> int:
         """Size of the serialised ``details`` in bytes."""
-        return len(self._details_json.encode("utf-8"))
+        return len(self.details_json.encode("utf-8"))
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """pydantic's copy (not re-validated), keeping the stored details text in step."""
+        """pydantic's copy, not validated: ``record()`` validates it again if ``update`` is given.
+
+        ``details_json`` follows ``details`` when they are JSON values.
+        """
         copy = super().model_copy(update=update, deep=deep)
         if update and "details" in update:
-            copy._details_json = dump_details(copy.details) if copy.details else "{}"
+            try:
+                copy._details_json = dump_details(copy.details) if copy.details else "{}"
+            except (TypeError, ValueError):  # not JSON values yet: record() converts them
+                copy._details_json = None
         return copy
 
-    def with_details(self, details: dict[str, Any]) -> AuditEntry:
-        """A copy with other ``details`` (already JSON values, e.g. a redacted copy of these)."""
-        return self.model_copy(update={"details": details})
+    def with_details(self, details: Mapping[str, Any]) -> AuditEntry:
+        """A copy with other ``details`` (e.g. a redacted copy of these), checked as details are."""
+        converted = to_json_details(details)
+        intact = self.is_intact()
+        copy = super().model_copy(update={"details": converted})
+        copy._details_json = dump_details(converted) if converted else "{}"
+        # Only the details changed, and they were just checked: still intact if this one was.
+        copy._seal = _Seal(tuple(copy.__dict__.values())) if intact else None
+        return copy
 
 
 class AuditStats(BaseModel):

@@ -237,6 +237,7 @@ class AuditService:
             )
         if fields:
             raise TypeError("record() takes an AuditEntry or keyword fields, not both")
+        entry = intake.storable_entry(entry, self._max_details_bytes)  # model_copy() & co.
         size = entry.details_size()
         if size > self._max_details_bytes:
             raise InvalidEntryError(

@@ -16,10 +16,22 @@ Feature: Bad audit entries are refused where they are made
     Then the audit database holds no entries
 
     Examples:
-      | problem                                         | field     |
-      | an empty action                                 | action    |
-      | a blank action                                  | action    |
-      | a timestamp without a time zone                 | timestamp |
-      | details larger than 1024 bytes                  | details   |
-      | a prepared entry whose details exceed 1024 bytes | details   |
-      | an unknown operation                            | operation |
+      | problem                                          | field         |
+      | an empty action                                  | action        |
+      | a blank action                                   | action        |
+      | a timestamp without a time zone                  | timestamp     |
+      | details larger than 1024 bytes                   | details       |
+      | a prepared entry whose details exceed 1024 bytes | details       |
+      | an unknown operation                             | operation     |
+      | a control character slipped into a copied entry  | actor         |
+      | a lone surrogate slipped into a copied entry     | actor         |
+      | a right-to-left override in the resource id      | resource_id   |
+      | details nested 5000 levels deep                  | details       |
+      | a 5000-digit number in details                   | details.count |
+      | a value details cannot hold                      | details.blob  |
+
+  Scenario: The values a tool has at hand are stored as JSON, in one fixed form
+    When the tool records a note save whose details hold a date, a decimal, a set and an enum
+    And the tool flushes the audit trail
+    Then the stored details read {"amount":"12.50","on":"2026-12-01","state":"draft","tags":["a","b"]}
+    And the stored resource id is "42"

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import uuid
-from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from types import SimpleNamespace
+from collections import OrderedDict
+from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
+from decimal import Decimal
+from enum import Enum, IntEnum, StrEnum
+from pathlib import PurePosixPath
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from audit_engine import models
 from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
@@ -242,16 +248,20 @@ def test_lone_surrogate_is_rejected_naming_the_field(field: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "details",
-    [{"note": "bad \udfff"}, {"bad \ud800 key": 1}, {"nested": [{"deep": "\ud83d"}]}],
+    ("details", "place"),
+    [
+        ({"note": "bad \udfff"}, "details.note"),
+        ({"bad \ud800 key": 1}, "details"),
+        ({"nested": [{"deep": "\ud83d"}]}, "details.nested[0].deep"),
+    ],
     ids=["value", "key", "nested"],
 )
-def test_lone_surrogate_in_details_is_rejected(details: dict[str, Any]) -> None:
+def test_lone_surrogate_in_details_is_rejected(details: dict[str, Any], place: str) -> None:
     with pytest.raises(ValidationError) as exc:
         AuditEntry(action="a", details=details)
 
     assert _only_error(exc)["msg"] == (
-        "Value error, details contains characters that cannot be encoded as UTF-8"
+        f"Value error, {place} contains characters that cannot be encoded as UTF-8"
     )
 
 
@@ -310,46 +320,63 @@ def test_unknown_enum_value_is_rejected(field: str, value: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "details",
+    ("details", "message"),
     [
-        {"ratio": math.nan},
-        {"ratio": math.inf},
-        {"nested": {"values": [1.0, -math.inf]}},
+        ({"ratio": math.nan}, "details.ratio is nan"),
+        ({"ratio": math.inf}, "details.ratio is inf"),
+        ({"nested": {"values": [1.0, -math.inf]}}, "details.nested.values[1] is -inf"),
     ],
     ids=["nan", "inf", "nested-minus-inf"],
 )
-def test_details_with_nan_or_infinity_is_rejected(details: dict[str, Any]) -> None:
+def test_details_with_nan_or_infinity_is_rejected(details: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError) as exc:
         AuditEntry(action="a", details=details)
 
-    assert _only_error(exc)["msg"].startswith("Value error, details must be JSON-serialisable: ")
+    assert _only_error(exc)["msg"] == f"Value error, {message}, which JSON cannot hold"
+
+
+ACCEPTED = (
+    "JSON values, datetime/date/time, Decimal, UUID, Enum, Path, tuple, set, frozenset, "
+    "dataclasses and pydantic models"
+)
 
 
 @pytest.mark.parametrize(
-    ("details", "loc"),
+    ("details", "message"),
     [
-        ({1: "one"}, ("details", 1, "[key]")),
-        ({"tags": {"a", "b"}}, ("details", "tags")),
-        ({"thing": object()}, ("details", "thing")),
-        ({"pair": (1, 2)}, ("details", "pair")),
-        ({"when": datetime(2024, 1, 1, tzinfo=UTC)}, ("details", "when")),
+        ({1: "one"}, "details has a key that is not a string: 1"),
+        ({"k": {(1, 2): "pair"}}, "details.k has a key that is not a string: (1, 2)"),
+        ({"thing": object()}, "details.thing has type object"),
+        ({"raw": b"\x00"}, "details.raw has type bytes"),
+        ({"z": [1, {"c": 1j}]}, "details.z[1].c has type complex"),
+        ({"odd key": {1j}}, "details['odd key'][] has type complex"),
     ],
-    ids=["int-key", "set", "object", "tuple", "datetime"],
+    ids=["int-key", "tuple-key", "object", "bytes", "nested-complex", "in-a-set"],
 )
-def test_details_that_are_not_json_values_are_rejected(
-    details: dict[Any, Any], loc: tuple[object, ...]
+def test_details_that_cannot_be_converted_are_rejected_naming_the_place(
+    details: dict[Any, Any], message: str
 ) -> None:
     with pytest.raises(ValidationError) as exc:
         AuditEntry(action="a", details=details)
 
-    assert _only_error(exc)["loc"] == loc
+    error = _only_error(exc)
+    if "not a string" in message:
+        assert error["msg"] == f"Value error, {message}"
+    else:
+        assert error["msg"] == (
+            f"Value error, {message}, which details cannot hold (they take {ACCEPTED})"
+        )
 
 
-def test_details_must_be_a_dict() -> None:
+@pytest.mark.parametrize("details", [["not", "a", "dict"], "text", 3, None])
+def test_details_must_be_a_dict(details: object) -> None:
     with pytest.raises(ValidationError) as exc:
-        AuditEntry(action="a", details=["not", "a", "dict"])
+        AuditEntry(action="a", details=details)
 
-    assert _only_error(exc)["loc"] == ("details",)
+    assert _only_error(exc)["msg"] == (
+        f"Value error, details must be a JSON object (a dict or a mapping), "
+        f"got {type(details).__name__}"
+    )
 
 
 def test_details_json_is_compact_and_key_sorted_at_every_depth() -> None:
@@ -427,6 +454,308 @@ def test_details_json_follows_details_on_model_copy() -> None:
     copy = entry.model_copy(update={"details": {"new": 2}})
 
     assert copy.details_json == '{"new":2}'
+
+
+# -- values details accept, converted to JSON (item 17) -----------------------------------------
+
+
+class Colour(Enum):
+    RED = "red"
+    PAIR = (1, 2)
+
+
+class Level(IntEnum):
+    HIGH = 3
+
+
+class Kind(StrEnum):
+    NOTE = "note"
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    at: date
+
+
+class Invoice(BaseModel):
+    total: Decimal
+    issued: datetime
+
+
+WHEN = datetime(2026, 12, 1, 11, 0, 5, 120, tzinfo=timezone(timedelta(hours=1)))
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [
+        (WHEN, '"2026-12-01T11:00:05.000120+01:00"'),
+        (datetime(2026, 12, 1, 11, 0, tzinfo=UTC), '"2026-12-01T11:00:00+00:00"'),
+        (datetime(2026, 12, 1, 11, 0), '"2026-12-01T11:00:00"'),
+        (date(2026, 12, 1), '"2026-12-01"'),
+        (time(9, 30, 1), '"09:30:01"'),
+        (Decimal("1.10"), '"1.10"'),
+        (Decimal("1E+3"), '"1E+3"'),
+        (uuid.UUID(int=42), '"00000000-0000-0000-0000-00000000002a"'),
+        (Colour.RED, '"red"'),
+        (Colour.PAIR, "[1,2]"),
+        (Level.HIGH, "3"),
+        (Kind.NOTE, '"note"'),
+        (PurePosixPath("/srv/notes/7.md"), '"/srv/notes/7.md"'),
+        ((1, "a"), '[1,"a"]'),
+        ({"b", "a", "c"}, '["a","b","c"]'),
+        (frozenset({10, 9, "9"}), '["9",10,9]'),  # by JSON text: '"9"' < '10' < '9'
+        ({(2, 1), (1, 2)}, "[[1,2],[2,1]]"),
+        (Point(1, date(2026, 1, 2)), '{"at":"2026-01-02","x":1}'),
+        (
+            Invoice(total=Decimal("9.90"), issued=datetime(2026, 1, 1, tzinfo=UTC)),
+            '{"issued":"2026-01-01T00:00:00Z","total":"9.90"}',  # pydantic's JSON form
+        ),
+        (OrderedDict([("b", 1), ("a", 2)]), '{"a":2,"b":1}'),
+        (MappingProxyType({"k": (1,)}), '{"k":[1]}'),
+        ([{"s": {3, 1}}], '[{"s":[1,3]}]'),
+    ],
+    ids=lambda v: type(v).__name__,
+)
+def test_details_values_an_app_has_at_hand_are_stored_as_json(value: object, stored: str) -> None:
+    entry = AuditEntry(action="a", details={"v": value})
+
+    assert entry.details_json == f'{{"v":{stored}}}'
+    assert entry.details == {"v": json.loads(stored)}  # what is redacted and read back
+
+
+def test_converted_details_keep_their_keys_and_enum_keys_become_text() -> None:
+    entry = AuditEntry(action="a", details={Kind.NOTE: 1, "plain": {Kind.NOTE: 2}})
+
+    assert entry.details_json == '{"note":1,"plain":{"note":2}}'
+    assert [type(k) for k in entry.details] == [str, str]
+
+
+def test_a_set_is_stored_in_the_same_order_whatever_its_iteration_order() -> None:
+    # Different insertion orders give different iteration orders for colliding hashes.
+    words = [f"w{i}" for i in range(50)]
+    texts = {
+        AuditEntry(action="a", details={"s": set(order)}).details_json
+        for order in (words, words[::-1], sorted(words, key=hash))
+    }
+
+    assert len(texts) == 1
+
+
+def test_subclasses_of_json_types_are_stored_as_their_plain_value() -> None:
+    class Loud(str):
+        def __str__(self) -> str:
+            return "LOUD"
+
+    class Count(int):
+        def __repr__(self) -> str:
+            return "many"
+
+    class Ratio(float):
+        pass
+
+    entry = AuditEntry(action="a", details={"s": Loud("quiet"), "n": Count(3), "r": Ratio(0.5)})
+
+    assert entry.details_json == '{"n":3,"r":0.5,"s":"quiet"}'
+
+
+def test_a_dataclass_class_itself_is_not_a_value() -> None:
+    with pytest.raises(ValidationError, match=r"details\.cls has type type"):
+        AuditEntry(action="a", details={"cls": Point})
+
+
+def test_a_pydantic_model_that_cannot_be_serialised_is_rejected_naming_the_place() -> None:
+    class Holder(BaseModel):
+        model_config = {"arbitrary_types_allowed": True}
+        thing: object
+
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", details={"h": Holder(thing=object())})
+
+    assert _only_error(exc)["msg"].startswith("Value error, details.h has no JSON form: ")
+
+
+# -- how deep details may nest (item 11) --------------------------------------------------------
+
+
+def _nested(levels: int, as_dict: bool) -> dict[str, Any]:
+    """``details`` with ``levels`` containers on the deepest path (the details object included)."""
+    value: Any = "bottom"
+    for _ in range(levels - 1):
+        value = {"k": value} if as_dict else [value]
+    return {"k": value}
+
+
+@pytest.mark.parametrize("as_dict", [True, False], ids=["dicts", "lists"])
+def test_details_nested_64_levels_are_accepted_and_65_are_not(as_dict: bool) -> None:
+    assert models.MAX_DETAILS_DEPTH == 64
+
+    entry = AuditEntry(action="a", details=_nested(64, as_dict))
+    assert entry.details == _nested(64, as_dict)
+
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", details=_nested(65, as_dict))
+    assert _only_error(exc)["msg"] == (
+        "Value error, details is nested more than 64 levels deep (MAX_DETAILS_DEPTH=64)"
+    )
+
+
+@pytest.mark.parametrize("as_dict", [True, False], ids=["dicts", "lists"])
+def test_details_nested_5000_deep_are_a_clean_value_error(as_dict: bool) -> None:
+    # Was a RecursionError (pydantic's own, or json.dumps's) instead of an error naming details.
+    with pytest.raises(ValidationError, match="details is nested more than 64 levels deep"):
+        AuditEntry(action="a", details=_nested(5000, as_dict))
+
+
+def test_details_that_contain_themselves_are_a_clean_value_error() -> None:
+    details: dict[str, Any] = {"a": 1}
+    details["self"] = details
+
+    with pytest.raises(ValidationError, match="details is nested more than 64 levels deep"):
+        AuditEntry(action="a", details=details)
+
+
+# -- integers too long for text (item 15) -------------------------------------------------------
+
+
+def test_an_int_with_more_digits_than_python_converts_is_rejected_naming_the_key() -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", details={"n": [10**5000]})
+
+    assert _only_error(exc)["msg"] == (
+        "Value error, details.n[0] is an integer with more than 4300 digits, which Python does "
+        "not convert to text (sys.set_int_max_str_digits)"
+    )
+
+
+def test_an_int_of_4300_digits_is_stored_exactly() -> None:
+    big = 10**4299 + 7
+
+    entry = AuditEntry(action="a", details={"n": big})
+
+    assert entry.details_json == f'{{"n":{big}}}'
+
+
+# -- identifiers given as numbers, and the characters identifiers refuse (items 10, 17) --------
+
+
+@pytest.mark.parametrize("field", ["actor", "resource_id", "correlation_id"])
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [(42, "42"), (-7, "-7"), (uuid.UUID(int=1), "00000000-0000-0000-0000-000000000001")],
+    ids=["int", "negative", "uuid"],
+)
+def test_ids_given_as_an_int_or_uuid_are_stored_as_text(
+    field: str, value: object, stored: str
+) -> None:
+    assert getattr(AuditEntry(action="a", **{field: value}), field) == stored
+
+
+@pytest.mark.parametrize("field", ["actor", "resource_id", "correlation_id"])
+def test_a_bool_is_not_an_id(field: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(action="a", **{field: True})
+
+    assert _only_error(exc)["loc"] == (field,)
+
+
+REFUSED_IN_IDENTIFIERS = [
+    "\x00",
+    "\x1b",
+    "\x7f",
+    "\x80",
+    "\x85",
+    "\x9b",
+    "\x9f",
+    "\u2028",
+    "\u2029",
+    "\u202a",
+    "\u202b",
+    "\u202c",
+    "\u202d",
+    "\u202e",
+    "\u2066",
+    "\u2067",
+    "\u2068",
+    "\u2069",
+]
+
+
+@pytest.mark.parametrize("field", ["action", *IDENTIFIER_FIELDS])
+@pytest.mark.parametrize("char", REFUSED_IN_IDENTIFIERS, ids=lambda c: f"U+{ord(c):04X}")
+def test_identifiers_refuse_controls_line_separators_and_bidi_overrides(
+    field: str, char: str
+) -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry(**{"action": "a", field: f"ok{char}ok"})
+
+    assert _only_error(exc)["msg"] == f"Value error, {field} must not contain control characters"
+
+
+@pytest.mark.parametrize("char", ["\xa0", "\u200b", "\u200e", "\u2027", "\u202f", "\u2065"])
+def test_neighbouring_characters_are_still_accepted_in_identifiers(char: str) -> None:
+    assert AuditEntry(action="a", actor=f"ok{char}ok").actor == f"ok{char}ok"
+
+
+# -- entries made without validation (item 6) ---------------------------------------------------
+
+
+def test_a_validated_entry_is_intact_and_so_is_a_plain_copy() -> None:
+    entry = AuditEntry(action="a", actor="alice", details={"k": [1]})
+
+    assert entry.is_intact()
+    assert entry.model_copy().is_intact()
+    assert entry.model_copy(deep=True).is_intact()
+
+
+def test_entries_made_without_validation_are_not_intact() -> None:
+    entry = AuditEntry(action="a")
+    changed = AuditEntry(action="a")
+    object.__setattr__(changed, "actor", "\x00")
+
+    assert not entry.model_copy(update={"actor": "\ud800"}).is_intact()
+    assert not AuditEntry.model_construct(action="a").is_intact()
+    assert not changed.is_intact()
+
+
+def test_intactness_is_not_part_of_an_entrys_value() -> None:
+    entry = AuditEntry(action="a", actor="alice", event_id="e-1", timestamp=WHEN)
+
+    copy = entry.model_copy(update={"actor": "alice"})
+
+    assert copy == entry
+
+
+def test_a_model_copy_with_details_that_are_not_json_yet_serialises_them_on_demand() -> None:
+    entry = AuditEntry(action="a")
+
+    copy = entry.model_copy(update={"details": {"when": date(2026, 1, 1)}})
+
+    with pytest.raises(TypeError):
+        _ = copy.details_json  # record() validates such a copy again, converting the date
+
+
+def test_model_construct_details_json_is_made_from_its_details() -> None:
+    assert AuditEntry.model_construct(action="a", details={"b": 1}).details_json == '{"b":1}'
+    assert AuditEntry.model_construct(action="a").details_json == "{}"
+
+
+def test_with_details_checks_and_converts_the_new_details() -> None:
+    entry = AuditEntry(action="a", details={"k": 1})
+
+    copy = entry.with_details({"when": date(2026, 1, 1), "s": {2, 1}})
+
+    assert copy.details == {"when": "2026-01-01", "s": [1, 2]}
+    assert copy.details_json == '{"s":[1,2],"when":"2026-01-01"}'
+    assert copy.is_intact()
+    with pytest.raises(ValueError, match=r"details\.bad has type complex"):
+        entry.with_details({"bad": 1j})
+
+
+def test_with_details_of_an_entry_made_without_validation_stays_unchecked() -> None:
+    loose = AuditEntry.model_construct(action="a", actor="\x00")
+
+    assert not loose.with_details({"k": 1}).is_intact()
 
 
 # -- model config ------------------------------------------------------------------------------
