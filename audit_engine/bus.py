@@ -12,34 +12,55 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
+from audit_engine.details import to_json_details
 from audit_engine.errors import EventDispatchError
-from audit_engine.models import AuditEntry, utcnow
+from audit_engine.models import AuditEntry, Operation, Outcome, ids_as_text, utcnow
 
 logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound="DomainEvent")
 Handler = Callable[[Any], object]
 
-# Fields of a DomainEvent subclass that map one-to-one onto AuditEntry fields.
+# DomainEvent fields that map one-to-one onto AuditEntry fields (besides correlation_id).
 _ENTRY_FIELDS = ("actor", "operation", "outcome", "resource_type", "resource_id", "critical")
 
 
 class DomainEvent(BaseModel):
     """Something that happened in the application. Subclasses add typed fields.
 
-    A subclass may declare ``actor``, ``operation``, ``outcome``, ``resource_type``,
-    ``resource_id`` or ``critical``; :meth:`to_audit_entry` maps those onto the entry and puts every
-    other subclass field into ``details``.
+    The entry's own fields (``actor``, ``operation``, ``outcome``, ``resource_type``,
+    ``resource_id``, ``correlation_id``, ``critical``) are fields of every event, with the entry's
+    defaults; a subclass may narrow them (``actor: str``, ``operation = Operation.UPDATE``).
+    :meth:`to_audit_entry` maps them onto the entry and puts ``payload`` and every other subclass
+    field into ``details``. An unknown keyword is refused (it would otherwise vanish).
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     event_type: str = Field(min_length=1)
     timestamp: datetime = Field(default_factory=utcnow)
+    actor: str | None = None
+    operation: Operation = Operation.EXECUTE
+    outcome: Outcome = Outcome.SUCCESS
+    resource_type: str | None = None
+    resource_id: str | None = None
     correlation_id: str | None = None
+    critical: bool = False
     payload: dict[str, JsonValue] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ids_as_text(cls, data: Any) -> Any:
+        # resource_id=42 as the entry takes it: stored as "42".
+        return ids_as_text(data) if isinstance(data, dict) else data
+
+    @field_validator("payload", mode="before")
+    @classmethod
+    def _payload_as_json(cls, value: Any) -> Any:
+        # The payload becomes details: it takes what details take, converted the same way.
+        return to_json_details(value, "payload")
 
     def to_audit_entry(self) -> AuditEntry:
         """The audit entry this event stands for (override for a custom mapping)."""

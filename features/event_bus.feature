@@ -44,3 +44,18 @@ Feature: Auditing the tool's domain events
     Then the audit database holds these audit entries in order:
       | action    | actor | resource type | resource id | words |
       | note.save | alice | note          | 3           | 10    |
+
+  Scenario: A plain domain event says who did what to which resource
+    Given a tool with an audit service
+    And the audit service listens to the tool's event bus
+    When the tool emits a plain domain event "note.save" in which "alice" updates note "42"
+    And the tool flushes the audit trail
+    Then the audit database holds one entry: "note.save" by "alice", operation "update", on note "42"
+
+  Scenario: A domain event with a field the tool misspelt is refused where it is made
+    Given a tool with an audit service
+    And the audit service listens to the tool's event bus
+    When the tool builds a plain domain event with the unknown field "user"
+    Then building the event fails in the tool's own thread naming "user"
+    When the tool flushes the audit trail
+    Then the audit database holds no entries

@@ -2,6 +2,7 @@
 
 from behave import given, then, when
 from behave.runner import Context
+from pydantic import ValidationError
 
 from audit_engine import AuditEntry, DomainEvent, EventBus, EventDispatchError, Operation
 
@@ -95,3 +96,42 @@ def then_entries_in_order(context: Context) -> None:
         for row in context.table
     ]
     assert found == expected, f"stored {found}, expected {expected}"
+
+
+@when('the tool emits a plain domain event "{event_type}" in which "{actor}" updates note "{note}"')
+def when_emit_plain(context: Context, event_type: str, actor: str, note: str) -> None:
+    event = DomainEvent(
+        event_type=event_type,
+        actor=actor,
+        operation="update",
+        resource_type="note",
+        resource_id=note,
+    )
+    _bus(context).emit(event)
+
+
+@then(
+    'the audit database holds one entry: "{action}" by "{actor}", operation "{operation}", '
+    'on note "{note}"'
+)
+def then_one_entry(context: Context, action: str, actor: str, operation: str, note: str) -> None:
+    rows = context.world.audit_rows()
+    found = [
+        (r["action"], r["actor"], r["operation"], r["resource_type"], r["resource_id"])
+        for r in rows
+    ]
+    assert found == [(action, actor, operation, "note", note)], found
+
+
+@when('the tool builds a plain domain event with the unknown field "{field}"')
+def when_build_with_unknown_field(context: Context, field: str) -> None:
+    world = context.world
+    world.attempt(lambda: _bus(context).emit(DomainEvent(event_type="note.save", **{field: "x"})))
+
+
+@then('building the event fails in the tool\'s own thread naming "{field}"')
+def then_event_refused(context: Context, field: str) -> None:
+    error = context.world.error
+    assert isinstance(error, ValidationError), f"expected a ValidationError, got {error!r}"
+    assert [e["loc"] for e in error.errors()] == [(field,)], error.errors()
+    assert "Extra inputs are not permitted" in str(error)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
@@ -307,9 +307,88 @@ def test_domain_event_is_frozen() -> None:
         event.event_type = "y"  # type: ignore[misc]
 
 
-def test_domain_event_payload_must_be_json() -> None:
-    with pytest.raises(ValidationError):
-        DomainEvent(event_type="x", payload={"tags": {"a", "b"}})
+def test_domain_event_payload_takes_what_details_take() -> None:
+    # A set was refused before; the payload becomes details, so it converts the same way.
+    event = DomainEvent(event_type="x", payload={"tags": {"b", "a"}, "on": date(2026, 1, 2)})
+
+    assert event.payload == {"tags": ["a", "b"], "on": "2026-01-02"}
+    assert event.to_audit_entry().details_json == '{"on":"2026-01-02","tags":["a","b"]}'
+
+
+def test_domain_event_payload_that_cannot_be_json_is_refused_naming_the_key() -> None:
+    with pytest.raises(ValidationError) as exc:
+        DomainEvent(event_type="x", payload={"tags": {1j}})
+
+    (error,) = exc.value.errors()
+    assert error["loc"] == ("payload",)
+    assert error["msg"].startswith("Value error, payload.tags[] has type complex, ")
+
+
+# -- DomainEvent carries the entry's fields (item 16) ------------------------------------------
+
+
+def test_the_base_domain_event_carries_the_entrys_fields() -> None:
+    # Was: accepted and ignored -- actor NULL, operation execute, resource NULL.
+    event = DomainEvent(
+        event_type="note.save",
+        actor="alice",
+        resource_type="note",
+        resource_id="42",
+        operation="update",
+        outcome="failure",
+        correlation_id="req-1",
+        critical=True,
+    )
+
+    entry = event.to_audit_entry()
+
+    assert (entry.action, entry.actor, entry.resource_type, entry.resource_id) == (
+        "note.save",
+        "alice",
+        "note",
+        "42",
+    )
+    assert (entry.operation, entry.outcome) == (Operation.UPDATE, Outcome.FAILURE)
+    assert (entry.correlation_id, entry.critical, entry.details) == ("req-1", True, {})
+
+
+def test_the_base_domain_event_fields_default_to_the_entrys_defaults() -> None:
+    event = DomainEvent(event_type="x")
+
+    assert (event.actor, event.resource_type, event.resource_id, event.correlation_id) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert (event.operation, event.outcome, event.critical) == (
+        Operation.EXECUTE,
+        Outcome.SUCCESS,
+        False,
+    )
+
+
+@pytest.mark.parametrize("event_class", [DomainEvent, UserDeleted], ids=["base", "subclass"])
+def test_a_domain_event_refuses_an_unknown_keyword(event_class: type[DomainEvent]) -> None:
+    with pytest.raises(ValidationError) as exc:
+        event_class(event_type="note.save", user="alice")
+
+    (error,) = exc.value.errors()
+    assert (error["loc"], error["type"]) == (("user",), "extra_forbidden")
+
+
+def test_a_domain_event_takes_ids_as_an_entry_does() -> None:
+    event = DomainEvent(event_type="x", resource_id=42, actor=7)
+
+    assert (event.resource_id, event.actor) == ("42", "7")
+    assert event.to_audit_entry().resource_id == "42"
+
+
+def test_a_domain_event_with_a_bad_operation_is_refused_where_it_is_made() -> None:
+    with pytest.raises(ValidationError) as exc:
+        DomainEvent(event_type="x", operation="teleport")
+
+    assert exc.value.errors()[0]["loc"] == ("operation",)
 
 
 class AccountDebited(DomainEvent):
