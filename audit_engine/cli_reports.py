@@ -58,8 +58,8 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     "database",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="SQLite file for the demo's trail "
-    f"[default: the global --db if given, else {DEFAULT_DATABASE}]",
+    help="SQLite file for the demo's trail: a new file, or one an earlier demo made (any other "
+    f"file is refused, untouched) [default: the global --db if given, else {DEFAULT_DATABASE}]",
 )
 @click.option(
     "--events",
@@ -70,7 +70,11 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 )
 @click.pass_context
 def demo(ctx: click.Context, database: Path | None, events: int) -> None:
-    """Run a simulated desktop tool whose events are audited, then show what was written."""
+    """Run a simulated desktop tool whose events are audited, then show what was written.
+
+    The simulated entries go only to a new file, which the demo marks as its own, or to a file an
+    earlier demo made: a real trail (from --db or AUDIT_TRAIL_DATABASE) is refused, untouched.
+    """
     root = ctx.find_root()
     explicit = root.get_parameter_source("database") != click.core.ParameterSource.DEFAULT
     target = database or (root_database(ctx) if explicit else DEFAULT_DATABASE)

@@ -2,11 +2,18 @@
 
 It is the engine's main job in miniature: events go through an :class:`EventBus` to an
 :class:`AuditService`, which writes them behind the caller's back in batched transactions.
+
+Simulated entries must never land in a real trail, where they could not be removed without
+breaking the chain: the demo writes only to a new file, which it marks as its own (SQLite's
+``application_id`` in the file header), or to a file an earlier demo marked.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -15,6 +22,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from audit_engine.bus import DomainEvent, EventBus
+from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.service import AuditService
 from audit_engine.settings import AuditSettings
@@ -22,6 +30,9 @@ from audit_engine.store import AuditStore
 
 DEFAULT_DATABASE = Path("audit-demo.db")
 DEFAULT_EVENTS = 2000
+# "aDmo" in SQLite's header (offset 68, PRAGMA application_id): a file the demo made.
+DEMO_APPLICATION_ID = 0x61446D6F
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 # A desktop notes tool: mostly reads, some writes, a few failures.
 _OPERATIONS = (
@@ -88,6 +99,56 @@ def _make_event(rng: random.Random, number: int) -> NoteEvent:
     )
 
 
+def is_demo_database(path: Path) -> bool:
+    """Whether ``path`` is an SQLite file an earlier demo made (its header carries the mark).
+
+    Reads only the first 100 bytes: a file that is not the demo's is not opened by SQLite at all.
+    """
+    with path.open("rb") as file:
+        header = file.read(100)
+    return (
+        len(header) == 100
+        and header.startswith(_SQLITE_MAGIC)
+        and int.from_bytes(header[68:72], "big") == DEMO_APPLICATION_ID
+    )
+
+
+def prepare_database(path: Path) -> None:
+    """Create ``path`` marked as the demo's, or check an existing file is the demo's own.
+
+    Anything else (a real trail, another application's database, any other file) raises
+    :class:`AuditStoreError` and is left exactly as it was.
+    """
+    try:
+        if is_demo_database(path):
+            return
+    except FileNotFoundError:
+        _create_marked(path)
+        return
+    except OSError as exc:
+        raise AuditStoreError(f"cannot read {path}: {exc.strerror}") from None
+    raise AuditStoreError(
+        f"{path} was not made by the demo: it writes simulated entries only to a new file or "
+        "to one an earlier demo made; choose another --db"
+    )
+
+
+def _create_marked(path: Path) -> None:
+    try:
+        # Readable by its owner only, like every audit database; O_EXCL: never someone else's.
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileNotFoundError:
+        raise AuditStoreError(
+            f"cannot create the audit database {path}: no such directory"
+        ) from None
+    except OSError as exc:
+        raise AuditStoreError(f"cannot create the audit database {path}: {exc.strerror}") from None
+    # Set before the service switches the file to WAL: the mark is in the main file's header.
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"PRAGMA application_id = {DEMO_APPLICATION_ID}")
+        conn.commit()
+
+
 def run_demo(
     database: Path = DEFAULT_DATABASE,
     events: int = DEFAULT_EVENTS,
@@ -99,9 +160,12 @@ def run_demo(
 
     The audit policy comes from the environment (``AUDIT_TRAIL_*``), so with the default level
     ``writes_only`` the reads are filtered out, except the critical privileged read.
+    ``database`` must not exist yet or be one an earlier demo made (see :func:`prepare_database`).
     """
     if events < 1:
         raise ValueError(f"events must be at least 1 (got {events})")
+    database = Path(database)
+    prepare_database(database)
     rng = random.Random(seed)
     bus = EventBus()
     timings: list[float] = []

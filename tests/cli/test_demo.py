@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,9 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 import audit_engine
-from audit_engine import AuditStore, Operation
+from audit_engine import AuditService, AuditSettings, AuditStore, Operation
+from audit_engine import demo as demo_module
 from audit_engine.cli import main
-from audit_engine.demo import DemoReport, run_demo
+from audit_engine.demo import DemoReport, is_demo_database, prepare_database, run_demo
+from audit_engine.errors import AuditStoreError
 
 SUMMARY = re.compile(
     r"accepted (\d+), filtered (\d+), written (\d+) in (\d+) batches, dead-lettered (\d+)"
@@ -138,11 +144,17 @@ def _not_sqlite(tmp_path: Path) -> Path:
     return path
 
 
+_REFUSED = (
+    "{path} was not made by the demo: it writes simulated entries only to a new file or to one "
+    "an earlier demo made; choose another --db"
+)
+
+
 @pytest.mark.parametrize(
     ("make_path", "message"),
     [
         (_missing_directory, "cannot create the audit database {path}: no such directory"),
-        (_not_sqlite, "{path} is not a usable audit database: file is not a database"),
+        (_not_sqlite, _REFUSED),
     ],
     ids=["missing-directory", "not-sqlite"],
 )
@@ -155,6 +167,135 @@ def test_library_errors_become_one_error_line_and_exit_1(
 
     assert result.exit_code == 1
     assert result.output == f"Error: {message.format(path=path)}\n"
+
+
+# -- the demo never writes into a real trail (issue 11 item 19) --------------------------------
+
+
+def _real_trail(tmp_path: Path) -> Path:
+    """A trail an application wrote: two entries, then closed (WAL checkpointed)."""
+    path = tmp_path / "prod.db"
+    settings = AuditSettings(database=path, level="all", cleanup_enabled=False)
+    with AuditService(settings) as audit:
+        audit.record(action="invoice.approve", actor="erin")
+        audit.record(action="invoice.pay", actor="erin")
+    return path
+
+
+def _empty_sqlite(tmp_path: Path) -> Path:
+    path = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.commit()
+    return path
+
+
+def _empty_file(tmp_path: Path) -> Path:
+    path = tmp_path / "empty.db"
+    path.touch()
+    return path
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize("make_path", [_real_trail, _empty_sqlite, _empty_file, _not_sqlite])
+@pytest.mark.parametrize("how", ["demo --db", "global --db", "AUDIT_TRAIL_DATABASE"])
+def test_demo_refuses_a_file_it_did_not_make_and_leaves_it_as_it_was(
+    runner: CliRunner, tmp_path: Path, make_path: Callable[[Path], Path], how: str
+) -> None:
+    path = make_path(tmp_path)
+    before = _files(tmp_path)
+    argv, env = {
+        "demo --db": (["demo", "--db", str(path)], {}),
+        "global --db": (["--db", str(path), "demo"], {}),
+        "AUDIT_TRAIL_DATABASE": (["demo"], {"AUDIT_TRAIL_DATABASE": str(path)}),
+    }[how]
+
+    result = runner.invoke(main, [*argv, "--events", "5"], env=env)
+
+    assert (result.exit_code, result.output) == (1, f"Error: {_REFUSED.format(path=path)}\n")
+    assert _files(tmp_path) == before  # byte for byte, and no -wal, -shm or dead-letter file
+
+
+def test_the_refused_trail_still_verifies_with_its_own_entries(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = _real_trail(tmp_path)
+
+    runner.invoke(main, ["--db", str(path), "demo", "--events", "5"])
+
+    with AuditStore(path) as store:
+        assert [e.action for e in store.query()] == ["invoice.approve", "invoice.pay"]
+        assert store.verify().ok
+
+
+def test_demo_reuses_the_file_an_earlier_demo_made(runner: CliRunner, tmp_path: Path) -> None:
+    database = tmp_path / "d.db"
+
+    first = runner.invoke(main, ["demo", "--db", str(database), "--events", "10"])
+    second = runner.invoke(main, ["demo", "--db", str(database), "--events", "10"])
+
+    assert (first.exit_code, second.exit_code) == (0, 0), second.output
+    assert "rows in the file: 20 (" in second.output
+    assert "verify: ok, 20 rows chained" in second.output
+    assert is_demo_database(database)
+    assert stat.S_IMODE(database.stat().st_mode) == 0o600
+
+
+def test_demo_run_twice_in_a_real_process_reuses_its_default_file(tmp_path: Path) -> None:
+    """What `python3 dev.py demo` does twice: the second run writes to the first run's file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_TRAIL_")}
+    command = [sys.executable, "-m", "audit_engine", "demo", "--events", "20"]
+
+    runs = [
+        subprocess.run(
+            command, capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env, check=False
+        )
+        for _ in range(2)
+    ]
+
+    assert [(run.returncode, run.stderr) for run in runs] == [(0, ""), (0, "")]
+    assert all(run.stdout.startswith("Audited 20 events into audit-demo.db\n") for run in runs)
+    assert "verify: ok, " in runs[1].stdout
+    assert is_demo_database(tmp_path / "audit-demo.db")
+
+
+def test_run_demo_refuses_a_real_trail(tmp_path: Path) -> None:
+    path = _real_trail(tmp_path)
+    before = path.read_bytes()
+
+    with pytest.raises(AuditStoreError) as caught:
+        run_demo(path, 5)
+
+    assert str(caught.value) == _REFUSED.format(path=path)
+    assert path.read_bytes() == before
+
+
+def test_prepare_database_reports_a_file_it_cannot_read(tmp_path: Path) -> None:
+    with pytest.raises(AuditStoreError) as caught:
+        prepare_database(tmp_path)
+
+    assert str(caught.value) == f"cannot read {tmp_path}: Is a directory"
+
+
+def test_prepare_database_reports_a_file_it_cannot_create(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(demo_module.os, "open", refuse)
+
+    with pytest.raises(AuditStoreError) as caught:
+        prepare_database(tmp_path / "d.db")
+
+    assert (
+        str(caught.value) == f"cannot create the audit database {tmp_path / 'd.db'}: "
+        "Permission denied"
+    )
+    assert not (tmp_path / "d.db").exists()
 
 
 def test_version(runner: CliRunner) -> None:
