@@ -13,7 +13,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -247,14 +247,53 @@ def has_event(conn: sqlite3.Connection, event_id: str) -> bool:
 
 
 def parse_row(row: dict[str, Any]) -> AuditEntry:
-    """Turn a stored row back into an :class:`AuditEntry`."""
+    """Turn a stored row back into an :class:`AuditEntry`.
+
+    A row the engine cannot read (another tool wrote it) raises :class:`AuditStoreError`
+    naming the row id, never an anonymous JSON or validation error.
+    """
     data = {name: row[name] for name in _COLUMNS}
-    data["details"] = json.loads(data["details"])
+    try:
+        data["details"] = json.loads(data["details"])
+    except (TypeError, ValueError) as exc:
+        raise AuditStoreError(
+            f"row {row['id']} cannot be read: its details are not JSON ({exc})"
+        ) from None
     data["critical"] = bool(data["critical"])
-    return AuditEntry.model_validate(data, context=_READ_CONTEXT)
+    try:
+        return AuditEntry.model_validate(data, context=_READ_CONTEXT)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise AuditStoreError(
+            f"row {row['id']} cannot be read: it is not a valid entry ({_first_error(exc)})"
+        ) from None
 
 
-def _as_utc(value: datetime, name: str) -> str:
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return f"{where}: {first['msg']}" if where else str(first["msg"])
+    return str(exc)  # pragma: no cover - model validators raise pydantic's error
+
+
+def _as_utc(value: datetime | str, name: str) -> str:
+    """The stored form of a ``since``/``until`` bound; an ISO-8601 string without an offset is
+    UTC (stored timestamps are UTC), a naive datetime is refused (it may mean local time).
+    """
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise AuditStoreError(
+                f"{name} must be an ISO-8601 date or time, e.g. 2026-01-31T12:00:00Z "
+                f"(got {value!r})"
+            ) from None
+        return format_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
+    if not isinstance(value, datetime):
+        raise TypeError(
+            f"{name} must be a datetime or an ISO-8601 string (got {type(value).__name__})"
+        )
     if value.tzinfo is None:
         raise AuditStoreError(f"{name} must be timezone-aware (got a naive datetime)")
     return format_timestamp(value)
@@ -359,8 +398,8 @@ class AuditStore:
         self,
         fmt: str = "jsonl",
         *,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
         **filters: Any,
     ) -> Iterator[str]:
         """Yield the matching entries as lines (each ending in a newline), in commit order.
@@ -440,14 +479,18 @@ class AuditStore:
         resource_type: str | None = None,
         resource_id: str | None = None,
         correlation_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
         limit: int | None = None,
         newest_first: bool = False,
     ) -> list[AuditEntry]:
         """Entries matching every given filter, in commit order (or newest first).
 
-        ``since`` is inclusive and ``until`` exclusive; both must be timezone-aware.
+        ``since`` is inclusive and ``until`` exclusive: each an aware ``datetime`` or an ISO-8601
+        string (``"2026-01-31"``, ``"2026-01-31T12:00:00+01:00"``); a string without an offset
+        is UTC. A naive ``datetime`` is refused (:class:`AuditStoreError`), a value of another
+        type raises ``TypeError``. A row another tool wrote that is not a valid entry raises
+        :class:`AuditStoreError` naming its id.
         """
         where, params = self._where(
             actor,
@@ -478,8 +521,8 @@ class AuditStore:
         resource_type: str | None = None,
         resource_id: str | None = None,
         correlation_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
     ) -> int:
         """How many entries match every given filter (the filters of :meth:`query`)."""
         where, params = self._where(
@@ -506,8 +549,8 @@ class AuditStore:
         resource_type: str | None = None,
         resource_id: str | None = None,
         correlation_id: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
     ) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []

@@ -703,6 +703,104 @@ def test_naive_time_bound_is_an_error(
     assert str(exc.value) == f"{bound} must be timezone-aware (got a naive datetime)"
 
 
+# T0 = 2024-05-01T12:00:00Z; the stored entries are 0, 1, 2 and 3 seconds after it.
+ISO_BOUNDS = [
+    pytest.param("2024-05-01T12:00:02Z", 2, id="utc-z"),
+    pytest.param("2024-05-01T14:00:02+02:00", 2, id="offset"),
+    pytest.param("2024-05-01T12:00:02", 2, id="naive-text-is-utc"),
+    pytest.param("2024-05-01", 4, id="date"),
+    pytest.param("2024-05-02", 0, id="next-day"),
+]
+
+
+@pytest.mark.parametrize(("since", "count"), ISO_BOUNDS)
+def test_since_takes_an_iso_8601_string(
+    db_path: Path, stored: list[AuditEntry], since: str, count: int
+) -> None:
+    # Issue 11 item 13: count(since="2020-01-01") raised AttributeError.
+    with AuditStore(db_path) as reader:
+        assert reader.count(since=since) == count
+        assert len(reader.query(since=since)) == count
+        assert len(list(reader.export(since=since))) == count
+        assert reader.count(until=since) == 4 - count
+
+
+@pytest.mark.parametrize("method", ["query", "count"])
+def test_an_unreadable_time_string_names_the_argument(
+    db_path: Path, stored: list[AuditEntry], method: str
+) -> None:
+    with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
+        getattr(reader, method)(until="last tuesday")
+
+    assert str(exc.value) == (
+        "until must be an ISO-8601 date or time, e.g. 2026-01-31T12:00:00Z (got 'last tuesday')"
+    )
+
+
+def test_a_time_bound_of_another_type_is_a_type_error(
+    db_path: Path, stored: list[AuditEntry]
+) -> None:
+    with AuditStore(db_path) as reader, pytest.raises(TypeError) as exc:
+        reader.count(since=1714564800)  # type: ignore[arg-type]
+
+    assert str(exc.value) == "since must be a datetime or an ISO-8601 string (got int)"
+
+
+def _foreign_row(connection: sqlite3.Connection, details: str, operation: str = "update") -> int:
+    """A row another tool wrote straight into the table (its chain fields do not matter)."""
+    cursor = connection.execute(
+        f"INSERT INTO {store.TABLE} (event_id, timestamp, action, operation, outcome, details, "
+        "critical) VALUES ('foreign', '2024-05-01T12:00:09.000000Z', 'x.y', ?, 'success', ?, 0)",
+        (operation, details),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+@pytest.mark.parametrize(
+    ("details", "problem"),
+    [
+        ("", "its details are not JSON (Expecting value: line 1 column 1 (char 0))"),
+        ("not json", "its details are not JSON (Expecting value: line 1 column 1 (char 0))"),
+    ],
+)
+def test_a_foreign_row_that_is_not_an_entry_is_named(
+    conn: sqlite3.Connection, db_path: Path, stored: list[AuditEntry], details: str, problem: str
+) -> None:
+    # Issue 11 item 14: query died with an anonymous "Expecting value: line 1 column 1".
+    row_id = _foreign_row(conn, details)
+
+    with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
+        reader.query()
+
+    assert str(exc.value) == f"row {row_id} cannot be read: {problem}"
+
+
+def test_a_foreign_row_whose_details_are_not_an_object_is_named(
+    conn: sqlite3.Connection, db_path: Path, stored: list[AuditEntry]
+) -> None:
+    row_id = _foreign_row(conn, "[1, 2]")
+
+    with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
+        reader.query()
+
+    # The rest of the message is the model's own (it names the field).
+    assert str(exc.value).startswith(f"row {row_id} cannot be read: it is not a valid entry (")
+    assert "details must be a JSON object" in str(exc.value)
+
+
+def test_a_foreign_row_with_an_unknown_operation_names_the_row_and_the_field(
+    conn: sqlite3.Connection, db_path: Path, stored: list[AuditEntry]
+) -> None:
+    row_id = _foreign_row(conn, "{}", operation="explode")
+
+    with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
+        reader.query()
+
+    assert str(exc.value).startswith(
+        f"row {row_id} cannot be read: it is not a valid entry (operation: Input should be "
+    )
+
+
 @pytest.mark.parametrize("field", ["operation", "outcome"])
 def test_unknown_enum_filter_is_an_error(
     db_path: Path, stored: list[AuditEntry], field: str
