@@ -7,8 +7,11 @@ place, inside one ``BEGIN IMMEDIATE`` transaction.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import stat
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +28,8 @@ from audit_engine.anchors import ANCHORS as ANCHORS  # re-exported: the tables l
 from audit_engine.anchors import CLEANUP_RUNS as CLEANUP_RUNS
 from audit_engine.chain import GENESIS_HASH, row_hash
 from audit_engine.errors import AuditStoreError
+
+logger = logging.getLogger(__name__)
 
 TABLE = "audit_entries"
 SCHEMA_VERSION = 3
@@ -209,6 +214,47 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
+# Group or other may read or write: audit data is personal data (execute bits do not matter).
+_LOOSE_BITS = stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH
+
+
+def loose_permissions(path: str | os.PathLike[str]) -> str | None:
+    """A warning when the database at ``path``, its -wal or its -shm file can be read or written
+    by group or others; None when they are private (or missing).
+    """
+    path = Path(path)
+    loose = []
+    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            mode = stat.S_IMODE(candidate.stat().st_mode)
+        except OSError:  # absent (no -wal yet), or not ours to look at
+            continue
+        if mode & _LOOSE_BITS:
+            loose.append(f"{candidate.name} has mode {mode:04o}")
+    if not loose:
+        return None
+    return (
+        f"the audit trail {path} can be read or written by other users ({', '.join(loose)}); "
+        f"it holds sensitive data: chmod 600 {path}*"
+    )
+
+
+# Each file is warned about once per process: a service opens several connections to it.
+_warned: set[Path] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_if_loose(path: Path) -> None:
+    warning = loose_permissions(path)
+    if warning is None:
+        return
+    with _warned_lock:
+        if path.resolve() in _warned:
+            return
+        _warned.add(path.resolve())
+    logger.warning("%s", warning)
+
+
 def open_connection(
     path: str | os.PathLike[str],
     *,
@@ -245,6 +291,7 @@ def open_connection(
         if create:
             # user_version said "current" but another application may own that number.
             _check_audit_database(conn, path)
+        _warn_if_loose(path)  # after the PRAGMAs: the -wal and -shm files exist by now
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise AuditStoreError(f"{path} is not a usable audit database: {exc}") from None

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from audit_engine import AuditEntry, AuditService, AuditStore, deadletter
+from audit_engine import AuditEntry, AuditService, AuditStore, deadletter, schema, store
 from audit_engine.cli import main
 from audit_engine.policy import REDACTED
 
@@ -99,6 +99,81 @@ def test_files_made_by_the_cli_and_by_a_replay_rewrite_are_private(tmp_path: Pat
     assert (report.replayed, report.kept) == (1, 1)
     assert dead.read_text(encoding="utf-8") == "{not json\n"
     assert _mode(dead) == 0o600
+
+
+@pytest.mark.usefixtures("open_umask")
+def test_wal_and_shm_of_an_existing_private_database_are_private(db_path: Path) -> None:
+    store.open_connection(db_path).close()
+    for leftover in (Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        leftover.unlink(missing_ok=True)
+    assert _mode(db_path) == 0o600
+
+    conn = store.open_connection(db_path)  # SQLite gives new -wal/-shm files the db's mode
+    try:
+        store.write_batch(conn, [AuditEntry(action="s.wal")])
+        modes = {p.name[len(db_path.name) :]: _mode(p) for p in _trail_files(db_path)}
+    finally:
+        conn.close()
+
+    assert modes == {"": 0o600, "-wal": 0o600, "-shm": 0o600}
+
+
+def _trail_files(db_path: Path) -> list[Path]:
+    paths = [db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")]
+    return [p for p in paths if p.exists()]
+
+
+def test_a_private_trail_has_no_permission_warning(db_path: Path) -> None:
+    store.open_connection(db_path).close()
+
+    assert schema.loose_permissions(db_path) is None
+    assert schema.loose_permissions(db_path.with_name("missing.db")) is None
+
+
+@pytest.mark.parametrize(
+    ("modes", "listed"),
+    [
+        ({"": 0o644}, "audit.db has mode 0644"),
+        ({"": 0o600, "-wal": 0o666}, "audit.db-wal has mode 0666"),
+        ({"": 0o640, "-shm": 0o602}, "audit.db has mode 0640, audit.db-shm has mode 0602"),
+    ],
+)
+def test_a_trail_readable_or_writable_by_others_is_reported(
+    db_path: Path, modes: dict[str, int], listed: str
+) -> None:
+    # Issue 11 item 23: an existing world-readable trail kept its mode without a word.
+    for suffix, mode in modes.items():
+        path = Path(f"{db_path}{suffix}")
+        path.touch()
+        path.chmod(mode)
+
+    assert schema.loose_permissions(db_path) == (
+        f"the audit trail {db_path} can be read or written by other users ({listed}); it holds "
+        f"sensitive data: chmod 600 {db_path}*"
+    )
+
+
+def test_a_loose_trail_is_logged_once_when_opened(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.open_connection(db_path).close()
+    db_path.chmod(0o644)
+
+    with caplog.at_level(logging.WARNING, logger="audit_engine"):
+        for _ in range(3):
+            store.open_connection(db_path).close()
+        with AuditStore(db_path) as reader:
+            reader.count()
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    # Opened, the -wal and -shm files exist too, with the database's mode.
+    assert warnings[0] == (
+        f"the audit trail {db_path} can be read or written by other users (audit.db has mode "
+        "0644, audit.db-wal has mode 0644, audit.db-shm has mode 0644); it holds sensitive "
+        f"data: chmod 600 {db_path}*"
+    )
+    assert _mode(db_path) == 0o644  # reported, not changed behind the operator's back
 
 
 # -- CLI filters are values, not SQL ---------------------------------------------------------------
