@@ -172,10 +172,12 @@ def purge(
     if deleted:
         # Deleting audit data is worth a line in the application's log, every time.
         logger.info(
-            "audit retention purged %d entries older than %s (%d batches)",
+            "audit retention purged %d %s older than %s in %d %s",
             deleted,
+            "entry" if deleted == 1 else "entries",
             cutoff_text,
             batches,
+            "batch" if batches == 1 else "batches",
         )
     return report
 
