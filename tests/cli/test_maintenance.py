@@ -350,6 +350,9 @@ def test_stats_json(cli: Cli, aged: Trail, db_path: Path) -> None:
         "first_bad_id": None,
         "reason": None,
         "head": {"id": 5, "hash": aged.head().hash},
+        "anchors_checked": 1,
+        "cleanup_runs_checked": 1,
+        "warnings": [],
     }
     assert summary["last_cleanup"]["rows_deleted"] == 3
     assert summary["last_cleanup"]["batches"] == 1
