@@ -2,22 +2,73 @@
 
 For any keyword input, ``intake.validated_row`` either raises ValueError exactly when
 ``AuditEntry.model_validate`` does, or returns the same stored row as the model's
-``entry_row``. Inputs are drawn to hit both sides of every check the fast path makes.
+``entry_row``. Inputs are drawn to hit both sides of every check the fast path makes, and the
+values details convert (dates, decimals, UUIDs, enums, paths, sets, dataclasses, models).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta, timezone
+import dataclasses
+import json
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from enum import Enum, IntEnum, StrEnum
+from pathlib import PurePosixPath
 from typing import Any
+from uuid import UUID
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import BaseModel
 
 from audit_engine.intake import Row, entry_row, plain_row, validated_row
 from audit_engine.models import AuditEntry, Operation, Outcome
 
 LIMIT = 256
+
+
+class Shade(Enum):
+    DARK = "dark"
+    PAIR = (1, 2)
+
+
+class Rank(IntEnum):
+    TOP = 1
+
+
+class Tag(StrEnum):
+    NEW = "new"
+
+
+@dataclasses.dataclass(frozen=True)
+class Spot:
+    x: int
+    label: str
+
+
+class Money(BaseModel):
+    amount: Decimal
+    currency: str
+
+
+# Values details convert to JSON: never plain to the fast path, so the model decides.
+converted_leaf = st.one_of(
+    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=-3))])),
+    st.datetimes(),
+    st.dates(),
+    st.times(),
+    st.decimals(allow_nan=False),
+    st.decimals(),  # NaN and infinities are text too
+    st.uuids(),
+    st.sampled_from([*Shade, *Rank, *Tag]),
+    st.text(max_size=6).map(lambda t: PurePosixPath("/", t)),
+    st.builds(Spot, st.integers(), st.text(max_size=4)),
+    st.builds(Money, amount=st.decimals(allow_nan=False, places=2), currency=st.just("EUR")),
+    # Refused, naming the key. Big ints built by map(): a literal one breaks hypothesis's repr().
+    st.sampled_from([4299, 4300, -4400]).map(lambda n: 10 ** abs(n) * (-1 if n < 0 else 1)),
+    st.sampled_from([1j, b"raw", object()]),
+)
 
 texts = st.one_of(
     st.text(max_size=12),
@@ -33,21 +84,33 @@ json_leaf = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=8),
 )
+hashable_leaf = st.one_of(st.integers(), st.text(max_size=4), st.uuids(), st.dates(), st.none())
 json_values = st.recursive(
-    json_leaf,
+    st.one_of(json_leaf, converted_leaf),
     lambda children: st.one_of(
         st.lists(children, max_size=3),
         st.dictionaries(st.text(max_size=5), children, max_size=3),
         st.tuples(children),  # not JSON to the fast path: the model decides
+        st.sets(hashable_leaf, max_size=4),
+        st.frozensets(st.tuples(hashable_leaf, hashable_leaf), max_size=3),
     ),
     max_leaves=8,
 )
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    value: Any = 1
+    for _ in range(levels - 1):
+        value = [value]
+    return {"k": value}
+
+
 timestamps = st.one_of(
     st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))])),
     st.datetimes(),  # naive: rejected
     st.sampled_from(["2026-01-01T00:00:00Z", 0, None]),
 )
-optional_text = st.one_of(st.none(), texts, st.integers())
+optional_text = st.one_of(st.none(), texts, st.integers(), st.uuids(), st.booleans())
 fields_strategy = st.fixed_dictionaries(
     {"action": st.one_of(texts, st.integers(), st.none())},
     optional={
@@ -67,6 +130,8 @@ fields_strategy = st.fixed_dictionaries(
             st.dictionaries(st.integers(), st.integers(), max_size=2),
             st.just({"big": "x" * (LIMIT + 1)}),
             st.just([1, 2]),
+            st.integers(28, 70).map(_nested),  # around both depth limits: 32 and 64
+            st.builds(Spot, st.integers(), st.text(max_size=4)),  # no dict: not a JSON object
         ),
         "bogus": st.just(1),
     },
@@ -105,6 +170,35 @@ def test_fast_path_agrees_with_the_model(fields: dict[str, Any]) -> None:
     row, details = validated_row(fields, LIMIT)
     assert _same_generated(row, expected, fields) == expected
     assert isinstance(details, dict)
+    # What redaction walks is the converted details: the very JSON that is stored.
+    assert json.loads(row.details) == details
+
+
+def test_converted_values_are_stored_as_the_model_stores_them() -> None:
+    fields = {
+        "action": "a",
+        "resource_id": 42,
+        "details": {
+            "when": datetime(2026, 1, 1, 12, tzinfo=UTC),
+            "on": date(2026, 1, 1),
+            "at": time(12, 30),
+            "amount": Decimal("0.10"),
+            "id": UUID(int=7),
+            "shade": Shade.PAIR,
+            "path": PurePosixPath("/a/b"),
+            "tags": {"b", "a"},
+            "spot": Spot(1, "x"),
+            "money": Money(amount=Decimal("1.50"), currency="EUR"),
+        },
+    }
+
+    row, details = validated_row(fields, 65536)
+
+    assert row == entry_row(AuditEntry.model_validate(fields))._replace(
+        event_id=row.event_id, timestamp=row.timestamp
+    )
+    assert row.resource_id == "42"
+    assert json.loads(row.details) == details
 
 
 def test_plain_input_takes_the_fast_path() -> None:

@@ -6,13 +6,14 @@ import json
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from audit_engine import AuditService, AuditStore
 from audit_engine.intake import (
@@ -237,3 +238,39 @@ def test_an_int_resource_id_is_stored_as_text() -> None:
     row, _ = validated_row({"action": "a", "resource_id": 42}, 65536)
 
     assert row.resource_id == "42"
+
+
+@dataclass
+class _Login:
+    user: str
+    password: str
+
+
+class _Session(BaseModel):
+    token: str
+    started: datetime
+
+
+def test_redaction_sees_the_keys_of_converted_details(
+    make_service: Callable[..., AuditService], db_path: Path
+) -> None:
+    audit = make_service(cleanup_enabled=False)
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+
+    audit.record(
+        action="login",
+        details={
+            "login": _Login("alice", "hunter2"),
+            "keys": ({"api_key": "k-1", "n": 1},),  # a tuple: converted to a list
+            "session": _Session(token="t-1", started=started),
+        },
+    )
+
+    assert audit.close(10) is True
+    with AuditStore(db_path) as store:
+        (stored,) = store.query()
+    assert stored.details == {
+        "login": {"user": "alice", "password": "[REDACTED]"},
+        "keys": [{"api_key": "[REDACTED]", "n": 1}],
+        "session": {"token": "[REDACTED]", "started": "2026-01-01T00:00:00Z"},
+    }
