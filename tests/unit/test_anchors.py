@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from audit_engine import AuditEntry, AuditStore, anchors, schema, store
+from audit_engine import AuditEntry, AuditStore, AuditStoreError, anchors, schema, store
 from audit_engine.chain import GENESIS_HASH, ChainHead, VerifyReport, link
 from audit_engine.models import utcnow
 
@@ -179,8 +179,8 @@ def test_a_rehashed_anchor_over_fresh_rows_fails_the_minimum_retention(db_path: 
     assert report.reason == (
         f"anchor 1 purged rows younger than the minimum retention of 90 days: its cutoff "
         f"{store.format_timestamp(newest + timedelta(seconds=1))} is less than 90 days before "
-        f"the purge at {created.isoformat()} (verify with a shorter "
-        "min_retention if that purge was intended)"
+        f"the purge at {created.isoformat()} (if that purge was intended, "
+        "verify with a shorter minimum retention)"
     )
     # Without a minimum retention the anchor is consistent: a keyless chain cannot tell.
     assert _verify(db_path).ok is True
@@ -461,3 +461,82 @@ def test_rows_written_after_the_migration_chain_from_the_legacy_anchor(db_path: 
     report = _verify(db_path)
 
     assert (report.ok, report.rows_checked) == (True, 3)
+
+
+# -- edges ----------------------------------------------------------------------------------------
+
+
+def test_a_naive_time_in_an_anchor_is_refused(db_path: Path) -> None:
+    _purged(db_path)
+    _rewrite_anchor(db_path, created_at="2024-06-01T00:00:00")
+
+    assert _verify(db_path).reason == (
+        "anchor 1 holds a time without a time zone ('2024-06-01T00:00:00')"
+    )
+
+
+def test_a_minimum_retention_shorter_than_a_day_is_spelled_out(db_path: Path) -> None:
+    _write(db_path, [utcnow() - DAY, utcnow()])
+    with AuditStore(db_path) as audit:
+        audit.purge(timedelta(hours=1))
+
+    report = _verify(db_path, min_retention=timedelta(hours=12))
+
+    assert report.reason is not None
+    assert report.reason.startswith(
+        "anchor 1 purged rows younger than the minimum retention of 12:00:00: its cutoff "
+    )
+    assert _verify(db_path, min_retention=timedelta(hours=1)).ok is True
+
+
+@pytest.mark.parametrize("bad", [timedelta(seconds=-1), 90])
+def test_a_bad_minimum_retention_is_an_error(db_path: Path, bad: Any) -> None:
+    _purged(db_path)
+
+    with AuditStore(db_path) as audit, pytest.raises(AuditStoreError) as exc:
+        audit.verify(min_retention=bad)
+
+    assert str(exc.value) == f"min_retention must be a duration of zero or more (got {bad!r})"
+
+
+def test_a_rehashed_cleanup_run_with_impossible_times_is_refused(db_path: Path) -> None:
+    _purged(db_path)
+    row = list(
+        _query(
+            db_path,
+            f"SELECT id, {', '.join(anchors.RUN_COLUMNS)}, prev_hash FROM audit_cleanup_runs",
+        )[0]
+    )
+    row[1], row[2] = "2024-06-02T00:00:00+00:00", "2024-06-01T00:00:00+00:00"
+    _tamper(
+        db_path,
+        (
+            "UPDATE audit_cleanup_runs SET started_at = ?, finished_at = ?, hash = ?",
+            (row[1], row[2], anchors.run_hash(row)),
+        ),
+    )
+
+    assert _verify(db_path).reason == (
+        "cleanup run 1 has impossible times (2024-06-02T00:00:00+00:00 to "
+        "2024-06-01T00:00:00+00:00)"
+    )
+
+
+def test_a_refused_cleanup_run_record_keeps_the_purge_and_raises(db_path: Path) -> None:
+    _write(db_path, [T0] * 2 + [utcnow()])
+    _tamper(
+        db_path,
+        (
+            "CREATE TRIGGER no_run BEFORE INSERT ON audit_cleanup_runs "
+            "BEGIN SELECT RAISE(ABORT, 'run refused'); END",
+            (),
+        ),
+    )
+
+    with AuditStore(db_path) as audit, pytest.raises(AuditStoreError) as exc:
+        audit.purge(90 * DAY)
+
+    assert str(exc.value) == f"cannot purge {db_path}: run refused"
+    # The batches committed with their anchor: the trail still verifies.
+    assert _query(db_path, "SELECT count(*) FROM audit_cleanup_runs") == [(0,)]
+    assert _verify(db_path).ok is True
