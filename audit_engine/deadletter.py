@@ -1,8 +1,13 @@
 """The dead-letter file: where accepted entries go when they cannot be committed.
 
-One JSON object per line: ``{"entry": {...}, "error": "...", "failed_at": "..."}``. Every append is
-flushed and fsynced before the writer counts the entries as dead-lettered, so "in the dead-letter
-file" is as durable as "committed".
+One JSON object per line: ``{"entry": {...}, "error": "...", "failed_at": "..."}``. Every append
+starts on a fresh line and is fsynced before the writer counts the entries as dead-lettered, so
+"in the dead-letter file" is as durable as "committed".
+
+Appends and a replay's rewrite are serialised by an ``flock`` on ``<file>.lock``. Nobody waits for
+that lock without bound: an append that cannot get it in time (a long replay holds it, or
+``close()`` ran out of time) writes a *side file* ``<file>.<pid>-<n>.jsonl`` instead, which a
+replay reads too. Replay lives in :mod:`audit_engine.replay`.
 """
 
 from __future__ import annotations
@@ -10,17 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sqlite3
+import re
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from audit_engine import store
-from audit_engine.errors import AuditStoreError
 from audit_engine.intake import Row
 from audit_engine.models import AuditEntry, utcnow
 
@@ -30,7 +32,12 @@ except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
 SUFFIX = ".deadletter.jsonl"
-_READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # checked when first recorded
+# How long an append waits for the file lock before it writes a side file instead.
+LOCK_WAIT_S = 5.0
+_BACKOFF_START_S = 0.005
+_BACKOFF_MAX_S = 0.2
+_NEVER = threading.Event()  # waited on for a backoff when there is no abort event
+_SIDE_FILE = re.compile(r"\.(\d+)-(\d+)\.jsonl\Z")
 
 
 def path_for(database: str | os.PathLike[str]) -> Path:
@@ -38,132 +45,231 @@ def path_for(database: str | os.PathLike[str]) -> Path:
     return Path(f"{os.fspath(database)}{SUFFIX}")
 
 
-class DeadLetterFile:
-    """Appends entries that could not be written; safe to use from several threads."""
+def side_files(path: Path) -> list[Path]:
+    """The side files of ``path`` (``<path>.<pid>-<n>.jsonl``), oldest first."""
+    found = []
+    with contextlib.suppress(OSError):
+        for candidate in path.parent.iterdir():
+            name = candidate.name
+            if name.startswith(path.name) and _SIDE_FILE.fullmatch(name[len(path.name) :]):
+                found.append(candidate)
+    return sorted(found, key=_mtime_then_name)
 
-    def __init__(self, path: Path) -> None:
+
+def _mtime_then_name(path: Path) -> tuple[float, str]:
+    try:
+        return path.stat().st_mtime, path.name
+    except OSError:  # pragma: no cover - removed meanwhile
+        return 0.0, path.name
+
+
+class DeadLetterFile:
+    """Appends entries that could not be written; safe to use from several threads and processes."""
+
+    def __init__(self, path: Path, *, lock_wait_s: float = LOCK_WAIT_S) -> None:
         self.path = path
-        self._lock = threading.RLock()
+        self.lock_wait_s = lock_wait_s
+        self._lock = threading.Lock()  # guards the side-file counter
+        self._side_count = 0
 
     def reset_after_fork(self) -> None:
-        """In a forked child: a fresh lock (another thread may have held it at the fork)."""
-        self._lock = threading.RLock()
+        """In a forked child: a fresh lock and side-file counter (the pid in their names differs).
 
-    def append(self, entries: Sequence[AuditEntry | Row], error: str) -> None:
-        """Append ``entries`` with the reason they failed; returns once the lines are on disk."""
-        failed_at = utcnow().isoformat()
-        lines = "".join(
-            json.dumps(
-                {"entry": _entry_object(entry), "error": error, "failed_at": failed_at},
-                ensure_ascii=False,
-            )
-            + "\n"
-            for entry in entries
-        )
-        data = lines.encode("utf-8")
-        with self._lock, _file_lock(self.path):
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        No descriptor outlives an append, so there is no handle to replace.
+        """
+        self._lock = threading.Lock()
+        self._side_count = 0
+
+    def append(
+        self,
+        entries: Sequence[AuditEntry | Row],
+        error: str,
+        *,
+        gate: contextlib.AbstractContextManager[Any] | None = None,
+        abort: threading.Event | None = None,
+    ) -> Path:
+        """Append ``entries`` with the reason they failed; returns once the lines are on disk.
+
+        Returns the file written: :attr:`path`, or a side file when the lock was not free within
+        :attr:`lock_wait_s` (at once once ``abort`` is set). ``gate`` (the writer's fork gate) is
+        held whenever a descriptor is open, never while waiting, so ``os.fork()`` never copies
+        the lock into a child. Raises ``OSError`` if nothing could be written.
+        """
+        data = encode_lines(entries, error)
+        hold = gate if gate is not None else contextlib.nullcontext()
+        waiter = abort if abort is not None else _NEVER
+        deadline = time.monotonic() + (0.0 if waiter.is_set() else self.lock_wait_s)
+        delay = _BACKOFF_START_S
+        while True:
+            with hold:
+                lock_fd = _try_lock(self.path)
+                if lock_fd is not None:
+                    try:
+                        _append_fresh_line(self.path, data)
+                    finally:
+                        _unlock(lock_fd)
+                    return self.path
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or waiter.wait(min(delay, remaining)):
+                break
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+        with hold:
+            return self._write_side_file(data)
+
+    def _write_side_file(self, data: bytes) -> Path:
+        # Written under a temporary name and linked into place once fsynced: a replay never
+        # reads half a side file, and an old file of a dead process with our pid is not reused.
+        while True:
+            with self._lock:
+                self._side_count += 1
+                number = self._side_count
+            final = Path(f"{self.path}.{os.getpid()}-{number}.jsonl")
+            part = Path(f"{final}.part")
             try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
+                fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            try:
+                try:
+                    _write_all(fd, data)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.link(part, final)
+            except FileExistsError:
+                continue
             finally:
-                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(part)
+            _fsync_directory(final.parent)
+            return final
+
+
+def encode_lines(entries: Sequence[AuditEntry | Row], error: str) -> bytes:
+    """The dead-letter lines of ``entries`` as UTF-8, one failure time for the whole append."""
+    failed_at = utcnow().isoformat()
+    return b"".join(_encode(line_text(e, error, failed_at)) + b"\n" for e in entries)
+
+
+def line_text(entry: AuditEntry | Row, error: str, failed_at: str, *, compact: bool = False) -> str:
+    """One dead-letter line (without its newline): the entry, why it failed and when.
+
+    Never raises for an entry's content: a value JSON cannot hold is written as its ``str()``.
+    ``compact`` (for log lines): no spaces and only ASCII, whatever the log's encoding.
+    """
+    record = {"entry": _entry_object(entry), "error": error, "failed_at": failed_at}
+    if compact:
+        return json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
+    return json.dumps(record, ensure_ascii=False, default=str)
+
+
+def _encode(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (an entry that skipped validation) has no UTF-8 form; JSON's \u
+        # escapes carry it, and the rest of the line stays as it was.
+        return json.dumps(json.loads(text), ensure_ascii=True).encode("ascii")
 
 
 def _entry_object(entry: AuditEntry | Row) -> dict[str, Any]:
     """An entry as the JSON object of its fields (``details`` nested), from a model or a row."""
     if isinstance(entry, AuditEntry):
-        return entry.model_dump(mode="json")
-    return {
-        **entry._asdict(),
-        "details": json.loads(entry.details),
-        "critical": bool(entry.critical),
-    }
+        try:
+            return entry.model_dump(mode="json")
+        except Exception:  # a model_copy'd value pydantic cannot serialise: keep what we can
+            return entry.model_dump(warnings=False)
+    details: Any
+    try:
+        details = json.loads(entry.details)
+    except (TypeError, ValueError):  # not our JSON: keep the text as it was
+        details = entry.details
+    return {**entry._asdict(), "details": details, "critical": bool(entry.critical)}
 
 
-def deadletter_json(entry: AuditEntry | Row) -> str:
-    """One entry as JSON text (the last resort when even the dead-letter file fails)."""
-    return json.dumps(_entry_object(entry), ensure_ascii=False, separators=(",", ":"))
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _append_fresh_line(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` (the lock held), on a line of its own, fsynced."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        # A line torn by an earlier failure (or a crash) must not swallow this one.
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        except BaseException:
+            # Not counted as dead-lettered, so the caller logs these entries: cut the part
+            # that did get written, or a replay would bring them back a second time.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # A new name is durable only once its directory is; best effort (not every FS allows it).
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _try_lock(path: Path) -> int | None:
+    """The descriptor holding the file lock, or None if another holds it now."""
+    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    if fcntl is None:  # pragma: no cover - not POSIX: the writer's gate serialises threads
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:  # pragma: no cover - flock itself failing (no lock support)
+        os.close(fd)
+        raise
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    # Unlock explicitly before closing: a lock belongs to the open file description, which a
+    # child forked meanwhile (outside our fork hook) would share and keep locked otherwise.
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An inter-process lock beside the dead-letter file (appends vs. a replay's rewrite)."""
-    if fcntl is None:  # pragma: no cover - not POSIX: threads are still serialised
-        yield
-        return
-    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold the dead-letter file's lock (a replay's rewrite), waiting as long as it takes."""
+    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        _unlock(fd)
 
 
-class ReplayReport(BaseModel):
-    """What :func:`replay` did with a dead-letter file."""
+# -- reading ----------------------------------------------------------------------------------
 
-    model_config = ConfigDict(frozen=True)
-
-    replayed: int
-    already_present: int
-    kept: int
-    errors: list[str]
+_READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # checked when first recorded
 
 
-def replay(path: Path, conn: sqlite3.Connection) -> ReplayReport:
-    """Write the entries of the dead-letter file ``path`` through ``conn``, then drop their lines.
-
-    Entries already in the database (same ``event_id``) are dropped too. Lines that cannot be
-    read, or whose entry still cannot be written, stay in the file, which is rewritten atomically
-    (or removed when empty); appends by a running writer wait for the rewrite.
-    """
-    if not path.exists():
-        raise AuditStoreError(f"no dead-letter file at {path}")
-    with path.open("rb") as head:
-        if head.read(16) == b"SQLite format 3\x00":
-            raise AuditStoreError(f"{path} is an SQLite database, not a dead-letter file")
-    replayed = already = 0
-    kept: list[bytes] = []
-    errors: list[str] = []
-    with _file_lock(path):
-        raw_lines = path.read_bytes().splitlines(keepends=True)
-        parsed = _parse(raw_lines)
-        for raw, entry, problem in parsed:
-            if entry is None:
-                kept.append(raw)
-                errors.append(problem)
-                continue
-            if store.has_event(conn, entry.event_id):
-                already += 1
-                continue
-            try:
-                store.write_batch(conn, (entry,))
-            except sqlite3.Error as exc:
-                kept.append(raw)
-                errors.append(f"{entry.event_id}: {exc}")
-                continue
-            replayed += 1
-        _rewrite(path, kept)
-    return ReplayReport(replayed=replayed, already_present=already, kept=len(kept), errors=errors)
-
-
-def _parse(raw_lines: list[bytes]) -> list[tuple[bytes, AuditEntry | None, str]]:
-    # Kept lines are written back byte for byte, even a line that is not valid UTF-8.
-    out: list[tuple[bytes, AuditEntry | None, str]] = []
-    for number, raw in enumerate(raw_lines, start=1):
-        if not raw.strip():
-            continue
-        entry, problem = _parse_line(number, raw)
-        out.append((raw if raw.endswith(b"\n") else raw + b"\n", entry, problem))
-    return out
-
-
-def _parse_line(number: int, raw: bytes) -> tuple[AuditEntry | None, str]:
-    """(entry, the error it was dead-lettered with), or (None, why the line is unreadable)."""
+def parse_line(number: int, raw: bytes) -> tuple[AuditEntry | None, str]:
+    """(entry, the error it was dead-lettered with), or (None, why line ``number`` is bad)."""
     try:
         record = json.loads(raw.decode("utf-8"))
         entry = AuditEntry.model_validate(record["entry"], context=_READ_CONTEXT)
@@ -172,24 +278,10 @@ def _parse_line(number: int, raw: bytes) -> tuple[AuditEntry | None, str]:
     return entry, str(record.get("error", ""))
 
 
-def _rewrite(path: Path, lines: list[bytes]) -> None:
-    if not lines:
-        path.unlink()
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, b"".join(lines))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def read(path: Path) -> Iterator[tuple[int, AuditEntry | None, str]]:
     """Yield ``(line_number, entry, error)`` for each line; ``entry`` is None for a bad line."""
     # Bytes, decoded line by line: a line torn by a crash mid-write is reported, not fatal.
     with path.open("rb") as lines:
         for number, raw in enumerate(lines, start=1):
             if raw.strip():
-                yield (number, *_parse_line(number, raw))
+                yield (number, *parse_line(number, raw))

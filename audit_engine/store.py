@@ -46,7 +46,7 @@ from audit_engine.schema import (
 from audit_engine.summary import StoreSummary, summarise
 
 if TYPE_CHECKING:
-    from audit_engine.deadletter import ReplayReport
+    from audit_engine.replay import ReplayReport
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -444,13 +444,24 @@ class AuditStore:
         except sqlite3.DatabaseError as exc:
             raise AuditStoreError(f"cannot {what} {self.path}: {exc}") from None
 
-    def replay_dead_letters(self, path: str | os.PathLike[str] | None = None) -> ReplayReport:
-        """Re-import a dead-letter file (default: this database's) and drop the replayed lines."""
-        from audit_engine import deadletter  # deadletter writes through this module
+    def replay_dead_letters(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        from_log: str | os.PathLike[str] | None = None,
+    ) -> ReplayReport:
+        """Re-import a dead-letter file (default: this database's) and drop the replayed lines.
 
-        target = Path(path) if path is not None else deadletter.path_for(self.path)
+        Its side files are read too. With ``from_log``, re-import instead the entries a writer
+        could only log at CRITICAL, from a saved log file (left unchanged).
+        """
+        from audit_engine import deadletter, replay  # both write through this module
+
         with self._errors("replay dead letters into"):
-            return deadletter.replay(target, self._conn)
+            if from_log is not None:
+                return replay.replay_log(Path(from_log), self._conn)
+            target = Path(path) if path is not None else deadletter.path_for(self.path)
+            return replay.replay(target, self._conn)
 
     def summary(self) -> StoreSummary:
         """Totals by action, operation, outcome and day; file size; chain status; last cleanup."""

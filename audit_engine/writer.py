@@ -6,7 +6,11 @@ Guarantees kept here (see docs/guarantees.md):
 * a busy database is retried with backoff, never given up on, until ``close()`` times out;
 * a batch that fails for another reason is split until the failing rows are alone; those go to
   the dead-letter file and the rest commit;
-* the thread never dies from a write error, and ``flush()``/``close()`` never hang on a dead thread.
+* the thread never dies, whatever is raised in it: the batch in hand is dead-lettered and the
+  failure is remembered (``clean`` is False, so ``close()`` returns False);
+* an entry that could be neither committed nor dead-lettered is logged at CRITICAL in the
+  dead-letter line format and counted in ``logged_only``; ``flush()`` then returns False;
+* ``flush()``/``close()`` never hang on a dead thread.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from audit_engine import store
-from audit_engine.deadletter import DeadLetterFile, deadletter_json
+from audit_engine.deadletter import DeadLetterFile, line_text
 from audit_engine.handoff import HandoffQueue
 from audit_engine.intake import Row
+from audit_engine.models import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +99,13 @@ class Writer:
         self.batches = 0
         self.retries = 0
         self.dead_lettered = 0
+        # Entries that reached neither the database nor the dead-letter file, only the log.
+        self.logged_only = 0
+        # Batches dead-lettered because the loop itself failed (a bug, not a write error).
+        self.loop_failures = 0
+        # Entries whose caller waits to learn their fate (critical_sync): id(row) -> None while
+        # pending, or why it was not committed. Keyed by identity: the waiter keeps the row alive.
+        self._watched: dict[int, str | None] = {}
         self.longest_batch_s = 0.0
         self._file_level_error = False
         self._counter_lock = threading.Lock()
@@ -142,6 +154,21 @@ class Writer:
     def closed(self) -> bool:
         return self._queue.closed
 
+    @property
+    def clean(self) -> bool:
+        """False once an entry went only to the log, or the loop failed with a batch in hand."""
+        return self.logged_only == 0 and self.loop_failures == 0
+
+    def watch(self, entry: Row) -> None:
+        """Remember whether ``entry`` (this object) is dead-lettered; call before queueing it."""
+        with self._counter_lock:
+            self._watched[id(entry)] = None
+
+    def outcome(self, entry: Row) -> str | None:
+        """Stop watching ``entry``: why it was not committed, or None (committed, or not yet)."""
+        with self._counter_lock:
+            return self._watched.pop(id(entry), None)
+
     def put(self, entry: Row, timeout_s: float) -> int:
         """Queue ``entry``; returns its position (1-based), or 0 if no room within ``timeout_s``.
 
@@ -178,8 +205,11 @@ class Writer:
             return self._processed >= position
 
     def flush(self, timeout_s: float | None) -> bool:
-        """Wait until everything queued before the call is committed (or dead-lettered)."""
-        return self.wait_for(self._queue.enqueued, timeout_s)
+        """Wait until everything queued before the call is committed (or dead-lettered).
+
+        False on timeout, and once any entry could only be logged (see ``logged_only``).
+        """
+        return self.wait_for(self._queue.enqueued, timeout_s) and not self.logged_only
 
     # -- shutdown ---------------------------------------------------------------------------
 
@@ -264,15 +294,8 @@ class Writer:
             while True:
                 try:
                     stop = self._run_once()
-                except Exception as exc:
-                    # A bug, not a write error (those are handled in _write): keep the entries
-                    # in hand, report, and go on with the next batch.
-                    logger.exception("audit writer loop failed; continuing")
-                    self.last_error = f"writer loop error: {exc!r}"
-                    batch, done = self._inflight, self._inflight_done
-                    self._inflight, self._inflight_done = [], 0
-                    self._dead_letter(batch[done:], self.last_error)
-                    self._advance(len(batch))
+                except BaseException as exc:  # nothing may end this loop
+                    self._recover(exc)
                     continue
                 if stop:
                     break
@@ -287,6 +310,17 @@ class Writer:
             if not finished:
                 self.last_error = "the writer thread died; close() writes the queue itself"
                 logger.critical("audit writer thread died; close() will write the queue itself")
+
+    def _recover(self, exc: BaseException) -> None:
+        """After the loop itself failed (a bug, not a write error): set the batch aside, go on."""
+        logger.critical("audit writer loop failed; continuing", exc_info=exc)
+        self.last_error = f"writer loop error: {exc!r}"
+        batch, done = self._inflight, self._inflight_done
+        self._inflight, self._inflight_done = [], 0
+        if batch[done:]:
+            self.loop_failures += 1
+            self._dead_letter(batch[done:], self.last_error)
+        self._advance(len(batch))
 
     def _read_tail(self) -> None:
         # Before the first batch arrives, so that it too is one statement. Best effort: without
@@ -368,21 +402,43 @@ class Writer:
                 return None
 
     def _dead_letter(self, rows: Sequence[Row], error: str) -> None:
+        """Append ``rows`` to the dead-letter file; if even that fails, log them. Never raises."""
         if not rows:
             return
         try:
-            self._dead_letters.append(rows, error)
-        except OSError as exc:
-            # Last resort: the entries go to the log, so they are still not silently gone.
-            self.last_error = f"dead-letter file not writable: {exc}"
-            for entry in rows:
-                logger.critical(
-                    "audit entry LOST to disk, logged instead: %s", deadletter_json(entry)
-                )
+            where = self._dead_letters.append(rows, error, gate=self.fork_gate, abort=self._abort)
+        except Exception as exc:
+            self._log_only(rows, error, exc)
             return
         with self._counter_lock:  # the writer and a timed-out close() may both get here
             self.dead_lettered += len(rows)
-        logger.error("%d audit entries moved to %s: %s", len(rows), self._dead_letters.path, error)
+            self._note_outcome(rows, f"{error}; it is in the dead-letter file {where}")
+        logger.error("%d audit entries moved to %s: %s", len(rows), where, error)
+
+    def _log_only(self, rows: Sequence[Row], error: str, exc: Exception) -> None:
+        # Last resort: each entry goes to the log as a dead-letter line, which
+        # `audit-engine replay-deadletter --from LOG` can bring back.
+        self.last_error = f"dead-letter file not writable: {exc}"
+        failed_at = utcnow().isoformat()
+        with self._counter_lock:
+            self.logged_only += len(rows)
+            self._note_outcome(
+                rows,
+                f"{error}; the dead-letter file could not be written either ({exc}): "
+                "it is only in the log, at CRITICAL",
+            )
+        for entry in rows:
+            logger.critical(
+                "audit entry LOST to disk, logged instead: %s",
+                line_text(entry, error, failed_at, compact=True),
+            )
+
+    def _note_outcome(self, rows: Sequence[Row], why: str) -> None:
+        # Under _counter_lock. Usually nobody watches: one dict lookup per row set aside.
+        if self._watched:
+            for row in rows:
+                if id(row) in self._watched:
+                    self._watched[id(row)] = why
 
     def _dead_letter_queue(self, error: str) -> int:
         rows = self._drain_queue()

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
+import sqlite3
 import threading
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from audit_engine import AuditEntry, Operation, deadletter
+from audit_engine import AuditEntry, Operation, deadletter, store
 from audit_engine.deadletter import DeadLetterFile
+from audit_engine.errors import AuditStoreError
+from audit_engine.replay import ReplayReport, replay, replay_log
 
 
 @pytest.fixture
@@ -228,3 +237,216 @@ def test_read_reports_a_line_with_invalid_utf8_as_bad(dl_path: Path) -> None:
 
     assert results[0] == (1, good, "boom")
     assert results[1][:2] == (2, None)
+
+
+# -- torn lines (issue 11, item 7) ---------------------------------------------------------------
+
+
+def _store(db_path: Path) -> sqlite3.Connection:
+    return store.open_connection(db_path)
+
+
+def test_an_append_after_a_torn_line_starts_on_a_fresh_line(dl_path: Path, db_path: Path) -> None:
+    file = DeadLetterFile(dl_path)
+    [before, after] = _entries(2)
+    file.append([before], "disk full")
+    with dl_path.open("ab") as torn:
+        torn.write(b'{"entry": {"action": "cut sh')  # a write cut short, no newline
+
+    file.append([after], "disk full")
+
+    assert [number for number, _, _ in deadletter.read(dl_path)] == [1, 2, 3]
+    conn = _store(db_path)
+    try:
+        report = replay(dl_path, conn)
+    finally:
+        conn.close()
+    assert (report.replayed, report.kept) == (2, 1)
+    assert report.errors == ["line 2: Invalid control character at: line 1 column 29 (char 28)"]
+    assert dl_path.read_bytes() == b'{"entry": {"action": "cut sh\n'  # the fragment is kept
+
+
+def test_a_failed_write_is_cut_off_again(dl_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = DeadLetterFile(dl_path)
+    file.append(_entries(1, "kept"), "first")
+    before = dl_path.read_bytes()
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if len(data) > 20:
+            real_write(fd, bytes(data)[:20])  # half a line reaches the disk
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(deadletter.os, "write", write)
+    with pytest.raises(OSError, match="No space left on device"):
+        file.append(_entries(1, "lost"), "second")
+
+    assert dl_path.read_bytes() == before
+
+
+def test_replay_recovers_an_entry_glued_to_a_torn_line(dl_path: Path, db_path: Path) -> None:
+    # What an older version wrote after a partial append: the next entry on the torn line.
+    [glued] = _entries(1, "glued")
+    line = json.dumps({"entry": glued.model_dump(mode="json"), "error": "x"}).encode()
+    dl_path.write_bytes(b'{"entry": {"act' + line + b"\n")
+    conn = _store(db_path)
+    try:
+        report = replay(dl_path, conn)
+        assert store.has_event(conn, glued.event_id)
+    finally:
+        conn.close()
+    assert (report.replayed, report.kept) == (1, 1)
+    assert report.errors == ["line 1: Unterminated string starting at: line 1 column 12 (char 11)"]
+    assert dl_path.read_bytes() == b'{"entry": {"act\n'
+
+
+# -- the lock is never waited on without bound; side files (issue 11, item 5) ---------------------
+
+
+@contextlib.contextmanager
+def _lock_held_elsewhere(path: Path) -> Iterator[None]:
+    """The dead-letter lock held through another open file (as another process would)."""
+    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def test_an_append_that_cannot_get_the_lock_in_time_writes_a_private_side_file(
+    dl_path: Path,
+) -> None:
+    entries = _entries(2)
+    with _lock_held_elsewhere(dl_path):
+        started = time.monotonic()
+        written = DeadLetterFile(dl_path, lock_wait_s=0.2).append(entries, "locked")
+        assert 0.2 <= time.monotonic() - started < 2
+
+    assert written == Path(f"{dl_path}.{os.getpid()}-1.jsonl")
+    assert not dl_path.exists()
+    assert written.stat().st_mode & 0o777 == 0o600
+    assert [entry for _, entry, _ in deadletter.read(written)] == entries
+    assert deadletter.side_files(dl_path) == [written]
+    assert not list(dl_path.parent.glob("*.part"))
+
+
+def test_an_aborted_append_does_not_wait_for_the_lock(dl_path: Path) -> None:
+    abort = threading.Event()
+    abort.set()
+    with _lock_held_elsewhere(dl_path):
+        started = time.monotonic()
+        written = DeadLetterFile(dl_path, lock_wait_s=30).append(_entries(1), "x", abort=abort)
+        assert time.monotonic() - started < 1
+    assert written.name.endswith(f".{os.getpid()}-1.jsonl")
+
+
+def test_side_files_never_reuse_a_name(dl_path: Path) -> None:
+    taken = Path(f"{dl_path}.{os.getpid()}-1.jsonl")
+    taken.write_text("left by a dead process with our pid\n")
+    Path(f"{dl_path}.{os.getpid()}-2.jsonl.part").write_text("a crash mid-write\n")
+    with _lock_held_elsewhere(dl_path):
+        written = DeadLetterFile(dl_path, lock_wait_s=0).append(_entries(1), "x")
+    assert written == Path(f"{dl_path}.{os.getpid()}-3.jsonl")
+    assert taken.read_text() == "left by a dead process with our pid\n"
+
+
+def test_replay_reads_the_side_files_and_merges_what_it_keeps(dl_path: Path, db_path: Path) -> None:
+    main, aside = _entries(2, "main"), _entries(2, "aside")
+    DeadLetterFile(dl_path).append(main, "disk full")
+    with _lock_held_elsewhere(dl_path):
+        side = DeadLetterFile(dl_path, lock_wait_s=0).append(aside, "locked")
+    with side.open("ab") as file:
+        file.write(b"not json\n")
+    conn = _store(db_path)
+    try:
+        report = replay(dl_path, conn)
+        stored = [row[0] for row in conn.execute("SELECT event_id FROM audit_entries ORDER BY id")]
+    finally:
+        conn.close()
+
+    assert stored == [e.event_id for e in main + aside]
+    assert (report.replayed, report.already_present, report.kept) == (4, 0, 1)
+    assert report.errors == [f"{side.name} line 3: Expecting value: line 1 column 1 (char 0)"]
+    assert report.files == [str(dl_path), str(side)]
+    assert not side.exists()
+    assert dl_path.read_bytes() == b"not json\n"
+
+
+def test_replay_with_nothing_to_replay_reports_no_files(dl_path: Path, db_path: Path) -> None:
+    conn = _store(db_path)
+    try:
+        report = replay(dl_path, conn)
+    finally:
+        conn.close()
+    assert report == ReplayReport(replayed=0, already_present=0, kept=0, errors=[], files=[])
+    assert not Path(f"{dl_path}.lock").exists()
+
+
+# -- modes (issue 11, item 23) -------------------------------------------------------------------
+
+
+def test_a_replay_rewrite_is_private_whatever_tmp_file_was_there(
+    dl_path: Path, db_path: Path
+) -> None:
+    DeadLetterFile(dl_path).append(_entries(1), "x")
+    with dl_path.open("ab") as file:
+        file.write(b"unreadable, kept\n")
+    stale = dl_path.with_name(dl_path.name + ".tmp")
+    stale.write_text("stale")
+    stale.chmod(0o666)
+    conn = _store(db_path)
+    try:
+        replay(dl_path, conn)
+    finally:
+        conn.close()
+    assert dl_path.read_bytes() == b"unreadable, kept\n"
+    assert dl_path.stat().st_mode & 0o777 == 0o600
+    assert not stale.exists()
+
+
+# -- the log as a last resort (issue 11, item 8) -------------------------------------------------
+
+
+def test_replay_log_brings_back_the_entries_of_logged_dead_letter_lines(
+    tmp_path: Path, db_path: Path
+) -> None:
+    lost = _entries(2, "lost")
+    failed_at = "2026-12-01T10:00:00+00:00"
+    log = tmp_path / "app.log"
+    log.write_text(
+        "2026-12-01 10:00:00 INFO app started\n"
+        + "".join(
+            "2026-12-01 10:00:01 CRITICAL audit_engine.writer audit entry LOST to disk, logged "
+            f"instead: {deadletter.line_text(e, 'disk full', failed_at, compact=True)}\n"
+            for e in lost
+        )
+        + 'CRITICAL audit entry LOST to disk, logged instead: {"entry": {"act\n',
+        encoding="utf-8",
+    )
+    conn = _store(db_path)
+    try:
+        report = replay_log(log, conn)
+        again = replay_log(log, conn)
+    finally:
+        conn.close()
+    assert (report.replayed, report.already_present, report.kept) == (2, 0, 1)
+    assert report.errors == ["line 4: Unterminated string starting at: line 1 column 63 (char 62)"]
+    assert (again.replayed, again.already_present) == (0, 2)
+    assert "app started" in log.read_text(encoding="utf-8")  # the log is left as it was
+
+
+def test_replay_log_of_a_missing_file_is_an_error(tmp_path: Path, db_path: Path) -> None:
+    conn = _store(db_path)
+    try:
+        with pytest.raises(AuditStoreError, match=r"^no log file at .*nope\.log$"):
+            replay_log(tmp_path / "nope.log", conn)
+    finally:
+        conn.close()
+
+
+def test_a_line_for_a_value_json_cannot_hold_is_still_written() -> None:
+    entry = AuditEntry(action="a").model_copy(update={"details": {"when": object()}})
+    text = deadletter.line_text(entry, "x", "2026-01-01T00:00:00+00:00")
+    assert json.loads(text)["entry"]["details"]["when"].startswith("<object object at ")

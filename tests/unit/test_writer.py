@@ -406,12 +406,20 @@ def test_an_unwritable_dead_letter_file_logs_the_entry_at_critical(
     second = AuditEntry(event_id="same", action="two")
     with caplog.at_level(logging.CRITICAL, logger="audit_engine.writer"):
         _put_all(writer, [first, second])
-        assert writer.flush(10)
-    critical = [r for r in caplog.records if r.levelno == logging.CRITICAL]
-    assert [r.getMessage() for r in critical] == [
-        f"audit entry LOST to disk, logged instead: {second.model_dump_json()}"
-    ]
+        # Handled, but not kept anywhere replay looks by default: flush() does not claim success.
+        assert not writer.flush(10)
+    critical = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert len(critical) == 1
+    prefix = "audit entry LOST to disk, logged instead: "
+    assert critical[0].startswith(prefix)
+    # The dead-letter line format, so that `replay-deadletter --from LOG` can bring it back.
+    record = json.loads(critical[0][len(prefix) :])
+    assert set(record) == {"entry", "error", "failed_at"}
+    assert record["entry"] == second.model_dump(mode="json")
+    assert record["error"] == "IntegrityError: UNIQUE constraint failed: audit_entries.event_id"
     assert writer.dead_lettered == 0
+    assert writer.logged_only == 1
+    assert not writer.clean
     assert writer.last_error is not None
     assert writer.last_error.startswith("dead-letter file not writable: [Errno 21]")
     assert _ids(db_path) == ["same"]
@@ -480,7 +488,7 @@ def test_a_loop_error_with_a_batch_in_hand_dead_letters_that_batch(
 
 
 class _WriterKilled(SystemExit):
-    """A BaseException the writer loop does not catch."""
+    """A BaseException the tests let end the writer thread (see _kill_writer)."""
 
 
 class _Deaths:
@@ -500,9 +508,21 @@ class _Deaths:
 
 
 def _kill_writer(monkeypatch: pytest.MonkeyPatch, *, mid_batch: bool = False) -> _Deaths:
-    """Make the writer thread die: on its first loop, or in its first batch write."""
+    """Make the writer thread die: on its first loop, or in its first batch write.
+
+    The loop recovers from any exception, so the test also makes its recovery let this one
+    through: what remains to test is a thread ended from outside (interpreter shutdown).
+    """
     deaths = _Deaths(monkeypatch)
     killed = False
+    original_recover = Writer._recover
+
+    def recover(self: Writer, exc: BaseException) -> None:
+        if isinstance(exc, _WriterKilled):
+            raise exc
+        original_recover(self, exc)
+
+    monkeypatch.setattr(Writer, "_recover", recover)
     if mid_batch:
         original_write = store.commit_batch
 
@@ -761,3 +781,128 @@ def test_a_tail_that_cannot_be_read_up_front_is_read_by_the_first_batch(
     assert failures == 1
     assert _ids(db_path) == [e.event_id for e in entries]
     assert writer.dead_lettered == 0
+
+
+# -- nothing ends the loop; nothing is counted before it is on disk (issue 11, items 6-8) ---------
+
+
+def test_an_entry_that_cannot_be_encoded_is_dead_lettered_and_its_batch_commits(
+    make_writer: MakeWriter, db_path: Path
+) -> None:
+    # model_copy skips validation: a lone surrogate has no UTF-8 form, for SQLite or the file.
+    bad = AuditEntry(action="x").model_copy(update={"actor": "\ud800"})
+    good = _entries(10)
+    writer = make_writer(flush_interval_s=3600)
+    _put_all(writer, [*good[:5], bad, *good[5:]])
+
+    assert writer.flush(10)
+
+    assert writer.alive
+    assert _ids(db_path) == [e.event_id for e in good]
+    # Written with JSON's \u escape (the file stays UTF-8); replay reports it as invalid.
+    [line] = deadletter.path_for(db_path).read_bytes().splitlines()
+    assert b'"actor": "\\ud800"' in line
+    record = json.loads(line)
+    assert (record["entry"]["event_id"], record["entry"]["actor"]) == (bad.event_id, "\ud800")
+    assert writer.dead_lettered == 1
+    assert writer.clean
+
+
+class _Interrupted(BaseException):
+    """Not an Exception: what used to end the writer thread."""
+
+
+def test_a_base_exception_in_the_loop_dead_letters_the_batch_and_the_writer_goes_on(
+    make_writer: MakeWriter,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    original = store.commit_batch
+    raised = False
+
+    def commit(conn: sqlite3.Connection, rows: Sequence[AuditEntry], *rest: Any) -> Any:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise _Interrupted("in the middle of a commit")
+        return original(conn, rows, *rest)
+
+    monkeypatch.setattr(store, "commit_batch", commit)
+    writer = make_writer(flush_interval_s=3600)
+    first, later = _entries(3, action="first"), _entries(2, action="later")
+    with caplog.at_level(logging.CRITICAL, logger="audit_engine.writer"):
+        _put_all(writer, first)
+        assert writer.flush(10)
+    _put_all(writer, later)
+    assert writer.flush(10)
+
+    assert writer.alive
+    assert "audit writer loop failed; continuing" in caplog.messages
+    assert _ids(db_path) == [e.event_id for e in later]
+    reason = "writer loop error: _Interrupted('in the middle of a commit')"
+    assert _dead_letters(db_path) == [(e, reason) for e in first]
+    assert (writer.dead_lettered, writer.loop_failures, writer.clean) == (3, 1, False)
+    assert writer.stop(10) == (True, 0)
+
+
+def test_a_loop_error_whose_dead_letter_also_fails_logs_the_batch_and_goes_on(
+    make_writer: MakeWriter,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def collect(self: Writer) -> tuple[list[AuditEntry], bool]:
+        batch, stop = original_collect(self)
+        if batch and batch[0].action == "first":
+            raise RuntimeError("after collecting")
+        return batch, stop
+
+    def append(self: DeadLetterFile, *args: Any, **kwargs: Any) -> Path:
+        raise ValueError("not an OSError")
+
+    original_collect = Writer._collect
+    monkeypatch.setattr(Writer, "_collect", collect)
+    monkeypatch.setattr(DeadLetterFile, "append", append)
+    writer = make_writer(flush_interval_s=3600)
+    with caplog.at_level(logging.CRITICAL, logger="audit_engine.writer"):
+        _put_all(writer, _entries(2, action="first"))
+        assert not writer.flush(10)
+        _put_all(writer, _entries(1, action="later"))
+        assert not writer.flush(10)  # still False: two entries exist only in the log
+
+    assert writer.alive
+    assert _rows(db_path) == [(_rows(db_path)[0][0], "later")]
+    lost = [m for m in caplog.messages if m.startswith("audit entry LOST to disk")]
+    assert len(lost) == 2
+    assert (writer.logged_only, writer.loop_failures) == (2, 1)
+    assert writer.last_error == "dead-letter file not writable: not an OSError"
+
+
+def test_entries_whose_dead_letter_fsync_failed_are_not_counted_as_dead_lettered(
+    make_writer: MakeWriter,
+    db_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import errno
+    import os
+
+    real_fsync = os.fsync
+    path = deadletter.path_for(db_path)
+
+    def fsync(fd: int) -> None:
+        if os.path.realpath(f"/proc/self/fd/{fd}") == str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(deadletter.os, "fsync", fsync)
+    writer = make_writer()
+    with caplog.at_level(logging.CRITICAL, logger="audit_engine.writer"):
+        _put_all(writer, [AuditEntry(event_id="same", action="a")] * 2)
+        assert not writer.flush(10)
+
+    assert (writer.dead_lettered, writer.logged_only) == (0, 1)
+    # The lines written before the failed fsync were cut off again: no double on replay.
+    assert path.read_bytes() == b""
+    assert writer.last_error == "dead-letter file not writable: [Errno 28] No space left on device"

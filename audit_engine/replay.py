@@ -1,0 +1,165 @@
+"""Putting dead letters back: the dead-letter file and its side files, or a saved log.
+
+Entries are written with their original ``event_id`` and ``timestamp`` at the end of the chain;
+one whose ``event_id`` is already stored is skipped. Nothing unreadable is ever thrown away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from audit_engine import store
+from audit_engine.deadletter import file_lock, parse_line, side_files
+from audit_engine.errors import AuditStoreError
+from audit_engine.models import AuditEntry
+
+_READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # checked when first recorded
+# Where a dead-letter object starts in a line of text (a file line, or a CRITICAL log line).
+_MARKER = b'{"entry"'
+
+
+class ReplayReport(BaseModel):
+    """What a replay did."""
+
+    model_config = ConfigDict(frozen=True)
+
+    replayed: int
+    already_present: int
+    kept: int
+    errors: list[str]
+    # The files read; empty when there was nothing to replay (no dead-letter or side file).
+    files: list[str] = Field(default_factory=list)
+
+
+class _Tally:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.replayed = self.already = 0
+        self.kept: list[bytes] = []
+        self.errors: list[str] = []
+
+    def put_back(self, raw: bytes, entry: AuditEntry) -> None:
+        if store.has_event(self.conn, entry.event_id):
+            self.already += 1
+            return
+        try:
+            store.write_batch(self.conn, (entry,))
+        except sqlite3.Error as exc:
+            self.keep(raw, f"{entry.event_id}: {exc}")
+            return
+        self.replayed += 1
+
+    def keep(self, raw: bytes, problem: str) -> None:
+        self.kept.append(raw if raw.endswith(b"\n") else raw + b"\n")
+        self.errors.append(problem)
+
+    def report(self, files: list[Path]) -> ReplayReport:
+        return ReplayReport(
+            replayed=self.replayed,
+            already_present=self.already,
+            kept=len(self.kept),
+            errors=self.errors,
+            files=[str(f) for f in files],
+        )
+
+
+def replay(path: Path, conn: sqlite3.Connection) -> ReplayReport:
+    """Write the entries of the dead-letter file ``path`` and its side files through ``conn``.
+
+    Lines put back, or already stored, are dropped. Lines that cannot be read (a torn fragment),
+    or whose entry still cannot be written, are kept in ``path``, which is rewritten atomically
+    (or removed when empty); side files are merged into it and removed. Appends by a running
+    writer wait for the rewrite (or go to a new side file). Nothing to replay is not an error:
+    the report then lists no files.
+    """
+    if path.exists():
+        with path.open("rb") as head:
+            if head.read(16) == b"SQLite format 3\x00":
+                raise AuditStoreError(f"{path} is an SQLite database, not a dead-letter file")
+    tally = _Tally(conn)
+    if not path.exists() and not side_files(path):
+        return tally.report([])  # without creating a lock file either
+    with file_lock(path):
+        sources = ([path] if path.exists() else []) + side_files(path)
+        for source in sources:
+            label = "" if source == path else f"{source.name} "
+            for number, raw in enumerate(source.read_bytes().splitlines(keepends=True), 1):
+                if raw.strip():
+                    _replay_line(tally, number, raw, label)
+        if sources:
+            _rewrite(path, tally.kept)
+        for side in sources[1 if path in sources else 0 :]:
+            side.unlink()
+    return tally.report(sources)
+
+
+def _replay_line(tally: _Tally, number: int, raw: bytes, label: str) -> None:
+    entry, problem = parse_line(number, raw)
+    if entry is not None:
+        tally.put_back(raw, entry)
+        return
+    # A line torn by a failed write, with a later entry appended to it by an older version: keep
+    # the fragment, put the entry back.
+    glued = raw.find(_MARKER, 1)
+    if glued > 0:
+        later, _ = parse_line(number, raw[glued:])
+        if later is not None:
+            tally.keep(raw[:glued], label + parse_line(number, raw[:glued])[1])
+            tally.put_back(raw[glued:], later)
+            return
+    tally.keep(raw, label + problem)
+
+
+def _rewrite(path: Path, lines: list[bytes]) -> None:
+    if not lines:
+        if path.exists():
+            path.unlink()
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    # A stale tmp file (of any mode, any owner) is removed, never reused: the file we create
+    # is 0600 whatever was there.
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(b"".join(lines))
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def replay_log(log: Path, conn: sqlite3.Connection) -> ReplayReport:
+    """Put back the entries a writer could only log (``audit entry LOST to disk, logged instead``).
+
+    Each line of the text file ``log`` that holds a dead-letter object (``{"entry": ...}``) is
+    replayed; a line that holds one that cannot be read is reported with its number. The log
+    itself is not changed: replaying it twice finds the entries already stored.
+    """
+    try:
+        content = log.read_bytes()
+    except FileNotFoundError:
+        raise AuditStoreError(f"no log file at {log}") from None
+    tally = _Tally(conn)
+    decoder = json.JSONDecoder()
+    for number, raw in enumerate(content.splitlines(), 1):
+        start = raw.find(_MARKER)
+        if start < 0:
+            continue
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            record, _ = decoder.raw_decode(text, text.find('{"entry"'))
+            entry = AuditEntry.model_validate(record["entry"], context=_READ_CONTEXT)
+        except (ValueError, KeyError, TypeError) as exc:
+            tally.keep(raw, f"line {number}: {exc}")
+            continue
+        tally.put_back(raw, entry)
+    return tally.report([log])
