@@ -510,17 +510,39 @@ def _utc(moment: datetime) -> str:
     "--file",
     "path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The dead-letter file [default: <db>.deadletter.jsonl].",
+    help="The dead-letter file [default: <db>.deadletter.jsonl]; its side files "
+    "(<file>.<pid>-<n>.jsonl) are read too.",
+)
+@click.option(
+    "--from",
+    "log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Instead, a saved log file: re-import the entries logged as 'audit entry LOST to "
+    "disk, logged instead: {...}'. The log is not changed.",
 )
 @click.pass_context
-def replay_deadletter(ctx: click.Context, path: Path | None) -> None:
-    """Re-import entries the writer could not commit, then remove the replayed lines."""
+def replay_deadletter(ctx: click.Context, path: Path | None, log: Path | None) -> None:
+    """Re-import entries the writer could not commit, then remove the replayed lines.
+
+    Nothing to replay (no dead-letter file) is not an error: it says so and exits 0.
+    """
+    if path is not None and log is not None:
+        raise click.UsageError("--file and --from cannot be used together")
     with _store(ctx) as store:
-        report = store.replay_dead_letters(path)
-    click.echo(
+        report = store.replay_dead_letters(path, from_log=log)
+    if not report.files:
+        target = path if path is not None else deadletter.path_for(root_database(ctx))
+        click.echo(f"Nothing to replay: no dead-letter file at {target}")
+        return
+    replayed = (
         f"Replayed {plural(report.replayed, 'entry', 'entries')} "
-        f"({report.already_present} already stored); {plural(report.kept, 'line')} kept"
+        f"({report.already_present} already stored)"
     )
+    if log is not None:
+        click.echo(f"{replayed} from {log}; {plural(report.kept, 'line')} could not be read")
+    else:
+        files = f" from {len(report.files)} files" if len(report.files) > 1 else ""
+        click.echo(f"{replayed}{files}; {plural(report.kept, 'line')} kept")
     if report.errors:
         for problem in report.errors:
             click.echo(f"Error: {problem}", err=True)

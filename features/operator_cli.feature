@@ -67,8 +67,8 @@ Feature: An operator keeps the audit trail from a shell with the audit-engine co
     And the dead-letter file is gone
     And the operator's audit trail holds 4 entries, the set-aside ones last
     When the operator runs "audit-engine replay-deadletter"
-    Then audit-engine exits with status 1
-    And audit-engine reports "Error: no dead-letter file at audit.db.deadletter.jsonl"
+    Then audit-engine exits with status 0
+    And audit-engine prints "Nothing to replay: no dead-letter file at audit.db.deadletter.jsonl"
 
   Scenario: A mistyped database path is an error, not a new empty database
     Given the operator has run "audit-engine init"

@@ -421,16 +421,19 @@ def test_replay_a_file_named_with_file(cli: Cli, three: Trail, tmp_path: Path) -
     assert not path.exists()
 
 
-def test_replay_without_a_dead_letter_file_is_an_error(cli: Cli, three: Trail) -> None:
-    result = cli.run("replay-deadletter", code=1)
+def test_replay_without_a_dead_letter_file_says_so_and_succeeds(cli: Cli, three: Trail) -> None:
+    # Cron jobs run it: nothing to replay is not a failure (issue 11, item 12).
+    result = cli.run("replay-deadletter")
 
-    assert result.output == f"Error: no dead-letter file at {cli.database}.deadletter.jsonl\n"
+    assert result.output == (
+        f"Nothing to replay: no dead-letter file at {cli.database}.deadletter.jsonl\n"
+    )
 
 
 def test_replay_of_a_missing_file_named_with_file(cli: Cli, three: Trail, tmp_path: Path) -> None:
-    result = cli.run("replay-deadletter", "--file", str(tmp_path / "nope.jsonl"), code=1)
+    result = cli.run("replay-deadletter", "--file", str(tmp_path / "nope.jsonl"))
 
-    assert result.output == f"Error: no dead-letter file at {tmp_path / 'nope.jsonl'}\n"
+    assert result.output == f"Nothing to replay: no dead-letter file at {tmp_path / 'nope.jsonl'}\n"
 
 
 def test_replay_keeps_a_line_that_is_not_utf8_byte_for_byte(cli: Cli, three: Trail) -> None:
