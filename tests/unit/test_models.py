@@ -607,6 +607,24 @@ def test_details_nested_5000_deep_are_a_clean_value_error(as_dict: bool) -> None
         AuditEntry(action="a", details=_nested(5000, as_dict))
 
 
+def test_a_set_at_level_65_is_too_deep() -> None:
+    details = _nested(64, as_dict=False)
+    inner = details["k"]
+    while isinstance(inner[0], list):
+        inner = inner[0]
+    inner[0] = frozenset({1})
+
+    with pytest.raises(ValidationError, match="details is nested more than 64 levels deep"):
+        AuditEntry(action="a", details=details)
+
+
+def test_validating_something_that_is_not_a_mapping_is_pydantics_error() -> None:
+    with pytest.raises(ValidationError) as exc:
+        AuditEntry.model_validate(["action", "a"])
+
+    assert _only_error(exc)["type"] == "model_type"
+
+
 def test_details_that_contain_themselves_are_a_clean_value_error() -> None:
     details: dict[str, Any] = {"a": 1}
     details["self"] = details
