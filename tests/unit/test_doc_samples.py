@@ -1,0 +1,149 @@
+"""Every code sample in README.md and docs/*.md runs as written.
+
+Per file, in document order, in a fresh directory: the ```python blocks share one namespace (a
+later block uses what an earlier one defined, as a reader following along would), and each
+``audit-engine ...`` line of a ```sh block runs as the real command (``python -m audit_engine``)
+and must exit 0. Other shell lines (pip, jq, sqlite3, export, nox, asv) are the reader's own tools
+and are not run. Each file runs in its own process with a time limit, so a sample that installs
+signal handlers or leaves a service open affects nothing else.
+
+Some pages start from a situation they describe rather than build (a trail that already holds
+entries, a dead-letter file to look at): ``SITUATIONS`` sets that up before the page runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from audit_engine import AuditService, AuditSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+TIME_LIMIT_S = 180.0
+_FENCE = re.compile(r"^```(\S*)\s*$")
+
+
+def samples(page: Path) -> list[tuple[str, int, str]]:
+    """The page's runnable samples in order: (``python`` or ``sh``, first line number, text)."""
+    lines = page.read_text(encoding="utf-8").splitlines()
+    found = []
+    number = 0
+    while number < len(lines):
+        match = _FENCE.match(lines[number])
+        if not match:
+            number += 1
+            continue
+        end = number + 1
+        while not lines[end].startswith("```"):
+            end += 1
+        language = match.group(1)
+        if language in ("python", "sh"):
+            found.append((language, number + 2, "\n".join(lines[number + 1 : end]) + "\n"))
+        number = end + 1
+    return found
+
+
+# Runs inside the child process: argv[1] is a JSON file of (language, line, text) samples.
+_RUNNER = r"""
+import json, os, shlex, subprocess, sys, traceback
+
+page, samples = json.load(open(sys.argv[1], encoding="utf-8"))
+namespace = {"__name__": "__main__"}
+for language, line, text in samples:
+    where = f"{page}, the {language} sample at line {line}"
+    if language == "python":
+        try:
+            exec(compile(text, where, "exec"), namespace)
+        except BaseException:
+            print(f"{where} failed:", file=sys.stderr)
+            traceback.print_exc()
+            sys.exit(1)
+        continue
+    for command in text.replace("\\\n", " ").splitlines():
+        argv = shlex.split(command, comments=True)
+        if not argv or argv[0] != "audit-engine":
+            continue
+        done = subprocess.run(
+            [sys.executable, "-m", "audit_engine", *argv[1:]],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        if done.returncode != 0 or "Traceback" in done.stderr:
+            print(f"{where}: `{command.strip()}` exited {done.returncode}:\n{done.stdout}"
+                  f"{done.stderr}", file=sys.stderr)
+            sys.exit(1)
+"""
+
+
+def _trail(directory: Path, name: str, count: int = 3) -> None:
+    settings = AuditSettings(database=directory / name, level="all", cleanup_enabled=False)
+    with AuditService(settings) as audit:
+        for number in range(count):
+            audit.record(action="note.save", actor="alice", resource_id=str(number))
+
+
+def _trail_with_dead_letters(directory: Path) -> None:
+    """notes-audit.db, and entries the writer set aside (a reused event_id) beside it."""
+    _trail(directory, "notes-audit.db")
+    settings = AuditSettings(database=directory / "notes-audit.db", cleanup_enabled=False)
+    with AuditService(settings) as audit:
+        audit.record(action="note.save", event_id="evt-1")
+        audit.record(action="note.save", event_id="evt-1")
+    assert audit.stats().dead_lettered == 1
+
+
+SITUATIONS: dict[str, Callable[[Path], None]] = {
+    # "What is in the dead-letter file": the page starts from one.
+    "troubleshooting.md": _trail_with_dead_letters,
+    # Verifying and exporting "audit.db": a trail the application already wrote.
+    "integrity.md": lambda directory: _trail(directory, "audit.db"),
+}
+
+
+def test_every_page_is_found() -> None:
+    assert {page.name for page in PAGES} >= {"README.md", "getting-started.md", "cli.md"}
+
+
+def test_samples_reads_python_and_sh_blocks_in_order(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "text\n```python\nx = 1\n```\n```text\nnot run\n```\n```sh\naudit-engine init\n```\n",
+        encoding="utf-8",
+    )
+
+    assert samples(page) == [("python", 3, "x = 1\n"), ("sh", 9, "audit-engine init\n")]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[page.name for page in PAGES])
+def test_the_samples_of_a_page_run_as_written(page: Path, tmp_path: Path) -> None:
+    found = samples(page)
+    if not found:
+        pytest.skip(f"{page.name} has no python or sh samples")
+    workdir = tmp_path / "reader"
+    workdir.mkdir()
+    situation = SITUATIONS.get(page.name)
+    if situation is not None:
+        situation(workdir)
+    spec = tmp_path / "samples.json"
+    spec.write_text(json.dumps([page.name, found]), encoding="utf-8")
+    # The reader's environment: no AUDIT_TRAIL_* setting of the machine running the tests.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_TRAIL_")}
+
+    done = subprocess.run(
+        [sys.executable, "-c", _RUNNER, str(spec)],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIME_LIMIT_S,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
