@@ -7,12 +7,14 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlite_utils
 
-from audit_engine import deadletter, schema
+from audit_engine import AuditService, deadletter, schema
+from audit_engine import cli as cli_module
 from audit_engine.models import AuditEntry
 
 if TYPE_CHECKING:
@@ -512,3 +514,41 @@ def test_record_does_not_purge_old_entries(cli: Cli, trail: Trail) -> None:
     assert result.output == "accepted 1, filtered 0, written 1\n"
     assert trail.actions() == ["old.0", "new.0"]
     assert "Cleanup:    never\n" in cli.run("stats").output
+
+
+class _Undrained(AuditService):
+    """A service whose close() timed out and whose entries reached only the log."""
+
+    logged_only = 0
+
+    def close(self, timeout: float | None = None) -> bool:
+        super().close(timeout)
+        return False
+
+    def stats(self) -> Any:
+        return SimpleNamespace(**super().stats().model_dump(), logged_only=self.logged_only)
+
+
+@pytest.mark.parametrize(
+    ("logged_only", "problem"),
+    [
+        (0, "Error: the writer did not finish committing the accepted entries\n"),
+        (
+            2,
+            "Error: 2 entries were not committed and could not be kept in the dead-letter file "
+            "either: they are only in the log\n",
+        ),
+    ],
+    ids=["close-timed-out", "only-logged"],
+)
+def test_entries_not_drained_or_only_logged_are_an_error(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch, logged_only: int, problem: str
+) -> None:
+    """Issue 11 item 2: close() returning False, or entries only in the log, is never exit 0."""
+    monkeypatch.setattr(_Undrained, "logged_only", logged_only)
+    monkeypatch.setattr(cli_module, "AuditService", _Undrained)
+
+    result = cli.run("record", "--action", "doc.save", code=1)
+
+    assert result.stdout == "accepted 1, filtered 0, written 1\n"
+    assert result.stderr == problem
