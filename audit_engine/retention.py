@@ -63,6 +63,11 @@ def cutoff_for(older_than: timedelta | datetime) -> datetime:
     if isinstance(older_than, datetime):
         if older_than.tzinfo is None:
             raise AuditStoreError("older_than must be timezone-aware (got a naive datetime)")
+        if older_than > utcnow():
+            # A purge deletes the past only; verify() refuses an anchor cut after its purge.
+            raise AuditStoreError(
+                f"older_than must not be in the future (got {older_than.isoformat()})"
+            )
         return older_than
     raise AuditStoreError(
         f"older_than must be a timedelta or a datetime (got {type(older_than).__name__})"

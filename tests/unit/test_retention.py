@@ -515,6 +515,10 @@ def test_a_forged_anchor_hash_is_reported(db_path: Path) -> None:
         (timedelta(0), "older_than must be a positive duration (got 0:00:00)"),
         (timedelta(days=-1), "older_than must be a positive duration (got -1 day, 0:00:00)"),
         (datetime(2024, 1, 1), "older_than must be timezone-aware (got a naive datetime)"),
+        (
+            datetime(2999, 1, 1, tzinfo=UTC),
+            "older_than must not be in the future (got 2999-01-01T00:00:00+00:00)",
+        ),
         (30, "older_than must be a timedelta or a datetime (got int)"),
         ("30d", "older_than must be a timedelta or a datetime (got str)"),
     ],
