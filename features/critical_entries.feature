@@ -45,3 +45,11 @@ Feature: Privileged access to sensitive data is always audited, and on disk at o
     Then recording returned an event id but the other program did not see the entry yet
     When the tool flushes the audit trail
     Then the other program now sees the entry committed
+
+  Scenario: A critical entry the database refuses is not reported as recorded, and is kept aside
+    Given the tool has started its audit service
+    When an administrator reads patient record "p-20" as a critical entry with event id "evt-7"
+    Then that recording returned the event id "evt-7"
+    When an administrator reads patient record "p-21" as a critical entry with event id "evt-7"
+    Then recording failed with an audit write error starting "critical entry evt-7 was not committed: IntegrityError: UNIQUE constraint failed: audit_entries.event_id; it is in the dead-letter file"
+    And the dead-letter file holds the critical read of patient record "p-21"

@@ -43,3 +43,19 @@ Feature: The audit writer survives database trouble
     Then the audit database holds 21 entries
     And every entry recorded after the failure is in the audit database
     And the audit writer is still running
+
+  Scenario: Entries that only reach the log are counted, closing reports failure, and the saved log brings them back
+    Given a tool with an audit service
+    And the audit database refuses entries by "mallory"
+    And the dead-letter file cannot be written
+    When the tool records 2 entries
+    And the tool records an entry by "mallory"
+    And the tool records 2 entries
+    Then a flush reports that not every entry is safe
+    And the service counts 1 entry kept only in the log
+    And the log holds the entry by "mallory" as a dead-letter line
+    And closing the audit service reports failure
+    When the database stops refusing entries by "mallory"
+    And the operator saves the log to "app.log" and runs "audit-engine replay-deadletter --from app.log"
+    Then the replay prints "Replayed 1 entry (0 already stored) from app.log; 0 lines could not be read"
+    And the audit database holds 5 entries

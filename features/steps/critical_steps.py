@@ -5,6 +5,8 @@ from typing import Any
 from behave import then, when
 from behave.runner import Context
 
+from audit_engine import AuditWriteError
+
 
 def _read_patient_record(world: Any, record_id: str, *, critical: bool) -> str | None:
     return world.record_labelled(
@@ -68,3 +70,45 @@ def then_not_seen_yet(context: Context) -> None:
 def then_seen_now(context: Context) -> None:
     world = context.world
     assert world.committed(world.looked_at), "the entry is still not committed"
+
+
+@when(
+    'an administrator reads patient record "{record_id}" as a critical entry with event id '
+    '"{event_id}"'
+)
+def when_critical_read_with_id(context: Context, record_id: str, event_id: str) -> None:
+    world = context.world
+    world.attempt(
+        lambda: world.audit.record(
+            action="patient_record.view",
+            actor="admin",
+            operation="read",
+            resource_type="patient_record",
+            resource_id=record_id,
+            event_id=event_id,
+            critical=True,
+        )
+    )
+
+
+@then('that recording returned the event id "{event_id}"')
+def then_returned_id(context: Context, event_id: str) -> None:
+    world = context.world
+    assert world.error is None, f"recording raised {world.error!r}"
+    assert world.returned == event_id, world.returned
+    assert world.committed(event_id)
+
+
+@then('recording failed with an audit write error starting "{start}"')
+def then_write_error(context: Context, start: str) -> None:
+    error = context.world.error
+    assert isinstance(error, AuditWriteError), repr(error)
+    assert str(error).startswith(start), str(error)
+
+
+@then('the dead-letter file holds the critical read of patient record "{record_id}"')
+def then_critical_dead_lettered(context: Context, record_id: str) -> None:
+    letters = context.world.dead_letters()
+    assert [(d["entry"]["resource_id"], d["entry"]["critical"]) for d in letters] == [
+        (record_id, True)
+    ], letters

@@ -1,6 +1,13 @@
 """Steps for a busy database and for entries that cannot be stored (the dead-letter file)."""
 
+import contextlib
+import json
 import logging
+import shlex
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 
 from behave import given, then, when
 from behave.runner import Context
@@ -107,3 +114,96 @@ def then_after_failure_stored(context: Context) -> None:
     assert later, "nothing was recorded after the failure"
     stored = [row["event_id"] for row in world.audit_rows()]
     assert stored[-len(later) :] == later
+
+
+# -- entries that reach only the log (issue 11, item 8) ----------------------------------------
+
+_LOST_PREFIX = "audit entry LOST to disk, logged instead: "
+
+
+@given('the audit database refuses entries by "{actor}"')
+def given_refuses_actor(context: Context, actor: str) -> None:
+    with contextlib.closing(sqlite3.connect(context.world.database)) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse_actor BEFORE INSERT ON audit_entries "
+            f"WHEN NEW.actor = '{actor}' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by a rule of this database'); END"
+        )
+        conn.commit()
+
+
+@when('the database stops refusing entries by "{actor}"')
+def when_stops_refusing(context: Context, actor: str) -> None:
+    with contextlib.closing(sqlite3.connect(context.world.database)) as conn:
+        conn.execute("DROP TRIGGER refuse_actor")
+        conn.commit()
+
+
+@given("the dead-letter file cannot be written")
+def given_dead_letter_unwritable(context: Context) -> None:
+    # A directory where the file should be: every append fails, as on a full disk.
+    Path(f"{context.world.database}.deadletter.jsonl").mkdir()
+
+
+@when('the tool records an entry by "{actor}"')
+def when_record_by(context: Context, actor: str) -> None:
+    [result] = context.world.record_notes(1, actor=actor)
+    assert result, "the entry was not accepted"
+
+
+@then("a flush reports that not every entry is safe")
+def then_flush_false(context: Context) -> None:
+    assert context.world.audit.flush(timeout=WAIT_S) is False
+
+
+@then("the service counts {count:d} entry kept only in the log")
+def then_logged_only(context: Context, count: int) -> None:
+    audit = context.world.audit
+    assert audit.writer is not None
+    assert audit.writer.logged_only == count
+    stats = audit.stats()
+    assert stats.dead_lettered == 0, stats
+    assert getattr(stats, "logged_only", count) == count, stats
+
+
+@then('the log holds the entry by "{actor}" as a dead-letter line')
+def then_logged_line(context: Context, actor: str) -> None:
+    lines = [
+        record.getMessage()
+        for record in context.world.log.records
+        if record.levelno == logging.CRITICAL and record.getMessage().startswith(_LOST_PREFIX)
+    ]
+    assert len(lines) == 1, lines
+    letter = json.loads(lines[0][len(_LOST_PREFIX) :])
+    assert set(letter) == {"entry", "error", "failed_at"}, letter
+    assert letter["entry"]["actor"] == actor
+    assert "refused by a rule of this database" in letter["error"]
+
+
+@then("closing the audit service reports failure")
+def then_close_fails(context: Context) -> None:
+    assert context.world.audit.close(WAIT_S) is False
+
+
+@when('the operator saves the log to "{name}" and runs "{command}"')
+def when_replay_from_log(context: Context, name: str, command: str) -> None:
+    world = context.world
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    text = "".join(formatter.format(record) + "\n" for record in world.log.records)
+    (world.root / name).write_text(text, encoding="utf-8")
+    program, *args = shlex.split(command)
+    assert program == "audit-engine"
+    world.replay = subprocess.run(
+        [sys.executable, "-m", "audit_engine", "--db", str(world.database), *args],
+        cwd=world.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@then('the replay prints "{line}"')
+def then_replay_prints(context: Context, line: str) -> None:
+    result = context.world.replay
+    assert (result.returncode, result.stdout) == (0, line + "\n"), result
