@@ -19,6 +19,29 @@ Feature: An operator keeps the audit trail from a shell with the audit-engine co
     And audit-engine reports "Error: line 2: not JSON (Expecting ',' delimiter)"
     And the operator's audit trail holds the actions "backup.start, backup.finish"
 
+  Scenario: A script learns that an entry it recorded was not written
+    Given the operator has run "audit-engine init"
+    When a shell script pipes these lines into "audit-engine record --stdin":
+      """
+      {"action": "import.row", "event_id": "row-1"}
+      {"action": "import.row", "event_id": "row-1"}
+      """
+    Then audit-engine exits with status 1
+    And audit-engine prints "accepted 2, filtered 0, written 1, dead-lettered 1"
+    And audit-engine ends its report with "Error: 1 entry was not committed (IntegrityError: UNIQUE constraint failed: audit_entries.event_id): kept in audit.db.deadletter.jsonl; `audit-engine replay-deadletter` stores them once the cause is fixed"
+
+  Scenario: The demo never writes simulated entries into a real audit trail
+    Given the operator's audit trail holds 2 entries recorded today
+    When the operator runs "audit-engine --db audit.db demo --events 5"
+    Then audit-engine exits with status 1
+    And audit-engine reports "Error: audit.db was not made by the demo: it writes simulated entries only to a new file or to one an earlier demo made; choose another --db"
+    And the operator's audit trail file is as the application left it, byte for byte
+    When the operator runs "audit-engine demo --events 5"
+    Then audit-engine exits with status 0
+    When the operator runs "audit-engine demo --events 5"
+    Then audit-engine exits with status 0
+    And audit-engine's first line is "Audited 5 events into audit-demo.db"
+
   Scenario: The operator asks what one user did in the last hour, as JSON for a script
     Given the operator's audit trail holds these entries:
       | action      | actor | operation | recorded       |

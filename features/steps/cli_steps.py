@@ -38,6 +38,7 @@ class _Shell:
         self.database = root / "audit.db"
         self.last: subprocess.CompletedProcess[str] | None = None
         self.set_aside: list[str] = []
+        self.snapshot = b""  # the database's bytes once the application last wrote it
 
     def run(self, command: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         argv = shlex.split(command)
@@ -69,6 +70,7 @@ class _Shell:
             for entry in entries:
                 assert audit.record(**entry) is not None, entry
         assert audit.stats().written == len(entries), audit.stats()
+        self.snapshot = self.database.read_bytes()
 
     def entries(self) -> list[AuditEntry]:
         with AuditStore(self.database) as store:
@@ -220,6 +222,27 @@ def then_prints_head(context: Context, start: str) -> None:
 @then("audit-engine prints nothing")
 def then_prints_nothing(context: Context) -> None:
     assert _shell(context).result.stdout == ""
+
+
+@then('audit-engine\'s first line is "{line}"')
+def then_first_line(context: Context, line: str) -> None:
+    assert _shell(context).result.stdout.splitlines()[0] == line, _shell(context).result.stdout
+
+
+@then("the operator's audit trail file is as the application left it, byte for byte")
+def then_unchanged(context: Context) -> None:
+    shell = _shell(context)
+    assert shell.snapshot
+    assert shell.database.read_bytes() == shell.snapshot
+    assert sorted(p.name for p in shell.root.iterdir()) == ["audit.db"]
+
+
+@then('audit-engine ends its report with "{message}"')
+def then_reports_last(context: Context, message: str) -> None:
+    # The engine's own log lines (the writer's ERROR) may come first.
+    assert _shell(context).result.stderr.endswith("\n" + message + "\n"), _shell(
+        context
+    ).result.stderr
 
 
 @then('audit-engine reports "{message}"')
