@@ -331,7 +331,9 @@ class AuditStore:
     def head(self) -> ChainHead | None:
         """The newest link of the chain (after a full purge: the anchor), or None when empty.
 
-        Publish it or store it apart: ``verify(expected_head=...)`` then detects truncation.
+        Publish it or store it apart: ``verify(expected_head=...)`` then detects truncation. A
+        head must still be a row when verified: one an anchor replaced fails, so publish more
+        often than the retention period.
         """
         with self._errors("read the chain head of"):
             tail_id, tail_hash = chain_tail(self._conn)
