@@ -238,12 +238,12 @@ def test_sigterm_with_the_signal_handlers_drains_then_dies_by_sigterm(
     assert _ids(db_path) == ids
 
 
-def test_sigint_with_the_signal_handlers_drains_then_raises_keyboard_interrupt(
+def test_sigint_with_the_signal_handlers_raises_keyboard_interrupt_and_keeps_everything(
     tmp_path: Path, db_path: Path
 ) -> None:
     returncode, stderr, ids = _signal_child(tmp_path, db_path, True, signal.SIGINT)
-    # Python's own SIGINT handler runs after the drain: an uncaught KeyboardInterrupt, and
-    # CPython then ends the process by SIGINT (so the shell sees it as interrupted).
+    # Python's own SIGINT handler is left in place: an uncaught KeyboardInterrupt, the exit hook
+    # drains, and CPython then ends the process by SIGINT (so the shell sees it as interrupted).
     assert returncode == -signal.SIGINT, stderr
     assert "KeyboardInterrupt" in stderr
     assert _ids(db_path) == ids
@@ -273,6 +273,58 @@ def test_sigterm_without_the_signal_handlers_loses_what_is_queued(
     assert len(committed) < len(ids)
     assert len(committed) <= SIGNAL_ENTRIES - 250
     assert committed == ids[: len(committed)]  # what was committed is still a prefix
+
+
+# Where a Ctrl-C lands decides what the application sees: in a recording loop, or in an
+# ``except KeyboardInterrupt`` that records how the program ended. Either way the program must end
+# by an uncaught KeyboardInterrupt (exit status -2) with every entry kept.
+INTERRUPTED_CHILD = """
+    import signal
+    import sys
+    import threading
+
+    import audit_engine
+    from audit_engine import AuditService, AuditSettings
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if the runner ignores it
+    database, ids_path, where = sys.argv[1], sys.argv[2], sys.argv[3]
+    service = AuditService(
+        AuditSettings(database=database, buffer_flush_interval=3600, cleanup_enabled=False)
+    )
+    audit_engine.install_signal_handlers()
+    with open(ids_path, "w", buffering=1) as out:
+        if where == "recording":
+            i = 0
+            while True:  # until Ctrl-C
+                out.write(service.record(action="signal.loop", details={"i": i}) + "\\n")
+                i += 1
+                if i == 1000:
+                    print("ready", flush=True)
+        try:
+            print("ready", flush=True)
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            out.write(service.record(action="app.interrupted") + "\\n")
+            raise
+    """
+
+
+@pytest.mark.parametrize("where", ["recording", "except"])
+def test_sigint_with_the_signal_handlers_ends_by_keyboard_interrupt_wherever_it_lands(
+    tmp_path: Path, db_path: Path, where: str
+) -> None:
+    script = _script(tmp_path, "interrupted_child.py", INTERRUPTED_CHILD)
+    ids_path = tmp_path / "ids.txt"
+    with _running(tmp_path, script, db_path, ids_path, where) as child:
+        assert child.readline() == "ready\n"
+        child.proc.send_signal(signal.SIGINT)
+        returncode = child.wait()
+    assert returncode == -signal.SIGINT, child.stderr
+    assert child.stderr.rstrip().endswith("KeyboardInterrupt"), child.stderr
+    assert "AuditServiceClosed" not in child.stderr
+    ids = ids_path.read_text().split()
+    assert ids
+    assert _ids(db_path) == ids
 
 
 RECORDING_SIGTERM_CHILD = """

@@ -1,0 +1,257 @@
+"""lifecycle: which signal handlers the engine installs, and where.
+
+``install_signal_handlers()`` is the application's opt-in; a multiprocessing child gets the SIGTERM
+drain by itself (``Pool.terminate()`` and ``Process.terminate()`` end children by SIGTERM). Signal
+dispositions of the test process are restored after each test. Children run with the 'fork'
+start method, report through their exit code and are joined with a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit_engine import AuditService, AuditSettings, install_signal_handlers, lifecycle
+
+JOIN_TIMEOUT_S = 60
+fork = multiprocessing.get_context("fork")
+
+
+@pytest.fixture(autouse=True)
+def _signals_restored() -> Iterator[None]:
+    """Default dispositions and no wakeup fd for the test; the process's own ones afterwards."""
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    installed = dict(lifecycle._installed)
+    wakeup = (lifecycle._wakeup_pipe, lifecycle._wakeup_pid)
+    saved_fd = signal.set_wakeup_fd(-1)
+    lifecycle._wakeup_pipe, lifecycle._wakeup_pid = None, 0
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    lifecycle._installed.clear()
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(saved_fd)
+        pipe = lifecycle._wakeup_pipe
+        if pipe is not None:
+            os.close(pipe[1])  # the watcher reads the end of its pipe and stops
+            for thread in threading.enumerate():
+                if thread.name == "audit-signal-watch":
+                    thread.join(JOIN_TIMEOUT_S)
+            os.close(pipe[0])
+        lifecycle._wakeup_pipe, lifecycle._wakeup_pid = wakeup
+        lifecycle._installed.clear()
+        lifecycle._installed.update(installed)
+
+
+def _settings(db_path: Path) -> AuditSettings:
+    return AuditSettings(database=db_path, buffer_flush_interval=3600, cleanup_enabled=False)
+
+
+def _run_child(target: Callable[..., None], *args: Any) -> int | None:
+    child = fork.Process(target=target, args=args)
+    child.start()
+    child.join(JOIN_TIMEOUT_S)
+    if child.is_alive():  # pragma: no cover - only when the test is failing
+        child.kill()
+        child.join(JOIN_TIMEOUT_S)
+    return child.exitcode
+
+
+def _sigterm_drains() -> bool:
+    return signal.getsignal(signal.SIGTERM) is lifecycle._on_signal
+
+
+# -- install_signal_handlers() ------------------------------------------------------------------
+
+
+def test_install_signal_handlers_leaves_pythons_keyboard_interrupt_alone() -> None:
+    install_signal_handlers()
+
+    assert _sigterm_drains()
+    # Ctrl-C raises KeyboardInterrupt at once; the exit hook drains if it ends the program.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert list(lifecycle._installed) == [signal.SIGTERM]
+
+
+def test_install_signal_handlers_drains_first_where_sigint_would_kill() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    install_signal_handlers()
+    install_signal_handlers()  # idempotent
+
+    assert signal.getsignal(signal.SIGINT) is lifecycle._on_signal
+    assert lifecycle._installed == {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.SIG_DFL}
+
+
+def test_install_signal_handlers_leaves_an_ignored_signal_ignored() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    install_signal_handlers((signal.SIGTERM,))
+
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+    assert lifecycle._installed == {}
+
+
+# -- the SIGTERM drain of a multiprocessing child -----------------------------------------------
+
+
+def test_a_service_in_the_main_process_leaves_sigterm_alone(db_path: Path) -> None:
+    with AuditService(_settings(db_path)):
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert lifecycle._installed == {}
+
+
+def _child_makes_a_service(db_path: Path) -> None:
+    with AuditService(_settings(db_path)):
+        drains = _sigterm_drains()
+    raise SystemExit(0 if drains else 3)
+
+
+def _child_with_its_own_handler(db_path: Path) -> None:
+    def own(signum: int, frame: object) -> None:  # pragma: no cover - never signalled
+        pass
+
+    signal.signal(signal.SIGTERM, own)
+    with AuditService(_settings(db_path)):
+        kept = signal.getsignal(signal.SIGTERM) is own
+    raise SystemExit(0 if kept else 3)
+
+
+def _child_makes_a_service_in_a_thread(db_path: Path) -> None:
+    made: list[AuditService] = []
+    thread = threading.Thread(target=lambda: made.append(AuditService(_settings(db_path))))
+    thread.start()
+    thread.join(JOIN_TIMEOUT_S)
+    raise SystemExit(0 if made and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL else 3)
+
+
+def _child_inherits_a_service() -> None:
+    raise SystemExit(0 if _sigterm_drains() else 3)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [_child_makes_a_service, _child_with_its_own_handler, _child_makes_a_service_in_a_thread],
+)
+def test_a_multiprocessing_child_drains_on_sigterm_only_where_sigterm_is_the_default(
+    db_path: Path, target: Callable[[Path], None]
+) -> None:
+    assert _run_child(target, db_path) == 0
+
+
+def test_a_service_inherited_by_a_multiprocessing_child_drains_on_sigterm(db_path: Path) -> None:
+    with AuditService(_settings(db_path)):
+        assert _run_child(_child_inherits_a_service) == 0
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the parent's is unchanged
+
+
+def _child_records_then_waits(db_path: Path, count: int, ready: Any) -> None:
+    service = AuditService(_settings(db_path))
+    for i in range(count):
+        service.record(action="child.terminated", details={"i": i})
+    ready.set()
+    threading.Event().wait()  # until terminate()
+
+
+def test_process_terminate_drains_the_child_then_ends_it_by_sigterm(db_path: Path) -> None:
+    ready = fork.Event()
+    child = fork.Process(target=_child_records_then_waits, args=(db_path, 300, ready))
+    child.start()
+    try:
+        assert ready.wait(JOIN_TIMEOUT_S)
+        child.terminate()
+        child.join(JOIN_TIMEOUT_S)
+        assert child.exitcode == -signal.SIGTERM
+    finally:
+        if child.is_alive():  # pragma: no cover - only when the test is failing
+            child.kill()
+            child.join(JOIN_TIMEOUT_S)
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM audit_entries").fetchone() == (300,)
+
+
+def _child_signalled_in_another_thread(db_path: Path, count: int) -> None:
+    """SIGTERM reaches a thread other than the main one while the main thread is blocked.
+
+    Python then runs the handler only when the main thread next runs bytecode — here never,
+    as for a Pool worker whose SIGTERM arrives just before it blocks reading its next task.
+    """
+    service = AuditService(_settings(db_path))
+    for i in range(count):
+        service.record(action="child.blocked", details={"i": i})
+    blocker = threading.Lock()
+    blocker.acquire()
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def signal_this_thread_once_main_blocks() -> None:
+        frame = sys._current_frames()[main]
+        while frame.f_lineno != blocked_at:
+            threading.Event().wait(0.01)
+            frame = sys._current_frames()[main]
+        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+    blocked_at = sys._getframe().f_lineno + 2
+    threading.Thread(target=signal_this_thread_once_main_blocks).start()
+    blocker.acquire()  # never released: only a nudge of this thread lets the handler run
+
+
+def test_a_sigterm_the_main_thread_did_not_see_still_drains_and_ends_the_child(
+    db_path: Path,
+) -> None:
+    assert _run_child(_child_signalled_in_another_thread, db_path, 120) == -signal.SIGTERM
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM audit_entries").fetchone() == (120,)
+
+
+# -- the wakeup fd ------------------------------------------------------------------------------
+
+
+def test_an_application_wakeup_fd_is_left_to_the_application() -> None:
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd)
+    try:
+        install_signal_handlers((signal.SIGTERM,))
+        assert _sigterm_drains()  # the handler still drains; only the nudge is missing
+        assert signal.set_wakeup_fd(write_fd) == write_fd
+        assert lifecycle._wakeup_pipe is None
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def _child_has_a_wakeup_pipe_of_its_own(parent_write_fd: int) -> None:
+    own = signal.set_wakeup_fd(-1)
+    watching = any(t.name == "audit-signal-watch" for t in threading.enumerate())
+    ok = own not in (-1, parent_write_fd) and watching and _sigterm_drains()
+    raise SystemExit(0 if ok else 3)
+
+
+def _child_has_no_wakeup_fd() -> None:
+    raise SystemExit(0 if signal.set_wakeup_fd(-1) == -1 else 3)
+
+
+def test_a_forked_child_gets_a_wakeup_pipe_of_its_own_or_none(db_path: Path) -> None:
+    install_signal_handlers((signal.SIGTERM,))
+    pipe = lifecycle._wakeup_pipe
+    assert pipe is not None
+    assert _run_child(_child_has_a_wakeup_pipe_of_its_own, pipe[1]) == 0
+
+    # Once the handler has handed SIGTERM back, a child has nothing to watch.
+    with lifecycle._signal_lock:
+        signal.signal(signal.SIGTERM, lifecycle._installed.pop(signal.SIGTERM))
+    assert _run_child(_child_has_no_wakeup_fd) == 0
+    assert lifecycle._wakeup_pipe == pipe  # the parent's is untouched
