@@ -245,7 +245,7 @@ def _unlock(fd: int) -> None:
     # Unlock explicitly before closing: a lock belongs to the open file description, which a
     # child forked meanwhile (outside our fork hook) would share and keep locked otherwise.
     try:
-        if fcntl is not None:
+        if fcntl is not None:  # pragma: no branch - always, on POSIX
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
@@ -256,7 +256,7 @@ def file_lock(path: Path) -> Iterator[None]:
     """Hold the dead-letter file's lock (a replay's rewrite), waiting as long as it takes."""
     fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        if fcntl is not None:
+        if fcntl is not None:  # pragma: no branch - always, on POSIX
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

@@ -92,8 +92,7 @@ def replay(path: Path, conn: sqlite3.Connection) -> ReplayReport:
             for number, raw in enumerate(source.read_bytes().splitlines(keepends=True), 1):
                 if raw.strip():
                     _replay_line(tally, number, raw, label)
-        if sources:
-            _rewrite(path, tally.kept)
+        _rewrite(path, tally.kept)
         for side in sources[1 if path in sources else 0 :]:
             side.unlink()
     return tally.report(sources)

@@ -91,3 +91,20 @@ def test_a_committed_critical_entry_returns_its_id(make_service: MakeService) ->
     assert service.stats().written == 1
     assert service.writer is not None
     assert service.writer._watched == {}
+
+
+def test_a_critical_entry_is_not_blamed_for_another_entry_of_its_batch(
+    make_service: MakeService, db_path: Path
+) -> None:
+    service = make_service(buffer_flush_interval=3600)
+    service.record(event_id="evt-4", action="doc.read")
+    assert service.flush(10)
+    service.record(event_id="evt-4", action="doc.read")  # queued: fails in the next batch
+
+    event_id = service.record(action="doc.read", actor="root", critical=True)
+
+    assert event_id is not None
+    assert _dead_letter_ids(db_path) == ["evt-4"]
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        stored = [row[0] for row in conn.execute("SELECT event_id FROM audit_entries ORDER BY id")]
+    assert stored == ["evt-4", event_id]

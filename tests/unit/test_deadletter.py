@@ -450,3 +450,58 @@ def test_a_line_for_a_value_json_cannot_hold_is_still_written() -> None:
     entry = AuditEntry(action="a").model_copy(update={"details": {"when": object()}})
     text = deadletter.line_text(entry, "x", "2026-01-01T00:00:00+00:00")
     assert json.loads(text)["entry"]["details"]["when"].startswith("<object object at ")
+
+
+def test_replay_keeps_an_entry_the_database_still_refuses(dl_path: Path, db_path: Path) -> None:
+    [refused] = _entries(1, "refused")
+    DeadLetterFile(dl_path).append([refused], "refused")
+    with dl_path.open("ab") as file:
+        file.write(b"\n  \n")  # blank lines are dropped
+    conn = _store(db_path)
+    try:
+        conn.execute(
+            "CREATE TRIGGER no BEFORE INSERT ON audit_entries BEGIN SELECT RAISE(ABORT, 'no'); END"
+        )
+        report = replay(dl_path, conn)
+    finally:
+        conn.close()
+    assert (report.replayed, report.kept, report.errors) == (0, 1, [f"{refused.event_id}: no"])
+    assert [e for _, e, _ in deadletter.read(dl_path)] == [refused]
+
+
+def test_replay_of_side_files_alone_leaves_no_dead_letter_file(
+    dl_path: Path, db_path: Path
+) -> None:
+    with _lock_held_elsewhere(dl_path):
+        side = DeadLetterFile(dl_path, lock_wait_s=0).append(_entries(1), "locked")
+    conn = _store(db_path)
+    try:
+        report = replay(dl_path, conn)
+    finally:
+        conn.close()
+    assert (report.replayed, report.files) == (1, [str(side)])
+    assert not dl_path.exists()
+    assert not side.exists()
+
+
+def test_a_row_whose_details_are_not_json_is_written_as_text() -> None:
+    from audit_engine.intake import Row
+
+    row = Row("e-1", "2026-01-01T00:00:00Z", None, "a", "execute", "success", None, None, None,
+              "{not json", 0)  # fmt: skip
+    record = json.loads(deadletter.line_text(row, "x", "2026-01-01T00:00:00+00:00"))
+    assert record["entry"]["details"] == "{not json"
+    assert record["entry"]["critical"] is False
+
+
+def test_replay_keeps_a_torn_line_whose_glued_part_is_torn_too(
+    dl_path: Path, db_path: Path
+) -> None:
+    dl_path.write_bytes(b'{"entry": {"act{"entry": {"acti\n')
+    conn = _store(db_path)
+    try:
+        report = replay(dl_path, conn)
+    finally:
+        conn.close()
+    assert (report.replayed, report.kept) == (0, 1)
+    assert dl_path.read_bytes() == b'{"entry": {"act{"entry": {"acti\n'
