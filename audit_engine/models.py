@@ -336,3 +336,11 @@ class AuditStats(BaseModel):
     )
     cleanup_runs: int = Field(description="background retention runs completed")
     rows_purged: int = Field(description="rows the background retention runs deleted")
+    logged_only: int = Field(
+        description="entries neither committed nor dead-lettered, only logged at CRITICAL in "
+        "the dead-letter line format (the dead-letter file could not be written)"
+    )
+    warnings: list[str] = Field(
+        description="conditions to fix, found when the service opened its trail (such as a "
+        "database other users can read)"
+    )

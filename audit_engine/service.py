@@ -32,6 +32,7 @@ from audit_engine.intake import Row
 from audit_engine.models import AuditEntry, AuditStats
 from audit_engine.policy import AuditPolicy, Decision
 from audit_engine.retention import CleanupThread
+from audit_engine.schema import loose_permissions
 from audit_engine.scope import AuditScope, KeyFunc, ScopeStack, default_key
 from audit_engine.settings import AuditSettings
 from audit_engine.settings import resolve as resolve_settings
@@ -90,8 +91,14 @@ class AuditService:
         self._drops_unreported = 0
         self._last_drop_warning = -math.inf  # the first drop is always reported
         self._last_error: str | None = None
+        self._warnings: list[str] = []
         if not self._enabled:
             return
+        if connection is None:
+            # Checked before anything opens the trail; the connection logs the same warning.
+            loose = loose_permissions(s.database)
+            if loose is not None:
+                self._warnings.append(loose)
         if connection is not None:
             store.migrate(connection)
         elif s.async_writes:
@@ -397,6 +404,8 @@ class AuditService:
             longest_batch_s=w.longest_batch_s if w else 0.0,
             cleanup_runs=self._cleanup.runs if self._cleanup else 0,
             rows_purged=self._cleanup.rows_deleted if self._cleanup else 0,
+            logged_only=w.logged_only if w else 0,
+            warnings=list(self._warnings),
         )
 
     def _reset_after_fork(self) -> None:

@@ -832,6 +832,8 @@ STATS_FIELDS = {
     "longest_batch_s": 0.25,
     "cleanup_runs": 2,
     "rows_purged": 40,
+    "logged_only": 0,
+    "warnings": [],
 }
 
 

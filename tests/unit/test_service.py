@@ -247,6 +247,38 @@ def test_an_argument_of_the_wrong_kind_raises_type_error_naming_it(
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("async_writes", [True, False], ids=["async", "sync"])
+def test_an_existing_trail_other_users_can_read_is_reported_and_left_as_it_is(
+    db_path: Path, caplog: pytest.LogCaptureFixture, async_writes: bool
+) -> None:
+    with AuditService(db_path, cleanup_enabled=False) as service:
+        service.record(action="trail.created")
+    db_path.chmod(0o644)
+    caplog.set_level(logging.WARNING)
+
+    with AuditService(db_path, async_writes=async_writes, cleanup_enabled=False) as service:
+        assert service.flush(10)  # the writer has opened the trail
+        warnings = service.stats().warnings
+
+    assert warnings == [
+        f"the audit trail {db_path} can be read or written by other users "
+        f"(audit.db has mode 0644); it holds sensitive data: chmod 600 {db_path}*"
+    ]
+    logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    # SQLite gives the -wal and -shm files the database's mode.
+    assert logged == [
+        f"the audit trail {db_path} can be read or written by other users (audit.db has mode "
+        "0644, audit.db-wal has mode 0644, audit.db-shm has mode 0644); it holds sensitive "
+        f"data: chmod 600 {db_path}*"
+    ]
+    assert db_path.stat().st_mode & 0o777 == 0o644  # the user's file, not ours to chmod
+
+
+def test_a_private_or_new_trail_has_no_warning(make_service: MakeService, db_path: Path) -> None:
+    assert make_service().stats().warnings == []  # new: created readable by its owner only
+    assert make_service().stats().warnings == []  # existing and private
+
+
 def test_each_async_service_starts_one_daemon_writer_thread(make_service: MakeService) -> None:
     before = _writer_threads()
     first = make_service()
@@ -919,6 +951,7 @@ def test_an_unwritable_dead_letter_file_logs_entries_at_critical(
     assert '"actor":"carol"' in critical[0]
     stats = service.stats()
     assert stats.dead_lettered == 0
+    assert stats.logged_only == 1
     assert stats.last_error is not None
     assert stats.last_error.startswith("dead-letter file not writable: ")
 
