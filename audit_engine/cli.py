@@ -44,7 +44,7 @@ from audit_engine.formats import (
     render,
     table_cells,
 )
-from audit_engine.models import AuditEntry, Operation, Outcome
+from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
 from audit_engine.service import AuditService
 from audit_engine.settings import AuditSettings
 from audit_engine.store import SCHEMA_VERSION, AuditStore
@@ -255,7 +255,7 @@ def _record_lines(audit: AuditService, max_details_bytes: int) -> list[str]:
     return bad_lines
 
 
-def _not_committed(stats: Any, drained: bool, database: Path) -> list[str]:
+def _not_committed(stats: AuditStats, drained: bool, database: Path) -> list[str]:
     """What ``record`` must report when an accepted entry did not reach the database."""
     problems = []
     reason = f" ({stats.last_error})" if stats.last_error else ""
@@ -265,10 +265,9 @@ def _not_committed(stats: Any, drained: bool, database: Path) -> list[str]:
             f"kept in {deadletter.path_for(database)}; `audit-engine replay-deadletter` "
             "stores them once the cause is fixed"
         )
-    logged_only = getattr(stats, "logged_only", 0)
-    if logged_only:
+    if stats.logged_only:
         problems.append(
-            f"{plural(logged_only, 'entry was', 'entries were')} not committed{reason} and "
+            f"{plural(stats.logged_only, 'entry was', 'entries were')} not committed{reason} and "
             "could not be kept in the dead-letter file either: they are only in the log"
         )
     if not drained and not problems:

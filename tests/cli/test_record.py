@@ -7,15 +7,14 @@ import json
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlite_utils
 
 from audit_engine import AuditService, deadletter, schema
 from audit_engine import cli as cli_module
-from audit_engine.models import AuditEntry
+from audit_engine.models import AuditEntry, AuditStats
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail
@@ -525,8 +524,8 @@ class _Undrained(AuditService):
         super().close(timeout)
         return False
 
-    def stats(self) -> Any:
-        return SimpleNamespace(**super().stats().model_dump(), logged_only=self.logged_only)
+    def stats(self) -> AuditStats:
+        return super().stats().model_copy(update={"logged_only": self.logged_only})
 
 
 @pytest.mark.parametrize(
