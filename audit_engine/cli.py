@@ -11,12 +11,13 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from pydantic import ValidationError
@@ -381,7 +382,11 @@ def _print_rows(entries: list[AuditEntry], fmt: str, table: Table) -> None:
 )
 @click.pass_context
 def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any) -> None:
-    """Export entries with their hashes, streamed: JSON lines (verifiable offline) or CSV."""
+    """Export entries with their hashes, streamed: JSON lines (verifiable offline) or CSV.
+
+    With --output the file is readable by its owner only, and appears only once the export is
+    complete: a failed export leaves no partial file, and an earlier file as it was.
+    """
     database = root_database(ctx).resolve()
     if output is not None and output.resolve() in {
         database,
@@ -396,13 +401,7 @@ def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any)
             return
         total = store.count(**filters)
         written = 0
-        # Audit data is sensitive: a new file is readable by its owner only (an existing one
-        # keeps its mode, as with cp).
-        descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with (
-            open(descriptor, "w", encoding="utf-8", newline="") as out,
-            progress(total, "exporting") as bar,
-        ):
+        with _whole_file(output) as out, progress(total, "exporting") as bar:
             for line in store.export(fmt, **filters):
                 out.write(line)
                 if not (fmt == "csv" and written == 0 and line.startswith("id,")):
@@ -410,6 +409,30 @@ def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any)
                 written += 1
     count = written - 1 if fmt == "csv" else written
     click.echo(f"Exported {plural(count, 'entry', 'entries')} to {output}")
+
+
+@contextmanager
+def _whole_file(path: Path) -> Iterator[TextIO]:
+    """A text file that appears at ``path`` only once complete: written beside it, then renamed.
+
+    Audit data is sensitive: the file is readable by its owner only (mkstemp creates it 0600).
+    A failed export leaves no partial file that could pass for a whole one, and an earlier file
+    at ``path`` stays as it was.
+    """
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    try:
+        with open(descriptor, "w", encoding="utf-8", newline="") as out:
+            yield out
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _head(value: str | None) -> ChainHead | None:

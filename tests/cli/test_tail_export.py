@@ -276,17 +276,41 @@ def test_export_creates_its_file_readable_by_the_owner_only(
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
-def test_export_over_an_existing_file_keeps_its_mode(
+def test_export_over_an_existing_file_replaces_it_readable_by_the_owner_only(
     cli: Cli, notes: Trail, tmp_path: Path
 ) -> None:
     target = tmp_path / "shared.jsonl"
     target.write_text("old contents that are longer than nothing\n" * 100)
-    target.chmod(0o640)
+    target.chmod(0o644)
 
     cli.run("export", "--actor", "bob", "--output", str(target))
 
-    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert _jsonl_actions(target.read_text(encoding="utf-8")) == ["note.open"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.db", "shared.jsonl"]
+
+
+def test_a_failed_export_leaves_no_partial_file_and_an_earlier_one_as_it_was(
+    cli: Cli, notes: Trail, tmp_path: Path
+) -> None:
+    """A row another tool wrote (details not JSON) stops the export part-way: the file must not
+    look complete (issue 11 item 14, for --output)."""
+    notes.execute("UPDATE audit_entries SET details = 'not json' WHERE id = 3")
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_text("the export of last month\n")
+    fresh = tmp_path / "fresh.jsonl"
+
+    over = cli.run("export", "--output", str(earlier), code=1)
+    new = cli.run("export", "--output", str(fresh), code=1)
+
+    for result in (over, new):
+        assert result.output == (
+            "Error: cannot export row 3: its details are not JSON "
+            "(Expecting value: line 1 column 1 (char 0))\n"
+        )
+    assert earlier.read_text() == "the export of last month\n"
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("audit.db"))
+    assert left == ["earlier.jsonl"]
 
 
 @pytest.mark.parametrize(("fmt", "lines"), [("jsonl", 4), ("csv", 5)])
