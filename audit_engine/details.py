@@ -36,6 +36,45 @@ _dump_item = json.JSONEncoder(
 ).encode
 
 
+# Plain details nest at most this deep; deeper ones are walked by to_json_details.
+_PLAIN_DEPTH = 32
+
+
+def plain_json(value: object, depth: int) -> bool:
+    """Whether ``value`` is plain JSON already: exact types, finite floats, str keys, shallow.
+
+    Such details need no conversion (record()'s fast path, and the model's shortcut). Their
+    text may still fail UTF-8 (a lone surrogate) or int -> str (a huge int): the callers check.
+    """
+    # Written as loops over exact types: this runs for every record() with details.
+    kind = type(value)
+    if kind is dict:
+        if depth >= _PLAIN_DEPTH:
+            return False
+        for key, item in value.items():  # type: ignore[attr-defined]
+            if type(key) is not str:
+                return False
+            t = type(item)
+            if t is str or t is int or t is bool or item is None:
+                continue
+            if t is float:
+                if item != item or item in _INFINITIES:
+                    return False
+                continue
+            if not plain_json(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        if depth >= _PLAIN_DEPTH:
+            return False
+        return all(plain_json(item, depth + 1) for item in value)  # type: ignore[attr-defined]
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return value == value and value not in _INFINITIES
+    return False
+
+
 class _TooDeep(Exception):
     """Raised at the level past the limit; reported once, as a ValueError, at the top."""
 

@@ -21,6 +21,7 @@ from datetime import datetime
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
+from audit_engine.details import plain_json
 from audit_engine.models import (
     MAX_ACTION_LENGTH,
     MAX_IDENTIFIER_LENGTH,
@@ -98,8 +99,6 @@ def row_entry(row: Row) -> AuditEntry:
 _FIELDS = frozenset(AuditEntry.model_fields)
 _OPERATIONS = {op.value: op.value for op in Operation} | {op: op.value for op in Operation}
 _OUTCOMES = {o.value: o.value for o in Outcome} | {o: o.value for o in Outcome}
-# Deeper details are checked by the model (up to MAX_DETAILS_DEPTH), not the fast path.
-_MAX_DEPTH = 32
 _encode_details = json.JSONEncoder(
     separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
 ).encode
@@ -107,7 +106,7 @@ _encode_details = json.JSONEncoder(
 
 def _fast_encoder() -> Callable[[dict[str, Any]], str]:
     # JSONEncoder.encode builds a new C encoder on every call (~0.9 µs of the ~1.6): build it
-    # once. Without the cycle check (markers=None), so only for details _plain_json accepted,
+    # once. Without the cycle check (markers=None), so only for details plain_json accepted,
     # which are acyclic (its depth limit). Same settings, so the same text as _encode_details.
     if c_make_encoder is None:  # pragma: no cover - CPython always has the C encoder
         return _encode_details
@@ -132,39 +131,6 @@ def _text(value: object, limit: int) -> str:
     ):
         raise _NotPlain
     return value
-
-
-def _plain_json(value: object, depth: int) -> bool:
-    # Written as loops over exact types: this runs for every record() with details.
-    kind = type(value)
-    if kind is dict:
-        if depth >= _MAX_DEPTH:
-            return False
-        for key, item in value.items():  # type: ignore[attr-defined]
-            if type(key) is not str:
-                return False
-            t = type(item)
-            if t is str or t is int or t is bool or item is None:
-                continue
-            if t is float:
-                if item != item or item in _INFINITIES:
-                    return False
-                continue
-            if not _plain_json(item, depth + 1):
-                return False
-        return True
-    if kind is list:
-        if depth >= _MAX_DEPTH:
-            return False
-        return all(_plain_json(item, depth + 1) for item in value)  # type: ignore[attr-defined]
-    if kind is str or kind is int or kind is bool or value is None:
-        return True
-    if kind is float:
-        return value == value and value not in _INFINITIES
-    return False
-
-
-_INFINITIES = (float("inf"), float("-inf"))
 
 
 # (second, its text): one tuple, swapped in one assignment, so threads never see a second with
@@ -242,7 +208,7 @@ def plain_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict
     if operation is None or outcome is None or type(critical) is not bool:
         raise _NotPlain
     details = fields.get("details", {})
-    if type(details) is not dict or not _plain_json(details, 0):
+    if type(details) is not dict or not plain_json(details, 0):
         raise _NotPlain
     try:
         text = _encode_plain_details(details) if details else "{}"
