@@ -249,8 +249,8 @@ def _check_anchors(
             raise _Refused(
                 f"{name} purged rows younger than the minimum retention of {age}: its cutoff "
                 f"{cutoff_text} is less than {age} before the purge at "
-                f"{created_text} (verify with a shorter min_retention if that purge was "
-                "intended)"
+                f"{created_text} (if that purge was intended, verify with a shorter minimum "
+                "retention)"
             )
         start = ChainHead(id=last_id, hash=last_hash)
         previous_created = created
