@@ -578,7 +578,14 @@ def test_export_csv(written: Path) -> None:
     assert all(line.endswith("\n") for line in lines)
     parsed = list(csv.reader(lines))
     stored = _query(written, f"SELECT id, {STORED}, prev_hash, hash FROM audit_entries ORDER BY id")
-    assert parsed[1:] == [["" if v is None else str(v) for v in row] for row in stored]
+    # `critical` reads as in `query` output (true/false, issue 11 item 20), the rest as stored.
+    assert parsed[1:] == [
+        [
+            "" if v is None else ("true" if v else "false") if n == 11 else str(v)
+            for n, v in enumerate(row)
+        ]
+        for row in stored
+    ]
     details = json.loads(parsed[3][10])
     assert details == {"n": 3, "note": "zoë", "nested": {"a": True, "b": [1, 2.5, None]}}
 
