@@ -3,9 +3,11 @@
 :class:`~audit_engine.models.AuditEntry` is the single source of truth for what is valid. Building
 a pydantic model costs ~15 µs, though, most of the caller's cost, so keyword input that is plainly
 valid — exact types, ASCII text, plain JSON details — takes a hand-written fast path that yields
-the same row the model would. Anything else (coercions, non-ASCII text, odd JSON, every error)
-goes through the model itself, so errors and edge cases are pydantic's. A property test proves the
-two paths agree (tests/property/test_intake_equivalence.py).
+the same row the model would. Anything else (coercions, non-ASCII text, details to convert such as
+dates or sets, every error) goes through the model itself, so errors and edge cases are the
+model's. A property test proves the two paths agree (tests/property/test_intake_equivalence.py).
+An :class:`AuditEntry` passed in is used as it is only if validation made it and nothing changed
+it since (:func:`storable_entry`); otherwise it is validated again.
 
 Rows are :class:`Row` tuples in the insert's column order; the queue holds them, not models, which
 also keeps 10 000 queued entries small.
