@@ -51,34 +51,42 @@ def samples(page: Path) -> list[tuple[str, int, str]]:
     return found
 
 
-# Runs inside the child process: argv[1] is a JSON file of (language, line, text) samples.
+# Runs inside the child process: argv[1] is a JSON file of (language, line, text) samples. The
+# samples run in __main__'s own namespace, as a script would: a Pool pickles a sample's function
+# as __main__.<name>. The runner's own names start with an underscore and live in a function.
 _RUNNER = r"""
-import json, os, shlex, subprocess, sys, traceback
+import json as _json, shlex as _shlex, subprocess as _subprocess, sys as _sys
+import traceback as _traceback
 
-page, samples = json.load(open(sys.argv[1], encoding="utf-8"))
-namespace = {"__name__": "__main__"}
-for language, line, text in samples:
-    where = f"{page}, the {language} sample at line {line}"
-    if language == "python":
-        try:
-            exec(compile(text, where, "exec"), namespace)
-        except BaseException:
-            print(f"{where} failed:", file=sys.stderr)
-            traceback.print_exc()
-            sys.exit(1)
-        continue
-    for command in text.replace("\\\n", " ").splitlines():
-        argv = shlex.split(command, comments=True)
-        if not argv or argv[0] != "audit-engine":
+
+def _run_samples(spec):
+    page, samples = _json.load(open(spec, encoding="utf-8"))
+    namespace = _sys.modules["__main__"].__dict__
+    for language, line, text in samples:
+        where = f"{page}, the {language} sample at line {line}"
+        if language == "python":
+            try:
+                exec(compile(text, where, "exec"), namespace)
+            except BaseException:
+                print(f"{where} failed:", file=_sys.stderr)
+                _traceback.print_exc()
+                _sys.exit(1)
             continue
-        done = subprocess.run(
-            [sys.executable, "-m", "audit_engine", *argv[1:]],
-            capture_output=True, text=True, timeout=120, check=False,
-        )
-        if done.returncode != 0 or "Traceback" in done.stderr:
-            print(f"{where}: `{command.strip()}` exited {done.returncode}:\n{done.stdout}"
-                  f"{done.stderr}", file=sys.stderr)
-            sys.exit(1)
+        for command in text.replace("\\\n", " ").splitlines():
+            argv = _shlex.split(command, comments=True)
+            if not argv or argv[0] != "audit-engine":
+                continue
+            done = _subprocess.run(
+                [_sys.executable, "-m", "audit_engine", *argv[1:]],
+                capture_output=True, text=True, timeout=120, check=False,
+            )
+            if done.returncode != 0 or "Traceback" in done.stderr:
+                print(f"{where}: `{command.strip()}` exited {done.returncode}:\n{done.stdout}"
+                      f"{done.stderr}", file=_sys.stderr)
+                _sys.exit(1)
+
+
+_run_samples(_sys.argv[1])
 """
 
 
