@@ -28,6 +28,7 @@ from audit_engine.cli_output import (
     CountParam,
     DetailParam,
     DurationParam,
+    SecondsParam,
     TimeParam,
     plural,
     progress,
@@ -312,7 +313,8 @@ def query(
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new entries until interrupted.")
 @click.option(
     "--interval",
-    type=click.FloatRange(min=0.05),
+    # At most an hour: time.sleep() overflows on huge values (1e300, inf).
+    type=SecondsParam(min=0.05, max=3600.0),
     default=1.0,
     show_default=True,
     help="Seconds between two looks for new entries with --follow.",

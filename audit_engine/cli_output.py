@@ -7,6 +7,7 @@ are printed is :mod:`audit_engine.formats` (shared with ``AuditStore.export``).
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -125,6 +126,16 @@ class CountParam(click.IntRange):
         if number > INT_MAX:
             self.fail(f"{number} is more than SQLite can count (at most {INT_MAX})", param, ctx)
         return number
+
+
+class SecondsParam(click.FloatRange):
+    """Seconds between ``min`` and ``max``; NaN (which every comparison lets through) refused."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return seconds
 
 
 def plural(count: int, word: str, many: str | None = None) -> str:

@@ -84,11 +84,20 @@ def test_tail_of_an_empty_trail_prints_the_header_only(cli: Cli, trail: Trail) -
         (["-n", "0"], "Error: Invalid value for '-n' / '--lines': 0 is not in the range x>=1.\n"),
         (
             ["-f", "--interval", "0.01"],
-            "Error: Invalid value for '--interval': 0.01 is not in the range x>=0.05.\n",
+            "Error: Invalid value for '--interval': 0.01 is not in the range 0.05<=x<=3600.0.\n",
         ),
         (
             ["--format", "csv"],
             "Error: Invalid value for '--format': 'csv' is not one of 'table', 'jsonl'.\n",
+        ),
+        (
+            # time.sleep() overflowed: a traceback.
+            ["-f", "--interval", "1e300"],
+            "Error: Invalid value for '--interval': 1e+300 is not in the range 0.05<=x<=3600.0.\n",
+        ),
+        (
+            ["-f", "--interval", "nan"],
+            "Error: Invalid value for '--interval': 'nan' is not a number of seconds\n",
         ),
         (
             # Issue 11 item 12: an OverflowError traceback.
