@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import uuid
 from collections import OrderedDict
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
@@ -751,6 +752,16 @@ def test_a_model_copy_with_details_that_are_not_json_yet_serialises_them_on_dema
 
     with pytest.raises(TypeError):
         _ = copy.details_json  # record() validates such a copy again, converting the date
+
+
+def test_a_pickled_entry_comes_back_equal_and_intact() -> None:
+    entry = AuditEntry(action="a", details={"k": [1, {"s": "x"}]})
+
+    again = pickle.loads(pickle.dumps(entry))
+
+    assert again == entry
+    assert again.is_intact()
+    assert again.details_json == entry.details_json
 
 
 def test_model_construct_details_json_is_made_from_its_details() -> None:

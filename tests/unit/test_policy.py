@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.policy import (
@@ -176,6 +178,38 @@ def test_redaction_masks_keys_at_any_depth_and_case() -> None:
     assert "Bearer" not in redacted.details_json
     assert redacted.event_id == original.event_id
     assert original.details["Password"] == "hunter2"  # the caller's entry is untouched
+
+
+@dataclasses.dataclass
+class _Credentials:
+    user: str
+    password: str
+
+
+class _Request(BaseModel):
+    path: str
+    authorization: str
+
+
+def test_redaction_masks_keys_inside_converted_details() -> None:
+    # Dataclasses, models, tuples and sets become JSON before the policy sees the entry.
+    original = entry(
+        details={
+            "login": _Credentials("alice", "hunter2"),
+            "request": _Request(path="/notes", authorization="Bearer x"),
+            "history": ({"token": "t-1"},),
+        }
+    )
+
+    redacted = AuditPolicy().redact(original)
+
+    assert redacted.details == {
+        "login": {"user": "alice", "password": REDACTED},
+        "request": {"path": "/notes", "authorization": REDACTED},
+        "history": [{"token": REDACTED}],
+    }
+    assert "hunter2" not in redacted.details_json
+    assert redacted.is_intact()
 
 
 def test_redaction_returns_the_same_entry_when_nothing_matches() -> None:
