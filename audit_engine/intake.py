@@ -23,7 +23,7 @@ from datetime import datetime
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
-from audit_engine.details import plain_json
+from audit_engine.details import plain_json, to_json_details
 from audit_engine.models import (
     MAX_ACTION_LENGTH,
     MAX_IDENTIFIER_LENGTH,
@@ -255,5 +255,18 @@ def validated_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, 
 
 
 def with_details(row: Row, details: dict[str, Any]) -> Row:
-    """``row`` with other details (a redacted copy)."""
-    return row._replace(details=_encode_details(details) if details else "{}")
+    """``row`` with other details (a redacted copy), as storable text.
+
+    Raises ValueError naming the key if they cannot be stored.
+    """
+    if not details:
+        return row._replace(details="{}")
+    try:
+        text = _encode_details(details)
+        if not text.isascii():
+            text.encode("utf-8")  # a lone surrogate fails here, not in the writer
+    except (TypeError, ValueError):
+        # Not plain JSON: the dict of an AuditEntry changed in place after validation. Convert
+        # it as validation does, which names what cannot be stored.
+        text = _encode_details(to_json_details(details))
+    return row._replace(details=text)

@@ -274,3 +274,30 @@ def test_redaction_sees_the_keys_of_converted_details(
         "keys": [{"api_key": "[REDACTED]", "n": 1}],
         "session": {"token": "[REDACTED]", "started": "2026-01-01T00:00:00Z"},
     }
+
+
+def test_details_changed_in_place_after_validation_are_checked_when_redacted(
+    make_service: Callable[..., AuditService], db_path: Path
+) -> None:
+    # The dict inside a frozen entry can still be changed; redaction re-serialises it.
+    audit = make_service(cleanup_enabled=False)
+    bad = AuditEntry(action="x", details={"password": "p"})
+    bad.details["note"] = "\ud800"
+    converted = AuditEntry(action="y", details={"password": "p"})
+    converted.details["on"] = date(2026, 1, 2)
+
+    with pytest.raises(ValueError, match=r"details\.note contains characters that cannot be"):
+        audit.record(bad)
+    audit.record(converted)
+
+    assert audit.close(10) is True
+    assert (audit.stats().written, audit.stats().dead_lettered) == (1, 0)
+    with AuditStore(db_path) as store:
+        (stored,) = store.query()
+    assert stored.details == {"password": "[REDACTED]", "on": "2026-01-02"}
+
+
+def test_with_details_keeps_plain_details_as_they_are() -> None:
+    row = entry_row(AuditEntry(action="a"))
+
+    assert with_details(row, {"t": "é", "n": 1}).details == '{"n":1,"t":"é"}'
