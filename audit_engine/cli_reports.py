@@ -103,17 +103,23 @@ def demo(ctx: click.Context, database: Path | None, events: int) -> None:
         )
 
 
+# The bench builds every event's fields before timing and starts one thread per --threads:
+# bounds keep a typo (an extra few zeros) a usage error rather than a MemoryError traceback.
+BENCH_MAX_EVENTS = 1_000_000
+BENCH_MAX_THREADS = 64
+
+
 @click.command()
 @click.option(
     "--events",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=BENCH_MAX_EVENTS),
     default=20000,
     show_default=True,
     help=f"Events per mode (sync-default does at most {SYNC_DEFAULT_MAX_EVENTS}).",
 )
 @click.option(
     "--threads",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=BENCH_MAX_THREADS),
     default=1,
     show_default=True,
     help="Threads calling record() in the engine mode.",
