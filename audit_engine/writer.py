@@ -23,10 +23,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from audit_engine import store
-from audit_engine.deadletter import DeadLetterFile, line_text
+from audit_engine.deadletter import DeadLetterFile
 from audit_engine.handoff import HandoffQueue
 from audit_engine.intake import Row
-from audit_engine.models import utcnow
+from audit_engine.setaside import SetAside
 
 logger = logging.getLogger(__name__)
 
@@ -98,17 +98,14 @@ class Writer:
         self.written = 0
         self.batches = 0
         self.retries = 0
-        self.dead_lettered = 0
-        # Entries that reached neither the database nor the dead-letter file, only the log.
-        self.logged_only = 0
+        self._aside = SetAside(self._dead_letters)
+        # Remember what happens to an entry / learn it (critical_sync); see SetAside.
+        self.watch = self._aside.watch
+        self.outcome = self._aside.outcome
         # Batches dead-lettered because the loop itself failed (a bug, not a write error).
         self.loop_failures = 0
-        # Entries whose caller waits to learn their fate (critical_sync): id(row) -> None while
-        # pending, or why it was not committed. Keyed by identity: the waiter keeps the row alive.
-        self._watched: dict[int, str | None] = {}
         self.longest_batch_s = 0.0
         self._file_level_error = False
-        self._counter_lock = threading.Lock()
         self.last_error: str | None = None
 
     def _start(self) -> None:
@@ -159,15 +156,15 @@ class Writer:
         """False once an entry went only to the log, or the loop failed with a batch in hand."""
         return self.logged_only == 0 and self.loop_failures == 0
 
-    def watch(self, entry: Row) -> None:
-        """Remember whether ``entry`` (this object) is dead-lettered; call before queueing it."""
-        with self._counter_lock:
-            self._watched[id(entry)] = None
+    @property
+    def dead_lettered(self) -> int:
+        """Entries moved to the dead-letter file (or a side file of it)."""
+        return self._aside.dead_lettered
 
-    def outcome(self, entry: Row) -> str | None:
-        """Stop watching ``entry``: why it was not committed, or None (committed, or not yet)."""
-        with self._counter_lock:
-            return self._watched.pop(id(entry), None)
+    @property
+    def logged_only(self) -> int:
+        """Entries that reached neither the database nor the dead-letter file, only the log."""
+        return self._aside.logged_only
 
     def put(self, entry: Row, timeout_s: float) -> int:
         """Queue ``entry``; returns its position (1-based), or 0 if no room within ``timeout_s``.
@@ -402,43 +399,10 @@ class Writer:
                 return None
 
     def _dead_letter(self, rows: Sequence[Row], error: str) -> None:
-        """Append ``rows`` to the dead-letter file; if even that fails, log them. Never raises."""
-        if not rows:
-            return
-        try:
-            where = self._dead_letters.append(rows, error, gate=self.fork_gate, abort=self._abort)
-        except Exception as exc:
-            self._log_only(rows, error, exc)
-            return
-        with self._counter_lock:  # the writer and a timed-out close() may both get here
-            self.dead_lettered += len(rows)
-            self._note_outcome(rows, f"{error}; it is in the dead-letter file {where}")
-        logger.error("%d audit entries moved to %s: %s", len(rows), where, error)
-
-    def _log_only(self, rows: Sequence[Row], error: str, exc: Exception) -> None:
-        # Last resort: each entry goes to the log as a dead-letter line, which
-        # `audit-engine replay-deadletter --from LOG` can bring back.
-        self.last_error = f"dead-letter file not writable: {exc}"
-        failed_at = utcnow().isoformat()
-        with self._counter_lock:
-            self.logged_only += len(rows)
-            self._note_outcome(
-                rows,
-                f"{error}; the dead-letter file could not be written either ({exc}): "
-                "it is only in the log, at CRITICAL",
-            )
-        for entry in rows:
-            logger.critical(
-                "audit entry LOST to disk, logged instead: %s",
-                line_text(entry, error, failed_at, compact=True),
-            )
-
-    def _note_outcome(self, rows: Sequence[Row], why: str) -> None:
-        # Under _counter_lock. Usually nobody watches: one dict lookup per row set aside.
-        if self._watched:
-            for row in rows:
-                if id(row) in self._watched:
-                    self._watched[id(row)] = why
+        """Set ``rows`` aside: the dead-letter file, else the log. Never raises."""
+        self._aside.put(rows, error, gate=self.fork_gate, abort=self._abort)
+        if self._aside.last_error is not None:
+            self.last_error, self._aside.last_error = self._aside.last_error, None
 
     def _dead_letter_queue(self, error: str) -> int:
         rows = self._drain_queue()

@@ -38,7 +38,7 @@ def test_a_critical_entry_with_a_duplicate_event_id_raises_and_is_dead_lettered(
     assert _dead_letter_ids(db_path) == ["evt-1"]
     assert service.stats().dead_lettered == 1
     assert service.writer is not None
-    assert service.writer._watched == {}  # nothing left behind
+    assert service.writer._aside.watching == 0  # nothing left behind
 
 
 def test_a_critical_entry_the_database_refuses_raises_with_the_reason(
@@ -90,7 +90,7 @@ def test_a_committed_critical_entry_returns_its_id(make_service: MakeService) ->
     assert event_id is not None
     assert service.stats().written == 1
     assert service.writer is not None
-    assert service.writer._watched == {}
+    assert service.writer._aside.watching == 0
 
 
 def test_a_critical_entry_is_not_blamed_for_another_entry_of_its_batch(
