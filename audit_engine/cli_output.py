@@ -49,20 +49,24 @@ def parse_time(text: str, *, now: datetime | None = None) -> datetime:
         age = parse_duration(text)
     except ValueError:
         age = None
-    try:
-        if age is not None:
+    if age is not None:
+        try:
             return (now or datetime.now(UTC)) - age
+        except OverflowError:
+            raise ValueError(f"{text!r} is out of the range of dates") from None
+    try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        # Normalised here, inside the try: an offset can push year 1 or 9999 out of range.
-        # astimezone() reads a naive value as local time.
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{text!r} is out of the range of dates") from None
     except ValueError:
         raise ValueError(
             f"{text!r} is neither an ISO-8601 time (2026-11-23, 2026-11-23T16:00:00Z) "
             "nor a duration back from now (15m, 24h, 7d)"
         ) from None
+    try:
+        # astimezone() reads a naive value as local time. An offset, or the local zone, can
+        # push year 1 or 9999 out of range (the platform's local-time functions refuse too).
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError(f"{text!r} is out of the range of dates") from None
 
 
 class DurationParam(click.ParamType):  # type: ignore[type-arg]  # generic in click >= 8.5 only

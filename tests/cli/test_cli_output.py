@@ -154,6 +154,16 @@ def test_parse_time_naive_means_local_time(text: str, expected: datetime) -> Non
     assert parsed.tzinfo is UTC
 
 
+@pytest.mark.usefixtures("new_york")
+@pytest.mark.parametrize("text", ["0001-01-01", "9999-12-31T23:59:59"])
+def test_a_naive_time_the_local_zone_cannot_convert_is_out_of_range(text: str) -> None:
+    """It is an ISO-8601 time: say it is out of range, not that it is neither form."""
+    with pytest.raises(ValueError, match="out of the range") as caught:
+        parse_time(text, now=NOW)
+
+    assert str(caught.value) == f"{text!r} is out of the range of dates"
+
+
 def test_parse_time_relative_to_the_clock() -> None:
     before = datetime.now(UTC)
     parsed = parse_time("1h")
