@@ -172,7 +172,7 @@ def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGTERM, signal.S
       is raised at once where the program is, the services stay open (so an ``except`` or
       ``finally`` may still record), and the exit hook drains them when the interrupt ends the
       program. Draining first would close them under a program that is still running.
-    - ``SIG_IGN`` stays ignored.
+    - ``SIG_IGN`` stays ignored, and a handler installed outside Python is left alone.
 
     Without it, SIGTERM's default action ends the process at once and loses what is queued.
     Idempotent.
@@ -181,7 +181,8 @@ def install_signal_handlers(signals: tuple[int, ...] = (signal.SIGTERM, signal.S
         if signum in _installed:
             continue
         previous = signal.getsignal(signum)
-        if previous is signal.SIG_IGN or previous is signal.default_int_handler:
+        # None: a handler installed outside Python, which could not be put back afterwards.
+        if previous in (None, signal.SIG_IGN) or previous is signal.default_int_handler:
             continue
         _take_over(signum, previous)
 
@@ -201,8 +202,8 @@ def _on_signal(signum: int, frame: Any) -> None:
     # handler: whatever it does). Until then the main thread runs on, and record() raises
     # AuditServiceClosed once the drain has closed its service.
     with _signal_lock:  # the watcher never nudges once the previous handling is back
-        if signum not in _installed:
-            return  # a nudge that arrived while this handler was already running
+        if signum not in _installed:  # pragma: no cover - a nudge that raced this handler
+            return
         signal.signal(signum, _installed.pop(signum))
     main_ident = threading.main_thread().ident
     assert main_ident is not None  # the main thread has started: it is running this handler

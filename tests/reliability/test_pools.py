@@ -73,8 +73,16 @@ def _run_pool(tmp_path: Path, method: str, origin: str) -> tuple[int, int]:
     script = tmp_path / "pool_script.py"
     script.write_text(textwrap.dedent(POOL_SCRIPT), encoding="utf-8")
     db_path = tmp_path / "audit.db"
+    # Unmeasured, as users run it: coverage (``sigterm = true`` in pyproject.toml) installs a
+    # SIGTERM handler of its own in every process it measures, which the engine rightly leaves
+    # alone — and then a terminated worker saves coverage data instead of draining.
+    unmeasured = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("COV_CORE_", "COVERAGE_"))
+    }
     env = {
-        **os.environ,
+        **unmeasured,
         "AUDIT_TRAIL_DATABASE": str(db_path),
         "AUDIT_TRAIL_CLEANUP_ENABLED": "false",
         "AUDIT_TRAIL_BUSY_TIMEOUT": "30",
