@@ -65,3 +65,16 @@ Feature: Configuring the audit trail with defaults and environment variables
     And the tool records 3 entries
     Then the audit database holds exactly the recorded entries
     And the audit service runs no writer thread
+
+  Scenario: A tool opens its trail by path and overrides one setting in code
+    Given the environment variable AUDIT_TRAIL_ASYNC is set to "false"
+    When the tool starts its audit service on "tool-audit.db" with queue_maxsize set to 50 in code
+    And the tool records 3 entries
+    Then the audit database holds exactly the recorded entries
+    And the service setting queue_maxsize is "50"
+    And the service setting async_writes is "false"
+
+  Scenario: A misspelt option is refused, naming it, and nothing is opened
+    When the tool starts its audit service on "tool-audit.db" with queue_max_size set to 50 in code
+    Then starting fails with a type error that says "AuditService() got an unexpected keyword argument 'queue_max_size'"
+    And the tool's folder holds no audit database

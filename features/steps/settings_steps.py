@@ -94,3 +94,29 @@ def then_no_writer(context: Context) -> None:
     audit = context.world.audit
     assert not audit.settings.async_writes
     assert not audit.stats().writer_alive
+
+
+@when('the tool starts its audit service on "{name}" with {setting} set to {value} in code')
+def when_start_on_path(context: Context, name: str, setting: str, value: str) -> None:
+    world = context.world
+    world.database = world.root / name
+    world.attempt(lambda: world.open_service(str(world.database), **{setting: value}))
+
+
+@then('the service setting {setting} is "{expected}"')
+def then_service_setting(context: Context, setting: str, expected: str) -> None:
+    found = _shown(getattr(context.world.audit.settings, setting))
+    assert found == expected, f"{setting} is {found!r}, expected {expected!r}"
+
+
+@then('starting fails with a type error that says "{text}"')
+def then_type_error(context: Context, text: str) -> None:
+    error = context.world.error
+    assert isinstance(error, TypeError), f"expected TypeError, got {error!r}"
+    assert str(error) == text, f"{str(error)!r} is not {text!r}"
+
+
+@then("the tool's folder holds no audit database")
+def then_no_database(context: Context) -> None:
+    found = sorted(path.name for path in context.world.root.iterdir())
+    assert not any(name.startswith("tool-audit.db") for name in found), found
