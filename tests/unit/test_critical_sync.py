@@ -81,6 +81,8 @@ def test_a_critical_entry_that_only_reached_the_log_raises_and_close_is_false(
     )
     assert message.endswith("): it is only in the log, at CRITICAL")
     assert len([m for m in caplog.messages if m.startswith("audit entry LOST to disk")]) == 1
+    stats = service.stats()
+    assert (stats.dead_lettered, stats.logged_only) == (0, 1)
     assert service.close(10) is False
 
 
