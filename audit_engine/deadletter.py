@@ -36,7 +36,6 @@ SUFFIX = ".deadletter.jsonl"
 LOCK_WAIT_S = 5.0
 _BACKOFF_START_S = 0.005
 _BACKOFF_MAX_S = 0.2
-_NEVER = threading.Event()  # waited on for a backoff when there is no abort event
 _SIDE_FILE = re.compile(r"\.(\d+)-(\d+)\.jsonl\Z")
 
 
@@ -97,7 +96,8 @@ class DeadLetterFile:
         """
         data = encode_lines(entries, error)
         hold = gate if gate is not None else contextlib.nullcontext()
-        waiter = abort if abort is not None else _NEVER
+        # A fresh event when none is given: one shared across a fork could be copied mid-wait.
+        waiter = abort if abort is not None else threading.Event()
         deadline = time.monotonic() + (0.0 if waiter.is_set() else self.lock_wait_s)
         delay = _BACKOFF_START_S
         while True:
