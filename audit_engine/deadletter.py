@@ -70,6 +70,9 @@ class DeadLetterFile:
         self.lock_wait_s = lock_wait_s
         self._lock = threading.Lock()  # guards the side-file counter
         self._side_count = 0
+        # Set when an append timed out on the lock: until one gets it again, appends try once
+        # and go to a side file at once, rather than each waiting out a long replay.
+        self._contended = False
 
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh lock and side-file counter (the pid in their names differs).
@@ -78,6 +81,7 @@ class DeadLetterFile:
         """
         self._lock = threading.Lock()
         self._side_count = 0
+        self._contended = False
 
     def append(
         self,
@@ -90,7 +94,8 @@ class DeadLetterFile:
         """Append ``entries`` with the reason they failed; returns once the lines are on disk.
 
         Returns the file written: :attr:`path`, or a side file when the lock was not free within
-        :attr:`lock_wait_s` (at once once ``abort`` is set). ``gate`` (the writer's fork gate) is
+        :attr:`lock_wait_s` (at once when ``abort`` is set, or while the last append found the lock
+        taken). ``gate`` (the writer's fork gate) is
         held whenever a descriptor is open, never while waiting, so ``os.fork()`` never copies
         the lock into a child. Raises ``OSError`` if nothing could be written.
         """
@@ -98,12 +103,14 @@ class DeadLetterFile:
         hold = gate if gate is not None else contextlib.nullcontext()
         # A fresh event when none is given: one shared across a fork could be copied mid-wait.
         waiter = abort if abort is not None else threading.Event()
-        deadline = time.monotonic() + (0.0 if waiter.is_set() else self.lock_wait_s)
+        wait_s = 0.0 if waiter.is_set() or self._contended else self.lock_wait_s
+        deadline = time.monotonic() + wait_s
         delay = _BACKOFF_START_S
         while True:
             with hold:
                 lock_fd = _try_lock(self.path)
                 if lock_fd is not None:
+                    self._contended = False
                     try:
                         _append_fresh_line(self.path, data)
                     finally:
@@ -113,6 +120,7 @@ class DeadLetterFile:
             if remaining <= 0 or waiter.wait(min(delay, remaining)):
                 break
             delay = min(delay * 2, _BACKOFF_MAX_S)
+        self._contended = True
         with hold:
             return self._write_side_file(data)
 

@@ -505,3 +505,23 @@ def test_replay_keeps_a_torn_line_whose_glued_part_is_torn_too(
         conn.close()
     assert (report.replayed, report.kept) == (0, 1)
     assert dl_path.read_bytes() == b'{"entry": {"act{"entry": {"acti\n'
+
+
+def test_after_one_timeout_appends_do_not_wait_again_until_the_lock_is_free(dl_path: Path) -> None:
+    file = DeadLetterFile(dl_path, lock_wait_s=0.3)
+    with _lock_held_elsewhere(dl_path):
+        started = time.monotonic()
+        first = file.append(_entries(1, "first"), "x")
+        assert time.monotonic() - started >= 0.3
+        started = time.monotonic()
+        second = file.append(_entries(1, "second"), "x")
+        assert time.monotonic() - started < 0.3  # a replay may hold it long: no second wait
+    third = file.append(_entries(1, "third"), "x")  # free again: the main file
+
+    assert (first.name, second.name) == (
+        f"{dl_path.name}.{os.getpid()}-1.jsonl",
+        f"{dl_path.name}.{os.getpid()}-2.jsonl",
+    )
+    assert third == dl_path
+    fourth = file.append(_entries(1, "fourth"), "x")
+    assert fourth == dl_path
