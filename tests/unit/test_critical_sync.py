@@ -110,3 +110,29 @@ def test_a_critical_entry_is_not_blamed_for_another_entry_of_its_batch(
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
         stored = [row[0] for row in conn.execute("SELECT event_id FROM audit_entries ORDER BY id")]
     assert stored == ["evt-4", event_id]
+
+
+def test_a_critical_entry_on_a_read_only_database_raises_with_the_reason(
+    make_service: MakeService, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit_engine import store
+
+    # Tests run as root, for whom a 0444 file is still writable: the refusal SQLite gives for a
+    # read-only file, raised where the writer commits.
+    def refuse(*args: object) -> object:
+        exc = sqlite3.OperationalError("attempt to write a readonly database")
+        exc.sqlite_errorcode = sqlite3.SQLITE_READONLY  # type: ignore[attr-defined]
+        raise exc
+
+    service = make_service()
+    assert service.flush(10)
+    monkeypatch.setattr(store, "commit_batch", refuse)
+
+    with pytest.raises(AuditWriteError) as raised:
+        service.record(event_id="evt-5", action="doc.read", critical=True)
+
+    assert str(raised.value) == (
+        "critical entry evt-5 was not committed: OperationalError: attempt to write a readonly "
+        f"database; it is in the dead-letter file {deadletter.path_for(db_path)}"
+    )
+    assert _dead_letter_ids(db_path) == ["evt-5"]
