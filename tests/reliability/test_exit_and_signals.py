@@ -209,7 +209,11 @@ SIGNAL_CHILD = """
     ids = [service.record(action="signal.wait", details={"i": i}) for i in range(count)]
     Path(ids_path).write_text("\\n".join(ids) + "\\n")
     print("ready", flush=True)
-    threading.Event().wait()  # until a signal ends the process
+    # Until a signal ends the process. Timed waits: Python runs a handler when the main thread
+    # next runs bytecode, and a SIGINT landing just before an untimed wait blocks would never be
+    # acted on (CPython's own race; the engine's watcher covers only the signals it handles).
+    while True:
+        threading.Event().wait(1)
     """
 
 
@@ -302,7 +306,8 @@ INTERRUPTED_CHILD = """
                     print("ready", flush=True)
         try:
             print("ready", flush=True)
-            threading.Event().wait()
+            while True:
+                threading.Event().wait(1)  # timed: see SIGNAL_CHILD
         except KeyboardInterrupt:
             out.write(service.record(action="app.interrupted") + "\\n")
             raise
