@@ -93,7 +93,11 @@ def _drain_on_sigterm_in_mp_child() -> None:
     entry still queued. Only the main thread may install a handler, and only the default
     disposition is replaced: a handler the application installed, or SIG_IGN, is its choice.
     """
-    if signal.SIGTERM in _installed or not _live_services:
+    if not _live_services:
+        return
+    if signal.SIGTERM in _installed:
+        # Inherited: a forkserver child, for one, starts by clearing the wakeup fd it inherited.
+        _watch_signals()
         return
     mp_process = sys.modules.get("multiprocessing.process")
     if mp_process is None:

@@ -270,7 +270,8 @@ def test_a_forked_child_gets_a_wakeup_pipe_of_its_own_or_none(db_path: Path) -> 
     install_signal_handlers((signal.SIGTERM,))
     pipe = lifecycle._wakeup_pipe
     assert pipe is not None
-    assert _run_child(_child_has_a_wakeup_pipe_of_its_own, pipe[1]) == 0
+    with AuditService(_settings(db_path)):  # a live service: the child re-checks its watcher
+        assert _run_child(_child_has_a_wakeup_pipe_of_its_own, pipe[1]) == 0
 
     # Once the handler has handed SIGTERM back, a child has nothing to watch.
     with lifecycle._signal_lock:
