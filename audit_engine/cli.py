@@ -8,35 +8,34 @@ prints. :class:`_Group` is the one place where the engine's errors (and bad inpu
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import click
-from pydantic import ValidationError
 
 from audit_engine import deadletter
 from audit_engine.chain import ChainHead
 from audit_engine.cli_output import (
     CountParam,
-    DetailParam,
     DurationParam,
     SecondsParam,
     TimeParam,
+    describe_error,
     plural,
     progress,
     render_reference,
     root_database,
+    whole_file,
 )
+from audit_engine.cli_record import record
 from audit_engine.cli_reports import bench, demo, stats
-from audit_engine.errors import AuditEngineError, AuditWriteError
+from audit_engine.errors import AuditEngineError
 from audit_engine.formats import (
     FOLLOW_WIDTHS,
     FORMATS,
@@ -46,25 +45,11 @@ from audit_engine.formats import (
     render,
     table_cells,
 )
-from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
-from audit_engine.service import AuditService
+from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.settings import AuditSettings
 from audit_engine.store import SCHEMA_VERSION, AuditStore
 
 PROG = "audit-engine"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ValidationError):
-        problems = "; ".join(
-            (f"{'.'.join(str(p) for p in error['loc'])}: " if error["loc"] else "")
-            + error["msg"].removeprefix("Value error, ")
-            for error in exc.errors()
-        )
-        return f"invalid entry: {problems}"
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc)
 
 
 def _quiet_broken_pipe() -> None:
@@ -84,7 +69,7 @@ class _Group(click.Group):
         except BrokenPipeError:
             _quiet_broken_pipe()
         except (AuditEngineError, ValueError, OSError) as exc:
-            raise click.ClickException(_describe(exc)) from exc
+            raise click.ClickException(describe_error(exc)) from exc
 
 
 @contextmanager
@@ -146,135 +131,6 @@ def init(ctx: click.Context) -> None:
     """Create the audit database, or migrate it to the current schema."""
     with AuditStore(root_database(ctx), create=True) as store:
         click.echo(f"Audit database ready at {store.path} (schema version {SCHEMA_VERSION})")
-
-
-@main.command()
-@click.option("--action", help="What was done (required unless --stdin).")
-@click.option("--actor", help="Who did it.")
-@click.option(
-    "--operation",
-    type=click.Choice([o.value for o in Operation]),
-    default="execute",
-    show_default=True,
-    help="The kind of operation.",
-)
-@click.option(
-    "--outcome",
-    type=click.Choice([o.value for o in Outcome]),
-    default="success",
-    show_default=True,
-    help="How it ended.",
-)
-@click.option("--resource-type", help="The kind of resource acted on.")
-@click.option("--resource-id", help="The resource acted on.")
-@click.option("--correlation-id", help="Ties entries of one request or command together.")
-@click.option("--critical", is_flag=True, help="Never filtered; committed before returning.")
-@click.option(
-    "--detail",
-    "details",
-    type=DetailParam(),
-    multiple=True,
-    metavar="KEY=TEXT|KEY:=JSON",
-    help="A details field (repeatable), as in HTTPie: KEY=TEXT is text (version=1.10 stays "
-    "'1.10'); KEY:=JSON is a JSON value (count:=3, ok:=true, tags:='[\"a\"]').",
-)
-@click.option(
-    "--stdin",
-    "from_stdin",
-    is_flag=True,
-    help="Read entries as JSON lines (objects of entry fields) from standard input.",
-)
-@click.pass_context
-def record(
-    ctx: click.Context, /, from_stdin: bool, details: tuple[tuple[str, Any], ...], **fields: Any
-) -> None:
-    """Record entries through the write-behind engine (the policy from AUDIT_TRAIL_* applies).
-
-    Prints how many were accepted, filtered and written. Exits 1 with "Error: ..." when an
-    accepted entry was not committed (it is then kept in the dead-letter file). With --stdin, a
-    bad line is reported with its line number and the good lines are still recorded (exit 1 if
-    any line was bad).
-    """
-    if not from_stdin and not fields["action"]:
-        raise click.UsageError("Missing option '--action' (or use --stdin).")
-    if from_stdin and (fields["action"] or details):
-        raise click.UsageError("--stdin takes entries from standard input, not from options.")
-    bad_lines: list[str] = []
-    # A one-shot command: retention is the cleanup thread's job in long-running services (or
-    # `purge`'s), not a side effect of recording one entry.
-    settings = AuditSettings(database=root_database(ctx), cleanup_enabled=False)
-    audit = AuditService(settings)
-    try:
-        if from_stdin:
-            bad_lines = _record_lines(audit, settings.max_details_bytes)
-        else:
-            fields["details"] = dict(details)
-            audit.record(**{k: v for k, v in fields.items() if v is not None})
-    finally:
-        drained = audit.close()
-    stats = audit.stats()
-    filtered = stats.filtered_by_level + stats.excluded + stats.sampled_out + stats.deduplicated
-    line = f"accepted {stats.accepted}, filtered {filtered}, written {stats.written}"
-    if stats.dead_lettered:
-        line += f", dead-lettered {stats.dead_lettered}"
-    click.echo(line)
-    problems = [*bad_lines, *_not_committed(stats, drained, settings.database)]
-    for problem in problems:
-        click.echo(f"Error: {problem}", err=True)
-    if problems:
-        ctx.exit(1)
-
-
-def _record_lines(audit: AuditService, max_details_bytes: int) -> list[str]:
-    """Record each JSON line of standard input; returns the problems, one per bad line."""
-    context = {"max_details_bytes": max_details_bytes}
-    bad_lines: list[str] = []
-    for number, raw in enumerate(sys.stdin.buffer, start=1):
-        if not raw.strip():
-            continue
-        try:
-            fields_in = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            bad_lines.append(f"line {number}: not UTF-8 text")
-            continue
-        except json.JSONDecodeError as exc:
-            bad_lines.append(f"line {number}: not JSON ({exc.msg})")
-            continue
-        except RecursionError:
-            bad_lines.append(f"line {number}: nested too deeply to read")
-            continue
-        if not isinstance(fields_in, dict):
-            bad_lines.append(f"line {number}: not a JSON object of entry fields")
-            continue
-        try:
-            # Validated as an entry: a line names entry fields, nothing else.
-            audit.record(AuditEntry.model_validate(fields_in, context=context))
-        except RecursionError:
-            bad_lines.append(f"line {number}: invalid entry: details are nested too deeply")
-        except (ValueError, AuditWriteError) as exc:
-            # AuditWriteError: a critical entry that was not committed; the next lines go on.
-            bad_lines.append(f"line {number}: {_describe(exc)}")
-    return bad_lines
-
-
-def _not_committed(stats: AuditStats, drained: bool, database: Path) -> list[str]:
-    """What ``record`` must report when an accepted entry did not reach the database."""
-    problems = []
-    reason = f" ({stats.last_error})" if stats.last_error else ""
-    if stats.dead_lettered:
-        problems.append(
-            f"{plural(stats.dead_lettered, 'entry was', 'entries were')} not committed{reason}: "
-            f"kept in {deadletter.path_for(database)}; `audit-engine replay-deadletter` "
-            "stores them once the cause is fixed"
-        )
-    if stats.logged_only:
-        problems.append(
-            f"{plural(stats.logged_only, 'entry was', 'entries were')} not committed{reason} and "
-            "could not be kept in the dead-letter file either: they are only in the log"
-        )
-    if not drained and not problems:
-        problems.append("the writer did not finish committing the accepted entries")
-    return problems
 
 
 @main.command()
@@ -403,7 +259,7 @@ def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any)
             return
         total = store.count(**filters)
         written = 0
-        with _whole_file(output) as out, progress(total, "exporting") as bar:
+        with whole_file(output) as out, progress(total, "exporting") as bar:
             for line in store.export(fmt, **filters):
                 out.write(line)
                 if not (fmt == "csv" and written == 0 and line.startswith("id,")):
@@ -411,30 +267,6 @@ def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any)
                 written += 1
     count = written - 1 if fmt == "csv" else written
     click.echo(f"Exported {plural(count, 'entry', 'entries')} to {output}")
-
-
-@contextmanager
-def _whole_file(path: Path) -> Iterator[TextIO]:
-    """A text file that appears at ``path`` only once complete: written beside it, then renamed.
-
-    Audit data is sensitive: the file is readable by its owner only (mkstemp creates it 0600).
-    A failed export leaves no partial file that could pass for a whole one, and an earlier file
-    at ``path`` stays as it was.
-    """
-    try:
-        descriptor, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
-        )
-    except OSError as exc:
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    try:
-        with open(descriptor, "w", encoding="utf-8", newline="") as out:
-            yield out
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
 
 
 def _head(value: str | None) -> ChainHead | None:
@@ -573,6 +405,7 @@ def replay_deadletter(ctx: click.Context, path: Path | None, log: Path | None) -
         ctx.exit(1)
 
 
+main.add_command(record)
 main.add_command(stats)
 main.add_command(demo)
 main.add_command(bench)

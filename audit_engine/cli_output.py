@@ -1,4 +1,5 @@
-"""What the CLI reads: durations, times, ``--detail``; and the generated reference.
+"""What the CLI reads (durations, times, counts, ``--detail``), how an error reads, the output
+file of ``export``, and the generated reference.
 
 Kept apart from ``cli.py`` so the commands stay one call into the library each. How entries
 are printed is :mod:`audit_engine.formats` (shared with ``AuditStore.export``).
@@ -6,15 +7,21 @@ are printed is :mod:`audit_engine.formats` (shared with ``AuditStore.export``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import click
+from pydantic import ValidationError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -224,3 +231,41 @@ def progress(length: int, label: str) -> Any:
     return click.progressbar(
         length=length, label=label, file=sys.stderr, hidden=not sys.stderr.isatty()
     )
+
+
+def describe_error(exc: BaseException) -> str:
+    """The one line an error becomes after ``Error: ``: a bad entry names its fields."""
+    if isinstance(exc, ValidationError):
+        problems = "; ".join(
+            (f"{'.'.join(str(p) for p in error['loc'])}: " if error["loc"] else "")
+            + error["msg"].removeprefix("Value error, ")
+            for error in exc.errors()
+        )
+        return f"invalid entry: {problems}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return str(exc)
+
+
+@contextmanager
+def whole_file(path: Path) -> Iterator[TextIO]:
+    """A text file that appears at ``path`` only once complete: written beside it, then renamed.
+
+    Audit data is sensitive: the file is readable by its owner only (mkstemp creates it 0600).
+    A failed export leaves no partial file that could pass for a whole one, and an earlier file
+    at ``path`` stays as it was.
+    """
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+        )
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    try:
+        with open(descriptor, "w", encoding="utf-8", newline="") as out:
+            yield out
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise

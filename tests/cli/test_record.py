@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 import sqlite_utils
 
-from audit_engine import AuditService, deadletter, schema
-from audit_engine import cli as cli_module
+from audit_engine import AuditService, cli_record, deadletter, schema
 from audit_engine.models import AuditEntry, AuditStats
 
 if TYPE_CHECKING:
@@ -545,7 +544,7 @@ def test_entries_not_drained_or_only_logged_are_an_error(
 ) -> None:
     """Issue 11 item 2: close() returning False, or entries only in the log, is never exit 0."""
     monkeypatch.setattr(_Undrained, "logged_only", logged_only)
-    monkeypatch.setattr(cli_module, "AuditService", _Undrained)
+    monkeypatch.setattr(cli_record, "AuditService", _Undrained)
 
     result = cli.run("record", "--action", "doc.save", code=1)
 
