@@ -231,16 +231,15 @@ def _stored_jsonl(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterat
         yield json_text(record) + "\n"
 
 
-def _stored_csv_row(names: Sequence[str], row: Sequence[Any]) -> list[str]:
-    cells = []
-    for name, value in zip(names, row, strict=True):
-        if name == "critical":
-            cells.append(_flag(value))
-        elif name == "details":
-            cells.append(_cell(value).translate(_LINE_BREAKS))
-        else:
-            cells.append(_cell(value))
-    return cells
+def _stored_csv_rows(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[list[Any]]:
+    # Only two columns need rendering; csv writes None as an empty cell by itself.
+    critical, details = names.index("critical"), names.index("details")
+    for row in rows:
+        cells = list(row)
+        cells[critical] = _flag(cells[critical])
+        if cells[details] is not None:
+            cells[details] = str(cells[details]).translate(_LINE_BREAKS)
+        yield cells
 
 
 def export_lines(fmt: str, names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[str]:
@@ -252,5 +251,5 @@ def export_lines(fmt: str, names: Sequence[str], rows: Iterable[Sequence[Any]]) 
     """
     if fmt == "jsonl":
         return _stored_jsonl(names, rows)
-    csv_rows = (_stored_csv_row(names, row) for row in rows)
+    csv_rows = _stored_csv_rows(names, rows)
     return (line + "\n" for line in _csv_text(_with_header(names, csv_rows)))
