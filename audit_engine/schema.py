@@ -12,6 +12,7 @@ import os
 import sqlite3
 import stat
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -255,6 +256,26 @@ def _warn_if_loose(path: Path) -> None:
     logger.warning("%s", warning)
 
 
+# How long opening a database waits for another connection's lock while it sets up the file
+# (WAL mode, the schema), when busy_timeout is shorter.
+SETUP_BUSY_TIMEOUT_S = 10.0
+
+
+def _use_wal(conn: sqlite3.Connection, deadline: float) -> None:
+    # Switching a file to WAL fails at once while another connection holds a lock on it:
+    # SQLite calls no busy handler there. So retry, with backoff, until the setup deadline.
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)  # nothing to wait on: the lock is another process's
+        delay = min(delay * 2, 0.1)
+
+
 def open_connection(
     path: str | os.PathLike[str],
     *,
@@ -276,8 +297,14 @@ def open_connection(
     elif path.is_dir():
         raise AuditStoreError(f"{path} is a directory, not an audit database")
     try:
+        # Setting up waits longer than a short busy_timeout (the writer's is 0.25 s): another
+        # process creating or migrating the same file holds the lock for that long, and a
+        # service must not fail to start because a sibling (a pool worker) started first.
         conn = sqlite3.connect(
-            str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout
+            str(path),
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=max(busy_timeout, SETUP_BUSY_TIMEOUT_S),
         )
     except sqlite3.Error as exc:
         raise AuditStoreError(f"cannot open the audit database {path}: {exc}") from None
@@ -285,13 +312,14 @@ def open_connection(
         if not create:
             # Check before any PRAGMA that writes: a foreign file is refused untouched.
             _check_audit_database(conn, path)
-        conn.execute("PRAGMA journal_mode = WAL")
+        _use_wal(conn, time.monotonic() + max(busy_timeout, SETUP_BUSY_TIMEOUT_S))
         conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         migrate(conn)
         if create:
             # user_version said "current" but another application may own that number.
             _check_audit_database(conn, path)
         _warn_if_loose(path)  # after the PRAGMAs: the -wal and -shm files exist by now
+        conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
     except sqlite3.DatabaseError as exc:
         conn.close()
         raise AuditStoreError(f"{path} is not a usable audit database: {exc}") from None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit_engine import AuditEntry, AuditStore, AuditStoreError, Operation, Outcome, store
+from audit_engine import AuditEntry, AuditStore, AuditStoreError, Operation, Outcome, schema, store
 from audit_engine.chain import GENESIS_HASH, ChainHead
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -108,6 +110,47 @@ def test_busy_timeout_is_in_seconds(db_path: Path) -> None:
         assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == 2500
     finally:
         connection.close()
+
+
+def test_opening_waits_for_another_process_setting_up_the_file(tmp_path: Path) -> None:
+    # Pool workers starting together: one creates the schema while the others open the same new
+    # file with the writer's short busy timeout; they must wait for it, not fail to start.
+    db_path = tmp_path / "new.db"
+    holder = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    released = threading.Event()
+
+    def release() -> None:
+        holder.execute("COMMIT")
+        released.set()
+
+    timer = threading.Timer(0.5, release)  # the lock is held ten times the busy timeout
+    timer.start()
+    try:
+        connection = store.open_connection(db_path, busy_timeout=0.05)
+    finally:
+        timer.join(10)
+        holder.close()
+    try:
+        assert released.is_set()
+        # Set up, then back to the short timeout the caller asked for.
+        assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == 50
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+    finally:
+        connection.close()
+
+
+def test_setting_up_gives_up_once_its_deadline_has_passed(tmp_path: Path) -> None:
+    db_path = tmp_path / "new.db"
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    waiting = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            schema._use_wal(waiting, time.monotonic())
+    finally:
+        waiting.close()
+        holder.close()
 
 
 def test_new_database_has_the_current_schema_version(conn: sqlite3.Connection) -> None:
