@@ -711,7 +711,11 @@ def test_after_fork_the_child_writer_starts_fresh(make_writer: MakeWriter, db_pa
     _put_all(writer, parent_entries)  # held by the parent's writer, not committed yet
 
     child = multiprocessing.get_context("fork").Process(target=_child_after_fork, args=(writer,))
-    child.start()
+    # Forked under the writer's fork gate, as the engine's fork hook does for a registered
+    # writer: a fork while its thread is inside SQLite (reading the tail as it starts) would
+    # leave the child a SQLite mutex that no thread there can release.
+    with writer.fork_gate:
+        child.start()
     child.join(60)
     if child.is_alive():  # pragma: no cover - only when the test is failing
         child.kill()
