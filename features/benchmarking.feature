@@ -35,7 +35,9 @@ Feature: A maintainer compares throughput with audit-engine bench
     And audit-engine shows no traceback
 
     Examples:
-      | option        | start                                 | reason                                |
-      | --events 0    | Error: Invalid value for '--events'   | 0 is not in the range x>=1.           |
-      | --threads 0   | Error: Invalid value for '--threads'  | 0 is not in the range x>=1.           |
-      | --events many | Error: Invalid value for '--events'   | 'many' is not a valid integer range.  |
+      | option             | start                                 | reason                                     |
+      | --events 0         | Error: Invalid value for '--events'   | 0 is not in the range 1<=x<=1000000.       |
+      | --events 100000000 | Error: Invalid value for '--events'   | 100000000 is not in the range 1<=x<=1000000. |
+      | --threads 0        | Error: Invalid value for '--threads'  | 0 is not in the range 1<=x<=64.            |
+      | --threads 65       | Error: Invalid value for '--threads'  | 65 is not in the range 1<=x<=64.           |
+      | --events many      | Error: Invalid value for '--events'   | 'many' is not a valid integer range.       |
