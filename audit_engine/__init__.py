@@ -5,7 +5,7 @@
 ...     audit.record(action="document.save", actor="alice", operation="update")
 """
 
-from audit_engine.bus import DomainEvent, EventBus
+from audit_engine.details import MAX_DETAILS_DEPTH
 from audit_engine.errors import (
     AuditEngineError,
     AuditQueueFull,
@@ -16,15 +16,21 @@ from audit_engine.errors import (
     InvalidEntryError,
     SettingsError,
 )
-from audit_engine.lifecycle import install_signal_handlers
 from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
-from audit_engine.service import AuditService
+from audit_engine.pipeline.bus import DomainEvent, EventBus
+from audit_engine.pipeline.lifecycle import install_signal_handlers
+from audit_engine.pipeline.service import AuditService
 from audit_engine.settings import AuditSettings
-from audit_engine.store import AuditStore
+from audit_engine.storage.chain import ChainHead, VerifyReport, verify_exported_lines
+from audit_engine.storage.replay import ReplayReport
+from audit_engine.storage.retention import CleanupReport
+from audit_engine.storage.sqlite import AuditStore
+from audit_engine.storage.summary import StoreSummary
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_DETAILS_DEPTH",
     "AuditEngineError",
     "AuditEntry",
     "AuditQueueFull",
@@ -35,13 +41,19 @@ __all__ = [
     "AuditStore",
     "AuditStoreError",
     "AuditWriteError",
+    "ChainHead",
+    "CleanupReport",
     "DomainEvent",
     "EventBus",
     "EventDispatchError",
     "InvalidEntryError",
     "Operation",
     "Outcome",
+    "ReplayReport",
     "SettingsError",
+    "StoreSummary",
+    "VerifyReport",
     "__version__",
     "install_signal_handlers",
+    "verify_exported_lines",
 ]

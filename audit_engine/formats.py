@@ -26,8 +26,7 @@ from datetime import UTC
 from typing import Any
 
 from audit_engine.errors import AuditStoreError
-from audit_engine.models import AuditEntry
-from audit_engine.schema import format_timestamp
+from audit_engine.models import AuditEntry, format_timestamp
 
 __all__ = [
     "ENTRY_FIELDS",

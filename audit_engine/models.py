@@ -115,6 +115,13 @@ new_event_id = _EventIdGenerator()
 """Return a new time-ordered event id (a UUIDv7 string)."""
 
 
+def format_timestamp(value: datetime) -> str:
+    """The stored form of a timestamp: fixed-width ISO-8601 UTC, so text order is time order."""
+    # isoformat() zero-pads the year (strftime's %Y does not below 1000) and always prints
+    # microseconds with timespec set; every value is UTC, so "+00:00" becomes "Z".
+    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
 def utcnow() -> datetime:
     """The current time as a timezone-aware UTC datetime."""
     return datetime.now(UTC)

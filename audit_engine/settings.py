@@ -8,6 +8,7 @@ A bad value raises :class:`~audit_engine.errors.SettingsError` naming the settin
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,9 +16,40 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from audit_engine.errors import SettingsError
-from audit_engine.policy import DEFAULT_REDACT_FIELDS, Level
 
 ENV_PREFIX = "AUDIT_TRAIL_"
+
+DEFAULT_REDACT_FIELDS = (
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "set_cookie",
+    "private_key",
+    "ssn",
+    "credit_card",
+    "card_number",
+    "cvv",
+)
+
+
+class Level(StrEnum):
+    """Which operations are audited."""
+
+    ALL = "all"
+    WRITES_ONLY = "writes_only"  # everything except reads
+    MUTATIONS_ONLY = "mutations_only"  # updates and deletes
+    DELETES_ONLY = "deletes_only"
+    FAILURES_ONLY = "failures_only"  # any operation whose outcome is failure
+
 
 # A list in code; a comma-separated string in the environment (not JSON).
 NameList = Annotated[list[str], NoDecode]
@@ -91,7 +123,7 @@ class AuditSettings(BaseSettings):
         default=65536, gt=0, description="Largest serialised `details` accepted, in bytes."
     )
 
-    # -- policy: what is audited (see audit_engine.policy) --
+    # -- policy: what is audited (see audit_engine.pipeline.policy) --
     level: Level = Field(
         default=Level.WRITES_ONLY,
         description="all, writes_only (all but reads), mutations_only (update, delete), "
@@ -118,7 +150,7 @@ class AuditSettings(BaseSettings):
         default=True, description="record() of a critical entry returns once it is committed."
     )
 
-    # -- retention (see audit_engine.retention) --
+    # -- retention (see audit_engine.storage.retention) --
     retention_days: int = Field(
         default=90, gt=0, description="Entries older than this many days are purged."
     )

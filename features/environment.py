@@ -27,8 +27,9 @@ from typing import Any
 from behave.model import Scenario
 from behave.runner import Context
 
-from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore, store
-from audit_engine.chain import ChainHead, VerifyReport
+from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.chain import ChainHead, VerifyReport
 
 ENV_PREFIX = "AUDIT_TRAIL_"
 # Upper bound for every wait in a scenario: long enough for a loaded CI machine, short enough

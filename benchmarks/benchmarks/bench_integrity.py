@@ -24,8 +24,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore, store
-from audit_engine.retention import CleanupReport
+from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.retention import CleanupReport
 
 # The suite measures the defaults: AUDIT_TRAIL_* variables in a developer's shell must not change
 # them (asv imports this module in processes of its own, so this touches nothing else).

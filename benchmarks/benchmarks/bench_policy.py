@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from audit_engine import AuditEntry, AuditService, AuditSettings
-from audit_engine.policy import AuditPolicy, Level
+from audit_engine.pipeline.policy import AuditPolicy, Level
 
 for _name in [name for name in os.environ if name.upper().startswith("AUDIT_TRAIL_")]:
     del os.environ[_name]

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from audit_engine import AuditEntry, AuditService, AuditSettings, store
+from audit_engine import AuditEntry, AuditService, AuditSettings
+from audit_engine.storage import sqlite as store
 
 # The suite measures the defaults: AUDIT_TRAIL_* variables in a developer's shell must not change
 # them (asv imports this module in processes of its own, so this touches nothing else).

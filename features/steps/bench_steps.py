@@ -13,7 +13,7 @@ import subprocess
 from behave import then
 from behave.runner import Context
 
-from audit_engine.bench import BenchReport, ModeResult
+from audit_engine.cli.bench import BenchReport, ModeResult
 
 # The table's columns are right-aligned in fixed widths, at least two spaces apart.
 _COLUMN_GAP = re.compile(r"\s{2,}")

@@ -23,8 +23,9 @@ from typing import Any
 from behave import given, then, when
 from behave.runner import Context
 
-from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore, deadletter
-from audit_engine.deadletter import DeadLetterFile
+from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
+from audit_engine.storage import deadletter
+from audit_engine.storage.deadletter import DeadLetterFile
 
 COMMAND_TIMEOUT_S = 60.0
 _AGO = re.compile(r"(\d+) (minute|hour|day)s? ago")

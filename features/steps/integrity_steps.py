@@ -19,9 +19,9 @@ from behave import given, then, when
 from behave.runner import Context
 
 from audit_engine import AuditStore, AuditStoreError
-from audit_engine.anchors import anchor_hash
-from audit_engine.chain import GENESIS_HASH, ChainHead, row_hash, verify_exported_lines
-from audit_engine.schema import format_timestamp
+from audit_engine.models import format_timestamp
+from audit_engine.storage.anchors import anchor_hash
+from audit_engine.storage.chain import GENESIS_HASH, ChainHead, row_hash, verify_exported_lines
 
 WAIT_S = 10.0
 # The stored fields that the chain hashes, between id and prev_hash (docs/integrity.md).

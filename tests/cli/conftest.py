@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
-from audit_engine.chain import ChainHead
 from audit_engine.cli import main
+from audit_engine.storage.chain import ChainHead
 
 
 @dataclass

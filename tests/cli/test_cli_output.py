@@ -1,4 +1,4 @@
-"""audit_engine.cli_output and audit_engine.formats on their own: durations, times, --detail,
+"""audit_engine.cli.output and audit_engine.formats on their own: durations, times, --detail,
 and the output formats."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import click
 import pytest
 
-from audit_engine.cli_output import (
+from audit_engine.cli.output import (
     DetailParam,
     DurationParam,
     TimeParam,

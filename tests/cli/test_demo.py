@@ -17,9 +17,9 @@ from click.testing import CliRunner
 
 import audit_engine
 from audit_engine import AuditService, AuditSettings, AuditStore, Operation
-from audit_engine import demo as demo_module
+from audit_engine.cli import demo as demo_module
 from audit_engine.cli import main
-from audit_engine.demo import DemoReport, is_demo_database, prepare_database, run_demo
+from audit_engine.cli.demo import DemoReport, is_demo_database, prepare_database, run_demo
 from audit_engine.errors import AuditStoreError
 
 SUMMARY = re.compile(

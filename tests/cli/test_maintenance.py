@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from audit_engine import AuditEntry, AuditStore, deadletter
-from audit_engine.deadletter import DeadLetterFile
+from audit_engine import AuditEntry, AuditStore
+from audit_engine.storage import deadletter
+from audit_engine.storage.deadletter import DeadLetterFile
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail

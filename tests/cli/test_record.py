@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING
 import pytest
 import sqlite_utils
 
-from audit_engine import AuditService, cli_record, deadletter, schema
+from audit_engine import AuditService
+from audit_engine.cli import record as cli_record
 from audit_engine.models import AuditEntry, AuditStats
+from audit_engine.storage import deadletter
+from audit_engine.storage.sqlite import schema
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail

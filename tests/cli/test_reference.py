@@ -6,8 +6,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from audit_engine.cli import PROG, main
-from audit_engine.cli_output import render_reference
+from audit_engine.cli.commands import PROG, main
+from audit_engine.cli.output import render_reference
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from audit_engine import AuditEntry, deadletter
-from audit_engine.deadletter import DeadLetterFile
+from audit_engine import AuditEntry
+from audit_engine.storage import deadletter
+from audit_engine.storage.deadletter import DeadLetterFile
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail

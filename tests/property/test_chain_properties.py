@@ -21,8 +21,9 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from audit_engine import AuditEntry, AuditStore, Operation, Outcome, store
+from audit_engine import AuditEntry, AuditStore, Operation, Outcome
 from audit_engine.models import utcnow
+from audit_engine.storage import sqlite as store
 
 COLUMNS = (
     "id",

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
 from audit_engine.models import MAX_ACTION_LENGTH, MAX_IDENTIFIER_LENGTH, Operation, Outcome
-from audit_engine.policy import DEFAULT_REDACT_FIELDS
+from audit_engine.pipeline.policy import DEFAULT_REDACT_FIELDS
 
 MAX_DETAILS_BYTES = 65536
 FUZZ = settings(

@@ -22,8 +22,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from audit_engine.intake import Row, entry_row, plain_row, validated_row
 from audit_engine.models import AuditEntry, Operation, Outcome
+from audit_engine.pipeline.intake import plain_row, validated_row
+from audit_engine.rows import Row, entry_row
 
 LIMIT = 256
 

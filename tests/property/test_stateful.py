@@ -38,8 +38,8 @@ from audit_engine import (
     AuditSettings,
     AuditStore,
     AuditWriteError,
-    deadletter,
 )
+from audit_engine.storage import deadletter
 
 POISON_ACTION = "state.poison"
 POISON_ERROR = "IntegrityError: CHECK constraint failed: poisoned by the test"

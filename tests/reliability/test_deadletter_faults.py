@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 from support import locked
 
-from audit_engine import AuditService, AuditSettings, AuditStore, AuditWriteError, deadletter
-from audit_engine.writer import WRITER_THREAD_NAME
+from audit_engine import AuditService, AuditSettings, AuditStore, AuditWriteError
+from audit_engine.pipeline.writer import WRITER_THREAD_NAME
+from audit_engine.storage import deadletter
 
 MakeService = Callable[..., AuditService]
 

@@ -26,9 +26,12 @@ from typing import Any
 
 import pytest
 
-from audit_engine import AuditService, AuditSettings, AuditStore, deadletter, store
+from audit_engine import AuditService, AuditSettings, AuditStore
 from audit_engine.models import AuditEntry
-from audit_engine.writer import Writer
+from audit_engine.pipeline.writer import Writer
+from audit_engine.storage import deadletter
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.sqlite import append
 
 MakeService = Callable[..., AuditService]
 
@@ -147,7 +150,7 @@ def test_poison_rows_are_dead_lettered_and_the_rest_of_their_batches_commit(
     error: sqlite3.Error,
 ) -> None:
     assert not store.is_busy(error)  # a hand-made error without a code: judged by its message
-    original = store.commit_batch
+    original = append.commit_batch
     calls = Counter[int]()
 
     def commit(conn: sqlite3.Connection, entries: Sequence[Any], *rest: Any) -> Any:
@@ -156,7 +159,7 @@ def test_poison_rows_are_dead_lettered_and_the_rest_of_their_batches_commit(
             raise error
         return original(conn, entries, *rest)
 
-    monkeypatch.setattr(store, "commit_batch", commit)
+    monkeypatch.setattr(append, "commit_batch", commit)
     service = make_service(buffer_max_size=64, buffer_flush_interval=0.02, cleanup_enabled=False)
     producers, per_producer = 4, 500
     accepted: dict[str, list[str]] = {}
@@ -268,7 +271,7 @@ def test_a_runtime_error_in_the_writer_loop_dead_letters_its_batch_and_the_write
 def test_a_transient_store_error_is_retried_by_splitting_and_nothing_is_dead_lettered(
     make_service: MakeService, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = store.commit_batch
+    original = append.commit_batch
     failed = threading.Event()
 
     def commit_batch(conn: sqlite3.Connection, rows: Sequence[Any], *rest: Any) -> Any:
@@ -277,7 +280,7 @@ def test_a_transient_store_error_is_retried_by_splitting_and_nothing_is_dead_let
             raise RuntimeError("transient, not a busy database")
         return original(conn, rows, *rest)
 
-    monkeypatch.setattr(store, "commit_batch", commit_batch)
+    monkeypatch.setattr(append, "commit_batch", commit_batch)
     service = make_service(buffer_max_size=40, buffer_flush_interval=0.01, cleanup_enabled=False)
     errors = _run_threads(list(_producers(service, 4, 250)), timeout_s=60)
     assert errors == []
@@ -348,7 +351,7 @@ def test_a_writer_killed_while_splitting_a_batch_counts_each_entry_once(
     make_service: MakeService, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     deaths = _Deaths(monkeypatch)
-    original = store.commit_batch
+    original = append.commit_batch
     sub_batches_committed = 0
 
     def commit_batch(conn: sqlite3.Connection, rows: Sequence[Any], *rest: Any) -> Any:
@@ -361,7 +364,7 @@ def test_a_writer_killed_while_splitting_a_batch_counts_each_entry_once(
         sub_batches_committed += 1
         return tail
 
-    monkeypatch.setattr(store, "commit_batch", commit_batch)
+    monkeypatch.setattr(append, "commit_batch", commit_batch)
     service = make_service(buffer_max_size=100, buffer_flush_interval=3600, cleanup_enabled=False)
     # One batch of 8: [0..3] commit as the first half; the second half [4..7] (poison at 7)
     # kills the thread.
@@ -692,7 +695,7 @@ def test_a_fork_during_a_synchronous_write_leaves_the_child_able_to_write(
     make_service: MakeService, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inside, leave = threading.Event(), threading.Event()
-    original = store.insert_entries
+    original = append.insert_entries
 
     def insert(conn: sqlite3.Connection, entries: Sequence[Any], *rest: Any) -> Any:
         tail = original(conn, entries, *rest)
@@ -701,7 +704,7 @@ def test_a_fork_during_a_synchronous_write_leaves_the_child_able_to_write(
             leave.wait(10)
         return tail
 
-    monkeypatch.setattr(store, "insert_entries", insert)
+    monkeypatch.setattr(append, "insert_entries", insert)
     sync_service = make_service(async_writes=False, cleanup_enabled=False)
     writer = threading.Thread(target=lambda: sync_service.record(action="sync.hold"), daemon=True)
     writer.start()

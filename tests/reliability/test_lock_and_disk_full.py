@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from audit_engine import AuditService, AuditStore, deadletter, store
+from audit_engine import AuditService, AuditStore
+from audit_engine.storage import deadletter
+from audit_engine.storage.sqlite import reads, schema
 
 MakeService = Callable[..., AuditService]
 
@@ -163,15 +165,16 @@ FULL_ERROR = "OperationalError: database or disk is full"
 class _DiskCap:
     """Every connection the engine opens gets ``PRAGMA max_page_count``: the file cannot grow.
 
-    The writer connects through ``syncwrite.connect`` -> ``store.open_connection`` (looked up at
+    The writer connects through ``syncwrite.connect`` -> ``schema.open_connection`` (looked up at
     call time), which is what gets wrapped; ``max_pages = None`` is "space freed".
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.max_pages: int | None = None
         self.capped_connections = 0
-        self._original = store.open_connection
-        monkeypatch.setattr(store, "open_connection", self._open)
+        self._original = schema.open_connection
+        monkeypatch.setattr(schema, "open_connection", self._open)
+        monkeypatch.setattr(reads, "open_connection", self._open)  # AuditStore's, as before
 
     def _open(self, *args: Any, **kwargs: Any) -> sqlite3.Connection:
         conn = self._original(*args, **kwargs)

@@ -22,9 +22,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from audit_engine import AuditEntry, AuditService, AuditStore, deadletter, schema, store
+from audit_engine import AuditEntry, AuditService, AuditStore
 from audit_engine.cli import main
-from audit_engine.policy import REDACTED
+from audit_engine.pipeline.policy import REDACTED
+from audit_engine.storage import deadletter
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.sqlite import schema
 
 MakeService = Callable[..., AuditService]
 

@@ -15,9 +15,12 @@ from typing import Any
 import pytest
 import sqlite_utils
 
-from audit_engine import AuditEntry, AuditStore, AuditStoreError, anchors, schema, store
-from audit_engine.chain import GENESIS_HASH, ChainHead, VerifyReport, link
+from audit_engine import AuditEntry, AuditStore, AuditStoreError
 from audit_engine.models import utcnow
+from audit_engine.storage import anchors
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.chain import GENESIS_HASH, ChainHead, VerifyReport, link
+from audit_engine.storage.sqlite import schema
 
 ROWS = 50
 DAY = timedelta(days=1)

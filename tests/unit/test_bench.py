@@ -7,9 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from audit_engine import bench
-from audit_engine.bench import MODES, SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
-from audit_engine.cli import main
+from audit_engine.cli import bench, main
+from audit_engine.cli.bench import MODES, SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
 
 
 def test_every_mode_runs_side_by_side() -> None:

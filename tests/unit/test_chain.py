@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from audit_engine.chain import (
+from audit_engine.storage.chain import (
     CHAIN_VERSION,
     GENESIS_HASH,
     ChainHead,
@@ -528,7 +528,7 @@ def test_exported_lines_with_empty_details_and_nulls_verify() -> None:
 
 
 def test_a_damaged_export_line_is_a_failed_report_not_a_crash() -> None:
-    from audit_engine.chain import verify_exported_lines
+    from audit_engine.storage.chain import verify_exported_lines
 
     for lines in (['{"id": 1'], ['{"id": 1}'], ["[1, 2]"]):
         report = verify_exported_lines(lines)
@@ -538,7 +538,7 @@ def test_a_damaged_export_line_is_a_failed_report_not_a_crash() -> None:
 
 
 def test_an_expected_head_older_than_the_anchor_cannot_be_checked() -> None:
-    from audit_engine.chain import ChainHead, verify_rows
+    from audit_engine.storage.chain import ChainHead, verify_rows
 
     report = verify_rows([], ChainHead(id=5, hash="a" * 64), ChainHead(id=2, hash="b" * 64))
     assert report.ok is False
@@ -548,9 +548,10 @@ def test_an_expected_head_older_than_the_anchor_cannot_be_checked() -> None:
 
 
 def test_export_lines_escape_unicode_line_separators(tmp_path: Path) -> None:
-    from audit_engine import AuditStore, store
-    from audit_engine.chain import verify_exported_lines
+    from audit_engine import AuditStore
     from audit_engine.models import AuditEntry
+    from audit_engine.storage import sqlite as store
+    from audit_engine.storage.chain import verify_exported_lines
 
     db = tmp_path / "a.db"
     conn = store.open_connection(db)

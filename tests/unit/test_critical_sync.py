@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from audit_engine import AuditService, AuditWriteError, deadletter
+from audit_engine import AuditService, AuditWriteError
+from audit_engine.storage import deadletter
+from audit_engine.storage.sqlite import append
 
 MakeService = Callable[..., AuditService]
 UNIQUE_FAILED = "UNIQUE constraint failed: audit_entries.event_id"
@@ -115,7 +117,6 @@ def test_a_critical_entry_is_not_blamed_for_another_entry_of_its_batch(
 def test_a_critical_entry_on_a_read_only_database_raises_with_the_reason(
     make_service: MakeService, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audit_engine import store
 
     # Tests run as root, for whom a 0444 file is still writable: the refusal SQLite gives for a
     # read-only file, raised where the writer commits.
@@ -126,7 +127,7 @@ def test_a_critical_entry_on_a_read_only_database_raises_with_the_reason(
 
     service = make_service()
     assert service.flush(10)
-    monkeypatch.setattr(store, "commit_batch", refuse)
+    monkeypatch.setattr(append, "commit_batch", refuse)
 
     with pytest.raises(AuditWriteError) as raised:
         service.record(event_id="evt-5", action="doc.read", critical=True)

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from audit_engine import AuditEntry, Operation, deadletter, store
-from audit_engine.deadletter import DeadLetterFile
+from audit_engine import AuditEntry, Operation
 from audit_engine.errors import AuditStoreError
-from audit_engine.replay import ReplayReport, replay, replay_log
+from audit_engine.storage import deadletter
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.deadletter import DeadLetterFile
+from audit_engine.storage.replay import ReplayReport, replay, replay_log
 
 
 @pytest.fixture
@@ -485,7 +487,7 @@ def test_replay_of_side_files_alone_leaves_no_dead_letter_file(
 
 
 def test_a_row_whose_details_are_not_json_is_written_as_text() -> None:
-    from audit_engine.intake import Row
+    from audit_engine.rows import Row
 
     row = Row("e-1", "2026-01-01T00:00:00Z", None, "a", "execute", "success", None, None, None,
               "{not json", 0)  # fmt: skip

@@ -16,17 +16,9 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from audit_engine import AuditService, AuditStore
-from audit_engine.intake import (
-    Row,
-    _NotPlain,
-    entry_row,
-    plain_row,
-    row_entry,
-    storable_entry,
-    validated_row,
-    with_details,
-)
 from audit_engine.models import AuditEntry
+from audit_engine.pipeline.intake import _NotPlain, plain_row, validated_row, with_details
+from audit_engine.rows import Row, entry_row, row_entry, storable_entry
 
 
 def _deep(levels: int) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from audit_engine import AuditEntry, AuditService, AuditStore, AuditStoreError, store
-from audit_engine.chain import (
+from audit_engine import AuditEntry, AuditService, AuditStore, AuditStoreError
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.chain import (
     GENESIS_HASH,
     ChainHead,
     VerifyReport,

@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 
-from audit_engine import AuditService, AuditSettings, install_signal_handlers, lifecycle
+from audit_engine import AuditService, AuditSettings, install_signal_handlers
+from audit_engine.pipeline import lifecycle
 
 JOIN_TIMEOUT_S = 60
 fork = multiprocessing.get_context("fork")

@@ -9,7 +9,7 @@ import pytest
 from pydantic import BaseModel
 
 from audit_engine.models import AuditEntry, Operation, Outcome
-from audit_engine.policy import (
+from audit_engine.pipeline.policy import (
     DEFAULT_REDACT_FIELDS,
     REDACTED,
     AuditPolicy,

@@ -1,9 +1,9 @@
 """Retention: AuditStore.purge (prefix only, batches, anchors, runs, dry run), its bad inputs, and
 the service's background cleanup thread.
 
-The cleanup thread is observed without sleeping: ``audit_engine.retention.purge`` is wrapped so
-the test learns, through a ``threading.Event``, that a run has finished; ``close()`` then joins
-the thread, after which its counters are final.
+The cleanup thread is observed without sleeping: ``audit_engine.storage.retention.purge`` is
+wrapped so the test learns, through a ``threading.Event``, that a run has finished; ``close()``
+then joins the thread, after which its counters are final.
 """
 
 from __future__ import annotations
@@ -19,18 +19,12 @@ from typing import Any
 
 import pytest
 
-from audit_engine import (
-    AuditEntry,
-    AuditService,
-    AuditStore,
-    AuditStoreError,
-    SettingsError,
-    retention,
-    store,
-)
-from audit_engine.chain import GENESIS_HASH, ChainHead
+from audit_engine import AuditEntry, AuditService, AuditStore, AuditStoreError, SettingsError
 from audit_engine.models import utcnow
-from audit_engine.retention import CLEANUP_THREAD_NAME, CleanupReport
+from audit_engine.storage import retention
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.chain import GENESIS_HASH, ChainHead
+from audit_engine.storage.retention import CLEANUP_THREAD_NAME, CleanupReport
 
 MakeService = Callable[..., AuditService]
 
@@ -836,7 +830,7 @@ def test_a_batch_meeting_a_busy_database_is_retried(db_path: Path) -> None:
 
     try:
         with AuditStore(db_path, busy_timeout=0.01) as store:
-            from audit_engine.retention import cutoff_for, purge
+            from audit_engine.storage.retention import cutoff_for, purge
 
             report = purge(store._conn, cutoff_for(timedelta(days=90)), 10, wait=wait)
     finally:
@@ -851,7 +845,7 @@ def test_a_busy_database_that_stays_busy_fails_the_purge_when_told_to_stop(db_pa
     holder.execute("BEGIN IMMEDIATE")
     try:
         with AuditStore(db_path, busy_timeout=0.01) as store:
-            from audit_engine.retention import cutoff_for, purge
+            from audit_engine.storage.retention import cutoff_for, purge
 
             with pytest.raises(sqlite3.OperationalError, match="locked"):
                 purge(store._conn, cutoff_for(timedelta(days=90)), 10, wait=lambda _: True)
@@ -862,7 +856,7 @@ def test_a_busy_database_that_stays_busy_fails_the_purge_when_told_to_stop(db_pa
 
 
 def test_an_age_reaching_before_year_1_is_refused() -> None:
-    from audit_engine.retention import cutoff_for
+    from audit_engine.storage.retention import cutoff_for
 
     with pytest.raises(AuditStoreError, match="older_than reaches before year 1"):
         cutoff_for(timedelta(days=999_999))

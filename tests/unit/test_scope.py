@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from audit_engine.models import AuditEntry
-from audit_engine.scope import ScopeStack, default_key
+from audit_engine.pipeline.scope import ScopeStack, default_key
 
 
 def test_no_scope_outside_a_with_block() -> None:

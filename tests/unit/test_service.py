@@ -43,11 +43,11 @@ from audit_engine import (
     Operation,
     Outcome,
     SettingsError,
-    deadletter,
-    lifecycle,
-    store,
 )
-from audit_engine.writer import WRITER_THREAD_NAME, Writer
+from audit_engine.pipeline import lifecycle
+from audit_engine.pipeline.writer import WRITER_THREAD_NAME, Writer
+from audit_engine.storage import deadletter
+from audit_engine.storage.sqlite import append
 
 MakeService = Callable[..., AuditService]
 
@@ -90,7 +90,7 @@ class _WriteSpy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.thread_of: dict[str, str] = {}
         for name in ("commit_batch", "write_batch"):
-            monkeypatch.setattr(store, name, functools.partial(self._write, getattr(store, name)))
+            monkeypatch.setattr(append, name, functools.partial(self._write, getattr(append, name)))
 
     def _write(
         self,
@@ -1029,7 +1029,7 @@ def _kill_writer_on_first_loop(monkeypatch: pytest.MonkeyPatch) -> _Deaths:
 
 def _kill_writer_in_first_write(monkeypatch: pytest.MonkeyPatch) -> _Deaths:
     deaths = _Deaths(monkeypatch)
-    original = store.commit_batch
+    original = append.commit_batch
     killed = False
 
     def write(conn: sqlite3.Connection, rows: Sequence[AuditEntry], *rest: Any) -> Any:
@@ -1039,7 +1039,7 @@ def _kill_writer_in_first_write(monkeypatch: pytest.MonkeyPatch) -> _Deaths:
             raise _WriterKilled("killed by the test")
         return original(conn, rows, *rest)
 
-    monkeypatch.setattr(store, "commit_batch", write)
+    monkeypatch.setattr(append, "commit_batch", write)
     return deaths
 
 

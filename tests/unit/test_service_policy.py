@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from audit_engine import AuditEntry, AuditService, AuditStore, AuditWriteError
+from audit_engine.storage.sqlite import append
 
 MakeService = Callable[..., AuditService]
 
@@ -272,7 +273,6 @@ def test_disabled_service_applies_no_policy_and_creates_nothing(
 def test_a_read_only_database_dead_letters_whole_batches_without_splitting(
     make_service: MakeService, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audit_engine import store
 
     attempts: list[int] = []
 
@@ -283,7 +283,7 @@ def test_a_read_only_database_dead_letters_whole_batches_without_splitting(
         raise exc
 
     audit = make_service(level="all", buffer_max_size=64, buffer_flush_interval=3600)
-    monkeypatch.setattr(store, "commit_batch", read_only)
+    monkeypatch.setattr(append, "commit_batch", read_only)
     for i in range(64):
         audit.record(action="note.save", resource_id=str(i))
     assert audit.flush(10)

@@ -16,8 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit_engine import AuditEntry, AuditStore, AuditStoreError, Operation, Outcome, schema, store
-from audit_engine.chain import GENESIS_HASH, ChainHead
+from audit_engine import AuditEntry, AuditStore, AuditStoreError, Operation, Outcome
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.chain import GENESIS_HASH, ChainHead
+from audit_engine.storage.sqlite import append, schema
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 EXPECTED_COLUMNS = [
@@ -1355,7 +1357,7 @@ def test_insert_entries_refuses_to_write_after_a_tail_that_is_not_the_chains(
 ) -> None:
     store.write_batch(conn, [_entry(1)])
     # Inside a write transaction the tail cannot move; if it read wrong, nothing is written.
-    monkeypatch.setattr(store, "chain_tail", lambda _conn: (7, "e" * 64))
+    monkeypatch.setattr(append, "chain_tail", lambda _conn: (7, "e" * 64))
     conn.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(AuditStoreError, match="tail moved inside a write transaction"):

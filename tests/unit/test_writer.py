@@ -21,11 +21,13 @@ from typing import Any
 import pytest
 from support import locked
 
-from audit_engine import deadletter, store
-from audit_engine.deadletter import DeadLetterFile
 from audit_engine.errors import AuditServiceClosed
 from audit_engine.models import AuditEntry
-from audit_engine.writer import _WRITER_BUSY_SLICE_S, WRITER_THREAD_NAME, Writer
+from audit_engine.pipeline.writer import _WRITER_BUSY_SLICE_S, WRITER_THREAD_NAME, Writer
+from audit_engine.storage import deadletter
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.deadletter import DeadLetterFile
+from audit_engine.storage.sqlite import append
 
 MakeWriter = Callable[..., Writer]
 
@@ -63,8 +65,8 @@ class _WriteSpy:
         self.release = threading.Event()
         if not hold_first:
             self.release.set()
-        self._original = store.commit_batch
-        monkeypatch.setattr(store, "commit_batch", self._write)
+        self._original = append.commit_batch
+        monkeypatch.setattr(append, "commit_batch", self._write)
 
     def _write(self, conn: sqlite3.Connection, rows: Sequence[AuditEntry], *rest: Any) -> Any:
         self.sizes.append(len(rows))
@@ -352,7 +354,7 @@ def test_a_row_that_raises_alone_is_dead_lettered_and_the_rest_commit(
 ) -> None:
     # Both ways the writer inserts: appending after the tail it remembers, and write_batch.
     for name in ("append_batch", "write_batch"):
-        original = getattr(store, name)
+        original = getattr(append, name)
 
         def insert(
             conn: sqlite3.Connection,
@@ -364,7 +366,7 @@ def test_a_row_that_raises_alone_is_dead_lettered_and_the_rest_commit(
                 raise RuntimeError("cannot bind this one")
             return original(conn, entries, *rest)
 
-        monkeypatch.setattr(store, name, insert)
+        monkeypatch.setattr(append, name, insert)
     writer = make_writer(batch_size=100, flush_interval_s=3600)
     good = _entries(7)
     poison = AuditEntry(action="poison")
@@ -524,7 +526,7 @@ def _kill_writer(monkeypatch: pytest.MonkeyPatch, *, mid_batch: bool = False) ->
 
     monkeypatch.setattr(Writer, "_recover", recover)
     if mid_batch:
-        original_write = store.commit_batch
+        original_write = append.commit_batch
 
         def write(conn: sqlite3.Connection, rows: Sequence[AuditEntry], *rest: Any) -> Any:
             nonlocal killed
@@ -533,7 +535,7 @@ def _kill_writer(monkeypatch: pytest.MonkeyPatch, *, mid_batch: bool = False) ->
                 raise _WriterKilled("writer thread killed by the test")
             return original_write(conn, rows, *rest)
 
-        monkeypatch.setattr(store, "commit_batch", write)
+        monkeypatch.setattr(append, "commit_batch", write)
         return deaths
     original_collect = Writer._collect
 
@@ -742,13 +744,13 @@ def test_the_first_batch_chains_from_the_tail_read_when_the_thread_started(
         existing = store.write_batch(conn, _entries(3, action="before"))
     calls: list[str] = []
     for name in ("append_batch", "write_batch"):
-        original = getattr(store, name)
+        original = getattr(append, name)
 
         def spy(*args: Any, original: Callable[..., Any] = original, name: str = name) -> Any:
             calls.append(name)
             return original(*args)
 
-        monkeypatch.setattr(store, name, spy)
+        monkeypatch.setattr(append, name, spy)
     writer = make_writer()
     first = _entries(2, action="after")
 
@@ -765,7 +767,7 @@ def test_the_first_batch_chains_from_the_tail_read_when_the_thread_started(
 def test_a_tail_that_cannot_be_read_up_front_is_read_by_the_first_batch(
     make_writer: MakeWriter, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = store.chain_tail
+    original = append.chain_tail
     failures = 0
 
     def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
@@ -775,7 +777,7 @@ def test_a_tail_that_cannot_be_read_up_front_is_read_by_the_first_batch(
             raise sqlite3.OperationalError("disk I/O error")
         return original(conn)
 
-    monkeypatch.setattr(store, "chain_tail", chain_tail)
+    monkeypatch.setattr(append, "chain_tail", chain_tail)
     writer = make_writer()
     entries = _entries(2)
 
@@ -822,7 +824,7 @@ def test_a_base_exception_in_the_loop_dead_letters_the_batch_and_the_writer_goes
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    original = store.commit_batch
+    original = append.commit_batch
     raised = False
 
     def commit(conn: sqlite3.Connection, rows: Sequence[AuditEntry], *rest: Any) -> Any:
@@ -832,7 +834,7 @@ def test_a_base_exception_in_the_loop_dead_letters_the_batch_and_the_writer_goes
             raise _Interrupted("in the middle of a commit")
         return original(conn, rows, *rest)
 
-    monkeypatch.setattr(store, "commit_batch", commit)
+    monkeypatch.setattr(append, "commit_batch", commit)
     writer = make_writer(flush_interval_s=3600)
     first, later = _entries(3, action="first"), _entries(2, action="later")
     with caplog.at_level(logging.CRITICAL, logger="audit_engine.writer"):

@@ -14,10 +14,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from audit_engine import store
-from audit_engine.deadletter import file_lock, parse_line, side_files
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry
+from audit_engine.storage.deadletter import file_lock, parse_line, side_files
+from audit_engine.storage.sqlite import append
 
 _READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # checked when first recorded
 # Where a dead-letter object starts in a line of text (a file line, or a CRITICAL log line).
@@ -45,11 +45,11 @@ class _Tally:
         self.errors: list[str] = []
 
     def put_back(self, raw: bytes, entry: AuditEntry) -> None:
-        if store.has_event(self.conn, entry.event_id):
+        if append.has_event(self.conn, entry.event_id):
             self.already += 1
             return
         try:
-            store.write_batch(self.conn, (entry,))
+            append.write_batch(self.conn, (entry,))
         except sqlite3.Error as exc:
             self.keep(raw, f"{entry.event_id}: {exc}")
             return

@@ -9,11 +9,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-from audit_engine import store
 from audit_engine.errors import AuditServiceClosed, AuditWriteError
-from audit_engine.intake import Row
+from audit_engine.pipeline.writer import _FORK_ORPHANS
+from audit_engine.rows import Row
 from audit_engine.settings import AuditSettings
-from audit_engine.writer import _FORK_ORPHANS
+from audit_engine.storage.sqlite import append, schema
 
 
 class SyncConnection:
@@ -43,7 +43,7 @@ class SyncConnection:
             if self._conn is None:
                 self._conn = connect(self._settings, self._settings.busy_timeout)
             try:
-                store.write_batch(self._conn, (entry,))
+                append.write_batch(self._conn, (entry,))
             except sqlite3.Error as exc:
                 raise AuditWriteError(
                     f"could not write audit entry {entry.event_id}: {exc}"
@@ -67,6 +67,6 @@ class SyncConnection:
 
 def connect(settings: AuditSettings, busy_timeout: float) -> sqlite3.Connection:
     """A connection to ``settings.database`` (created and migrated if needed)."""
-    return store.open_connection(
+    return schema.open_connection(
         settings.database, synchronous=settings.synchronous, busy_timeout=busy_timeout
     )

@@ -20,26 +20,29 @@ from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, Self
 
-from audit_engine import deadletter, intake, lifecycle, store
-from audit_engine.bus import DomainEvent, EventBus
+from audit_engine import rows
 from audit_engine.errors import (
     AuditQueueFull,
     AuditServiceClosed,
     AuditWriteError,
     InvalidEntryError,
 )
-from audit_engine.intake import Row
 from audit_engine.models import AuditEntry, AuditStats
-from audit_engine.policy import AuditPolicy, Decision
-from audit_engine.retention import CleanupThread
-from audit_engine.schema import loose_permissions
-from audit_engine.scope import AuditScope, KeyFunc, ScopeStack, default_key
+from audit_engine.pipeline import intake, lifecycle
+from audit_engine.pipeline.bus import DomainEvent, EventBus
+from audit_engine.pipeline.policy import AuditPolicy, Decision
+from audit_engine.pipeline.scope import AuditScope, KeyFunc, ScopeStack, default_key
+from audit_engine.pipeline.syncwrite import SyncConnection, connect
+from audit_engine.pipeline.writer import _WRITER_BUSY_SLICE_S, Writer
+from audit_engine.rows import Row
 from audit_engine.settings import AuditSettings
 from audit_engine.settings import resolve as resolve_settings
-from audit_engine.syncwrite import SyncConnection, connect
-from audit_engine.writer import _WRITER_BUSY_SLICE_S, Writer
+from audit_engine.storage import deadletter
+from audit_engine.storage.retention import CleanupThread
+from audit_engine.storage.sqlite import append, schema
+from audit_engine.storage.sqlite.schema import loose_permissions
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("audit_engine.service")  # the documented logger name
 
 # close() waits this long for the cleanup thread to finish its current batch.
 _CLEANUP_STOP_TIMEOUT_S = 5.0
@@ -100,7 +103,7 @@ class AuditService:
             if loose is not None:
                 self._warnings.append(loose)
         if connection is not None:
-            store.migrate(connection)
+            schema.migrate(connection)
         elif s.async_writes:
             writer = Writer(
                 lambda: connect(s, min(s.busy_timeout, _WRITER_BUSY_SLICE_S)),
@@ -191,7 +194,7 @@ class AuditService:
         if scope is None or row.critical:  # critical entries are never de-duplicated
             return self._accept(row, connection)
         # The default key reads the row's own fields; a custom key gets the model.
-        key = scope.key(row if scope.key is default_key else intake.row_entry(row))  # type: ignore[arg-type]
+        key = scope.key(row if scope.key is default_key else rows.row_entry(row))  # type: ignore[arg-type]
         if key in scope.seen:
             with self._counter_lock:
                 self._deduplicated += 1
@@ -244,14 +247,14 @@ class AuditService:
             )
         if fields:
             raise TypeError("record() takes an AuditEntry or keyword fields, not both")
-        entry = intake.storable_entry(entry, self._max_details_bytes)  # model_copy() & co.
+        entry = rows.storable_entry(entry, self._max_details_bytes)  # model_copy() & co.
         size = entry.details_size()
         if size > self._max_details_bytes:
             raise InvalidEntryError(
                 f"details is {size} bytes serialised, more than "
                 f"max_details_bytes={self._max_details_bytes}"
             )
-        return intake.entry_row(entry), entry.details
+        return rows.entry_row(entry), entry.details
 
     def _wait_committed(self, writer: Writer, position: int, entry: Row) -> None:
         # The writer commits at once when someone waits; FIFO keeps earlier entries first.
@@ -273,7 +276,7 @@ class AuditService:
 
     def _write_injected(self, conn: sqlite3.Connection, entry: Row) -> None:
         try:
-            store.write_in_caller_transaction(conn, entry)
+            append.write_in_caller_transaction(conn, entry)
         except sqlite3.Error as exc:
             raise AuditWriteError(f"could not write audit entry {entry.event_id}: {exc}") from exc
         with self._counter_lock:

@@ -13,34 +13,26 @@ import sqlite3
 import stat
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlite_utils
 
-from audit_engine.anchors import (
+from audit_engine.errors import AuditStoreError
+from audit_engine.storage.anchors import (
     ANCHOR_COLUMNS,
     RUN_COLUMNS,
     anchor_hash,
     chain_records,
     run_hash,
 )
-from audit_engine.anchors import ANCHORS as ANCHORS  # re-exported: the tables live here
-from audit_engine.anchors import CLEANUP_RUNS as CLEANUP_RUNS
-from audit_engine.chain import GENESIS_HASH, row_hash
-from audit_engine.errors import AuditStoreError
+from audit_engine.storage.anchors import ANCHORS as ANCHORS  # re-exported: the tables live here
+from audit_engine.storage.anchors import CLEANUP_RUNS as CLEANUP_RUNS
+from audit_engine.storage.chain import GENESIS_HASH, row_hash
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("audit_engine.schema")  # the documented logger name
 
 TABLE = "audit_entries"
 SCHEMA_VERSION = 3
-
-
-def format_timestamp(value: datetime) -> str:
-    """The stored form of a timestamp: fixed-width ISO-8601 UTC, so text order is time order."""
-    # isoformat() zero-pads the year (strftime's %Y does not below 1000) and always prints
-    # microseconds with timespec set; every value is UTC, so "+00:00" becomes "Z".
-    return value.astimezone(UTC).isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 # The stored fields of an entry, in the order of the hash chain's canonical form (after id).

@@ -7,7 +7,7 @@ starts on a fresh line and is fsynced before the writer counts the entries as de
 Appends and a replay's rewrite are serialised by an ``flock`` on ``<file>.lock``. Nobody waits for
 that lock without bound: an append that cannot get it in time (a long replay holds it, or
 ``close()`` ran out of time) writes a *side file* ``<file>.<pid>-<n>.jsonl`` instead, which a
-replay reads too. Replay lives in :mod:`audit_engine.replay`.
+replay reads too. Replay lives in :mod:`audit_engine.storage.replay`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from audit_engine.intake import Row
 from audit_engine.models import AuditEntry, utcnow
+from audit_engine.rows import Row
 
 try:
     import fcntl

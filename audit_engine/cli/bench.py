@@ -27,12 +27,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from audit_engine.chain import GENESIS_HASH, link
-from audit_engine.intake import validated_row
 from audit_engine.models import DEFAULT_MAX_DETAILS_BYTES
-from audit_engine.schema import TABLE
-from audit_engine.service import AuditService
+from audit_engine.pipeline.intake import validated_row
+from audit_engine.pipeline.service import AuditService
 from audit_engine.settings import AuditSettings
+from audit_engine.storage.chain import GENESIS_HASH, link
+from audit_engine.storage.sqlite.schema import TABLE
 
 MODES = ("sync-default", "sync-wal", "thread-per-row", "engine", "ceiling")
 # Per-event commits with a full fsync are ~100x slower: they get fewer events (same row).

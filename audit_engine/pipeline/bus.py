@@ -18,7 +18,7 @@ from audit_engine.details import to_json_details
 from audit_engine.errors import EventDispatchError
 from audit_engine.models import AuditEntry, Operation, Outcome, ids_as_text, utcnow
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("audit_engine.bus")  # the documented logger name
 
 E = TypeVar("E", bound="DomainEvent")
 Handler = Callable[[Any], object]

@@ -22,13 +22,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from audit_engine import store
-from audit_engine.deadletter import DeadLetterFile
-from audit_engine.handoff import HandoffQueue
-from audit_engine.intake import Row
-from audit_engine.setaside import SetAside
+from audit_engine.pipeline.handoff import HandoffQueue
+from audit_engine.pipeline.setaside import SetAside
+from audit_engine.rows import Row
+from audit_engine.storage.deadletter import DeadLetterFile
+from audit_engine.storage.sqlite import append, schema
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("audit_engine.writer")  # the documented logger name
 
 WRITER_THREAD_NAME = "audit-writer"
 # The writer's own SQLite busy wait is short so that close(timeout) can abort a retry loop
@@ -327,7 +327,7 @@ class Writer:
             return
         try:
             with self.fork_gate:
-                self._tail = store.chain_tail(conn)
+                self._tail = append.chain_tail(conn)
         except sqlite3.Error as exc:
             logger.debug("audit writer could not read the chain's tail up front: %s", exc)
 
@@ -378,10 +378,10 @@ class Writer:
             try:
                 started = time.perf_counter()
                 with self.fork_gate:
-                    self._tail = store.commit_batch(conn, rows, self._tail, self._batch_size)
+                    self._tail = append.commit_batch(conn, rows, self._tail, self._batch_size)
                 took = time.perf_counter() - started
             except Exception as exc:
-                if not store.is_busy(exc):
+                if not schema.is_busy(exc):
                     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
                     self._file_level_error = code in _FILE_LEVEL_ERRORS
                     self.last_error = f"{type(exc).__name__}: {exc}"

@@ -19,9 +19,7 @@ from typing import Any
 
 import click
 
-from audit_engine import deadletter
-from audit_engine.chain import ChainHead
-from audit_engine.cli_output import (
+from audit_engine.cli.output import (
     CountParam,
     DurationParam,
     SecondsParam,
@@ -33,8 +31,8 @@ from audit_engine.cli_output import (
     root_database,
     whole_file,
 )
-from audit_engine.cli_record import record
-from audit_engine.cli_reports import bench, demo, stats
+from audit_engine.cli.record import record
+from audit_engine.cli.reports import bench, demo, stats
 from audit_engine.errors import AuditEngineError
 from audit_engine.formats import (
     FOLLOW_WIDTHS,
@@ -47,7 +45,9 @@ from audit_engine.formats import (
 )
 from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.settings import AuditSettings
-from audit_engine.store import SCHEMA_VERSION, AuditStore
+from audit_engine.storage import deadletter
+from audit_engine.storage.chain import ChainHead
+from audit_engine.storage.sqlite import SCHEMA_VERSION, AuditStore
 
 PROG = "audit-engine"
 

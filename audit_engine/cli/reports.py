@@ -9,10 +9,10 @@ from pathlib import Path
 
 import click
 
-from audit_engine.bench import SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
-from audit_engine.cli_output import progress, root_database
-from audit_engine.demo import DEFAULT_DATABASE, DEFAULT_EVENTS, run_demo
-from audit_engine.store import AuditStore
+from audit_engine.cli.bench import SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
+from audit_engine.cli.demo import DEFAULT_DATABASE, DEFAULT_EVENTS, run_demo
+from audit_engine.cli.output import progress, root_database
+from audit_engine.storage.sqlite import AuditStore
 
 
 @click.command()

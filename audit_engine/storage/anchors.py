@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from audit_engine.chain import GENESIS_HASH, ChainHead
+from audit_engine.storage.chain import GENESIS_HASH, ChainHead
 
 ANCHORS = "audit_anchors"
 CLEANUP_RUNS = "audit_cleanup_runs"

@@ -1,246 +1,51 @@
-"""SQLite storage: the chained batch insert and typed reads of the audit table.
+"""SQLite storage, the read side: :class:`AuditStore` and the typed reads of the audit table.
 
-With :mod:`audit_engine.schema` (the file and its schema), :mod:`audit_engine.chain` and
-:mod:`audit_engine.retention`, this is where SQL lives. Values always travel as parameters.
+With :mod:`audit_engine.storage.sqlite.schema` (the file and its schema),
+:mod:`audit_engine.storage.sqlite.append` (the chained batch insert),
+:mod:`audit_engine.storage.chain` and :mod:`audit_engine.storage.retention`, this is where SQL
+lives. Values always travel as parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import sqlite_utils
 
 from audit_engine import formats
-from audit_engine.anchors import check_maintenance
-from audit_engine.chain import (
-    GENESIS_HASH,
-    ChainHead,
-    VerifyReport,
-    link_into,
-    verify_rows,
-)
 from audit_engine.errors import AuditStoreError
-from audit_engine.intake import Row, entry_row
-from audit_engine.models import AuditEntry, Operation, Outcome, utcnow
-from audit_engine.retention import DEFAULT_CLEANUP_BATCH_SIZE, CleanupReport, cutoff_for, purge
-from audit_engine.schema import (
-    ANCHORS,
-    SCHEMA_VERSION,
+from audit_engine.models import AuditEntry, Operation, Outcome, format_timestamp, utcnow
+from audit_engine.storage import deadletter, replay
+from audit_engine.storage.anchors import check_maintenance
+from audit_engine.storage.chain import ChainHead, VerifyReport, verify_rows
+from audit_engine.storage.replay import ReplayReport
+from audit_engine.storage.retention import (
+    DEFAULT_CLEANUP_BATCH_SIZE,
+    CleanupReport,
+    cutoff_for,
+    purge,
+)
+from audit_engine.storage.sqlite.append import chain_tail
+from audit_engine.storage.sqlite.schema import (
     STORED_COLUMNS,
     TABLE,
-    format_timestamp,
-    is_busy,
-    migrate,
     open_connection,
-    rollback_quietly,
 )
-from audit_engine.summary import StoreSummary, summarise
+from audit_engine.storage.summary import StoreSummary, summarise
 
-if TYPE_CHECKING:
-    from audit_engine.replay import ReplayReport
-
-__all__ = [
-    "SCHEMA_VERSION",
-    "AuditStore",
-    "entry_row",
-    "is_busy",
-    "migrate",
-    "open_connection",
-]
+__all__ = ["AuditStore", "parse_row"]
 
 _COLUMNS = STORED_COLUMNS
 _SELECT_SQL = f"SELECT id, {', '.join(_COLUMNS)} FROM {TABLE}"
 _READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # stored rows were checked when recorded
-
-
-# -- writes -----------------------------------------------------------------------------------
-
-
-def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
-    """The (id, hash) new rows chain from: the last row, else the last purge anchor, else genesis.
-
-    Read inside the writing transaction, through the primary key: O(1), never a scan.
-    """
-    row = conn.execute(f"SELECT id, hash FROM {TABLE} ORDER BY id DESC LIMIT 1").fetchone()
-    if row is None:
-        row = conn.execute(
-            f"SELECT last_deleted_id, last_deleted_hash FROM {ANCHORS} "
-            "ORDER BY last_deleted_id DESC LIMIT 1"
-        ).fetchone()
-    if row is None:
-        return 0, GENESIS_HASH
-    return int(row[0]), str(row[1])
-
-
-# -- the chained insert -------------------------------------------------------------------------
-#
-# Rows go in as one multi-row INSERT per chunk rather than executemany(): SQLite then inserts
-# the whole chunk in one step, during which the GIL is free for the application's threads, where
-# executemany() gives the GIL up and waits to get it back for every row. Each statement is
-# guarded: it inserts nothing unless the chain's tail — the newest row, else the newest purge
-# anchor, else genesis, as chain_tail() reads it — is the one the rows were linked to.
-# That lets the writer append a batch with one statement in its own transaction, chaining from
-# the tail it remembers, and notice when someone else (another process, a purge, a synchronous
-# write) moved the tail meanwhile. Chunk lengths come from a short ladder (see chunk_lengths),
-# because preparing a statement for 500 rows costs about as much as inserting them: each
-# connection prepares a few statements once and reuses them.
-
-_ROW_WIDTH = len(_COLUMNS) + 3  # id, the stored fields, prev_hash, hash
-_ROW_PARAMS = f"({', '.join('?' * _ROW_WIDTH)})"
-# Every chunk of up to this many rows fits in one statement on any SQLite (999 variables).
-_SAFE_CHUNK = (999 - 1) // _ROW_WIDTH
-
-
-@functools.lru_cache(maxsize=64)
-def _append_sql(rows: int) -> str:
-    return (
-        f"INSERT INTO {TABLE} (id, {', '.join(_COLUMNS)}, prev_hash, hash) "
-        f"SELECT * FROM (VALUES {', '.join([_ROW_PARAMS] * rows)}) "
-        f"WHERE coalesce((SELECT hash FROM {TABLE} ORDER BY id DESC LIMIT 1), "
-        f"(SELECT last_deleted_hash FROM {ANCHORS} ORDER BY last_deleted_id DESC LIMIT 1), "
-        f"'{GENESIS_HASH}') = ?"
-    )
-
-
-def max_chunk(conn: sqlite3.Connection) -> int:
-    """The most rows one INSERT can carry on ``conn`` (SQLite's limit on bound variables).
-
-    At least 1: a connection limited below one row's variables fails in SQLite, with its error.
-    """
-    return max(1, (conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) - 1) // _ROW_WIDTH)
-
-
-@functools.lru_cache(maxsize=8)
-def chunk_ladder(largest: int) -> frozenset[int]:
-    """The lengths :func:`chunk_lengths` cuts into: ``largest``, then powers of two below it."""
-    return frozenset({largest} | {1 << k for k in range(largest.bit_length()) if 1 << k < largest})
-
-
-def chunk_lengths(count: int, largest: int) -> list[int]:
-    """``count`` cut into lengths from the ladder ``largest``, then powers of two below it."""
-    if largest < 1 or count < 0:
-        raise ValueError(f"cannot cut {count} rows into chunks of at most {largest}")
-    lengths = []
-    step = largest
-    while count:
-        while step > count:
-            step = 1 << (step.bit_length() - 1) if step & (step - 1) else step >> 1
-        lengths.append(step)
-        count -= step
-    return lengths
-
-
-def _append_chunk(conn: sqlite3.Connection, params: list[Any], rows: int, tail_hash: str) -> bool:
-    # `tail_hash`: the hash of the chain's tail the chunk was linked to.
-    params.append(tail_hash)
-    return conn.execute(_append_sql(rows), params).rowcount == rows
-
-
-def append_batch(
-    conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row], tail: tuple[int, str]
-) -> tuple[int, str] | None:
-    """Commit ``entries`` after ``tail`` — the chain's tail (:func:`chain_tail`) as last known.
-
-    One statement in its own transaction, so ``len(rows)`` must be a length :func:`max_chunk`
-    allows. Returns the new tail, or None if the chain's tail is not ``tail`` any more: then
-    nothing was written, and :func:`write_batch` (which reads the tail) should be used.
-    """
-    if not entries:
-        return tail
-    rows = [e if isinstance(e, tuple) else entry_row(e) for e in entries]
-    params: list[Any] = []
-    new_tail = link_into(params, rows, *tail)
-    return new_tail if _append_chunk(conn, params, len(rows), tail[1]) else None
-
-
-def insert_entries(
-    conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row], largest: int = _SAFE_CHUNK
-) -> tuple[int, str]:
-    """Append ``entries`` (models or stored rows) to the chain on ``conn``, in order.
-
-    In the current transaction. Returns the new tail (last id, last hash).
-
-    The caller holds the write lock (``BEGIN IMMEDIATE``, or its own transaction), so the tail
-    cannot move between reading it and inserting after it.
-    """
-    tail = chain_tail(conn)
-    rows = [e if isinstance(e, tuple) else entry_row(e) for e in entries]
-    offset = 0
-    for length in chunk_lengths(len(rows), min(largest, max_chunk(conn))):
-        params: list[Any] = []
-        chained_from = tail[1]
-        tail = link_into(params, rows[offset : offset + length], *tail)
-        if not _append_chunk(conn, params, length, chained_from):
-            raise AuditStoreError("the audit chain's tail moved inside a write transaction")
-        offset += length
-    return tail
-
-
-def write_batch(
-    conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row], largest: int = _SAFE_CHUNK
-) -> tuple[int, str]:
-    """Commit ``entries`` in one transaction; on any error nothing of the batch is kept.
-
-    Returns the new tail (last id, last hash).
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        tail = insert_entries(conn, entries, largest)
-        conn.execute("COMMIT")
-    except BaseException:
-        rollback_quietly(conn)
-        raise
-    return tail
-
-
-def commit_batch(
-    conn: sqlite3.Connection,
-    entries: Sequence[AuditEntry | Row],
-    tail: tuple[int, str] | None,
-    largest: int,
-) -> tuple[int, str]:
-    """The writer's commit: ``entries`` in one transaction after ``tail``; returns the new tail.
-
-    ``tail`` is the chain's tail as last known (None: not known). When it is known and the
-    batch is one chunk length (:func:`chunk_ladder`), the batch is one guarded statement
-    (:func:`append_batch`); otherwise, or if the tail moved, :func:`write_batch`.
-    """
-    largest = min(largest, max_chunk(conn))
-    if tail is not None and len(entries) in chunk_ladder(largest):
-        new_tail = append_batch(conn, entries, tail)
-        if new_tail is not None:
-            return new_tail
-    return write_batch(conn, entries, largest)
-
-
-def write_in_caller_transaction(conn: sqlite3.Connection, entry: AuditEntry | Row) -> None:
-    """Insert ``entry`` through a connection the application owns, without committing.
-
-    The schema is created or upgraded on first use (inside the caller's transaction, so a
-    rollback undoes it too); the common path pays nothing for that check.
-    """
-    try:
-        insert_entries(conn, (entry,))
-    except sqlite3.OperationalError as exc:
-        if "no such table" not in str(exc) and "has no column" not in str(exc):
-            raise
-        migrate(conn)
-        insert_entries(conn, (entry,))
-
-
-def has_event(conn: sqlite3.Connection, event_id: str) -> bool:
-    """Whether an entry with ``event_id`` is stored (through the UNIQUE index)."""
-    found = conn.execute(f"SELECT 1 FROM {TABLE} WHERE event_id = ?", (event_id,)).fetchone()
-    return found is not None
 
 
 # -- reads ------------------------------------------------------------------------------------
@@ -457,8 +262,6 @@ class AuditStore:
         Its side files are read too. With ``from_log``, re-import instead the entries a writer
         could only log at CRITICAL, from a saved log file (left unchanged).
         """
-        from audit_engine import deadletter, replay  # both write through this module
-
         with self._errors("replay dead letters into"):
             if from_log is not None:
                 return replay.replay_log(Path(from_log), self._conn)

@@ -14,9 +14,9 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from audit_engine.deadletter import DeadLetterFile, line_text
-from audit_engine.intake import Row
 from audit_engine.models import utcnow
+from audit_engine.rows import Row
+from audit_engine.storage.deadletter import DeadLetterFile, line_text
 
 # The writer's logger: operators route "audit_engine.writer" CRITICAL records off the full disk.
 logger = logging.getLogger("audit_engine.writer")

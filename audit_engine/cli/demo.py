@@ -21,12 +21,12 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from audit_engine.bus import DomainEvent, EventBus
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, Operation, Outcome
-from audit_engine.service import AuditService
+from audit_engine.pipeline.bus import DomainEvent, EventBus
+from audit_engine.pipeline.service import AuditService
 from audit_engine.settings import AuditSettings
-from audit_engine.store import AuditStore
+from audit_engine.storage.sqlite import AuditStore
 
 DEFAULT_DATABASE = Path("audit-demo.db")
 DEFAULT_EVENTS = 2000

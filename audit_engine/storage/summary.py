@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from audit_engine.chain import VerifyReport
-from audit_engine.schema import CLEANUP_RUNS, SCHEMA_VERSION, TABLE
+from audit_engine.storage.chain import VerifyReport
+from audit_engine.storage.sqlite.schema import CLEANUP_RUNS, SCHEMA_VERSION, TABLE
 
 
 class CleanupRun(BaseModel):

@@ -12,45 +12,12 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from audit_engine.models import AuditEntry, Operation, Outcome
-
-if TYPE_CHECKING:
-    from audit_engine.settings import AuditSettings
+from audit_engine.settings import DEFAULT_REDACT_FIELDS, AuditSettings, Level
 
 REDACTED = "[REDACTED]"
-
-DEFAULT_REDACT_FIELDS = (
-    "password",
-    "passwd",
-    "secret",
-    "client_secret",
-    "token",
-    "access_token",
-    "refresh_token",
-    "id_token",
-    "api_key",
-    "apikey",
-    "authorization",
-    "cookie",
-    "set_cookie",
-    "private_key",
-    "ssn",
-    "credit_card",
-    "card_number",
-    "cvv",
-)
-
-
-class Level(StrEnum):
-    """Which operations are audited."""
-
-    ALL = "all"
-    WRITES_ONLY = "writes_only"  # everything except reads
-    MUTATIONS_ONLY = "mutations_only"  # updates and deletes
-    DELETES_ONLY = "deletes_only"
-    FAILURES_ONLY = "failures_only"  # any operation whose outcome is failure
 
 
 class Decision(StrEnum):

@@ -5,7 +5,7 @@ or after the cutoff. (A row with an old timestamp that was committed after a new
 the prefix reaches it.) Each batch is its own short transaction and moves the run's anchor — the
 last deleted id and hash, the rows deleted, the newest purged timestamp, the cutoff — so
 ``verify()`` still proves the rows that remain and can check the purge itself (see
-:mod:`audit_engine.anchors`). Every run that deletes something logs one INFO line.
+:mod:`audit_engine.storage.anchors`). Every run that deletes something logs one INFO line.
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from audit_engine.anchors import extend_anchor, record_run
 from audit_engine.errors import AuditStoreError
-from audit_engine.models import utcnow
-from audit_engine.schema import (
+from audit_engine.models import format_timestamp, utcnow
+from audit_engine.storage.anchors import extend_anchor, record_run
+from audit_engine.storage.sqlite.schema import (
     TABLE,
-    format_timestamp,
     is_busy,
     rollback_quietly,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("audit_engine.retention")  # the documented logger name
 
 CLEANUP_THREAD_NAME = "audit-cleanup"
 DEFAULT_CLEANUP_BATCH_SIZE = 10_000

@@ -12,12 +12,12 @@ from typing import Any
 
 import click
 
-from audit_engine import deadletter
-from audit_engine.cli_output import DetailParam, describe_error, plural, root_database
+from audit_engine.cli.output import DetailParam, describe_error, plural, root_database
 from audit_engine.errors import AuditWriteError
 from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
-from audit_engine.service import AuditService
+from audit_engine.pipeline.service import AuditService
 from audit_engine.settings import AuditSettings
+from audit_engine.storage import deadletter
 
 
 @click.command()

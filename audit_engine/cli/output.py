@@ -1,7 +1,7 @@
 """What the CLI reads (durations, times, counts, ``--detail``), how an error reads, the output
 file of ``export``, and the generated reference.
 
-Kept apart from ``cli.py`` so the commands stay one call into the library each. How entries
+Kept apart from ``commands.py`` so the commands stay one call into the library each. How entries
 are printed is :mod:`audit_engine.formats` (shared with ``AuditStore.export``).
 """
 

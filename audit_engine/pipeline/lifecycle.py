@@ -15,7 +15,7 @@ import threading
 import weakref
 from typing import Any, Protocol
 
-from audit_engine.writer import Writer
+from audit_engine.pipeline.writer import Writer
 
 # How long the exit hook lets each unclosed service drain before the rest is dead-lettered.
 EXIT_DRAIN_TIMEOUT_S = 60.0
