@@ -1,0 +1,192 @@
+"""The package's shape, checked: who may import whom, no import cycles, no oversized module.
+
+Every module of ``audit_engine`` is parsed with :mod:`ast` (nothing is imported for the graph).
+An edge is a module-level import — in the module's body, or in an ``if``/``try`` there — that is
+not under ``if TYPE_CHECKING:``; imports inside functions and classes do not count. ``from
+audit_engine.storage import deadletter`` is an edge to the submodule ``audit_engine.storage
+.deadletter``; ``from audit_engine.storage.chain import ChainHead`` an edge to ``...chain``.
+
+The rules (see docs/architecture.md and the house style's "shape of the package"):
+
+- data walks caller → ``pipeline`` → ``storage``: ``storage`` imports neither ``pipeline`` nor
+  ``cli``, ``pipeline`` does not import ``cli``, and neither imports the public API (the package
+  root), which imports them;
+- the shared vocabulary (errors, models, settings, details, formats, rows) imports none of the
+  sub-packages;
+- no cycles in the module import graph;
+- no module over 450 lines;
+- every name in ``audit_engine.__all__`` imports.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import audit_engine
+
+ROOT = Path(audit_engine.__file__).parent
+PACKAGE = "audit_engine"
+MAX_LINES = 450
+VOCABULARY = frozenset(
+    f"{PACKAGE}.{name}" for name in ("errors", "models", "settings", "details", "formats", "rows")
+)
+# (importer prefix, forbidden prefixes)
+LAYERS = (
+    (f"{PACKAGE}.storage", (f"{PACKAGE}.pipeline", f"{PACKAGE}.cli")),
+    (f"{PACKAGE}.pipeline", (f"{PACKAGE}.cli",)),
+)
+
+
+def _module_name(path: Path) -> str:
+    parts = [PACKAGE, *path.relative_to(ROOT).with_suffix("").parts]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _module_level(body: list[ast.stmt]) -> list[ast.Import | ast.ImportFrom]:
+    found: list[ast.Import | ast.ImportFrom] = []
+    for node in body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        elif isinstance(node, ast.If):
+            if not _is_type_checking(node.test):
+                found += _module_level(node.body)
+            found += _module_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody):
+                found += _module_level(block)
+            for handler in node.handlers:
+                found += _module_level(handler.body)
+    return found
+
+
+def _resolve(importer: str, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    is_package = MODULES[importer].name == "__init__.py"
+    base = importer.split(".")
+    base = base[: len(base) - node.level + (1 if is_package else 0)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
+def _imports(name: str) -> set[str]:
+    """The audit_engine modules ``name`` imports at module level."""
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"), filename=str(MODULES[name]))
+    targets: set[str] = set()
+    for node in _module_level(tree.body):
+        if isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+            continue
+        source = _resolve(name, node)
+        for alias in node.names:
+            submodule = f"{source}.{alias.name}"
+            targets.add(submodule if submodule in MODULES else source)
+    return {t for t in targets if t == PACKAGE or t.startswith(PACKAGE + ".")}
+
+
+GRAPH = {name: _imports(name) for name in MODULES}
+
+
+def test_the_graph_sees_the_package() -> None:
+    # The checks below mean something only if the walk found the modules and their imports.
+    assert {f"{PACKAGE}.pipeline.writer", f"{PACKAGE}.storage.sqlite.append"} <= set(MODULES)
+    assert f"{PACKAGE}.storage.sqlite.append" in GRAPH[f"{PACKAGE}.pipeline.writer"]
+    assert f"{PACKAGE}.storage.deadletter" in GRAPH[f"{PACKAGE}.storage.sqlite.reads"]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_a_module_imports_only_the_layers_below_it(name: str) -> None:
+    imported = GRAPH[name]
+    for layer, forbidden in LAYERS:
+        if name == layer or name.startswith(layer + "."):
+            wrong = sorted(t for t in imported if t.startswith(forbidden) or t == PACKAGE)
+            assert not wrong, f"{name} imports {wrong}: {layer} may not import {forbidden}"
+    if name in VOCABULARY:
+        wrong = sorted(t for t in imported if t not in VOCABULARY)
+        assert not wrong, f"{name} is shared vocabulary but imports {wrong}"
+
+
+def test_no_module_imports_another_that_imports_it_back() -> None:
+    # Tarjan's strongly connected components; any component of two or more modules is a cycle.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(GRAPH.get(node, ())):
+            if target not in GRAPH:
+                continue
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1 or node in GRAPH[node]:
+                cycles.append(sorted(component))
+
+    for name in sorted(GRAPH):
+        if name not in index:
+            visit(name)
+    assert cycles == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_is_over_the_line_limit(name: str) -> None:
+    lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"{name} has {lines} lines (at most {MAX_LINES}): split it"
+
+
+@pytest.mark.parametrize("name", sorted(audit_engine.__all__))
+def test_every_public_name_imports(name: str) -> None:
+    assert getattr(audit_engine, name) is not None
+    namespace: dict[str, object] = {}
+    exec(f"from audit_engine import {name}", namespace)
+    assert name in namespace
+
+
+@pytest.mark.parametrize(
+    "package", [f"{PACKAGE}.cli", f"{PACKAGE}.storage.sqlite"], ids=lambda p: p
+)
+def test_the_sub_packages_exports_import(package: str) -> None:
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        assert hasattr(module, name), f"{package}.__all__ names {name}, which it lacks"
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    # The check itself, on a graph with a known cycle (policy <-> settings, as it once was).
+    saved = dict(GRAPH)
+    try:
+        GRAPH[f"{PACKAGE}.settings"] = GRAPH[f"{PACKAGE}.settings"] | {f"{PACKAGE}.pipeline.policy"}
+        with pytest.raises(AssertionError):
+            test_no_module_imports_another_that_imports_it_back()
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)
