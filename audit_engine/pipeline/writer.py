@@ -93,7 +93,7 @@ class Writer:
         self._inflight_done = 0  # rows of _inflight committed or dead-lettered so far
         # (id, hash) of the chain's tail as this writer last saw it (read when the thread
         # starts, then its own last commit): the next batch chains from it unless the tail
-        # moved meanwhile (store.append_batch checks, in the same statement).
+        # moved meanwhile (append.append_batch checks, in the same statement).
         self._tail: tuple[int, str] | None = None
         self.written = 0
         self.batches = 0
@@ -321,7 +321,7 @@ class Writer:
 
     def _read_tail(self) -> None:
         # Before the first batch arrives, so that it too is one statement. Best effort: without
-        # it, the first batch reads the tail itself (store.write_batch).
+        # it, the first batch reads the tail itself (append.write_batch).
         conn = self._conn
         if conn is None:  # pragma: no cover - the thread always starts with a connection
             return
