@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from audit_engine.cli.output import DetailParam, describe_error, plural, root_database
-from audit_engine.errors import AuditWriteError
+from audit_engine.errors import AuditQueueFull, AuditWriteError
 from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
 from audit_engine.pipeline.service import AuditService
 from audit_engine.settings import AuditSettings
@@ -115,6 +115,9 @@ def _record_lines(audit: AuditService, max_details_bytes: int) -> list[str]:
         except RecursionError:
             bad_lines.append(f"line {number}: nested too deeply to read")
             continue
+        except ValueError as exc:  # valid JSON that Python will not read, e.g. a huge integer
+            bad_lines.append(f"line {number}: not JSON the engine can read ({_unreadable(exc)})")
+            continue
         if not isinstance(fields_in, dict):
             bad_lines.append(f"line {number}: not a JSON object of entry fields")
             continue
@@ -123,10 +126,17 @@ def _record_lines(audit: AuditService, max_details_bytes: int) -> list[str]:
             audit.record(AuditEntry.model_validate(fields_in, context=context))
         except RecursionError:
             bad_lines.append(f"line {number}: invalid entry: details are nested too deeply")
-        except (ValueError, AuditWriteError) as exc:
-            # AuditWriteError: a critical entry that was not committed; the next lines go on.
+        except (ValueError, TypeError, AuditWriteError, AuditQueueFull) as exc:
+            # About this line only (its fields, a critical entry that was not committed, no
+            # room in the queue for it): reported with its number, and the next lines go on.
             bad_lines.append(f"line {number}: {describe_error(exc)}")
     return bad_lines
+
+
+def _unreadable(exc: ValueError) -> str:
+    if "integer string conversion" in str(exc):
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    return str(exc)  # pragma: no cover - the only ValueError json.loads raises besides its own
 
 
 def _not_committed(stats: AuditStats, drained: bool, database: Path) -> list[str]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 import sqlite_utils
 
-from audit_engine import AuditService
+from audit_engine import AuditQueueFull, AuditService
 from audit_engine.cli import record as cli_record
 from audit_engine.models import AuditEntry, AuditStats
 from audit_engine.storage import deadletter
@@ -553,3 +553,42 @@ def test_entries_not_drained_or_only_logged_are_an_error(
 
     assert result.stdout == "accepted 1, filtered 0, written 1\n"
     assert result.stderr == problem
+
+
+def test_a_line_with_an_integer_too_long_to_read_is_a_bad_line(cli: Cli, trail: Trail) -> None:
+    """Review D4: json.loads raises a plain ValueError for an integer of more than 4300 digits;
+    it ended the run with no line number, no summary, the earlier errors unprinted and the later
+    good lines unrecorded."""
+    huge = '{"action": "x", "details": {"n": ' + "9" * 5000 + "}}"
+    lines = ['{"action": "a1"}', '["bad line 2"]', huge, '{"action": "a4"}']
+
+    result = cli.run("record", "--stdin", input="\n".join(lines) + "\n", code=1)
+
+    assert result.stdout == "accepted 2, filtered 0, written 2\n"
+    assert result.stderr == (
+        "Error: line 2: not a JSON object of entry fields\n"
+        "Error: line 3: not JSON the engine can read (an integer of more than 4300 digits)\n"
+    )
+    assert trail.actions() == ["a1", "a4"]
+
+
+def test_a_line_the_queue_has_no_room_for_is_a_bad_line(
+    cli: Cli, trail: Trail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any error about one line (here: a full queue) is reported with its number; the rest go on."""
+    real_record = AuditService.record
+
+    def record(self: AuditService, *args: object, **kwargs: object) -> str | None:
+        entry = args[0]
+        if isinstance(entry, AuditEntry) and entry.action == "full":
+            raise AuditQueueFull("the audit queue stayed full for 10.0s")
+        return real_record(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AuditService, "record", record)
+    lines = ['{"action": "one"}', '{"action": "full"}', '{"action": "two"}']
+
+    result = cli.run("record", "--stdin", input="\n".join(lines) + "\n", code=1)
+
+    assert result.stdout == "accepted 2, filtered 0, written 2\n"
+    assert result.stderr == "Error: line 2: the audit queue stayed full for 10.0s\n"
+    assert trail.actions() == ["one", "two"]
