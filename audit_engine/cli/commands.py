@@ -28,6 +28,7 @@ from audit_engine.cli.output import (
     plural,
     progress,
     render_reference,
+    reserved_output,
     root_database,
     whole_file,
 )
@@ -243,15 +244,13 @@ def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any)
     """Export entries with their hashes, streamed: JSON lines (verifiable offline) or CSV.
 
     With --output the file is readable by its owner only, and appears only once the export is
-    complete: a failed export leaves no partial file, and an earlier file as it was.
+    complete: a failed export leaves no partial file, and an earlier file as it was. A symlink
+    is written through (the link stays); a FIFO or a terminal is written into, never replaced.
+    The database's own files and its dead-letter files are refused.
     """
-    database = root_database(ctx).resolve()
-    if output is not None and output.resolve() in {
-        database,
-        Path(f"{database}-wal"),
-        Path(f"{database}-shm"),
-    }:
-        raise click.BadParameter("is the audit database itself", param_hint="'--output'")
+    reserved = None if output is None else reserved_output(output, root_database(ctx))
+    if reserved is not None:
+        raise click.BadParameter(reserved, param_hint="'--output'")
     with _store(ctx) as store:
         if output is None:
             for line in store.export(fmt, **filters):

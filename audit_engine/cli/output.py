@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +23,8 @@ from typing import Any, TextIO
 
 import click
 from pydantic import ValidationError
+
+from audit_engine.storage import deadletter
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -247,25 +250,90 @@ def describe_error(exc: BaseException) -> str:
     return str(exc)
 
 
+# The names a dead-letter file's writers and replay use beside it: its lock, a replay's
+# rewrite, the side files of appends that could not get the lock (and their temporary names).
+_DEAD_LETTER_KIN = re.compile(r"(?:\.lock|\.tmp|\.\d+-\d+\.jsonl(?:\.part)?)\Z")
+
+
+def reserved_output(output: Path, database: Path) -> str | None:
+    """Why ``export --output`` must not write ``output``: it is (a link to) one of the database's
+    own files or its dead-letter files; None when it is not.
+
+    The database is taken both as given and with its symlinks resolved, since its -wal and its
+    dead-letter files are named after the one or the other.
+    """
+    target = Path(os.path.realpath(output))
+    for base in (database.absolute(), Path(os.path.realpath(database))):
+        own = [Path(f"{base}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+        if any(_same_file(target, path) for path in own):
+            return "is the audit database itself"
+        dead = deadletter.path_for(base)
+        if _same_file(target, dead):
+            return "is the audit database's dead-letter file"
+        kin = target.name.removeprefix(dead.name)
+        if (
+            kin != target.name
+            and _DEAD_LETTER_KIN.fullmatch(kin)
+            and target.parent == Path(os.path.realpath(dead.parent))
+        ):
+            return "is a lock or side file of the audit database's dead-letter file"
+    return None
+
+
+def _same_file(target: Path, path: Path) -> bool:
+    if target == Path(os.path.realpath(path)):
+        return True
+    try:
+        return os.path.samefile(target, path)  # a hard link
+    except OSError:  # either is missing
+        return False
+
+
 @contextmanager
 def whole_file(path: Path) -> Iterator[TextIO]:
-    """A text file that appears at ``path`` only once complete: written beside it, then renamed.
+    """The file ``export --output`` writes: ``path``, or what its symlink points to.
 
-    Audit data is sensitive: the file is readable by its owner only (mkstemp creates it 0600).
-    A failed export leaves no partial file that could pass for a whole one, and an earlier file
-    at ``path`` stays as it was.
+    A regular file (or a new one) appears only once complete: it is written beside the target,
+    fsynced, then renamed over it, so a failed export leaves no partial file that could pass for
+    a whole one, and an earlier file stays as it was. Audit data is sensitive: the file is
+    readable by its owner only (mkstemp creates it 0600). A symlink stays a symlink: its target
+    is what gets replaced. Anything else that exists — a FIFO, a terminal, a device — is written
+    into as it is, never replaced.
     """
+    target = Path(os.path.realpath(path))
+    try:
+        mode: int | None = target.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    if mode is not None and not stat.S_ISREG(mode):
+        yield from _write_into(target, path)
+        return
     try:
         descriptor, temporary = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".partial"
+            dir=target.parent, prefix=f".{target.name}.", suffix=".partial"
         )
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, str(path)) from None
     try:
         with open(descriptor, "w", encoding="utf-8", newline="") as out:
             yield out
-        os.replace(temporary, path)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def _write_into(target: Path, path: Path) -> Iterator[TextIO]:
+    try:
+        with open(target, "w", encoding="utf-8", newline="") as out:
+            yield out
+    except BrokenPipeError:
+        # Not the quiet exit of a closed standard output: the user named this file.
+        raise click.ClickException(
+            f"the reader of {path} went away before the export ended"
+        ) from None

@@ -1,0 +1,218 @@
+"""``export --output`` never replaces what it must not (review D5): the database's own files and
+its dead-letter files are refused, a symlink is written through, a FIFO is written into.
+
+Special files are made in the test's tmp directory only (a FIFO, symlinks), never under /dev.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from audit_engine.storage import deadletter
+
+if TYPE_CHECKING:
+    from conftest import Cli, Trail
+
+DEAD_LETTER_LINE = '{"entry": {"event_id": "kept"}, "error": "x", "failed_at": "now"}\n'
+
+
+def _refused(cli: Cli, target: Path | str, reason: str) -> None:
+    result = cli.run("export", "--output", str(target), code=2)
+    assert result.output.startswith("Usage: audit-engine export [OPTIONS]\n")
+    assert result.output.endswith(f"\nError: Invalid value for '--output': {reason}\n")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "reason"),
+    [
+        ("", "is the audit database's dead-letter file"),
+        (".lock", "is a lock or side file of the audit database's dead-letter file"),
+        (".tmp", "is a lock or side file of the audit database's dead-letter file"),
+        (".4242-1.jsonl", "is a lock or side file of the audit database's dead-letter file"),
+        (".4242-1.jsonl.part", "is a lock or side file of the audit database's dead-letter file"),
+    ],
+)
+def test_export_refuses_the_dead_letter_file_and_its_lock_and_side_files(
+    cli: Cli, notes: Trail, db_path: Path, suffix: str, reason: str
+) -> None:
+    target = Path(f"{deadletter.path_for(db_path)}{suffix}")
+    target.write_text(DEAD_LETTER_LINE)
+
+    _refused(cli, target, reason)
+
+    assert target.read_text() == DEAD_LETTER_LINE
+
+
+def test_export_refuses_a_side_file_name_that_does_not_exist_yet(
+    cli: Cli, notes: Trail, db_path: Path
+) -> None:
+    """A replay would read an export written there as dead letters."""
+    target = Path(f"{deadletter.path_for(db_path)}.4242-7.jsonl")
+
+    _refused(cli, target, "is a lock or side file of the audit database's dead-letter file")
+
+    assert not target.exists()
+
+
+def test_export_refuses_the_rollback_journal(cli: Cli, notes: Trail, db_path: Path) -> None:
+    _refused(cli, f"{db_path}-journal", "is the audit database itself")
+
+    assert not Path(f"{db_path}-journal").exists()
+
+
+def test_export_refuses_the_dead_letter_file_through_a_symlink_or_a_hard_link(
+    cli: Cli, notes: Trail, db_path: Path, tmp_path: Path
+) -> None:
+    dead = deadletter.path_for(db_path)
+    dead.write_text(DEAD_LETTER_LINE)
+    (tmp_path / "looks-harmless.jsonl").symlink_to(dead.name)
+    os.link(dead, tmp_path / "hard.jsonl")
+
+    for name in ("looks-harmless.jsonl", "hard.jsonl"):
+        _refused(cli, tmp_path / name, "is the audit database's dead-letter file")
+
+    assert dead.read_text() == DEAD_LETTER_LINE
+    assert (tmp_path / "looks-harmless.jsonl").is_symlink()
+
+
+def test_export_refuses_the_files_of_a_database_opened_through_a_symlink(
+    cli: Cli, notes: Trail, db_path: Path, tmp_path: Path
+) -> None:
+    """``--db link.db``: its dead-letter file is ``link.db.deadletter.jsonl`` (beside the link),
+    and the real file's names are the database's too."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = elsewhere / "link.db"
+    link.symlink_to(db_path)
+    dead = deadletter.path_for(link)
+    dead.write_text(DEAD_LETTER_LINE)
+
+    for target, reason in [
+        (dead, "is the audit database's dead-letter file"),
+        (link, "is the audit database itself"),
+        (db_path, "is the audit database itself"),
+        (Path(f"{db_path}-wal"), "is the audit database itself"),
+    ]:
+        result = cli.run("--db", str(link), "export", "--output", str(target), code=2, db=False)
+        assert result.output.endswith(f"\nError: Invalid value for '--output': {reason}\n")
+
+    assert dead.read_text() == DEAD_LETTER_LINE
+    assert link.is_symlink()
+
+
+def test_export_writes_through_a_symlink_and_keeps_the_link(
+    cli: Cli, notes: Trail, tmp_path: Path
+) -> None:
+    target = tmp_path / "archive" / "trail.jsonl"
+    target.parent.mkdir()
+    target.write_text("last month\n")
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(target)
+
+    result = cli.run("export", "--output", str(link))
+
+    assert result.output == f"Exported 4 entries to {link}\n"
+    assert link.is_symlink()
+    assert os.readlink(link) == str(target)
+    assert target.read_text(encoding="utf-8") == cli.run("export").output
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    # The temporary file was made beside the target, and is gone.
+    assert [p.name for p in target.parent.iterdir()] == ["trail.jsonl"]
+
+
+def test_export_through_a_dangling_symlink_creates_its_target(
+    cli: Cli, notes: Trail, tmp_path: Path
+) -> None:
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to("new.jsonl")
+
+    cli.run("export", "--output", str(link))
+
+    assert link.is_symlink()
+    assert (tmp_path / "new.jsonl").read_text(encoding="utf-8") == cli.run("export").output
+
+
+def test_export_writes_into_a_fifo_and_keeps_it(cli: Cli, notes: Trail, tmp_path: Path) -> None:
+    """The FIFO was replaced by a regular file: its reader got nothing, yet exit 0."""
+    fifo = tmp_path / "trail.fifo"
+    os.mkfifo(fifo)
+    # A reader that is already there, so the export's open() does not wait; the export (four
+    # entries) fits in the pipe's buffer.
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        result = cli.run("export", "--output", str(fifo))
+        received = b""
+        while chunk := os.read(reader, 65536):
+            received += chunk
+    finally:
+        os.close(reader)
+
+    assert result.output == f"Exported 4 entries to {fifo}\n"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert received.decode("utf-8") == cli.run("export").output
+    assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("audit.db")] == [
+        "trail.fifo"
+    ]
+
+
+def test_export_into_a_symlink_to_a_fifo_writes_the_fifo(
+    cli: Cli, notes: Trail, tmp_path: Path
+) -> None:
+    """The way ``--output /dev/stdout`` is a symlink to a pipe, made in tmp."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    link = tmp_path / "stdout"
+    link.symlink_to(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        cli.run("export", "--format", "csv", "--output", str(link))
+        received = os.read(reader, 65536)
+    finally:
+        os.close(reader)
+
+    assert link.is_symlink()
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert received.decode("utf-8") == cli.run("export", "--format", "csv").output
+
+
+def test_export_into_a_fifo_whose_reader_leaves_is_an_error(
+    cli: Cli, trail: Trail, tmp_path: Path
+) -> None:
+    """Exit 1 naming the output, not a silent exit (as for a closed stdout)."""
+    trail.record(*({"action": "bulk", "details": {"pad": "x" * 1000}} for _ in range(300)))
+    fifo = tmp_path / "trail.fifo"
+    os.mkfifo(fifo)
+    # Reads 10 bytes and exits: the export (300 kB) cannot fit in the pipe's buffer.
+    reader = subprocess.Popen(
+        [sys.executable, "-c", f"open({str(fifo)!r}, 'rb').read(10)"],
+    )
+    try:
+        result = cli.run("export", "--output", str(fifo), code=1)
+        assert reader.wait(timeout=30) == 0
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait(timeout=30)
+
+    assert result.output == f"Error: the reader of {fifo} went away before the export ended\n"
+
+
+def test_export_over_a_regular_file_still_replaces_it_whole(
+    cli: Cli, notes: Trail, tmp_path: Path
+) -> None:
+    target = tmp_path / "trail.jsonl"
+    target.write_text("old\n")
+    inode = target.stat().st_ino
+
+    cli.run("export", "--output", str(target))
+
+    assert target.stat().st_ino != inode  # a new file renamed into place
+    assert [json.loads(line)["id"] for line in target.read_text().splitlines()] == [1, 2, 3, 4]
