@@ -23,6 +23,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from audit_engine.models import AuditEntry, utcnow
 from audit_engine.rows import Row
 
@@ -277,13 +279,62 @@ _READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # checked when first recorde
 
 
 def parse_line(number: int, raw: bytes) -> tuple[AuditEntry | None, str]:
-    """(entry, the error it was dead-lettered with), or (None, why line ``number`` is bad)."""
+    """(entry, the error it was dead-lettered with), or (None, why line ``number`` is bad).
+
+    Never raises for a line's content: a torn fragment, a line that is not a dead-letter
+    object, an invalid entry and one nested too deeply all become a one-line reason.
+    """
+    problem = _why_not_readable(raw.rstrip(b"\r\n"))
+    if isinstance(problem, str):
+        return None, f"line {number}: {problem}"
+    record = problem
     try:
-        record = json.loads(raw.decode("utf-8"))
         entry = AuditEntry.model_validate(record["entry"], context=_READ_CONTEXT)
-    except (ValueError, KeyError, TypeError) as exc:
-        return None, f"line {number}: {exc}"
+    except ValidationError as exc:
+        return None, f"line {number}: {describe_invalid(exc)}"
+    except RecursionError:  # pragma: no cover - the depth limit is checked before pydantic's
+        return None, f"line {number}: nested too deeply to read"
     return entry, str(record.get("error", ""))
+
+
+_NOT_DEAD_LETTER = 'not a dead-letter line (expected a JSON object with "entry")'
+_TORN = "incomplete line (torn write?), kept"
+
+
+def _why_not_readable(raw: bytes) -> dict[str, Any] | str:
+    """The dead-letter object of a line (without its line end), or why there is none."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        # A write cut inside a multi-byte character ends the line mid-character.
+        torn = exc.reason == "unexpected end of data" and raw.lstrip().startswith(b"{")
+        return _TORN if torn else _NOT_DEAD_LETTER
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as exc:
+        # Cut short: the text ends inside a string, or where more was expected.
+        stripped = text.rstrip()
+        torn = stripped.startswith("{") and (
+            exc.msg.startswith("Unterminated string") or exc.pos >= len(stripped)
+        )
+        return _TORN if torn else _NOT_DEAD_LETTER
+    except RecursionError:
+        return "nested too deeply to read"
+    except ValueError as exc:  # an integer of more than 4300 digits
+        return str(exc)
+    if not isinstance(record, dict) or not isinstance(record.get("entry"), dict):
+        return _NOT_DEAD_LETTER
+    return record
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """A validation error on one line, field by field (the CLI's ``record`` form)."""
+    problems = "; ".join(
+        (f"{'.'.join(str(p) for p in error['loc'])}: " if error["loc"] else "")
+        + error["msg"].removeprefix("Value error, ")
+        for error in exc.errors()
+    )
+    return f"invalid entry: {problems}"
 
 
 def read(path: Path) -> Iterator[tuple[int, AuditEntry | None, str]]:

@@ -1,0 +1,92 @@
+"""Replay of dead letters, line by line: what a bad line is called, and that it never stops the
+rest (review of issue 11: D11, D12).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from audit_engine import AuditEntry
+from audit_engine.storage import deadletter
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.replay import replay
+
+
+@pytest.fixture
+def dl_path(db_path: Path) -> Path:
+    return deadletter.path_for(db_path)
+
+
+@pytest.fixture
+def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = store.open_connection(db_path)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def _line(entry: AuditEntry) -> bytes:
+    return json.dumps({"entry": entry.model_dump(mode="json"), "error": "x"}).encode() + b"\n"
+
+
+def test_a_deeply_nested_line_is_kept_with_its_number_and_the_rest_replayed(
+    dl_path: Path, conn: sqlite3.Connection
+) -> None:
+    deep = b'{"entry": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
+    good = AuditEntry(action="a", event_id="v1")
+    dl_path.write_bytes(deep + _line(good))
+
+    report = replay(dl_path, conn)
+
+    assert (report.replayed, report.kept) == (1, 1)
+    assert report.errors == ["line 1: nested too deeply to read"]
+    assert store.has_event(conn, "v1")
+    assert dl_path.read_bytes() == deep
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (b"{}", 'not a dead-letter line (expected a JSON object with "entry")'),
+        (b"[1]", 'not a dead-letter line (expected a JSON object with "entry")'),
+        (b"null", 'not a dead-letter line (expected a JSON object with "entry")'),
+        (b'{"entry": null}', 'not a dead-letter line (expected a JSON object with "entry")'),
+        (b"not json at all", 'not a dead-letter line (expected a JSON object with "entry")'),
+        (b'{"entry": {}} trailing', 'not a dead-letter line (expected a JSON object with "entry")'),
+        (b"\xff\xfe{}", 'not a dead-letter line (expected a JSON object with "entry")'),
+        (b'{"entry": {"event_id": "v0"}}', "invalid entry: action: Field required"),
+        (b'{"entry": {"action": "a", "critical": "maybe"}}',
+         "invalid entry: critical: Input should be a valid boolean, unable to interpret input"),
+        (b'{"entry": {"action": "cut sh', "incomplete line (torn write?), kept"),
+        (b'{"entry": {"action": "a"}, "error": ', "incomplete line (torn write?), kept"),
+        (b'{"entry": {"action": "z\xc3', "incomplete line (torn write?), kept"),
+        (b'{"entry": {"action": "a", "details": {"n": ' + b"9" * 5000 + b"}}}",
+         "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; "
+         "use sys.set_int_max_str_digits() to increase the limit"),
+    ],
+)  # fmt: skip
+def test_a_bad_line_gets_a_one_line_reason(
+    dl_path: Path, conn: sqlite3.Connection, line: bytes, problem: str
+) -> None:
+    good = AuditEntry(action="a", event_id="v1")
+    dl_path.write_bytes(_line(good) + line + b"\n")
+
+    report = replay(dl_path, conn)
+
+    assert (report.replayed, report.kept, report.errors) == (1, 1, [f"line 2: {problem}"])
+    assert dl_path.read_bytes() == line + b"\n"
+
+
+def test_read_names_the_bad_lines_the_same_way(dl_path: Path) -> None:
+    dl_path.write_bytes(b'{"entry": {"action": "cut sh\n[1]\n')
+
+    assert list(deadletter.read(dl_path)) == [
+        (1, None, "line 1: incomplete line (torn write?), kept"),
+        (2, None, 'line 2: not a dead-letter line (expected a JSON object with "entry")'),
+    ]
