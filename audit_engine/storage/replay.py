@@ -1,7 +1,8 @@
 """Putting dead letters back: the dead-letter file and its side files, or a saved log.
 
 Entries are written with their original ``event_id`` and ``timestamp`` at the end of the chain;
-one whose ``event_id`` is already stored is skipped. Nothing unreadable is ever thrown away.
+one already stored (its ``event_id`` holds the same entry) is skipped, one whose ``event_id`` holds
+a different entry is kept. Nothing unreadable is ever thrown away.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from audit_engine.errors import AuditStoreError
-from audit_engine.models import AuditEntry
+from audit_engine.models import AuditEntry, dump_details
+from audit_engine.rows import Row, entry_row
 from audit_engine.storage.deadletter import file_lock, parse_line, side_files
 from audit_engine.storage.sqlite import append
+from audit_engine.storage.sqlite.schema import STORED_COLUMNS, TABLE
 
 _READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # checked when first recorded
 # Where a dead-letter object starts in a line of text (a file line, or a CRITICAL log line).
@@ -44,9 +47,15 @@ class _Tally:
         self.kept: list[bytes] = []
         self.errors: list[str] = []
 
-    def put_back(self, raw: bytes, entry: AuditEntry) -> None:
-        if append.has_event(self.conn, entry.event_id):
-            self.already += 1
+    def put_back(self, raw: bytes, entry: AuditEntry, where: str) -> None:
+        stored = _stored(self.conn, entry.event_id)
+        if stored is not None:
+            if stored == entry_row(entry):
+                self.already += 1
+            else:  # another entry took its event_id: keep this one, loudly
+                self.keep(
+                    raw, f"{where}: event_id {entry.event_id} is already used by a different entry"
+                )
             return
         try:
             append.write_batch(self.conn, (entry,))
@@ -67,6 +76,22 @@ class _Tally:
             errors=self.errors,
             files=[str(f) for f in files],
         )
+
+
+def _stored(conn: sqlite3.Connection, event_id: str) -> Row | None:
+    """The stored form of the entry with ``event_id``, in its canonical text (None: not stored)."""
+    found = conn.execute(
+        f"SELECT {', '.join(STORED_COLUMNS)} FROM {TABLE} WHERE event_id = ?", (event_id,)
+    ).fetchone()
+    if found is None:
+        return None
+    row = Row(*found)
+    try:  # details as the engine writes them (a row stored by another tool may differ in form)
+        details = json.loads(row.details)
+        canonical = dump_details(details) if details else "{}"
+    except (TypeError, ValueError, RecursionError):
+        canonical = row.details
+    return row._replace(details=canonical, critical=1 if row.critical else 0)
 
 
 def replay(path: Path, conn: sqlite3.Connection) -> ReplayReport:
@@ -100,8 +125,9 @@ def replay(path: Path, conn: sqlite3.Connection) -> ReplayReport:
 
 def _replay_line(tally: _Tally, number: int, raw: bytes, label: str) -> None:
     entry, problem = parse_line(number, raw)
+    where = f"{label}line {number}"
     if entry is not None:
-        tally.put_back(raw, entry)
+        tally.put_back(raw, entry, where)
         return
     # A line torn by a failed write, with a later entry appended to it by an older version: keep
     # the fragment, put the entry back.
@@ -110,7 +136,7 @@ def _replay_line(tally: _Tally, number: int, raw: bytes, label: str) -> None:
         later, _ = parse_line(number, raw[glued:])
         if later is not None:
             tally.keep(raw[:glued], label + parse_line(number, raw[:glued])[1])
-            tally.put_back(raw[glued:], later)
+            tally.put_back(raw[glued:], later, where)
             return
     tally.keep(raw, label + problem)
 
@@ -160,5 +186,5 @@ def replay_log(log: Path, conn: sqlite3.Connection) -> ReplayReport:
         except (ValueError, KeyError, TypeError) as exc:
             tally.keep(raw, f"line {number}: {exc}")
             continue
-        tally.put_back(raw, entry)
+        tally.put_back(raw, entry, f"line {number}")
     return tally.report([log])

@@ -90,3 +90,66 @@ def test_read_names_the_bad_lines_the_same_way(dl_path: Path) -> None:
         (1, None, "line 1: incomplete line (torn write?), kept"),
         (2, None, 'line 2: not a dead-letter line (expected a JSON object with "entry")'),
     ]
+
+
+# -- an event_id already stored (D1) --------------------------------------------------------------
+
+
+def _log_line(entry: AuditEntry) -> str:
+    text = deadletter.line_text(entry, "disk full", "2026-12-01T10:00:00+00:00", compact=True)
+    return f"CRITICAL audit entry LOST to disk, logged instead: {text}\n"
+
+
+def test_an_entry_whose_event_id_holds_a_different_entry_is_kept_not_dropped(
+    dl_path: Path, conn: sqlite3.Connection
+) -> None:
+    stored = AuditEntry(action="login", actor="alice", event_id="e-1")
+    store.write_batch(conn, [stored])
+    other = AuditEntry(action="privilege.grant", actor="mallory", event_id="e-1")
+    same = AuditEntry.model_validate(stored.model_dump(mode="json"))
+    dl_path.write_bytes(_line(other) + _line(same))
+
+    report = replay(dl_path, conn)
+
+    assert (report.replayed, report.already_present, report.kept) == (0, 1, 1)
+    assert report.errors == ["line 1: event_id e-1 is already used by a different entry"]
+    assert dl_path.read_bytes() == _line(other)
+    assert [r[0] for r in conn.execute("SELECT action FROM audit_entries")] == ["login"]
+
+
+def test_an_identical_entry_with_rich_details_counts_as_already_stored(
+    dl_path: Path, conn: sqlite3.Connection
+) -> None:
+    entry = AuditEntry(
+        action="doc.save",
+        actor="zoë",
+        resource_type="doc",
+        resource_id="42",
+        correlation_id="req-1",
+        critical=True,
+        details={"b": [1, 2.5, None, True], "a": {"x": "ü\u2028"}, "n": 10**30},
+    )
+    store.write_batch(conn, [entry])
+    deadletter.DeadLetterFile(dl_path).append([entry], "busy")
+
+    report = replay(dl_path, conn)
+
+    assert (report.replayed, report.already_present, report.kept) == (0, 1, 0)
+    assert not dl_path.exists()
+
+
+def test_replay_log_keeps_an_entry_whose_event_id_holds_a_different_entry(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    from audit_engine.storage.replay import replay_log
+
+    stored = AuditEntry(action="login", actor="alice", event_id="e-1")
+    store.write_batch(conn, [stored])
+    log = tmp_path / "app.log"
+    other = AuditEntry(action="privilege.grant", actor="mallory", event_id="e-1")
+    log.write_text(_log_line(other) + _log_line(stored), encoding="utf-8")
+
+    report = replay_log(log, conn)
+
+    assert (report.replayed, report.already_present, report.kept) == (0, 1, 1)
+    assert report.errors == ["line 1: event_id e-1 is already used by a different entry"]
