@@ -16,7 +16,7 @@ from audit_engine import AuditQueueFull, AuditService
 from audit_engine.cli import record as cli_record
 from audit_engine.models import AuditEntry, AuditStats
 from audit_engine.storage import deadletter
-from audit_engine.storage.sqlite import schema
+from audit_engine.storage.sqlite import migrations, schema
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail
@@ -49,7 +49,7 @@ def test_init_migrates_a_version_1_database_and_chains_its_rows(
 ) -> None:
     entry = AuditEntry(action="doc.save", actor="alice", details={"n": 1})
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        schema._create_v1(sqlite_utils.Database(conn))
+        migrations.STEPS[0](sqlite_utils.Database(conn))
         conn.execute(
             "INSERT INTO audit_entries (event_id, timestamp, actor, action, operation, outcome, "
             "details, critical) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -70,14 +70,15 @@ def test_init_migrates_a_version_1_database_and_chains_its_rows(
     cli.run("init")
 
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
+        assert schema.schema_version(conn) == 3
     assert cli.run("verify").output == f"OK: 1 row verified; head 1:{trail.head().hash}\n"
     assert [e.event_id for e in trail.entries()] == [entry.event_id]
 
 
 def test_init_refuses_a_database_of_a_newer_schema(cli: Cli, db_path: Path) -> None:
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        conn.execute("PRAGMA user_version = 4")
+    # The version is the engine's own record (a host's PRAGMA user_version is not read).
+    with contextlib.closing(schema.open_connection(db_path)) as conn:
+        conn.execute("UPDATE audit_engine_meta SET value = '4' WHERE key = 'schema_version'")
 
     result = cli.run("init", code=1)
 

@@ -764,6 +764,9 @@ def test_export_of_a_corrupt_database_is_an_audit_store_error(db_path: Path, fmt
 
 # -- migration from schema version 1 ------------------------------------------------------------
 
+# The engine records its schema version in its own table, not in PRAGMA user_version.
+_SCHEMA_VERSION_SQL = "SELECT value FROM audit_engine_meta WHERE key = 'schema_version'"
+
 _V1_TABLE = """
 CREATE TABLE audit_entries (
     id INTEGER PRIMARY KEY,
@@ -807,7 +810,7 @@ def test_a_version_1_file_is_chained_in_place_when_opened(db_path: Path) -> None
 
     assert report.ok is True
     assert report.rows_checked == 3
-    assert _query(db_path, "PRAGMA user_version") == [(store.SCHEMA_VERSION,)]
+    assert _query(db_path, _SCHEMA_VERSION_SQL) == [(str(store.SCHEMA_VERSION),)]
     rows = _query(db_path, f"SELECT id, {STORED}, prev_hash, hash FROM audit_entries ORDER BY id")
     assert [row[:12] for row in rows] == _V1_ROWS  # the stored values are untouched
     prev = GENESIS_HASH
@@ -845,4 +848,4 @@ def test_an_empty_version_1_file_migrates(db_path: Path) -> None:
         conn.commit()
 
     assert _verify(db_path) == VerifyReport(ok=True, rows_checked=0)
-    assert _query(db_path, "PRAGMA user_version") == [(store.SCHEMA_VERSION,)]
+    assert _query(db_path, _SCHEMA_VERSION_SQL) == [(str(store.SCHEMA_VERSION),)]

@@ -62,9 +62,9 @@ def _table_exists(connection: sqlite3.Connection) -> bool:
     return bool(row[0])
 
 
-def _user_version(connection: sqlite3.Connection) -> int:
-    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
-    return version
+def _schema_version(connection: sqlite3.Connection) -> int:
+    # The engine's own record (its meta table), not PRAGMA user_version: that is the host's.
+    return schema.schema_version(connection)
 
 
 def _event_ids(connection: sqlite3.Connection) -> list[str]:
@@ -137,7 +137,7 @@ def test_opening_waits_for_another_process_setting_up_the_file(tmp_path: Path) -
         assert released.is_set()
         # Set up, then back to the short timeout the caller asked for.
         assert connection.execute("PRAGMA busy_timeout").fetchone()[0] == 50
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION
+        assert _schema_version(connection) == store.SCHEMA_VERSION
     finally:
         connection.close()
 
@@ -157,7 +157,7 @@ def test_setting_up_gives_up_once_its_deadline_has_passed(tmp_path: Path) -> Non
 
 def test_new_database_has_the_current_schema_version(conn: sqlite3.Connection) -> None:
     assert store.SCHEMA_VERSION == 3
-    assert _user_version(conn) == store.SCHEMA_VERSION
+    assert _schema_version(conn) == store.SCHEMA_VERSION
 
 
 def test_table_columns(conn: sqlite3.Connection) -> None:
@@ -257,7 +257,7 @@ def test_empty_file_with_create_false_is_not_an_audit_database(tmp_path: Path) -
 @pytest.mark.parametrize("create", [True, False])
 def test_newer_schema_version_is_refused(db_path: Path, create: bool) -> None:
     connection = store.open_connection(db_path)
-    connection.execute("PRAGMA user_version = 99")
+    connection.execute("UPDATE audit_engine_meta SET value = '99' WHERE key = 'schema_version'")
     connection.close()
 
     with pytest.raises(AuditStoreError) as exc:
@@ -284,7 +284,7 @@ def test_migrate_is_idempotent(conn: sqlite3.Connection) -> None:
     store.migrate(conn)
 
     assert _schema(conn) == before
-    assert _user_version(conn) == store.SCHEMA_VERSION
+    assert _schema_version(conn) == store.SCHEMA_VERSION
     assert _event_ids(conn) == ["evt-001"]
     assert conn.in_transaction is False
 
@@ -300,7 +300,7 @@ def test_migrate_creates_the_schema_in_its_own_committed_transaction(db_path: Pa
     other = sqlite3.connect(db_path)
     try:
         assert _table_exists(other)
-        assert _user_version(other) == store.SCHEMA_VERSION
+        assert _schema_version(other) == store.SCHEMA_VERSION
     finally:
         other.close()
 
@@ -321,7 +321,7 @@ def test_migrate_inside_an_open_transaction_leaves_it_open(db_path: Path) -> Non
 
         assert connection.in_transaction is True
         assert _table_exists(connection)
-        assert _user_version(connection) == store.SCHEMA_VERSION
+        assert _schema_version(connection) == store.SCHEMA_VERSION
     finally:
         connection.close()
 
@@ -336,14 +336,15 @@ def test_outer_transaction_decides_whether_the_migration_is_kept(
         connection.execute(finish)
 
         assert _table_exists(connection) is kept
-        assert _user_version(connection) == (store.SCHEMA_VERSION if kept else 0)
+        assert _schema_version(connection) == (store.SCHEMA_VERSION if kept else 0)
         assert connection.execute("SELECT count(*) FROM orders").fetchone()[0] == int(kept)
     finally:
         connection.close()
 
 
 def _broken_schema(path: Path) -> None:
-    """An audit_entries table that migration 1 cannot create over (user_version is still 0)."""
+    """An audit_entries table that migration 1 cannot create over (no meta table, user_version
+    0: an earlier release's file of version 0)."""
     connection = sqlite3.connect(path)
     connection.execute(f"CREATE TABLE {store.TABLE} (x)")
     connection.commit()
@@ -361,7 +362,7 @@ def test_failed_migration_in_a_caller_transaction_undoes_only_its_savepoint(
 
         assert connection.in_transaction is True
         assert connection.execute("SELECT item FROM orders").fetchall() == [("book",)]
-        assert _user_version(connection) == 0
+        assert _schema_version(connection) == 0
     finally:
         connection.close()
 
@@ -374,7 +375,7 @@ def test_failed_migration_in_its_own_transaction_rolls_back(db_path: Path) -> No
             store.migrate(connection)
 
         assert connection.in_transaction is False
-        assert _user_version(connection) == 0
+        assert _schema_version(connection) == 0
     finally:
         connection.close()
 

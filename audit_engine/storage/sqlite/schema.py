@@ -1,7 +1,9 @@
 """The audit database file: creation, schema and migrations (with sqlite-utils), connections.
 
-The schema is versioned with ``PRAGMA user_version``; :func:`migrate` upgrades an older file in
-place, inside one ``BEGIN IMMEDIATE`` transaction.
+The schema version is kept in the engine's own table (``audit_engine_meta``), never in ``PRAGMA
+user_version``, which the application owning the file may use; :func:`migrate` upgrades an older
+file in place with the frozen steps of :mod:`.migrations`, inside one ``BEGIN IMMEDIATE``
+transaction.
 """
 
 from __future__ import annotations
@@ -18,16 +20,9 @@ from pathlib import Path
 import sqlite_utils
 
 from audit_engine.errors import AuditStoreError
-from audit_engine.storage.anchors import (
-    ANCHOR_COLUMNS,
-    RUN_COLUMNS,
-    anchor_hash,
-    chain_records,
-    run_hash,
-)
 from audit_engine.storage.anchors import ANCHORS as ANCHORS  # re-exported: the tables live here
 from audit_engine.storage.anchors import CLEANUP_RUNS as CLEANUP_RUNS
-from audit_engine.storage.chain import GENESIS_HASH, row_hash
+from audit_engine.storage.sqlite import migrations
 
 logger = logging.getLogger("audit_engine.schema")  # the documented logger name
 
@@ -51,132 +46,57 @@ STORED_COLUMNS = (
 )
 
 
-def _create_v1(db: sqlite_utils.Database) -> None:
-    table = db.table(TABLE)
-    table.create(
-        {
-            "id": int,
-            "event_id": str,
-            "timestamp": str,
-            "actor": str,
-            "action": str,
-            "operation": str,
-            "outcome": str,
-            "resource_type": str,
-            "resource_id": str,
-            "correlation_id": str,
-            "details": str,
-            "critical": int,
-        },
-        pk="id",
-        not_null={"event_id", "timestamp", "action", "operation", "outcome", "details", "critical"},
-    )
-    # Indexes are most of SQLite's insert cost: one per common filter, no more.
-    table.create_index(["event_id"], index_name="ux_audit_entries_event_id", unique=True)
-    table.create_index(["timestamp"], index_name="ix_audit_entries_timestamp")
-    table.create_index(["actor", "timestamp"], index_name="ix_audit_entries_actor_timestamp")
-    table.create_index(["resource_type", "resource_id"], index_name="ix_audit_entries_resource")
-
-
-def _add_chain_v2(db: sqlite_utils.Database) -> None:
-    """Version 2: the hash chain (prev_hash, hash), retention anchors and cleanup runs."""
-    table = db.table(TABLE)
-    table.add_column("prev_hash", str)
-    table.add_column("hash", str)
-    # Chain the rows a version-1 file already holds, in id order, a slice at a time.
-    conn = db.conn
-    prev_hash = GENESIS_HASH
-    last_id = 0
-    while True:
-        rows = conn.execute(
-            f"SELECT id, {', '.join(STORED_COLUMNS)} FROM {TABLE} "
-            "WHERE id > ? ORDER BY id LIMIT 5000",
-            (last_id,),
-        ).fetchall()
-        if not rows:
-            break
-        updates = []
-        for row in rows:
-            digest = row_hash((*row, prev_hash))
-            updates.append((prev_hash, digest, row[0]))
-            prev_hash = digest
-        conn.executemany(f"UPDATE {TABLE} SET prev_hash = ?, hash = ? WHERE id = ?", updates)
-        last_id = rows[-1][0]
-    db.table(ANCHORS).create(
-        {
-            "id": int,
-            "last_deleted_id": int,
-            "last_deleted_hash": str,
-            "rows_deleted": int,
-            "cutoff": str,
-            "created_at": str,
-        },
-        pk="id",
-        not_null={"last_deleted_id", "last_deleted_hash", "rows_deleted", "cutoff", "created_at"},
-    )
-    db.table(CLEANUP_RUNS).create(
-        {
-            "id": int,
-            "started_at": str,
-            "finished_at": str,
-            "cutoff": str,
-            "rows_deleted": int,
-            "batches": int,
-            "duration_s": float,
-        },
-        pk="id",
-        not_null={"started_at", "finished_at", "cutoff", "rows_deleted", "batches", "duration_s"},
-    )
-
-
-def _chain_maintenance_v3(db: sqlite_utils.Database) -> None:
-    """Version 3: anchors record what they replaced; anchors and cleanup runs are hash chains.
-
-    Anchors written before keep NULL for what they never recorded (the newest purged timestamp,
-    the age the purge was run with); verify() says so instead of guessing.
-    """
-    anchors = db.table(ANCHORS)
-    anchors.add_column("newest_purged", str)
-    anchors.add_column("older_than_us", int)
-    runs = db.table(CLEANUP_RUNS)
-    for table in (anchors, runs):
-        table.add_column("prev_hash", str)
-        table.add_column("hash", str)
-    chain_records(db.conn, ANCHORS, ANCHOR_COLUMNS, anchor_hash)
-    chain_records(db.conn, CLEANUP_RUNS, RUN_COLUMNS, run_hash)
-
-
-# _MIGRATIONS[v] upgrades a database at user_version v to v + 1.
-_MIGRATIONS = (_create_v1, _add_chain_v2, _chain_maintenance_v3)
+# _MIGRATIONS[v] upgrades schema version v to v + 1 (frozen steps: see migrations.py).
+_MIGRATIONS = migrations.STEPS
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
-def _user_version(conn: sqlite3.Connection) -> int:
-    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
-    return version
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The schema version of the audit tables on ``conn``, as recorded (0: no audit tables)."""
+    return migrations.stored_version(conn)
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Create or upgrade the audit schema on ``conn`` to :data:`SCHEMA_VERSION`.
-
-    Runs in its own ``BEGIN IMMEDIATE`` transaction (so two processes cannot both migrate), or in a
-    savepoint of the caller's transaction when one is open (an injected connection).
+def chain_versions(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """``(first_id, version)``: the canonical form (``chain.CHAIN_VERSION``) that hashes the
+    entries from ``first_id`` on, up to the next pair's; every file so far records ``[(1, "1")]``.
     """
-    version = _user_version(conn)
-    if version == SCHEMA_VERSION:
-        return
+    return migrations.chain_versions(conn)
+
+
+def _refuse_newer(version: int) -> None:
     if version > SCHEMA_VERSION:
         raise AuditStoreError(
             f"the audit database has schema version {version}; this audit_engine supports "
             f"up to {SCHEMA_VERSION}: upgrade audit_engine"
         )
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Create or upgrade the audit schema on ``conn`` to :data:`SCHEMA_VERSION`.
+
+    The version is kept in the engine's own meta table; ``PRAGMA user_version`` is never
+    written (it belongs to the application owning the file) and only read to recognise a file
+    made by release 0.1.0, which is brought under the meta table here.
+
+    Runs in its own ``BEGIN IMMEDIATE`` transaction (so two processes cannot both migrate), or in a
+    savepoint of the caller's transaction when one is open (an injected connection).
+    """
+    version = migrations.stored_version(conn)
+    if version == SCHEMA_VERSION and migrations.has_engine_tables(conn):
+        return
+    _refuse_newer(version)
     own_transaction = not conn.in_transaction
     conn.execute("BEGIN IMMEDIATE" if own_transaction else "SAVEPOINT audit_engine_migrate")
     try:
+        # Read again under the lock: another process may have migrated meanwhile.
+        version = migrations.stored_version(conn)
+        _refuse_newer(version)
+        if not migrations.has_engine_tables(conn):
+            migrations.create_engine_tables(conn)
         db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
-        for step in _MIGRATIONS[_user_version(conn) :]:
+        for step in _MIGRATIONS[version:]:
             step(db)
-        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        migrations.set_stored_version(conn, SCHEMA_VERSION)
     except BaseException:
         if own_transaction:
             rollback_quietly(conn)
@@ -308,7 +228,7 @@ def open_connection(
         conn.execute(f"PRAGMA synchronous = {'FULL' if synchronous == 'FULL' else 'NORMAL'}")
         migrate(conn)
         if create:
-            # user_version said "current" but another application may own that number.
+            # The meta table said "current": check the entries table is really there.
             _check_audit_database(conn, path)
         _warn_if_loose(path)  # after the PRAGMAs: the -wal and -shm files exist by now
         conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")

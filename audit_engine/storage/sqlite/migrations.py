@@ -1,0 +1,260 @@
+"""The SQLite schema's migrations, frozen: each step exactly as its version shipped.
+
+``STEPS[v]`` upgrades the audit tables from schema version ``v`` to ``v + 1``. A step never
+imports today's definitions — the column list, the canonical forms, the hash functions — because
+those move with the code, while a file made by an earlier release must end up with the tables and
+the hashes that release's code would have given it. So each step carries its own copy of what it
+needs (table layout as literal SQL, the hash of the chain version it writes), and a released step
+is never edited: a change is a new step appended to :data:`STEPS`.
+
+The engine's bookkeeping lives in its own tables, not in ``PRAGMA user_version``, which belongs
+to whichever application owns the database file (a host may keep the audit tables in its own
+database and version its own schema with that number):
+
+- ``audit_engine_meta(key, value)`` holds ``schema_version``;
+- ``audit_chain_versions(first_id, version)`` says which canonical form (``chain.CHAIN_VERSION``)
+  hashes the entries from ``first_id`` on, until the next row's ``first_id``.
+
+Releases up to 0.1.0 (schema version 3) had neither table and wrote ``user_version``: a file with
+audit tables and no meta table is theirs, and its ``user_version`` is read (never written) to
+know which steps it still needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlite_utils
+
+META = "audit_engine_meta"
+CHAIN_VERSIONS = "audit_chain_versions"
+
+Step = Callable[[sqlite_utils.Database], None]
+
+
+# -- version 1: the entries table ------------------------------------------------------------------
+# The DDL is the text sqlite-utils generated for release 0.1.0, kept literal so a new file's schema
+# is the one a migrated file has (tests compare sqlite_master) whatever sqlite-utils does next.
+
+
+def _v1_create_entries(db: sqlite_utils.Database) -> None:
+    """Version 1: the entries table and its indexes (one per common filter: indexes are most of
+    SQLite's insert cost)."""
+    conn = db.conn
+    conn.execute(
+        'CREATE TABLE "audit_entries" (\n'
+        '   "id" INTEGER PRIMARY KEY,\n'
+        '   "event_id" TEXT NOT NULL,\n'
+        '   "timestamp" TEXT NOT NULL,\n'
+        '   "actor" TEXT,\n'
+        '   "action" TEXT NOT NULL,\n'
+        '   "operation" TEXT NOT NULL,\n'
+        '   "outcome" TEXT NOT NULL,\n'
+        '   "resource_type" TEXT,\n'
+        '   "resource_id" TEXT,\n'
+        '   "correlation_id" TEXT,\n'
+        '   "details" TEXT NOT NULL,\n'
+        '   "critical" INTEGER NOT NULL\n'
+        ")"
+    )
+    for unique, name, columns in (
+        ("UNIQUE ", "ux_audit_entries_event_id", '"event_id"'),
+        ("", "ix_audit_entries_timestamp", '"timestamp"'),
+        ("", "ix_audit_entries_actor_timestamp", '"actor", "timestamp"'),
+        ("", "ix_audit_entries_resource", '"resource_type", "resource_id"'),
+    ):
+        conn.execute(f'CREATE {unique}INDEX "{name}"\n    ON "audit_entries" ({columns})')
+
+
+# -- version 2: the entry chain, purge anchors, cleanup runs -------------------------------------
+
+# Frozen copy of chain version 1's canonical form (chain.py documents it): the stored fields of
+# version 1 in order, then prev_hash; NULL as U+0000; joined by U+001F after the version "1".
+_V2_COLUMNS = (
+    "event_id",
+    "timestamp",
+    "actor",
+    "action",
+    "operation",
+    "outcome",
+    "resource_type",
+    "resource_id",
+    "correlation_id",
+    "details",
+    "critical",
+)
+
+
+def _v2_entry_hash(row: Sequence[Any]) -> str:
+    text = "\x1f".join(["1", *("\x00" if v is None else str(v) for v in row)])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _v2_chain(db: sqlite_utils.Database) -> None:
+    """Version 2: the hash chain (prev_hash, hash) over the entries, retention anchors and
+    cleanup runs. The rows a version-1 file holds are chained in id order, a slice at a time."""
+    conn = db.conn
+    conn.execute('ALTER TABLE "audit_entries" ADD COLUMN "prev_hash" TEXT')
+    conn.execute('ALTER TABLE "audit_entries" ADD COLUMN "hash" TEXT')
+    prev_hash = "0" * 64  # the genesis hash
+    last_id = 0
+    while True:
+        rows = conn.execute(
+            f"SELECT id, {', '.join(_V2_COLUMNS)} FROM audit_entries "
+            "WHERE id > ? ORDER BY id LIMIT 5000",
+            (last_id,),
+        ).fetchall()
+        if not rows:
+            break
+        updates = []
+        for row in rows:
+            digest = _v2_entry_hash((*row, prev_hash))
+            updates.append((prev_hash, digest, row[0]))
+            prev_hash = digest
+        conn.executemany("UPDATE audit_entries SET prev_hash = ?, hash = ? WHERE id = ?", updates)
+        last_id = rows[-1][0]
+    conn.execute(
+        'CREATE TABLE "audit_anchors" (\n'
+        '   "id" INTEGER PRIMARY KEY,\n'
+        '   "last_deleted_id" INTEGER NOT NULL,\n'
+        '   "last_deleted_hash" TEXT NOT NULL,\n'
+        '   "rows_deleted" INTEGER NOT NULL,\n'
+        '   "cutoff" TEXT NOT NULL,\n'
+        '   "created_at" TEXT NOT NULL\n'
+        ")"
+    )
+    conn.execute(
+        'CREATE TABLE "audit_cleanup_runs" (\n'
+        '   "id" INTEGER PRIMARY KEY,\n'
+        '   "started_at" TEXT NOT NULL,\n'
+        '   "finished_at" TEXT NOT NULL,\n'
+        '   "cutoff" TEXT NOT NULL,\n'
+        '   "rows_deleted" INTEGER NOT NULL,\n'
+        '   "batches" INTEGER NOT NULL,\n'
+        '   "duration_s" REAL NOT NULL\n'
+        ")"
+    )
+
+
+# -- version 3: anchors record what they replaced; anchors and runs are hash chains --------------
+
+# Frozen copies of the "anchor-1" and "run-1" canonical forms (anchors.py documents them).
+_V3_ANCHOR_COLUMNS = (
+    "last_deleted_id",
+    "last_deleted_hash",
+    "rows_deleted",
+    "newest_purged",
+    "cutoff",
+    "older_than_us",
+    "created_at",
+)
+_V3_RUN_COLUMNS = ("started_at", "finished_at", "cutoff", "rows_deleted", "batches", "duration_s")
+
+
+def _v3_text(value: Any) -> str:
+    if value is None:
+        return "\x00"
+    if isinstance(value, float):
+        return f"{value:.6f}"
+    return str(value)
+
+
+def _v3_chain_records(
+    conn: sqlite3.Connection, table: str, version: str, columns: Sequence[str]
+) -> None:
+    prev = "0" * 64  # the genesis hash
+    rows = conn.execute(f"SELECT id, {', '.join(columns)} FROM {table} ORDER BY id").fetchall()
+    for row in rows:
+        text = "\x1f".join([version, *(_v3_text(v) for v in (*row, prev))])
+        current = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        conn.execute(
+            f"UPDATE {table} SET prev_hash = ?, hash = ? WHERE id = ?", (prev, current, row[0])
+        )
+        prev = current
+
+
+def _v3_maintenance_chains(db: sqlite_utils.Database) -> None:
+    """Version 3: anchors record the newest purged timestamp and the age the purge was run with;
+    anchors and cleanup runs become hash chains. Anchors written before keep NULL for what they
+    never recorded (verify says so instead of guessing)."""
+    conn = db.conn
+    conn.execute('ALTER TABLE "audit_anchors" ADD COLUMN "newest_purged" TEXT')
+    conn.execute('ALTER TABLE "audit_anchors" ADD COLUMN "older_than_us" INTEGER')
+    for table in ("audit_anchors", "audit_cleanup_runs"):
+        conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "prev_hash" TEXT')
+        conn.execute(f'ALTER TABLE "{table}" ADD COLUMN "hash" TEXT')
+    _v3_chain_records(conn, "audit_anchors", "anchor-1", _V3_ANCHOR_COLUMNS)
+    _v3_chain_records(conn, "audit_cleanup_runs", "run-1", _V3_RUN_COLUMNS)
+
+
+# STEPS[v] upgrades schema version v to v + 1; append, never edit.
+STEPS: tuple[Step, ...] = (_v1_create_entries, _v2_chain, _v3_maintenance_chains)
+
+# The newest schema version that release 0.1.0's user_version could name.
+LAST_USER_VERSION = 3
+
+
+def create_engine_tables(conn: sqlite3.Connection) -> None:
+    """The bookkeeping tables, on a file that has none (new, or made by release 0.1.0).
+
+    Every entry such a file holds or will get from :data:`STEPS` up to version 3 is hashed with
+    chain version "1", so that is recorded from the first id on; a step that changes the
+    canonical form records its own version from the next id.
+    """
+    conn.execute(f"CREATE TABLE {META} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute(
+        f"CREATE TABLE {CHAIN_VERSIONS} (first_id INTEGER PRIMARY KEY, version TEXT NOT NULL)"
+    )
+    conn.execute(f"INSERT INTO {META} (key, value) VALUES ('schema_version', '0')")
+    conn.execute(f"INSERT INTO {CHAIN_VERSIONS} (first_id, version) VALUES (1, '1')")
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return found is not None
+
+
+def has_engine_tables(conn: sqlite3.Connection) -> bool:
+    """Whether ``conn`` has the engine's meta table (a file made by this release or later)."""
+    return _has_table(conn, META)
+
+
+def stored_version(conn: sqlite3.Connection) -> int:
+    """The schema version of the audit tables on ``conn`` (0: none yet).
+
+    From the meta table; for a file made before it (audit tables, no meta table), the
+    ``user_version`` release 0.1.0 wrote; with neither, 0 — whatever ``user_version`` says, since
+    it is then the host application's own number.
+    """
+    if _has_table(conn, META):
+        row = conn.execute(f"SELECT value FROM {META} WHERE key = 'schema_version'").fetchone()
+        return 0 if row is None else int(row[0])
+    if _has_table(conn, "audit_entries"):
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        return version
+    return 0
+
+
+def set_stored_version(conn: sqlite3.Connection, version: int) -> None:
+    """Record ``version`` in the meta table (in the migration's transaction)."""
+    conn.execute(
+        f"INSERT OR REPLACE INTO {META} (key, value) VALUES ('schema_version', ?)", (str(version),)
+    )
+
+
+def chain_versions(conn: sqlite3.Connection) -> list[tuple[int, str]]:
+    """``(first_id, version)`` pairs in id order: entries from ``first_id`` on, up to the next
+    pair's, are hashed with canonical form ``version``. Empty before the meta tables exist."""
+    if not _has_table(conn, CHAIN_VERSIONS):
+        return []
+    return [
+        (int(first_id), str(version))
+        for first_id, version in conn.execute(
+            f"SELECT first_id, version FROM {CHAIN_VERSIONS} ORDER BY first_id"
+        )
+    ]
