@@ -400,6 +400,10 @@ def test_a_head_purged_by_the_engine_can_no_longer_be_checked(db_path: Path) -> 
 # -- migrating a version-2 file -------------------------------------------------------------------
 
 
+# The engine records its schema version in its own table, not in PRAGMA user_version.
+_SCHEMA_VERSION_SQL = "SELECT value FROM audit_engine_meta WHERE key = 'schema_version'"
+
+
 def _v2_database(db_path: Path) -> None:
     """A version-2 file with one legacy anchor (3 rows purged) and one legacy cleanup run."""
     conn = sqlite3.connect(db_path, isolation_level=None)
@@ -438,7 +442,7 @@ def test_a_version_2_file_migrates_and_its_legacy_anchor_is_chained(db_path: Pat
 
     report = _verify(db_path, min_retention=DAY)
 
-    assert _query(db_path, "PRAGMA user_version") == [(schema.SCHEMA_VERSION,)]
+    assert _query(db_path, _SCHEMA_VERSION_SQL) == [(str(schema.SCHEMA_VERSION),)]
     assert (report.ok, report.rows_checked, report.anchors_checked) == (True, 2, 1)
     assert report.cleanup_runs_checked == 1
     assert report.warnings == (
