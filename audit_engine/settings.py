@@ -103,8 +103,8 @@ class AuditSettings(BaseSettings):
     )
     on_full: OnFull = Field(
         default="block",
-        description="When the queue is full: block (then raise AuditQueueFull), drop (counted), "
-        "or sync (write in the caller's thread).",
+        description="When the queue is full: block (then raise AuditQueueFull), drop (counted; "
+        "a critical entry blocks instead), or sync (write in the caller's thread).",
     )
     block_timeout: float = Field(
         default=10.0, ge=0, description="Seconds record() waits for room when on_full=block."

@@ -165,7 +165,8 @@ class AuditService:
         policy decides (level, exclusions, sampling; critical entries bypass them), ``details``
         are redacted, and a scope (:meth:`scope`) suppresses repeats. None means the entry was
         not recorded: the service is disabled, the policy filtered it out, it repeated an entry
-        of the current scope, or the queue was full with ``on_full='drop'``.
+        of the current scope, or the queue was full with ``on_full='drop'`` (never for a
+        critical entry: it waits for room as with ``'block'``, then raises AuditQueueFull).
         With ``connection=`` the entry is written through that connection, uncommitted.
         """
         if self._closed:
@@ -218,6 +219,8 @@ class AuditService:
             self._write_sync(entry)
             return entry.event_id
         on_full = self.settings.on_full
+        if on_full == "drop" and entry.critical:
+            on_full = "block"  # a critical entry is never dropped: it waits, or fails loudly
         timeout = self.settings.block_timeout if on_full == "block" else 0.0
         waits = entry.critical and self.settings.critical_sync
         if waits:
@@ -234,9 +237,16 @@ class AuditService:
         if on_full == "drop":
             self._count_drop()
             return None
+        never_dropped = (
+            " (a critical entry is never dropped: with on_full='drop' it waits up to "
+            "block_timeout for room, as with 'block')"
+            if self.settings.on_full == "drop"
+            else ""
+        )
         raise AuditQueueFull(
             f"the audit queue stayed full for {self.settings.block_timeout}s "
-            f"(queue_maxsize={self.settings.queue_maxsize}); the entry was not recorded"
+            f"(queue_maxsize={self.settings.queue_maxsize}); the "
+            f"{'critical ' if never_dropped else ''}entry was not recorded{never_dropped}"
         )
 
     def _entry_row(self, entry: AuditEntry, fields: dict[str, Any]) -> tuple[Row, dict[str, Any]]:

@@ -854,6 +854,56 @@ def test_on_full_drop_discards_counts_and_warns(
     )
 
 
+def test_on_full_drop_never_drops_a_critical_entry_it_waits_for_room_then_raises(
+    make_service: MakeService, db_path: Path
+) -> None:
+    """Review D3: with on_full='drop' a critical entry was dropped (record() returned None)."""
+    service = make_service(on_full="drop", queue_maxsize=2, buffer_max_size=1, block_timeout=0.2)
+    with locked(db_path) as lock:
+        kept = _fill_stuck_writer(service, room=3)
+        dropped = service.stats().dropped
+        critical = AuditEntry(action="crit", critical=True)
+        started = time.monotonic()
+        with pytest.raises(AuditQueueFull) as raised:
+            service.record(critical)
+        waited = time.monotonic() - started
+        lock.release()
+        assert service.flush(30)
+    assert str(raised.value) == (
+        "the audit queue stayed full for 0.2s (queue_maxsize=2); the critical entry was not "
+        "recorded (a critical entry is never dropped: with on_full='drop' it waits up to "
+        "block_timeout for room, as with 'block')"
+    )
+    assert 0.2 <= waited < 5
+    assert service.stats().dropped == dropped  # the critical entry raised: not dropped
+    assert _ids(db_path) == kept
+
+
+def _fill_stuck_writer(service: AuditService, room: int) -> list[str]:
+    """Record plain entries until ``room`` were accepted (the queue, and the one entry the writer
+    stuck on the lock holds); the writer takes its entry when it gets to it, so until then an
+    entry may be dropped."""
+    kept: list[str] = []
+    deadline = time.monotonic() + 10
+    while len(kept) < room and time.monotonic() < deadline:
+        event_id = service.record(action="fill")
+        if event_id is not None:
+            kept.append(event_id)
+    assert len(kept) == room
+    return kept
+
+
+def test_on_full_drop_a_critical_entry_waits_for_room_and_is_committed(
+    make_service: MakeService, db_path: Path
+) -> None:
+    service = make_service(on_full="drop", queue_maxsize=2, buffer_max_size=1, block_timeout=30)
+    with locked(db_path, release_after=0.3):
+        kept = [r for r in (service.record(action="fill") for _ in range(6)) if r is not None]
+        event_id = service.record(action="crit", critical=True)  # waits for room, then commit
+    assert event_id is not None
+    assert _ids(db_path) == [*kept, event_id]
+
+
 def test_on_full_sync_writes_the_overflow_in_the_caller_thread(
     make_service: MakeService, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
