@@ -19,6 +19,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from audit_engine import columns
 from audit_engine.errors import AuditStoreError
 from audit_engine.storage.anchors import ANCHORS as ANCHORS  # re-exported: the tables live here
 from audit_engine.storage.anchors import CLEANUP_RUNS as CLEANUP_RUNS
@@ -30,20 +31,8 @@ TABLE = "audit_entries"
 SCHEMA_VERSION = 3
 
 
-# The stored fields of an entry, in the order of the hash chain's canonical form (after id).
-STORED_COLUMNS = (
-    "event_id",
-    "timestamp",
-    "actor",
-    "action",
-    "operation",
-    "outcome",
-    "resource_type",
-    "resource_id",
-    "correlation_id",
-    "details",
-    "critical",
-)
+# The stored fields of an entry (defined once, in audit_engine.columns).
+STORED_COLUMNS = columns.STORED_COLUMNS
 
 
 # _MIGRATIONS[v] upgrades schema version v to v + 1 (frozen steps: see migrations.py).
@@ -63,8 +52,11 @@ def chain_versions(conn: sqlite3.Connection) -> list[tuple[int, str]]:
     return migrations.chain_versions(conn)
 
 
-def _refuse_newer(version: int) -> None:
-    if version > SCHEMA_VERSION:
+def _refuse_newer(conn: sqlite3.Connection, version: int) -> None:
+    # A file without the meta table is release 0.1.0's: its user_version can name no version
+    # after the last that release wrote (a bigger number is someone else's, or damage).
+    newest = SCHEMA_VERSION if migrations.has_engine_tables(conn) else migrations.LAST_USER_VERSION
+    if version > newest:
         raise AuditStoreError(
             f"the audit database has schema version {version}; this audit_engine supports "
             f"up to {SCHEMA_VERSION}: upgrade audit_engine"
@@ -84,13 +76,13 @@ def migrate(conn: sqlite3.Connection) -> None:
     version = migrations.stored_version(conn)
     if version == SCHEMA_VERSION and migrations.has_engine_tables(conn):
         return
-    _refuse_newer(version)
+    _refuse_newer(conn, version)
     own_transaction = not conn.in_transaction
     conn.execute("BEGIN IMMEDIATE" if own_transaction else "SAVEPOINT audit_engine_migrate")
     try:
         # Read again under the lock: another process may have migrated meanwhile.
         version = migrations.stored_version(conn)
-        _refuse_newer(version)
+        _refuse_newer(conn, version)
         if not migrations.has_engine_tables(conn):
             migrations.create_engine_tables(conn)
         db = sqlite_utils.Database(conn, recursive_triggers=False, execute_plugins=False)
