@@ -103,8 +103,8 @@ def _trail_with_dead_letters(directory: Path) -> None:
     _trail(directory, "notes-audit.db")
     settings = AuditSettings(database=directory / "notes-audit.db", cleanup_enabled=False)
     with AuditService(settings) as audit:
-        audit.record(action="note.save", event_id="evt-1")
-        audit.record(action="note.save", event_id="evt-1")
+        for _ in range(2):  # the same entry twice: its replay finds it already stored
+            audit.record(action="note.save", event_id="evt-1", timestamp="2026-01-01T00:00:00Z")
     assert audit.stats().dead_lettered == 1
 
 
