@@ -16,7 +16,7 @@ from typing import Any
 
 from audit_engine.models import utcnow
 from audit_engine.rows import Row
-from audit_engine.storage.deadletter import DeadLetterFile, line_text
+from audit_engine.storage.deadletter import LOG_MESSAGE, DeadLetterFile, line_text
 
 # The writer's logger: operators route "audit_engine.writer" CRITICAL records off the full disk.
 logger = logging.getLogger("audit_engine.writer")
@@ -85,7 +85,7 @@ class SetAside:
             )
         for entry in rows:
             logger.critical(
-                "audit entry LOST to disk, logged instead: %s",
+                LOG_MESSAGE + "%s",
                 line_text(entry, error, failed_at, compact=True),
             )
 

@@ -38,6 +38,9 @@ SUFFIX = ".deadletter.jsonl"
 LOCK_WAIT_S = 5.0
 _BACKOFF_START_S = 0.005
 _BACKOFF_MAX_S = 0.2
+# The message of the writer's CRITICAL log line for an entry it could not even dead-letter, right
+# before the entry's dead-letter line; ``replay-deadletter --from LOG`` looks for it.
+LOG_MESSAGE = "audit entry LOST to disk, logged instead: "
 _SIDE_FILE = re.compile(r"\.(\d+)-(\d+)\.jsonl\Z")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import sys
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,13 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, dump_details
 from audit_engine.rows import Row, entry_row
-from audit_engine.storage.deadletter import file_lock, parse_line, side_files
+from audit_engine.storage.deadletter import LOG_MESSAGE, file_lock, parse_line, side_files
 from audit_engine.storage.sqlite import append
 from audit_engine.storage.sqlite.schema import STORED_COLUMNS, TABLE
 
-_READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # checked when first recorded
-# Where a dead-letter object starts in a line of text (a file line, or a CRITICAL log line).
+# Where a dead-letter object starts in a line of the file (after a torn fragment, say).
 _MARKER = b'{"entry"'
+# What precedes the dead-letter object in the writer's CRITICAL log line.
+_LOG_MARKER = LOG_MESSAGE.encode("ascii")
 
 
 class ReplayReport(BaseModel):
@@ -165,26 +165,26 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
 def replay_log(log: Path, conn: sqlite3.Connection) -> ReplayReport:
     """Put back the entries a writer could only log (``audit entry LOST to disk, logged instead``).
 
-    Each line of the text file ``log`` that holds a dead-letter object (``{"entry": ...}``) is
-    replayed; a line that holds one that cannot be read is reported with its number. The log
-    itself is not changed: replaying it twice finds the entries already stored.
+    Only a line carrying that message, followed at once by a dead-letter object that ends the
+    line, is replayed (whatever the log's prefix before the message); a line that carries the
+    message but not a readable object is reported with its number; every other line is ignored.
+    The log is trusted: whoever can write to it can add entries. It is not changed: replaying it
+    twice finds the entries already stored.
     """
     try:
         content = log.read_bytes()
     except FileNotFoundError:
         raise AuditStoreError(f"no log file at {log}") from None
     tally = _Tally(conn)
-    decoder = json.JSONDecoder()
     for number, raw in enumerate(content.splitlines(), 1):
-        start = raw.find(_MARKER)
+        start = raw.find(_LOG_MARKER)
         if start < 0:
             continue
-        text = raw.decode("utf-8", errors="replace")
-        try:
-            record, _ = decoder.raw_decode(text, text.find('{"entry"'))
-            entry = AuditEntry.model_validate(record["entry"], context=_READ_CONTEXT)
-        except (ValueError, KeyError, TypeError) as exc:
-            tally.keep(raw, f"line {number}: {exc}")
+        logged = raw[start + len(_LOG_MARKER) :]
+        # The object starts right after the message, as the writer logs it.
+        entry, problem = parse_line(number, logged if logged.startswith(b"{") else b"")
+        if entry is None:
+            tally.keep(raw, problem)
             continue
         tally.put_back(raw, entry, f"line {number}")
     return tally.report([log])

@@ -59,7 +59,9 @@ def test_replay_from_a_saved_log(cli: Cli, trail: Trail, tmp_path: Path) -> None
     assert result.stdout == (
         f"Replayed 2 entries (0 already stored) from {log}; 1 line could not be read\n"
     )
-    assert result.stderr.startswith("Error: line 4: 1 validation error for AuditEntry\naction\n")
+    assert result.stderr == (
+        "Error: line 4: invalid entry: action: Input should be a valid string\n"
+    )
     assert trail.actions() == ["doc.rename", "doc.share"]
     again = cli.run("replay-deadletter", "--from", str(log), code=1)
     assert again.stdout.startswith("Replayed 0 entries (2 already stored) from ")

@@ -436,7 +436,7 @@ def test_replay_log_brings_back_the_entries_of_logged_dead_letter_lines(
     finally:
         conn.close()
     assert (report.replayed, report.already_present, report.kept) == (2, 0, 1)
-    assert report.errors == ["line 4: Unterminated string starting at: line 1 column 63 (char 62)"]
+    assert report.errors == ["line 4: incomplete line (torn write?), kept"]
     assert (again.replayed, again.already_present) == (0, 2)
     assert "app started" in log.read_text(encoding="utf-8")  # the log is left as it was
 

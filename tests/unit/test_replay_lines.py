@@ -153,3 +153,61 @@ def test_replay_log_keeps_an_entry_whose_event_id_holds_a_different_entry(
 
     assert (report.replayed, report.already_present, report.kept) == (0, 1, 1)
     assert report.errors == ["line 1: event_id e-1 is already used by a different entry"]
+
+
+# -- --from LOG takes only the engine's own lines (D2) ---------------------------------------------
+
+
+def test_replay_log_takes_only_lines_with_the_engines_marker(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    from audit_engine.storage.replay import replay_log
+
+    lost = AuditEntry(action="doc.rename", actor="alice", event_id="lost-1")
+    forged = json.dumps(
+        {"entry": {"event_id": "forged-1", "action": "payment.approve", "actor": "alice"}}
+    )
+    log = tmp_path / "app.log"
+    log.write_text(
+        f"WARNING:app:login failed for user 'x {forged}'\n"  # no marker: ignored
+        f"INFO:app:{forged}\n"  # no marker: ignored
+        + _log_line(lost)
+        # the marker inside a quoted user string: text follows the object, not replayed
+        + f"WARNING:app:login failed for 'audit entry LOST to disk, logged instead: {forged}'\n"
+        + f"audit entry LOST to disk, logged instead:  {forged}\n",  # not right after the marker
+        encoding="utf-8",
+    )
+
+    report = replay_log(log, conn)
+
+    assert (report.replayed, report.kept) == (1, 2)
+    assert report.errors == [
+        'line 4: not a dead-letter line (expected a JSON object with "entry")',
+        'line 5: not a dead-letter line (expected a JSON object with "entry")',
+    ]
+    assert [r[0] for r in conn.execute("SELECT event_id FROM audit_entries")] == ["lost-1"]
+
+
+def test_replay_log_reports_bad_objects_in_the_short_form(
+    tmp_path: Path, conn: sqlite3.Connection
+) -> None:
+    from audit_engine.storage.replay import replay_log
+
+    marker = "audit entry LOST to disk, logged instead: "
+    log = tmp_path / "app.log"
+    log.write_bytes(
+        (
+            f'{marker}{{"entry": {{"action": 1}}}}\n'
+            f'{marker}{{"entry": {{"act\n'
+            f'{marker}{{"entry": {"[" * 5000}{"]" * 5000}}}\n'
+        ).encode()
+        + b"\xff\xfe binary noise\n"
+    )
+
+    report = replay_log(log, conn)
+
+    assert report.errors == [
+        "line 1: invalid entry: action: Input should be a valid string",
+        "line 2: incomplete line (torn write?), kept",
+        "line 3: nested too deeply to read",
+    ]
