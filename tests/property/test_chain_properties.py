@@ -5,6 +5,8 @@
   head only deleting the newest row (a truncation) can pass.
 * A purge at any cutoff deletes exactly the prefix before the first row at or after the cutoff
   and leaves a chain that verifies, against the old head too, and keeps taking new rows.
+* The per-row loops generated from the column definitions (``link_into``, verify's check) agree
+  with the reference canonical form (``chain.row_hash``) on any stored values, of any type.
 """
 
 from __future__ import annotations
@@ -22,26 +24,13 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from audit_engine import AuditEntry, AuditStore, Operation, Outcome
+from audit_engine.columns import ENTRY_COLUMNS, STORED_COLUMNS, STORED_ROW, Column
 from audit_engine.models import utcnow
+from audit_engine.storage import chain
 from audit_engine.storage import sqlite as store
 
-COLUMNS = (
-    "id",
-    "event_id",
-    "timestamp",
-    "actor",
-    "action",
-    "operation",
-    "outcome",
-    "resource_type",
-    "resource_id",
-    "correlation_id",
-    "details",
-    "critical",
-    "prev_hash",
-    "hash",
-)
-NULLABLE = {"actor", "resource_type", "resource_id", "correlation_id", "prev_hash", "hash"}
+COLUMNS = STORED_ROW
+NULLABLE = {column.name for column in ENTRY_COLUMNS if column.nullable} | {"prev_hash", "hash"}
 SETTINGS = settings(
     max_examples=40,
     deadline=None,
@@ -149,7 +138,7 @@ def _tamper(conn: sqlite3.Connection, kind: str, data: st.DataObject, count: int
         return False
     a = data.draw(st.integers(1, count - 1), label="a")
     b = data.draw(st.integers(a + 1, count), label="b")
-    columns = COLUMNS[1:] if data.draw(st.booleans(), label="with hashes") else COLUMNS[1:12]
+    columns = COLUMNS[1:] if data.draw(st.booleans(), label="with hashes") else STORED_COLUMNS
     select = f"SELECT {', '.join(columns)} FROM audit_entries WHERE id = ?"
     values_a = conn.execute(select, (a,)).fetchone()
     values_b = conn.execute(select, (b,)).fetchone()
@@ -240,3 +229,60 @@ def test_purge_at_any_cutoff_leaves_a_verifiable_chain(
     assert head_after == head  # the newest row, or after a full purge the anchor with its hash
     assert after_append.ok is True
     assert after_append.rows_checked == len(entries) - deleted + 1
+
+
+# Stored values of each column's type (text without control characters, as the engine stores).
+_stored_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")))
+
+
+def _typed(column: Column) -> st.SearchStrategy[Any]:
+    values = _stored_text if column.sql_type == "TEXT" else st.integers(-(10**18), 10**18)
+    return st.none() | values if column.nullable else values
+
+
+def _any_type(column: Column) -> st.SearchStrategy[Any]:
+    # Another tool may store any type in any column (SQLite does not enforce them).
+    return _typed(column) | st.integers() | st.floats(allow_nan=False) | _stored_text | st.none()
+
+
+_typed_rows = st.lists(st.tuples(*map(_typed, ENTRY_COLUMNS)), max_size=8)
+_any_rows = st.lists(st.tuples(*map(_any_type, ENTRY_COLUMNS)), min_size=1, max_size=8)
+
+
+@SETTINGS
+@given(rows=_typed_rows, tail_id=st.integers(0, 10**12), tail_hash=_hex)
+def test_the_generated_link_hashes_the_reference_canonical_form(
+    rows: list[tuple[Any, ...]], tail_id: int, tail_hash: str
+) -> None:
+    linked = chain.link(rows, tail_id, tail_hash)
+
+    assert [row[1:-2] for row in linked] == rows
+    for row in linked:
+        assert row[-1] == chain.row_hash(row[:-1])
+    start = chain.ChainHead(id=tail_id, hash=tail_hash)
+    assert chain.verify_rows(linked, start).rows_checked == len(rows)
+
+
+@SETTINGS
+@given(rows=_any_rows, data=st.data())
+def test_verify_accepts_a_chain_hashed_by_the_reference_whatever_its_types(
+    rows: list[tuple[Any, ...]], data: st.DataObject
+) -> None:
+    stored = []
+    prev = chain.GENESIS_HASH
+    for row_id, fields in enumerate(rows, start=1):
+        body = (row_id, *fields, prev)
+        prev = chain.row_hash(body)
+        stored.append((*body, prev))
+    genesis = chain.ChainHead(id=0, hash=chain.GENESIS_HASH)
+    head_id = data.draw(st.integers(1, len(stored)), label="expected head")
+
+    good = chain.verify_rows(
+        stored, genesis, chain.ChainHead(id=head_id, hash=stored[head_id - 1][-1])
+    )
+    bad = chain.verify_rows(stored, genesis, chain.ChainHead(id=head_id, hash="ab" * 32))
+
+    assert good.ok is True
+    assert good.rows_checked == len(stored)
+    assert bad.ok is False
+    assert bad.first_bad_id == head_id

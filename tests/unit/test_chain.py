@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from audit_engine.columns import STORED_ROW
 from audit_engine.storage.chain import (
     CHAIN_VERSION,
     GENESIS_HASH,
@@ -25,24 +26,8 @@ from audit_engine.storage.chain import (
     verify_rows,
 )
 
-# The stored fields after id, in canonical order: event_id, timestamp, actor, action, operation,
-# outcome, resource_type, resource_id, correlation_id, details, critical.
-NAMES = (
-    "id",
-    "event_id",
-    "timestamp",
-    "actor",
-    "action",
-    "operation",
-    "outcome",
-    "resource_type",
-    "resource_id",
-    "correlation_id",
-    "details",
-    "critical",
-    "prev_hash",
-    "hash",
-)
+# A stored row's columns: id, the stored fields (in canonical order), prev_hash, hash.
+NAMES = STORED_ROW
 OTHER_HASH = "ab" * 32
 
 
@@ -363,6 +348,22 @@ def test_verify_rows_with_an_expected_head_that_differs() -> None:
     assert report.ok is False
     assert report.first_bad_id == 2
     assert report.reason == "row 2 differs from the expected head (hash mismatch)"
+
+
+def test_an_expected_head_rewritten_with_a_value_of_another_type_is_detected() -> None:
+    # A row the fast loop cannot join (an integer in a text column) is checked by the
+    # reference; the expected head is compared there too (it used to be skipped).
+    rows = _chain(3)
+    forged = _replace(rows[1], "actor", 7)
+    forged = _replace(forged, "hash", row_hash(forged[:-1]))
+    rows = [rows[0], forged]
+
+    report = verify_rows(rows, GENESIS, ChainHead(id=2, hash=_chain(3)[1][-1]))
+
+    assert report.ok is False
+    assert report.first_bad_id == 2
+    assert report.reason == "row 2 differs from the expected head (hash mismatch)"
+    assert verify_rows(rows, GENESIS, ChainHead(id=2, hash=forged[-1])).ok is True
     assert report.head is None
 
 
