@@ -42,21 +42,24 @@ _COLUMNS = STORED_COLUMNS
 
 # -- writes -----------------------------------------------------------------------------------
 
+# The chain's tail, written once: the newest row, else the newest purge anchor (the table is
+# empty after a full purge), else genesis. chain_tail() reads it and every guarded insert
+# compares its hash; UNION ALL ... LIMIT 1 stops at the first part that has a row.
+_TAIL_SQL = (
+    f"SELECT id, hash FROM (SELECT id, hash FROM {TABLE} ORDER BY id DESC LIMIT 1) "
+    "UNION ALL SELECT * FROM (SELECT last_deleted_id, last_deleted_hash "
+    f"FROM {ANCHORS} ORDER BY last_deleted_id DESC LIMIT 1) "
+    f"UNION ALL SELECT 0, '{GENESIS_HASH}' LIMIT 1"
+)
+
 
 def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
     """The (id, hash) new rows chain from: the last row, else the last purge anchor, else genesis.
 
     Read inside the writing transaction, through the primary key: O(1), never a scan.
     """
-    row = conn.execute(f"SELECT id, hash FROM {TABLE} ORDER BY id DESC LIMIT 1").fetchone()
-    if row is None:
-        row = conn.execute(
-            f"SELECT last_deleted_id, last_deleted_hash FROM {ANCHORS} "
-            "ORDER BY last_deleted_id DESC LIMIT 1"
-        ).fetchone()
-    if row is None:
-        return 0, GENESIS_HASH
-    return int(row[0]), str(row[1])
+    tail_id, tail_hash = conn.execute(_TAIL_SQL).fetchone()
+    return int(tail_id), str(tail_hash)
 
 
 # -- the chained insert -------------------------------------------------------------------------
@@ -64,8 +67,8 @@ def chain_tail(conn: sqlite3.Connection) -> tuple[int, str]:
 # Rows go in as one multi-row INSERT per chunk rather than executemany(): SQLite then inserts
 # the whole chunk in one step, during which the GIL is free for the application's threads, where
 # executemany() gives the GIL up and waits to get it back for every row. Each statement is
-# guarded: it inserts nothing unless the chain's tail — the newest row, else the newest purge
-# anchor, else genesis, as chain_tail() reads it — is the one the rows were linked to.
+# guarded: it inserts nothing unless the chain's tail (_TAIL_SQL, as chain_tail() reads it) is
+# the one the rows were linked to.
 # That lets the writer append a batch with one statement in its own transaction, chaining from
 # the tail it remembers, and notice when someone else (another process, a purge, a synchronous
 # write) moved the tail meanwhile. Chunk lengths come from a short ladder (see chunk_lengths),
@@ -83,9 +86,7 @@ def _append_sql(rows: int) -> str:
     return (
         f"INSERT INTO {TABLE} (id, {', '.join(_COLUMNS)}, prev_hash, hash) "
         f"SELECT * FROM (VALUES {', '.join([_ROW_PARAMS] * rows)}) "
-        f"WHERE coalesce((SELECT hash FROM {TABLE} ORDER BY id DESC LIMIT 1), "
-        f"(SELECT last_deleted_hash FROM {ANCHORS} ORDER BY last_deleted_id DESC LIMIT 1), "
-        f"'{GENESIS_HASH}') = ?"
+        f"WHERE (SELECT hash FROM ({_TAIL_SQL})) = ?"
     )
 
 
