@@ -7,9 +7,11 @@ a different entry is kept. Nothing unreadable is ever thrown away.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sqlite3
+import stat
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -99,28 +101,83 @@ def replay(path: Path, conn: sqlite3.Connection) -> ReplayReport:
 
     Lines put back, or already stored, are dropped. Lines that cannot be read (a torn fragment),
     or whose entry still cannot be written, are kept in ``path``, which is rewritten atomically
-    (or removed when empty); side files are merged into it and removed. Appends by a running
-    writer wait for the rewrite (or go to a new side file). Nothing to replay is not an error:
-    the report then lists no files.
+    (or removed when empty); side files are merged into it and removed. A file from which
+    nothing was taken is left as it was. Appends by a running writer wait for the rewrite (or go
+    to a new side file). Nothing to replay is not an error: the report then lists no files.
+
+    Raises :class:`AuditStoreError`, changing nothing, for a path that is not a dead-letter file:
+    the database or one of its own files, a symbolic link, a file that is not a regular file, one
+    whose first line is not a dead-letter object (a binary file, a text file).
     """
-    if path.exists():
-        with path.open("rb") as head:
-            if head.read(16) == b"SQLite format 3\x00":
-                raise AuditStoreError(f"{path} is an SQLite database, not a dead-letter file")
+    _refuse_database_files(path, conn)
+    first = _read(path)
+    if first is not None:
+        _refuse_foreign(path, first)
     tally = _Tally(conn)
-    if not path.exists() and not side_files(path):
+    if first is None and not side_files(path):
         return tally.report([])  # without creating a lock file either
     with file_lock(path):
-        sources = ([path] if path.exists() else []) + side_files(path)
-        for source in sources:
-            label = "" if source == path else f"{source.name} "
-            for number, raw in enumerate(source.read_bytes().splitlines(keepends=True), 1):
+        main = _read(path)  # again: appended to meanwhile, perhaps
+        if main is not None:
+            _refuse_foreign(path, main)
+        sides = [(side, _read(side) or b"") for side in side_files(path)]
+        for number, raw in enumerate((main or b"").splitlines(keepends=True), 1):
+            if raw.strip():
+                _replay_line(tally, number, raw, "")
+        taken = tally.replayed + tally.already > 0
+        for side, content in sides:
+            for number, raw in enumerate(content.splitlines(keepends=True), 1):
                 if raw.strip():
-                    _replay_line(tally, number, raw, label)
-        _rewrite(path, tally.kept)
-        for side in sources[1 if path in sources else 0 :]:
+                    _replay_line(tally, number, raw, f"{side.name} ")
+        if taken or sides:
+            _rewrite(path, tally.kept)
+        for side, _ in sides:
             side.unlink()
-    return tally.report(sources)
+    return tally.report(([path] if main is not None else []) + [side for side, _ in sides])
+
+
+def _read(path: Path) -> bytes | None:
+    """The content of the regular file ``path`` (None: there is none), never through a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise AuditStoreError(f"{path} is a symbolic link; nothing was changed") from None
+        raise
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise AuditStoreError(f"{path} is not a regular file; nothing was changed")
+        return file.read()
+
+
+def _refuse_database_files(path: Path, conn: sqlite3.Connection) -> None:
+    main = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
+    if not main:  # pragma: no cover - an in-memory database has no files
+        return
+    here = os.path.realpath(path)
+    if here == os.path.realpath(main):
+        raise AuditStoreError(f"{path} is an SQLite database, not a dead-letter file")
+    for suffix in ("-wal", "-shm", "-journal"):
+        if here == os.path.realpath(f"{main}{suffix}"):
+            raise AuditStoreError(
+                f"{path} belongs to the audit database {main}, it is not a dead-letter file; "
+                "nothing was changed"
+            )
+
+
+def _refuse_foreign(path: Path, content: bytes) -> None:
+    """Refuse a file whose first line is not the start of a dead-letter object."""
+    if content.startswith(b"SQLite format 3\x00"):
+        raise AuditStoreError(f"{path} is an SQLite database, not a dead-letter file")
+    first = next((line.strip() for line in content.splitlines() if line.strip()), b"")
+    # A dead-letter line starts with its object; a torn first line, with a part of that start.
+    if first and not (first.startswith(_MARKER) or _MARKER.startswith(first)):
+        raise AuditStoreError(
+            f'{path} is not a dead-letter file (its first line is not a {{"entry": ...}} '
+            "object); nothing was changed"
+        )
 
 
 def _replay_line(tally: _Tally, number: int, raw: bytes, label: str) -> None:

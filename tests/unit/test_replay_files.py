@@ -1,0 +1,154 @@
+"""Which files a replay touches, and how the dead-letter files are opened (review of issue 11:
+D6, D13).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from audit_engine import AuditEntry
+from audit_engine.errors import AuditStoreError
+from audit_engine.storage import deadletter
+from audit_engine.storage import sqlite as store
+from audit_engine.storage.replay import replay
+
+
+@pytest.fixture
+def dl_path(db_path: Path) -> Path:
+    return deadletter.path_for(db_path)
+
+
+@pytest.fixture
+def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = store.open_connection(db_path)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+def _line(entry: AuditEntry) -> bytes:
+    return json.dumps({"entry": entry.model_dump(mode="json"), "error": "x"}).encode() + b"\n"
+
+
+def _snapshot(path: Path) -> tuple[bytes, int, int, int]:
+    info = path.stat()
+    return path.read_bytes(), info.st_ino, info.st_mode, info.st_mtime_ns
+
+
+# -- D6: the database's own files, and files that are not dead-letter files ------------------------
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+def test_replay_refuses_the_databases_own_files(
+    db_path: Path, conn: sqlite3.Connection, suffix: str
+) -> None:
+    own = Path(f"{db_path}{suffix}")
+    if not own.exists():
+        own.write_bytes(_line(AuditEntry(action="a")))  # even one that looks like dead letters
+    before = _snapshot(own)
+
+    with pytest.raises(AuditStoreError) as raised:
+        replay(own, conn)
+
+    assert str(raised.value) == (
+        f"{own} belongs to the audit database {db_path}, it is not a dead-letter file; "
+        "nothing was changed"
+    )
+    assert _snapshot(own) == before
+    assert not Path(f"{own}.lock").exists()
+
+
+def test_replay_refuses_a_link_to_the_database(
+    db_path: Path, conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    link = tmp_path / "other.jsonl"
+    os.link(db_path, link)
+
+    with pytest.raises(AuditStoreError, match=r"is an SQLite database, not a dead-letter file$"):
+        replay(link, conn)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x00\x01\x02\x03binary\xff\xfe\n",
+        b"root:x:0:0:root:/root:/bin/bash\n" + _line(AuditEntry(action="a")),
+        b"\xef\xbb\xbf" + _line(AuditEntry(action="a")),
+        b"\n\n[1]\n",
+    ],
+)
+def test_replay_refuses_a_file_that_does_not_start_with_a_dead_letter_line(
+    conn: sqlite3.Connection, tmp_path: Path, content: bytes
+) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    path.chmod(0o644)
+    before = _snapshot(path)
+
+    with pytest.raises(AuditStoreError) as raised:
+        replay(path, conn)
+
+    assert str(raised.value) == (
+        f'{path} is not a dead-letter file (its first line is not a {{"entry": ...}} object); '
+        "nothing was changed"
+    )
+    assert _snapshot(path) == before
+    assert conn.execute("SELECT count(*) FROM audit_entries").fetchone() == (0,)
+
+
+def test_replay_refuses_a_fifo_without_waiting_for_a_writer(
+    conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+
+    with pytest.raises(AuditStoreError, match=r"pipe\.jsonl is not a regular file; nothing was"):
+        replay(fifo, conn)
+
+
+def test_replay_refuses_a_symbolic_link(
+    dl_path: Path, conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    target = tmp_path / "elsewhere.jsonl"
+    target.write_bytes(_line(AuditEntry(action="a")))
+    dl_path.symlink_to(target)
+
+    with pytest.raises(AuditStoreError) as raised:
+        replay(dl_path, conn)
+
+    assert str(raised.value) == f"{dl_path} is a symbolic link; nothing was changed"
+    assert dl_path.is_symlink()
+    assert conn.execute("SELECT count(*) FROM audit_entries").fetchone() == (0,)
+
+
+def test_a_file_from_which_nothing_was_replayed_is_not_rewritten(
+    dl_path: Path, conn: sqlite3.Connection
+) -> None:
+    conn.execute(
+        "CREATE TRIGGER no BEFORE INSERT ON audit_entries BEGIN SELECT RAISE(ABORT, 'no'); END"
+    )
+    dl_path.write_bytes(_line(AuditEntry(action="a")) + b'{"entry": {"act\n\n')
+    dl_path.chmod(0o640)
+    before = _snapshot(dl_path)
+
+    report = replay(dl_path, conn)
+
+    assert (report.replayed, report.already_present, report.kept) == (0, 0, 2)
+    assert _snapshot(dl_path) == before
+
+
+def test_replay_refuses_a_symbolic_link_to_the_database(
+    db_path: Path, conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    link = tmp_path / "audit-link.db"
+    link.symlink_to(db_path)
+
+    with pytest.raises(AuditStoreError, match=r"is an SQLite database, not a dead-letter file$"):
+        replay(link, conn)
