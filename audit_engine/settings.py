@@ -2,7 +2,8 @@
 
 Each field reads the environment variable ``AUDIT_TRAIL_<FIELD NAME IN UPPER CASE>``
 (``async_writes`` reads ``AUDIT_TRAIL_ASYNC``). Keyword arguments win over the environment.
-A bad value raises :class:`~audit_engine.errors.SettingsError` naming the setting and its variable.
+A bad value raises :class:`~audit_engine.errors.SettingsError` naming the setting and where it
+came from: its variable, or the keyword argument.
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ class AuditSettings(BaseSettings):
         try:
             super().__init__(**values)
         except ValidationError as exc:
-            raise SettingsError(_describe(exc)) from None
+            raise SettingsError(_describe(exc, given=set(values))) from None
 
     @field_validator("on_full", "synchronous", "level", mode="before")
     @classmethod
@@ -224,7 +225,9 @@ def resolve(
     )
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(exc: ValidationError, given: set[str]) -> str:
+    """One line per bad value, naming where it came from: the keyword argument ``given`` to
+    :class:`AuditSettings`, else the environment variable."""
     parts = []
     for error in exc.errors():
         loc = error["loc"][0] if error["loc"] else ""
@@ -232,7 +235,8 @@ def _describe(exc: ValidationError) -> str:
         if field.upper() == f"{ENV_PREFIX}ASYNC":
             field = "async_writes"
         if field in AuditSettings.model_fields:
-            where = f"{field} ({env_var(field)})"
+            source = f"the {field}= argument" if field in given else env_var(field)
+            where = f"{field} ({source})"
         else:
             where = field or "settings"
         value = error.get("input")

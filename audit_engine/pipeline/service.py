@@ -171,6 +171,11 @@ class AuditService:
         """
         if self._closed:
             raise AuditServiceClosed("the audit service is closed")
+        if connection is not None and not isinstance(connection, sqlite3.Connection):
+            raise TypeError(
+                "record() connection must be a sqlite3.Connection (the caller's transaction to "
+                f"write the entry in) or None, got {type(connection).__name__}"
+            )
         if not self._enabled:
             return None
         # The common path (keywords, default policy, no scope, room in the queue) is written

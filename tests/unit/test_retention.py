@@ -558,7 +558,7 @@ def test_non_positive_retention_settings_are_rejected(
         make_settings(**{setting: value})
 
     assert str(exc.value) == (
-        f"invalid setting {setting} (AUDIT_TRAIL_{setting.upper()}): "
+        f"invalid setting {setting} (the {setting}= argument): "
         f"Input should be greater than 0 (got {value})"
     )
 

@@ -170,20 +170,20 @@ def test_keyword_overrides_replace_those_settings_only(
         (
             (),
             {"queue_maxsize": 0},
-            "invalid setting queue_maxsize (AUDIT_TRAIL_QUEUE_MAXSIZE): "
+            "invalid setting queue_maxsize (the queue_maxsize= argument): "
             "Input should be greater than 0 (got 0)",
         ),
         (
             ("x.db",),
             {"on_full": "wait"},
-            "invalid setting on_full (AUDIT_TRAIL_ON_FULL): "
+            "invalid setting on_full (the on_full= argument): "
             "Input should be 'block', 'drop' or 'sync' (got 'wait')",
         ),
         (
             (AuditSettings(),),
             {"sample_rate": 2},
             "invalid setting sample_rate "
-            "(AUDIT_TRAIL_SAMPLE_RATE): Input should be less than or equal to 1 (got 2)",
+            "(the sample_rate= argument): Input should be less than or equal to 1 (got 2)",
         ),
     ],
 )

@@ -182,13 +182,13 @@ def test_settings_are_frozen() -> None:
         ),
     ],
 )
-def test_bad_keyword_value_names_the_field_and_its_variable(
+def test_bad_keyword_value_names_the_field_as_an_argument(
     field: str, value: object, message: str
 ) -> None:
     with pytest.raises(SettingsError) as exc:
         AuditSettings(**{field: value})
 
-    assert str(exc.value) == f"invalid setting {field} ({ENV_VARS[field]}): {message}"
+    assert str(exc.value) == f"invalid setting {field} (the {field}= argument): {message}"
 
 
 @pytest.mark.parametrize(
@@ -226,9 +226,9 @@ def test_every_bad_value_is_reported_at_once() -> None:
         AuditSettings(queue_maxsize=0, block_timeout=-1)
 
     assert str(exc.value) == (
-        "invalid setting queue_maxsize (AUDIT_TRAIL_QUEUE_MAXSIZE): "
+        "invalid setting queue_maxsize (the queue_maxsize= argument): "
         "Input should be greater than 0 (got 0); "
-        "invalid setting block_timeout (AUDIT_TRAIL_BLOCK_TIMEOUT): "
+        "invalid setting block_timeout (the block_timeout= argument): "
         "Input should be greater than or equal to 0 (got -1)"
     )
 

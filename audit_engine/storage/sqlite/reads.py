@@ -104,6 +104,30 @@ def _as_utc(value: datetime | str, name: str) -> str:
     return format_timestamp(value)
 
 
+_MAX_LIMIT = 2**63 - 1  # SQLite's largest integer
+
+
+def _checked_limit(limit: object) -> int:
+    """``limit`` as SQLite takes it; a ``TypeError`` or ``ValueError`` naming it otherwise."""
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise TypeError(f"limit must be an int (got {type(limit).__name__})")
+    if limit < 0:
+        raise ValueError(f"limit must be zero or more (got {limit})")
+    if limit > _MAX_LIMIT:
+        raise ValueError(f"limit must be at most {_MAX_LIMIT} (got {limit})")
+    return limit
+
+
+def _checked_head(head: object) -> ChainHead | None:
+    """A ``ChainHead`` only: a published ``ID:HASH`` string is parsed by the caller."""
+    if head is None or isinstance(head, ChainHead):
+        return head
+    raise TypeError(
+        f"expected_head must be a ChainHead (as head() returns) or None, got "
+        f"{type(head).__name__}; ChainHead(id=ID, hash=HASH) makes one from a published ID:HASH"
+    )
+
+
 class AuditStore:
     """Typed reads of an existing audit database.
 
@@ -164,6 +188,7 @@ class AuditStore:
             raise AuditStoreError(
                 f"min_retention must be a duration of zero or more (got {min_retention!r})"
             )
+        expected_head = _checked_head(expected_head)
         with self._errors("verify"), self._snapshot():
             checked = check_maintenance(self._conn, utcnow(), min_retention)
             found = {
@@ -277,7 +302,8 @@ class AuditStore:
 
     def entries_after(self, last_id: int, *, limit: int = 1000) -> list[tuple[int, AuditEntry]]:
         """Up to ``limit`` entries committed after row ``last_id``, with their ids (for follow)."""
-        rows = self._db.query(f"{_SELECT_SQL} WHERE id > ? ORDER BY id LIMIT ?", [last_id, limit])
+        sql = f"{_SELECT_SQL} WHERE id > ? ORDER BY id LIMIT ?"
+        rows = self._db.query(sql, [last_id, _checked_limit(limit)])
         return [(row["id"], parse_row(row)) for row in rows]
 
     def last_id(self) -> int:
@@ -305,8 +331,9 @@ class AuditStore:
         ``since`` is inclusive and ``until`` exclusive: each an aware ``datetime`` or an ISO-8601
         string (``"2026-01-31"``, ``"2026-01-31T12:00:00+01:00"``); a string without an offset
         is UTC. A naive ``datetime`` is refused (:class:`AuditStoreError`), a value of another
-        type raises ``TypeError``. A row another tool wrote that is not a valid entry raises
-        :class:`AuditStoreError` naming its id.
+        type raises ``TypeError``. ``limit`` is an int from 0 to 2**63 - 1 (``ValueError`` out of
+        that range, ``TypeError`` for another type). A row another tool wrote that is not a valid
+        entry raises :class:`AuditStoreError` naming its id.
         """
         where, params = self._where(
             actor,
@@ -321,10 +348,8 @@ class AuditStore:
         )
         sql = f"{_SELECT_SQL}{where} ORDER BY id {'DESC' if newest_first else 'ASC'}"
         if limit is not None:
-            if limit < 0:
-                raise AuditStoreError(f"limit must be zero or more (got {limit})")
             sql += " LIMIT ?"
-            params.append(limit)
+            params.append(_checked_limit(limit))
         return [parse_row(row) for row in self._db.query(sql, params)]
 
     def count(
