@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -69,7 +70,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError:
             _quiet_broken_pipe()
-        except (AuditEngineError, ValueError, OSError) as exc:
+        # sqlite3.Error: a safety net; the library wraps what it knows in AuditStoreError.
+        except (AuditEngineError, ValueError, OSError, sqlite3.Error) as exc:
             raise click.ClickException(describe_error(exc)) from exc
 
 
@@ -131,6 +133,7 @@ def main(database: Path) -> None:
 def init(ctx: click.Context) -> None:
     """Create the audit database, or migrate it to the current schema."""
     with AuditStore(root_database(ctx), create=True) as store:
+        store.quick_check()  # "ready" is never said of a damaged file
         click.echo(f"Audit database ready at {store.path} (schema version {SCHEMA_VERSION})")
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,6 +15,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import pytest
+
+from audit_engine import AuditStore, AuditStoreError
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail
@@ -293,3 +297,112 @@ def test_a_time_out_of_range_is_a_usage_error(
 
     assert result.output.startswith("Usage: audit-engine query [OPTIONS]\n")
     assert result.output.endswith(f"Error: Invalid value for '--since': {problem}\n")
+
+
+# -- a damaged file ----------------------------------------------------------------------------
+
+
+def _damaged(trail: Trail, *, newest: bool) -> str:
+    """300 entries, then one leaf page of the audit table overwritten (the newest rows' page, or
+    one in the middle), as a bad disk sector would; returns SQLite's message for it."""
+    trail.record(*({"action": f"a{i}", "details": {"pad": "x" * 200}} for i in range(300)))
+    with contextlib.closing(sqlite3.connect(trail.database)) as conn:
+        try:
+            leaves = conn.execute(
+                "SELECT pageno FROM dbstat WHERE name = 'audit_entries' AND pagetype = 'leaf' "
+                "ORDER BY path"
+            ).fetchall()
+        except sqlite3.OperationalError:  # pragma: no cover - SQLite built without dbstat
+            pytest.skip("this SQLite has no dbstat table")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    page = leaves[-1][0] if newest else leaves[len(leaves) // 2][0]
+    with open(trail.database, "r+b") as file:
+        file.seek((page - 1) * page_size)
+        file.write(b"X" * page_size)
+    return "database disk image is malformed"
+
+
+def test_query_on_a_damaged_database_is_an_error_naming_the_file(cli: Cli, trail: Trail) -> None:
+    """Review D10: query printed a sqlite3.DatabaseError traceback."""
+    problem = _damaged(trail, newest=False)
+
+    result = cli.run("query", code=1)
+
+    assert result.stdout == ""
+    assert result.stderr == f"Error: cannot query {cli.database}: {problem}\n"
+
+
+def test_tail_on_a_damaged_database_is_an_error_naming_the_file(cli: Cli, trail: Trail) -> None:
+    problem = _damaged(trail, newest=True)
+
+    result = cli.run("tail", code=1)
+
+    assert result.stdout == ""
+    assert result.stderr == f"Error: cannot read the newest entries of {cli.database}: {problem}\n"
+
+
+def test_init_on_a_damaged_database_does_not_say_it_is_ready(cli: Cli, trail: Trail) -> None:
+    problem = _damaged(trail, newest=False)
+
+    result = cli.run("init", code=1)
+
+    assert result.stdout == ""
+    assert result.stderr == f"Error: {cli.database} is damaged (PRAGMA quick_check): {problem}\n"
+
+
+def test_quick_check_names_what_sqlite_found(trail: Trail) -> None:
+    trail.init()
+    with AuditStore(trail.database) as reader:
+        reader.quick_check()  # a sound file: nothing to say
+        real = reader._conn
+        reader._conn = _Answering([("row 3 missing from index x",), ("page 9: btreeInitPage",)])  # type: ignore[assignment]
+        try:
+            with pytest.raises(AuditStoreError) as raised:
+                reader.quick_check()
+        finally:
+            reader._conn = real
+
+    assert str(raised.value) == (
+        f"{trail.database} is damaged (PRAGMA quick_check): row 3 missing from index x; "
+        "page 9: btreeInitPage"
+    )
+
+
+class _Answering:
+    """A connection whose every statement returns ``rows``."""
+
+    def __init__(self, rows: list[tuple[str]]) -> None:
+        self.rows = rows
+
+    def execute(self, sql: str) -> list[tuple[str]]:
+        return self.rows
+
+
+def test_count_and_entries_after_on_a_damaged_database_raise_audit_store_error(
+    trail: Trail,
+) -> None:
+    _damaged(trail, newest=True)
+
+    with AuditStore(trail.database) as reader:
+        with pytest.raises(AuditStoreError, match=r"^cannot query .*: database disk image"):
+            reader.query()
+        with pytest.raises(AuditStoreError, match=r"^cannot count the entries of .*: database"):
+            reader.count(action="a299")
+        with pytest.raises(AuditStoreError, match=r"^cannot read the newest entries of .*: "):
+            reader.entries_after(290)
+
+
+def test_any_sqlite_error_escaping_a_command_is_an_error_not_a_traceback(
+    cli: Cli, trail: Trail, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command group's safety net: an sqlite3.Error the read API did not wrap."""
+    trail.init()
+
+    def broken(self: AuditStore) -> int:
+        raise sqlite3.DatabaseError("file is not a database")
+
+    monkeypatch.setattr(AuditStore, "last_id", broken)
+
+    result = cli.run("tail", code=1)
+
+    assert result.stderr == "Error: file is not a database\n"

@@ -155,6 +155,21 @@ class AuditStore:
         """Close the connection. Idempotent."""
         self._conn.close()
 
+    def quick_check(self) -> None:
+        """Raise :class:`AuditStoreError` naming the file if SQLite finds it damaged.
+
+        ``PRAGMA quick_check``: every page is read once (seconds for a large file), indexes are
+        not compared with their tables. ``audit-engine init`` runs it.
+        """
+        try:
+            problems = [str(row[0]) for row in self._conn.execute("PRAGMA quick_check(3)")]
+        except sqlite3.DatabaseError as exc:  # a page too damaged to check
+            problems = [str(exc)]
+        if problems != ["ok"]:
+            raise AuditStoreError(
+                f"{self.path} is damaged (PRAGMA quick_check): {'; '.join(problems)}"
+            )
+
     # -- integrity and retention -----------------------------------------------------------------
 
     def head(self) -> ChainHead | None:
@@ -303,12 +318,14 @@ class AuditStore:
     def entries_after(self, last_id: int, *, limit: int = 1000) -> list[tuple[int, AuditEntry]]:
         """Up to ``limit`` entries committed after row ``last_id``, with their ids (for follow)."""
         sql = f"{_SELECT_SQL} WHERE id > ? ORDER BY id LIMIT ?"
-        rows = self._db.query(sql, [last_id, _checked_limit(limit)])
+        with self._errors("read the newest entries of"):
+            rows = list(self._db.query(sql, [last_id, _checked_limit(limit)]))
         return [(row["id"], parse_row(row)) for row in rows]
 
     def last_id(self) -> int:
         """The id of the newest row, or 0 when the table is empty."""
-        row = self._conn.execute(f"SELECT coalesce(max(id), 0) FROM {TABLE}").fetchone()
+        with self._errors("read the newest entries of"):
+            row = self._conn.execute(f"SELECT coalesce(max(id), 0) FROM {TABLE}").fetchone()
         return int(row[0])
 
     def query(
@@ -350,7 +367,9 @@ class AuditStore:
         if limit is not None:
             sql += " LIMIT ?"
             params.append(_checked_limit(limit))
-        return [parse_row(row) for row in self._db.query(sql, params)]
+        with self._errors("query"):  # a damaged page shows up while the rows are read
+            rows = list(self._db.query(sql, params))
+        return [parse_row(row) for row in rows]
 
     def count(
         self,
@@ -377,7 +396,8 @@ class AuditStore:
             since,
             until,
         )
-        row = self._conn.execute(f"SELECT count(*) FROM {TABLE}{where}", params).fetchone()
+        with self._errors("count the entries of"):
+            row = self._conn.execute(f"SELECT count(*) FROM {TABLE}{where}", params).fetchone()
         total: int = row[0]
         return total
 
