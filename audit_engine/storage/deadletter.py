@@ -13,9 +13,11 @@ replay reads too. Replay lives in :mod:`audit_engine.storage.replay`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -209,7 +211,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _append_fresh_line(path: Path, data: bytes) -> None:
     """Append ``data`` to ``path`` (the lock held), on a line of its own, fsynced."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_private(path, os.O_RDWR | os.O_APPEND)
     try:
         size = os.fstat(fd).st_size
         # A line torn by an earlier failure (or a crash) must not swallow this one.
@@ -228,6 +230,24 @@ def _append_fresh_line(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def open_private(path: Path, flags: int) -> int:
+    """Open (or create, ``0600``) the regular file ``path``, never through a symbolic link.
+
+    A link planted at a dead-letter path would have entries appended to whatever it points to;
+    it is refused, as is a FIFO or other special file, with an ``OSError`` naming ``path``.
+    """
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "refusing to follow a symbolic link", str(path)) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
 def _fsync_directory(directory: Path) -> None:
     # A new name is durable only once its directory is; best effort (not every FS allows it).
     with contextlib.suppress(OSError):
@@ -240,7 +260,7 @@ def _fsync_directory(directory: Path) -> None:
 
 def _try_lock(path: Path) -> int | None:
     """The descriptor holding the file lock, or None if another holds it now."""
-    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_private(Path(f"{path}.lock"), os.O_WRONLY)
     if fcntl is None:  # pragma: no cover - not POSIX: the writer's gate serialises threads
         return fd
     try:
@@ -267,7 +287,7 @@ def _unlock(fd: int) -> None:
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold the dead-letter file's lock (a replay's rewrite), waiting as long as it takes."""
-    fd = os.open(f"{path}.lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_private(Path(f"{path}.lock"), os.O_WRONLY)
     try:
         if fcntl is not None:  # pragma: no branch - always, on POSIX
             fcntl.flock(fd, fcntl.LOCK_EX)

@@ -4,7 +4,10 @@ D6, D13).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -152,3 +155,104 @@ def test_replay_refuses_a_symbolic_link_to_the_database(
 
     with pytest.raises(AuditStoreError, match=r"is an SQLite database, not a dead-letter file$"):
         replay(link, conn)
+
+
+# -- D13: dead-letter files are never opened through a link; a loose one is reported -------------
+
+
+def test_an_append_refuses_a_symbolic_link_at_the_dead_letter_path(
+    dl_path: Path, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("victim\n")
+    dl_path.symlink_to(victim)
+
+    with pytest.raises(OSError, match="refusing to follow a symbolic link") as raised:
+        deadletter.DeadLetterFile(dl_path).append([AuditEntry(action="a")], "x")
+
+    assert raised.value.filename == str(dl_path)
+    assert victim.read_text() == "victim\n"
+
+
+def test_an_append_refuses_a_symbolic_link_at_the_lock_path(dl_path: Path, tmp_path: Path) -> None:
+    Path(f"{dl_path}.lock").symlink_to(tmp_path / "created-by-lock")
+
+    with pytest.raises(OSError, match="refusing to follow a symbolic link"):
+        deadletter.DeadLetterFile(dl_path).append([AuditEntry(action="a")], "x")
+
+    assert not (tmp_path / "created-by-lock").exists()
+    assert not dl_path.exists()
+
+
+def test_an_append_refuses_a_fifo_at_the_dead_letter_path(dl_path: Path) -> None:
+    os.mkfifo(dl_path)
+
+    with pytest.raises(OSError, match="not a regular file"):
+        deadletter.DeadLetterFile(dl_path).append([AuditEntry(action="a")], "x")
+
+
+def test_a_replay_refuses_a_symbolic_link_at_the_lock_path(
+    dl_path: Path, conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    dl_path.write_bytes(_line(AuditEntry(action="a")))
+    Path(f"{dl_path}.lock").symlink_to(tmp_path / "created-by-lock")
+
+    with pytest.raises(OSError, match="refusing to follow a symbolic link"):
+        replay(dl_path, conn)
+
+    assert not (tmp_path / "created-by-lock").exists()
+
+
+def test_a_service_logs_what_it_cannot_dead_letter_through_a_planted_link(
+    db_path: Path, dl_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from audit_engine import AuditService, AuditSettings
+
+    AuditService(AuditSettings(database=db_path, cleanup_enabled=False)).close()
+    with contextlib.closing(sqlite3.connect(db_path)) as plain:
+        plain.execute(
+            "CREATE TRIGGER t BEFORE INSERT ON audit_entries WHEN NEW.action = 'bad' "
+            "BEGIN SELECT RAISE(ABORT, 'nope'); END"
+        )
+    victim = tmp_path / "victim.txt"
+    victim.write_text("victim\n")
+    dl_path.symlink_to(victim)
+
+    with caplog.at_level(logging.CRITICAL, logger="audit_engine.writer"):
+        service = AuditService(AuditSettings(database=db_path, cleanup_enabled=False))
+        service.record(action="bad")
+        assert service.close(10) is False
+
+    stats = service.stats()
+    assert (stats.dead_lettered, stats.logged_only) == (0, 1)
+    assert stats.last_error == (
+        f"dead-letter file not writable: [Errno {errno.ELOOP}] refusing to follow a symbolic "
+        f"link: '{dl_path}'"
+    )
+    assert victim.read_text() == "victim\n"
+    assert [r.getMessage()[:42] for r in caplog.records] == [deadletter.LOG_MESSAGE]
+
+
+def test_an_existing_dead_letter_file_others_can_read_is_warned_about(
+    db_path: Path, dl_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from audit_engine import AuditService, AuditSettings
+
+    AuditService(AuditSettings(database=db_path, cleanup_enabled=False)).close()
+    dl_path.touch()
+    dl_path.chmod(0o644)
+    expected = (
+        f"the audit trail {db_path} can be read or written by other users "
+        f"(audit.db.deadletter.jsonl has mode 0644); it holds sensitive data: chmod 600 {db_path}*"
+    )
+
+    with caplog.at_level(logging.WARNING, logger="audit_engine"):
+        with AuditService(AuditSettings(database=db_path, cleanup_enabled=False)) as service:
+            service.record(action="a")
+        with AuditService(AuditSettings(database=db_path, cleanup_enabled=False)) as again:
+            again.record(action="b")
+
+    assert service.stats().warnings == [expected]
+    assert again.stats().warnings == [expected]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [expected]  # logged once per process

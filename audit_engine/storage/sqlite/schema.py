@@ -124,12 +124,12 @@ _LOOSE_BITS = stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH
 
 
 def loose_permissions(path: str | os.PathLike[str]) -> str | None:
-    """A warning when the database at ``path``, its -wal or its -shm file can be read or written
-    by group or others; None when they are private (or missing).
+    """A warning when the database at ``path``, its -wal, -shm or dead-letter file can be read or
+    written by group or others; None when they are private (or missing).
     """
     path = Path(path)
     loose = []
-    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+    for candidate in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", ".deadletter.jsonl"))):
         try:
             mode = stat.S_IMODE(candidate.stat().st_mode)
         except OSError:  # absent (no -wal yet), or not ours to look at
