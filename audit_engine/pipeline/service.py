@@ -377,7 +377,7 @@ class AuditService:
                 if not drained:
                     self._last_error = (
                         f"close() could not drain the queue in time: {left} entries moved to "
-                        f"{deadletter.path_for(self.settings.database)}"
+                        f"{writer.moved_to}"
                     )
                 # Entries only in the log, or a batch the loop failed on: not a clean close.
                 self._close_result = drained and writer.clean

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from audit_engine.models import utcnow
@@ -34,6 +35,8 @@ class SetAside:
         # id(row) -> None while its caller waits, or why it was not committed. By identity: the
         # waiting caller keeps the row alive, so its id cannot be reused meanwhile.
         self._watched: dict[int, str | None] = {}
+        # The files written while someone keeps track (close() timing out names them).
+        self._tracked: list[Path] | None = None
 
     def watch(self, entry: Row) -> None:
         """Remember what happens to ``entry`` (this object); call before it is queued."""
@@ -44,6 +47,17 @@ class SetAside:
         """Stop watching ``entry``: why it was not committed, or None."""
         with self._lock:
             return self._watched.pop(id(entry), None)
+
+    def track(self) -> None:
+        """From now on, remember which files entries are set aside in (see :meth:`tracked`)."""
+        with self._lock:
+            self._tracked = []
+
+    def tracked(self) -> list[Path]:
+        """Stop remembering: the files written since :meth:`track`, in the order first used."""
+        with self._lock:
+            files, self._tracked = self._tracked or [], None
+        return files
 
     @property
     def watching(self) -> int:
@@ -68,6 +82,8 @@ class SetAside:
             return
         with self._lock:
             self.dead_lettered += len(rows)
+            if self._tracked is not None and where not in self._tracked:
+                self._tracked.append(where)
             self._note(rows, f"{error}; it is in the dead-letter file {where}")
         logger.error("%d audit entries moved to %s: %s", len(rows), where, error)
 

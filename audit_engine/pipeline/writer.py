@@ -107,6 +107,8 @@ class Writer:
         self.longest_batch_s = 0.0
         self._file_level_error = False
         self.last_error: str | None = None
+        # Where a timed-out stop() moved what was left (the dead-letter file, or side files).
+        self.moved_to = str(self._dead_letters.path)
 
     def _start(self) -> None:
         # Every attribute is set before the thread starts: it never sees a half-built writer.
@@ -235,6 +237,7 @@ class Writer:
             return left == 0, left
         self._abort.set()
         before = self.dead_lettered
+        self._aside.track()
         self._dead_letter_queue("close() timed out while the database was busy")
         # The writer dead-letters its batch in flight once its current attempt ends (or commits
         # it, if the lock went away meanwhile): count what really happened.
@@ -242,13 +245,16 @@ class Writer:
         left = self.dead_lettered - before
         if self._thread.is_alive():  # pragma: no cover - an attempt outlasting the grace period
             left += len(self._inflight)
+        # Where they went: the dead-letter file, or side files when its lock was taken.
+        files = self._aside.tracked() or [self._dead_letters.path]
+        self.moved_to = ", ".join(str(f) for f in files)
         logger.error(
             "audit writer did not drain within %.1fs; %d entries moved to %s",
             timeout_s or 0.0,
             left,
-            self._dead_letters.path,
+            self.moved_to,
         )
-        self.last_error = f"close() timed out; {left} entries moved to the dead-letter file"
+        self.last_error = f"close() timed out; {left} entries moved to {self.moved_to}"
         return False, left
 
     def _drain_here(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -175,6 +176,31 @@ def test_close_with_the_lock_held_elsewhere_returns_on_time_and_loses_nothing(
     assert (report.replayed, report.kept, report.errors) == (100, 0, [])
     assert sorted(_ids(db_path)) == sorted(ids)
     assert deadletter.side_files(dl_path) == []
+
+
+def test_a_close_timeout_names_the_side_file_its_entries_went_to(
+    make_service: MakeService, db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Review D15: the log line and last_error named the dead-letter file, which stayed empty.
+    dl_path = deadletter.path_for(db_path)
+    service = make_service(buffer_max_size=10, buffer_flush_interval=0.01)
+    assert service.flush(10)
+    with (
+        caplog.at_level(logging.ERROR, logger="audit_engine.writer"),
+        _lock_held_elsewhere(dl_path),
+        locked(db_path),
+    ):
+        for n in range(20):
+            service.record(action="doc.save", details={"n": n})
+        assert service.close(timeout=0.5) is False
+    sides = deadletter.side_files(dl_path)
+    assert not dl_path.exists()
+    where = ", ".join(str(side) for side in sides)
+    assert service.stats().last_error == (
+        f"close() could not drain the queue in time: 20 entries moved to {where}"
+    )
+    summary = [r.getMessage() for r in caplog.records if "did not drain" in r.getMessage()]
+    assert summary == [f"audit writer did not drain within 0.5s; 20 entries moved to {where}"]
 
 
 # -- items 7 and 8: a file size limit, as on a full disk ------------------------------------------

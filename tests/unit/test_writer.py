@@ -672,8 +672,8 @@ def test_stop_timeout_aborts_and_moves_the_rest_to_the_dead_letter_file(
         e.event_id for e in entries
     )
     assert writer.dead_lettered == 10
-    assert writer.last_error == "close() timed out; 10 entries moved to the dead-letter file"
     path = deadletter.path_for(db_path)
+    assert writer.last_error == f"close() timed out; 10 entries moved to {path}"
     assert f"audit writer did not drain within 0.5s; 10 entries moved to {path}" in (
         caplog.messages
     )
