@@ -72,16 +72,24 @@ def record(
     if from_stdin and (fields["action"] or details):
         raise click.UsageError("--stdin takes entries from standard input, not from options.")
     bad_lines: list[str] = []
+    # Critical entries not confirmed within block_timeout: close() decides what became of them.
+    unconfirmed: list[tuple[str, str]] = []  # ("line N: " or "", the error)
     # A one-shot command: retention is the cleanup thread's job in long-running services (or
     # `purge`'s), not a side effect of recording one entry.
     settings = AuditSettings(database=root_database(ctx), cleanup_enabled=False)
     audit = AuditService(settings)
     try:
         if from_stdin:
-            bad_lines = _record_lines(audit, settings.max_details_bytes)
+            bad_lines = _record_lines(audit, settings.max_details_bytes, unconfirmed)
         else:
             fields["details"] = dict(details)
-            audit.record(**{k: v for k, v in fields.items() if v is not None})
+            try:
+                audit.record(**{k: v for k, v in fields.items() if v is not None})
+            except AuditWriteError as exc:
+                # Set aside: reported at once. Not confirmed in time: close() decides.
+                if not _still_queued(exc):
+                    raise
+                unconfirmed.append(("", describe_error(exc)))
     finally:
         drained = audit.close()
     stats = audit.stats()
@@ -90,15 +98,35 @@ def record(
     if stats.dead_lettered:
         line += f", dead-lettered {stats.dead_lettered}"
     click.echo(line)
-    problems = [*bad_lines, *_not_committed(stats, drained, settings.database)]
+    not_committed = _not_committed(stats, drained, settings.database)
+    for where, _ in unconfirmed if not not_committed else ():
+        click.echo(
+            f"Note: {where}the critical entry was committed when the command finished, not "
+            f"within block_timeout ({settings.block_timeout}s): the database was busy",
+            err=True,
+        )
+    problems = [
+        *bad_lines,
+        *(
+            f"{where}{error}; when the command finished, not every entry was committed (see below)"
+            for where, error in (unconfirmed if not_committed else ())
+        ),
+        *not_committed,
+    ]
     for problem in problems:
         click.echo(f"Error: {problem}", err=True)
     if problems:
         ctx.exit(1)
 
 
-def _record_lines(audit: AuditService, max_details_bytes: int) -> list[str]:
-    """Record each JSON line of standard input; returns the problems, one per bad line."""
+def _record_lines(
+    audit: AuditService, max_details_bytes: int, unconfirmed: list[tuple[str, str]]
+) -> list[str]:
+    """Record each JSON line of standard input; returns the problems, one per bad line.
+
+    A critical entry not confirmed committed in time is not a bad line yet: its line goes to
+    ``unconfirmed``, for the caller to judge once the service is closed.
+    """
     context = {"max_details_bytes": max_details_bytes}
     bad_lines: list[str] = []
     for number, raw in enumerate(sys.stdin.buffer, start=1):
@@ -124,13 +152,23 @@ def _record_lines(audit: AuditService, max_details_bytes: int) -> list[str]:
         try:
             # Validated as an entry: a line names entry fields, nothing else.
             audit.record(AuditEntry.model_validate(fields_in, context=context))
+        except AuditWriteError as exc:
+            if _still_queued(exc):
+                unconfirmed.append((f"line {number}: ", describe_error(exc)))
+            else:
+                bad_lines.append(f"line {number}: {describe_error(exc)}")
         except RecursionError:
             bad_lines.append(f"line {number}: invalid entry: details are nested too deeply")
-        except (ValueError, TypeError, AuditWriteError, AuditQueueFull) as exc:
-            # About this line only (its fields, a critical entry that was not committed, no
-            # room in the queue for it): reported with its number, and the next lines go on.
+        except (ValueError, TypeError, AuditQueueFull) as exc:
+            # About this line only (its fields, no room in the queue for it): reported with its
+            # number, and the next lines go on.
             bad_lines.append(f"line {number}: {describe_error(exc)}")
     return bad_lines
+
+
+def _still_queued(exc: AuditWriteError) -> bool:
+    """A critical entry not confirmed within block_timeout (still queued), not one set aside."""
+    return isinstance(exc.__cause__, TimeoutError)
 
 
 def _unreadable(exc: ValueError) -> str:

@@ -280,11 +280,12 @@ class AuditService:
         if why is not None:
             raise AuditWriteError(f"critical entry {entry.event_id} was not committed: {why}")
         if not done:
+            # The cause marks the kind that may still end well: the entry is still queued.
             raise AuditWriteError(
                 f"critical entry {entry.event_id} was not confirmed committed within "
                 f"{self.settings.block_timeout}s (block_timeout); it stays queued and is still "
                 "written when the database allows"
-            )
+            ) from TimeoutError("not confirmed within block_timeout")
 
     def _write_sync(self, entry: Row) -> None:
         self._sync.write(entry)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import sqlite_utils
+from support import locked
 
 from audit_engine import AuditQueueFull, AuditService
 from audit_engine.cli import record as cli_record
@@ -593,3 +596,76 @@ def test_a_line_the_queue_has_no_room_for_is_a_bad_line(
     assert result.stdout == "accepted 2, filtered 0, written 2\n"
     assert result.stderr == "Error: line 2: the audit queue stayed full for 10.0s\n"
     assert trail.actions() == ["one", "two"]
+
+
+# -- a critical entry not confirmed in time: the final outcome decides -------------------------
+
+
+@pytest.fixture
+def busy_until_close(cli: Cli, trail: Trail, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The database is locked by another program until the command closes its service: a
+    critical entry is not confirmed within block_timeout (0.1 s), then close() commits it."""
+    trail.init()
+    monkeypatch.setenv("AUDIT_TRAIL_BLOCK_TIMEOUT", "0.1")
+    real_close = AuditService.close
+    with locked(cli.database) as lock:
+
+        def close(self: AuditService, timeout: float | None = None) -> bool:
+            lock.release()
+            return real_close(self, timeout)
+
+        monkeypatch.setattr(AuditService, "close", close)
+        yield
+
+
+@pytest.mark.usefixtures("busy_until_close")
+def test_a_critical_entry_committed_only_at_close_is_a_success(cli: Cli, trail: Trail) -> None:
+    """Review D8: exit 1 "not confirmed" although close() then committed the entry (a retry
+    would have recorded it twice)."""
+    result = cli.run("record", "--action", "crit", "--critical")
+
+    assert result.stdout == "accepted 1, filtered 0, written 1\n"
+    assert result.stderr == (
+        "Note: the critical entry was committed when the command finished, not within "
+        "block_timeout (0.1s): the database was busy\n"
+    )
+    assert trail.actions() == ["crit"]
+
+
+@pytest.mark.usefixtures("busy_until_close")
+def test_a_critical_line_committed_only_at_close_is_a_success(cli: Cli, trail: Trail) -> None:
+    lines = ['{"action": "crit", "critical": true}', '{"action": "two"}']
+
+    result = cli.run("record", "--stdin", input="\n".join(lines) + "\n")
+
+    assert result.stdout == "accepted 2, filtered 0, written 2\n"
+    assert result.stderr == (
+        "Note: line 1: the critical entry was committed when the command finished, not within "
+        "block_timeout (0.1s): the database was busy\n"
+    )
+    assert trail.actions() == ["crit", "two"]
+
+
+@pytest.fixture
+def refused(trail: Trail) -> None:
+    _refuse_inserts(trail)
+
+
+@pytest.mark.usefixtures("refused", "busy_until_close")
+def test_a_critical_entry_dead_lettered_after_the_timeout_is_an_error(cli: Cli) -> None:
+    result = cli.run("record", "--action", "crit", "--critical", code=1)
+
+    assert result.stdout == "accepted 1, filtered 0, written 0, dead-lettered 1\n"
+    [not_confirmed, kept] = result.stderr.splitlines()
+    assert re.fullmatch(
+        r"Error: critical entry \S+ was not confirmed committed within 0\.1s \(block_timeout\); "
+        r"it stays queued and is still written when the database allows; when the command "
+        r"finished, not every entry was committed \(see below\)",
+        not_confirmed,
+    )
+    assert kept == (
+        "Error: 1 entry was not committed (IntegrityError: no more rows): "
+        f"kept in {cli.database}.deadletter.jsonl; `audit-engine replay-deadletter` stores them "
+        "once the cause is fixed"
+    )
+    assert _dead_lettered_actions(cli) == ["crit"]
