@@ -1,14 +1,17 @@
 """The ``record`` command: entries from options or JSON lines, through the write-behind engine.
 
-Exits 1 whenever an entry it accepted was not committed, so a script can rely on exit 0.
+Exits 1 whenever an entry it accepted was not committed, so a script can rely on exit 0. On
+SIGTERM it stops reading, commits what it accepted, reports, then dies by the signal.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import click
 
@@ -71,16 +74,31 @@ def record(
         raise click.UsageError("Missing option '--action' (or use --stdin).")
     if from_stdin and (fields["action"] or details):
         raise click.UsageError("--stdin takes entries from standard input, not from options.")
-    bad_lines: list[str] = []
-    # Critical entries not confirmed within block_timeout: close() decides what became of them.
-    unconfirmed: list[tuple[str, str]] = []  # ("line N: " or "", the error)
     # A one-shot command: retention is the cleanup thread's job in long-running services (or
     # `purge`'s), not a side effect of recording one entry.
     settings = AuditSettings(database=root_database(ctx), cleanup_enabled=False)
+    with _Termination() as termination:
+        problems = _record(settings, from_stdin, details, fields, termination)
+    termination.deliver()
+    if problems:
+        ctx.exit(1)
+
+
+def _record(
+    settings: AuditSettings,
+    from_stdin: bool,
+    details: tuple[tuple[str, Any], ...],
+    fields: dict[str, Any],
+    termination: _Termination,
+) -> list[str]:
+    """Record, close, print the summary and the problems; returns the problems."""
+    bad_lines: list[str] = []
+    # Critical entries not confirmed within block_timeout: close() decides what became of them.
+    unconfirmed: list[tuple[str, str]] = []  # ("line N: " or "", the error)
     audit = AuditService(settings)
     try:
         if from_stdin:
-            bad_lines = _record_lines(audit, settings.max_details_bytes, unconfirmed)
+            bad_lines = _record_lines(audit, settings.max_details_bytes, unconfirmed, termination)
         else:
             fields["details"] = dict(details)
             try:
@@ -115,12 +133,77 @@ def record(
     ]
     for problem in problems:
         click.echo(f"Error: {problem}", err=True)
-    if problems:
-        ctx.exit(1)
+    if termination.signum is not None and from_stdin:
+        name = signal.Signals(termination.signum).name
+        click.echo(f"Stopped by {name}: the rest of standard input was not read", err=True)
+    return problems
+
+
+class _Stopped(Exception):
+    """Raised by the SIGTERM handler into a wait for the next line of standard input."""
+
+
+class _Termination:
+    """SIGTERM while ``record`` runs: stop reading, close the service (which commits what was
+    accepted), report, then end as the signal's previous handling would (by default: die by it).
+
+    The handler raises only into a wait for the next line, where nothing is held; anywhere else
+    (inside record() or close()) it only notes the signal, and no further line is read. Signals
+    stay the application's when the command does not run in the main thread or SIGTERM is
+    ignored.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._reading = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Self:
+        try:
+            previous = signal.getsignal(signal.SIGTERM)
+            if previous not in (signal.SIG_IGN, None):
+                signal.signal(signal.SIGTERM, self._handle)
+                self._previous = previous
+        except ValueError:  # pragma: no cover - not the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        if self._reading:
+            raise _Stopped
+
+    def next_line(self, lines: Iterator[bytes]) -> bytes | None:
+        """The next line of ``lines``; None at their end, or once SIGTERM came."""
+        try:
+            try:
+                self._reading = True
+                if self.signum is not None:
+                    return None
+                return next(lines, None)
+            finally:
+                self._reading = False
+        except _Stopped:
+            return None
+
+    def deliver(self) -> None:
+        """Once the previous handling is back: the signal again, to end as it would have."""
+        if self.signum is not None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.raise_signal(self.signum)
 
 
 def _record_lines(
-    audit: AuditService, max_details_bytes: int, unconfirmed: list[tuple[str, str]]
+    audit: AuditService,
+    max_details_bytes: int,
+    unconfirmed: list[tuple[str, str]],
+    termination: _Termination,
 ) -> list[str]:
     """Record each JSON line of standard input; returns the problems, one per bad line.
 
@@ -129,7 +212,10 @@ def _record_lines(
     """
     context = {"max_details_bytes": max_details_bytes}
     bad_lines: list[str] = []
-    for number, raw in enumerate(sys.stdin.buffer, start=1):
+    lines = iter(sys.stdin.buffer)
+    number = 0
+    while (raw := termination.next_line(lines)) is not None:
+        number += 1
         if not raw.strip():
             continue
         try:
