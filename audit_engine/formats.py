@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC
 from typing import Any
 
+from audit_engine.columns import STORED_COLUMNS
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, format_timestamp
 
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 FORMATS = ("table", "json", "jsonl", "csv")
-ENTRY_FIELDS = tuple(AuditEntry.model_fields)
+ENTRY_FIELDS = STORED_COLUMNS  # an entry's fields are its stored columns (test_columns.py)
 
 # Line separators JSON leaves raw would split the line for str.splitlines() readers.
 _LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})

@@ -17,7 +17,11 @@ __all__ = ["Row", "entry_row", "row_entry", "storable_entry"]
 
 
 class Row(NamedTuple):
-    """An entry in its stored form (the column order of the insert, without id and hashes)."""
+    """An entry in its stored form (the column order of the insert, without id and hashes).
+
+    Its fields are :data:`audit_engine.columns.STORED_COLUMNS`, with their types and
+    nullability: written out so type checkers see them, held equal by tests/unit/test_columns.py.
+    """
 
     event_id: str
     timestamp: str
