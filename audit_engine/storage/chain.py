@@ -262,14 +262,29 @@ def verify_rows(
     rows: Iterable[Sequence[Any]],
     start: ChainHead,
     expected_head: ChainHead | None = None,
+    versions: Iterable[tuple[int, str]] = (),
 ) -> VerifyReport:
     """Verify stored rows ``(id, *fields, prev_hash, hash)`` in id order, in constant memory.
 
     ``start`` is where the rows must chain from: genesis (id 0), or the last purge anchor.
     ``expected_head``, kept apart from the database, must still be a row of the chain: a chain
     that ends before it was truncated, and one that starts after it (an anchor claims the head
-    was purged) cannot prove it.
+    was purged) cannot prove it. ``versions``: the file's ``(first_id, chain version)`` ranges
+    (none: every row is :data:`CHAIN_VERSION`); a version this release does not know is
+    reported, never taken for tampering.
     """
+    for first_id, version in versions:
+        if version != CHAIN_VERSION:
+            return VerifyReport(
+                ok=False,
+                rows_checked=0,
+                first_bad_id=first_id,
+                reason=(
+                    f"rows from id {first_id} on are hashed with chain version {version!r}, "
+                    f"which this release cannot check (it knows version {CHAIN_VERSION}): "
+                    "verify with the release that wrote them"
+                ),
+            )
     if expected_head is not None and 0 < expected_head.id <= start.id:
         # An anchor only claims what it replaced; a published head must still be a row, or
         # a forged anchor equal to the head would hide the deletion of everything.

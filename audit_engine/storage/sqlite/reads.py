@@ -37,6 +37,7 @@ from audit_engine.storage.sqlite.append import chain_tail
 from audit_engine.storage.sqlite.schema import (
     STORED_COLUMNS,
     TABLE,
+    chain_versions,
     open_connection,
 )
 from audit_engine.storage.summary import StoreSummary, summarise
@@ -216,7 +217,8 @@ class AuditStore:
             rows = self._conn.execute(
                 f"SELECT id, {', '.join(_COLUMNS)}, prev_hash, hash FROM {TABLE} ORDER BY id"
             )
-            return verify_rows(rows, checked.start, expected_head).model_copy(update=found)
+            report = verify_rows(rows, checked.start, expected_head, chain_versions(self._conn))
+            return report.model_copy(update=found)
 
     def purge(
         self,
