@@ -732,7 +732,7 @@ def test_query_order_is_commit_order_not_timestamp_order(
 
 
 def test_negative_limit_is_an_error(db_path: Path, stored: list[AuditEntry]) -> None:
-    with AuditStore(db_path) as reader, pytest.raises(ValueError) as exc:
+    with AuditStore(db_path) as reader, pytest.raises(ValueError, match="limit") as exc:
         reader.query(limit=-1)
 
     assert str(exc.value) == "limit must be zero or more (got -1)"
