@@ -273,3 +273,26 @@ def test_the_steps_import_nothing_from_the_engine() -> None:
 def test_one_step_per_schema_version() -> None:
     assert len(migrations.STEPS) == schema.SCHEMA_VERSION
     assert migrations.LAST_USER_VERSION == 3  # release 0.1.0's, fixed for good
+
+
+def test_a_migration_another_process_finished_first_is_not_repeated(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = migrations.stored_version
+    raced: list[int] = []
+
+    def sibling_wins_the_race(conn: sqlite3.Connection) -> int:
+        version = real(conn)
+        if not raced:  # first look, before the lock: a sibling migrates the file right then
+            raced.append(version)
+            with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as sibling:
+                schema.migrate(sibling)
+        return version
+
+    monkeypatch.setattr(migrations, "stored_version", sibling_wins_the_race)
+    with contextlib.closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+        schema.migrate(conn)  # saw version 0, finds version 3 under the lock
+
+        assert raced == [0]
+        assert real(conn) == schema.SCHEMA_VERSION
+        assert schema.chain_versions(conn) == [(1, "1")]
