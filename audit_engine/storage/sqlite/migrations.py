@@ -32,6 +32,8 @@ import sqlite_utils
 META = "audit_engine_meta"
 CHAIN_VERSIONS = "audit_chain_versions"
 
+# A step takes a sqlite-utils Database (the signature the steps always had, which tests that
+# build old files call) but runs literal SQL on its connection: sqlite-utils' DDL may change.
 Step = Callable[[sqlite_utils.Database], None]
 
 
