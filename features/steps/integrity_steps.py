@@ -461,6 +461,14 @@ def when_rehashed_anchor(context: Context, last: int) -> None:
     _anchor_over(context, last, rehashed=True)
 
 
+@when("the reviewer verifies the audit trail against the published head, with no minimum retention")
+def when_verify_against_head_only(context: Context) -> None:
+    with AuditStore(context.world.database) as audit_store:
+        context.world.report = audit_store.verify(
+            expected_head=context.world.published_head, min_retention=timedelta(0)
+        )
+
+
 @when("the reviewer verifies the audit trail with a minimum retention of {days:d} days")
 def when_verify_min_retention(context: Context, days: int) -> None:
     with AuditStore(context.world.database) as audit_store:

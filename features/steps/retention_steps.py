@@ -170,6 +170,16 @@ def then_verifies(context: Context, count: int) -> None:
     assert report.rows_checked == count, report
 
 
+@then(
+    "the audit trail verifies with a minimum retention of {days:d} days, checking {count:d} entries"
+)
+def then_verifies_with_minimum(context: Context, days: int, count: int) -> None:
+    with AuditStore(context.world.database) as audit_store:
+        report = audit_store.verify(min_retention=timedelta(days=days))
+    assert report.ok, report
+    assert report.rows_checked == count, report
+
+
 @then("the audit trail verifies against the published head, checking {count:d} entries")
 def then_verifies_against_head(context: Context, count: int) -> None:
     report = context.world.verify_trail(context.world.published_head)

@@ -186,7 +186,86 @@ def test_a_rehashed_anchor_over_fresh_rows_fails_the_minimum_retention(db_path: 
         "verify with a shorter minimum retention)"
     )
     # Without a minimum retention the anchor is consistent: a keyless chain cannot tell.
+    assert _verify(db_path, min_retention=timedelta(0)).ok is True
+
+
+# -- the API's default minimum retention (review D7) ---------------------------------------------
+
+
+def _forty_fresh_rows_under_a_truthful_anchor(db_path: Path) -> tuple[ChainHead, datetime]:
+    """The issue's attack: 40 of 50 fresh rows deleted, an anchor with the right numbers and
+    times (every hash recomputed) put in their place. Returns the published head and the cutoff."""
+    head = _fresh(db_path)
+    newest = datetime.fromisoformat(
+        _query(db_path, "SELECT timestamp FROM audit_entries WHERE id = 40")[0][0]
+    )
+    cutoff = newest + timedelta(seconds=1)
+    _forged_anchor(db_path, 40, newest=newest, cutoff=cutoff, created=utcnow())
+    return head, cutoff
+
+
+def test_verify_checks_the_retention_setting_by_default(db_path: Path) -> None:
+    """The README's sample, store.verify(expected_head=head), passed this forgery."""
+    head, _ = _forty_fresh_rows_under_a_truthful_anchor(db_path)
+
+    plain = _verify(db_path)
+    against_head = _verify(db_path, expected_head=head)
+
+    for report in (plain, against_head):
+        assert (report.ok, report.first_bad_id, report.rows_checked) == (False, None, 0)
+        assert report.reason is not None
+        assert report.reason.startswith(
+            "anchor 1 purged rows younger than the minimum retention of 90 days: its cutoff "
+        )
+
+
+def test_the_default_minimum_retention_is_read_from_the_environment(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write(db_path, [utcnow() - 3 * DAY] * 2 + [utcnow()])
+    with AuditStore(db_path) as audit:
+        audit.purge(2 * DAY)  # a deliberate short purge
+
+    assert _verify(db_path).reason is not None  # the default setting: 90 days
+    monkeypatch.setenv("AUDIT_TRAIL_RETENTION_DAYS", "2")
     assert _verify(db_path).ok is True
+    monkeypatch.setenv("AUDIT_TRAIL_RETENTION_DAYS", "7")
+    assert str(_verify(db_path).reason).startswith(
+        "anchor 1 purged rows younger than the minimum retention of 7 days"
+    )
+
+
+def test_a_zero_minimum_retention_turns_the_check_off(db_path: Path) -> None:
+    head, _ = _forty_fresh_rows_under_a_truthful_anchor(db_path)
+
+    report = _verify(db_path, min_retention=timedelta(0))
+
+    assert (report.ok, report.rows_checked, report.anchors_checked) == (True, 10, 1)
+    # The published head's row survived: only a head among the deleted rows would show it.
+    assert _verify(db_path, expected_head=head, min_retention=timedelta(0)).ok is True
+
+
+# -- the documented limits (docs/integrity.md, "What verify() does not detect") -------------------
+
+
+def test_an_anchor_that_lies_about_its_times_passes_unless_the_published_head_was_deleted(
+    db_path: Path,
+) -> None:
+    head = _fresh(db_path)
+    now = utcnow()
+    _forged_anchor(db_path, 40, newest=now - 100 * DAY, cutoff=now - 91 * DAY, created=now)
+
+    assert _verify(db_path).ok is True
+    assert _verify(db_path, expected_head=head).ok is True  # row 50 survived
+
+
+def test_deleting_every_cleanup_run_is_not_detected(db_path: Path) -> None:
+    _purged(db_path)
+    _tamper(db_path, ("DELETE FROM audit_cleanup_runs", ()))
+
+    report = _verify(db_path)
+
+    assert (report.ok, report.anchors_checked, report.cleanup_runs_checked) == (True, 1, 0)
 
 
 # -- the anchor checks, one by one ----------------------------------------------------------------

@@ -105,7 +105,7 @@ def test_purge_deletes_old_rows_and_keeps_newer_ones(db_path: Path) -> None:
         before = utcnow()
         report = audit.purge(timedelta(days=30))
         after = utcnow()
-        verified = audit.verify()
+        verified = audit.verify(min_retention=timedelta(days=30))
 
     assert report.rows_deleted == 5
     assert report.batches == 1
@@ -677,7 +677,7 @@ def test_the_cleanup_thread_purges_old_rows_when_the_service_starts(
     assert rows == [("new-0",), ("new-1",), ("new-2",)]
     assert [(run[3], run[4]) for run in _runs(db_path)] == [(5, 3)]
     with AuditStore(db_path) as audit:
-        assert audit.verify().ok is True
+        assert audit.verify(min_retention=timedelta(days=30)).ok is True
 
 
 def test_a_cleanup_run_that_deletes_logs_one_info_line(

@@ -23,6 +23,7 @@ import sqlite_utils
 from audit_engine import formats
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, Operation, Outcome, format_timestamp, utcnow
+from audit_engine.settings import AuditSettings
 from audit_engine.storage import deadletter, replay
 from audit_engine.storage.anchors import check_maintenance
 from audit_engine.storage.chain import ChainHead, VerifyReport, verify_rows
@@ -195,12 +196,14 @@ class AuditStore:
         Detects a modified field, a deleted, inserted or reordered row, and (against an
         ``expected_head`` kept elsewhere) rows deleted from the end or a head an anchor claims.
         First checks the purge anchors and cleanup runs (their own hash chains, and that each
-        anchor is possible); with ``min_retention``, an anchor whose cutoff is less than that
-        before its purge is refused (``None``: no minimum is checked). See docs/integrity.md.
+        anchor is possible), refusing an anchor whose cutoff is less than ``min_retention``
+        before its purge. ``min_retention`` defaults to the retention setting
+        (``AuditSettings().retention_days``: ``AUDIT_TRAIL_RETENTION_DAYS``, else 90 days), as
+        the CLI's ``verify``; ``timedelta(0)`` checks no minimum. See docs/integrity.md.
         """
-        if min_retention is not None and (
-            not isinstance(min_retention, timedelta) or min_retention < timedelta(0)
-        ):
+        if min_retention is None:
+            min_retention = timedelta(days=AuditSettings().retention_days)
+        if not isinstance(min_retention, timedelta) or min_retention < timedelta(0):
             raise AuditStoreError(
                 f"min_retention must be a duration of zero or more (got {min_retention!r})"
             )
