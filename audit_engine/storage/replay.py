@@ -146,9 +146,10 @@ def _read(path: Path) -> bytes | None:
         if exc.errno == errno.ELOOP:
             raise AuditStoreError(f"{path} is a symbolic link; nothing was changed") from None
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise AuditStoreError(f"{path} is not a regular file; nothing was changed")
     with open(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise AuditStoreError(f"{path} is not a regular file; nothing was changed")
         return file.read()
 
 

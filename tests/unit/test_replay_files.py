@@ -256,3 +256,27 @@ def test_an_existing_dead_letter_file_others_can_read_is_warned_about(
     assert again.stats().warnings == [expected]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [expected]  # logged once per process
+
+
+def test_replay_refuses_a_directory_and_reports_an_unopenable_path(
+    conn: sqlite3.Connection, tmp_path: Path
+) -> None:
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    with pytest.raises(AuditStoreError, match=r"folder\.jsonl is not a regular file; nothing was"):
+        replay(folder, conn)
+    with pytest.raises(OSError, match="File name too long"):
+        replay(tmp_path / ("x" * 300), conn)
+
+
+def test_a_stored_row_whose_details_are_not_json_is_a_different_entry(
+    dl_path: Path, conn: sqlite3.Connection
+) -> None:
+    entry = AuditEntry(action="a", event_id="e-1")
+    store.write_batch(conn, [entry])
+    conn.execute("UPDATE audit_entries SET details = '{not json' WHERE event_id = 'e-1'")
+    deadletter.DeadLetterFile(dl_path).append([entry], "x")
+
+    report = replay(dl_path, conn)
+
+    assert report.errors == ["line 1: event_id e-1 is already used by a different entry"]
