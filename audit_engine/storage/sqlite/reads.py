@@ -293,6 +293,8 @@ class AuditStore:
     def _errors(self, what: str) -> Iterator[None]:
         try:
             yield
+        except sqlite3.ProgrammingError:
+            raise  # a misuse (a closed store), not a problem of the file
         except sqlite3.DatabaseError as exc:
             raise AuditStoreError(f"cannot {what} {self.path}: {exc}") from None
 
