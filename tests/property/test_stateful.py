@@ -154,7 +154,7 @@ class AuditMachine(RuleBasedStateMachine):
     def record(self, count: int, critical_at: int) -> None:
         assert self.service is not None
         for i in range(count):
-            self._record(self.service, critical=i == critical_at)
+            self._record(self.service, critical=i == critical_at and not self.poison_next)
 
     @precondition(lambda self: self.service is not None)
     @rule()
