@@ -9,9 +9,14 @@ the schema's ``STORED_COLUMNS`` and table, the insert's column list, the chain's
 (:mod:`audit_engine.storage.chain` generates its per-row code from these definitions), export's
 JSONL and CSV fields and the query filters.
 
-Adding a column: one :class:`Column` here plus a migration step; the column test then names
-every other form still to change (``Row``, ``AuditEntry``, the filters, the docs).
-A new column changes the canonical form, so it also needs a new chain version.
+Adding a column: one :class:`Column` here plus a frozen migration step
+(:mod:`audit_engine.storage.sqlite.migrations`); the column test then names every other form
+still to change by hand (``Row``, ``AuditEntry`` and intake's fast path, the query filters and
+their CLI options, docs/integrity.md). The insert, the canonical form's loops, ``STORED_COLUMNS``
+and export follow by themselves. A new column changes the canonical form, so it also needs a new
+chain version (``chain.CHAIN_VERSION`` and a row in ``audit_chain_versions`` from the first id
+hashed with it); verify reports rows of a version it does not know, and checking the older
+rows with their own form is not built yet (there is one version today).
 """
 
 from __future__ import annotations
