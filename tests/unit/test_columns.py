@@ -31,6 +31,7 @@ from audit_engine.columns import (
     STORED_ROW,
     Column,
 )
+from audit_engine.pipeline.intake import plain_row
 from audit_engine.rows import Row, entry_row
 from audit_engine.storage import chain
 from audit_engine.storage import sqlite as store
@@ -141,6 +142,14 @@ def test_entry_row_puts_each_value_under_its_own_column() -> None:
         "critical": 1,
     }
     assert tuple(row) == STORED_COLUMNS
+
+
+def test_intake_fast_path_builds_the_row_the_model_would() -> None:
+    # plain_row builds the tuple by position (for speed): a column it misses shows up here.
+    fields = _entry().model_dump()
+    row, _ = plain_row(fields, 65536)
+    assert len(row) == len(STORED_COLUMNS)
+    assert row._asdict() == entry_row(AuditEntry.model_validate(fields))._asdict()
 
 
 # -- the schema and the insert ------------------------------------------------------------------
