@@ -73,20 +73,6 @@ def run_hash(values: Sequence[Any]) -> str:
     return _digest(RUN_VERSION, values)
 
 
-def chain_records(
-    conn: sqlite3.Connection, table: str, columns: Sequence[str], digest: Any
-) -> None:
-    """Give every record of ``table`` its prev_hash and hash, in id order (the migration)."""
-    prev = GENESIS_HASH
-    rows = conn.execute(f"SELECT id, {', '.join(columns)} FROM {table} ORDER BY id").fetchall()
-    for row in rows:
-        current = digest((*row, prev))
-        conn.execute(
-            f"UPDATE {table} SET prev_hash = ?, hash = ? WHERE id = ?", (prev, current, row[0])
-        )
-        prev = current
-
-
 def record_run(conn: sqlite3.Connection, values: Sequence[Any]) -> None:
     """Append a cleanup run (the :data:`RUN_COLUMNS` values) to its chain, in the current
     write transaction (the caller holds ``BEGIN IMMEDIATE``, so the tail cannot move).

@@ -205,6 +205,18 @@ def test_export_into_a_fifo_whose_reader_leaves_is_an_error(
     assert result.output == f"Error: the reader of {fifo} went away before the export ended\n"
 
 
+def test_export_under_a_file_that_is_not_a_directory_is_an_error(
+    cli: Cli, notes: Trail, tmp_path: Path
+) -> None:
+    (tmp_path / "plain.txt").write_text("text\n")
+    target = tmp_path / "plain.txt" / "trail.jsonl"
+
+    result = cli.run("export", "--output", str(target), code=1)
+
+    assert result.output == f"Error: Not a directory: {target}\n"
+    assert (tmp_path / "plain.txt").read_text() == "text\n"
+
+
 def test_export_over_a_regular_file_still_replaces_it_whole(
     cli: Cli, notes: Trail, tmp_path: Path
 ) -> None:
