@@ -242,7 +242,8 @@ def _typed(column: Column) -> st.SearchStrategy[Any]:
 
 def _any_type(column: Column) -> st.SearchStrategy[Any]:
     # Another tool may store any type in any column (SQLite does not enforce them).
-    return _typed(column) | st.integers() | st.floats(allow_nan=False) | _stored_text | st.none()
+    others = st.integers(-(10**30), 10**30) | st.floats(allow_nan=False) | _stored_text | st.none()
+    return _typed(column) | others
 
 
 _typed_rows = st.lists(st.tuples(*map(_typed, ENTRY_COLUMNS)), max_size=8)
