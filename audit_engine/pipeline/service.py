@@ -41,6 +41,7 @@ from audit_engine.storage import deadletter
 from audit_engine.storage.retention import CleanupThread
 from audit_engine.storage.sqlite import append, schema
 from audit_engine.storage.sqlite.schema import loose_permissions
+from audit_engine.storage.sqlite.sink import SqliteSink
 
 logger = logging.getLogger("audit_engine.service")  # the documented logger name
 
@@ -105,8 +106,9 @@ class AuditService:
         if connection is not None:
             schema.migrate(connection)
         elif s.async_writes:
+            busy_s = min(s.busy_timeout, _WRITER_BUSY_SLICE_S)
             writer = Writer(
-                lambda: connect(s, min(s.busy_timeout, _WRITER_BUSY_SLICE_S)),
+                lambda: SqliteSink(connect(s, busy_s), largest=s.buffer_max_size),
                 deadletter.DeadLetterFile(deadletter.path_for(s.database)),
                 queue_maxsize=s.queue_maxsize,
                 batch_size=s.buffer_max_size,

@@ -16,17 +16,17 @@ Guarantees kept here (see docs/guarantees.md):
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from audit_engine.pipeline.committer import Committer
 from audit_engine.pipeline.handoff import HandoffQueue
 from audit_engine.pipeline.setaside import SetAside
 from audit_engine.rows import Row
+from audit_engine.storage.base import OpenSink
 from audit_engine.storage.deadletter import DeadLetterFile
-from audit_engine.storage.sqlite import append, schema
 
 logger = logging.getLogger("audit_engine.writer")  # the documented logger name
 
@@ -34,36 +34,23 @@ WRITER_THREAD_NAME = "audit-writer"
 # The writer's own SQLite busy wait is short so that close(timeout) can abort a retry loop
 # promptly; the retry loop itself never gives up on a busy database.
 _WRITER_BUSY_SLICE_S = 0.25
-_BACKOFF_START_S = 0.005
-_BACKOFF_MAX_S = 0.5
 # After close() times out, how long it waits for the writer to dead-letter the batch in flight.
 _ABORT_GRACE_S = _WRITER_BUSY_SLICE_S + 0.5
-# SQLite errors about the file, not a row: splitting the batch cannot help. (A full disk is not
-# one of them: a smaller part of the batch may still fit, so that one is split.)
-_FILE_LEVEL_ERRORS = frozenset(
-    {
-        sqlite3.SQLITE_READONLY,
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_CORRUPT,
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_NOTADB,
-    }
-)
 
 
 class Writer:
-    """Owns the queue, the writer thread and the writer's connection."""
+    """Owns the queue, the writer thread and the writer's sink (see :mod:`.committer`)."""
 
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        open_sink: OpenSink,
         dead_letters: DeadLetterFile,
         *,
         queue_maxsize: int,
         batch_size: int,
         flush_interval_s: float,
     ) -> None:
-        self._connect = connect
+        self._open_sink = open_sink
         self._dead_letters = dead_letters
         self._queue_maxsize = queue_maxsize
         self._batch_size = batch_size
@@ -72,7 +59,7 @@ class Writer:
         # Held while this writer is inside SQLite; os.fork() waits for it (see lifecycle), so a
         # child never inherits a SQLite mutex locked by a thread that does not exist there.
         self.fork_gate = threading.RLock()
-        self._conn: sqlite3.Connection | None = connect()
+        self._committer.sink = open_sink()
         self._start()
 
     # -- state ------------------------------------------------------------------------------
@@ -90,23 +77,15 @@ class Writer:
         self._flush_target = 0
         self._alive = False
         self._inflight: list[Row] = []
-        self._inflight_done = 0  # rows of _inflight committed or dead-lettered so far
-        # (id, hash) of the chain's tail as this writer last saw it (read when the thread
-        # starts, then its own last commit): the next batch chains from it unless the tail
-        # moved meanwhile (append.append_batch checks, in the same statement).
-        self._tail: tuple[int, str] | None = None
-        self.written = 0
-        self.batches = 0
-        self.retries = 0
         self._aside = SetAside(self._dead_letters)
+        # Commits batches through the sink: retry, split, set aside, and the counters. The gate
+        # is looked up at each commit: reset_after_fork replaces it.
+        self._committer = Committer(self._aside, gate=lambda: self.fork_gate, abort=self._abort)
         # Remember what happens to an entry / learn it (critical_sync); see SetAside.
         self.watch = self._aside.watch
         self.outcome = self._aside.outcome
         # Batches dead-lettered because the loop itself failed (a bug, not a write error).
         self.loop_failures = 0
-        self.longest_batch_s = 0.0
-        self._file_level_error = False
-        self.last_error: str | None = None
         # Where a timed-out stop() moved what was left (the dead-letter file, or side files).
         self.moved_to = str(self._dead_letters.path)
 
@@ -122,14 +101,49 @@ class Writer:
         The parent's queued entries stay the parent's (the child must not write them twice), and the
         parent's connection is never used or closed here.
         """
-        orphan = self._conn
+        orphan = self._committer.sink
         if orphan is not None:
             _FORK_ORPHANS.append(orphan)
         self._dead_letters.reset_after_fork()
         self.fork_gate = threading.RLock()
         self._reset_state()
-        self._conn = self._connect()
+        self._committer.sink = self._open_sink()
         self._start()
+
+    # -- counters (the committer's) ---------------------------------------------------------
+
+    @property
+    def written(self) -> int:
+        return self._committer.written
+
+    @property
+    def batches(self) -> int:
+        return self._committer.batches
+
+    @property
+    def retries(self) -> int:
+        return self._committer.retries
+
+    @property
+    def longest_batch_s(self) -> float:
+        return self._committer.longest_batch_s
+
+    @property
+    def last_error(self) -> str | None:
+        return self._committer.last_error
+
+    @last_error.setter
+    def last_error(self, value: str | None) -> None:
+        self._committer.last_error = value
+
+    @property
+    def _inflight_done(self) -> int:
+        # Rows of _inflight committed or dead-lettered so far.
+        return self._committer.done
+
+    @_inflight_done.setter
+    def _inflight_done(self, value: int) -> None:
+        self._committer.done = value
 
     # -- producer side ----------------------------------------------------------------------
 
@@ -271,9 +285,9 @@ class Writer:
             self._advance(done)
             return 0
         before = self.dead_lettered
-        if self._conn is None:
+        if self._committer.sink is None:
             try:
-                self._conn = self._connect()
+                self._committer.sink = self._open_sink()
             except Exception as exc:
                 self._dead_letter(rows, f"could not reopen the database: {exc}")
                 self._advance(done + len(rows))
@@ -283,16 +297,16 @@ class Writer:
         return self.dead_lettered - before
 
     def _close_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
+        sink, self._committer.sink = self._committer.sink, None
+        if sink is not None:
             with self.fork_gate:
-                conn.close()
+                sink.close()
 
     # -- writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
         finished = False
-        self._read_tail()
+        self._committer.read_tail()
         try:
             while True:
                 try:
@@ -325,18 +339,6 @@ class Writer:
             self._dead_letter(batch[done:], self.last_error)
         self._advance(len(batch))
 
-    def _read_tail(self) -> None:
-        # Before the first batch arrives, so that it too is one statement. Best effort: without
-        # it, the first batch reads the tail itself (append.write_batch).
-        conn = self._conn
-        if conn is None:  # pragma: no cover - the thread always starts with a connection
-            return
-        try:
-            with self.fork_gate:
-                self._tail = append.chain_tail(conn)
-        except sqlite3.Error as exc:
-            logger.debug("audit writer could not read the chain's tail up front: %s", exc)
-
     def _run_once(self) -> bool:
         batch, stop = self._collect()
         if batch:
@@ -360,55 +362,11 @@ class Writer:
 
     def _write(self, rows: Sequence[Row]) -> None:
         """Commit ``rows``; isolate and dead-letter the ones that cannot be committed."""
-        error = self._attempt(rows)
-        if error is None:
-            self._inflight_done += len(rows)  # halves are written in order: a prefix is done
-            return
-        # Splitting finds a row that fails alone; a read-only or broken database fails every
-        # row, so the whole batch goes at once (one append, one fsync).
-        if len(rows) == 1 or self._abort.is_set() or self._file_level_error:
-            self._dead_letter(rows, error)
-            self._inflight_done += len(rows)
-            return
-        mid = len(rows) // 2
-        self._write(rows[:mid])
-        self._write(rows[mid:])
-
-    def _attempt(self, rows: Sequence[Row]) -> str | None:
-        """One batch transaction, retrying while the database is busy; None on success."""
-        delay = _BACKOFF_START_S
-        while True:
-            conn = self._conn
-            if conn is None:
-                return "the writer's connection is closed"
-            try:
-                started = time.perf_counter()
-                with self.fork_gate:
-                    self._tail = append.commit_batch(conn, rows, self._tail, self._batch_size)
-                took = time.perf_counter() - started
-            except Exception as exc:
-                if not schema.is_busy(exc):
-                    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-                    self._file_level_error = code in _FILE_LEVEL_ERRORS
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                    return self.last_error
-                self.retries += 1
-                self.last_error = f"database busy, retrying: {exc}"
-                if self._abort.wait(delay):
-                    return "aborted by close() while the database was busy"
-                delay = min(delay * 2, _BACKOFF_MAX_S)
-            else:
-                self.written += len(rows)
-                self.batches += 1
-                if took > self.longest_batch_s:
-                    self.longest_batch_s = took
-                return None
+        self._committer.commit(rows)
 
     def _dead_letter(self, rows: Sequence[Row], error: str) -> None:
         """Set ``rows`` aside: the dead-letter file, else the log. Never raises."""
-        self._aside.put(rows, error, gate=self.fork_gate, abort=self._abort)
-        if self._aside.last_error is not None:
-            self.last_error, self._aside.last_error = self._aside.last_error, None
+        self._committer.set_aside(rows, error)
 
     def _dead_letter_queue(self, error: str) -> int:
         rows = self._drain_queue()
@@ -425,6 +383,6 @@ class Writer:
             self._progress.notify_all()
 
 
-# Connections inherited from a parent process: kept referenced so they are never closed (or
-# checkpointed) in the child, which would disturb the parent's database state.
-_FORK_ORPHANS: list[sqlite3.Connection] = []
+# Sinks inherited from a parent process: kept referenced so that their connections are never
+# closed (or checkpointed) in the child, which would disturb the parent's database state.
+_FORK_ORPHANS: list[object] = []

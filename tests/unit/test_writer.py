@@ -28,6 +28,7 @@ from audit_engine.storage import deadletter
 from audit_engine.storage import sqlite as store
 from audit_engine.storage.deadletter import DeadLetterFile
 from audit_engine.storage.sqlite import append
+from audit_engine.storage.sqlite.sink import SqliteSink
 
 MakeWriter = Callable[..., Writer]
 
@@ -90,7 +91,10 @@ def make_writer(db_path: Path) -> Iterator[MakeWriter]:
         dead_letter_path: Path | None = None,
     ) -> Writer:
         writer = Writer(
-            lambda: store.open_connection(db_path, busy_timeout=_WRITER_BUSY_SLICE_S),
+            lambda: SqliteSink(
+                store.open_connection(db_path, busy_timeout=_WRITER_BUSY_SLICE_S),
+                largest=batch_size,
+            ),
             DeadLetterFile(dead_letter_path or deadletter.path_for(db_path)),
             queue_maxsize=queue_maxsize,
             batch_size=batch_size,
@@ -606,7 +610,7 @@ def test_stop_dead_letters_the_queue_when_the_database_cannot_be_reopened(
         return store.open_connection(db_path)
 
     writer = Writer(
-        connect,
+        lambda: SqliteSink(connect(), largest=10),
         DeadLetterFile(deadletter.path_for(db_path)),
         queue_maxsize=10,
         batch_size=10,
@@ -688,7 +692,7 @@ def test_stop_timeout_still_closes_the_writer_connection(
         drained, _ = writer.stop(0.3)
         assert not drained
     assert not writer.alive
-    assert writer._conn is None
+    assert writer._committer.sink is None
 
 
 # -- fork -------------------------------------------------------------------------------------
