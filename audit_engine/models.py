@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from audit_engine import forks
 from audit_engine.details import MAX_DETAILS_DEPTH, plain_json, to_json_details
 
 __all__ = [
@@ -81,7 +82,13 @@ class _EventIdGenerator:
 
     def __init__(self) -> None:
         self._reseed()
-        os.register_at_fork(after_in_child=self._reseed)
+        forks.register(self)
+
+    def fork_gates(self) -> tuple[()]:
+        return ()  # no lock to wait for: see the class docstring
+
+    def after_fork_in_child(self) -> None:
+        self._reseed()
 
     def _reseed(self) -> None:
         seed = int.from_bytes(os.urandom(9))

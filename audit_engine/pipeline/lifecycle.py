@@ -1,7 +1,11 @@
 """Process lifecycle: drain every service at exit, give every service a fresh start after fork.
 
-This is the engine's only module-level state: weak registries of the live services and writers,
-so that the exit hook and the fork hook can find them without keeping them alive.
+Weak registries of the live services and writers let the exit hook find them without keeping them
+alive. Fork safety goes through :mod:`audit_engine.forks` (the package's one
+``os.register_at_fork``): :func:`register` registers each open service there too (its gates, its
+reset in a child), each writer registers its own gate, and this module's :data:`_process` hooks,
+in a child, forget the writers whose service is gone and set up the multiprocessing and signal
+hooks again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import threading
 import weakref
 from typing import Any, Protocol
 
+from audit_engine import forks
 from audit_engine.pipeline.writer import Writer
 
 # How long the exit hook lets each unclosed service drain before the rest is dead-lettered.
@@ -29,7 +34,7 @@ class _Service(Protocol):
 
     def fork_gates(self) -> list[threading.RLock]: ...
 
-    def _reset_after_fork(self) -> None: ...
+    def after_fork_in_child(self) -> None: ...
 
 
 # Weak: an unclosed service can still be garbage-collected. Writers stay reachable through their
@@ -43,12 +48,14 @@ def register(service: _Service) -> None:
     _live_services.add(service)
     if service.writer is not None:
         _live_writers.add(service.writer)
+    forks.register(service)
     _register_mp_hooks()
 
 
 def unregister(service: _Service) -> None:
-    """``service`` was closed: nothing left to drain."""
+    """``service`` was closed: nothing left to drain, nor to reset in a child."""
     _live_services.discard(service)
+    forks.unregister(service)
 
 
 def _drain_at_exit() -> None:
@@ -114,48 +121,39 @@ def _drain_on_sigterm_in_mp_child() -> None:
     _take_over(signal.SIGTERM, signal.SIG_DFL)
 
 
-# Gates taken before a fork and let go after it, in the parent and in the child.
-_held_gates: list[threading.RLock] = []
+class _ProcessForkHooks:
+    """In a child: the writers' registry, the multiprocessing exit hooks and the signal watcher.
+
+    The services are registered with :mod:`audit_engine.forks` themselves (see :func:`register`):
+    before a fork it waits for their gates — the writer's, held for one transaction attempt (at
+    most one short busy-wait slice of waiting) or one dead-letter append; the cleanup thread's,
+    for one purge step (up to the busy timeout); the synchronous lock, for a whole synchronous
+    write (up to the busy timeout) — and in the child each open one starts over.
+    """
+
+    def fork_gates(self) -> tuple[()]:
+        return ()
+
+    def after_fork_in_child(self) -> None:
+        mp_util = sys.modules.get("multiprocessing.util")
+        if mp_util is not None:
+            # A multiprocessing child clears its finalizers right after the fork, then runs its
+            # after-fork callbacks: register from there.
+            mp_util.register_after_fork(_drain_at_exit, _register_mp_hooks)
+        # A writer whose service is gone holds only the parent's entries: the child must not
+        # write them, nor wait for its gate.
+        keep = {id(service.writer) for service in list(_live_services)}
+        for writer in list(_live_writers):
+            if id(writer) not in keep:
+                _live_writers.discard(writer)
+                forks.unregister(writer)
+        _watch_signals_after_fork()
 
 
-def _before_fork() -> None:
-    # Wait until no engine thread is inside SQLite: a SQLite mutex locked by a thread at the
-    # moment of the fork would stay locked forever in the child. Each thread holds only its own
-    # gate, for one short step (at most one busy-wait slice), so this cannot deadlock.
-    gates = {id(gate): gate for service in list(_live_services) for gate in service.fork_gates()}
-    gates.update((id(w.fork_gate), w.fork_gate) for w in list(_live_writers))
-    for gate in gates.values():
-        gate.acquire()
-        _held_gates.append(gate)
-
-
-def _release_gates() -> None:
-    while _held_gates:
-        _held_gates.pop().release()
-
-
-def _after_fork_in_child() -> None:
-    _release_gates()
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        # A multiprocessing child clears its finalizers right after the fork, then runs its
-        # after-fork callbacks: register from there.
-        mp_util.register_after_fork(_drain_at_exit, _register_mp_hooks)
-    services = list(_live_services)
-    for service in services:
-        service._reset_after_fork()
-    # A writer whose service is gone holds only the parent's entries: the child must not write them.
-    keep = {id(service.writer) for service in services}
-    for writer in list(_live_writers):
-        if id(writer) not in keep:
-            _live_writers.discard(writer)
-    _watch_signals_after_fork()
-
-
+# Module-level, so the weak registration in audit_engine.forks keeps it for the process's life.
+_process = _ProcessForkHooks()
+forks.register(_process)
 atexit.register(_drain_at_exit)
-os.register_at_fork(
-    before=_before_fork, after_in_parent=_release_gates, after_in_child=_after_fork_in_child
-)
 
 
 # -- signals ----------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 
+from audit_engine import forks
 from audit_engine.errors import AuditServiceClosed, AuditWriteError
-from audit_engine.pipeline.writer import _FORK_ORPHANS
 from audit_engine.rows import Row
 from audit_engine.settings import AuditSettings
 from audit_engine.storage.sqlite import append, schema
@@ -24,6 +24,8 @@ class SyncConnection:
 
     def __init__(self, settings: AuditSettings) -> None:
         self._settings = settings
+        # Held for a whole synchronous write, including its wait for a busy database (up to the
+        # busy timeout); os.fork() waits for it too (the service's fork_gates).
         self.lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._closed = False
@@ -61,7 +63,7 @@ class SyncConnection:
         self.lock = threading.RLock()
         self.written = 0
         if self._conn is not None:
-            _FORK_ORPHANS.append(self._conn)
+            forks.keep_inherited(self._conn)
             self._conn = None
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from audit_engine import forks
 from audit_engine.pipeline.committer import Committer
 from audit_engine.pipeline.handoff import HandoffQueue
 from audit_engine.pipeline.setaside import SetAside
@@ -56,11 +57,15 @@ class Writer:
         self._batch_size = batch_size
         self._flush_interval_s = flush_interval_s
         self._reset_state()
-        # Held while this writer is inside SQLite; os.fork() waits for it (see lifecycle), so a
-        # child never inherits a SQLite mutex locked by a thread that does not exist there.
+        # Held while this writer's thread is inside SQLite or the dead-letter file: one sink call
+        # (one transaction attempt, whose busy wait the service caps at _WRITER_BUSY_SLICE_S; the
+        # backoff between attempts is outside it) or one dead-letter append (not while it waits
+        # for the file's lock). os.fork() waits for it (audit_engine.forks), so a child never
+        # inherits a SQLite mutex locked by a thread that does not exist there.
         self.fork_gate = threading.RLock()
         self._committer.sink = open_sink()
         self._start()
+        forks.register(self)
 
     # -- state ------------------------------------------------------------------------------
 
@@ -95,6 +100,17 @@ class Writer:
         self._thread = threading.Thread(target=self._run, name=WRITER_THREAD_NAME, daemon=True)
         self._thread.start()
 
+    def fork_gates(self) -> tuple[threading.RLock]:
+        """The gate this writer's thread holds while inside SQLite (see ``__init__``)."""
+        return (self.fork_gate,)
+
+    def after_fork_in_child(self) -> None:
+        """Nothing by itself: whether the child writes again is its owner's call.
+
+        The service calls :meth:`reset_after_fork` in a child where it is still open; a writer
+        whose service is gone holds only the parent's entries, which the child must not write.
+        """
+
     def reset_after_fork(self) -> None:
         """In a forked child: start over with an empty queue, a new connection and a new thread.
 
@@ -103,8 +119,7 @@ class Writer:
         """
         orphan = self._committer.sink
         if orphan is not None:
-            _FORK_ORPHANS.append(orphan)
-        self._dead_letters.reset_after_fork()
+            forks.keep_inherited(orphan)
         self.fork_gate = threading.RLock()
         self._reset_state()
         self._committer.sink = self._open_sink()
@@ -381,8 +396,3 @@ class Writer:
         with self._progress:
             self._processed += count
             self._progress.notify_all()
-
-
-# Sinks inherited from a parent process: kept referenced so that their connections are never
-# closed (or checkpointed) in the child, which would disturb the parent's database state.
-_FORK_ORPHANS: list[object] = []

@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from audit_engine import forks
 from audit_engine.models import AuditEntry, utcnow
 from audit_engine.rows import Row
 
@@ -80,8 +81,16 @@ class DeadLetterFile:
         # Set when an append timed out on the lock: until one gets it again, appends try once
         # and go to a side file at once, rather than each waiting out a long replay.
         self._contended = False
+        forks.register(self)
 
-    def reset_after_fork(self) -> None:
+    def fork_gates(self) -> tuple[()]:
+        """None: the fork need not wait for the counter's lock, the child replaces it.
+
+        An append's descriptors are covered by the ``gate`` it is given (the writer's).
+        """
+        return ()
+
+    def after_fork_in_child(self) -> None:
         """In a forked child: a fresh lock and side-file counter (the pid in their names differs).
 
         No descriptor outlives an append, so there is no handle to replace.

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from audit_engine import forks
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import format_timestamp, utcnow
 from audit_engine.storage.anchors import extend_anchor, record_run
@@ -294,8 +295,10 @@ class CleanupThread:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        # Held while this thread is inside SQLite; os.fork() waits for it (see lifecycle). The
-        # service passes its writer's gate, so that writer and cleanup take turns fairly.
+        # Held while this thread is inside SQLite: opening its connection, or one purge step (one
+        # batch of deletes, which may wait up to its connection's busy timeout). os.fork() waits
+        # for it (audit_engine.forks). The service passes its writer's gate, so that writer and
+        # cleanup take turns fairly.
         self.fork_gate = gate if gate is not None else threading.RLock()
         self.runs = 0
         self.rows_deleted = 0
@@ -303,6 +306,14 @@ class CleanupThread:
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name=CLEANUP_THREAD_NAME, daemon=True)
         self._thread.start()
+        forks.register(self)
+
+    def fork_gates(self) -> tuple[threading.RLock]:
+        """The gate this thread holds while inside SQLite (see ``__init__``)."""
+        return (self.fork_gate,)
+
+    def after_fork_in_child(self) -> None:
+        """Nothing: the thread does not survive a fork; the owner starts a new one if it wants."""
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None

@@ -15,6 +15,8 @@ The rules (see docs/architecture.md and the house style's "shape of the package"
   of the sub-packages;
 - no cycles in the module import graph;
 - no module over 450 lines;
+- fork safety in one place: only ``audit_engine.forks`` calls ``os.register_at_fork``, and no
+  module reaches for another module's private fork state (``_FORK_ORPHANS`` once was);
 - every name in ``audit_engine.__all__`` imports.
 """
 
@@ -33,7 +35,7 @@ PACKAGE = "audit_engine"
 MAX_LINES = 450
 VOCABULARY = frozenset(
     f"{PACKAGE}.{name}"
-    for name in ("errors", "models", "settings", "details", "formats", "rows", "columns")
+    for name in ("errors", "models", "settings", "details", "formats", "rows", "columns", "forks")
 )
 # (importer prefix, forbidden prefixes)
 LAYERS = (
@@ -191,3 +193,89 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     finally:
         GRAPH.clear()
         GRAPH.update(saved)
+
+
+# -- fork safety in one place -------------------------------------------------------------------
+
+
+def _tree(name: str) -> ast.Module:
+    return ast.parse(MODULES[name].read_text(encoding="utf-8"), filename=str(MODULES[name]))
+
+
+def _registers_at_fork(tree: ast.Module) -> bool:
+    return any(
+        (isinstance(node, ast.Attribute) and node.attr == "register_at_fork")
+        or (isinstance(node, ast.Name) and node.id == "register_at_fork")
+        or (
+            isinstance(node, ast.ImportFrom)
+            and any(alias.name == "register_at_fork" for alias in node.names)
+        )
+        for node in ast.walk(tree)
+    )
+
+
+def _private_fork_reaches(name: str, tree: ast.Module) -> list[str]:
+    """Private fork names ``name`` takes from other audit_engine modules, anywhere in it.
+
+    An import (``from audit_engine.pipeline.writer import _FORK_ORPHANS``) or an attribute of an
+    imported module (``writer._FORK_ORPHANS``); private names of :mod:`audit_engine.forks` count
+    whatever they are called.
+    """
+    found: list[str] = []
+    modules: dict[str, str] = {}  # local name -> audit_engine module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in MODULES:
+                    modules[alias.asname or alias.name] = alias.name
+        elif isinstance(node, ast.ImportFrom):
+            source = _resolve(name, node)
+            for alias in node.names:
+                if f"{source}.{alias.name}" in MODULES:
+                    modules[alias.asname or alias.name] = f"{source}.{alias.name}"
+                elif source in MODULES and source != name and _is_private_fork(source, alias.name):
+                    found.append(f"{source}.{alias.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            source = modules.get(node.value.id)
+            if source is not None and source != name and _is_private_fork(source, node.attr):
+                found.append(f"{source}.{node.attr}")
+    return sorted(set(found))
+
+
+def _is_private_fork(source: str, attr: str) -> bool:
+    return attr.startswith("_") and ("fork" in attr.lower() or source == f"{PACKAGE}.forks")
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_only_the_forks_module_registers_at_fork(name: str) -> None:
+    # One os.register_at_fork for the package: everything else registers with audit_engine.forks,
+    # so the order of the hooks and what a failing one does are decided in one place.
+    if name != f"{PACKAGE}.forks":
+        assert not _registers_at_fork(_tree(name)), (
+            f"{name} calls os.register_at_fork: register with audit_engine.forks instead"
+        )
+
+
+def test_the_forks_module_registers_at_fork() -> None:
+    assert _registers_at_fork(_tree(f"{PACKAGE}.forks"))
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_reaches_for_another_modules_private_fork_state(name: str) -> None:
+    assert _private_fork_reaches(name, _tree(name)) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from audit_engine.pipeline.writer import _FORK_ORPHANS",
+        "from audit_engine.forks import _inherited",
+        "from audit_engine.pipeline import writer\nwriter._FORK_ORPHANS.append(1)",
+        "import audit_engine.forks as f\nf._held.clear()",
+    ],
+)
+def test_the_private_fork_check_finds_a_reach(source: str) -> None:
+    name = f"{PACKAGE}.pipeline.syncwrite"
+    assert _private_fork_reaches(name, ast.parse(source)) != []
+    assert _registers_at_fork(ast.parse("import os\nos.register_at_fork(before=print)"))

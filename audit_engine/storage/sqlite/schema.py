@@ -19,7 +19,7 @@ from pathlib import Path
 
 import sqlite_utils
 
-from audit_engine import columns
+from audit_engine import columns, forks
 from audit_engine.errors import AuditStoreError
 from audit_engine.storage.anchors import ANCHORS as ANCHORS  # re-exported: the tables live here
 from audit_engine.storage.anchors import CLEANUP_RUNS as CLEANUP_RUNS
@@ -144,20 +144,41 @@ def loose_permissions(path: str | os.PathLike[str]) -> str | None:
     )
 
 
-# Each file is warned about once per process: a service opens several connections to it.
-_warned: set[Path] = set()
-_warned_lock = threading.Lock()
+class _WarnedOnce:
+    """The files already warned about: once per process, as a service opens several connections.
+
+    The lock is held only to check and add a path, by whichever thread opens a connection — the
+    writer's or the cleanup thread's, under their fork gates — so the fork does not wait for it
+    (that would take two gates in two orders); the child replaces it instead.
+    """
+
+    def __init__(self) -> None:
+        self.paths: set[Path] = set()
+        self.lock = threading.Lock()
+        forks.register(self)
+
+    def first(self, path: Path) -> bool:
+        """Whether ``path`` is warned about for the first time (and remember it)."""
+        with self.lock:
+            if path in self.paths:
+                return False
+            self.paths.add(path)
+            return True
+
+    def fork_gates(self) -> tuple[()]:
+        return ()
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()  # the parent's may have been held by a thread not copied
+
+
+_warned = _WarnedOnce()
 
 
 def _warn_if_loose(path: Path) -> None:
     warning = loose_permissions(path)
-    if warning is None:
-        return
-    with _warned_lock:
-        if path.resolve() in _warned:
-            return
-        _warned.add(path.resolve())
-    logger.warning("%s", warning)
+    if warning is not None and _warned.first(path.resolve()):
+        logger.warning("%s", warning)
 
 
 # How long opening a database waits for another connection's lock while it sets up the file
