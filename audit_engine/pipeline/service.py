@@ -22,7 +22,6 @@ from typing import Any, Self
 
 from audit_engine import rows
 from audit_engine.errors import (
-    AuditQueueFull,
     AuditServiceClosed,
     AuditWriteError,
     InvalidEntryError,
@@ -30,6 +29,7 @@ from audit_engine.errors import (
 from audit_engine.models import AuditEntry, AuditStats
 from audit_engine.pipeline import intake, lifecycle
 from audit_engine.pipeline.bus import DomainEvent, EventBus
+from audit_engine.pipeline.enqueue import enqueue_waiting
 from audit_engine.pipeline.policy import AuditPolicy, Decision
 from audit_engine.pipeline.scope import AuditScope, KeyFunc, ScopeStack, default_key
 from audit_engine.pipeline.syncwrite import SyncConnection, connect
@@ -96,6 +96,11 @@ class AuditService:
         self._last_drop_warning = -math.inf  # the first drop is always reported
         self._last_error: str | None = None
         self._warnings: list[str] = []
+        # The write mode, chosen once here: how record() hands on a kept row (a connection passed
+        # to record() itself overrides it for that call). Disabled: record() stops earlier. A
+        # function of the class, not a bound method: that would make the service a cycle, and
+        # an unclosed service is drained when dropped (the weakref.finalize below).
+        self._accept_row: Callable[[AuditService, Row], str | None] = AuditService._write_sync
         if not self._enabled:
             return
         if connection is None:
@@ -105,6 +110,7 @@ class AuditService:
                 self._warnings.append(loose)
         if connection is not None:
             schema.migrate(connection)
+            self._accept_row = AuditService._write_to_own_connection
         elif s.async_writes:
             busy_s = min(s.busy_timeout, _WRITER_BUSY_SLICE_S)
             writer = Writer(
@@ -114,7 +120,8 @@ class AuditService:
                 batch_size=s.buffer_max_size,
                 flush_interval_s=s.buffer_flush_interval,
             )
-            self._writer = writer
+            self._writer = self._queued = writer
+            self._accept_row = AuditService._enqueue
             # Drain the writer if the service is garbage-collected unclosed; the callback must not
             # hold the service itself.
             weakref.finalize(self, writer.request_stop)
@@ -136,11 +143,7 @@ class AuditService:
         )
 
     def fork_gates(self) -> list[threading.RLock]:
-        """Locks held while inside SQLite, which ``os.fork()`` waits for (audit_engine.forks).
-
-        The writer's and the cleanup thread's gates (each also registers its own, for when it
-        outlives the service) and the synchronous lock, held for a whole synchronous write.
-        """
+        """Locks this service's threads hold while inside SQLite (taken by the fork hook)."""
         gates = []
         if self._writer is not None:
             gates.append(self._writer.fork_gate)
@@ -204,60 +207,33 @@ class AuditService:
             row = intake.with_details(row, redacted)
         scope = self._scopes.current()
         if scope is None or row.critical:  # critical entries are never de-duplicated
-            return self._accept(row, connection)
+            if connection is None:
+                return self._accept_row(self, row)
+            return self._write_injected(connection, row)
         # The default key reads the row's own fields; a custom key gets the model.
         key = scope.key(row if scope.key is default_key else rows.row_entry(row))  # type: ignore[arg-type]
         if key in scope.seen:
             with self._counter_lock:
                 self._deduplicated += 1
             return None
-        event_id = self._accept(row, connection)
+        if connection is None:
+            event_id = self._accept_row(self, row)
+        else:
+            event_id = self._write_injected(connection, row)
         # Marked only once accepted: after a failed record() the same entry is tried again.
         if event_id is not None:
             scope.seen.add(key)
         return event_id
 
-    def _accept(self, entry: Row, connection: sqlite3.Connection | None) -> str | None:
-        """Write or enqueue a kept entry; None if dropped (full queue, ``on_full='drop'``)."""
-        writer = self._writer
+    # -- the write modes: one of these is _accept_row ------------------------------------------
+
+    def _enqueue(self, entry: Row) -> str | None:
+        """Async mode: queue a kept entry; None if dropped (full queue, ``on_full='drop'``)."""
         # Room in the queue for a plain entry: the common case, done.
-        if writer is not None and connection is None and not entry.critical and writer.offer(entry):
+        if not entry.critical and self._queued.offer(entry):
             return entry.event_id
-        if connection is not None or self._connection is not None:
-            self._write_injected(connection or self._connection, entry)  # type: ignore[arg-type]
-            return entry.event_id
-        if writer is None:
-            self._write_sync(entry)
-            return entry.event_id
-        on_full = self.settings.on_full
-        if on_full == "drop" and entry.critical:
-            on_full = "block"  # a critical entry is never dropped: it waits, or fails loudly
-        timeout = self.settings.block_timeout if on_full == "block" else 0.0
-        waits = entry.critical and self.settings.critical_sync
-        if waits:
-            writer.watch(entry)  # before queueing: the writer may set it aside at once
-        position = writer.put(entry, timeout)
-        if position:
-            if waits:
-                self._wait_committed(writer, position, entry)
-            return entry.event_id
-        writer.outcome(entry)  # not queued: stop watching it (a no-op if not watched)
-        if on_full == "sync":
-            self._write_sync(entry)
-            return entry.event_id
-        if on_full == "drop":
-            self._count_drop()
-            return None
-        never_dropped = (
-            " (a critical entry is never dropped: with on_full='drop' it waits up to "
-            "block_timeout for room, as with 'block')"
-            if self.settings.on_full == "drop"
-            else ""
-        )
-        raise AuditQueueFull(
-            f"the audit queue stayed full for {self.settings.block_timeout}s "
-            f"(queue_maxsize={self.settings.queue_maxsize}); the "
-            f"{'critical ' if never_dropped else ''}entry was not recorded{never_dropped}"
+        return enqueue_waiting(
+            self._queued, entry, self.settings, write_sync=self._write_sync, drop=self._count_drop
         )
 
     def _entry_row(self, entry: AuditEntry, fields: dict[str, Any]) -> tuple[Row, dict[str, Any]]:
@@ -277,32 +253,25 @@ class AuditService:
             )
         return rows.entry_row(entry), entry.details
 
-    def _wait_committed(self, writer: Writer, position: int, entry: Row) -> None:
-        # The writer commits at once when someone waits; FIFO keeps earlier entries first.
-        try:
-            done = writer.wait_for(position, self.settings.block_timeout)
-        finally:
-            why = writer.outcome(entry)  # set if it went to the dead-letter file or the log
-        if why is not None:
-            raise AuditWriteError(f"critical entry {entry.event_id} was not committed: {why}")
-        if not done:
-            # The cause marks the kind that may still end well: the entry is still queued.
-            raise AuditWriteError(
-                f"critical entry {entry.event_id} was not confirmed committed within "
-                f"{self.settings.block_timeout}s (block_timeout); it stays queued and is still "
-                "written when the database allows"
-            ) from TimeoutError("not confirmed within block_timeout")
-
-    def _write_sync(self, entry: Row) -> None:
+    def _write_sync(self, entry: Row) -> str:
+        """Sync mode (and ``on_full='sync'``): commit the entry in the caller's thread."""
         self._sync.write(entry)
+        return entry.event_id
 
-    def _write_injected(self, conn: sqlite3.Connection, entry: Row) -> None:
+    def _write_to_own_connection(self, entry: Row) -> str:
+        """A service built with ``connection=``: every entry goes through that connection."""
+        assert self._connection is not None  # this mode is chosen only with a connection
+        return self._write_injected(self._connection, entry)
+
+    def _write_injected(self, conn: sqlite3.Connection, entry: Row) -> str:
+        """Insert the entry through the caller's connection, in the caller's transaction."""
         try:
             append.write_in_caller_transaction(conn, entry)
         except sqlite3.Error as exc:
             raise AuditWriteError(f"could not write audit entry {entry.event_id}: {exc}") from exc
         with self._counter_lock:
             self._injected_written += 1
+        return entry.event_id
 
     def _count_drop(self) -> None:
         with self._counter_lock:
@@ -433,8 +402,7 @@ class AuditService:
             warnings=list(self._warnings),
         )
 
-    def after_fork_in_child(self) -> None:
-        """In a forked child: fresh locks and counters; an open service starts its threads again."""
+    def _reset_after_fork(self) -> None:
         self._close_lock = threading.RLock()
         self._counter_lock = threading.Lock()
         self._sync.reset_after_fork()
