@@ -143,7 +143,11 @@ class AuditService:
         )
 
     def fork_gates(self) -> list[threading.RLock]:
-        """Locks this service's threads hold while inside SQLite (taken by the fork hook)."""
+        """Locks held while inside SQLite, which ``os.fork()`` waits for (audit_engine.forks).
+
+        The writer's and the cleanup thread's gates (each also registers its own, for when it
+        outlives the service) and the synchronous lock, held for a whole synchronous write.
+        """
         gates = []
         if self._writer is not None:
             gates.append(self._writer.fork_gate)
@@ -402,7 +406,8 @@ class AuditService:
             warnings=list(self._warnings),
         )
 
-    def _reset_after_fork(self) -> None:
+    def after_fork_in_child(self) -> None:
+        """In a forked child: fresh locks and counters; an open service starts its threads again."""
         self._close_lock = threading.RLock()
         self._counter_lock = threading.Lock()
         self._sync.reset_after_fork()
