@@ -12,22 +12,41 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 
 from audit_engine.models import AuditEntry
+from audit_engine.rows import Row, row_entry
 
+# A key function as the application writes it: it gets the entry as a model (the API's edge).
 KeyFunc = Callable[[AuditEntry], Hashable]
+# The same key, as record() applies it: to the row, the one form of an entry past intake.
+RowKey = Callable[[Row], Hashable]
 
 
-def default_key(entry: AuditEntry) -> Hashable:
-    """Entries are duplicates when actor, action, resource_type and resource_id are equal."""
+def default_key(entry: Row | AuditEntry) -> Hashable:
+    """Entries are duplicates when actor, action, resource_type and resource_id are equal.
+
+    Reads the four fields by name, so it takes the row record() holds (or a model) as it is.
+    """
     return (entry.actor, entry.action, entry.resource_type, entry.resource_id)
+
+
+def row_key(key: KeyFunc) -> RowKey:
+    """``key`` applied to a row: the default key reads it directly; another gets a model."""
+    if key is default_key:
+        return default_key
+
+    def keyed(row: Row) -> Hashable:
+        return key(row_entry(row))
+
+    return keyed
 
 
 class AuditScope:
     """One open unit of work: a key function and the keys already accepted in it."""
 
-    __slots__ = ("key", "seen")
+    __slots__ = ("key", "row_key", "seen")
 
     def __init__(self, key: KeyFunc, seen: set[Hashable]) -> None:
         self.key = key
+        self.row_key = row_key(key)  # decided once per scope, not per record()
         self.seen = seen
 
 

@@ -31,7 +31,7 @@ from audit_engine.pipeline import intake, lifecycle
 from audit_engine.pipeline.bus import DomainEvent, EventBus
 from audit_engine.pipeline.enqueue import enqueue_waiting
 from audit_engine.pipeline.policy import AuditPolicy, Decision
-from audit_engine.pipeline.scope import AuditScope, KeyFunc, ScopeStack, default_key
+from audit_engine.pipeline.scope import AuditScope, KeyFunc, ScopeStack
 from audit_engine.pipeline.syncwrite import SyncConnection, connect
 from audit_engine.pipeline.writer import _WRITER_BUSY_SLICE_S, Writer
 from audit_engine.rows import Row
@@ -214,8 +214,7 @@ class AuditService:
             if connection is None:
                 return self._accept_row(self, row)
             return self._write_injected(connection, row)
-        # The default key reads the row's own fields; a custom key gets the model.
-        key = scope.key(row if scope.key is default_key else rows.row_entry(row))  # type: ignore[arg-type]
+        key = scope.row_key(row)  # the default key reads the row; a custom one gets a model
         if key in scope.seen:
             with self._counter_lock:
                 self._deduplicated += 1

@@ -9,6 +9,7 @@ import pytest
 
 from audit_engine.models import AuditEntry
 from audit_engine.pipeline.scope import ScopeStack, default_key
+from audit_engine.rows import entry_row
 
 
 def test_no_scope_outside_a_with_block() -> None:
@@ -62,3 +63,25 @@ def test_key_must_be_callable() -> None:
     stack = ScopeStack("t")
     with pytest.raises(TypeError, match="key must be a callable"), stack.open(key="actor"):  # type: ignore[arg-type]
         pass  # pragma: no cover
+
+
+def test_the_row_key_of_the_default_key_reads_the_row_itself() -> None:
+    row = entry_row(AuditEntry(actor="u", action="a", resource_type="note", resource_id="1"))
+    with ScopeStack("t-row-default").open() as scope:
+        assert scope.row_key is default_key
+        assert scope.row_key(row) == ("u", "a", "note", "1")
+
+
+def test_a_custom_key_gets_the_entry_as_a_model() -> None:
+    seen: list[object] = []
+
+    def by_action(entry: AuditEntry) -> str:
+        seen.append(entry)
+        return entry.action
+
+    row = entry_row(AuditEntry(actor="u", action="a", details={"k": 1}))
+    with ScopeStack("t-row-custom").open(by_action) as scope:
+        assert scope.row_key(row) == "a"
+    assert len(seen) == 1
+    assert isinstance(seen[0], AuditEntry)
+    assert seen[0].details == {"k": 1}
