@@ -1,4 +1,4 @@
-"""lifecycle: which signal handlers the engine installs, and where.
+"""lifecycle: which signal handlers the engine installs, and where; which writers a fork keeps.
 
 ``install_signal_handlers()`` is the application's opt-in; a multiprocessing child gets the SIGTERM
 drain by itself (``Pool.terminate()`` and ``Process.terminate()`` end children by SIGTERM). Signal
@@ -9,6 +9,7 @@ start method, report through their exit code and are joined with a timeout.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import os
 import signal
@@ -21,8 +22,9 @@ from typing import Any
 
 import pytest
 
-from audit_engine import AuditService, AuditSettings, install_signal_handlers
+from audit_engine import AuditService, AuditSettings, forks, install_signal_handlers
 from audit_engine.pipeline import lifecycle
+from audit_engine.pipeline.writer import Writer
 
 JOIN_TIMEOUT_S = 60
 fork = multiprocessing.get_context("fork")
@@ -347,3 +349,42 @@ def test_without_multiprocessing_imported_there_is_nothing_to_hook(
         monkeypatch.delitem(sys.modules, "multiprocessing.util")
         lifecycle._register_mp_hooks()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+# -- fork: which writers and services the child keeps -----------------------------------------
+
+
+def _child_forgets_the_orphaned_writer(kept: AuditService, orphan: Writer) -> None:
+    registered = forks.registered()
+    checks = [
+        # An open service and its writer: registered still, and the writer started again.
+        any(obj is kept for obj in registered),
+        kept.writer in lifecycle._live_writers,
+        kept.writer is not None and kept.writer.alive,
+        # A writer whose service is gone holds the parent's entries: not drained at exit here,
+        # and its gate not waited for at the next fork.
+        orphan not in lifecycle._live_writers,
+        not any(obj is orphan for obj in registered),
+    ]
+    raise SystemExit(0 if all(checks) else 3)
+
+
+def test_a_forked_child_forgets_a_writer_whose_service_is_gone(tmp_path: Path) -> None:
+    with AuditService(_settings(tmp_path / "kept.db")) as kept:
+        dropped: AuditService | None = AuditService(_settings(tmp_path / "dropped.db"))
+        assert dropped is not None
+        orphan = dropped.writer
+        assert orphan is not None
+        dropped = None  # garbage-collected unclosed: its writer is asked to stop
+        gc.collect()
+        try:
+            assert orphan in lifecycle._live_writers
+            assert any(obj is orphan for obj in forks.registered())
+
+            assert _run_child(_child_forgets_the_orphaned_writer, kept, orphan) == 0
+
+            # The parent's registries are untouched.
+            assert orphan in lifecycle._live_writers
+            assert any(obj is orphan for obj in forks.registered())
+        finally:
+            orphan.stop(JOIN_TIMEOUT_S)
