@@ -135,6 +135,10 @@ class _ProcessForkHooks:
         return ()
 
     def after_fork_in_child(self) -> None:
+        global _signal_lock
+        # Held only around a disposition change or a nudge, so the fork does not wait for it;
+        # the watcher that may have held it is not copied, so the child takes a fresh one.
+        _signal_lock = threading.RLock()
         mp_util = sys.modules.get("multiprocessing.util")
         if mp_util is not None:
             # A multiprocessing child clears its finalizers right after the fork, then runs its

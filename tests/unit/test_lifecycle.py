@@ -388,3 +388,25 @@ def test_a_forked_child_forgets_a_writer_whose_service_is_gone(tmp_path: Path) -
             assert any(obj is orphan for obj in forks.registered())
         finally:
             orphan.stop(JOIN_TIMEOUT_S)
+
+
+def _child_can_take_the_signal_lock() -> None:
+    raise SystemExit(0 if lifecycle._signal_lock.acquire(blocking=False) else 3)
+
+
+def test_a_forked_child_takes_a_fresh_signal_lock_even_if_the_watcher_held_it() -> None:
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:  # as the watcher does around a nudge
+        with lifecycle._signal_lock:
+            holding.set()
+            done.wait(JOIN_TIMEOUT_S)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert holding.wait(JOIN_TIMEOUT_S)
+        assert _run_child(_child_can_take_the_signal_lock) == 0
+    finally:
+        done.set()
+        thread.join(JOIN_TIMEOUT_S)
