@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from audit_engine.rows import Row
 from audit_engine.storage.base import SinkBusy, SinkError, SinkRefused, SinkUnavailable, Tail
@@ -74,3 +75,15 @@ class SqliteSink:
 
     def close(self) -> None:
         self.conn.close()
+
+
+if TYPE_CHECKING:
+    # mypy --strict checks here that SQLite's classes fulfil the seam's protocols.
+    from audit_engine.storage.base import ChainReader, ChainSink
+    from audit_engine.storage.sqlite.reads import AuditStore
+
+    def _a_sink(sink: SqliteSink) -> ChainSink:
+        return sink
+
+    def _a_reader(store: AuditStore) -> ChainReader:
+        return store
