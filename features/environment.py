@@ -28,6 +28,7 @@ from behave.model import Scenario
 from behave.runner import Context
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
+from audit_engine.rows import entry_row
 from audit_engine.storage import sqlite as store
 from audit_engine.storage.chain import ChainHead, VerifyReport
 
@@ -195,7 +196,7 @@ class World:
             entries.append(AuditEntry(**values))
         conn = store.open_connection(self.database)
         try:
-            store.write_batch(conn, entries)
+            store.write_batch(conn, [entry_row(e) for e in entries])
         finally:
             conn.close()
         return [entry.event_id for entry in entries]

@@ -5,8 +5,16 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from audit_engine.models import AuditEntry
+from audit_engine.rows import Row, entry_row
+
+
+def rows_of(entries: Iterable[AuditEntry]) -> list[Row]:
+    """The stored rows of ``entries``: what storage and the dead-letter file take."""
+    return [entry_row(entry) for entry in entries]
 
 
 class DatabaseLock:

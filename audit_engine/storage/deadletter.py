@@ -101,13 +101,13 @@ class DeadLetterFile:
 
     def append(
         self,
-        entries: Sequence[AuditEntry | Row],
+        rows: Sequence[Row],
         error: str,
         *,
         gate: contextlib.AbstractContextManager[Any] | None = None,
         abort: threading.Event | None = None,
     ) -> Path:
-        """Append ``entries`` with the reason they failed; returns once the lines are on disk.
+        """Append ``rows`` with the reason they failed; returns once the lines are on disk.
 
         Returns the file written: :attr:`path`, or a side file when the lock was not free within
         :attr:`lock_wait_s` (at once when ``abort`` is set, or while the last append found the lock
@@ -115,7 +115,7 @@ class DeadLetterFile:
         held whenever a descriptor is open, never while waiting, so ``os.fork()`` never copies
         the lock into a child. Raises ``OSError`` if nothing could be written.
         """
-        data = encode_lines(entries, error)
+        data = encode_lines(rows, error)
         hold = gate if gate is not None else contextlib.nullcontext()
         # A fresh event when none is given: one shared across a fork could be copied mid-wait.
         waiter = abort if abort is not None else threading.Event()
@@ -169,19 +169,19 @@ class DeadLetterFile:
             return final
 
 
-def encode_lines(entries: Sequence[AuditEntry | Row], error: str) -> bytes:
-    """The dead-letter lines of ``entries`` as UTF-8, one failure time for the whole append."""
+def encode_lines(rows: Sequence[Row], error: str) -> bytes:
+    """The dead-letter lines of ``rows`` as UTF-8, one failure time for the whole append."""
     failed_at = utcnow().isoformat()
-    return b"".join(_encode(line_text(e, error, failed_at)) + b"\n" for e in entries)
+    return b"".join(_encode(line_text(row, error, failed_at)) + b"\n" for row in rows)
 
 
-def line_text(entry: AuditEntry | Row, error: str, failed_at: str, *, compact: bool = False) -> str:
+def line_text(row: Row, error: str, failed_at: str, *, compact: bool = False) -> str:
     """One dead-letter line (without its newline): the entry, why it failed and when.
 
-    Never raises for an entry's content: a value JSON cannot hold is written as its ``str()``.
+    Never raises for a row's content: a value JSON cannot hold is written as its ``str()``.
     ``compact`` (for log lines): no spaces and only ASCII, whatever the log's encoding.
     """
-    record = {"entry": _entry_object(entry), "error": error, "failed_at": failed_at}
+    record = {"entry": _entry_object(row), "error": error, "failed_at": failed_at}
     if compact:
         return json.dumps(record, ensure_ascii=True, separators=(",", ":"), default=str)
     return json.dumps(record, ensure_ascii=False, default=str)
@@ -196,19 +196,14 @@ def _encode(text: str) -> bytes:
         return json.dumps(json.loads(text), ensure_ascii=True).encode("ascii")
 
 
-def _entry_object(entry: AuditEntry | Row) -> dict[str, Any]:
-    """An entry as the JSON object of its fields (``details`` nested), from a model or a row."""
-    if isinstance(entry, AuditEntry):
-        try:
-            return entry.model_dump(mode="json")
-        except Exception:  # a model_copy'd value pydantic cannot serialise: keep what we can
-            return entry.model_dump(warnings=False)
+def _entry_object(row: Row) -> dict[str, Any]:
+    """A row as the JSON object of its entry's fields (``details`` nested, ``critical`` a bool)."""
     details: Any
     try:
-        details = json.loads(entry.details)
+        details = json.loads(row.details)
     except (TypeError, ValueError):  # not our JSON: keep the text as it was
-        details = entry.details
-    return {**entry._asdict(), "details": details, "critical": bool(entry.critical)}
+        details = row.details
+    return {**row._asdict(), "details": details, "critical": bool(row.critical)}
 
 
 def _write_all(fd: int, data: bytes) -> None:

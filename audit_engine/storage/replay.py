@@ -50,9 +50,10 @@ class _Tally:
         self.errors: list[str] = []
 
     def put_back(self, raw: bytes, entry: AuditEntry, where: str) -> None:
+        row = entry_row(entry)  # the dead-letter line's model, in the form storage takes
         stored = _stored(self.conn, entry.event_id)
         if stored is not None:
-            if stored == entry_row(entry):
+            if stored == row:
                 self.already += 1
             else:  # another entry took its event_id: keep this one, loudly
                 self.keep(
@@ -60,7 +61,7 @@ class _Tally:
                 )
             return
         try:
-            append.write_batch(self.conn, (entry,))
+            append.write_batch(self.conn, (row,))
         except sqlite3.Error as exc:
             self.keep(raw, f"{entry.event_id}: {exc}")
             return

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
+from audit_engine.rows import entry_row
 from audit_engine.storage import sqlite as store
 from audit_engine.storage.retention import CleanupReport
 
@@ -81,7 +82,7 @@ def fill(path: Path, rows: int, batch: int, age: timedelta) -> float:
                 )
                 for i in range(first, min(first + batch, rows))
             ]
-            store.write_batch(conn, entries)
+            store.write_batch(conn, [entry_row(e) for e in entries])
         return time.perf_counter() - started
     finally:
         conn.close()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from audit_engine import AuditEntry, AuditService, AuditSettings
+from audit_engine.rows import entry_row
 from audit_engine.storage import sqlite as store
 
 # The suite measures the defaults: AUDIT_TRAIL_* variables in a developer's shell must not change
@@ -322,4 +323,6 @@ class Breakdown:
 
     def time_write_batch_500(self) -> None:
         """What the writer thread does per batch: one transaction of 500 validated entries."""
-        store.write_batch(self.conn, self.entries)
+        # Converted here, as write_batch did itself before it took only rows: the figure stays
+        # comparable with earlier runs.
+        store.write_batch(self.conn, [entry_row(e) for e in self.entries])

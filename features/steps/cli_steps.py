@@ -24,6 +24,7 @@ from behave import given, then, when
 from behave.runner import Context
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
+from audit_engine.rows import entry_row
 from audit_engine.storage import deadletter
 from audit_engine.storage.deadletter import DeadLetterFile
 
@@ -171,7 +172,8 @@ def given_tampered(context: Context, entry: int, actor: str) -> None:
 def given_dead_letters(context: Context, count: int, reason: str) -> None:
     shell = _shell(context)
     entries = [AuditEntry(**fields) for fields in _notes(count, _ago("now"), first=100)]
-    DeadLetterFile(deadletter.path_for(shell.database)).append(entries, reason)
+    rows = [entry_row(entry) for entry in entries]
+    DeadLetterFile(deadletter.path_for(shell.database)).append(rows, reason)
     shell.set_aside = [entry.event_id for entry in entries]
 
 

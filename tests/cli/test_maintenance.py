@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from support import rows_of
 
 from audit_engine import AuditEntry, AuditStore
 from audit_engine.storage import deadletter
@@ -370,7 +371,7 @@ def _dead(*actions: str) -> list[AuditEntry]:
 def test_replay_imports_the_entries_and_removes_the_file(cli: Cli, three: Trail) -> None:
     path = deadletter.path_for(cli.database)
     lost = _dead("doc.rename", "doc.share")
-    DeadLetterFile(path).append(lost, "disk I/O error")
+    DeadLetterFile(path).append(rows_of(lost), "disk I/O error")
 
     result = cli.run("replay-deadletter")
 
@@ -386,7 +387,7 @@ def test_replay_drops_entries_already_stored(cli: Cli, trail: Trail) -> None:
     [stored_id] = trail.record({"action": "doc.save", "event_id": "evt-1"})
     [stored] = trail.entries()
     path = deadletter.path_for(cli.database)
-    DeadLetterFile(path).append([stored, *_dead("doc.close")], "database is locked")
+    DeadLetterFile(path).append(rows_of([stored, *_dead("doc.close")]), "database is locked")
 
     result = cli.run("replay-deadletter")
 
@@ -398,10 +399,10 @@ def test_replay_drops_entries_already_stored(cli: Cli, trail: Trail) -> None:
 
 def test_replay_keeps_and_reports_a_bad_line(cli: Cli, three: Trail) -> None:
     path = deadletter.path_for(cli.database)
-    DeadLetterFile(path).append(_dead("doc.rename"), "disk full")
+    DeadLetterFile(path).append(rows_of(_dead("doc.rename")), "disk full")
     with path.open("a", encoding="utf-8") as file:
         file.write('{"entry": {"action": "torn"\n')
-    DeadLetterFile(path).append(_dead("doc.share"), "disk full")
+    DeadLetterFile(path).append(rows_of(_dead("doc.share")), "disk full")
 
     result = cli.run("replay-deadletter", code=1)
 
@@ -413,7 +414,7 @@ def test_replay_keeps_and_reports_a_bad_line(cli: Cli, three: Trail) -> None:
 
 def test_replay_a_file_named_with_file(cli: Cli, three: Trail, tmp_path: Path) -> None:
     path = tmp_path / "copied-from-the-server.jsonl"
-    DeadLetterFile(path).append(_dead("doc.export"), "disk I/O error")
+    DeadLetterFile(path).append(rows_of(_dead("doc.export")), "disk I/O error")
 
     result = cli.run("replay-deadletter", "--file", str(path))
 
@@ -439,7 +440,7 @@ def test_replay_of_a_missing_file_named_with_file(cli: Cli, three: Trail, tmp_pa
 
 def test_replay_keeps_a_line_that_is_not_utf8_byte_for_byte(cli: Cli, three: Trail) -> None:
     path = deadletter.path_for(cli.database)
-    DeadLetterFile(path).append(_dead("doc.rename"), "disk full")
+    DeadLetterFile(path).append(rows_of(_dead("doc.rename")), "disk full")
     with path.open("ab") as file:
         file.write(b"\xff\xfe torn\n")
 

@@ -7,7 +7,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from support import rows_of
+
 from audit_engine import AuditEntry
+from audit_engine.rows import entry_row
 from audit_engine.storage import deadletter
 from audit_engine.storage.deadletter import DeadLetterFile
 
@@ -22,11 +25,11 @@ def _lost(*actions: str) -> list[AuditEntry]:
 def test_replay_reads_the_side_files_too(cli: Cli, trail: Trail) -> None:
     trail.init()
     path = deadletter.path_for(cli.database)
-    DeadLetterFile(path).append(_lost("doc.rename"), "disk full")
+    DeadLetterFile(path).append(rows_of(_lost("doc.rename")), "disk full")
     fd = os.open(f"{path}.lock", os.O_WRONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # a replay elsewhere holds the lock
-        side = DeadLetterFile(path, lock_wait_s=0).append(_lost("doc.share"), "locked")
+        side = DeadLetterFile(path, lock_wait_s=0).append(rows_of(_lost("doc.share")), "locked")
     finally:
         os.close(fd)
 
@@ -46,7 +49,7 @@ def test_replay_from_a_saved_log(cli: Cli, trail: Trail, tmp_path: Path) -> None
     log.write_text(
         "".join(
             "2026-12-01 10:00:01,123 CRITICAL audit entry LOST to disk, logged instead: "
-            f"{deadletter.line_text(e, 'disk full', failed_at, compact=True)}\n"
+            f"{deadletter.line_text(entry_row(e), 'disk full', failed_at, compact=True)}\n"
             for e in lost
         )
         + "2026-12-01 10:00:02,000 INFO unrelated\n"

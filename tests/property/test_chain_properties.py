@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from support import rows_of
 
 from audit_engine import AuditEntry, AuditStore, Operation, Outcome
 from audit_engine.columns import ENTRY_COLUMNS, STORED_COLUMNS, STORED_ROW, Column
@@ -81,7 +82,7 @@ def _database(entries: list[AuditEntry]) -> Iterator[Path]:
         path = Path(tmp) / "audit.db"
         conn = store.open_connection(path)
         try:
-            store.write_batch(conn, entries)
+            store.write_batch(conn, rows_of(entries))
         finally:
             conn.close()
         yield path
@@ -213,7 +214,9 @@ def test_purge_at_any_cutoff_leaves_a_verifiable_chain(
         conn = store.open_connection(path)
         try:
             later = entries[0].timestamp + timedelta(days=1)
-            store.write_batch(conn, [AuditEntry(event_id="later", action="x", timestamp=later)])
+            store.write_batch(
+                conn, rows_of([AuditEntry(event_id="later", action="x", timestamp=later)])
+            )
         finally:
             conn.close()
         after_append = audit.verify(min_retention=timedelta(0))

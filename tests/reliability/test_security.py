@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from support import rows_of
 
 from audit_engine import AuditEntry, AuditService, AuditStore
 from audit_engine.cli import main
@@ -113,7 +114,7 @@ def test_wal_and_shm_of_an_existing_private_database_are_private(db_path: Path) 
 
     conn = store.open_connection(db_path)  # SQLite gives new -wal/-shm files the db's mode
     try:
-        store.write_batch(conn, [AuditEntry(action="s.wal")])
+        store.write_batch(conn, rows_of([AuditEntry(action="s.wal")]))
         modes = {p.name[len(db_path.name) :]: _mode(p) for p in _trail_files(db_path)}
     finally:
         conn.close()

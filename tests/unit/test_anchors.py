@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import sqlite_utils
+from support import rows_of
 
 from audit_engine import AuditEntry, AuditStore, AuditStoreError
 from audit_engine.models import utcnow
@@ -47,7 +48,7 @@ def _write(db_path: Path, timestamps: Sequence[datetime]) -> None:
     ]
     conn = store.open_connection(db_path)
     try:
-        store.write_batch(conn, entries)
+        store.write_batch(conn, rows_of(entries))
     finally:
         conn.close()
 

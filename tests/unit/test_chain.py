@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import rows_of
 
 from audit_engine.columns import STORED_ROW
 from audit_engine.storage.chain import (
@@ -556,7 +557,9 @@ def test_export_lines_escape_unicode_line_separators(tmp_path: Path) -> None:
 
     db = tmp_path / "a.db"
     conn = store.open_connection(db)
-    store.write_batch(conn, [AuditEntry(action="x", details={"t": "a\u2028b\u2029c\x85d"})])
+    store.write_batch(
+        conn, rows_of([AuditEntry(action="x", details={"t": "a\u2028b\u2029c\x85d"})])
+    )
     conn.close()
     with AuditStore(db) as reader:
         text = "".join(reader.export("jsonl"))

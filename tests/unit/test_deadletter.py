@@ -15,9 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+from support import rows_of
 
 from audit_engine import AuditEntry, Operation
 from audit_engine.errors import AuditStoreError
+from audit_engine.rows import entry_row
 from audit_engine.storage import deadletter
 from audit_engine.storage import sqlite as store
 from audit_engine.storage.deadletter import DeadLetterFile
@@ -62,7 +65,7 @@ def test_append_writes_one_json_line_per_entry(dl_path: Path) -> None:
     entries = _entries(3)
     before = datetime.now(UTC)
 
-    DeadLetterFile(dl_path).append(entries, "disk I/O error")
+    DeadLetterFile(dl_path).append(rows_of(entries), "disk I/O error")
 
     after = datetime.now(UTC)
     records = [json.loads(line) for line in _lines(dl_path)]
@@ -77,7 +80,7 @@ def test_append_writes_one_json_line_per_entry(dl_path: Path) -> None:
 
 
 def test_append_keeps_non_ascii_text_readable(dl_path: Path) -> None:
-    DeadLetterFile(dl_path).append(_entries(1), "échec")
+    DeadLetterFile(dl_path).append(rows_of(_entries(1)), "échec")
 
     text = dl_path.read_text(encoding="utf-8")
     assert '"actor": "zoë"' in text
@@ -85,18 +88,20 @@ def test_append_keeps_non_ascii_text_readable(dl_path: Path) -> None:
 
 
 def test_new_file_is_private(dl_path: Path) -> None:
-    DeadLetterFile(dl_path).append(_entries(1), "boom")
+    DeadLetterFile(dl_path).append(rows_of(_entries(1)), "boom")
 
     assert dl_path.stat().st_mode & 0o777 == 0o600
 
 
 def test_append_adds_to_the_end_of_the_file(dl_path: Path) -> None:
     file = DeadLetterFile(dl_path)
-    file.append(_entries(2, "first"), "one")
+    file.append(rows_of(_entries(2, "first")), "one")
     first_content = dl_path.read_bytes()
 
-    file.append(_entries(1, "second"), "two")
-    DeadLetterFile(dl_path).append(_entries(1, "third"), "three")  # a new writer appends too
+    file.append(rows_of(_entries(1, "second")), "two")
+    DeadLetterFile(dl_path).append(
+        rows_of(_entries(1, "third")), "three"
+    )  # a new writer appends too
 
     assert dl_path.read_bytes().startswith(first_content)
     ids = [json.loads(line)["entry"]["event_id"] for line in _lines(dl_path)]
@@ -117,7 +122,7 @@ def test_append_from_several_threads_keeps_lines_whole(dl_path: Path) -> None:
                 AuditEntry(action="a", event_id=f"w{worker}-{n}-{k}", details={"pad": padding})
                 for k in range(batch)
             ]
-            file.append(entries, f"worker {worker}")
+            file.append(rows_of(entries), f"worker {worker}")
 
     threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(threads_count)]
     for thread in threads:
@@ -160,8 +165,8 @@ def test_read_round_trips_entries_and_errors(dl_path: Path) -> None:
         AuditEntry(action="b"),
     ]
     file = DeadLetterFile(dl_path)
-    file.append(entries[:1], "database is locked")
-    file.append(entries[1:], "disk full")
+    file.append(rows_of(entries[:1]), "database is locked")
+    file.append(rows_of(entries[1:]), "disk full")
 
     assert list(deadletter.read(dl_path)) == [
         (1, entries[0], "database is locked"),
@@ -174,7 +179,7 @@ def test_read_accepts_details_larger_than_the_default_limit(dl_path: Path) -> No
         {"action": "a", "details": {"blob": "x" * 100_000}},
         context={"max_details_bytes": 200_000},
     )
-    DeadLetterFile(dl_path).append([big], "too slow")
+    DeadLetterFile(dl_path).append(rows_of([big]), "too slow")
 
     [(_, entry, _)] = deadletter.read(dl_path)
 
@@ -230,7 +235,7 @@ def test_read_of_an_empty_file_yields_nothing(dl_path: Path) -> None:
 
 def test_read_reports_a_line_with_invalid_utf8_as_bad(dl_path: Path) -> None:
     good = AuditEntry(action="ok", actor="zoë")
-    DeadLetterFile(dl_path).append([good], "boom")
+    DeadLetterFile(dl_path).append(rows_of([good]), "boom")
     torn = json.dumps({"entry": {"action": "x", "actor": "zoë"}}, ensure_ascii=False).encode()
     with dl_path.open("ab") as file:
         file.write(torn[: torn.index("ë".encode()) + 1])  # cut inside the two-byte "ë"
@@ -251,11 +256,11 @@ def _store(db_path: Path) -> sqlite3.Connection:
 def test_an_append_after_a_torn_line_starts_on_a_fresh_line(dl_path: Path, db_path: Path) -> None:
     file = DeadLetterFile(dl_path)
     [before, after] = _entries(2)
-    file.append([before], "disk full")
+    file.append(rows_of([before]), "disk full")
     with dl_path.open("ab") as torn:
         torn.write(b'{"entry": {"action": "cut sh')  # a write cut short, no newline
 
-    file.append([after], "disk full")
+    file.append(rows_of([after]), "disk full")
 
     assert [number for number, _, _ in deadletter.read(dl_path)] == [1, 2, 3]
     conn = _store(db_path)
@@ -270,7 +275,7 @@ def test_an_append_after_a_torn_line_starts_on_a_fresh_line(dl_path: Path, db_pa
 
 def test_a_failed_write_is_cut_off_again(dl_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     file = DeadLetterFile(dl_path)
-    file.append(_entries(1, "kept"), "first")
+    file.append(rows_of(_entries(1, "kept")), "first")
     before = dl_path.read_bytes()
     real_write = os.write
 
@@ -282,7 +287,7 @@ def test_a_failed_write_is_cut_off_again(dl_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(deadletter.os, "write", write)
     with pytest.raises(OSError, match="No space left on device"):
-        file.append(_entries(1, "lost"), "second")
+        file.append(rows_of(_entries(1, "lost")), "second")
 
     assert dl_path.read_bytes() == before
 
@@ -323,7 +328,7 @@ def test_an_append_that_cannot_get_the_lock_in_time_writes_a_private_side_file(
     entries = _entries(2)
     with _lock_held_elsewhere(dl_path):
         started = time.monotonic()
-        written = DeadLetterFile(dl_path, lock_wait_s=0.2).append(entries, "locked")
+        written = DeadLetterFile(dl_path, lock_wait_s=0.2).append(rows_of(entries), "locked")
         assert 0.2 <= time.monotonic() - started < 2
 
     assert written == Path(f"{dl_path}.{os.getpid()}-1.jsonl")
@@ -339,7 +344,9 @@ def test_an_aborted_append_does_not_wait_for_the_lock(dl_path: Path) -> None:
     abort.set()
     with _lock_held_elsewhere(dl_path):
         started = time.monotonic()
-        written = DeadLetterFile(dl_path, lock_wait_s=30).append(_entries(1), "x", abort=abort)
+        written = DeadLetterFile(dl_path, lock_wait_s=30).append(
+            rows_of(_entries(1)), "x", abort=abort
+        )
         assert time.monotonic() - started < 1
     assert written.name.endswith(f".{os.getpid()}-1.jsonl")
 
@@ -349,16 +356,16 @@ def test_side_files_never_reuse_a_name(dl_path: Path) -> None:
     taken.write_text("left by a dead process with our pid\n")
     Path(f"{dl_path}.{os.getpid()}-2.jsonl.part").write_text("a crash mid-write\n")
     with _lock_held_elsewhere(dl_path):
-        written = DeadLetterFile(dl_path, lock_wait_s=0).append(_entries(1), "x")
+        written = DeadLetterFile(dl_path, lock_wait_s=0).append(rows_of(_entries(1)), "x")
     assert written == Path(f"{dl_path}.{os.getpid()}-3.jsonl")
     assert taken.read_text() == "left by a dead process with our pid\n"
 
 
 def test_replay_reads_the_side_files_and_merges_what_it_keeps(dl_path: Path, db_path: Path) -> None:
     main, aside = _entries(2, "main"), _entries(2, "aside")
-    DeadLetterFile(dl_path).append(main, "disk full")
+    DeadLetterFile(dl_path).append(rows_of(main), "disk full")
     with _lock_held_elsewhere(dl_path):
-        side = DeadLetterFile(dl_path, lock_wait_s=0).append(aside, "locked")
+        side = DeadLetterFile(dl_path, lock_wait_s=0).append(rows_of(aside), "locked")
     with side.open("ab") as file:
         file.write(b"not json\n")
     conn = _store(db_path)
@@ -394,7 +401,7 @@ def test_replay_with_nothing_to_replay_reports_no_files(dl_path: Path, db_path: 
 def test_a_replay_rewrite_is_private_whatever_tmp_file_was_there(
     dl_path: Path, db_path: Path
 ) -> None:
-    DeadLetterFile(dl_path).append(_entries(1), "x")
+    DeadLetterFile(dl_path).append(rows_of(_entries(1)), "x")
     with dl_path.open("ab") as file:
         file.write(b"unreadable, kept\n")
     stale = dl_path.with_name(dl_path.name + ".tmp")
@@ -423,7 +430,7 @@ def test_replay_log_brings_back_the_entries_of_logged_dead_letter_lines(
         "2026-12-01 10:00:00 INFO app started\n"
         + "".join(
             "2026-12-01 10:00:01 CRITICAL audit_engine.writer audit entry LOST to disk, logged "
-            f"instead: {deadletter.line_text(e, 'disk full', failed_at, compact=True)}\n"
+            f"instead: {deadletter.line_text(entry_row(e), 'disk full', failed_at, compact=True)}\n"
             for e in lost
         )
         + 'CRITICAL audit entry LOST to disk, logged instead: {"entry": {"act\n',
@@ -450,15 +457,58 @@ def test_replay_log_of_a_missing_file_is_an_error(tmp_path: Path, db_path: Path)
         conn.close()
 
 
-def test_a_line_for_a_value_json_cannot_hold_is_still_written() -> None:
+def test_a_value_json_cannot_hold_is_refused_before_it_becomes_a_row() -> None:
+    # The dead-letter file takes rows only; a model whose details JSON cannot hold (model_copy
+    # skips validation) is validated again on its way to a row, so it never reaches the file.
     entry = AuditEntry(action="a").model_copy(update={"details": {"when": object()}})
-    text = deadletter.line_text(entry, "x", "2026-01-01T00:00:00+00:00")
-    assert json.loads(text)["entry"]["details"]["when"].startswith("<object object at ")
+    with pytest.raises(ValidationError, match=r"details\.when has type object"):
+        entry_row(entry)
+
+
+def test_a_row_with_a_lone_surrogate_is_still_written() -> None:
+    # A row's text fields are str and may hold what UTF-8 cannot (a row built without the
+    # model): the line is still written, with JSON's \u escapes, and reads back the same.
+    row = entry_row(AuditEntry(action="a"))._replace(actor="\ud800", details='{"t": "\ud800"}')
+    data = deadletter.encode_lines([row], "x")
+    assert b'"actor": "\\ud800"' in data
+    record = json.loads(data)
+    assert (record["entry"]["actor"], record["entry"]["details"]) == ("\ud800", {"t": "\ud800"})
+
+
+def test_the_dead_letter_line_of_a_row_keeps_its_json_form() -> None:
+    # The form the file has always had (a row's line was this before the file took rows only,
+    # and a model's line was its model_dump(mode="json")), so older replays read newer files.
+    entry = AuditEntry(
+        event_id="e-1",
+        timestamp=datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC),
+        actor="zoë",
+        action="doc.save",
+        operation="update",
+        outcome="failure",
+        resource_type="doc",
+        resource_id="42",
+        correlation_id="c-9",
+        details={"n": 1, "t": "é"},
+        critical=True,
+    )
+    text = deadletter.line_text(entry_row(entry), "disk full", "2026-01-02T03:04:06+00:00")
+    assert text == (
+        '{"entry": {"event_id": "e-1", "timestamp": "2026-01-02T03:04:05.600000Z", '
+        '"actor": "zoë", "action": "doc.save", "operation": "update", "outcome": "failure", '
+        '"resource_type": "doc", "resource_id": "42", "correlation_id": "c-9", '
+        '"details": {"n": 1, "t": "é"}, "critical": true}, '
+        '"error": "disk full", "failed_at": "2026-01-02T03:04:06+00:00"}'
+    )
+    assert json.loads(text)["entry"] == entry.model_dump(mode="json")
+    compact = deadletter.line_text(entry_row(entry), "x", "t", compact=True)
+    assert compact.startswith('{"entry":{"event_id":"e-1",')
+    assert compact.isascii()
+    assert json.loads(compact)["entry"] == entry.model_dump(mode="json")
 
 
 def test_replay_keeps_an_entry_the_database_still_refuses(dl_path: Path, db_path: Path) -> None:
     [refused] = _entries(1, "refused")
-    DeadLetterFile(dl_path).append([refused], "refused")
+    DeadLetterFile(dl_path).append(rows_of([refused]), "refused")
     with dl_path.open("ab") as file:
         file.write(b"\n  \n")  # blank lines are dropped
     conn = _store(db_path)
@@ -477,7 +527,7 @@ def test_replay_of_side_files_alone_leaves_no_dead_letter_file(
     dl_path: Path, db_path: Path
 ) -> None:
     with _lock_held_elsewhere(dl_path):
-        side = DeadLetterFile(dl_path, lock_wait_s=0).append(_entries(1), "locked")
+        side = DeadLetterFile(dl_path, lock_wait_s=0).append(rows_of(_entries(1)), "locked")
     conn = _store(db_path)
     try:
         report = replay(dl_path, conn)
@@ -515,17 +565,17 @@ def test_after_one_timeout_appends_do_not_wait_again_until_the_lock_is_free(dl_p
     file = DeadLetterFile(dl_path, lock_wait_s=0.3)
     with _lock_held_elsewhere(dl_path):
         started = time.monotonic()
-        first = file.append(_entries(1, "first"), "x")
+        first = file.append(rows_of(_entries(1, "first")), "x")
         assert time.monotonic() - started >= 0.3
         started = time.monotonic()
-        second = file.append(_entries(1, "second"), "x")
+        second = file.append(rows_of(_entries(1, "second")), "x")
         assert time.monotonic() - started < 0.3  # a replay may hold it long: no second wait
-    third = file.append(_entries(1, "third"), "x")  # free again: the main file
+    third = file.append(rows_of(_entries(1, "third")), "x")  # free again: the main file
 
     assert (first.name, second.name) == (
         f"{dl_path.name}.{os.getpid()}-1.jsonl",
         f"{dl_path.name}.{os.getpid()}-2.jsonl",
     )
     assert third == dl_path
-    fourth = file.append(_entries(1, "fourth"), "x")
+    fourth = file.append(rows_of(_entries(1, "fourth")), "x")
     assert fourth == dl_path

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import rows_of
 
 from audit_engine import AuditEntry, AuditService, AuditStore, AuditStoreError
 from audit_engine.storage import sqlite as store
@@ -706,15 +707,17 @@ def _large_database(path: Path) -> None:
     try:
         store.write_batch(
             conn,
-            [
-                AuditEntry(
-                    event_id=f"big-{n:04d}",
-                    timestamp=T0 + timedelta(minutes=n),
-                    action="thing.do",
-                    details={"pad": "x" * 1500},
-                )
-                for n in range(600)
-            ],
+            rows_of(
+                [
+                    AuditEntry(
+                        event_id=f"big-{n:04d}",
+                        timestamp=T0 + timedelta(minutes=n),
+                        action="thing.do",
+                        details={"pad": "x" * 1500},
+                    )
+                    for n in range(600)
+                ]
+            ),
         )
     finally:
         conn.close()

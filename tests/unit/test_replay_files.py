@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import rows_of
 
 from audit_engine import AuditEntry
 from audit_engine.errors import AuditStoreError
@@ -168,7 +169,7 @@ def test_an_append_refuses_a_symbolic_link_at_the_dead_letter_path(
     dl_path.symlink_to(victim)
 
     with pytest.raises(OSError, match="refusing to follow a symbolic link") as raised:
-        deadletter.DeadLetterFile(dl_path).append([AuditEntry(action="a")], "x")
+        deadletter.DeadLetterFile(dl_path).append(rows_of([AuditEntry(action="a")]), "x")
 
     assert raised.value.filename == str(dl_path)
     assert victim.read_text() == "victim\n"
@@ -178,7 +179,7 @@ def test_an_append_refuses_a_symbolic_link_at_the_lock_path(dl_path: Path, tmp_p
     Path(f"{dl_path}.lock").symlink_to(tmp_path / "created-by-lock")
 
     with pytest.raises(OSError, match="refusing to follow a symbolic link"):
-        deadletter.DeadLetterFile(dl_path).append([AuditEntry(action="a")], "x")
+        deadletter.DeadLetterFile(dl_path).append(rows_of([AuditEntry(action="a")]), "x")
 
     assert not (tmp_path / "created-by-lock").exists()
     assert not dl_path.exists()
@@ -188,7 +189,7 @@ def test_an_append_refuses_a_fifo_at_the_dead_letter_path(dl_path: Path) -> None
     os.mkfifo(dl_path)
 
     with pytest.raises(OSError, match="not a regular file"):
-        deadletter.DeadLetterFile(dl_path).append([AuditEntry(action="a")], "x")
+        deadletter.DeadLetterFile(dl_path).append(rows_of([AuditEntry(action="a")]), "x")
 
 
 def test_a_replay_refuses_a_symbolic_link_at_the_lock_path(
@@ -273,9 +274,9 @@ def test_a_stored_row_whose_details_are_not_json_is_a_different_entry(
     dl_path: Path, conn: sqlite3.Connection
 ) -> None:
     entry = AuditEntry(action="a", event_id="e-1")
-    store.write_batch(conn, [entry])
+    store.write_batch(conn, rows_of([entry]))
     conn.execute("UPDATE audit_entries SET details = '{not json' WHERE event_id = 'e-1'")
-    deadletter.DeadLetterFile(dl_path).append([entry], "x")
+    deadletter.DeadLetterFile(dl_path).append(rows_of([entry]), "x")
 
     report = replay(dl_path, conn)
 

@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import rows_of
 
 from audit_engine import AuditEntry
+from audit_engine.rows import entry_row
 from audit_engine.storage import deadletter
 from audit_engine.storage import sqlite as store
 from audit_engine.storage.replay import replay
@@ -96,7 +98,9 @@ def test_read_names_the_bad_lines_the_same_way(dl_path: Path) -> None:
 
 
 def _log_line(entry: AuditEntry) -> str:
-    text = deadletter.line_text(entry, "disk full", "2026-12-01T10:00:00+00:00", compact=True)
+    text = deadletter.line_text(
+        entry_row(entry), "disk full", "2026-12-01T10:00:00+00:00", compact=True
+    )
     return f"CRITICAL audit entry LOST to disk, logged instead: {text}\n"
 
 
@@ -104,7 +108,7 @@ def test_an_entry_whose_event_id_holds_a_different_entry_is_kept_not_dropped(
     dl_path: Path, conn: sqlite3.Connection
 ) -> None:
     stored = AuditEntry(action="login", actor="alice", event_id="e-1")
-    store.write_batch(conn, [stored])
+    store.write_batch(conn, rows_of([stored]))
     other = AuditEntry(action="privilege.grant", actor="mallory", event_id="e-1")
     same = AuditEntry.model_validate(stored.model_dump(mode="json"))
     dl_path.write_bytes(_line(other) + _line(same))
@@ -129,8 +133,8 @@ def test_an_identical_entry_with_rich_details_counts_as_already_stored(
         critical=True,
         details={"b": [1, 2.5, None, True], "a": {"x": "ü\u2028"}, "n": 10**30},
     )
-    store.write_batch(conn, [entry])
-    deadletter.DeadLetterFile(dl_path).append([entry], "busy")
+    store.write_batch(conn, rows_of([entry]))
+    deadletter.DeadLetterFile(dl_path).append(rows_of([entry]), "busy")
 
     report = replay(dl_path, conn)
 
@@ -144,7 +148,7 @@ def test_replay_log_keeps_an_entry_whose_event_id_holds_a_different_entry(
     from audit_engine.storage.replay import replay_log
 
     stored = AuditEntry(action="login", actor="alice", event_id="e-1")
-    store.write_batch(conn, [stored])
+    store.write_batch(conn, rows_of([stored]))
     log = tmp_path / "app.log"
     other = AuditEntry(action="privilege.grant", actor="mallory", event_id="e-1")
     log.write_text(_log_line(other) + _log_line(stored), encoding="utf-8")

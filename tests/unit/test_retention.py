@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import rows_of
 
 from audit_engine import AuditEntry, AuditService, AuditStore, AuditStoreError, SettingsError
 from audit_engine.models import utcnow
@@ -45,7 +46,7 @@ def _entries(timestamps: Sequence[datetime], prefix: str = "evt") -> list[AuditE
 def _write(db_path: Path, timestamps: Sequence[datetime], prefix: str = "evt") -> None:
     conn = store.open_connection(db_path)
     try:
-        store.write_batch(conn, _entries(timestamps, prefix))
+        store.write_batch(conn, rows_of(_entries(timestamps, prefix)))
     finally:
         conn.close()
 
@@ -581,15 +582,17 @@ def _large_database(path: Path) -> None:
     try:
         store.write_batch(
             conn,
-            [
-                AuditEntry(
-                    event_id=f"big-{n:04d}",
-                    timestamp=T0 + n * MINUTE,
-                    action="thing.do",
-                    details={"pad": "x" * 1500},
-                )
-                for n in range(600)
-            ],
+            rows_of(
+                [
+                    AuditEntry(
+                        event_id=f"big-{n:04d}",
+                        timestamp=T0 + n * MINUTE,
+                        action="thing.do",
+                        details={"pad": "x" * 1500},
+                    )
+                    for n in range(600)
+                ]
+            ),
         )
     finally:
         conn.close()

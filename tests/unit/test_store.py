@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import rows_of
 
 from audit_engine import AuditEntry, AuditStore, AuditStoreError, Operation, Outcome
+from audit_engine.rows import entry_row
 from audit_engine.storage import sqlite as store
 from audit_engine.storage.chain import GENESIS_HASH, ChainHead
 from audit_engine.storage.sqlite import append, schema
@@ -181,7 +183,7 @@ def test_table_indexes(conn: sqlite3.Connection) -> None:
 
 def test_reopening_keeps_existing_rows(db_path: Path) -> None:
     first = store.open_connection(db_path)
-    store.write_batch(first, [_entry(1)])
+    store.write_batch(first, rows_of([_entry(1)]))
     first.close()
 
     again = store.open_connection(db_path, create=False)
@@ -277,7 +279,7 @@ def _schema(connection: sqlite3.Connection) -> list[tuple[str, str]]:
 
 
 def test_migrate_is_idempotent(conn: sqlite3.Connection) -> None:
-    store.write_batch(conn, [_entry(1)])
+    store.write_batch(conn, rows_of([_entry(1)]))
     before = _schema(conn)
 
     store.migrate(conn)
@@ -384,7 +386,7 @@ def test_failed_migration_in_its_own_transaction_rolls_back(db_path: Path) -> No
 
 
 def test_write_batch_commits_in_order(conn: sqlite3.Connection, db_path: Path) -> None:
-    store.write_batch(conn, [_entry(3), _entry(1), _entry(2)])
+    store.write_batch(conn, rows_of([_entry(3), _entry(1), _entry(2)]))
 
     assert conn.in_transaction is False
     with AuditStore(db_path) as reader:  # another connection sees the commit
@@ -405,7 +407,7 @@ def test_write_batch_stores_the_documented_row_form(conn: sqlite3.Connection) ->
         critical=True,
     )
 
-    store.write_batch(conn, [entry])
+    store.write_batch(conn, rows_of([entry]))
 
     row = conn.execute(f"SELECT * FROM {store.TABLE}").fetchone()
     stored = (
@@ -431,28 +433,28 @@ def test_write_batch_stores_the_documented_row_form(conn: sqlite3.Connection) ->
 
 
 def test_write_batch_is_atomic(conn: sqlite3.Connection) -> None:
-    store.write_batch(conn, [_entry(1)])
+    store.write_batch(conn, rows_of([_entry(1)]))
 
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
-        store.write_batch(conn, [_entry(2), _entry(3), _entry(2, action="dup")])
+        store.write_batch(conn, rows_of([_entry(2), _entry(3), _entry(2, action="dup")]))
 
     assert conn.in_transaction is False
     assert _event_ids(conn) == ["evt-001"]
-    store.write_batch(conn, [_entry(2)])  # the connection is still usable
+    store.write_batch(conn, rows_of([_entry(2)]))  # the connection is still usable
     assert _event_ids(conn) == ["evt-001", "evt-002"]
 
 
 def test_write_batch_rejects_an_id_already_stored(conn: sqlite3.Connection) -> None:
-    store.write_batch(conn, [_entry(1)])
+    store.write_batch(conn, rows_of([_entry(1)]))
 
     with pytest.raises(sqlite3.IntegrityError):
-        store.write_batch(conn, [_entry(2), _entry(1)])
+        store.write_batch(conn, rows_of([_entry(2), _entry(1)]))
 
     assert _event_ids(conn) == ["evt-001"]
 
 
 def test_write_batch_of_nothing_writes_nothing(conn: sqlite3.Connection) -> None:
-    store.write_batch(conn, [])
+    store.write_batch(conn, rows_of([]))
 
     assert _event_ids(conn) == []
     assert conn.in_transaction is False
@@ -464,7 +466,7 @@ def test_write_in_caller_transaction_creates_the_schema_and_does_not_commit(
 ) -> None:
     connection = _app_connection(db_path)
     try:
-        store.write_in_caller_transaction(connection, _entry(1))
+        store.write_in_caller_transaction(connection, entry_row(_entry(1)))
 
         assert connection.in_transaction is True
         assert _event_ids(connection) == ["evt-001"]
@@ -484,7 +486,7 @@ def test_write_in_caller_transaction_with_the_schema_in_place(
     store.open_connection(db_path).close()
     connection = _app_connection(db_path)
     try:
-        store.write_in_caller_transaction(connection, _entry(2))
+        store.write_in_caller_transaction(connection, entry_row(_entry(2)))
         assert connection.in_transaction is True
         connection.execute(finish)
 
@@ -499,7 +501,7 @@ def test_write_in_caller_transaction_with_a_legacy_connection(db_path: Path) -> 
     try:
         connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, item TEXT)")
         connection.execute("INSERT INTO orders (item) VALUES ('book')")
-        store.write_in_caller_transaction(connection, _entry(1))
+        store.write_in_caller_transaction(connection, entry_row(_entry(1)))
         connection.rollback()
 
         assert connection.execute("SELECT count(*) FROM orders").fetchone()[0] == 0
@@ -513,7 +515,7 @@ def test_write_in_caller_transaction_reraises_other_errors(db_path: Path) -> Non
     read_only = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
     try:
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            store.write_in_caller_transaction(read_only, _entry(1))
+            store.write_in_caller_transaction(read_only, entry_row(_entry(1)))
     finally:
         read_only.close()
 
@@ -560,7 +562,7 @@ def test_timestamps_before_year_1000_round_trip_and_sort(
 ) -> None:
     old = _entry(1, timestamp=datetime(999, 1, 1, tzinfo=UTC))
     new = _entry(2, timestamp=datetime(2024, 1, 1, tzinfo=UTC))
-    store.write_batch(conn, [old, new])
+    store.write_batch(conn, rows_of([old, new]))
 
     with AuditStore(db_path) as reader:
         assert reader.count(since=datetime(2000, 1, 1, tzinfo=UTC)) == 1
@@ -585,9 +587,9 @@ def test_is_busy_recognises_a_locked_database(db_path: Path) -> None:
 def test_is_busy_is_false_for_other_errors(conn: sqlite3.Connection) -> None:
     with pytest.raises(sqlite3.OperationalError) as no_table:
         conn.execute("SELECT * FROM no_such_table")
-    store.write_batch(conn, [_entry(1)])
+    store.write_batch(conn, rows_of([_entry(1)]))
     with pytest.raises(sqlite3.IntegrityError) as duplicate:
-        store.write_batch(conn, [_entry(1)])
+        store.write_batch(conn, rows_of([_entry(1)]))
 
     assert store.is_busy(no_table.value) is False
     assert store.is_busy(duplicate.value) is False
@@ -635,7 +637,7 @@ def stored(conn: sqlite3.Connection) -> list[AuditEntry]:
         ),
         _entry(3, action="job.run", resource_type="job", resource_id="9"),
     ]
-    store.write_batch(conn, entries)
+    store.write_batch(conn, rows_of(entries))
     return entries
 
 
@@ -694,7 +696,7 @@ def test_values_with_sql_in_them_are_matched_literally(
     conn: sqlite3.Connection, db_path: Path, stored: list[AuditEntry]
 ) -> None:
     tricky = _entry(10, actor=INJECTION)
-    store.write_batch(conn, [tricky])
+    store.write_batch(conn, rows_of([tricky]))
 
     with AuditStore(db_path) as reader:
         assert reader.query(actor=INJECTION) == [tricky]
@@ -723,8 +725,8 @@ def test_query_order_is_commit_order_not_timestamp_order(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
     later, earlier = _entry(1, timestamp=T0 + timedelta(hours=1)), _entry(2, timestamp=T0)
-    store.write_batch(conn, [later])
-    store.write_batch(conn, [earlier])
+    store.write_batch(conn, rows_of([later]))
+    store.write_batch(conn, rows_of([earlier]))
 
     with AuditStore(db_path) as reader:
         assert reader.query() == [later, earlier]
@@ -868,7 +870,7 @@ def test_round_trip_equals_the_original(conn: sqlite3.Connection, db_path: Path)
         details={"amount": 12.5, "lines": [{"sku": "A1", "qty": 2}], "note": None, "ok": False},
         critical=True,
     )
-    store.write_batch(conn, [original])
+    store.write_batch(conn, rows_of([original]))
 
     with AuditStore(db_path) as reader:
         [copy] = reader.query()
@@ -882,7 +884,7 @@ def test_round_trip_of_an_entry_with_minimal_fields(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
     original = AuditEntry(action="a")
-    store.write_batch(conn, [original])
+    store.write_batch(conn, rows_of([original]))
 
     with AuditStore(db_path) as reader:
         assert reader.query() == [original]
@@ -896,7 +898,7 @@ def test_query_reads_details_larger_than_the_default_limit(
         {"action": "a", "details": {"blob": "x" * 100_000}},
         context={"max_details_bytes": 200_000},
     )
-    store.write_batch(conn, [big])
+    store.write_batch(conn, rows_of([big]))
 
     with AuditStore(db_path) as reader:
         assert reader.query() == [big]
@@ -1073,16 +1075,16 @@ def test_max_chunk_follows_the_connections_variable_limit(conn: sqlite3.Connecti
 def test_a_low_variable_limit_cuts_a_batch_into_statements_that_fit(
     conn: sqlite3.Connection, db_path: Path, own_transaction: bool
 ) -> None:
-    store.write_batch(conn, [_entry(0)])  # the first chunk chains from a stored row
+    store.write_batch(conn, rows_of([_entry(0)]))  # the first chunk chains from a stored row
     conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # 7 rows of 14 values, and the tail
     entries = _entries(range(1, 51))
 
     with _traced(conn) as statements:
         if own_transaction:
-            tail = store.write_batch(conn, entries, largest=500)
+            tail = store.write_batch(conn, rows_of(entries), largest=500)
         else:
             conn.execute("BEGIN IMMEDIATE")
-            tail = store.insert_entries(conn, entries, largest=500)
+            tail = store.insert_entries(conn, rows_of(entries), largest=500)
             conn.execute("COMMIT")
 
     inserts = [s for s in statements if s.startswith("INSERT")]
@@ -1098,10 +1100,10 @@ def test_a_low_variable_limit_cuts_a_batch_into_statements_that_fit(
 def test_append_batch_after_the_newest_row_returns_the_stored_tail(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
-    remembered = store.write_batch(conn, [_entry(1)])
+    remembered = store.write_batch(conn, rows_of([_entry(1)]))
 
     with _traced(conn) as statements:
-        tail = store.append_batch(conn, _entries(range(2, 6)), remembered)
+        tail = store.append_batch(conn, rows_of(_entries(range(2, 6))), remembered)
 
     assert _verbs(statements) == ["INSERT"]  # one statement, its own transaction
     assert conn.in_transaction is False
@@ -1122,19 +1124,19 @@ def test_append_batch_after_the_newest_row_returns_the_stored_tail(
 def test_append_batch_after_a_stale_tail_writes_nothing_and_commit_batch_falls_back(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
-    remembered = store.write_batch(conn, [_entry(1)])
+    remembered = store.write_batch(conn, rows_of([_entry(1)]))
     other = store.open_connection(db_path)
     try:
-        moved = store.write_batch(other, [_entry(2)])  # another writer moves the tail
+        moved = store.write_batch(other, rows_of([_entry(2)]))  # another writer moves the tail
     finally:
         other.close()
 
-    assert store.append_batch(conn, [_entry(3)], remembered) is None
+    assert store.append_batch(conn, rows_of([_entry(3)]), remembered) is None
     assert conn.in_transaction is False
     assert _event_ids(conn) == ["evt-001", "evt-002"]
 
     with _traced(conn) as statements:
-        tail = store.commit_batch(conn, [_entry(3), _entry(4)], remembered, 500)
+        tail = store.commit_batch(conn, rows_of([_entry(3), _entry(4)]), remembered, 500)
 
     # The guarded append was tried first (2 is a ladder length), then write_batch read the tail.
     assert _verbs(statements)[:2] == ["INSERT", "BEGIN"]
@@ -1149,13 +1151,13 @@ def test_append_batch_after_a_stale_tail_writes_nothing_and_commit_batch_falls_b
 def test_append_batch_after_a_purge_of_every_row_chains_from_the_anchor(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
-    remembered = store.write_batch(conn, _entries(range(1, 4)))
+    remembered = store.write_batch(conn, rows_of(_entries(range(1, 4))))
     with AuditStore(db_path) as audit:
         assert audit.purge(T0 + timedelta(hours=1)).rows_deleted == 3
     assert _row_count(conn) == 0
     assert store.chain_tail(conn) == remembered  # the anchor is the purged newest row
 
-    tail = store.append_batch(conn, [_entry(4)], remembered)
+    tail = store.append_batch(conn, rows_of([_entry(4)]), remembered)
 
     assert tail is not None
     assert tail == _newest(conn) == (4, tail[1])
@@ -1166,17 +1168,17 @@ def test_append_batch_after_a_purge_of_every_row_chains_from_the_anchor(
 def test_append_batch_after_an_anchor_that_moved_writes_nothing(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
-    remembered = store.write_batch(conn, _entries(range(1, 4)))
+    remembered = store.write_batch(conn, rows_of(_entries(range(1, 4))))
     with contextlib.closing(store.open_connection(db_path, busy_timeout=1.0)) as other:
-        store.write_batch(other, _entries(range(4, 6)))  # someone else appended ...
+        store.write_batch(other, rows_of(_entries(range(4, 6))))  # someone else appended ...
     with AuditStore(db_path) as audit:  # ... and then every row was purged
         assert audit.purge(T0 + timedelta(hours=1)).rows_deleted == 5
     assert store.chain_tail(conn)[0] == 5
 
-    assert store.append_batch(conn, [_entry(6)], remembered) is None
+    assert store.append_batch(conn, rows_of([_entry(6)]), remembered) is None
     assert _row_count(conn) == 0
 
-    tail = store.commit_batch(conn, [_entry(6)], remembered, 500)
+    tail = store.commit_batch(conn, rows_of([_entry(6)]), remembered, 500)
 
     assert tail == _newest(conn) == (6, tail[1])
     _assert_chain_verifies(db_path, tail)
@@ -1185,7 +1187,7 @@ def test_append_batch_after_an_anchor_that_moved_writes_nothing(
 def test_append_batch_into_a_new_file_chains_from_genesis(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
-    tail = store.append_batch(conn, [_entry(1)], (0, GENESIS_HASH))
+    tail = store.append_batch(conn, rows_of([_entry(1)]), (0, GENESIS_HASH))
 
     assert tail is not None
     assert tail == _newest(conn) == (1, tail[1])
@@ -1196,18 +1198,18 @@ def test_append_batch_into_a_new_file_chains_from_genesis(
 def test_append_batch_into_an_empty_table_with_an_unknown_tail_writes_nothing(
     conn: sqlite3.Connection,
 ) -> None:
-    assert store.append_batch(conn, [_entry(1)], (3, "f" * 64)) is None
+    assert store.append_batch(conn, rows_of([_entry(1)]), (3, "f" * 64)) is None
     assert _row_count(conn) == 0
 
 
 def test_a_purge_that_keeps_the_newest_row_does_not_move_the_tail(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
-    remembered = store.write_batch(conn, _entries(range(1, 4)))
+    remembered = store.write_batch(conn, rows_of(_entries(range(1, 4))))
     with AuditStore(db_path) as audit:
         assert audit.purge(T0 + timedelta(seconds=3)).rows_deleted == 2
 
-    tail = store.append_batch(conn, [_entry(4)], remembered)
+    tail = store.append_batch(conn, rows_of([_entry(4)]), remembered)
 
     assert tail is not None
     assert tail == _newest(conn) == (4, tail[1])
@@ -1218,11 +1220,11 @@ def test_a_purge_that_keeps_the_newest_row_does_not_move_the_tail(
 def test_commit_batch_of_a_length_off_the_ladder_is_one_transaction(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
-    remembered = store.write_batch(conn, [_entry(1)])
+    remembered = store.write_batch(conn, rows_of([_entry(1)]))
     changes = conn.total_changes
 
     with _traced(conn) as statements:
-        tail = store.commit_batch(conn, _entries(range(2, 5)), remembered, 500)
+        tail = store.commit_batch(conn, rows_of(_entries(range(2, 5))), remembered, 500)
 
     verbs = _verbs(statements)
     assert statements[0] == "BEGIN IMMEDIATE"
@@ -1238,11 +1240,11 @@ def test_commit_batch_of_a_length_off_the_ladder_is_one_transaction(
 def test_commit_batch_of_a_ladder_length_after_a_known_tail_is_one_statement(
     conn: sqlite3.Connection, db_path: Path, count: int
 ) -> None:
-    remembered = store.write_batch(conn, [_entry(0)])
+    remembered = store.write_batch(conn, rows_of([_entry(0)]))
     changes = conn.total_changes
 
     with _traced(conn) as statements:
-        tail = store.commit_batch(conn, _entries(range(1, count + 1)), remembered, 500)
+        tail = store.commit_batch(conn, rows_of(_entries(range(1, count + 1))), remembered, 500)
 
     assert _verbs(statements) == ["INSERT"]  # no BEGIN, no read of the tail, no COMMIT
     assert conn.in_transaction is False
@@ -1254,10 +1256,10 @@ def test_commit_batch_of_a_ladder_length_after_a_known_tail_is_one_statement(
 def test_commit_batch_without_a_known_tail_reads_it_in_a_transaction(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
-    store.write_batch(conn, [_entry(0)])
+    store.write_batch(conn, rows_of([_entry(0)]))
 
     with _traced(conn) as statements:
-        tail = store.commit_batch(conn, _entries(range(1, 5)), None, 500)
+        tail = store.commit_batch(conn, rows_of(_entries(range(1, 5))), None, 500)
 
     verbs = _verbs(statements)
     assert verbs[0] == "BEGIN"
@@ -1271,17 +1273,17 @@ def test_commit_batch_without_a_known_tail_reads_it_in_a_transaction(
 def test_append_batch_with_a_failing_row_stores_nothing_of_the_statement(
     conn: sqlite3.Connection, db_path: Path, position: int
 ) -> None:
-    remembered = store.write_batch(conn, [_entry(1)])
+    remembered = store.write_batch(conn, rows_of([_entry(1)]))
     batch = _entries(range(2, 7))
     batch[position] = _entry(1, action="dup")  # event_id already stored
 
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
-        store.append_batch(conn, batch, remembered)
+        store.append_batch(conn, rows_of(batch), remembered)
 
     assert conn.in_transaction is False
     assert _event_ids(conn) == ["evt-001"]
     # The tail did not move: the writer's next attempt (say, with the bad row split off) appends.
-    tail = store.append_batch(conn, _entries(range(2, 6)), remembered)
+    tail = store.append_batch(conn, rows_of(_entries(range(2, 6))), remembered)
     assert tail is not None
     assert _row_ids(conn) == [1, 2, 3, 4, 5]
     _assert_chain_verifies(db_path, tail)
@@ -1290,11 +1292,11 @@ def test_append_batch_with_a_failing_row_stores_nothing_of_the_statement(
 def test_commit_batch_with_a_duplicate_inside_the_batch_stores_nothing(
     conn: sqlite3.Connection,
 ) -> None:
-    remembered = store.write_batch(conn, [_entry(1)])
+    remembered = store.write_batch(conn, rows_of([_entry(1)]))
     batch = [_entry(2), _entry(3), _entry(2, action="dup"), _entry(4)]
 
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
-        store.commit_batch(conn, batch, remembered, 500)  # 4 rows: the append_batch path
+        store.commit_batch(conn, rows_of(batch), remembered, 500)  # 4 rows: the append_batch path
 
     assert conn.in_transaction is False
     assert _event_ids(conn) == ["evt-001"]
@@ -1305,7 +1307,7 @@ def test_commit_batch_with_a_duplicate_inside_the_batch_stores_nothing(
 def test_write_batch_with_a_failing_row_stores_nothing_of_the_batch(
     conn: sqlite3.Connection, db_path: Path, limit: int | None, position: int
 ) -> None:
-    remembered = store.write_batch(conn, [_entry(0)])
+    remembered = store.write_batch(conn, rows_of([_entry(0)]))
     if limit is not None:
         conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, limit)
     batch = _entries(range(1, 51))
@@ -1314,7 +1316,7 @@ def test_write_batch_with_a_failing_row_stores_nothing_of_the_batch(
     batch[position] = _entry(0, action="dup")
 
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
-        store.write_batch(conn, batch, largest=64)
+        store.write_batch(conn, rows_of(batch), largest=64)
 
     assert conn.in_transaction is False
     assert _event_ids(conn) == ["evt-000"]
@@ -1325,12 +1327,12 @@ def test_write_batch_with_a_failing_row_stores_nothing_of_the_batch(
 def test_commit_batch_keeps_to_what_one_statement_can_carry(
     conn: sqlite3.Connection, db_path: Path
 ) -> None:
-    remembered = store.write_batch(conn, [_entry(0)])
+    remembered = store.write_batch(conn, rows_of([_entry(0)]))
     conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # 7 rows per statement
 
     # 8 is a ladder length of 8, but no statement here carries 8 rows: the batch is cut.
     with _traced(conn) as statements:
-        tail = store.commit_batch(conn, _entries(range(1, 9)), remembered, 8)
+        tail = store.commit_batch(conn, rows_of(_entries(range(1, 9))), remembered, 8)
 
     assert _verbs(statements).count("INSERT") == len(store.chunk_lengths(8, 7)) == 2
     assert tail == _newest(conn) == (9, tail[1])
@@ -1338,10 +1340,10 @@ def test_commit_batch_keeps_to_what_one_statement_can_carry(
 
 
 def test_append_batch_of_nothing_keeps_the_tail(conn: sqlite3.Connection) -> None:
-    remembered = store.write_batch(conn, [_entry(1)])
+    remembered = store.write_batch(conn, rows_of([_entry(1)]))
 
     with _traced(conn) as statements:
-        assert store.append_batch(conn, [], remembered) == remembered
+        assert store.append_batch(conn, rows_of([]), remembered) == remembered
 
     assert statements == []
     assert _row_count(conn) == 1
@@ -1356,13 +1358,13 @@ def test_chunk_lengths_refuses_what_it_cannot_cut(count: int, largest: int) -> N
 def test_insert_entries_refuses_to_write_after_a_tail_that_is_not_the_chains(
     conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store.write_batch(conn, [_entry(1)])
+    store.write_batch(conn, rows_of([_entry(1)]))
     # Inside a write transaction the tail cannot move; if it read wrong, nothing is written.
     monkeypatch.setattr(append, "chain_tail", lambda _conn: (7, "e" * 64))
     conn.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(AuditStoreError, match="tail moved inside a write transaction"):
-            store.insert_entries(conn, [_entry(2)])
+            store.insert_entries(conn, rows_of([_entry(2)]))
     finally:
         conn.execute("ROLLBACK")
     assert _row_count(conn) == 1

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from audit_engine.errors import AuditStoreError
-from audit_engine.models import AuditEntry
-from audit_engine.rows import Row, entry_row
+from audit_engine.rows import Row
 from audit_engine.storage.chain import GENESIS_HASH, link_into
 from audit_engine.storage.sqlite.schema import (
     ANCHORS,
@@ -125,26 +124,25 @@ def _append_chunk(conn: sqlite3.Connection, params: list[Any], rows: int, tail_h
 
 
 def append_batch(
-    conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row], tail: tuple[int, str]
+    conn: sqlite3.Connection, rows: Sequence[Row], tail: tuple[int, str]
 ) -> tuple[int, str] | None:
-    """Commit ``entries`` after ``tail`` — the chain's tail (:func:`chain_tail`) as last known.
+    """Commit ``rows`` after ``tail`` — the chain's tail (:func:`chain_tail`) as last known.
 
     One statement in its own transaction, so ``len(rows)`` must be a length :func:`max_chunk`
     allows. Returns the new tail, or None if the chain's tail is not ``tail`` any more: then
     nothing was written, and :func:`write_batch` (which reads the tail) should be used.
     """
-    if not entries:
+    if not rows:
         return tail
-    rows = [e if isinstance(e, tuple) else entry_row(e) for e in entries]
     params: list[Any] = []
     new_tail = link_into(params, rows, *tail)
     return new_tail if _append_chunk(conn, params, len(rows), tail[1]) else None
 
 
 def insert_entries(
-    conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row], largest: int = _SAFE_CHUNK
+    conn: sqlite3.Connection, rows: Sequence[Row], largest: int = _SAFE_CHUNK
 ) -> tuple[int, str]:
-    """Append ``entries`` (models or stored rows) to the chain on ``conn``, in order.
+    """Append ``rows`` to the chain on ``conn``, in order.
 
     In the current transaction. Returns the new tail (last id, last hash).
 
@@ -152,7 +150,6 @@ def insert_entries(
     cannot move between reading it and inserting after it.
     """
     tail = chain_tail(conn)
-    rows = [e if isinstance(e, tuple) else entry_row(e) for e in entries]
     offset = 0
     for length in chunk_lengths(len(rows), min(largest, max_chunk(conn))):
         params: list[Any] = []
@@ -165,15 +162,15 @@ def insert_entries(
 
 
 def write_batch(
-    conn: sqlite3.Connection, entries: Sequence[AuditEntry | Row], largest: int = _SAFE_CHUNK
+    conn: sqlite3.Connection, rows: Sequence[Row], largest: int = _SAFE_CHUNK
 ) -> tuple[int, str]:
-    """Commit ``entries`` in one transaction; on any error nothing of the batch is kept.
+    """Commit ``rows`` in one transaction; on any error nothing of the batch is kept.
 
     Returns the new tail (last id, last hash).
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        tail = insert_entries(conn, entries, largest)
+        tail = insert_entries(conn, rows, largest)
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)
@@ -183,37 +180,37 @@ def write_batch(
 
 def commit_batch(
     conn: sqlite3.Connection,
-    entries: Sequence[AuditEntry | Row],
+    rows: Sequence[Row],
     tail: tuple[int, str] | None,
     largest: int,
 ) -> tuple[int, str]:
-    """The writer's commit: ``entries`` in one transaction after ``tail``; returns the new tail.
+    """The writer's commit: ``rows`` in one transaction after ``tail``; returns the new tail.
 
     ``tail`` is the chain's tail as last known (None: not known). When it is known and the
     batch is one chunk length (:func:`chunk_ladder`), the batch is one guarded statement
     (:func:`append_batch`); otherwise, or if the tail moved, :func:`write_batch`.
     """
     largest = min(largest, max_chunk(conn))
-    if tail is not None and len(entries) in chunk_ladder(largest):
-        new_tail = append_batch(conn, entries, tail)
+    if tail is not None and len(rows) in chunk_ladder(largest):
+        new_tail = append_batch(conn, rows, tail)
         if new_tail is not None:
             return new_tail
-    return write_batch(conn, entries, largest)
+    return write_batch(conn, rows, largest)
 
 
-def write_in_caller_transaction(conn: sqlite3.Connection, entry: AuditEntry | Row) -> None:
-    """Insert ``entry`` through a connection the application owns, without committing.
+def write_in_caller_transaction(conn: sqlite3.Connection, row: Row) -> None:
+    """Insert ``row`` through a connection the application owns, without committing.
 
     The schema is created or upgraded on first use (inside the caller's transaction, so a
     rollback undoes it too); the common path pays nothing for that check.
     """
     try:
-        insert_entries(conn, (entry,))
+        insert_entries(conn, (row,))
     except sqlite3.OperationalError as exc:
         if "no such table" not in str(exc) and "has no column" not in str(exc):
             raise
         migrate(conn)
-        insert_entries(conn, (entry,))
+        insert_entries(conn, (row,))
 
 
 def has_event(conn: sqlite3.Connection, event_id: str) -> bool:
