@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import pytest
 
 from audit_engine import AuditService, AuditSettings
+from audit_engine.storage import deadletter
+from audit_engine.storage import sqlite as store
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +27,22 @@ def _clean_audit_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
     return tmp_path / "audit.db"
+
+
+@pytest.fixture
+def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
+    """An open connection to the test's audit database (created and migrated), closed after."""
+    connection = store.open_connection(db_path)
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+@pytest.fixture
+def dl_path(db_path: Path) -> Path:
+    """The dead-letter file that belongs to the test's database."""
+    return deadletter.path_for(db_path)
 
 
 @pytest.fixture

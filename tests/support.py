@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -10,6 +11,11 @@ from pathlib import Path
 
 from audit_engine.models import AuditEntry
 from audit_engine.rows import Row, entry_row
+
+
+def dead_letter_line(entry: AuditEntry, error: str = "x") -> bytes:
+    """One line of a dead-letter file holding ``entry`` (as the writer would write it)."""
+    return json.dumps({"entry": entry.model_dump(mode="json"), "error": error}).encode() + b"\n"
 
 
 def rows_of(entries: Iterable[AuditEntry]) -> list[Row]:

@@ -27,11 +27,6 @@ from audit_engine.storage.deadletter import DeadLetterFile
 from audit_engine.storage.replay import ReplayReport, replay, replay_log
 
 
-@pytest.fixture
-def dl_path(db_path: Path) -> Path:
-    return deadletter.path_for(db_path)
-
-
 def _entries(count: int, prefix: str = "e") -> list[AuditEntry]:
     return [
         AuditEntry(action="doc.save", actor="zoë", details={"n": n}, event_id=f"{prefix}-{n}")

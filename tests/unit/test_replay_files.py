@@ -6,39 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import rows_of
+from support import dead_letter_line, rows_of
 
 from audit_engine import AuditEntry
 from audit_engine.errors import AuditStoreError
 from audit_engine.storage import deadletter
 from audit_engine.storage import sqlite as store
 from audit_engine.storage.replay import replay
-
-
-@pytest.fixture
-def dl_path(db_path: Path) -> Path:
-    return deadletter.path_for(db_path)
-
-
-@pytest.fixture
-def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = store.open_connection(db_path)
-    try:
-        yield connection
-    finally:
-        connection.close()
-
-
-def _line(entry: AuditEntry) -> bytes:
-    return json.dumps({"entry": entry.model_dump(mode="json"), "error": "x"}).encode() + b"\n"
 
 
 def _snapshot(path: Path) -> tuple[bytes, int, int, int]:
@@ -55,7 +35,8 @@ def test_replay_refuses_the_databases_own_files(
 ) -> None:
     own = Path(f"{db_path}{suffix}")
     if not own.exists():
-        own.write_bytes(_line(AuditEntry(action="a")))  # even one that looks like dead letters
+        # Even one that looks like dead letters.
+        own.write_bytes(dead_letter_line(AuditEntry(action="a")))
     before = _snapshot(own)
 
     with pytest.raises(AuditStoreError) as raised:
@@ -83,8 +64,8 @@ def test_replay_refuses_a_link_to_the_database(
     "content",
     [
         b"\x00\x01\x02\x03binary\xff\xfe\n",
-        b"root:x:0:0:root:/root:/bin/bash\n" + _line(AuditEntry(action="a")),
-        b"\xef\xbb\xbf" + _line(AuditEntry(action="a")),
+        b"root:x:0:0:root:/root:/bin/bash\n" + dead_letter_line(AuditEntry(action="a")),
+        b"\xef\xbb\xbf" + dead_letter_line(AuditEntry(action="a")),
         b"\n\n[1]\n",
     ],
 )
@@ -121,7 +102,7 @@ def test_replay_refuses_a_symbolic_link(
     dl_path: Path, conn: sqlite3.Connection, tmp_path: Path
 ) -> None:
     target = tmp_path / "elsewhere.jsonl"
-    target.write_bytes(_line(AuditEntry(action="a")))
+    target.write_bytes(dead_letter_line(AuditEntry(action="a")))
     dl_path.symlink_to(target)
 
     with pytest.raises(AuditStoreError) as raised:
@@ -138,7 +119,7 @@ def test_a_file_from_which_nothing_was_replayed_is_not_rewritten(
     conn.execute(
         "CREATE TRIGGER no BEFORE INSERT ON audit_entries BEGIN SELECT RAISE(ABORT, 'no'); END"
     )
-    dl_path.write_bytes(_line(AuditEntry(action="a")) + b'{"entry": {"act\n\n')
+    dl_path.write_bytes(dead_letter_line(AuditEntry(action="a")) + b'{"entry": {"act\n\n')
     dl_path.chmod(0o640)
     before = _snapshot(dl_path)
 
@@ -195,7 +176,7 @@ def test_an_append_refuses_a_fifo_at_the_dead_letter_path(dl_path: Path) -> None
 def test_a_replay_refuses_a_symbolic_link_at_the_lock_path(
     dl_path: Path, conn: sqlite3.Connection, tmp_path: Path
 ) -> None:
-    dl_path.write_bytes(_line(AuditEntry(action="a")))
+    dl_path.write_bytes(dead_letter_line(AuditEntry(action="a")))
     Path(f"{dl_path}.lock").symlink_to(tmp_path / "created-by-lock")
 
     with pytest.raises(OSError, match="refusing to follow a symbolic link"):

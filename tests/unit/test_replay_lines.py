@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import rows_of
+from support import dead_letter_line, rows_of
 
 from audit_engine import AuditEntry
 from audit_engine.rows import entry_row
@@ -19,30 +18,12 @@ from audit_engine.storage import sqlite as store
 from audit_engine.storage.replay import replay
 
 
-@pytest.fixture
-def dl_path(db_path: Path) -> Path:
-    return deadletter.path_for(db_path)
-
-
-@pytest.fixture
-def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = store.open_connection(db_path)
-    try:
-        yield connection
-    finally:
-        connection.close()
-
-
-def _line(entry: AuditEntry) -> bytes:
-    return json.dumps({"entry": entry.model_dump(mode="json"), "error": "x"}).encode() + b"\n"
-
-
 def test_a_deeply_nested_line_is_kept_with_its_number_and_the_rest_replayed(
     dl_path: Path, conn: sqlite3.Connection
 ) -> None:
     deep = b'{"entry": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
     good = AuditEntry(action="a", event_id="v1")
-    dl_path.write_bytes(deep + _line(good))
+    dl_path.write_bytes(deep + dead_letter_line(good))
 
     report = replay(dl_path, conn)
 
@@ -77,7 +58,7 @@ def test_a_bad_line_gets_a_one_line_reason(
     dl_path: Path, conn: sqlite3.Connection, line: bytes, problem: str
 ) -> None:
     good = AuditEntry(action="a", event_id="v1")
-    dl_path.write_bytes(_line(good) + line + b"\n")
+    dl_path.write_bytes(dead_letter_line(good) + line + b"\n")
 
     report = replay(dl_path, conn)
 
@@ -111,13 +92,13 @@ def test_an_entry_whose_event_id_holds_a_different_entry_is_kept_not_dropped(
     store.write_batch(conn, rows_of([stored]))
     other = AuditEntry(action="privilege.grant", actor="mallory", event_id="e-1")
     same = AuditEntry.model_validate(stored.model_dump(mode="json"))
-    dl_path.write_bytes(_line(other) + _line(same))
+    dl_path.write_bytes(dead_letter_line(other) + dead_letter_line(same))
 
     report = replay(dl_path, conn)
 
     assert (report.replayed, report.already_present, report.kept) == (0, 1, 1)
     assert report.errors == ["line 1: event_id e-1 is already used by a different entry"]
-    assert dl_path.read_bytes() == _line(other)
+    assert dl_path.read_bytes() == dead_letter_line(other)
     assert [r[0] for r in conn.execute("SELECT action FROM audit_entries")] == ["login"]
 
 

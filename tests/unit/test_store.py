@@ -50,13 +50,6 @@ EXPECTED_INDEXES = {
 }
 
 
-@pytest.fixture
-def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = store.open_connection(db_path)
-    yield connection
-    connection.close()
-
-
 def _table_exists(connection: sqlite3.Connection) -> bool:
     row = connection.execute(
         "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (store.TABLE,)
