@@ -264,9 +264,11 @@ def reserved_output(output: Path, database: Path) -> str | None:
     """
     target = Path(os.path.realpath(output))
     for base in (database.absolute(), Path(os.path.realpath(database))):
-        own = [Path(f"{base}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
-        if any(_same_file(target, path) for path in own):
+        if _same_file(target, base):
             return "is the audit database itself"
+        for suffix in ("-wal", "-shm", "-journal"):
+            if _same_file(target, Path(f"{base}{suffix}")):
+                return f"is the audit database's {suffix} file"
         dead = deadletter.path_for(base)
         if _same_file(target, dead):
             return "is the audit database's dead-letter file"

@@ -63,7 +63,7 @@ def test_export_refuses_a_side_file_name_that_does_not_exist_yet(
 
 
 def test_export_refuses_the_rollback_journal(cli: Cli, notes: Trail, db_path: Path) -> None:
-    _refused(cli, f"{db_path}-journal", "is the audit database itself")
+    _refused(cli, f"{db_path}-journal", "is the audit database's -journal file")
 
     assert not Path(f"{db_path}-journal").exists()
 
@@ -99,7 +99,7 @@ def test_export_refuses_the_files_of_a_database_opened_through_a_symlink(
         (dead, "is the audit database's dead-letter file"),
         (link, "is the audit database itself"),
         (db_path, "is the audit database itself"),
-        (Path(f"{db_path}-wal"), "is the audit database itself"),
+        (Path(f"{db_path}-wal"), "is the audit database's -wal file"),
     ]:
         result = cli.run("--db", str(link), "export", "--output", str(target), code=2, db=False)
         assert result.output.endswith(f"\nError: Invalid value for '--output': {reason}\n")

@@ -394,9 +394,16 @@ def test_export_into_a_missing_directory_is_an_error(
     assert not target.parent.exists()
 
 
-@pytest.mark.parametrize("suffix", ["", "-wal", "-shm"])
+@pytest.mark.parametrize(
+    ("suffix", "reason"),
+    [
+        ("", "is the audit database itself"),
+        ("-wal", "is the audit database's -wal file"),
+        ("-shm", "is the audit database's -shm file"),
+    ],
+)
 def test_export_refuses_to_overwrite_the_database(
-    cli: Cli, notes: Trail, db_path: Path, suffix: str
+    cli: Cli, notes: Trail, db_path: Path, suffix: str, reason: str
 ) -> None:
     head = notes.head()
     before = db_path.read_bytes()
@@ -405,9 +412,7 @@ def test_export_refuses_to_overwrite_the_database(
     result = cli.run("export", "--output", str(target), code=2)
 
     assert result.output.startswith("Usage: audit-engine export [OPTIONS]\n")
-    assert result.output.endswith(
-        "\nError: Invalid value for '--output': is the audit database itself\n"
-    )
+    assert result.output.endswith(f"\nError: Invalid value for '--output': {reason}\n")
     assert db_path.read_bytes() == before
     # Nothing was written beside it either (SQLite removes -wal and -shm on the last close).
     assert suffix == "" or not target.exists()
