@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -28,6 +29,24 @@ from audit_engine.pipeline.writer import Writer
 
 JOIN_TIMEOUT_S = 60
 fork = multiprocessing.get_context("fork")
+
+
+def _signal_once_blocked(caller: FrameType, lines_below: int, signum: int) -> None:
+    """Send ``signum`` to a thread of its own once the main thread is blocked ``lines_below``
+    the calling line of ``caller`` (in a C call there, so it runs no Python handler by itself).
+    """
+    main = threading.main_thread().ident
+    assert main is not None
+    here, blocked_at = caller.f_code, caller.f_lineno + lines_below
+
+    def signal_once_main_blocks() -> None:
+        frame = sys._current_frames()[main]
+        while frame.f_code is not here or frame.f_lineno != blocked_at:
+            threading.Event().wait(0.01)
+            frame = sys._current_frames()[main]
+        signal.pthread_kill(threading.get_ident(), signum)
+
+    threading.Thread(target=signal_once_main_blocks).start()
 
 
 @pytest.fixture(autouse=True)
@@ -215,20 +234,7 @@ def _child_signalled_in_another_thread(db_path: Path, count: int) -> None:
         service.record(action="child.blocked", details={"i": i})
     blocker = threading.Lock()
     blocker.acquire()
-    main = threading.main_thread().ident
-    assert main is not None
-
-    here = sys._getframe().f_code
-
-    def signal_this_thread_once_main_blocks() -> None:
-        frame = sys._current_frames()[main]
-        while frame.f_code is not here or frame.f_lineno != blocked_at:
-            threading.Event().wait(0.01)
-            frame = sys._current_frames()[main]
-        signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
-
-    blocked_at = sys._getframe().f_lineno + 2
-    threading.Thread(target=signal_this_thread_once_main_blocks).start()
+    _signal_once_blocked(sys._getframe(), 1, signal.SIGTERM)
     blocker.acquire()  # never released: only a nudge of this thread lets the handler run
 
 
@@ -318,20 +324,8 @@ def test_the_handler_drains_then_calls_the_applications_handler_even_if_the_main
     install_signal_handlers((signal.SIGUSR1,))
     service = AuditService(_settings(db_path))
     event_id = service.record(action="signal.in_process")
-    main = threading.main_thread().ident
-    assert main is not None
-    here = sys._getframe().f_code
-
-    def signal_this_thread_once_main_blocks() -> None:
-        frame = sys._current_frames()[main]
-        while frame.f_code is not here or frame.f_lineno != blocked_at:
-            threading.Event().wait(0.01)
-            frame = sys._current_frames()[main]
-        # The main thread is not woken: only the watcher's nudge makes it run the handler.
-        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
-
-    blocked_at = sys._getframe().f_lineno + 2
-    threading.Thread(target=signal_this_thread_once_main_blocks).start()
+    # The main thread is not woken: only the watcher's nudge makes it run the handler.
+    _signal_once_blocked(sys._getframe(), 1, signal.SIGUSR1)
     assert called.acquire(timeout=JOIN_TIMEOUT_S)  # a C call: this frame is the innermost
     # The application's handler ran after the drain, which closed the service.
     assert service.closed
