@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pgcluster import PgCluster
 
 from audit_engine import AuditService, AuditSettings
 from audit_engine.storage import deadletter
@@ -72,3 +73,24 @@ def make_service(
     yield make
     for service in made:
         service.close(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL server for the session, started only when a test asks for one.
+
+    No server (or no PostgreSQL installed) fails the test: PostgreSQL tests never skip.
+    """
+    cluster = PgCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """The URL of a fresh database of its own for the test; dropped afterwards."""
+    url = pg_cluster.create_database()
+    yield url
+    pg_cluster.drop_database(url.rsplit("/", 1)[1])
