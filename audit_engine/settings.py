@@ -12,6 +12,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,6 +41,59 @@ DEFAULT_REDACT_FIELDS = (
     "card_number",
     "cvv",
 )
+
+
+# A database given as a URL with one of these schemes selects the PostgreSQL backend.
+URL_SCHEMES = ("postgresql", "postgres")
+DEADLETTER_SUFFIX = ".deadletter.jsonl"
+
+
+def is_database_url(database: object) -> bool:
+    """Whether ``database`` is a PostgreSQL URL (else it is a SQLite file path)."""
+    return isinstance(database, str) and database.split("://", 1)[0].lower() in URL_SCHEMES
+
+
+def mask_url(url: str) -> str:
+    """``url`` without its password (``postgresql://user:***@host/db``), for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        host = parts.netloc.rsplit("@", 1)[1]
+    except ValueError:  # a URL too broken to parse: show none of it
+        return "postgresql://***"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def describe_database(database: Path | str) -> str:
+    """The database as messages show it: a path, or a URL without its password."""
+    return mask_url(database) if isinstance(database, str) else str(database)
+
+
+def data_dir() -> Path:
+    """Where the engine keeps local files of its own: ``$XDG_DATA_HOME/audit-engine``, else
+    ``~/.local/share/audit-engine``."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return Path(base) / "audit-engine"
+
+
+def default_deadletter_path(database: Path | str) -> Path:
+    """The dead-letter file of a trail when none is set: beside a SQLite file
+    (``<database>.deadletter.jsonl``); for a URL, in :func:`data_dir`, named after the server
+    and database (``<host>-<port>-<database>.deadletter.jsonl``)."""
+    if not isinstance(database, str):
+        return Path(f"{os.fspath(database)}{DEADLETTER_SUFFIX}")
+    parts = urlsplit(database)
+    try:
+        port = parts.port or 5432
+    except ValueError:
+        port = 5432
+    name = unquote(parts.path.lstrip("/")) or parts.username or "postgres"
+    label = f"{parts.hostname or 'localhost'}-{port}-{name}"
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
+    return data_dir() / f"{safe}{DEADLETTER_SUFFIX}"
 
 
 class Level(StrEnum):
@@ -77,8 +131,16 @@ class AuditSettings(BaseSettings):
         validate_default=True,
     )
 
-    database: Path = Field(
-        default=Path("audit.db"), description="SQLite file the audit trail is written to."
+    database: Path | str = Field(
+        default=Path("audit.db"),
+        description="Where the audit trail is written: a SQLite file, or a postgresql:// URL "
+        "(the PostgreSQL backend: pip install 'audit-engine[postgres]').",
+    )
+    deadletter_path: Path | None = Field(
+        default=None,
+        description="File for entries that could not be written. Default: beside a SQLite "
+        "file (<database>.deadletter.jsonl); for a URL, ~/.local/share/audit-engine/"
+        "<host>-<port>-<database>.deadletter.jsonl ($XDG_DATA_HOME if set).",
     )
     enabled: bool = Field(
         default=True, description="False: record() does nothing and no database is opened."
@@ -171,6 +233,38 @@ class AuditSettings(BaseSettings):
         except ValidationError as exc:
             raise SettingsError(_describe(exc, given=set(values))) from None
 
+    @field_validator("database", mode="before")
+    @classmethod
+    def _path_or_url(cls, value: object) -> object:
+        if isinstance(value, str) and "://" in value:
+            scheme = value.split("://", 1)[0]
+            if scheme.lower() not in URL_SCHEMES:
+                raise ValueError(
+                    f"must be a SQLite file path or a postgresql:// URL (got a {scheme}:// URL)"
+                )
+            try:
+                urlsplit(value).port  # noqa: B018 - parsing is the check
+            except ValueError as exc:
+                raise ValueError(f"is not a valid PostgreSQL URL: {exc}") from None
+            return value
+        if isinstance(value, str):
+            return Path(value)
+        return value
+
+    @field_validator("deadletter_path", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None  # AUDIT_TRAIL_DEADLETTER_PATH= (empty): the default
+        return value
+
+    @property
+    def deadletter_file(self) -> Path:
+        """The dead-letter file in use: ``deadletter_path``, else the default for the database."""
+        if self.deadletter_path is not None:
+            return self.deadletter_path
+        return default_deadletter_path(self.database)
+
     @field_validator("on_full", "synchronous", "level", mode="before")
     @classmethod
     def _normalise_case(cls, value: object, info: Any) -> object:
@@ -240,6 +334,8 @@ def _describe(exc: ValidationError, given: set[str]) -> str:
         else:
             where = field or "settings"
         value = error.get("input")
+        if isinstance(value, str) and "://" in value:
+            value = mask_url(value)  # a password never reaches a message
         shown = f" (got {value!r})" if error["type"] != "extra_forbidden" else ""
         parts.append(f"invalid setting {where}: {error['msg']}{shown}")
     return "; ".join(parts)

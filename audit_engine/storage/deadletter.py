@@ -30,13 +30,14 @@ from pydantic import ValidationError
 from audit_engine import forks
 from audit_engine.models import AuditEntry, utcnow
 from audit_engine.rows import Row
+from audit_engine.settings import DEADLETTER_SUFFIX, default_deadletter_path, is_database_url
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-SUFFIX = ".deadletter.jsonl"
+SUFFIX = DEADLETTER_SUFFIX
 # How long an append waits for the file lock before it writes a side file instead.
 LOCK_WAIT_S = 5.0
 _BACKOFF_START_S = 0.005
@@ -48,8 +49,12 @@ _SIDE_FILE = re.compile(r"\.(\d+)-(\d+)\.jsonl\Z")
 
 
 def path_for(database: str | os.PathLike[str]) -> Path:
-    """The dead-letter file that belongs to ``database``: ``<database>.deadletter.jsonl``."""
-    return Path(f"{os.fspath(database)}{SUFFIX}")
+    """The default dead-letter file of ``database``: ``<database>.deadletter.jsonl`` beside a
+    SQLite file; for a PostgreSQL URL, a file in the user's data directory (see
+    :func:`audit_engine.settings.default_deadletter_path`)."""
+    if is_database_url(database):
+        return default_deadletter_path(str(database))
+    return default_deadletter_path(Path(os.fspath(database)))
 
 
 def side_files(path: Path) -> list[Path]:
@@ -116,6 +121,10 @@ class DeadLetterFile:
         the lock into a child. Raises ``OSError`` if nothing could be written.
         """
         data = encode_lines(rows, error)
+        if not self.path.parent.is_dir():
+            # A URL trail's default is in the user's data directory, made on first use (0700).
+            with contextlib.suppress(OSError):
+                self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         hold = gate if gate is not None else contextlib.nullcontext()
         # A fresh event when none is given: one shared across a fork could be copied mid-wait.
         waiter = abort if abort is not None else threading.Event()
