@@ -24,7 +24,7 @@ from audit_engine.settings import AuditSettings
 from audit_engine.storage.chain import ChainHead, VerifyReport, verify_exported_lines
 from audit_engine.storage.replay import ReplayReport
 from audit_engine.storage.retention import CleanupReport
-from audit_engine.storage.sqlite import AuditStore
+from audit_engine.storage.store import AuditStore
 from audit_engine.storage.summary import StoreSummary
 
 __version__ = "0.1.0"

@@ -23,13 +23,15 @@ before the purge. It reads one row per anchor and per run, never per entry.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audit_engine.storage.chain import GENESIS_HASH, ChainHead
+
+if TYPE_CHECKING:  # the dialect module imports the SQLite backend, which imports this one
+    from audit_engine.storage.dialect import AnyConnection
 
 ANCHORS = "audit_anchors"
 CLEANUP_RUNS = "audit_cleanup_runs"
@@ -73,7 +75,7 @@ def run_hash(values: Sequence[Any]) -> str:
     return _digest(RUN_VERSION, values)
 
 
-def record_run(conn: sqlite3.Connection, values: Sequence[Any]) -> None:
+def record_run(conn: AnyConnection, values: Sequence[Any]) -> None:
     """Append a cleanup run (the :data:`RUN_COLUMNS` values) to its chain, in the current
     write transaction (the caller holds ``BEGIN IMMEDIATE``, so the tail cannot move).
     """
@@ -88,7 +90,7 @@ def record_run(conn: sqlite3.Connection, values: Sequence[Any]) -> None:
 
 
 def extend_anchor(
-    conn: sqlite3.Connection,
+    conn: AnyConnection,
     anchor_id: int | None,
     *,
     last: tuple[int, str],
@@ -190,7 +192,7 @@ def _linked(
 
 
 def _check_anchors(
-    conn: sqlite3.Connection, now: datetime, min_retention: timedelta | None
+    conn: AnyConnection, now: datetime, min_retention: timedelta | None
 ) -> tuple[ChainHead, int, list[str]]:
     start = ChainHead(id=0, hash=GENESIS_HASH)
     previous_created: datetime | None = None
@@ -244,7 +246,7 @@ def _check_anchors(
     return start, checked, warnings
 
 
-def _check_runs(conn: sqlite3.Connection, now: datetime) -> int:
+def _check_runs(conn: AnyConnection, now: datetime) -> int:
     checked = 0
     rows = conn.execute(
         f"SELECT id, {', '.join(RUN_COLUMNS)}, prev_hash, hash FROM {CLEANUP_RUNS} ORDER BY id"
@@ -259,7 +261,7 @@ def _check_runs(conn: sqlite3.Connection, now: datetime) -> int:
 
 
 def check_maintenance(
-    conn: sqlite3.Connection, now: datetime, min_retention: timedelta | None = None
+    conn: AnyConnection, now: datetime, min_retention: timedelta | None = None
 ) -> MaintenanceCheck:
     """Check the anchor and cleanup-run chains on ``conn`` (in the caller's read snapshot)."""
     start = ChainHead(id=0, hash=GENESIS_HASH)

@@ -6,7 +6,7 @@ Two roles, as OpenTelemetry's ``Exporter`` is the one thing its ``BatchProcessor
   the chain and commit it as one transaction, close. The writer never sees a connection, a SQL
   error or a driver module: the sink classifies every failure into one of the
   :class:`SinkError` subclasses below, and the writer acts on the class alone.
-- :class:`ChainReader` — what :class:`~audit_engine.storage.sqlite.reads.AuditStore` offers to
+- :class:`ChainReader` — what :class:`~audit_engine.storage.store.AuditStore` offers to
   read, verify, export and purge; SQLite's is today's ``AuditStore``.
 
 SQLite is the first implementation (:mod:`audit_engine.storage.sqlite.sink`). The seam is drawn

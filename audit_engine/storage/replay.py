@@ -20,8 +20,8 @@ from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, dump_details
 from audit_engine.rows import Row, entry_row
 from audit_engine.storage.deadletter import LOG_MESSAGE, file_lock, parse_line, side_files
-from audit_engine.storage.sqlite import append
-from audit_engine.storage.sqlite.schema import STORED_COLUMNS, TABLE
+from audit_engine.storage.dialect import DATABASE_ERRORS, AnyConnection, dialect_of, write_rows
+from audit_engine.storage.sqlite.schema import TABLE
 
 # Where a dead-letter object starts in a line of the file (after a torn fragment, say).
 _MARKER = b'{"entry"'
@@ -43,7 +43,7 @@ class ReplayReport(BaseModel):
 
 
 class _Tally:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: AnyConnection) -> None:
         self.conn = conn
         self.replayed = self.already = 0
         self.kept: list[bytes] = []
@@ -61,8 +61,8 @@ class _Tally:
                 )
             return
         try:
-            append.write_batch(self.conn, (row,))
-        except sqlite3.Error as exc:
+            write_rows(self.conn, (row,))
+        except DATABASE_ERRORS as exc:
             self.keep(raw, f"{entry.event_id}: {exc}")
             return
         self.replayed += 1
@@ -81,10 +81,10 @@ class _Tally:
         )
 
 
-def _stored(conn: sqlite3.Connection, event_id: str) -> Row | None:
+def _stored(conn: AnyConnection, event_id: str) -> Row | None:
     """The stored form of the entry with ``event_id``, in its canonical text (None: not stored)."""
     found = conn.execute(
-        f"SELECT {', '.join(STORED_COLUMNS)} FROM {TABLE} WHERE event_id = ?", (event_id,)
+        f"SELECT {dialect_of(conn).fields} FROM {TABLE} WHERE event_id = ?", (event_id,)
     ).fetchone()
     if found is None:
         return None
@@ -97,7 +97,7 @@ def _stored(conn: sqlite3.Connection, event_id: str) -> Row | None:
     return row._replace(details=canonical, critical=1 if row.critical else 0)
 
 
-def replay(path: Path, conn: sqlite3.Connection) -> ReplayReport:
+def replay(path: Path, conn: AnyConnection) -> ReplayReport:
     """Write the entries of the dead-letter file ``path`` and its side files through ``conn``.
 
     Lines put back, or already stored, are dropped. Lines that cannot be read (a torn fragment),
@@ -154,7 +154,9 @@ def _read(path: Path) -> bytes | None:
         return file.read()
 
 
-def _refuse_database_files(path: Path, conn: sqlite3.Connection) -> None:
+def _refuse_database_files(path: Path, conn: AnyConnection) -> None:
+    if not isinstance(conn, sqlite3.Connection):
+        return  # a server's files are not local
     main = next((row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main"), "")
     if not main:  # pragma: no cover - an in-memory database has no files
         return
@@ -221,7 +223,7 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
     os.replace(tmp, path)
 
 
-def replay_log(log: Path, conn: sqlite3.Connection) -> ReplayReport:
+def replay_log(log: Path, conn: AnyConnection) -> ReplayReport:
     """Put back the entries a writer could only log (``audit entry LOST to disk, logged instead``).
 
     Only a line carrying that message, followed at once by a dead-letter object that ends the

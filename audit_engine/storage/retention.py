@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +25,15 @@ from audit_engine import forks
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import format_timestamp, utcnow
 from audit_engine.storage.anchors import extend_anchor, record_run
-from audit_engine.storage.sqlite.schema import (
-    TABLE,
+from audit_engine.storage.dialect import (
+    DATABASE_ERRORS,
+    AnyConnection,
+    begin_write,
+    commit,
     is_busy,
     rollback_quietly,
 )
+from audit_engine.storage.sqlite.schema import TABLE
 
 logger = logging.getLogger("audit_engine.retention")  # the documented logger name
 
@@ -80,7 +83,7 @@ _ENDS_SQL = f"SELECT min(id), max(id) FROM {TABLE}"
 _FIRST_KEPT_SQL = f"SELECT min(id) FROM {TABLE} WHERE id BETWEEN ? AND ? AND timestamp >= ?"
 
 
-def _plan(conn: sqlite3.Connection, cutoff_text: str, batch_size: int) -> int | None:
+def _plan(conn: AnyConnection, cutoff_text: str, batch_size: int) -> int | None:
     """The last id the next batch deletes, or None when the prefix is gone."""
     lowest, highest = conn.execute(_ENDS_SQL).fetchone()
     if lowest is None:
@@ -91,7 +94,7 @@ def _plan(conn: sqlite3.Connection, cutoff_text: str, batch_size: int) -> int | 
     return int(upto) if upto >= lowest else None
 
 
-def _prefix_rows(conn: sqlite3.Connection, cutoff_text: str, step: int) -> int:
+def _prefix_rows(conn: AnyConnection, cutoff_text: str, step: int) -> int:
     """How many rows the prefix holds (a dry run), window by window."""
     lowest, highest = conn.execute(_ENDS_SQL).fetchone()
     if lowest is None:
@@ -110,7 +113,7 @@ def _prefix_rows(conn: sqlite3.Connection, cutoff_text: str, step: int) -> int:
 
 
 def purge(
-    conn: sqlite3.Connection,
+    conn: AnyConnection,
     cutoff: datetime,
     batch_size: int,
     *,
@@ -188,7 +191,7 @@ def purge(
 
 
 def _delete_with_retries(
-    conn: sqlite3.Connection,
+    conn: AnyConnection,
     cutoff: tuple[str, int | None],
     batch_size: int,
     anchor_id: int | None,
@@ -203,14 +206,14 @@ def _delete_with_retries(
         try:
             with held:
                 return _delete_batch(conn, cutoff, batch_size, anchor_id)
-        except sqlite3.OperationalError as exc:
+        except DATABASE_ERRORS as exc:
             if not is_busy(exc) or time.monotonic() >= deadline or wait(delay):
                 raise
             delay = min(delay * 2, 0.5)
 
 
 def _delete_batch(
-    conn: sqlite3.Connection,
+    conn: AnyConnection,
     cutoff: tuple[str, int | None],
     batch_size: int,
     anchor_id: int | None,
@@ -221,11 +224,11 @@ def _delete_batch(
     The batch is planned again under the write lock, so it matches the table as it is now.
     """
     cutoff_text, older_than_us = cutoff
-    conn.execute("BEGIN IMMEDIATE")
+    begin_write(conn)
     try:
         upto = _plan(conn, cutoff_text, batch_size)
         if upto is None:
-            conn.execute("COMMIT")
+            commit(conn)
             return anchor_id, 0
         last = conn.execute(
             f"SELECT id, hash FROM {TABLE} WHERE id <= ? ORDER BY id DESC LIMIT 1", (upto,)
@@ -244,16 +247,16 @@ def _delete_batch(
             older_than_us=older_than_us,
             created_at=utcnow().isoformat(),
         )
-        conn.execute("COMMIT")
+        commit(conn)
     except BaseException:
         rollback_quietly(conn)
         raise
     return anchor_id, count
 
 
-def _record_run(conn: sqlite3.Connection, report: CleanupReport, started_at: datetime) -> None:
+def _record_run(conn: AnyConnection, report: CleanupReport, started_at: datetime) -> None:
     # In its own write transaction: the run chain's tail cannot move between read and insert.
-    conn.execute("BEGIN IMMEDIATE")
+    begin_write(conn)
     try:
         record_run(
             conn,
@@ -267,7 +270,7 @@ def _record_run(conn: sqlite3.Connection, report: CleanupReport, started_at: dat
                 round(report.duration_s, 6),
             ),
         )
-        conn.execute("COMMIT")
+        commit(conn)
     except BaseException:
         rollback_quietly(conn)
         raise
@@ -282,7 +285,7 @@ class CleanupThread:
 
     def __init__(
         self,
-        connect: Callable[[], sqlite3.Connection],
+        connect: Callable[[], AnyConnection],
         *,
         retention: timedelta,
         batch_size: int,
@@ -316,7 +319,7 @@ class CleanupThread:
         """Nothing: the thread does not survive a fork; the owner starts a new one if it wants."""
 
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
+        conn: AnyConnection | None = None
         try:
             while not self._stop.is_set():
                 try:

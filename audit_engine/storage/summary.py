@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from audit_engine.storage.chain import VerifyReport
-from audit_engine.storage.sqlite.schema import CLEANUP_RUNS, SCHEMA_VERSION, TABLE
+from audit_engine.storage.dialect import AnyConnection, dialect_of
+from audit_engine.storage.sqlite.schema import CLEANUP_RUNS, TABLE
 
 
 class CleanupRun(BaseModel):
@@ -31,7 +31,9 @@ class StoreSummary(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    path: Path
+    #: The SQLite file, or the PostgreSQL URL (without its password).
+    path: Path | str
+    #: The file's bytes (with its -wal and -shm files); on PostgreSQL, the engine's tables'.
     file_bytes: int
     schema_version: int
     entries: int
@@ -45,7 +47,7 @@ class StoreSummary(BaseModel):
     last_cleanup: CleanupRun | None
 
 
-def _counts(conn: sqlite3.Connection, expression: str) -> dict[str, int]:
+def _counts(conn: AnyConnection, expression: str) -> dict[str, int]:
     rows = conn.execute(
         f"SELECT {expression} AS k, count(*) FROM {TABLE} GROUP BY k ORDER BY k"
     ).fetchall()
@@ -53,7 +55,12 @@ def _counts(conn: sqlite3.Connection, expression: str) -> dict[str, int]:
 
 
 def summarise(
-    conn: sqlite3.Connection, path: Path, *, verify: Callable[[], VerifyReport]
+    conn: AnyConnection,
+    path: Path | str,
+    *,
+    size: int,
+    schema_version: int,
+    verify: Callable[[], VerifyReport],
 ) -> StoreSummary:
     """Aggregate the audit table on ``conn`` (in the caller's read snapshot)."""
     entries, first, last = conn.execute(
@@ -63,20 +70,17 @@ def summarise(
         f"SELECT started_at, finished_at, cutoff, rows_deleted, batches, duration_s "
         f"FROM {CLEANUP_RUNS} ORDER BY id DESC LIMIT 1"
     ).fetchone()
-    size = sum(
-        p.stat().st_size for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()
-    )
     return StoreSummary(
         path=path,
         file_bytes=size,
-        schema_version=SCHEMA_VERSION,
+        schema_version=schema_version,
         entries=int(entries),
         first_timestamp=first,
         last_timestamp=last,
         by_action=_counts(conn, "action"),
         by_operation=_counts(conn, "operation"),
         by_outcome=_counts(conn, "outcome"),
-        by_day=_counts(conn, "substr(timestamp, 1, 10)"),
+        by_day=_counts(conn, dialect_of(conn).day),
         chain=verify(),
         last_cleanup=CleanupRun(
             started_at=run[0],

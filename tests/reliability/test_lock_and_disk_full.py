@@ -21,7 +21,7 @@ import pytest
 
 from audit_engine import AuditService, AuditStore
 from audit_engine.storage import deadletter
-from audit_engine.storage.sqlite import reads, schema
+from audit_engine.storage.sqlite import schema
 
 MakeService = Callable[..., AuditService]
 
@@ -165,16 +165,15 @@ FULL_ERROR = "OperationalError: database or disk is full"
 class _DiskCap:
     """Every connection the engine opens gets ``PRAGMA max_page_count``: the file cannot grow.
 
-    The writer connects through ``syncwrite.connect`` -> ``schema.open_connection`` (looked up at
-    call time), which is what gets wrapped; ``max_pages = None`` is "space freed".
+    The writer and ``AuditStore`` connect through ``backends`` -> ``schema.open_connection`` (looked
+    up at call time), which is what gets wrapped; ``max_pages = None`` is "space freed".
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.max_pages: int | None = None
         self.capped_connections = 0
         self._original = schema.open_connection
-        monkeypatch.setattr(schema, "open_connection", self._open)
-        monkeypatch.setattr(reads, "open_connection", self._open)  # AuditStore's, as before
+        monkeypatch.setattr(schema, "open_connection", self._open)  # AuditStore's too
 
     def _open(self, *args: Any, **kwargs: Any) -> sqlite3.Connection:
         conn = self._original(*args, **kwargs)

@@ -108,7 +108,7 @@ def test_the_graph_sees_the_package() -> None:
     # The checks below mean something only if the walk found the modules and their imports.
     assert {f"{PACKAGE}.pipeline.writer", f"{PACKAGE}.storage.sqlite.append"} <= set(MODULES)
     assert f"{PACKAGE}.storage.base" in GRAPH[f"{PACKAGE}.pipeline.writer"]
-    assert f"{PACKAGE}.storage.deadletter" in GRAPH[f"{PACKAGE}.storage.sqlite.reads"]
+    assert f"{PACKAGE}.storage.deadletter" in GRAPH[f"{PACKAGE}.storage.store"]
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

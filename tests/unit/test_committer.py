@@ -31,7 +31,7 @@ from audit_engine.storage.base import (
     Tail,
 )
 from audit_engine.storage.deadletter import DeadLetterFile
-from audit_engine.storage.sqlite.reads import AuditStore
+from audit_engine.storage.store import AuditStore
 from audit_engine.storage.sqlite.sink import SqliteSink, classify
 
 

@@ -2,7 +2,9 @@
 
 - :mod:`.schema`: connections, file modes, the table definitions and migrations.
 - :mod:`.append`: the write side — the chain's tail and the guarded, chained batch insert.
-- :mod:`.reads`: :class:`AuditStore`, the typed reads, verify, export and purge.
+- :mod:`.sink`: :class:`SqliteSink`, the writer's ``ChainSink``.
+
+The read API (:class:`~audit_engine.storage.store.AuditStore`) is shared by both backends.
 """
 
 from audit_engine.models import format_timestamp
@@ -19,7 +21,6 @@ from audit_engine.storage.sqlite.append import (
     write_batch,
     write_in_caller_transaction,
 )
-from audit_engine.storage.sqlite.reads import AuditStore, parse_row
 from audit_engine.storage.sqlite.schema import (
     ANCHORS,
     CLEANUP_RUNS,
@@ -38,7 +39,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "STORED_COLUMNS",
     "TABLE",
-    "AuditStore",
     "append_batch",
     "chain_tail",
     "chunk_ladder",
@@ -52,7 +52,6 @@ __all__ = [
     "max_chunk",
     "migrate",
     "open_connection",
-    "parse_row",
     "rollback_quietly",
     "write_batch",
     "write_in_caller_transaction",

@@ -1,7 +1,7 @@
 """SQLite storage, the write side: the chain's tail and the guarded, chained batch insert.
 
 With :mod:`audit_engine.storage.sqlite.schema` (the file and its schema),
-:mod:`audit_engine.storage.chain` and :mod:`audit_engine.storage.sqlite.reads` (the read API,
+:mod:`audit_engine.storage.chain` and :mod:`audit_engine.storage.store` (the read API,
 :class:`AuditStore`), this is where SQL lives. Values always travel as parameters.
 """
 

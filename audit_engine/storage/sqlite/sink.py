@@ -80,7 +80,7 @@ class SqliteSink:
 if TYPE_CHECKING:
     # mypy --strict checks here that SQLite's classes fulfil the seam's protocols.
     from audit_engine.storage.base import ChainReader, ChainSink
-    from audit_engine.storage.sqlite.reads import AuditStore
+    from audit_engine.storage.store import AuditStore
 
     def _a_sink(sink: SqliteSink) -> ChainSink:
         return sink

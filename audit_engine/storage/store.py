@@ -1,32 +1,35 @@
-"""SQLite storage, the read side: :class:`AuditStore` and the typed reads of the audit table.
+""":class:`AuditStore`: the read API of a trail — query, count, head, verify, export, purge,
+replay — on either backend.
 
-With :mod:`audit_engine.storage.sqlite.schema` (the file and its schema),
-:mod:`audit_engine.storage.sqlite.append` (the chained batch insert),
-:mod:`audit_engine.storage.chain` and :mod:`audit_engine.storage.retention`, this is where SQL
-lives. Values always travel as parameters.
+``AuditStore(path)`` opens a SQLite file, ``AuditStore("postgresql://...")`` a PostgreSQL trail
+(:mod:`audit_engine.storage.backends`). The SQL is written once, in what both backends speak;
+the few differences go through :mod:`audit_engine.storage.dialect`. Values always travel as
+parameters.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
-import sys
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
-import sqlite_utils
-
 from audit_engine import formats
 from audit_engine.errors import AuditStoreError
-from audit_engine.models import AuditEntry, Operation, Outcome, format_timestamp, utcnow
-from audit_engine.settings import AuditSettings
-from audit_engine.storage import deadletter, replay
+from audit_engine.models import AuditEntry, Operation, Outcome, utcnow
+from audit_engine.settings import AuditSettings, describe_database, is_database_url
+from audit_engine.storage import backends, deadletter, replay
 from audit_engine.storage.anchors import check_maintenance
 from audit_engine.storage.chain import ChainHead, VerifyReport, verify_rows
+from audit_engine.storage.dialect import (
+    DATABASE_ERRORS,
+    dialect_of,
+    snapshot,
+    stream,
+)
 from audit_engine.storage.replay import ReplayReport
 from audit_engine.storage.retention import (
     DEFAULT_CLEANUP_BATCH_SIZE,
@@ -34,118 +37,42 @@ from audit_engine.storage.retention import (
     cutoff_for,
     purge,
 )
+from audit_engine.storage.sqlite import schema
 from audit_engine.storage.sqlite.append import chain_tail
-from audit_engine.storage.sqlite.schema import (
-    STORED_COLUMNS,
-    TABLE,
-    chain_versions,
-    open_connection,
+from audit_engine.storage.sqlite.schema import STORED_COLUMNS, TABLE
+from audit_engine.storage.stored import (
+    as_dicts,
+    as_utc,
+    checked_head,
+    checked_limit,
+    parse_row,
 )
 from audit_engine.storage.summary import StoreSummary, summarise
 
 __all__ = ["AuditStore", "parse_row"]
 
 _COLUMNS = STORED_COLUMNS
-_SELECT_SQL = f"SELECT id, {', '.join(_COLUMNS)} FROM {TABLE}"
-_READ_CONTEXT = {"max_details_bytes": sys.maxsize}  # stored rows were checked when recorded
-
-
-# -- reads ------------------------------------------------------------------------------------
-
-
-def parse_row(row: dict[str, Any]) -> AuditEntry:
-    """Turn a stored row back into an :class:`AuditEntry`.
-
-    A row the engine cannot read (another tool wrote it) raises :class:`AuditStoreError`
-    naming the row id, never an anonymous JSON or validation error.
-    """
-    data = {name: row[name] for name in _COLUMNS}
-    try:
-        data["details"] = json.loads(data["details"])
-    except (TypeError, ValueError) as exc:
-        raise AuditStoreError(
-            f"row {row['id']} cannot be read: its details are not JSON ({exc})"
-        ) from None
-    data["critical"] = bool(data["critical"])
-    try:
-        return AuditEntry.model_validate(data, context=_READ_CONTEXT)
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise AuditStoreError(
-            f"row {row['id']} cannot be read: it is not a valid entry ({_first_error(exc)})"
-        ) from None
-
-
-def _first_error(exc: ValueError) -> str:
-    errors = getattr(exc, "errors", None)
-    if callable(errors):
-        first = errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return f"{where}: {first['msg']}" if where else str(first["msg"])
-    return str(exc)  # pragma: no cover - model validators raise pydantic's error
-
-
-def _as_utc(value: datetime | str, name: str) -> str:
-    """The stored form of a ``since``/``until`` bound; an ISO-8601 string without an offset is
-    UTC (stored timestamps are UTC), a naive datetime is refused (it may mean local time).
-    """
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise AuditStoreError(
-                f"{name} must be an ISO-8601 date or time, e.g. 2026-01-31T12:00:00Z "
-                f"(got {value!r})"
-            ) from None
-        return format_timestamp(parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC))
-    if not isinstance(value, datetime):
-        raise TypeError(
-            f"{name} must be a datetime or an ISO-8601 string (got {type(value).__name__})"
-        )
-    if value.tzinfo is None:
-        raise AuditStoreError(f"{name} must be timezone-aware (got a naive datetime)")
-    return format_timestamp(value)
-
-
-_MAX_LIMIT = 2**63 - 1  # SQLite's largest integer
-
-
-def _checked_limit(limit: object) -> int:
-    """``limit`` as SQLite takes it; a ``TypeError`` or ``ValueError`` naming it otherwise."""
-    if not isinstance(limit, int) or isinstance(limit, bool):
-        raise TypeError(f"limit must be an int (got {type(limit).__name__})")
-    if limit < 0:
-        raise ValueError(f"limit must be zero or more (got {limit})")
-    if limit > _MAX_LIMIT:
-        raise ValueError(f"limit must be at most {_MAX_LIMIT} (got {limit})")
-    return limit
-
-
-def _checked_head(head: object) -> ChainHead | None:
-    """A ``ChainHead`` only: a published ``ID:HASH`` string is parsed by the caller."""
-    if head is None or isinstance(head, ChainHead):
-        return head
-    raise TypeError(
-        f"expected_head must be a ChainHead (as head() returns) or None, got "
-        f"{type(head).__name__}; ChainHead(id=ID, hash=HASH) makes one from a published ID:HASH"
-    )
+_CHAIN_VERSIONS_SQL = "SELECT first_id, version FROM audit_chain_versions ORDER BY first_id"
 
 
 class AuditStore:
-    """Typed reads of an existing audit database.
+    """Typed reads of an existing audit trail: a SQLite file or a PostgreSQL URL.
 
     ``AuditStore(path)`` opens the file (it must exist; a missing or foreign file raises
-    :class:`~audit_engine.errors.AuditStoreError`); ``create=True`` creates or migrates it
-    instead. Use it as a context manager or call :meth:`close`.
+    :class:`~audit_engine.errors.AuditStoreError`); ``AuditStore("postgresql://...")`` connects
+    to the server (the database must hold the engine's tables). ``create=True`` creates or
+    migrates the trail instead. Use it as a context manager or call :meth:`close`.
     """
 
     def __init__(
         self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, create: bool = False
     ) -> None:
-        self.path = Path(path)
-        self._conn = open_connection(self.path, busy_timeout=busy_timeout, create=create)
-        self._db = sqlite_utils.Database(
-            self._conn, recursive_triggers=False, execute_plugins=False
+        self._database: Path | str = str(path) if is_database_url(path) else Path(os.fspath(path))
+        #: The SQLite file, or the PostgreSQL URL without its password.
+        self.path: Path | str = (
+            describe_database(self._database) if isinstance(self._database, str) else self._database
         )
+        self._conn = backends.open_trail(self._database, busy_timeout=busy_timeout, create=create)
 
     def __enter__(self) -> Self:
         return self
@@ -161,8 +88,11 @@ class AuditStore:
         """Raise :class:`AuditStoreError` naming the file if SQLite finds it damaged.
 
         ``PRAGMA quick_check``: every page is read once (seconds for a large file), indexes are
-        not compared with their tables. ``audit-engine init`` runs it.
+        not compared with their tables. ``audit-engine init`` runs it. A PostgreSQL server checks
+        its own pages: nothing to do there.
         """
+        if isinstance(self._database, str):
+            return
         try:
             problems = [str(row[0]) for row in self._conn.execute("PRAGMA quick_check(3)")]
         except sqlite3.DatabaseError as exc:  # a page too damaged to check
@@ -182,7 +112,7 @@ class AuditStore:
         often than the retention period.
         """
         with self._errors("read the chain head of"):
-            tail_id, tail_hash = chain_tail(self._conn)
+            tail_id, tail_hash = self._tail()
         return ChainHead(id=tail_id, hash=tail_hash) if tail_id else None
 
     def verify(
@@ -207,8 +137,8 @@ class AuditStore:
             raise AuditStoreError(
                 f"min_retention must be a duration of zero or more (got {min_retention!r})"
             )
-        expected_head = _checked_head(expected_head)
-        with self._errors("verify"), self._snapshot():
+        expected_head = checked_head(expected_head)
+        with self._errors("verify"), snapshot(self._conn):
             checked = check_maintenance(self._conn, utcnow(), min_retention)
             found = {
                 "anchors_checked": checked.anchors,
@@ -217,10 +147,10 @@ class AuditStore:
             }
             if checked.problem is not None:
                 return VerifyReport(ok=False, rows_checked=0, reason=checked.problem, **found)
-            rows = self._conn.execute(
-                f"SELECT id, {', '.join(_COLUMNS)}, prev_hash, hash FROM {TABLE} ORDER BY id"
+            rows = stream(
+                self._conn, f"SELECT {dialect_of(self._conn).stored_row} FROM {TABLE} ORDER BY id"
             )
-            report = verify_rows(rows, checked.start, expected_head, chain_versions(self._conn))
+            report = verify_rows(rows, checked.start, expected_head, self._chain_versions())
             return report.model_copy(update=found)
 
     def purge(
@@ -266,10 +196,11 @@ class AuditStore:
         if fmt not in ("jsonl", "csv"):
             raise AuditStoreError(f"unknown export format {fmt!r}: use 'jsonl' or 'csv'")
         where, params = self._where(since=since, until=until, **filters)
-        sql = f"SELECT id, {', '.join(_COLUMNS)}, prev_hash, hash FROM {TABLE}{where} ORDER BY id"
+        select = dialect_of(self._conn).stored_row
+        sql = f"SELECT {select} FROM {TABLE}{where} ORDER BY id"
         names = ("id", *_COLUMNS, "prev_hash", "hash")
         with self._errors("export"):
-            cursor = self._conn.execute(sql, params)
+            cursor = stream(self._conn, sql, params)
         return self._guarded(formats.export_lines(fmt, names, cursor), "export")
 
     def _guarded(self, lines: Iterator[str], what: str) -> Iterator[str]:
@@ -277,17 +208,15 @@ class AuditStore:
         with self._errors(what):
             yield from lines
 
-    @contextlib.contextmanager
-    def _snapshot(self) -> Iterator[None]:
-        # One read transaction: a purge or a write between two statements cannot be half-seen.
-        if self._conn.in_transaction:  # already inside one (summary() calls verify())
-            yield
-            return
-        self._conn.execute("BEGIN")
-        try:
-            yield
-        finally:
-            self._conn.execute("COMMIT")
+    def _tail(self) -> tuple[int, str]:
+        if isinstance(self._conn, sqlite3.Connection):
+            return chain_tail(self._conn)
+        return self._conn.tail()
+
+    def _chain_versions(self) -> list[tuple[int, str]]:
+        if isinstance(self._conn, sqlite3.Connection):
+            return schema.chain_versions(self._conn)
+        return [(int(a), str(b)) for a, b in self._conn.execute(_CHAIN_VERSIONS_SQL)]
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -295,7 +224,7 @@ class AuditStore:
             yield
         except sqlite3.ProgrammingError:
             raise  # a misuse (a closed store), not a problem of the file
-        except sqlite3.DatabaseError as exc:
+        except DATABASE_ERRORS as exc:
             raise AuditStoreError(f"cannot {what} {self.path}: {exc}") from None
 
     def replay_dead_letters(
@@ -312,21 +241,42 @@ class AuditStore:
         with self._errors("replay dead letters into"):
             if from_log is not None:
                 return replay.replay_log(Path(from_log), self._conn)
-            target = Path(path) if path is not None else deadletter.path_for(self.path)
+            target = Path(path) if path is not None else deadletter.path_for(self._database)
             return replay.replay(target, self._conn)
 
     def summary(self) -> StoreSummary:
         """Totals by action, operation, outcome and day; file size; chain status; last cleanup."""
-        with self._errors("summarise"), self._snapshot():
-            return summarise(self._conn, self.path, verify=lambda: self.verify())
+        with self._errors("summarise"), snapshot(self._conn):
+            return summarise(
+                self._conn,
+                self.path,
+                size=self._size(),
+                schema_version=self.schema_version,
+                verify=lambda: self.verify(),
+            )
+
+    def _size(self) -> int:
+        if isinstance(self._database, Path):
+            files = (self._database, Path(f"{self._database}-wal"), Path(f"{self._database}-shm"))
+            return sum(p.stat().st_size for p in files if p.exists())
+        if isinstance(self._conn, sqlite3.Connection):  # pragma: no cover - paths go above
+            raise AssertionError("a SQLite trail has a path")
+        return self._conn.size_bytes()
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the trail's tables (each backend counts its own)."""
+        if isinstance(self._conn, sqlite3.Connection):
+            return schema.SCHEMA_VERSION
+        return self._conn.schema_version
 
     # -- queries ---------------------------------------------------------------------------------
 
     def entries_after(self, last_id: int, *, limit: int = 1000) -> list[tuple[int, AuditEntry]]:
         """Up to ``limit`` entries committed after row ``last_id``, with their ids (for follow)."""
-        sql = f"{_SELECT_SQL} WHERE id > ? ORDER BY id LIMIT ?"
+        sql = f"{self._select()} WHERE id > ? ORDER BY id LIMIT ?"
         with self._errors("read the newest entries of"):
-            rows = list(self._db.query(sql, [last_id, _checked_limit(limit)]))
+            rows = self._query(sql, [last_id, checked_limit(limit)])
         return [(row["id"], parse_row(row)) for row in rows]
 
     def last_id(self) -> int:
@@ -370,12 +320,12 @@ class AuditStore:
             since,
             until,
         )
-        sql = f"{_SELECT_SQL}{where} ORDER BY id {'DESC' if newest_first else 'ASC'}"
+        sql = f"{self._select()}{where} ORDER BY id {'DESC' if newest_first else 'ASC'}"
         if limit is not None:
             sql += " LIMIT ?"
-            params.append(_checked_limit(limit))
+            params.append(checked_limit(limit))
         with self._errors("query"):  # a damaged page shows up while the rows are read
-            rows = list(self._db.query(sql, params))
+            rows = self._query(sql, params)
         return [parse_row(row) for row in rows]
 
     def count(
@@ -408,6 +358,13 @@ class AuditStore:
         total: int = row[0]
         return total
 
+    def _select(self) -> str:
+        return f"SELECT id, {dialect_of(self._conn).fields} FROM {TABLE}"
+
+    def _query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        cursor = self._conn.execute(sql, params)
+        return as_dicts(cursor, cursor.description)
+
     @staticmethod
     def _where(
         actor: str | None = None,
@@ -437,8 +394,8 @@ class AuditStore:
                 params.append(value)
         if since is not None:
             clauses.append("timestamp >= ?")
-            params.append(_as_utc(since, "since"))
+            params.append(as_utc(since, "since"))
         if until is not None:
             clauses.append("timestamp < ?")
-            params.append(_as_utc(until, "until"))
+            params.append(as_utc(until, "until"))
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
