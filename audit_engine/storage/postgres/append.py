@@ -1,0 +1,124 @@
+"""PostgreSQL storage, the write side: the chain's tail and the chained batch insert (``COPY``).
+
+Every write takes the chain's advisory lock first, then reads the tail, links the rows to it and
+copies them in, all in one transaction: writers in any number of processes and hosts extend one
+linear chain. After a failure whose outcome is unknown (the connection dropped around the commit)
+the writer asks for ``skip_stored``: rows whose ``event_id`` is already stored are then left out,
+so a commit whose acknowledgement was lost is not stored twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from audit_engine.rows import Row
+from audit_engine.storage.anchors import ANCHORS
+from audit_engine.storage.chain import GENESIS_HASH, link_into
+from audit_engine.storage.postgres.connection import classify, lock_chain
+from audit_engine.storage.postgres.schema import TABLE, migrate, table_oid
+
+__all__ = [
+    "chain_tail",
+    "migrate_caller_connection",
+    "write_batch",
+    "write_in_caller_transaction",
+]
+
+# The newest row, else the newest purge anchor, else genesis (as on SQLite), through the
+# primary keys: O(1).
+_TAIL_SQL = (
+    f"SELECT id, hash FROM (SELECT id, hash, 1 AS rank FROM (SELECT id, hash FROM {TABLE} "
+    "ORDER BY id DESC LIMIT 1) e "
+    "UNION ALL SELECT * FROM (SELECT last_deleted_id, last_deleted_hash, 2 "
+    f"FROM {ANCHORS} ORDER BY last_deleted_id DESC LIMIT 1) a "
+    f"UNION ALL SELECT 0, '{GENESIS_HASH}', 3) t ORDER BY rank LIMIT 1"
+)
+# The columns a row is written with, in link_into's order (details_text: the hashed text; the
+# server derives the jsonb column from it).
+_WRITTEN = (
+    "id, event_id, timestamp, actor, action, operation, outcome, resource_type, resource_id, "
+    "correlation_id, details_text, critical, prev_hash, hash"
+)
+_WIDTH = 14
+_COPY_SQL = f"COPY {TABLE} ({_WRITTEN}) FROM STDIN"
+_INSERT_SQL = f"INSERT INTO {TABLE} ({_WRITTEN}) VALUES ({', '.join(['%s'] * _WIDTH)})"
+_STORED_SQL = f"SELECT event_id FROM {TABLE} WHERE event_id = ANY(%s)"
+
+
+def chain_tail(conn: psycopg.Connection[Any]) -> tuple[int, str]:
+    """The (id, hash) new rows chain from: the last row, else the last anchor, else genesis."""
+    row = conn.execute(_TAIL_SQL).fetchone()
+    assert row is not None  # the genesis part always answers
+    return int(row[0]), str(row[1])
+
+
+def write_batch(
+    conn: psycopg.Connection[Any],
+    rows: Sequence[Row],
+    lock_key: int,
+    *,
+    skip_stored: bool = False,
+) -> tuple[int, str]:
+    """Commit ``rows`` after the chain's tail in one transaction; returns the new tail.
+
+    ``conn`` is in autocommit mode (the transaction is this function's). On any error nothing of
+    the batch is kept. With ``skip_stored``, rows whose ``event_id`` is stored already are left
+    out (they were committed by an attempt whose acknowledgement was lost).
+    """
+    with conn.transaction():
+        lock_chain(conn, lock_key)
+        tail = chain_tail(conn)
+        if skip_stored and rows:
+            found = conn.execute(_STORED_SQL, ([row.event_id for row in rows],)).fetchall()
+            stored = {event_id for (event_id,) in found}
+            rows = [row for row in rows if row.event_id not in stored]
+        if not rows:
+            return tail
+        params: list[Any] = []
+        tail = link_into(params, rows, *tail)
+        # Text COPY: the server parses the timestamp text, 0/1 as a boolean, and derives the
+        # jsonb column, so each row goes out as the flat values link_into made (no conversion).
+        with conn.cursor() as cursor, cursor.copy(_COPY_SQL) as copy:
+            for start in range(0, len(params), _WIDTH):
+                copy.write_row(params[start : start + _WIDTH])
+    return tail
+
+
+def write_in_caller_transaction(conn: psycopg.Connection[Any], row: Row) -> None:
+    """Insert ``row`` through a psycopg connection the application owns, without committing.
+
+    Inside the caller's open transaction (in a savepoint, so a failure leaves the caller's
+    transaction usable); if none is open, a non-autocommit connection starts one, which the
+    caller commits or rolls back with its own change; an autocommit connection commits the entry
+    at once. The chain's advisory lock is held until the caller's transaction ends. The schema
+    is created on first use, in the same transaction.
+    """
+    status = conn.info.transaction_status
+    try:
+        if conn.autocommit or status == psycopg.pq.TransactionStatus.INTRANS:
+            with conn.transaction():
+                _insert_one(conn, row)
+        else:
+            _insert_one(conn, row)
+    except psycopg.Error as exc:
+        raise classify(exc) from exc
+
+
+def migrate_caller_connection(conn: psycopg.Connection[Any]) -> None:
+    """Create or upgrade the schema through a connection the application owns."""
+    try:
+        migrate(conn)
+    except psycopg.Error as exc:
+        raise classify(exc) from exc
+
+
+def _insert_one(conn: psycopg.Connection[Any], row: Row) -> None:
+    migrate(conn)
+    lock_chain(conn, table_oid(conn))
+    params: list[Any] = []
+    link_into(params, (row,), *chain_tail(conn))
+    params[11] = bool(params[11])  # critical: a boolean column (COPY's text takes 0/1)
+    conn.execute(_INSERT_SQL, params)

@@ -1,0 +1,116 @@
+"""PostgreSQL connections as the engine uses them: opened, classified, locked.
+
+- :func:`connect`: psycopg 3 in autocommit mode (transactions are explicit, as on SQLite), the
+  session in UTC, and values loaded in the form the chain hashes: ``timestamptz`` as the
+  engine's fixed-width UTC text (``2026-01-31T12:00:00.000000Z``), ``boolean`` as 0/1 — so
+  verify, query and export run the same code on both backends;
+- :func:`lock_chain`: the chain's advisory lock, transaction-scoped (a crashed or disconnected
+  writer never keeps it), which every writer on every host takes before it reads the tail;
+- :func:`classify`: every psycopg error becomes a
+  :class:`~audit_engine.storage.dialect.BackendError` that says whether trying again may help;
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import psycopg
+from psycopg.adapt import Loader
+
+from audit_engine.settings import mask_url
+from audit_engine.storage.dialect import BackendError, Dialect
+
+__all__ = [
+    "CHAIN_LOCK_CLASS",
+    "PG",
+    "classify",
+    "connect",
+    "lock_chain",
+    "mask_url",  # re-exported: messages of this backend use it
+    "pg_sql",
+]
+
+#: The stored fields as the chain hashes them: the exact text of ``details`` is kept apart from
+#: its ``jsonb`` column, whose normal form (key order, numbers) is not the text that was hashed.
+PG = Dialect(
+    name="postgresql",
+    fields=(
+        "event_id, timestamp, actor, action, operation, outcome, resource_type, resource_id, "
+        "correlation_id, details_text AS details, critical"
+    ),
+    day="to_char(timestamp AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+)
+
+# The advisory lock that guards the chain's tail: (this class, the entries table's oid), so two
+# trails in two schemas of one database do not wait for each other.
+CHAIN_LOCK_CLASS = 0x41554454  # "AUDT"
+CONNECT_TIMEOUT_S = 5
+
+# SQLSTATE classes worth retrying: connection exceptions, transaction rollbacks (serialization,
+# deadlock), insufficient resources (a full disk), operator intervention (shutdown, cancel),
+# system errors; and a lock that could not be had.
+_BUSY_CLASSES = ("08", "40", "53", "57", "58")
+_BUSY_STATES = frozenset({"55P03", "55006"})
+# The store cannot take any row: no privilege, a read-only server (a standby after failover).
+UNAVAILABLE_STATES = frozenset({"42501", "25006"})
+
+
+def classify(exc: Exception) -> BackendError:
+    """The :class:`BackendError` for a psycopg error (anything else: not busy)."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    busy = isinstance(exc, psycopg.OperationalError) and sqlstate is None  # no server answer
+    if sqlstate is not None:
+        busy = sqlstate[:2] in _BUSY_CLASSES or sqlstate in _BUSY_STATES
+    message = str(exc).strip() or type(exc).__name__
+    return BackendError(f"{type(exc).__name__}: {message}", busy=busy, sqlstate=sqlstate)
+
+
+class _TimestampText(Loader):
+    """``timestamptz`` as the engine's stored text; the session's TimeZone is UTC (``+00``)."""
+
+    def load(self, data: Any) -> str:
+        text = bytes(data).decode("ascii")
+        # "2026-01-31 12:00:00.12+00" -> "2026-01-31T12:00:00.120000Z"
+        clock = text[11:-3]
+        whole, _, fraction = clock.partition(".")
+        return f"{text[:10]}T{whole}.{fraction.ljust(6, '0')}Z"
+
+
+class _BoolInt(Loader):
+    def load(self, data: Any) -> int:
+        return 1 if bytes(data) == b"t" else 0
+
+
+@functools.lru_cache(maxsize=256)
+def pg_sql(sql: str) -> str:
+    """The shared SQL (``?`` parameters) in psycopg's form (``%s``; a literal ``%`` escaped).
+
+    Only the engine's own statement text goes through here, never a value: values are always
+    parameters, so a ``?`` is always a placeholder.
+    """
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    """A psycopg connection to ``url`` set up as the engine reads and writes: autocommit, UTC,
+    timestamps and flags loaded in their stored form. Raises :class:`BackendError`."""
+    try:
+        conn = psycopg.connect(
+            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="audit_engine"
+        )
+    except psycopg.Error as exc:
+        raise classify(exc) from None
+    conn.adapters.register_loader("timestamptz", _TimestampText)
+    conn.adapters.register_loader("bool", _BoolInt)
+    try:
+        conn.execute("SET TIME ZONE 'UTC'")
+    except psycopg.Error as exc:  # pragma: no cover - a server that drops us right away
+        conn.close()
+        raise classify(exc) from None
+    return conn
+
+
+def lock_chain(conn: psycopg.Connection[Any], table_oid: int) -> None:
+    """Take the chain's advisory lock until the end of the current transaction."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (CHAIN_LOCK_CLASS, table_oid))

@@ -1,0 +1,170 @@
+"""The PostgreSQL schema: the same tables as on SQLite, in PostgreSQL's types, and its migrations.
+
+The entries table has the same name and columns as SQLite's, with ``timestamptz`` timestamps, a
+``boolean`` flag and ``jsonb`` details — plus ``details_text``, the exact text the chain hashed.
+``jsonb`` keeps its own normal form (keys by length, numbers as ``numeric``: ``1e+16`` comes back
+as ``10000000000000000``), from which the hashed text cannot always be rebuilt; so the text is
+what is written, and ``details`` is generated from it by the server (``details_text::jsonb``),
+for queries such as ``details->>'size'``. The purge anchors,
+cleanup runs, chain versions and the engine's meta table are SQLite's, column for column (their
+hashes are over their stored text).
+
+The tables live in the connection's current schema (the first of its ``search_path``), so a
+database or schema that holds other tables is fine. :func:`migrate` creates or upgrades them under
+an advisory lock, in one transaction: several processes starting at once migrate once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from audit_engine.errors import AuditStoreError
+from audit_engine.storage.anchors import ANCHORS, CLEANUP_RUNS
+from audit_engine.storage.postgres.connection import CHAIN_LOCK_CLASS
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TABLE",
+    "chain_versions",
+    "migrate",
+    "schema_version",
+    "table_oid",
+    "trail_bytes",
+]
+
+TABLE = "audit_entries"
+META = "audit_engine_meta"
+CHAIN_VERSIONS = "audit_chain_versions"
+# The schema version of a PostgreSQL trail; it counts its own steps (SQLite's reached 3 before
+# PostgreSQL existed).
+SCHEMA_VERSION = 1
+_MIGRATION_LOCK = 0  # the advisory lock (CHAIN_LOCK_CLASS, 0) serialises migrations
+
+# Frozen: version 1 as it shipped. A change is a new step appended to _STEPS.
+_V1 = (
+    f"""CREATE TABLE {TABLE} (
+    id bigint PRIMARY KEY,
+    event_id text NOT NULL,
+    timestamp timestamptz NOT NULL,
+    actor text,
+    action text NOT NULL,
+    operation text NOT NULL,
+    outcome text NOT NULL,
+    resource_type text,
+    resource_id text,
+    correlation_id text,
+    details_text text NOT NULL,
+    details jsonb GENERATED ALWAYS AS (details_text::jsonb) STORED,
+    critical boolean NOT NULL,
+    prev_hash text NOT NULL,
+    hash text NOT NULL
+)""",
+    f"CREATE UNIQUE INDEX ux_audit_entries_event_id ON {TABLE} (event_id)",
+    f"CREATE INDEX ix_audit_entries_timestamp ON {TABLE} (timestamp)",
+    f"CREATE INDEX ix_audit_entries_actor_timestamp ON {TABLE} (actor, timestamp)",
+    f"CREATE INDEX ix_audit_entries_resource ON {TABLE} (resource_type, resource_id)",
+    f"""CREATE TABLE {ANCHORS} (
+    id bigint PRIMARY KEY,
+    last_deleted_id bigint NOT NULL,
+    last_deleted_hash text NOT NULL,
+    rows_deleted bigint NOT NULL,
+    cutoff text NOT NULL,
+    created_at text NOT NULL,
+    newest_purged text,
+    older_than_us bigint,
+    prev_hash text,
+    hash text
+)""",
+    f"""CREATE TABLE {CLEANUP_RUNS} (
+    id bigint PRIMARY KEY,
+    started_at text NOT NULL,
+    finished_at text NOT NULL,
+    cutoff text NOT NULL,
+    rows_deleted bigint NOT NULL,
+    batches bigint NOT NULL,
+    duration_s double precision NOT NULL,
+    prev_hash text,
+    hash text
+)""",
+    f"CREATE TABLE {CHAIN_VERSIONS} (first_id bigint PRIMARY KEY, version text NOT NULL)",
+    f"INSERT INTO {CHAIN_VERSIONS} (first_id, version) VALUES (1, '1')",
+)
+_STEPS: tuple[tuple[str, ...], ...] = (_V1,)
+assert len(_STEPS) == SCHEMA_VERSION
+
+
+def _has_table(conn: psycopg.Connection[Any], name: str) -> bool:
+    # to_regclass resolves through the search_path: the table the engine's SQL would use.
+    found = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
+    return found is not None and found[0] is not None
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The schema version of the trail on ``conn`` (0: no engine tables here yet)."""
+    if not _has_table(conn, META):
+        return 0
+    row = conn.execute(f"SELECT value FROM {META} WHERE key = 'schema_version'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def migrate(conn: psycopg.Connection[Any]) -> None:
+    """Create or upgrade the engine's tables on ``conn`` to :data:`SCHEMA_VERSION`.
+
+    In a transaction of its own (autocommit connection), or in a savepoint of the caller's open
+    transaction (an injected connection): a rollback then undoes it with the caller's change.
+    """
+    version = schema_version(conn)
+    if version == SCHEMA_VERSION:
+        return
+    _refuse_newer(version)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (CHAIN_LOCK_CLASS, _MIGRATION_LOCK))
+        version = schema_version(conn)  # again, under the lock: another process may have won
+        _refuse_newer(version)
+        if not _has_table(conn, META):
+            conn.execute(f"CREATE TABLE {META} (key text PRIMARY KEY, value text NOT NULL)")
+        for step in _STEPS[version:]:
+            for statement in step:
+                conn.execute(statement)  # our own literal DDL
+        conn.execute(
+            f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
+
+
+def _refuse_newer(version: int) -> None:
+    if version > SCHEMA_VERSION:
+        raise AuditStoreError(
+            f"the audit trail has PostgreSQL schema version {version}; this audit_engine "
+            f"supports up to {SCHEMA_VERSION}: upgrade audit_engine"
+        )
+
+
+def table_oid(conn: psycopg.Connection[Any]) -> int:
+    """The entries table's oid (the key of the chain's advisory lock)."""
+    row = conn.execute("SELECT to_regclass(%s)::oid", (TABLE,)).fetchone()
+    if row is None or row[0] is None:
+        raise AuditStoreError(f"no {TABLE} table in this PostgreSQL schema")
+    return int(row[0])
+
+
+def chain_versions(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
+    """``(first_id, version)`` pairs in id order, as on SQLite."""
+    if not _has_table(conn, CHAIN_VERSIONS):
+        return []
+    rows = conn.execute(f"SELECT first_id, version FROM {CHAIN_VERSIONS} ORDER BY first_id")
+    return [(int(first_id), str(version)) for first_id, version in rows]
+
+
+def trail_bytes(conn: psycopg.Connection[Any]) -> int:
+    """The bytes the engine's tables take on the server, with their indexes and TOAST."""
+    tables = [TABLE, ANCHORS, CLEANUP_RUNS, CHAIN_VERSIONS, META]
+    row = conn.execute(
+        "SELECT coalesce(sum(pg_total_relation_size(to_regclass(name))), 0) "
+        "FROM unnest(%s::text[]) AS name",
+        (tables,),
+    ).fetchone()
+    return int(row[0]) if row is not None else 0
