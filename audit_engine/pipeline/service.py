@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sqlite3
 import threading
 import time
 import weakref
@@ -32,16 +31,14 @@ from audit_engine.pipeline.bus import DomainEvent, EventBus
 from audit_engine.pipeline.enqueue import enqueue_waiting
 from audit_engine.pipeline.policy import AuditPolicy, Decision
 from audit_engine.pipeline.scope import AuditScope, KeyFunc, ScopeStack
-from audit_engine.pipeline.syncwrite import SyncConnection, connect
+from audit_engine.pipeline.syncwrite import SyncConnection
 from audit_engine.pipeline.writer import _WRITER_BUSY_SLICE_S, Writer
 from audit_engine.rows import Row
 from audit_engine.settings import AuditSettings
 from audit_engine.settings import resolve as resolve_settings
-from audit_engine.storage import deadletter
+from audit_engine.storage import backends, deadletter
+from audit_engine.storage.dialect import DATABASE_ERRORS
 from audit_engine.storage.retention import CleanupThread
-from audit_engine.storage.sqlite import append, schema
-from audit_engine.storage.sqlite.schema import loose_permissions
-from audit_engine.storage.sqlite.sink import SqliteSink
 
 logger = logging.getLogger("audit_engine.service")  # the documented logger name
 
@@ -50,6 +47,10 @@ _CLEANUP_STOP_TIMEOUT_S = 5.0
 _DROP_WARNING_INTERVAL_S = 10.0
 
 Mapper = Callable[[DomainEvent], AuditEntry | None]
+
+
+def _no_connection(entry: Row) -> None:  # pragma: no cover - chosen only with a connection
+    raise AssertionError("this service has no injected connection")
 
 
 class AuditService:
@@ -66,14 +67,14 @@ class AuditService:
         self,
         settings: AuditSettings | str | os.PathLike[str] | None = None,
         *,
-        connection: sqlite3.Connection | None = None,
+        connection: Any = None,
         **overrides: Any,
     ) -> None:
-        if connection is not None and not isinstance(connection, sqlite3.Connection):
-            raise TypeError(
-                "AuditService() connection must be a sqlite3.Connection or None, "
-                f"got {type(connection).__name__}"
-            )
+        injected = (
+            None
+            if connection is None
+            else backends.injected_writer(connection, "AuditService() connection")
+        )
         self.settings = resolve_settings(settings, overrides)
         s = self.settings
         self._enabled = s.enabled
@@ -81,6 +82,7 @@ class AuditService:
         self._scopes = ScopeStack(f"audit_scope_{id(self):x}")
         self._max_details_bytes = s.max_details_bytes
         self._connection = connection
+        self._own_connection_writer: backends.InjectedWriter = _no_connection
         self._closed = False
         self._close_lock = threading.RLock()
         self._close_result = True
@@ -105,17 +107,19 @@ class AuditService:
             return
         if connection is None:
             # Checked before anything opens the trail; the connection logs the same warning.
-            loose = loose_permissions(s.database)
+            loose = backends.permission_warning(s.database)
             if loose is not None:
                 self._warnings.append(loose)
-        if connection is not None:
-            schema.migrate(connection)
+        if injected is not None:
+            write, migrate = injected
+            migrate()
+            self._own_connection_writer = write
             self._accept_row = AuditService._write_to_own_connection
         elif s.async_writes:
             busy_s = min(s.busy_timeout, _WRITER_BUSY_SLICE_S)
             writer = Writer(
-                lambda: SqliteSink(connect(s, busy_s), largest=s.buffer_max_size),
-                deadletter.DeadLetterFile(deadletter.path_for(s.database)),
+                lambda: backends.open_sink(s, busy_s),
+                deadletter.DeadLetterFile(s.deadletter_file),
                 queue_maxsize=s.queue_maxsize,
                 batch_size=s.buffer_max_size,
                 flush_interval_s=s.buffer_flush_interval,
@@ -135,7 +139,9 @@ class AuditService:
     def _start_cleanup(self) -> CleanupThread:
         s = self.settings
         return CleanupThread(
-            lambda: connect(s, s.busy_timeout),
+            lambda: backends.open_trail(
+                s.database, busy_timeout=s.busy_timeout, create=True, synchronous=s.synchronous
+            ),
             retention=timedelta(days=s.retention_days),
             batch_size=s.cleanup_batch_size,
             interval_s=s.cleanup_interval,
@@ -168,7 +174,7 @@ class AuditService:
         entry: AuditEntry | None = None,
         /,
         *,
-        connection: sqlite3.Connection | None = None,
+        connection: Any = None,
         **fields: Any,
     ) -> str | None:
         """Record one entry; returns its ``event_id``, or None when it was not recorded.
@@ -184,11 +190,11 @@ class AuditService:
         """
         if self._closed:
             raise AuditServiceClosed("the audit service is closed")
-        if connection is not None and not isinstance(connection, sqlite3.Connection):
-            raise TypeError(
-                "record() connection must be a sqlite3.Connection (the caller's transaction to "
-                f"write the entry in) or None, got {type(connection).__name__}"
-            )
+        write_injected = (
+            None
+            if connection is None
+            else backends.injected_writer(connection, "record() connection")[0]
+        )
         if not self._enabled:
             return None
         # The common path (keywords, default policy, no scope, room in the queue) is written
@@ -211,18 +217,18 @@ class AuditService:
             row = intake.with_details(row, redacted)
         scope = self._scopes.current()
         if scope is None or row.critical:  # critical entries are never de-duplicated
-            if connection is None:
+            if write_injected is None:
                 return self._accept_row(self, row)
-            return self._write_injected(connection, row)
+            return self._write_injected(write_injected, row)
         key = scope.row_key(row)  # the default key reads the row; a custom one gets a model
         if key in scope.seen:
             with self._counter_lock:
                 self._deduplicated += 1
             return None
-        if connection is None:
+        if write_injected is None:
             event_id = self._accept_row(self, row)
         else:
-            event_id = self._write_injected(connection, row)
+            event_id = self._write_injected(write_injected, row)
         # Marked only once accepted: after a failed record() the same entry is tried again.
         if event_id is not None:
             scope.seen.add(key)
@@ -263,14 +269,13 @@ class AuditService:
 
     def _write_to_own_connection(self, entry: Row) -> str:
         """A service built with ``connection=``: every entry goes through that connection."""
-        assert self._connection is not None  # this mode is chosen only with a connection
-        return self._write_injected(self._connection, entry)
+        return self._write_injected(self._own_connection_writer, entry)
 
-    def _write_injected(self, conn: sqlite3.Connection, entry: Row) -> str:
+    def _write_injected(self, write: backends.InjectedWriter, entry: Row) -> str:
         """Insert the entry through the caller's connection, in the caller's transaction."""
         try:
-            append.write_in_caller_transaction(conn, entry)
-        except sqlite3.Error as exc:
+            write(entry)
+        except DATABASE_ERRORS as exc:
             raise AuditWriteError(f"could not write audit entry {entry.event_id}: {exc}") from exc
         with self._counter_lock:
             self._injected_written += 1

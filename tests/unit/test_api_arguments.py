@@ -86,8 +86,8 @@ def test_record_with_a_connection_that_is_not_one_names_it(
         service.record(action="x", connection=connection)
 
     assert str(raised.value) == (
-        "record() connection must be a sqlite3.Connection (the caller's transaction to write "
-        f"the entry in) or None, got {type(connection).__name__}"
+        "record() connection must be a sqlite3.Connection or a psycopg.Connection (the caller's "
+        f"transaction to write the entry in) or None, got {type(connection).__name__}"
     )
     assert service.stats().accepted == 0
 

@@ -219,7 +219,8 @@ def test_a_bad_override_raises_settings_error_naming_the_setting(
         (
             (),
             {"connection": "x.db"},
-            "AuditService() connection must be a sqlite3.Connection or None, got str",
+            "AuditService() connection must be a sqlite3.Connection or a psycopg.Connection (the "
+            "caller's transaction to write the entry in) or None, got str",
         ),
         (
             (),
@@ -726,7 +727,7 @@ def test_sync_mode_write_error_raises_audit_write_error(
     service.record(event_id="dup", action="first")
     with pytest.raises(AuditWriteError) as raised:
         service.record(event_id="dup", action="second")
-    assert str(raised.value) == f"could not write audit entry dup: {UNIQUE_FAILED}"
+    assert str(raised.value) == f"could not write audit entry dup: IntegrityError: {UNIQUE_FAILED}"
     assert _rows(db_path) == [("dup", "first")]
     assert service.stats().written == 1
 

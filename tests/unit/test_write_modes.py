@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from audit_engine import AuditService
+from audit_engine import AuditService, AuditStore
 from audit_engine.storage import sqlite as store
 
 
@@ -44,7 +44,7 @@ def test_the_mode_is_picked_in_the_constructor(
         assert service._accept_row is mode
         assert service.record(action="doc.read")
         assert service.flush(10)
-    with contextlib.closing(store.AuditStore(db_path)) as audit:
+    with contextlib.closing(AuditStore(db_path)) as audit:
         assert audit.count() == 1
 
 

@@ -1,0 +1,129 @@
+"""Which backend a database names, and opening it: a path is SQLite, a ``postgresql://`` URL
+PostgreSQL.
+
+The pipeline and :class:`~audit_engine.storage.store.AuditStore` open their sinks and
+connections here, so they never name a backend. The PostgreSQL backend is imported only when a
+URL asks for it: psycopg is an optional extra (``pip install 'audit-engine[postgres]'``), and a
+URL without it fails with an error that says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sqlite3
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from audit_engine.errors import SettingsError
+from audit_engine.rows import Row
+from audit_engine.settings import AuditSettings, describe_database, is_database_url
+from audit_engine.storage.base import ChainSink
+from audit_engine.storage.dialect import AnyConnection
+from audit_engine.storage.sqlite import append, schema
+from audit_engine.storage.sqlite.sink import SqliteSink
+
+__all__ = [
+    "POSTGRES_EXTRA",
+    "InjectedWriter",
+    "describe",
+    "injected_writer",
+    "open_sink",
+    "open_trail",
+    "permission_warning",
+    "postgres",
+]
+
+POSTGRES_EXTRA = "pip install 'audit-engine[postgres]'"
+
+# Writes one row through a connection the application owns, inside its transaction.
+InjectedWriter = Callable[[Row], None]
+
+
+def postgres() -> ModuleType:
+    """The PostgreSQL backend, imported on first use; a clear error when psycopg is missing."""
+    try:
+        return importlib.import_module("audit_engine.storage.postgres")
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("psycopg"):
+            raise
+        raise SettingsError(
+            "a postgresql:// database needs the PostgreSQL backend, which needs psycopg: "
+            f"{POSTGRES_EXTRA}"
+        ) from None
+
+
+def open_sink(settings: AuditSettings, busy_timeout: float) -> ChainSink:
+    """The writer's sink for ``settings.database`` (SQLite waits up to ``busy_timeout`` for a
+    lock; PostgreSQL waits for its advisory lock as long as the holder's batch takes)."""
+    database = settings.database
+    if isinstance(database, str):
+        sink: ChainSink = postgres().PostgresSink(database)
+        return sink
+    conn = schema.open_connection(
+        database, synchronous=settings.synchronous, busy_timeout=busy_timeout
+    )
+    return SqliteSink(conn, largest=settings.buffer_max_size)
+
+
+def open_trail(
+    database: str | os.PathLike[str],
+    *,
+    busy_timeout: float = 5.0,
+    create: bool = False,
+    synchronous: str = "NORMAL",
+) -> AnyConnection:
+    """A trail connection for the shared storage code (reads, purge, replay) to ``database``.
+
+    A SQLite file must exist unless ``create``; a PostgreSQL database must hold the engine's
+    tables unless ``create`` (which creates or migrates them).
+    """
+    if is_database_url(database):
+        trail: AnyConnection = postgres().open_trail(str(database), create=create)
+        return trail
+    return schema.open_connection(
+        Path(database), busy_timeout=busy_timeout, create=create, synchronous=synchronous
+    )
+
+
+def permission_warning(database: Path | str) -> str | None:
+    """A warning when a SQLite trail's file is readable by others (a server has its own rights)."""
+    if isinstance(database, str):
+        return None
+    return schema.loose_permissions(database)
+
+
+def injected_writer(conn: object, what: str) -> tuple[InjectedWriter, Callable[[], None]]:
+    """How to write through a connection the application passed (``connection=``).
+
+    Returns (write one row inside the caller's transaction, create or migrate the schema).
+    A ``sqlite3.Connection`` or a ``psycopg.Connection``; anything else raises ``TypeError``
+    naming ``what`` (the argument) and what is supported.
+    """
+    if isinstance(conn, sqlite3.Connection):
+        sqlite_conn = conn
+        return (
+            lambda row: append.write_in_caller_transaction(sqlite_conn, row),
+            lambda: schema.migrate(sqlite_conn),
+        )
+    # A psycopg connection can only come from an application that imported psycopg.
+    psycopg: Any = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(conn, psycopg.Connection):
+        backend = postgres()
+        pg_conn = conn
+        return (
+            lambda row: backend.write_in_caller_transaction(pg_conn, row),
+            lambda: backend.migrate_caller_connection(pg_conn),
+        )
+    raise TypeError(
+        f"{what} must be a sqlite3.Connection or a psycopg.Connection (the caller's transaction "
+        f"to write the entry in) or None, got {type(conn).__name__}"
+    )
+
+
+def describe(database: Path | str) -> str:
+    """The database as messages show it (a URL without its password)."""
+    return describe_database(database)
