@@ -22,9 +22,11 @@ import click
 
 from audit_engine.cli.output import (
     CountParam,
+    DatabaseParam,
     DurationParam,
     SecondsParam,
     TimeParam,
+    deadletter_file,
     describe_error,
     plural,
     progress,
@@ -47,9 +49,8 @@ from audit_engine.formats import (
 )
 from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.settings import AuditSettings
-from audit_engine.storage import deadletter
 from audit_engine.storage.chain import ChainHead
-from audit_engine.storage.sqlite import SCHEMA_VERSION, AuditStore
+from audit_engine.storage.store import AuditStore
 
 PROG = "audit-engine"
 
@@ -116,16 +117,17 @@ def _filters(func: Any) -> Any:
 @click.option(
     "--db",
     "database",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=DatabaseParam(),
     envvar="AUDIT_TRAIL_DATABASE",
     show_envvar=True,
     default=Path("audit.db"),
     show_default=True,
-    help="The audit database.",
+    help="The audit trail: a SQLite file, or a postgresql://user@host:port/dbname URL "
+    "(needs the postgres extra).",
 )
 @click.version_option(package_name="audit-engine", prog_name=PROG)
-def main(database: Path) -> None:
-    """Record, read, prove and prune an audit trail kept in SQLite."""
+def main(database: Path | str) -> None:
+    """Record, read, prove and prune an audit trail kept in SQLite or PostgreSQL."""
 
 
 @main.command()
@@ -134,7 +136,7 @@ def init(ctx: click.Context) -> None:
     """Create the audit database, or migrate it to the current schema."""
     with AuditStore(root_database(ctx), create=True) as store:
         store.quick_check()  # "ready" is never said of a damaged file
-        click.echo(f"Audit database ready at {store.path} (schema version {SCHEMA_VERSION})")
+        click.echo(f"Audit database ready at {store.path} (schema version {store.schema_version})")
 
 
 @main.command()
@@ -368,7 +370,9 @@ def _utc(moment: datetime) -> str:
     "--file",
     "path",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The dead-letter file [default: <db>.deadletter.jsonl]; its side files "
+    help="The dead-letter file [default: AUDIT_TRAIL_DEADLETTER_PATH, else "
+    "<db>.deadletter.jsonl beside a SQLite file, or ~/.local/share/audit-engine/"
+    "<host>-<port>-<dbname>.deadletter.jsonl for a URL]; its side files "
     "(<file>.<pid>-<n>.jsonl) are read too.",
 )
 @click.option(
@@ -386,10 +390,10 @@ def replay_deadletter(ctx: click.Context, path: Path | None, log: Path | None) -
     """
     if path is not None and log is not None:
         raise click.UsageError("--file and --from cannot be used together")
+    target = path if path is not None else deadletter_file(root_database(ctx))
     with _store(ctx) as store:
-        report = store.replay_dead_letters(path, from_log=log)
+        report = store.replay_dead_letters(target if log is None else None, from_log=log)
     if not report.files:
-        target = path if path is not None else deadletter.path_for(root_database(ctx))
         click.echo(f"Nothing to replay: no dead-letter file at {target}")
         return
     replayed = (

@@ -26,7 +26,7 @@ from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.pipeline.bus import DomainEvent, EventBus
 from audit_engine.pipeline.service import AuditService
 from audit_engine.settings import AuditSettings
-from audit_engine.storage.sqlite import AuditStore
+from audit_engine.storage.store import AuditStore
 
 DEFAULT_DATABASE = Path("audit-demo.db")
 DEFAULT_EVENTS = 2000

@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import click
 from pydantic import ValidationError
 
+from audit_engine.settings import AuditSettings, is_database_url
 from audit_engine.storage import deadletter
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -223,10 +224,28 @@ def render_reference(group: click.Group, prog: str) -> str:
     return "\n".join(parts)
 
 
-def root_database(ctx: click.Context) -> Path:
-    """The global ``--db`` of the command being run."""
-    path: Path = ctx.find_root().params["database"]
-    return path
+class DatabaseParam(click.ParamType):  # type: ignore[type-arg]
+    """``--db``: a SQLite file path, or a ``postgresql://`` URL (kept as it is written)."""
+
+    name = "path|url"
+    _path = click.Path(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and is_database_url(value):
+            return value
+        return self._path.convert(value, param, ctx)
+
+
+def root_database(ctx: click.Context) -> Path | str:
+    """The global ``--db`` of the command being run: a path, or a PostgreSQL URL."""
+    database: Path | str = ctx.find_root().params["database"]
+    return database
+
+
+def deadletter_file(database: Path | str) -> Path:
+    """The dead-letter file of ``database`` as the library resolves it
+    (``AUDIT_TRAIL_DEADLETTER_PATH``, else the default for the database)."""
+    return AuditSettings(database=database, cleanup_enabled=False).deadletter_file
 
 
 def progress(length: int, label: str) -> Any:
@@ -255,14 +274,20 @@ def describe_error(exc: BaseException) -> str:
 _DEAD_LETTER_KIN = re.compile(r"(?:\.lock|\.tmp|\.\d+-\d+\.jsonl(?:\.part)?)\Z")
 
 
-def reserved_output(output: Path, database: Path) -> str | None:
+def reserved_output(output: Path, database: Path | str) -> str | None:
     """Why ``export --output`` must not write ``output``: it is (a link to) one of the database's
     own files or its dead-letter files; None when it is not.
 
     The database is taken both as given and with its symlinks resolved, since its -wal and its
-    dead-letter files are named after the one or the other.
+    dead-letter files are named after the one or the other. A PostgreSQL trail has no local
+    files but its dead-letter file.
     """
     target = Path(os.path.realpath(output))
+    if isinstance(database, str):
+        dead = deadletter_file(database)
+        if _same_file(target, dead):
+            return "is the audit trail's dead-letter file"
+        return None
     for base in (database.absolute(), Path(os.path.realpath(database))):
         if _same_file(target, base):
             return "is the audit database itself"

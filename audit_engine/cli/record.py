@@ -20,7 +20,6 @@ from audit_engine.errors import AuditQueueFull, AuditWriteError
 from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
 from audit_engine.pipeline.service import AuditService
 from audit_engine.settings import AuditSettings
-from audit_engine.storage import deadletter
 
 
 @click.command()
@@ -116,7 +115,7 @@ def _record(
     if stats.dead_lettered:
         line += f", dead-lettered {stats.dead_lettered}"
     click.echo(line)
-    not_committed = _not_committed(stats, drained, settings.database)
+    not_committed = _not_committed(stats, drained, settings.deadletter_file)
     for where, _ in unconfirmed if not not_committed else ():
         click.echo(
             f"Note: {where}the critical entry was committed when the command finished, not "
@@ -263,14 +262,14 @@ def _unreadable(exc: ValueError) -> str:
     return str(exc)  # pragma: no cover - the only ValueError json.loads raises besides its own
 
 
-def _not_committed(stats: AuditStats, drained: bool, database: Path) -> list[str]:
+def _not_committed(stats: AuditStats, drained: bool, dead_letters: Path) -> list[str]:
     """What ``record`` must report when an accepted entry did not reach the database."""
     problems = []
     reason = f" ({stats.last_error})" if stats.last_error else ""
     if stats.dead_lettered:
         problems.append(
             f"{plural(stats.dead_lettered, 'entry was', 'entries were')} not committed{reason}: "
-            f"kept in {deadletter.path_for(database)}; `audit-engine replay-deadletter` "
+            f"kept in {dead_letters}; `audit-engine replay-deadletter` "
             "stores them once the cause is fixed"
         )
     if stats.logged_only:

@@ -12,7 +12,7 @@ import click
 from audit_engine.cli.bench import SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
 from audit_engine.cli.demo import DEFAULT_DATABASE, DEFAULT_EVENTS, run_demo
 from audit_engine.cli.output import progress, root_database
-from audit_engine.storage.sqlite import AuditStore
+from audit_engine.storage.store import AuditStore
 
 
 @click.command()
