@@ -51,9 +51,11 @@ CONNECT_TIMEOUT_S = 5
 # deadlock), insufficient resources (a full disk), operator intervention (shutdown, cancel),
 # system errors; and a lock that could not be had.
 _BUSY_CLASSES = ("08", "40", "53", "57", "58")
-_BUSY_STATES = frozenset({"55P03", "55006"})
-# The store cannot take any row: no privilege, a read-only server (a standby after failover).
-UNAVAILABLE_STATES = frozenset({"42501", "25006"})
+# A read-only transaction is what a failover looks like from a client still pointed at the old
+# primary, now a standby: retried like a dropped connection until the new primary answers.
+_BUSY_STATES = frozenset({"55P03", "55006", "25006"})
+# The store cannot take any row, now or later: the role may not write the audit tables.
+UNAVAILABLE_STATES = frozenset({"42501"})
 
 
 def classify(exc: Exception) -> BackendError:
