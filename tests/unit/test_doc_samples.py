@@ -9,6 +9,9 @@ signal handlers or leaves a service open affects nothing else.
 
 Some pages start from a situation they describe rather than build (a trail that already holds
 entries, a dead-letter file to look at): ``SITUATIONS`` sets that up before the page runs.
+
+A page's samples that name the docs' example server (:data:`EXAMPLE_URL`) run against a real one:
+the URL is replaced by a fresh database on the test session's throwaway PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Under pytest-timeout's 120 s, so the child is killed here and the failure names the page.
 TIME_LIMIT_S = 100.0
 _FENCE = re.compile(r"^```(\S*)\s*$")
+# The team server of the docs' PostgreSQL samples.
+EXAMPLE_URL = "postgresql://audit@db.example.internal:5432/audit"
 
 
 def samples(page: Path) -> list[tuple[str, int, str]]:
@@ -140,8 +145,13 @@ def test_the_pages_with_samples_include_the_ones_users_copy_from() -> None:
 
 
 @pytest.mark.parametrize("page", SAMPLE_PAGES, ids=[page.name for page in SAMPLE_PAGES])
-def test_the_samples_of_a_page_run_as_written(page: Path, tmp_path: Path) -> None:
+def test_the_samples_of_a_page_run_as_written(
+    page: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     found = samples(page)
+    if any(EXAMPLE_URL in text for _, _, text in found):
+        url = request.getfixturevalue("pg_url")
+        found = [(language, line, text.replace(EXAMPLE_URL, url)) for language, line, text in found]
     workdir = tmp_path / "reader"
     workdir.mkdir()
     situation = SITUATIONS.get(page.name)
