@@ -110,6 +110,7 @@ class AuditService:
             loose = backends.permission_warning(s.database)
             if loose is not None:
                 self._warnings.append(loose)
+            backends.check_reachable(s.database)  # a wrong URL fails here, not at close()
         if injected is not None:
             write, migrate = injected
             migrate()

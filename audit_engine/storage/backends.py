@@ -29,6 +29,7 @@ from audit_engine.storage.sqlite.sink import SqliteSink
 __all__ = [
     "POSTGRES_EXTRA",
     "InjectedWriter",
+    "check_reachable",
     "describe",
     "injected_writer",
     "open_sink",
@@ -87,6 +88,17 @@ def open_trail(
     return schema.open_connection(
         Path(database), busy_timeout=busy_timeout, create=create, synchronous=synchronous
     )
+
+
+def check_reachable(database: Path | str) -> None:
+    """For a PostgreSQL URL: connect once, creating or migrating the tables, or raise
+    :class:`~audit_engine.errors.AuditStoreError` naming why (a server that cannot be reached, a
+    database or role that does not exist, a wrong password). A SQLite file is opened by its sink.
+
+    Called when a service starts, so a wrong URL fails there; an outage later is waited out.
+    """
+    if isinstance(database, str):
+        postgres().open_trail(database, create=True).close()
 
 
 def permission_warning(database: Path | str) -> str | None:
