@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from audit_engine import AuditService, AuditStore, AuditWriteError
+from audit_engine import AuditService, AuditStore, AuditStoreError, AuditWriteError
 
 WAIT_S = 30.0
 
@@ -179,3 +179,21 @@ def test_a_failed_audit_write_leaves_the_callers_transaction_usable(pg_url: str)
     with AuditStore(pg_url) as store:
         assert [e.action for e in store.query()] == ["first", "note.save"]
         assert store.verify().ok
+
+
+@pytest.mark.parametrize("async_writes", [True, False])
+def test_a_wrong_url_fails_when_the_service_starts_naming_why_without_the_password(
+    pg_url: str, async_writes: bool
+) -> None:
+    parts = urlsplit(pg_url)
+    wrong = urlunsplit(
+        parts._replace(netloc=f"postgres:s3cret@{parts.hostname}:{parts.port}", path="/no_such_db")
+    )
+    with pytest.raises(AuditStoreError) as raised:
+        AuditService(wrong, async_writes=async_writes)
+    message = str(raised.value)
+    assert message.startswith(
+        f"cannot connect to postgresql://postgres:***@{parts.hostname}:{parts.port}/no_such_db: "
+    )
+    assert 'database "no_such_db" does not exist' in message
+    assert "s3cret" not in message
