@@ -22,6 +22,7 @@ from audit_engine.pipeline.lifecycle import install_signal_handlers
 from audit_engine.pipeline.service import AuditService
 from audit_engine.settings import AuditSettings
 from audit_engine.storage.chain import ChainHead, VerifyReport, verify_exported_lines
+from audit_engine.storage.copying import CopyReport, copy_trail
 from audit_engine.storage.replay import ReplayReport
 from audit_engine.storage.retention import CleanupReport
 from audit_engine.storage.store import AuditStore
@@ -43,6 +44,7 @@ __all__ = [
     "AuditWriteError",
     "ChainHead",
     "CleanupReport",
+    "CopyReport",
     "DomainEvent",
     "EventBus",
     "EventDispatchError",
@@ -54,6 +56,7 @@ __all__ = [
     "StoreSummary",
     "VerifyReport",
     "__version__",
+    "copy_trail",
     "install_signal_handlers",
     "verify_exported_lines",
 ]
