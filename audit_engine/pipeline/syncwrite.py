@@ -2,18 +2,25 @@
 
 One sink (:mod:`audit_engine.storage.backends`), opened on first use (or up front in sync mode, so
 a bad database fails in the service's constructor); a lock keeps two callers' transactions apart.
+
+A busy sink is tried again with backoff until ``busy_timeout`` has passed since the write began.
+SQLite's own busy wait already spends that time inside the first attempt, so there it changes
+nothing; a PostgreSQL server that dropped the connection (a restart) costs one reconnect instead
+of a failed ``record()``, and one that stays away fails after ``busy_timeout``.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from audit_engine import forks
 from audit_engine.errors import AuditServiceClosed, AuditWriteError
+from audit_engine.pipeline.committer import BACKOFF_MAX_S, BACKOFF_START_S
 from audit_engine.rows import Row
-from audit_engine.settings import AuditSettings
+from audit_engine.settings import AuditSettings, describe_database
 from audit_engine.storage import backends
-from audit_engine.storage.base import ChainSink, SinkError
+from audit_engine.storage.base import ChainSink, SinkBusy, SinkError
 
 
 class SyncConnection:
@@ -40,22 +47,40 @@ class SyncConnection:
 
     def _open(self) -> ChainSink:
         sink = backends.open_sink(self._settings, self._settings.busy_timeout)
-        sink.read_tail()  # a server that cannot be reached, or a bad file, fails here
+        try:
+            sink.read_tail()  # a server that cannot be reached, or a bad file, fails here
+        except BaseException:
+            sink.close()  # the next attempt opens a new one
+            raise
         return sink
 
     def write(self, entry: Row) -> None:
         with self.lock:
             if self._closed:
                 raise AuditServiceClosed("the audit service is closed")
-            try:
-                if self._sink is None:
-                    self._sink = self._open()
-                self._sink.commit((entry,), None)
-            except SinkError as exc:
-                raise AuditWriteError(
-                    f"could not write audit entry {entry.event_id}: {exc}"
-                ) from exc
+            deadline = time.monotonic() + self._settings.busy_timeout
+            delay = BACKOFF_START_S
+            while True:
+                try:
+                    if self._sink is None:
+                        self._sink = self._open()
+                    self._sink.commit((entry,), None)
+                    break
+                except SinkBusy as exc:
+                    if time.monotonic() + delay >= deadline:
+                        raise self._failed(entry, exc) from exc
+                    # Backoff between attempts; the sink reconnects in the next one.
+                    time.sleep(delay)
+                    delay = min(delay * 2, BACKOFF_MAX_S)
+                except SinkError as exc:
+                    raise self._failed(entry, exc) from exc
             self.written += 1
+
+    def _failed(self, entry: Row, exc: SinkError) -> AuditWriteError:
+        database = self._settings.database
+        # A server's error names its host and port, not the database: say which trail it was.
+        where = f" ({describe_database(database)})" if isinstance(database, str) else ""
+        return AuditWriteError(f"could not write audit entry {entry.event_id}: {exc}{where}")
 
     def close(self) -> None:
         with self.lock:
