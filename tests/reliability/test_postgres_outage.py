@@ -1,0 +1,275 @@
+"""A PostgreSQL server that goes away: restarts, dropped connections, outages, sync mode.
+
+Every test here stops or disturbs a server, so each has a cluster of its own (``own_cluster``),
+never the session's. Waits are on flush(), close(), Events and process exits; the only timed
+waits are the settings under test (block_timeout, close(timeout), busy_timeout).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from pgcluster import PgCluster
+
+from audit_engine import AuditService, AuditSettings, AuditStore
+from audit_engine.errors import AuditQueueFull, AuditWriteError
+from audit_engine.storage import deadletter
+
+TIMEOUT_S = 60
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[PgCluster]:
+    cluster = PgCluster()
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def url(own_cluster: PgCluster) -> str:
+    return own_cluster.create_database("trail")
+
+
+def stored_ids(url: str) -> list[str]:
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        return [row[0] for row in conn.execute("SELECT event_id FROM audit_entries ORDER BY id")]
+
+
+def assert_stored_once(url: str, expected: list[str]) -> None:
+    ids = stored_ids(url)
+    assert len(ids) == len(set(ids)), "an entry is stored twice"
+    assert set(ids) == set(expected)
+    with AuditStore(url) as store:
+        report = store.verify()
+    assert report.ok, report
+
+
+def service_for(url: str, tmp_path: Path, **overrides: object) -> AuditService:
+    values: dict[str, object] = {
+        "database": url,
+        "deadletter_path": tmp_path / "dl.jsonl",
+        "buffer_max_size": 20,
+        "buffer_flush_interval": 0.01,
+        "cleanup_enabled": False,
+    }
+    values.update(overrides)
+    return AuditService(AuditSettings(**values))  # type: ignore[arg-type]
+
+
+class Recorder:
+    """Records entries in a thread of its own until stopped; keeps every event_id returned."""
+
+    def __init__(self, service: AuditService) -> None:
+        self.service = service
+        self.ids: list[str] = []
+        self.error: BaseException | None = None
+        self.started = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
+
+    def __enter__(self) -> Recorder:
+        self._thread.start()
+        assert self.started.wait(TIMEOUT_S)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(TIMEOUT_S)
+        assert not self._thread.is_alive()
+
+    def _run(self) -> None:
+        n = 0
+        try:
+            while not self._stop.is_set():
+                event_id = self.service.record(action="load.write", event_id=f"bg-{n:06d}")
+                assert event_id is not None
+                self.ids.append(event_id)
+                n += 1
+                if n == 100:
+                    self.started.set()
+                if n % 20 == 0:
+                    # Pacing only (a few thousand entries a second), not a wait for anything.
+                    self._stop.wait(0.002)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.error = exc
+            self.started.set()
+
+
+def test_a_server_restart_mid_run_loses_nothing(
+    own_cluster: PgCluster, url: str, tmp_path: Path
+) -> None:
+    service = service_for(url, tmp_path, block_timeout=TIMEOUT_S)
+    try:
+        with Recorder(service) as recorder:
+            assert service.flush(TIMEOUT_S)  # the writer has a connection, now made stale
+            own_cluster.restart()
+            assert service.flush(TIMEOUT_S)
+        assert recorder.error is None, recorder.error
+        assert service.close(timeout=TIMEOUT_S)
+    finally:
+        service.close(timeout=5)
+    stats = service.stats()
+    assert stats.dead_lettered == 0, stats.last_error
+    assert stats.retries > 0
+    assert stats.written == len(recorder.ids)
+    assert_stored_once(url, recorder.ids)
+
+
+def test_an_immediate_shutdown_and_a_later_start_lose_nothing(
+    own_cluster: PgCluster, url: str, tmp_path: Path
+) -> None:
+    service = service_for(url, tmp_path, block_timeout=TIMEOUT_S)
+    try:
+        with Recorder(service) as recorder:
+            assert service.flush(TIMEOUT_S)
+            own_cluster.stop_now("immediate")  # a crash: no checkpoint, connections cut
+            down = [service.record(action="while.down", event_id=f"down-{n}") for n in range(50)]
+            assert service.stats().dead_lettered == 0  # a short outage dead-letters nothing
+            own_cluster.start_again()
+            assert service.flush(TIMEOUT_S)
+        assert recorder.error is None, recorder.error
+        assert service.close(timeout=TIMEOUT_S)
+    finally:
+        service.close(timeout=5)
+    stats = service.stats()
+    assert stats.dead_lettered == 0, stats.last_error
+    assert stats.retries > 0
+    assert_stored_once(url, recorder.ids + [i for i in down if i is not None])
+
+
+def test_a_dropped_connection_is_reopened_and_loses_nothing(
+    pg_cluster: PgCluster, pg_url: str, tmp_path: Path
+) -> None:
+    # The server stays up (only one session of the test's own database ends): the shared one.
+    url, own_cluster = pg_url, pg_cluster
+    service = service_for(url, tmp_path, block_timeout=TIMEOUT_S)
+    dbname = url.rsplit("/", 1)[1]
+    try:
+        with Recorder(service) as recorder:
+            assert service.flush(TIMEOUT_S)
+            with psycopg.connect(own_cluster.url(), autocommit=True, connect_timeout=10) as admin:
+                ended = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND application_name = 'audit_engine'",
+                    (dbname,),
+                ).fetchall()
+            assert ended == [(True,)]  # the writer's one connection
+            assert service.flush(TIMEOUT_S)
+        assert recorder.error is None, recorder.error
+        assert service.close(timeout=TIMEOUT_S)
+    finally:
+        service.close(timeout=5)
+    stats = service.stats()
+    assert stats.dead_lettered == 0, stats.last_error
+    assert stats.retries > 0
+    assert_stored_once(url, recorder.ids)
+
+
+def fill_until_refused(service: AuditService, prefix: str) -> list[str]:
+    """Record until the (stuck) writer's queue refuses; the event_ids accepted."""
+    accepted: list[str] = []
+    for n in range(10_000):
+        try:
+            event_id = service.record(action="fill", event_id=f"{prefix}-{n:05d}")
+        except AuditQueueFull:  # on_full='block', after block_timeout
+            return accepted
+        if event_id is None:  # on_full='drop'
+            return accepted
+        accepted.append(event_id)
+    raise AssertionError("the queue never filled up")
+
+
+def test_while_the_server_is_down_the_queue_bounds_then_close_dead_letters_and_replay_restores(
+    own_cluster: PgCluster, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    xdg = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_DATA_HOME", str(xdg))
+    common = {"queue_maxsize": 40, "buffer_max_size": 10, "block_timeout": 0.2}
+    blocking = service_for(url, tmp_path, on_full="block", **common)
+    dropping = service_for(url, tmp_path, on_full="drop", deadletter_path=None, **common)
+    try:
+        for service in (blocking, dropping):
+            service.record(action="before", event_id=f"before-{id(service)}")
+            assert service.flush(TIMEOUT_S)  # the trail exists; each writer has a connection
+        before = stored_ids(url)
+        own_cluster.stop_now()
+
+        blocked = fill_until_refused(blocking, "block")
+        with pytest.raises(AuditQueueFull, match="queue_maxsize=40"):
+            blocking.record(action="fill", event_id="block-refused")
+        # The queue's bound, plus at most the batch the writer holds while it retries.
+        assert 40 <= len(blocked) <= 40 + 10
+
+        dropped = fill_until_refused(dropping, "drop")
+        assert 40 <= len(dropped) <= 40 + 10
+        for n in range(5):
+            assert dropping.record(action="fill", event_id=f"dropped-{n}") is None
+        assert dropping.stats().dropped == 6
+
+        for service in (blocking, dropping):
+            # The writer keeps trying for a while (nothing can commit: flush times out), yet an
+            # outage alone dead-letters nothing.
+            assert service.flush(0.5) is False
+            stats = service.stats()
+            assert stats.retries > 0
+            assert stats.dead_lettered == 0
+        # close(timeout) with the server still down: what is queued goes to the dead-letter file.
+        assert blocking.close(timeout=0.5) is False
+        assert dropping.close(timeout=0.5) is False
+    finally:
+        blocking.close(timeout=5)
+        dropping.close(timeout=5)
+    assert blocking.stats().dead_lettered == len(blocked)
+    assert dropping.stats().dead_lettered == len(dropped)
+
+    explicit = tmp_path / "dl.jsonl"
+    default = dropping.settings.deadletter_file
+    assert default.is_relative_to(xdg / "audit-engine")  # a URL's file, in the data directory
+    for path, ids in ((explicit, blocked), (default, dropped)):
+        lines = list(deadletter.read(path))
+        assert sorted(entry.event_id for _, entry, _ in lines if entry) == sorted(ids)
+
+    own_cluster.start_again()
+    with AuditStore(url) as store:
+        report = store.replay_dead_letters(explicit)
+    assert report.replayed == len(blocked), report
+    assert not report.errors
+    cli = Path(sys.executable).with_name("audit-engine")
+    done = subprocess.run(
+        [str(cli), "--db", url, "replay-deadletter"],
+        env={**os.environ, "XDG_DATA_HOME": str(xdg)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert_stored_once(url, before + blocked + dropped)
+
+
+def test_sync_mode_names_a_server_that_is_down_and_recovers_after_a_restart(
+    own_cluster: PgCluster, url: str, tmp_path: Path
+) -> None:
+    service = service_for(url, tmp_path, async_writes=False, busy_timeout=0.5)
+    try:
+        first = service.record(action="sync.write", event_id="sync-1")
+        own_cluster.stop_now()
+        with pytest.raises(AuditWriteError, match=r"sync-2.*127\.0\.0\.1") as failed:
+            service.record(action="sync.write", event_id="sync-2")
+        assert str(own_cluster.port) in str(failed.value)
+        own_cluster.start_again()
+        # The connection the server dropped is replaced: the first write after the restart works.
+        second = service.record(action="sync.write", event_id="sync-3")
+        assert service.close(timeout=TIMEOUT_S)
+    finally:
+        service.close(timeout=5)
+    assert_stored_once(url, [first or "", second or ""])
