@@ -55,6 +55,9 @@ class ModeResult(BaseModel):
     commits: int
     commits_per_event: float
     ratio_to_ceiling: float = 0.0
+    # Rows found in the mode's table afterwards (the PostgreSQL bench counts them; None: not
+    # counted).
+    rows_stored: int | None = None
 
 
 class BenchReport(BaseModel):
@@ -71,7 +74,7 @@ class BenchReport(BaseModel):
     results: list[ModeResult]
 
 
-def _fields(i: int) -> dict[str, Any]:
+def event_fields(i: int) -> dict[str, Any]:
     """The realistic row: a user saves a note."""
     return {
         "action": "note.save",
@@ -84,7 +87,7 @@ def _fields(i: int) -> dict[str, Any]:
     }
 
 
-def _percentile(values: list[float], fraction: float) -> float | None:
+def percentile(values: list[float], fraction: float) -> float | None:
     if not values:
         return None
     ordered = sorted(values)
@@ -127,7 +130,7 @@ _INSERT_STORED = (
 )
 
 
-def _row(fields: dict[str, Any]) -> tuple[Any, ...]:
+def stored_row(fields: dict[str, Any]) -> tuple[Any, ...]:
     # The same validation the engine's record() does, so the modes differ only in writing.
     return validated_row(fields, DEFAULT_MAX_DETAILS_BYTES)[0]
 
@@ -140,14 +143,14 @@ def _per_event_commit(
     started = time.perf_counter()
     for fields in inputs:
         t0 = time.perf_counter_ns()
-        row = _row(fields)  # the caller validates its row in every mode
+        row = stored_row(fields)  # the caller validates its row in every mode
         conn.execute("BEGIN")
         conn.execute(_INSERT, row)
         conn.execute("COMMIT")
         costs.append((time.perf_counter_ns() - t0) / 1000)
         tick()
     elapsed = time.perf_counter() - started
-    return _result("", events, elapsed, costs, commits=events)
+    return mode_result("", events, elapsed, costs, commits=events)
 
 
 def _thread_per_row(
@@ -168,25 +171,29 @@ def _thread_per_row(
     started = time.perf_counter()
     for fields in inputs:
         t0 = time.perf_counter_ns()
-        rows.put(_row(fields))
+        rows.put(stored_row(fields))
         costs.append((time.perf_counter_ns() - t0) / 1000)
         tick()
     rows.put(None)
     worker.join()
     elapsed = time.perf_counter() - started
-    return _result("", events, elapsed, costs, commits=events)
+    return mode_result("", events, elapsed, costs, commits=events)
 
 
-def _engine(
-    workdir: Path, inputs: list[dict[str, Any]], threads: int, tick: Callable[[], None]
+def engine_settings(database: Path | str, **overrides: Any) -> AuditSettings:
+    """The engine as the bench runs it: keep everything, no cleanup, a queue that rarely fills."""
+    options: dict[str, Any] = {"level": "all", "cleanup_enabled": False, "queue_maxsize": 10000}
+    return AuditSettings(database=database, **(options | overrides))
+
+
+def run_engine(
+    settings: AuditSettings,
+    inputs: list[dict[str, Any]],
+    threads: int,
+    tick: Callable[[], None],
 ) -> ModeResult:
+    """``record()`` each input from ``threads`` threads, timed until ``flush()`` returns."""
     events = len(inputs)
-    settings = AuditSettings(
-        database=workdir / "engine.db",
-        level="all",
-        cleanup_enabled=False,
-        queue_maxsize=10000,
-    )
     per_thread = [events // threads + (1 if n < events % threads else 0) for n in range(threads)]
     costs: list[list[float]] = [[] for _ in range(threads)]
     start = threading.Barrier(threads + 1)
@@ -215,7 +222,7 @@ def _engine(
         audit.flush()
         elapsed = time.perf_counter() - started
         commits = audit.stats().batches
-    return _result("", events, elapsed, [c for mine in costs for c in mine], commits=commits)
+    return mode_result("", events, elapsed, [c for mine in costs for c in mine], commits=commits)
 
 
 def _ceiling(
@@ -224,7 +231,7 @@ def _ceiling(
     events = len(inputs)
     # Prebuilt as the engine stores them — id, fields, prev_hash and hash — so only SQLite's
     # work is timed, for the same rows the engine writes.
-    rows = link((_row(fields) for fields in inputs), 0, GENESIS_HASH)
+    rows = link((stored_row(fields) for fields in inputs), 0, GENESIS_HASH)
     started = time.perf_counter()
     commits = 0
     for offset in range(0, events, _CEILING_BATCH):
@@ -236,10 +243,10 @@ def _ceiling(
         for _ in chunk:
             tick()
     elapsed = time.perf_counter() - started
-    return _result("", events, elapsed, [], commits=commits)
+    return mode_result("", events, elapsed, [], commits=commits)
 
 
-def _result(
+def mode_result(
     mode: str, events: int, seconds: float, costs: list[float], *, commits: int
 ) -> ModeResult:
     return ModeResult(
@@ -247,8 +254,8 @@ def _result(
         events=events,
         seconds=seconds,
         events_per_s=events / seconds if seconds > 0 else 0.0,
-        caller_p50_us=_percentile(costs, 0.50),
-        caller_p99_us=_percentile(costs, 0.99),
+        caller_p50_us=percentile(costs, 0.50),
+        caller_p99_us=percentile(costs, 0.99),
         commits=commits,
         commits_per_event=commits / events if events else 0.0,
     )
@@ -276,7 +283,7 @@ def run_bench(
 
     # The application's data exists before it records: every mode gets the same prebuilt field
     # dicts, and its timing starts where it validates them (record(), for the engine).
-    inputs = [_fields(i) for i in range(events)]
+    inputs = [event_fields(i) for i in range(events)]
     results: list[ModeResult] = []
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as tmp:
         workdir = Path(tmp)
@@ -296,7 +303,7 @@ def run_bench(
                 result = _thread_per_row(conn, inputs, tick)
             elif mode == "engine":
                 conn = None
-                result = _engine(workdir, inputs, threads, tick)
+                result = run_engine(engine_settings(workdir / "engine.db"), inputs, threads, tick)
             else:
                 conn = _fresh(workdir, mode, schema, wal=True)
                 result = _ceiling(conn, inputs, tick)
