@@ -1,24 +1,98 @@
 """Fixtures of the command tests: ``cli`` runs a command against the test's database and checks
 its exit code (and that no traceback escaped); ``trail`` fills and reads that database through the
 library, the way an application would have written it.
+
+Both run every test on both backends: ``database`` is a SQLite file (``db_path``) or a fresh
+PostgreSQL database (``pg_url``). A test about SQLite's files (modes, -wal, locks, foreign files)
+runs on SQLite only: it says so with ``@pytest.mark.sqlite_only``, or by asking for ``db_path``
+(or a fixture built on it, such as ``conn`` or ``dl_path``) itself.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import re
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from click.testing import CliRunner, Result
+from pgcluster import PgCluster
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
 from audit_engine.cli import main
+from audit_engine.cli.output import deadletter_file
+from audit_engine.settings import is_database_url
 from audit_engine.storage.chain import ChainHead
+
+BACKENDS = ("sqlite", "postgres")
+_schemas = itertools.count(1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "sqlite_only: a command test about SQLite's files, run on SQLite only"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test on the ``database`` fixture runs once per backend, unless it is SQLite's own.
+
+    Chosen at collection, so a SQLite-only test has no PostgreSQL variant at all (rather than a
+    skipped one: PostgreSQL tests never skip).
+    """
+    if "database" not in metafunc.fixturenames:
+        return
+    sqlite_only = (
+        "db_path" in metafunc.fixturenames
+        or metafunc.definition.get_closest_marker("sqlite_only") is not None
+    )
+    metafunc.parametrize("database", BACKENDS[:1] if sqlite_only else BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def database(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Path | str:
+    """The test's audit database: a SQLite file path or a PostgreSQL URL (see the module doc).
+
+    A URL's dead-letter file defaults to the user's data directory: point that at the test's
+    own directory, so no test writes into the home of whoever runs it.
+    """
+    if request.param == "sqlite":
+        path: Path = request.getfixturevalue("db_path")
+        return path
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    url: str = request.getfixturevalue("pg_schema_url")
+    return url
+
+
+@pytest.fixture(scope="session")
+def pg_cli_database(pg_cluster: PgCluster) -> str:
+    """One database for all command tests; each test gets a schema of its own in it."""
+    return pg_cluster.create_database()
+
+
+@pytest.fixture
+def pg_schema_url(pg_cli_database: str) -> Iterator[str]:
+    """A URL whose connections work in a fresh, empty schema (the engine's tables go to the
+    connection's current schema), dropped after the test.
+
+    A schema costs milliseconds where a fresh database costs most of a second: this keeps the
+    PostgreSQL half of some 200 command tests fast.
+    """
+    schema = f"cli_{next(_schemas)}"
+    with psycopg.connect(pg_cli_database, autocommit=True) as pg:
+        pg.execute(f"CREATE SCHEMA {schema}")
+    yield f"{pg_cli_database}?options=-csearch_path%3D{schema}"
+    with psycopg.connect(pg_cli_database, autocommit=True) as pg:
+        pg.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @dataclass
@@ -26,7 +100,7 @@ class Cli:
     """``cli.run("query", "--actor", "alice")`` is ``audit-engine --db <test db> query ...``."""
 
     runner: CliRunner
-    database: Path
+    database: Path | str
 
     def run(
         self,
@@ -55,7 +129,11 @@ class Cli:
 class Trail:
     """The test's audit database, written and read through the library."""
 
-    database: Path
+    database: Path | str
+
+    @property
+    def is_postgres(self) -> bool:
+        return is_database_url(self.database)
 
     def init(self) -> None:
         """An empty audit database."""
@@ -69,6 +147,38 @@ class Trail:
         assert all(ids), ids
         assert audit.stats().written == len(entries)
         return [str(event_id) for event_id in ids]
+
+    @property
+    def dead_letter_file(self) -> Path:
+        """Where the engine keeps what it could not commit to this trail."""
+        return deadletter_file(self.database)
+
+    def exists(self) -> bool:
+        """Whether the trail was created: the SQLite file, or the engine's tables on the server."""
+        if isinstance(self.database, Path):
+            return self.database.exists()
+        with psycopg.connect(self.database) as pg:
+            found = pg.execute("SELECT to_regclass('audit_engine_meta')").fetchone()
+        return found is not None and found[0] is not None
+
+    def refuse_inserts(self) -> None:
+        """Make the trail refuse every new row with 'no more rows' (a trigger), as a locked-down
+        or broken database would."""
+        self.init()
+        if isinstance(self.database, Path):
+            self.execute(
+                "CREATE TRIGGER refuse BEFORE INSERT ON audit_entries "
+                "BEGIN SELECT RAISE(ABORT, 'no more rows'); END"
+            )
+            return
+        self.execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'no more rows'; END $$"
+        )
+        self.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON audit_entries "
+            "FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
 
     def entries(self) -> list[AuditEntry]:
         with AuditStore(self.database) as audit_store:
@@ -84,20 +194,29 @@ class Trail:
         return head
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Change the file behind the engine's back, as someone with write access could."""
-        with contextlib.closing(sqlite3.connect(self.database)) as conn:
-            conn.execute(sql, params)
-            conn.commit()
+        """Change the trail behind the engine's back, as someone with write access could.
+
+        ``sql`` is written for SQLite; on PostgreSQL ``?`` becomes ``%s`` and a write of
+        ``details`` goes to ``details_text``, the hashed text its jsonb column is generated from.
+        """
+        if isinstance(self.database, Path):
+            with contextlib.closing(sqlite3.connect(self.database)) as conn:
+                conn.execute(sql, params)
+                conn.commit()
+            return
+        pg_sql = re.sub(r"\bSET details =", "SET details_text =", sql).replace("?", "%s")
+        with psycopg.connect(self.database, autocommit=True) as pg:
+            pg.execute(pg_sql, tuple(params))
 
 
 @pytest.fixture
-def cli(db_path: Path) -> Cli:
-    return Cli(CliRunner(), db_path)
+def cli(database: Path | str) -> Cli:
+    return Cli(CliRunner(), database)
 
 
 @pytest.fixture
-def trail(db_path: Path) -> Trail:
-    return Trail(db_path)
+def trail(database: Path | str) -> Trail:
+    return Trail(database)
 
 
 @pytest.fixture

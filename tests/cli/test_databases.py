@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from audit_engine import AuditStore
+from audit_engine.settings import mask_url
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail
@@ -112,10 +113,12 @@ def test_the_database_comes_from_audit_trail_database(
 
     assert created.output == f"Audit database ready at {other} (schema version 3)\n"
     assert _jsonl_actions(listed.output) == ["env.write"]
-    assert not trail.database.exists()
+    assert not trail.exists()
     # --db wins over the environment.
-    assert cli.run("query", env=env, code=1).output == (
-        f"Error: no audit database at {trail.database}\n"
+    assert cli.run("query", env=env, code=1).output.startswith(
+        f"Error: no audit trail at {mask_url(trail.database)} ("
+        if trail.is_postgres
+        else f"Error: no audit database at {trail.database}\n"
     )
 
 

@@ -12,7 +12,6 @@ import pytest
 from support import rows_of
 
 from audit_engine import AuditEntry, AuditStore
-from audit_engine.storage import deadletter
 from audit_engine.storage.deadletter import DeadLetterFile
 
 if TYPE_CHECKING:
@@ -369,7 +368,7 @@ def _dead(*actions: str) -> list[AuditEntry]:
 
 
 def test_replay_imports_the_entries_and_removes_the_file(cli: Cli, three: Trail) -> None:
-    path = deadletter.path_for(cli.database)
+    path = three.dead_letter_file
     lost = _dead("doc.rename", "doc.share")
     DeadLetterFile(path).append(rows_of(lost), "disk I/O error")
 
@@ -386,7 +385,7 @@ def test_replay_imports_the_entries_and_removes_the_file(cli: Cli, three: Trail)
 def test_replay_drops_entries_already_stored(cli: Cli, trail: Trail) -> None:
     [stored_id] = trail.record({"action": "doc.save", "event_id": "evt-1"})
     [stored] = trail.entries()
-    path = deadletter.path_for(cli.database)
+    path = trail.dead_letter_file
     DeadLetterFile(path).append(rows_of([stored, *_dead("doc.close")]), "database is locked")
 
     result = cli.run("replay-deadletter")
@@ -398,7 +397,7 @@ def test_replay_drops_entries_already_stored(cli: Cli, trail: Trail) -> None:
 
 
 def test_replay_keeps_and_reports_a_bad_line(cli: Cli, three: Trail) -> None:
-    path = deadletter.path_for(cli.database)
+    path = three.dead_letter_file
     DeadLetterFile(path).append(rows_of(_dead("doc.rename")), "disk full")
     with path.open("a", encoding="utf-8") as file:
         file.write('{"entry": {"action": "torn"\n')
@@ -428,7 +427,7 @@ def test_replay_without_a_dead_letter_file_says_so_and_succeeds(cli: Cli, three:
     result = cli.run("replay-deadletter")
 
     assert result.output == (
-        f"Nothing to replay: no dead-letter file at {cli.database}.deadletter.jsonl\n"
+        f"Nothing to replay: no dead-letter file at {three.dead_letter_file}\n"
     )
 
 
@@ -439,7 +438,7 @@ def test_replay_of_a_missing_file_named_with_file(cli: Cli, three: Trail, tmp_pa
 
 
 def test_replay_keeps_a_line_that_is_not_utf8_byte_for_byte(cli: Cli, three: Trail) -> None:
-    path = deadletter.path_for(cli.database)
+    path = three.dead_letter_file
     DeadLetterFile(path).append(rows_of(_dead("doc.rename")), "disk full")
     with path.open("ab") as file:
         file.write(b"\xff\xfe torn\n")
@@ -454,6 +453,7 @@ def test_replay_keeps_a_line_that_is_not_utf8_byte_for_byte(cli: Cli, three: Tra
     assert three.actions()[3:] == ["doc.rename"]
 
 
+@pytest.mark.sqlite_only
 def test_replay_refuses_the_database_as_dead_letter_file(cli: Cli, three: Trail) -> None:
     head = three.head()
     before = cli.database.read_bytes()

@@ -322,6 +322,7 @@ def _damaged(trail: Trail, *, newest: bool) -> str:
     return "database disk image is malformed"
 
 
+@pytest.mark.sqlite_only  # damages the file's pages
 def test_query_on_a_damaged_database_is_an_error_naming_the_file(cli: Cli, trail: Trail) -> None:
     """Review D10: query printed a sqlite3.DatabaseError traceback."""
     problem = _damaged(trail, newest=False)
@@ -332,6 +333,7 @@ def test_query_on_a_damaged_database_is_an_error_naming_the_file(cli: Cli, trail
     assert result.stderr == f"Error: cannot query {cli.database}: {problem}\n"
 
 
+@pytest.mark.sqlite_only  # damages the file's pages
 def test_tail_on_a_damaged_database_is_an_error_naming_the_file(cli: Cli, trail: Trail) -> None:
     problem = _damaged(trail, newest=True)
 
@@ -341,6 +343,7 @@ def test_tail_on_a_damaged_database_is_an_error_naming_the_file(cli: Cli, trail:
     assert result.stderr == f"Error: cannot read the newest entries of {cli.database}: {problem}\n"
 
 
+@pytest.mark.sqlite_only  # damages the file's pages
 def test_init_on_a_damaged_database_does_not_say_it_is_ready(cli: Cli, trail: Trail) -> None:
     problem = _damaged(trail, newest=False)
 
@@ -350,6 +353,7 @@ def test_init_on_a_damaged_database_does_not_say_it_is_ready(cli: Cli, trail: Tr
     assert result.stderr == f"Error: {cli.database} is damaged (PRAGMA quick_check): {problem}\n"
 
 
+@pytest.mark.sqlite_only  # damages the file's pages
 def test_quick_check_names_what_sqlite_found(trail: Trail) -> None:
     trail.init()
     with AuditStore(trail.database) as reader:
@@ -378,6 +382,7 @@ class _Answering:
         return self.rows
 
 
+@pytest.mark.sqlite_only  # damages the file's pages
 def test_count_and_entries_after_on_a_damaged_database_raise_audit_store_error(
     trail: Trail,
 ) -> None:

@@ -185,7 +185,9 @@ def test_detail_values_are_text_or_json_as_in_httpie(cli: Cli, trail: Trail) -> 
 
 
 @pytest.mark.parametrize("detail", ["novalue", "=x", " =x", ":=1"])
-def test_a_detail_without_key_is_a_usage_error_that_creates_nothing(cli: Cli, detail: str) -> None:
+def test_a_detail_without_key_is_a_usage_error_that_creates_nothing(
+    cli: Cli, trail: Trail, detail: str
+) -> None:
     """--detail is checked while the arguments are parsed, before the database is opened."""
     result = cli.run("record", "--action", "doc.save", "--detail", detail, code=2)
 
@@ -194,17 +196,17 @@ def test_a_detail_without_key_is_a_usage_error_that_creates_nothing(cli: Cli, de
         f"\nError: Invalid value for '--detail': --detail takes KEY=TEXT or KEY:=JSON, "
         f"got {detail!r}\n"
     )
-    assert not cli.database.exists()
+    assert not trail.exists()
 
 
-def test_a_json_detail_that_is_not_json_is_a_usage_error(cli: Cli) -> None:
+def test_a_json_detail_that_is_not_json_is_a_usage_error(cli: Cli, trail: Trail) -> None:
     result = cli.run("record", "--action", "doc.save", "--detail", "title:=Q3 plan", code=2)
 
     assert result.output.endswith(
         "\nError: Invalid value for '--detail': title:= takes a JSON value: Expecting value at "
         "character 0 (for text, use title=...)\n"
     )
-    assert not cli.database.exists()
+    assert not trail.exists()
 
 
 def test_a_detail_nested_too_deeply_is_a_usage_error(cli: Cli, trail: Trail) -> None:
@@ -234,12 +236,12 @@ def test_a_control_character_in_a_field_is_reported(cli: Cli) -> None:
     assert result.output == "Error: invalid entry: actor must not contain control characters\n"
 
 
-def test_record_without_action_is_a_usage_error(cli: Cli) -> None:
+def test_record_without_action_is_a_usage_error(cli: Cli, trail: Trail) -> None:
     result = cli.run("record", "--actor", "alice", code=2)
 
     assert result.output.endswith("\nError: Missing option '--action' (or use --stdin).\n")
     assert result.output.startswith("Usage: audit-engine record [OPTIONS]\n")
-    assert not cli.database.exists()
+    assert not trail.exists()
 
 
 def test_record_with_an_unknown_operation_is_a_usage_error(cli: Cli) -> None:
@@ -369,13 +371,15 @@ def test_stdin_with_no_lines_records_nothing(cli: Cli) -> None:
 @pytest.mark.parametrize(
     "options", [["--action", "x"], ["--detail", "k=v"]], ids=["action", "detail"]
 )
-def test_stdin_with_entry_options_is_a_usage_error(cli: Cli, options: list[str]) -> None:
+def test_stdin_with_entry_options_is_a_usage_error(
+    cli: Cli, trail: Trail, options: list[str]
+) -> None:
     result = cli.run("record", "--stdin", *options, input='{"action": "y"}\n', code=2)
 
     assert result.output.endswith(
         "\nError: --stdin takes entries from standard input, not from options.\n"
     )
-    assert not cli.database.exists()
+    assert not trail.exists()
 
 
 def test_a_reused_event_id_is_dead_lettered_counted_and_an_error(cli: Cli, trail: Trail) -> None:
@@ -389,69 +393,66 @@ def test_a_reused_event_id_is_dead_lettered_counted_and_an_error(cli: Cli, trail
     result = cli.run("record", "--stdin", input="\n".join(lines) + "\n", code=1)
 
     assert result.stdout == "accepted 3, filtered 0, written 2, dead-lettered 1\n"
-    assert result.stderr == (
-        "Error: 1 entry was not committed "
-        "(IntegrityError: UNIQUE constraint failed: audit_entries.event_id): "
-        f"kept in {cli.database}.deadletter.jsonl; `audit-engine replay-deadletter` stores them "
+    cause = (
+        "UniqueViolation: duplicate key value violates unique constraint "
+        '"ux_audit_entries_event_id"'
+        if trail.is_postgres
+        else "IntegrityError: UNIQUE constraint failed: audit_entries.event_id"
+    )
+    assert result.stderr.startswith(f"Error: 1 entry was not committed ({cause}")
+    assert result.stderr.endswith(
+        f"): kept in {trail.dead_letter_file}; `audit-engine replay-deadletter` stores them "
         "once the cause is fixed\n"
     )
     assert trail.actions() == ["first", "third"]
-    [kept] = list(deadletter.read(deadletter.path_for(cli.database)))
+    [kept] = list(deadletter.read(trail.dead_letter_file))
     assert kept[1] is not None
     assert kept[1].action == "again"
 
 
-def _refuse_inserts(trail: Trail) -> None:
-    """A database that refuses every new row (a trigger), as a locked-down or broken file would."""
-    trail.init()
-    trail.execute(
-        "CREATE TRIGGER refuse BEFORE INSERT ON audit_entries "
-        "BEGIN SELECT RAISE(ABORT, 'no more rows'); END"
-    )
-
-
-def _dead_lettered_actions(cli: Cli) -> list[str]:
-    kept = deadletter.read(deadletter.path_for(cli.database))
+def _dead_lettered_actions(trail: Trail) -> list[str]:
+    kept = deadletter.read(trail.dead_letter_file)
     return [line[1].action for line in kept if line[1] is not None]
 
 
 def test_an_entry_the_database_refuses_is_an_error(cli: Cli, trail: Trail) -> None:
     """Issue 11 item 2: exit 1 whenever an entry was not committed."""
-    _refuse_inserts(trail)
+    trail.refuse_inserts()
 
     result = cli.run("record", "--action", "doc.save", code=1)
 
     assert result.stdout == "accepted 1, filtered 0, written 0, dead-lettered 1\n"
-    assert result.stderr == (
-        "Error: 1 entry was not committed (IntegrityError: no more rows): "
-        f"kept in {cli.database}.deadletter.jsonl; `audit-engine replay-deadletter` stores them "
+    cause = "RaiseException: no more rows" if trail.is_postgres else "IntegrityError: no more rows"
+    assert result.stderr.startswith(f"Error: 1 entry was not committed ({cause}")
+    assert result.stderr.endswith(
+        f"): kept in {trail.dead_letter_file}; `audit-engine replay-deadletter` stores them "
         "once the cause is fixed\n"
     )
 
 
 def test_a_critical_entry_the_database_refuses_is_an_error(cli: Cli, trail: Trail) -> None:
     """Issue 11 item 2, with --critical: nothing written is never exit 0."""
-    _refuse_inserts(trail)
+    trail.refuse_inserts()
 
     result = cli.run("record", "--action", "doc.save", "--critical", code=1)
 
     assert result.stderr.startswith("Error: ")
     assert "no more rows" in result.stderr
     assert "written 1" not in result.output
-    assert _dead_lettered_actions(cli) == ["doc.save"]
+    assert _dead_lettered_actions(trail) == ["doc.save"]
 
 
 def test_a_critical_line_the_database_refuses_does_not_stop_the_others(
     cli: Cli, trail: Trail
 ) -> None:
-    _refuse_inserts(trail)
+    trail.refuse_inserts()
     lines = ['{"action": "one", "critical": true}', '{"action": "two", "critical": true}']
 
     result = cli.run("record", "--stdin", input="\n".join(lines) + "\n", code=1)
 
     assert result.stderr.startswith("Error: ")
     assert "no more rows" in result.stderr
-    assert _dead_lettered_actions(cli) == ["one", "two"]
+    assert _dead_lettered_actions(trail) == ["one", "two"]
 
 
 def test_a_line_nested_too_deeply_is_a_bad_line(cli: Cli, trail: Trail) -> None:
@@ -618,6 +619,7 @@ def busy_until_close(cli: Cli, trail: Trail, monkeypatch: pytest.MonkeyPatch) ->
         yield
 
 
+@pytest.mark.sqlite_only  # busy_until_close holds SQLite's file lock
 @pytest.mark.usefixtures("busy_until_close")
 def test_a_critical_entry_committed_only_at_close_is_a_success(cli: Cli, trail: Trail) -> None:
     """Review D8: exit 1 "not confirmed" although close() then committed the entry (a retry
@@ -632,6 +634,7 @@ def test_a_critical_entry_committed_only_at_close_is_a_success(cli: Cli, trail: 
     assert trail.actions() == ["crit"]
 
 
+@pytest.mark.sqlite_only  # busy_until_close holds SQLite's file lock
 @pytest.mark.usefixtures("busy_until_close")
 def test_a_critical_line_committed_only_at_close_is_a_success(cli: Cli, trail: Trail) -> None:
     lines = ['{"action": "crit", "critical": true}', '{"action": "two"}']
@@ -648,11 +651,14 @@ def test_a_critical_line_committed_only_at_close_is_a_success(cli: Cli, trail: T
 
 @pytest.fixture
 def refused(trail: Trail) -> None:
-    _refuse_inserts(trail)
+    trail.refuse_inserts()
 
 
+@pytest.mark.sqlite_only  # busy_until_close holds SQLite's file lock
 @pytest.mark.usefixtures("refused", "busy_until_close")
-def test_a_critical_entry_dead_lettered_after_the_timeout_is_an_error(cli: Cli) -> None:
+def test_a_critical_entry_dead_lettered_after_the_timeout_is_an_error(
+    cli: Cli, trail: Trail
+) -> None:
     result = cli.run("record", "--action", "crit", "--critical", code=1)
 
     assert result.stdout == "accepted 1, filtered 0, written 0, dead-lettered 1\n"
@@ -668,4 +674,4 @@ def test_a_critical_entry_dead_lettered_after_the_timeout_is_an_error(cli: Cli) 
         f"kept in {cli.database}.deadletter.jsonl; `audit-engine replay-deadletter` stores them "
         "once the cause is fixed"
     )
-    assert _dead_lettered_actions(cli) == ["crit"]
+    assert _dead_lettered_actions(trail) == ["crit"]

@@ -24,7 +24,7 @@ def _lost(*actions: str) -> list[AuditEntry]:
 
 def test_replay_reads_the_side_files_too(cli: Cli, trail: Trail) -> None:
     trail.init()
-    path = deadletter.path_for(cli.database)
+    path = trail.dead_letter_file
     DeadLetterFile(path).append(rows_of(_lost("doc.rename")), "disk full")
     fd = os.open(f"{path}.lock", os.O_WRONLY)
     try:

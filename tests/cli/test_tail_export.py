@@ -285,6 +285,7 @@ def test_export_creates_its_file_readable_by_the_owner_only(
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
+@pytest.mark.sqlite_only  # lists the files beside the database
 def test_export_over_an_existing_file_replaces_it_readable_by_the_owner_only(
     cli: Cli, notes: Trail, tmp_path: Path
 ) -> None:
@@ -299,6 +300,7 @@ def test_export_over_an_existing_file_replaces_it_readable_by_the_owner_only(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.db", "shared.jsonl"]
 
 
+@pytest.mark.sqlite_only  # jsonb refuses details that are not JSON
 def test_a_failed_export_leaves_no_partial_file_and_an_earlier_one_as_it_was(
     cli: Cli, notes: Trail, tmp_path: Path
 ) -> None:

@@ -63,8 +63,9 @@ def test_a_forged_anchor_is_refused(cli: Cli, two_days: Trail) -> None:
     head = two_days.head()
     two_days.execute("DELETE FROM audit_entries")
     two_days.execute(
-        "INSERT INTO audit_anchors (last_deleted_id, last_deleted_hash, rows_deleted, cutoff, "
-        "created_at) VALUES (3, ?, 3, '2026-01-01T00:00:00.000000Z', '2026-01-02T00:00:00+00:00')",
+        "INSERT INTO audit_anchors (id, last_deleted_id, last_deleted_hash, rows_deleted, "
+        "cutoff, created_at) VALUES "
+        "(1, 3, ?, 3, '2026-01-01T00:00:00.000000Z', '2026-01-02T00:00:00+00:00')",
         (head.hash,),
     )
 
