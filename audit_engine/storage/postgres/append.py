@@ -48,7 +48,12 @@ _WIDTH = 14
 _COPY_SQL = f"COPY {TABLE} ({WRITTEN_COLUMNS}) FROM STDIN"
 #: One linked row (``critical`` as a boolean): the injected connection's insert.
 INSERT_SQL = f"INSERT INTO {TABLE} ({WRITTEN_COLUMNS}) VALUES ({', '.join(['%s'] * _WIDTH)})"
-_STORED_SQL = f"SELECT event_id FROM {TABLE} WHERE event_id = ANY(%s)"
+# A stored entry's fields as the chain hashed them (the connection loads timestamptz as the
+# stored text and boolean as 0/1: see connection.connect), to compare with a row by value.
+_STORED_SQL = (
+    "SELECT event_id, timestamp, actor, action, operation, outcome, resource_type, resource_id, "
+    f"correlation_id, details_text, critical FROM {TABLE} WHERE event_id = ANY(%s)"
+)
 
 
 def chain_tail(conn: psycopg.Connection[Any]) -> tuple[int, str]:
@@ -68,16 +73,18 @@ def write_batch(
     """Commit ``rows`` after the chain's tail in one transaction; returns the new tail.
 
     ``conn`` is in autocommit mode (the transaction is this function's). On any error nothing of
-    the batch is kept. With ``skip_stored``, rows whose ``event_id`` is stored already are left
-    out (they were committed by an attempt whose acknowledgement was lost).
+    the batch is kept. With ``skip_stored``, rows stored already — the same ``event_id`` holding
+    the same entry — are left out (an attempt whose acknowledgement was lost committed them). A
+    row whose ``event_id`` holds a *different* entry stays in: the server refuses it, and the
+    writer sets it aside, never drops it.
     """
     with conn.transaction():
         lock_chain(conn, lock_key)
         tail = chain_tail(conn)
         if skip_stored and rows:
             found = conn.execute(_STORED_SQL, ([row.event_id for row in rows],)).fetchall()
-            stored = {event_id for (event_id,) in found}
-            rows = [row for row in rows if row.event_id not in stored]
+            stored = {Row(*values) for values in found}
+            rows = [row for row in rows if row not in stored]
         if not rows:
             return tail
         params: list[Any] = []
