@@ -1,16 +1,19 @@
-"""The demo: a simulated desktop tool whose domain events are audited into an SQLite file.
+"""The demo: a simulated desktop tool whose domain events are audited into a trail.
 
 It is the engine's main job in miniature: events go through an :class:`EventBus` to an
 :class:`AuditService`, which writes them behind the caller's back in batched transactions.
 
 Simulated entries must never land in a real trail, where they could not be removed without
 breaking the chain: the demo writes only to a new file, which it marks as its own (SQLite's
-``application_id`` in the file header), or to a file an earlier demo marked.
+``application_id`` in the file header), or to a file an earlier demo marked. On PostgreSQL the
+same rule holds for the database's trail: the demo creates it with a mark in
+``audit_engine_meta``, or appends to a trail that carries the mark; any other trail is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import random
 import sqlite3
@@ -25,7 +28,8 @@ from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, Operation, Outcome
 from audit_engine.pipeline.bus import DomainEvent, EventBus
 from audit_engine.pipeline.service import AuditService
-from audit_engine.settings import AuditSettings
+from audit_engine.settings import AuditSettings, mask_url
+from audit_engine.storage import backends
 from audit_engine.storage.store import AuditStore
 
 DEFAULT_DATABASE = Path("audit-demo.db")
@@ -61,7 +65,7 @@ class DemoReport(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    database: Path
+    database: Path | str  # a path, or a URL without its password
     events_emitted: int
     accepted: int
     filtered: int
@@ -113,12 +117,18 @@ def is_demo_database(path: Path) -> bool:
     )
 
 
-def prepare_database(path: Path) -> None:
+def prepare_database(path: Path | str) -> None:
     """Create ``path`` marked as the demo's, or check an existing file is the demo's own.
 
     Anything else (a real trail, another application's database, any other file) raises
-    :class:`AuditStoreError` and is left exactly as it was.
+    :class:`AuditStoreError` and is left exactly as it was. A PostgreSQL URL: the trail in that
+    database is created marked, or must carry an earlier demo's mark.
     """
+    if isinstance(path, str):
+        backends.postgres()  # psycopg missing: the error that names the extra
+        # Imported by name like the backend itself: only a URL needs psycopg.
+        importlib.import_module("audit_engine.storage.postgres.demo_mark").claim_for_demo(path)
+        return
     try:
         if is_demo_database(path):
             return
@@ -150,7 +160,7 @@ def _create_marked(path: Path) -> None:
 
 
 def run_demo(
-    database: Path = DEFAULT_DATABASE,
+    database: Path | str = DEFAULT_DATABASE,
     events: int = DEFAULT_EVENTS,
     *,
     seed: int = 7,
@@ -160,11 +170,13 @@ def run_demo(
 
     The audit policy comes from the environment (``AUDIT_TRAIL_*``), so with the default level
     ``writes_only`` the reads are filtered out, except the critical privileged read.
-    ``database`` must not exist yet or be one an earlier demo made (see :func:`prepare_database`).
+    ``database`` (a path or a ``postgresql://`` URL) must not hold a trail yet or hold one an
+    earlier demo made (see :func:`prepare_database`).
     """
     if events < 1:
         raise ValueError(f"events must be at least 1 (got {events})")
-    database = Path(database)
+    if not isinstance(database, str):
+        database = Path(database)
     prepare_database(database)
     rng = random.Random(seed)
     bus = EventBus()
@@ -203,7 +215,7 @@ def run_demo(
         )
         by_operation = Counter({op.value: store.count(operation=op) for op in Operation})
     return DemoReport(
-        database=database,
+        database=mask_url(database) if isinstance(database, str) else database,
         events_emitted=events,
         accepted=stats.accepted,
         filtered=stats.filtered_by_level + stats.excluded + stats.sampled_out + stats.deduplicated,

@@ -11,7 +11,7 @@ import click
 
 from audit_engine.cli.bench import SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
 from audit_engine.cli.demo import DEFAULT_DATABASE, DEFAULT_EVENTS, run_demo
-from audit_engine.cli.output import progress, root_database
+from audit_engine.cli.output import DatabaseParam, progress, root_database
 from audit_engine.storage.store import AuditStore
 
 
@@ -56,10 +56,11 @@ def stats(ctx: click.Context, as_json: bool) -> None:
 @click.option(
     "--db",
     "database",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=DatabaseParam(),
     default=None,
-    help="SQLite file for the demo's trail: a new file, or one an earlier demo made (any other "
-    f"file is refused, untouched) [default: the global --db if given, else {DEFAULT_DATABASE}]",
+    help="SQLite file or postgresql:// URL for the demo's trail: a new file (a database without "
+    "an audit trail), or one an earlier demo made (anything else is refused, untouched) "
+    f"[default: the global --db if given, else {DEFAULT_DATABASE}]",
 )
 @click.option(
     "--events",
@@ -69,11 +70,14 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     help="How many domain events the simulated tool emits.",
 )
 @click.pass_context
-def demo(ctx: click.Context, database: Path | None, events: int) -> None:
+def demo(ctx: click.Context, database: Path | str | None, events: int) -> None:
     """Run a simulated desktop tool whose events are audited, then show what was written.
 
     The simulated entries go only to a new file, which the demo marks as its own, or to a file an
     earlier demo made: a real trail (from --db or AUDIT_TRAIL_DATABASE) is refused, untouched.
+    On PostgreSQL the demo creates the trail in a database that has none, marked as the demo's
+    (in audit_engine_meta); running it again appends to that trail; a database holding any other
+    audit trail is refused, untouched.
     """
     root = ctx.find_root()
     explicit = root.get_parameter_source("database") != click.core.ParameterSource.DEFAULT
@@ -92,7 +96,7 @@ def demo(ctx: click.Context, database: Path | None, events: int) -> None:
         f"{report.events_per_s:,.0f} events/s end to end"
     )
     by_op = ", ".join(f"{op} {n}" for op, n in sorted(report.by_operation.items()))
-    click.echo(f"  rows in the file: {report.rows_in_file} ({by_op})")
+    click.echo(f"  rows in the trail: {report.rows_in_file} ({by_op})")
     click.echo(f"  verify: {report.verify}")
     click.echo("  latest entries:")
     for entry in report.latest:

@@ -21,11 +21,12 @@ from audit_engine.cli import demo as demo_module
 from audit_engine.cli import main
 from audit_engine.cli.demo import DemoReport, is_demo_database, prepare_database, run_demo
 from audit_engine.errors import AuditStoreError
+from audit_engine.settings import mask_url
 
 SUMMARY = re.compile(
     r"accepted (\d+), filtered (\d+), written (\d+) in (\d+) batches, dead-lettered (\d+)"
 )
-ROWS = re.compile(r"rows in the file: (\d+) \((.*)\)")
+ROWS = re.compile(r"rows in the trail: (\d+) \((.*)\)")
 
 
 @pytest.fixture
@@ -238,7 +239,7 @@ def test_demo_reuses_the_file_an_earlier_demo_made(runner: CliRunner, tmp_path: 
     second = runner.invoke(main, ["demo", "--db", str(database), "--events", "10"])
 
     assert (first.exit_code, second.exit_code) == (0, 0), second.output
-    assert "rows in the file: 20 (" in second.output
+    assert "rows in the trail: 20 (" in second.output
     assert "verify: ok, 20 rows chained" in second.output
     assert is_demo_database(database)
     assert stat.S_IMODE(database.stat().st_mode) == 0o600
@@ -430,3 +431,47 @@ def test_run_demo_needs_at_least_one_event(tmp_path: Path, events: int) -> None:
         run_demo(database, events)
 
     assert not database.exists()
+
+
+# -- a PostgreSQL database ---------------------------------------------------------------------
+
+
+def _with_password(url: str) -> str:
+    # The test server trusts local connections: the password only shows whether it leaks.
+    return url.replace("postgresql://postgres@", "postgresql://postgres:s3cret-pw@", 1)
+
+
+def test_demo_on_a_url_creates_a_marked_trail_and_appends_on_a_second_run(
+    runner: CliRunner, pg_schema_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))  # the URL's dead-letter default
+    url = _with_password(pg_schema_url)
+
+    first = runner.invoke(main, ["demo", "--db", url, "--events", "20"])
+    second = runner.invoke(main, ["--db", url, "demo", "--events", "20"])
+
+    assert (first.exit_code, second.exit_code) == (0, 0), first.output + second.output
+    assert first.output.startswith(f"Audited 20 events into {mask_url(url)}\n")
+    assert "s3cret-pw" not in first.output + second.output
+    assert ROWS.search(first.output)[1] == "20"  # type: ignore[index]
+    assert ROWS.search(second.output)[1] == "40"  # type: ignore[index]
+    assert "verify: ok, 40 rows chained" in second.output
+
+
+def test_demo_refuses_a_url_holding_a_trail_it_did_not_make(
+    runner: CliRunner, pg_schema_url: str
+) -> None:
+    settings = AuditSettings(database=pg_schema_url, cleanup_enabled=False)
+    with AuditService(settings) as audit:
+        audit.record(action="real.entry")
+
+    result = runner.invoke(main, ["--db", pg_schema_url, "demo", "--events", "5"])
+
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"Error: {mask_url(pg_schema_url)} holds an audit trail the demo did not make: it "
+        "writes simulated entries only to a database without one, or to a trail an earlier "
+        "demo made; choose another --db\n"
+    )
+    with AuditStore(pg_schema_url) as store:
+        assert [entry.action for entry in store.query()] == ["real.entry"]
