@@ -159,3 +159,40 @@ def test_python_dash_m_help_lists_every_command(tmp_path: Path) -> None:
     assert {"demo", "replay-deadletter"} <= set(commands)
     assert "cli-docs" not in commands
     assert list(tmp_path.iterdir()) == []
+
+
+# -- a PostgreSQL URL that cannot be used ------------------------------------------------------
+
+UNREACHABLE = "postgresql://auditor:s3cret-pw@127.0.0.1:1/trail"  # nothing listens on port 1
+
+
+@pytest.mark.sqlite_only  # the URL is given on the command line: one run is enough
+@pytest.mark.parametrize("command", [["query"], ["init"], ["verify"], ["demo", "--events", "1"]])
+def test_an_unreachable_server_is_one_error_line_without_the_password(
+    cli: Cli, command: list[str]
+) -> None:
+    result = cli.run("--db", UNREACHABLE, *command, code=1, db=False)
+
+    assert result.output.startswith(
+        "Error: cannot connect to postgresql://auditor:***@127.0.0.1:1/trail: "
+    )
+    assert "s3cret-pw" not in result.output
+
+
+def test_a_url_without_psycopg_installed_names_the_extra(tmp_path: Path) -> None:
+    """``import psycopg`` fails in the child, as it does where the extra is not installed."""
+    wrapper = "import sys; sys.modules['psycopg'] = None; from audit_engine.cli import main; main()"
+
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, "--db", UNREACHABLE, "query"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == (
+        "Error: a postgresql:// database needs the PostgreSQL backend, which needs psycopg: "
+        "pip install 'audit-engine[postgres]'\n"
+    )
