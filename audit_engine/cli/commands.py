@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from audit_engine.cli.copy import copy
 from audit_engine.cli.output import (
     CountParam,
     DatabaseParam,
@@ -415,6 +416,7 @@ main.add_command(record)
 main.add_command(stats)
 main.add_command(demo)
 main.add_command(bench)
+main.add_command(copy)
 
 
 @main.command("cli-docs", hidden=True)
