@@ -95,10 +95,25 @@ _STEPS: tuple[tuple[str, ...], ...] = (_V1,)
 assert len(_STEPS) == SCHEMA_VERSION
 
 
+# The first table of this name along the search_path, read from pg_class with the statement's
+# own snapshot. Not to_regclass: it resolves through the backend's catalog cache, which inside an
+# open transaction (an injected connection) may still miss tables another session committed
+# since; a migration re-checking under the lock would then create them a second time.
+_LOOKUP_SQL = (
+    "SELECT c.oid::bigint FROM pg_catalog.pg_class c "
+    "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE c.relname = %s AND n.nspname = ANY(current_schemas(false)) "
+    "ORDER BY array_position(current_schemas(false), n.nspname) LIMIT 1"
+)
+
+
+def _lookup(conn: psycopg.Connection[Any], name: str) -> int | None:
+    found = conn.execute(_LOOKUP_SQL, (name,)).fetchone()
+    return None if found is None else int(found[0])
+
+
 def _has_table(conn: psycopg.Connection[Any], name: str) -> bool:
-    # to_regclass resolves through the search_path: the table the engine's SQL would use.
-    found = conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()
-    return found is not None and found[0] is not None
+    return _lookup(conn, name) is not None
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int:
@@ -145,10 +160,10 @@ def _refuse_newer(version: int) -> None:
 
 def table_oid(conn: psycopg.Connection[Any]) -> int:
     """The entries table's oid (the key of the chain's advisory lock)."""
-    row = conn.execute("SELECT to_regclass(%s)::oid", (TABLE,)).fetchone()
-    if row is None or row[0] is None:
+    oid = _lookup(conn, TABLE)
+    if oid is None:
         raise AuditStoreError(f"no {TABLE} table in this PostgreSQL schema")
-    return int(row[0])
+    return oid
 
 
 def chain_versions(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
