@@ -94,3 +94,14 @@ def pg_url(pg_cluster: PgCluster) -> Iterator[str]:
     url = pg_cluster.create_database()
     yield url
     pg_cluster.drop_database(url.rsplit("/", 1)[1])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def trail_db(request: pytest.FixtureRequest, db_path: Path) -> Path | str:
+    """The test's trail on each backend in turn: the SQLite file's path, or a fresh database's
+    URL (the server starts only when a PostgreSQL case runs). Nothing is created yet; the
+    ``trails`` helpers (tests/unit/trails.py) run raw SQL on either."""
+    if request.param == "sqlite":
+        return db_path
+    url: str = request.getfixturevalue("pg_url")
+    return url
