@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trails
 from support import rows_of
 
 from audit_engine import AuditEntry, AuditService, AuditStore, AuditStoreError
@@ -47,18 +48,13 @@ CSV_HEADER = (
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _query(db_path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        return conn.execute(sql, params).fetchall()
+def _query(db_path: Path | str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    return trails.query(db_path, sql, params)
 
 
-def _tamper(db_path: Path, *statements: str | tuple[str, Sequence[Any]]) -> None:
-    """Change the file behind the engine's back, as an attacker with write access would."""
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        for statement in statements:
-            sql, params = (statement, ()) if isinstance(statement, str) else statement
-            conn.execute(sql, params)
-        conn.commit()
+def _tamper(db_path: Path | str, *statements: str | tuple[str, Sequence[Any]]) -> None:
+    """Change the trail behind the engine's back, as an attacker with write access would."""
+    trails.execute(db_path, *statements)
 
 
 def _verify(db_path: Path, expected_head: ChainHead | None = None) -> VerifyReport:
@@ -71,16 +67,13 @@ def _head(db_path: Path) -> ChainHead | None:
         return audit.head()
 
 
-def _row(db_path: Path, row_id: int) -> tuple[Any, ...]:
-    return _query(
-        db_path, f"SELECT id, {STORED}, prev_hash, hash FROM audit_entries WHERE id = ?", (row_id,)
-    )[0]
+def _row(db_path: Path | str, row_id: int) -> tuple[Any, ...]:
+    select = trails.stored_row(db_path)
+    return _query(db_path, f"SELECT {select} FROM audit_entries WHERE id = ?", (row_id,))[0]
 
 
-@pytest.fixture
-def written(make_service: MakeService, db_path: Path) -> Path:
-    """ROWS entries written by the async writer in small batches, service closed."""
-    service = make_service(cleanup_enabled=False, buffer_max_size=3)
+def _write_trail(make_service: MakeService, database: Path | str) -> Path | str:
+    service = make_service(database=database, cleanup_enabled=False, buffer_max_size=3)
     for n in range(1, ROWS + 1):
         service.record(
             event_id=f"evt-{n}",
@@ -95,7 +88,20 @@ def written(make_service: MakeService, db_path: Path) -> Path:
             critical=n == 3,
         )
     assert service.close(timeout=10) is True
-    return db_path
+    return database
+
+
+@pytest.fixture
+def written(make_service: MakeService, trail_db: Path | str) -> Path | str:
+    """ROWS entries written by the async writer in small batches, service closed; on each
+    backend."""
+    return _write_trail(make_service, trail_db)
+
+
+@pytest.fixture
+def written_file(make_service: MakeService, db_path: Path) -> Path | str:
+    """As ``written``, SQLite only: for tampering that needs SQLite's types (a BLOB, a NUL)."""
+    return _write_trail(make_service, db_path)
 
 
 def _forged_row(
@@ -127,7 +133,7 @@ def _forged_row(
 # -- an untouched chain -------------------------------------------------------------------------
 
 
-def test_a_service_written_chain_verifies(written: Path) -> None:
+def test_a_service_written_chain_verifies(written: Path | str) -> None:
     last = _row(written, ROWS)
 
     report = _verify(written)
@@ -137,8 +143,8 @@ def test_a_service_written_chain_verifies(written: Path) -> None:
     )
 
 
-def test_every_row_links_to_the_one_before(written: Path) -> None:
-    rows = _query(written, f"SELECT id, {STORED}, prev_hash, hash FROM audit_entries ORDER BY id")
+def test_every_row_links_to_the_one_before(written: Path | str) -> None:
+    rows = _query(written, f"SELECT {trails.stored_row(written)} FROM audit_entries ORDER BY id")
 
     assert [row[0] for row in rows] == list(range(1, ROWS + 1))
     assert rows[0][-2] == GENESIS_HASH
@@ -151,7 +157,7 @@ def test_every_row_links_to_the_one_before(written: Path) -> None:
         assert row[-1] == hashlib.sha256(canonical).hexdigest()
 
 
-def test_head(written: Path, db_path: Path) -> None:
+def test_head(written: Path | str, db_path: Path) -> None:
     assert _head(written) == ChainHead(id=ROWS, hash=_row(written, ROWS)[-1])
 
 
@@ -162,17 +168,17 @@ def test_head_of_an_empty_database(db_path: Path) -> None:
     assert _verify(db_path) == VerifyReport(ok=True, rows_checked=0)
 
 
-def test_verify_against_the_current_head(written: Path) -> None:
+def test_verify_against_the_current_head(written: Path | str) -> None:
     head = _head(written)
 
     assert _verify(written, expected_head=head).ok is True
 
 
 def test_verify_against_an_older_head_after_more_writes(
-    written: Path, make_service: MakeService
+    written: Path | str, make_service: MakeService
 ) -> None:
     head = _head(written)
-    service = make_service(async_writes=False, cleanup_enabled=False)
+    service = make_service(database=written, async_writes=False, cleanup_enabled=False)
     service.record(action="later", event_id="later-1")
     service.close()
 
@@ -193,20 +199,23 @@ MODIFIED_3 = "row 3 was modified (its hash does not match its contents)"
         pytest.param("UPDATE audit_entries SET actor = 'mallory' WHERE id = 3", id="actor"),
         pytest.param("UPDATE audit_entries SET actor = NULL WHERE id = 3", id="actor-null"),
         pytest.param(
-            "UPDATE audit_entries SET details = replace(details, 'zoë', 'zoe') WHERE id = 3",
+            "UPDATE audit_entries SET {details} = replace({details}, 'zoë', 'zoe') WHERE id = 3",
             id="details",
         ),
         pytest.param(
             "UPDATE audit_entries SET timestamp = '2024-05-01T12:03:00.000001Z' WHERE id = 3",
             id="timestamp",
         ),
-        pytest.param("UPDATE audit_entries SET critical = 0 WHERE id = 3", id="critical"),
+        pytest.param(
+            "UPDATE audit_entries SET critical = NOT critical WHERE id = 3", id="critical"
+        ),
         pytest.param("UPDATE audit_entries SET outcome = 'failure' WHERE id = 3", id="outcome"),
         pytest.param("UPDATE audit_entries SET event_id = 'evt-x' WHERE id = 3", id="event_id"),
         pytest.param("UPDATE audit_entries SET hash = ? WHERE id = 3", id="hash"),
     ],
 )
-def test_a_modified_field_is_detected(written: Path, update: str) -> None:
+def test_a_modified_field_is_detected(written: Path | str, update: str) -> None:
+    update = update.replace("{details}", trails.details_column(written))
     _tamper(written, (update, ("a" * 64,)) if "?" in update else update)
 
     report = _verify(written)
@@ -218,7 +227,7 @@ def test_a_modified_field_is_detected(written: Path, update: str) -> None:
     assert report.head is None
 
 
-def test_a_modified_prev_hash_is_detected(written: Path) -> None:
+def test_a_modified_prev_hash_is_detected(written: Path | str) -> None:
     _tamper(written, ("UPDATE audit_entries SET prev_hash = ? WHERE id = 5", ("b" * 64,)))
 
     report = _verify(written)
@@ -227,7 +236,7 @@ def test_a_modified_prev_hash_is_detected(written: Path) -> None:
     assert report.reason == "row 5 does not link to the row before it (prev_hash mismatch)"
 
 
-def test_a_modified_row_with_a_recomputed_hash_breaks_the_next_link(written: Path) -> None:
+def test_a_modified_row_with_a_recomputed_hash_breaks_the_next_link(written: Path | str) -> None:
     row = list(_row(written, 3))
     row[3] = "mallory"
     new_hash = row_hash(row[:-1])
@@ -244,12 +253,12 @@ def test_a_modified_row_with_a_recomputed_hash_breaks_the_next_link(written: Pat
 CONTROL_4 = "row 4 was modified (it holds a control character the engine never writes)"
 
 
-def test_a_null_field_changed_to_a_nul_character_is_detected(written: Path) -> None:
+def test_a_null_field_changed_to_a_nul_character_is_detected(written_file: Path | str) -> None:
     # NULL is "\x00" in the canonical form: the text "\x00" in its place keeps the same hash.
-    _tamper(written, "UPDATE audit_entries SET actor = char(0) WHERE id = 4")  # actor was NULL
-    assert _query(written, "SELECT actor FROM audit_entries WHERE id = 4") == [("\x00",)]
+    _tamper(written_file, "UPDATE audit_entries SET actor = char(0) WHERE id = 4")  # actor was NULL
+    assert _query(written_file, "SELECT actor FROM audit_entries WHERE id = 4") == [("\x00",)]
 
-    report = _verify(written)
+    report = _verify(written_file)
 
     assert (report.ok, report.first_bad_id, report.rows_checked) == (False, 4, 3)
     assert report.reason == CONTROL_4
@@ -262,27 +271,29 @@ def test_a_null_field_changed_to_a_nul_character_is_detected(written: Path) -> N
         pytest.param("'a' || char(0)", id="nul-inside"),
     ],
 )
-def test_a_field_holding_a_control_character_is_detected(written: Path, value: str) -> None:
-    _tamper(written, f"UPDATE audit_entries SET resource_id = {value} WHERE id = 4")
+def test_a_field_holding_a_control_character_is_detected(
+    written_file: Path | str, value: str
+) -> None:
+    _tamper(written_file, f"UPDATE audit_entries SET resource_id = {value} WHERE id = 4")
 
-    report = _verify(written)
+    report = _verify(written_file)
 
     assert (report.ok, report.first_bad_id) == (False, 4)
     assert report.reason == CONTROL_4
 
 
-def test_a_value_of_another_type_is_detected(written: Path) -> None:
+def test_a_value_of_another_type_is_detected(written_file: Path | str) -> None:
     # The same characters as a BLOB: not a value the engine writes (and not text to join).
-    _tamper(written, "UPDATE audit_entries SET resource_id = CAST('7' AS BLOB) WHERE id = 7")
-    assert _query(written, "SELECT resource_id FROM audit_entries WHERE id = 7") == [(b"7",)]
+    _tamper(written_file, "UPDATE audit_entries SET resource_id = CAST('7' AS BLOB) WHERE id = 7")
+    assert _query(written_file, "SELECT resource_id FROM audit_entries WHERE id = 7") == [(b"7",)]
 
-    report = _verify(written)
+    report = _verify(written_file)
 
     assert (report.ok, report.first_bad_id, report.rows_checked) == (False, 7, 6)
     assert report.reason == "row 7 was modified (its hash does not match its contents)"
 
 
-def test_a_deleted_middle_row_is_detected(written: Path) -> None:
+def test_a_deleted_middle_row_is_detected(written: Path | str) -> None:
     _tamper(written, "DELETE FROM audit_entries WHERE id = 4")
 
     report = _verify(written)
@@ -295,7 +306,7 @@ def test_a_deleted_middle_row_is_detected(written: Path) -> None:
     )
 
 
-def test_deleted_middle_rows_are_detected(written: Path) -> None:
+def test_deleted_middle_rows_are_detected(written: Path | str) -> None:
     _tamper(written, "DELETE FROM audit_entries WHERE id BETWEEN 3 AND 6")
 
     report = _verify(written)
@@ -304,7 +315,7 @@ def test_deleted_middle_rows_are_detected(written: Path) -> None:
     assert report.reason == "rows 3..6 are missing (deleted from the chain)"
 
 
-def test_a_deleted_first_row_is_detected(written: Path) -> None:
+def test_a_deleted_first_row_is_detected(written: Path | str) -> None:
     _tamper(written, "DELETE FROM audit_entries WHERE id = 1")
 
     report = _verify(written)
@@ -313,10 +324,10 @@ def test_a_deleted_first_row_is_detected(written: Path) -> None:
     assert report.reason == "row 1 is missing (deleted from the chain)"
 
 
-def test_a_forged_row_after_the_end_with_a_wrong_link_is_detected(written: Path) -> None:
-    _tamper(written, _forged_row(ROWS + 1, prev_hash="c" * 64))
+def test_a_forged_row_after_the_end_with_a_wrong_link_is_detected(written_file: Path | str) -> None:
+    _tamper(written_file, _forged_row(ROWS + 1, prev_hash="c" * 64))
 
-    report = _verify(written)
+    report = _verify(written_file)
 
     assert (report.ok, report.first_bad_id, report.rows_checked) == (False, ROWS + 1, ROWS)
     assert report.reason == (
@@ -324,40 +335,40 @@ def test_a_forged_row_after_the_end_with_a_wrong_link_is_detected(written: Path)
     )
 
 
-def test_a_forged_row_after_the_end_with_a_wrong_hash_is_detected(written: Path) -> None:
-    tail_hash = _row(written, ROWS)[-1]
-    _tamper(written, _forged_row(ROWS + 1, prev_hash=tail_hash, hash_="d" * 64))
+def test_a_forged_row_after_the_end_with_a_wrong_hash_is_detected(written_file: Path | str) -> None:
+    tail_hash = _row(written_file, ROWS)[-1]
+    _tamper(written_file, _forged_row(ROWS + 1, prev_hash=tail_hash, hash_="d" * 64))
 
-    report = _verify(written)
+    report = _verify(written_file)
 
     assert (report.ok, report.first_bad_id) == (False, ROWS + 1)
     assert report.reason == f"row {ROWS + 1} was modified (its hash does not match its contents)"
 
 
-def test_a_forged_row_beyond_a_gap_is_detected(written: Path) -> None:
-    _tamper(written, _forged_row(ROWS + 5, prev_hash=_row(written, ROWS)[-1]))
+def test_a_forged_row_beyond_a_gap_is_detected(written_file: Path | str) -> None:
+    _tamper(written_file, _forged_row(ROWS + 5, prev_hash=_row(written_file, ROWS)[-1]))
 
-    report = _verify(written)
+    report = _verify(written_file)
 
     assert report.first_bad_id == ROWS + 5
     assert report.reason == f"rows {ROWS + 1}..{ROWS + 4} are missing (deleted from the chain)"
 
 
-def test_a_correctly_hashed_row_forged_into_a_gap_is_detected(written: Path) -> None:
+def test_a_correctly_hashed_row_forged_into_a_gap_is_detected(written_file: Path | str) -> None:
     # The attacker replaces row 4 and even hashes it properly: row 5 no longer links.
-    prev = _row(written, 3)[-1]
-    _tamper(written, "DELETE FROM audit_entries WHERE id = 4", _forged_row(4, prev_hash=prev))
+    prev = _row(written_file, 3)[-1]
+    _tamper(written_file, "DELETE FROM audit_entries WHERE id = 4", _forged_row(4, prev_hash=prev))
 
-    report = _verify(written)
+    report = _verify(written_file)
 
     assert (report.ok, report.first_bad_id, report.rows_checked) == (False, 5, 4)
     assert report.reason == "row 5 does not link to the row before it (prev_hash mismatch)"
 
 
-def test_a_forged_row_before_the_first_is_detected(written: Path) -> None:
-    _tamper(written, _forged_row(0, prev_hash=GENESIS_HASH))
+def test_a_forged_row_before_the_first_is_detected(written_file: Path | str) -> None:
+    _tamper(written_file, _forged_row(0, prev_hash=GENESIS_HASH))
 
-    report = _verify(written)
+    report = _verify(written_file)
 
     assert (report.ok, report.first_bad_id, report.rows_checked) == (False, 0, 0)
     assert report.reason == "row 0 comes before the chain's starting point (id 0)"
@@ -380,32 +391,32 @@ def _swap(db_path: Path, a: int, b: int, columns: Sequence[str]) -> None:
 ALL_BUT_ID = [c.strip() for c in STORED.split(",")] + ["prev_hash", "hash"]
 
 
-def test_swapped_rows_are_detected(written: Path) -> None:
-    before = {n: _row(written, n) for n in (3, 6)}
-    _swap(written, 3, 6, ALL_BUT_ID)
-    assert _row(written, 3)[1:] == before[6][1:]  # the swap did happen
-    assert _row(written, 6)[1:] == before[3][1:]
+def test_swapped_rows_are_detected(written_file: Path | str) -> None:
+    before = {n: _row(written_file, n) for n in (3, 6)}
+    _swap(written_file, 3, 6, ALL_BUT_ID)
+    assert _row(written_file, 3)[1:] == before[6][1:]  # the swap did happen
+    assert _row(written_file, 6)[1:] == before[3][1:]
 
-    report = _verify(written)
+    report = _verify(written_file)
 
     assert (report.ok, report.first_bad_id, report.rows_checked) == (False, 3, 2)
     assert report.reason == "row 3 does not link to the row before it (prev_hash mismatch)"
 
 
 def test_adjacent_rows_swapped_with_their_hashes_kept_in_place_are_detected(
-    written: Path,
+    written_file: Path | str,
 ) -> None:
     fields = [c.strip() for c in STORED.split(",")]
-    _swap(written, 4, 5, fields)
-    assert _row(written, 4)[1] == "evt-5"
+    _swap(written_file, 4, 5, fields)
+    assert _row(written_file, 4)[1] == "evt-5"
 
-    report = _verify(written)
+    report = _verify(written_file)
 
     assert (report.ok, report.first_bad_id) == (False, 4)
     assert report.reason == "row 4 was modified (its hash does not match its contents)"
 
 
-def test_truncation_is_detected_only_against_an_expected_head(written: Path) -> None:
+def test_truncation_is_detected_only_against_an_expected_head(written: Path | str) -> None:
     head = _head(written)
     _tamper(written, f"DELETE FROM audit_entries WHERE id > {ROWS - 2}")
 
@@ -425,23 +436,23 @@ def test_truncation_is_detected_only_against_an_expected_head(written: Path) -> 
     )
 
 
-def test_a_rewritten_tail_is_detected_against_an_expected_head(written: Path) -> None:
-    head = _head(written)
-    prev = _row(written, ROWS - 1)[-1]
+def test_a_rewritten_tail_is_detected_against_an_expected_head(written_file: Path | str) -> None:
+    head = _head(written_file)
+    prev = _row(written_file, ROWS - 1)[-1]
     _tamper(
-        written,
+        written_file,
         f"DELETE FROM audit_entries WHERE id = {ROWS}",
         _forged_row(ROWS, prev_hash=prev),
     )
-    assert _verify(written).ok is True  # a well-forged tail is a valid chain on its own
+    assert _verify(written_file).ok is True  # a well-forged tail is a valid chain on its own
 
-    report = _verify(written, expected_head=head)
+    report = _verify(written_file, expected_head=head)
 
     assert (report.ok, report.first_bad_id) == (False, ROWS)
     assert report.reason == f"row {ROWS} differs from the expected head (hash mismatch)"
 
 
-def test_verify_does_not_leave_a_transaction_open(written: Path) -> None:
+def test_verify_does_not_leave_a_transaction_open(written: Path | str) -> None:
     with AuditStore(written) as audit:
         audit.verify()
         # A read snapshot left open by the first verify() would hide this change.
@@ -525,7 +536,7 @@ def test_concurrent_sync_and_async_threads_extend_one_chain(
 # -- export -------------------------------------------------------------------------------------
 
 
-def test_export_jsonl_keeps_every_stored_field_and_the_hashes(written: Path) -> None:
+def test_export_jsonl_keeps_every_stored_field_and_the_hashes(written: Path | str) -> None:
     with AuditStore(written) as audit:
         lines = list(audit.export())
 
@@ -571,7 +582,7 @@ def test_export_jsonl_keeps_every_stored_field_and_the_hashes(written: Path) -> 
     assert verify_exported_lines(lines) == _verify(written)
 
 
-def test_export_csv(written: Path) -> None:
+def test_export_csv(written: Path | str) -> None:
     with AuditStore(written) as audit:
         lines = list(audit.export(fmt="csv"))
 
@@ -579,7 +590,7 @@ def test_export_csv(written: Path) -> None:
     assert len(lines) == ROWS + 1
     assert all(line.endswith("\n") for line in lines)
     parsed = list(csv.reader(lines))
-    stored = _query(written, f"SELECT id, {STORED}, prev_hash, hash FROM audit_entries ORDER BY id")
+    stored = _query(written, f"SELECT {trails.stored_row(written)} FROM audit_entries ORDER BY id")
     # `critical` reads as in `query` output (true/false, issue 11 item 20), the rest as stored.
     assert parsed[1:] == [
         [
@@ -600,7 +611,7 @@ def test_export_of_an_empty_database(db_path: Path) -> None:
         assert list(audit.export(fmt="csv")) == [CSV_HEADER]
 
 
-def test_export_is_a_lazy_stream(written: Path) -> None:
+def test_export_is_a_lazy_stream(written: Path | str) -> None:
     with AuditStore(written) as audit:
         lines = audit.export()
         assert iter(lines) is lines  # a generator, not a list built in memory
@@ -609,7 +620,7 @@ def test_export_is_a_lazy_stream(written: Path) -> None:
         assert sum(1 for _ in lines) == ROWS - 1
 
 
-def test_export_since_until_range_verifies_offline_from_the_row_before(written: Path) -> None:
+def test_export_since_until_range_verifies_offline_from_the_row_before(written: Path | str) -> None:
     since, until = T0 + timedelta(minutes=3), T0 + timedelta(minutes=7)
     before = _row(written, 2)
 
@@ -625,7 +636,7 @@ def test_export_since_until_range_verifies_offline_from_the_row_before(written: 
     assert (wrong_start.ok, wrong_start.first_bad_id) == (False, 3)
 
 
-def test_a_tampered_export_fails_offline(written: Path) -> None:
+def test_a_tampered_export_fails_offline(written: Path | str) -> None:
     with AuditStore(written) as audit:
         lines = list(audit.export())
     record = json.loads(lines[4])
@@ -638,7 +649,7 @@ def test_a_tampered_export_fails_offline(written: Path) -> None:
     assert report.reason == "row 5 was modified (its hash does not match its contents)"
 
 
-def test_a_filtered_export_is_not_a_contiguous_range(written: Path) -> None:
+def test_a_filtered_export_is_not_a_contiguous_range(written: Path | str) -> None:
     with AuditStore(written) as audit:
         lines = list(audit.export(actor="bob"))
 
@@ -648,7 +659,7 @@ def test_a_filtered_export_is_not_a_contiguous_range(written: Path) -> None:
     assert report.reason == "rows 3..5 are missing (deleted from the chain)"
 
 
-def test_export_filters(written: Path) -> None:
+def test_export_filters(written: Path | str) -> None:
     with AuditStore(written) as audit:
         alice_csv = list(audit.export(fmt="csv", correlation_id="req-1", actor="alice"))
         assert [json.loads(line)["id"] for line in audit.export(resource_id="7")] == [7]
@@ -657,14 +668,14 @@ def test_export_filters(written: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["xml", "JSONL", ""])
-def test_export_of_an_unknown_format_is_an_error(written: Path, fmt: str) -> None:
+def test_export_of_an_unknown_format_is_an_error(written: Path | str, fmt: str) -> None:
     with AuditStore(written) as audit, pytest.raises(AuditStoreError) as exc:
         audit.export(fmt=fmt)
 
     assert str(exc.value) == f"unknown export format {fmt!r}: use 'jsonl' or 'csv'"
 
 
-def test_export_with_a_naive_bound_is_an_error(written: Path) -> None:
+def test_export_with_a_naive_bound_is_an_error(written: Path | str) -> None:
     with AuditStore(written) as audit, pytest.raises(AuditStoreError) as exc:
         audit.export(since=datetime(2024, 1, 1))
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trails
 from support import rows_of
 
 from audit_engine import AuditEntry, AuditService, AuditStore, AuditStoreError, SettingsError
@@ -43,35 +44,28 @@ def _entries(timestamps: Sequence[datetime], prefix: str = "evt") -> list[AuditE
     ]
 
 
-def _write(db_path: Path, timestamps: Sequence[datetime], prefix: str = "evt") -> None:
-    conn = store.open_connection(db_path)
-    try:
-        store.write_batch(conn, rows_of(_entries(timestamps, prefix)))
-    finally:
-        conn.close()
+def _write(db_path: Path | str, timestamps: Sequence[datetime], prefix: str = "evt") -> None:
+    trails.write(db_path, _entries(timestamps, prefix))
 
 
-def _query(db_path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        return conn.execute(sql, params).fetchall()
+def _query(db_path: Path | str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    return trails.query(db_path, sql, params)
 
 
-def _execute(db_path: Path, sql: str, params: Sequence[Any] = ()) -> None:
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        conn.execute(sql, params)
-        conn.commit()
+def _execute(db_path: Path | str, sql: str, params: Sequence[Any] = ()) -> None:
+    trails.execute(db_path, (sql, params))
 
 
-def _ids(db_path: Path) -> list[int]:
+def _ids(db_path: Path | str) -> list[int]:
     return [row[0] for row in _query(db_path, "SELECT id FROM audit_entries ORDER BY id")]
 
 
-def _hash_of(db_path: Path, row_id: int) -> str:
+def _hash_of(db_path: Path | str, row_id: int) -> str:
     rows = _query(db_path, "SELECT hash FROM audit_entries WHERE id = ?", (row_id,))
     return str(rows[0][0])
 
 
-def _anchors(db_path: Path) -> list[tuple[Any, ...]]:
+def _anchors(db_path: Path | str) -> list[tuple[Any, ...]]:
     return _query(
         db_path,
         "SELECT id, last_deleted_id, last_deleted_hash, rows_deleted, cutoff, created_at "
@@ -79,7 +73,7 @@ def _anchors(db_path: Path) -> list[tuple[Any, ...]]:
     )
 
 
-def _runs(db_path: Path) -> list[tuple[Any, ...]]:
+def _runs(db_path: Path | str) -> list[tuple[Any, ...]]:
     return _query(
         db_path,
         "SELECT started_at, finished_at, cutoff, rows_deleted, batches, duration_s "
@@ -98,11 +92,11 @@ def audit_store(db_path: Path) -> Iterator[AuditStore]:
 # -- what is deleted ----------------------------------------------------------------------------
 
 
-def test_purge_deletes_old_rows_and_keeps_newer_ones(db_path: Path) -> None:
+def test_purge_deletes_old_rows_and_keeps_newer_ones(trail_db: Path | str) -> None:
     now = utcnow()
-    _write(db_path, [now - timedelta(days=60)] * 5 + [now - timedelta(days=1)] * 3)
+    _write(trail_db, [now - timedelta(days=60)] * 5 + [now - timedelta(days=1)] * 3)
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         before = utcnow()
         report = audit.purge(timedelta(days=30))
         after = utcnow()
@@ -113,7 +107,7 @@ def test_purge_deletes_old_rows_and_keeps_newer_ones(db_path: Path) -> None:
     assert report.dry_run is False
     assert report.duration_s >= 0
     assert before - timedelta(days=30) <= report.cutoff <= after - timedelta(days=30)
-    assert _ids(db_path) == [6, 7, 8]
+    assert _ids(trail_db) == [6, 7, 8]
     assert verified.ok is True
     assert verified.rows_checked == 3
 
@@ -140,16 +134,16 @@ def test_purge_with_a_cutoff_in_another_timezone(db_path: Path) -> None:
     assert _ids(db_path) == [3, 4]
 
 
-def test_purge_with_nothing_old_deletes_nothing(db_path: Path) -> None:
-    _write(db_path, [T0 + n * MINUTE for n in range(3)])
+def test_purge_with_nothing_old_deletes_nothing(trail_db: Path | str) -> None:
+    _write(trail_db, [T0 + n * MINUTE for n in range(3)])
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         report = audit.purge(T0 - MINUTE)
         assert audit.verify().ok is True
 
     assert (report.rows_deleted, report.batches) == (0, 0)
-    assert _ids(db_path) == [1, 2, 3]
-    assert _anchors(db_path) == []
+    assert _ids(trail_db) == [1, 2, 3]
+    assert _anchors(trail_db) == []
 
 
 def test_purge_of_an_empty_database(audit_store: AuditStore, db_path: Path) -> None:
@@ -162,17 +156,17 @@ def test_purge_of_an_empty_database(audit_store: AuditStore, db_path: Path) -> N
 
 @pytest.mark.parametrize(("batch_size", "batches"), [(10, 3), (25, 1), (1, 25), (None, 1)])
 def test_purge_deletes_in_batches_of_the_given_size(
-    db_path: Path, batch_size: int | None, batches: int
+    trail_db: Path | str, batch_size: int | None, batches: int
 ) -> None:
-    _write(db_path, [T0] * 25 + [T0 + timedelta(days=1)] * 2)
+    _write(trail_db, [T0] * 25 + [T0 + timedelta(days=1)] * 2)
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         report = audit.purge(T0 + MINUTE, batch_size=batch_size)
         assert audit.verify().ok is True
 
     assert report.rows_deleted == 25
     assert report.batches == batches
-    assert _ids(db_path) == [26, 27]
+    assert _ids(trail_db) == [26, 27]
 
 
 def test_each_batch_is_its_own_transaction(db_path: Path) -> None:
@@ -261,25 +255,25 @@ def test_a_batch_is_planned_again_under_the_write_lock(db_path: Path) -> None:
 # -- only a prefix ------------------------------------------------------------------------------
 
 
-def test_an_old_row_after_a_newer_one_waits(db_path: Path) -> None:
+def test_an_old_row_after_a_newer_one_waits(trail_db: Path | str) -> None:
     # Commit order: old, old, new, old (committed late), newer.
-    _write(db_path, [T0, T0 + MINUTE, T0 + 10 * MINUTE, T0 + 2 * MINUTE, T0 + 20 * MINUTE])
+    _write(trail_db, [T0, T0 + MINUTE, T0 + 10 * MINUTE, T0 + 2 * MINUTE, T0 + 20 * MINUTE])
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         first = audit.purge(T0 + 5 * MINUTE)
-        assert _ids(db_path) == [3, 4, 5]  # row 4 is old but follows the newer row 3
+        assert _ids(trail_db) == [3, 4, 5]  # row 4 is old but follows the newer row 3
 
         second = audit.purge(T0 + 15 * MINUTE)  # now row 3 is old too: 3 and 4 go
-        assert _ids(db_path) == [5]
+        assert _ids(trail_db) == [5]
         assert audit.verify().ok is True
 
     assert (first.rows_deleted, second.rows_deleted) == (2, 2)
 
 
-def test_dry_run_counts_the_prefix_and_deletes_nothing(db_path: Path) -> None:
-    _write(db_path, [T0, T0 + MINUTE, T0 + 10 * MINUTE, T0 + 2 * MINUTE])
+def test_dry_run_counts_the_prefix_and_deletes_nothing(trail_db: Path | str) -> None:
+    _write(trail_db, [T0, T0 + MINUTE, T0 + 10 * MINUTE, T0 + 2 * MINUTE])
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         report = audit.purge(T0 + 5 * MINUTE, batch_size=1, dry_run=True)
         all_old = audit.purge(T0 + 60 * MINUTE, dry_run=True)
         none_old = audit.purge(T0 - MINUTE, dry_run=True)
@@ -290,9 +284,9 @@ def test_dry_run_counts_the_prefix_and_deletes_nothing(db_path: Path) -> None:
     assert report.cutoff == T0 + 5 * MINUTE
     assert all_old.rows_deleted == 4
     assert none_old.rows_deleted == 0
-    assert _ids(db_path) == [1, 2, 3, 4]
-    assert _anchors(db_path) == []
-    assert _runs(db_path) == []
+    assert _ids(trail_db) == [1, 2, 3, 4]
+    assert _anchors(trail_db) == []
+    assert _runs(trail_db) == []
 
 
 def test_dry_run_of_an_empty_database(audit_store: AuditStore) -> None:
@@ -302,46 +296,48 @@ def test_dry_run_of_an_empty_database(audit_store: AuditStore) -> None:
 # -- anchors and runs ---------------------------------------------------------------------------
 
 
-def test_purge_records_one_anchor_per_run(db_path: Path) -> None:
-    _write(db_path, [T0] * 25 + [T0 + timedelta(days=1)] * 2)
-    last_hash = _hash_of(db_path, 25)
+def test_purge_records_one_anchor_per_run(trail_db: Path | str) -> None:
+    _write(trail_db, [T0] * 25 + [T0 + timedelta(days=1)] * 2)
+    last_hash = _hash_of(trail_db, 25)
     cutoff = T0 + MINUTE
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         before = utcnow()
         audit.purge(cutoff, batch_size=10)
         after = utcnow()
 
-    [(_, last_id, anchor_hash, rows_deleted, cutoff_text, created_at)] = _anchors(db_path)
+    [(_, last_id, anchor_hash, rows_deleted, cutoff_text, created_at)] = _anchors(trail_db)
     assert (last_id, anchor_hash, rows_deleted) == (25, last_hash, 25)
     assert cutoff_text == store.format_timestamp(cutoff) == "2024-05-01T12:01:00.000000Z"
     assert before <= datetime.fromisoformat(created_at) <= after
 
 
-def test_every_run_that_deletes_adds_an_anchor_and_verify_uses_the_last(db_path: Path) -> None:
-    _write(db_path, [T0 + n * MINUTE for n in range(6)])
+def test_every_run_that_deletes_adds_an_anchor_and_verify_uses_the_last(
+    trail_db: Path | str,
+) -> None:
+    _write(trail_db, [T0 + n * MINUTE for n in range(6)])
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         audit.purge(T0 + 2 * MINUTE)
         audit.purge(T0 + 4 * MINUTE)
         report = audit.verify()
 
-    assert [(a[1], a[3]) for a in _anchors(db_path)] == [(2, 2), (4, 2)]
+    assert [(a[1], a[3]) for a in _anchors(trail_db)] == [(2, 2), (4, 2)]
     assert report.ok is True
     assert report.rows_checked == 2
 
 
-def test_purge_keeps_each_run(db_path: Path) -> None:
-    _write(db_path, [T0] * 25 + [T0 + timedelta(days=1)])
+def test_purge_keeps_each_run(trail_db: Path | str) -> None:
+    _write(trail_db, [T0] * 25 + [T0 + timedelta(days=1)])
     cutoff = T0 + MINUTE
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         before = utcnow()
         report = audit.purge(cutoff, batch_size=10)
         empty = audit.purge(cutoff)
         after = utcnow()
 
-    runs = _runs(db_path)
+    runs = _runs(trail_db)
     assert len(runs) == 2
     started, finished, cutoff_text, rows_deleted, batches, duration_s = runs[0]
     assert before <= datetime.fromisoformat(started) <= datetime.fromisoformat(finished) <= after
@@ -368,11 +364,11 @@ def test_an_empty_run_need_not_be_recorded(db_path: Path) -> None:
 # -- the chain after a purge --------------------------------------------------------------------
 
 
-def test_verify_after_purging_everything(db_path: Path) -> None:
-    _write(db_path, [T0 + n * MINUTE for n in range(5)])
-    last_hash = _hash_of(db_path, 5)
+def test_verify_after_purging_everything(trail_db: Path | str) -> None:
+    _write(trail_db, [T0 + n * MINUTE for n in range(5)])
+    last_hash = _hash_of(trail_db, 5)
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         head_before = audit.head()
         report = audit.purge(T0 + timedelta(days=1), batch_size=2)
         verified = audit.verify()
@@ -381,7 +377,7 @@ def test_verify_after_purging_everything(db_path: Path) -> None:
 
     anchor = ChainHead(id=5, hash=last_hash)
     assert (report.rows_deleted, report.batches) == (5, 3)
-    assert _ids(db_path) == []
+    assert _ids(trail_db) == []
     assert verified.ok is True
     assert verified.rows_checked == 0
     assert verified.head == anchor
@@ -391,22 +387,22 @@ def test_verify_after_purging_everything(db_path: Path) -> None:
     assert against_old_head.first_bad_id == 5
 
 
-def test_rows_written_after_a_full_purge_chain_from_the_anchor(db_path: Path) -> None:
-    _write(db_path, [T0 + n * MINUTE for n in range(5)])
-    anchor_hash = _hash_of(db_path, 5)
-    with AuditStore(db_path) as audit:
+def test_rows_written_after_a_full_purge_chain_from_the_anchor(trail_db: Path | str) -> None:
+    _write(trail_db, [T0 + n * MINUTE for n in range(5)])
+    anchor_hash = _hash_of(trail_db, 5)
+    with AuditStore(trail_db) as audit:
         audit.purge(T0 + timedelta(days=1))
 
-    _write(db_path, [T0 + timedelta(days=2)] * 2, prefix="new")
+    _write(trail_db, [T0 + timedelta(days=2)] * 2, prefix="new")
 
-    rows = _query(db_path, "SELECT id, event_id, prev_hash FROM audit_entries ORDER BY id")
+    rows = _query(trail_db, "SELECT id, event_id, prev_hash FROM audit_entries ORDER BY id")
     assert rows[0] == (6, "new-001", anchor_hash)
     assert rows[1][:2] == (7, "new-002")
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         report = audit.verify()
     assert report.ok is True
     assert report.rows_checked == 2
-    assert report.head == ChainHead(id=7, hash=_hash_of(db_path, 7))
+    assert report.head == ChainHead(id=7, hash=_hash_of(trail_db, 7))
 
 
 def test_service_writes_after_a_full_purge_chain_from_the_anchor(
@@ -427,14 +423,14 @@ def test_service_writes_after_a_full_purge_chain_from_the_anchor(
         assert audit.verify().ok is True
 
 
-def test_a_middle_deletion_after_a_purge_is_reported(db_path: Path) -> None:
-    _write(db_path, [T0 + n * MINUTE for n in range(8)])
-    with AuditStore(db_path) as audit:
+def test_a_middle_deletion_after_a_purge_is_reported(trail_db: Path | str) -> None:
+    _write(trail_db, [T0 + n * MINUTE for n in range(8)])
+    with AuditStore(trail_db) as audit:
         audit.purge(T0 + 3 * MINUTE)
 
-    _execute(db_path, "DELETE FROM audit_entries WHERE id = 6")
+    _execute(trail_db, "DELETE FROM audit_entries WHERE id = 6")
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         report = audit.verify()
     assert report.ok is False
     assert report.first_bad_id == 7
@@ -442,25 +438,25 @@ def test_a_middle_deletion_after_a_purge_is_reported(db_path: Path) -> None:
     assert report.rows_checked == 2
 
 
-def test_deleting_the_first_row_left_after_a_purge_is_reported(db_path: Path) -> None:
-    _write(db_path, [T0 + n * MINUTE for n in range(5)])
-    with AuditStore(db_path) as audit:
+def test_deleting_the_first_row_left_after_a_purge_is_reported(trail_db: Path | str) -> None:
+    _write(trail_db, [T0 + n * MINUTE for n in range(5)])
+    with AuditStore(trail_db) as audit:
         audit.purge(T0 + 2 * MINUTE)
 
-    _execute(db_path, "DELETE FROM audit_entries WHERE id = 3")
+    _execute(trail_db, "DELETE FROM audit_entries WHERE id = 3")
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         report = audit.verify()
     assert report.ok is False
     assert report.reason == "row 3 is missing (deleted from the chain)"
 
 
-def test_deleting_old_rows_by_hand_is_not_a_purge(db_path: Path) -> None:
-    _write(db_path, [T0 + n * MINUTE for n in range(6)])
+def test_deleting_old_rows_by_hand_is_not_a_purge(trail_db: Path | str) -> None:
+    _write(trail_db, [T0 + n * MINUTE for n in range(6)])
 
-    _execute(db_path, "DELETE FROM audit_entries WHERE id <= 3")
+    _execute(trail_db, "DELETE FROM audit_entries WHERE id <= 3")
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         report = audit.verify()
     assert report.ok is False
     assert report.first_bad_id == 4
@@ -805,17 +801,17 @@ def test_the_cleanup_thread_survives_a_purge_error(
 # -- planning and contention -------------------------------------------------------------------
 
 
-def test_the_prefix_ends_inside_a_later_window(db_path: Path) -> None:
+def test_the_prefix_ends_inside_a_later_window(trail_db: Path | str) -> None:
     old = utcnow() - timedelta(days=200)
     new = utcnow()
     # 25 old rows, one new one, then old again: only the first 25 go, whatever the batch size.
-    _write(db_path, [old] * 25 + [new] + [old] * 5)
-    with AuditStore(db_path) as store:
+    _write(trail_db, [old] * 25 + [new] + [old] * 5)
+    with AuditStore(trail_db) as store:
         dry = store.purge(timedelta(days=90), batch_size=10, dry_run=True)
         report = store.purge(timedelta(days=90), batch_size=10)
         assert store.verify().ok
     assert (dry.rows_deleted, report.rows_deleted, report.batches) == (25, 25, 3)
-    assert _ids(db_path)[0] == 26
+    assert _ids(trail_db)[0] == 26
 
 
 def test_a_batch_meeting_a_busy_database_is_retried(db_path: Path) -> None:

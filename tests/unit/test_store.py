@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trails
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import rows_of
@@ -597,7 +598,21 @@ INJECTION = "' OR 1=1 --"
 @pytest.fixture
 def stored(conn: sqlite3.Connection) -> list[AuditEntry]:
     """Four entries committed in this order, one second apart from T0."""
-    entries = [
+    entries = _four_entries()
+    store.write_batch(conn, rows_of(entries))
+    return entries
+
+
+@pytest.fixture
+def stored_trail(trail_db: Path | str) -> list[AuditEntry]:
+    """The same four entries in the test's trail, on each backend."""
+    entries = _four_entries()
+    trails.write(trail_db, entries)
+    return entries
+
+
+def _four_entries() -> list[AuditEntry]:
+    return [
         _entry(
             0,
             actor="alice",
@@ -630,8 +645,6 @@ def stored(conn: sqlite3.Connection) -> list[AuditEntry]:
         ),
         _entry(3, action="job.run", resource_type="job", resource_id="9"),
     ]
-    store.write_batch(conn, rows_of(entries))
-    return entries
 
 
 FILTER_CASES = [
@@ -670,18 +683,24 @@ FILTER_CASES = [
 
 @pytest.mark.parametrize(("filters", "expected"), FILTER_CASES)
 def test_query_filters(
-    db_path: Path, stored: list[AuditEntry], filters: dict[str, Any], expected: list[int]
+    trail_db: Path | str,
+    stored_trail: list[AuditEntry],
+    filters: dict[str, Any],
+    expected: list[int],
 ) -> None:
-    with AuditStore(db_path) as reader:
-        assert reader.query(**filters) == [stored[i] for i in expected]
-        assert reader.count() == len(stored)  # the table survived whatever the filter held
+    with AuditStore(trail_db) as reader:
+        assert reader.query(**filters) == [stored_trail[i] for i in expected]
+        assert reader.count() == len(stored_trail)  # the table survived whatever the filter held
 
 
 @pytest.mark.parametrize(("filters", "expected"), FILTER_CASES)
 def test_count_uses_the_same_filters(
-    db_path: Path, stored: list[AuditEntry], filters: dict[str, Any], expected: list[int]
+    trail_db: Path | str,
+    stored_trail: list[AuditEntry],
+    filters: dict[str, Any],
+    expected: list[int],
 ) -> None:
-    with AuditStore(db_path) as reader:
+    with AuditStore(trail_db) as reader:
         assert reader.count(**filters) == len(expected)
 
 
@@ -708,10 +727,13 @@ def test_values_with_sql_in_them_are_matched_literally(
     ],
 )
 def test_query_limit_and_order(
-    db_path: Path, stored: list[AuditEntry], options: dict[str, Any], expected: list[int]
+    trail_db: Path | str,
+    stored_trail: list[AuditEntry],
+    options: dict[str, Any],
+    expected: list[int],
 ) -> None:
-    with AuditStore(db_path) as reader:
-        assert reader.query(**options) == [stored[i] for i in expected]
+    with AuditStore(trail_db) as reader:
+        assert reader.query(**options) == [stored_trail[i] for i in expected]
 
 
 def test_query_order_is_commit_order_not_timestamp_order(
@@ -726,8 +748,8 @@ def test_query_order_is_commit_order_not_timestamp_order(
         assert reader.query(newest_first=True) == [earlier, later]
 
 
-def test_negative_limit_is_an_error(db_path: Path, stored: list[AuditEntry]) -> None:
-    with AuditStore(db_path) as reader, pytest.raises(ValueError, match="limit") as exc:
+def test_negative_limit_is_an_error(trail_db: Path | str, stored_trail: list[AuditEntry]) -> None:
+    with AuditStore(trail_db) as reader, pytest.raises(ValueError, match="limit") as exc:
         reader.query(limit=-1)
 
     assert str(exc.value) == "limit must be zero or more (got -1)"
@@ -736,9 +758,9 @@ def test_negative_limit_is_an_error(db_path: Path, stored: list[AuditEntry]) -> 
 @pytest.mark.parametrize("method", ["query", "count"])
 @pytest.mark.parametrize("bound", ["since", "until"])
 def test_naive_time_bound_is_an_error(
-    db_path: Path, stored: list[AuditEntry], method: str, bound: str
+    trail_db: Path | str, stored_trail: list[AuditEntry], method: str, bound: str
 ) -> None:
-    with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
+    with AuditStore(trail_db) as reader, pytest.raises(AuditStoreError) as exc:
         getattr(reader, method)(**{bound: datetime(2024, 5, 1, 12, 0)})
 
     assert str(exc.value) == f"{bound} must be timezone-aware (got a naive datetime)"
@@ -756,10 +778,10 @@ ISO_BOUNDS = [
 
 @pytest.mark.parametrize(("since", "count"), ISO_BOUNDS)
 def test_since_takes_an_iso_8601_string(
-    db_path: Path, stored: list[AuditEntry], since: str, count: int
+    trail_db: Path | str, stored_trail: list[AuditEntry], since: str, count: int
 ) -> None:
     # Issue 11 item 13: count(since="2020-01-01") raised AttributeError.
-    with AuditStore(db_path) as reader:
+    with AuditStore(trail_db) as reader:
         assert reader.count(since=since) == count
         assert len(reader.query(since=since)) == count
         assert len(list(reader.export(since=since))) == count
@@ -768,9 +790,9 @@ def test_since_takes_an_iso_8601_string(
 
 @pytest.mark.parametrize("method", ["query", "count"])
 def test_an_unreadable_time_string_names_the_argument(
-    db_path: Path, stored: list[AuditEntry], method: str
+    trail_db: Path | str, stored_trail: list[AuditEntry], method: str
 ) -> None:
-    with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
+    with AuditStore(trail_db) as reader, pytest.raises(AuditStoreError) as exc:
         getattr(reader, method)(until="last tuesday")
 
     assert str(exc.value) == (
@@ -779,9 +801,9 @@ def test_an_unreadable_time_string_names_the_argument(
 
 
 def test_a_time_bound_of_another_type_is_a_type_error(
-    db_path: Path, stored: list[AuditEntry]
+    trail_db: Path | str, stored_trail: list[AuditEntry]
 ) -> None:
-    with AuditStore(db_path) as reader, pytest.raises(TypeError) as exc:
+    with AuditStore(trail_db) as reader, pytest.raises(TypeError) as exc:
         reader.count(since=1714564800)  # type: ignore[arg-type]
 
     assert str(exc.value) == "since must be a datetime or an ISO-8601 string (got int)"
@@ -844,13 +866,13 @@ def test_a_foreign_row_with_an_unknown_operation_names_the_row_and_the_field(
 
 @pytest.mark.parametrize("field", ["operation", "outcome"])
 def test_unknown_enum_filter_is_an_error(
-    db_path: Path, stored: list[AuditEntry], field: str
+    trail_db: Path | str, stored_trail: list[AuditEntry], field: str
 ) -> None:
-    with AuditStore(db_path) as reader, pytest.raises(ValueError, match="'bogus' is not a valid"):
+    with AuditStore(trail_db) as reader, pytest.raises(ValueError, match="'bogus' is not a valid"):
         reader.query(**{field: "bogus"})
 
 
-def test_round_trip_equals_the_original(conn: sqlite3.Connection, db_path: Path) -> None:
+def test_round_trip_equals_the_original(trail_db: Path | str) -> None:
     original = AuditEntry(
         timestamp=datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-3))),
         actor="zoë",
@@ -863,9 +885,9 @@ def test_round_trip_equals_the_original(conn: sqlite3.Connection, db_path: Path)
         details={"amount": 12.5, "lines": [{"sku": "A1", "qty": 2}], "note": None, "ok": False},
         critical=True,
     )
-    store.write_batch(conn, rows_of([original]))
+    trails.write(trail_db, [original])
 
-    with AuditStore(db_path) as reader:
+    with AuditStore(trail_db) as reader:
         [copy] = reader.query()
 
     assert copy == original
@@ -873,27 +895,23 @@ def test_round_trip_equals_the_original(conn: sqlite3.Connection, db_path: Path)
     assert copy.timestamp == original.timestamp
 
 
-def test_round_trip_of_an_entry_with_minimal_fields(
-    conn: sqlite3.Connection, db_path: Path
-) -> None:
+def test_round_trip_of_an_entry_with_minimal_fields(trail_db: Path | str) -> None:
     original = AuditEntry(action="a")
-    store.write_batch(conn, rows_of([original]))
+    trails.write(trail_db, [original])
 
-    with AuditStore(db_path) as reader:
+    with AuditStore(trail_db) as reader:
         assert reader.query() == [original]
 
 
-def test_query_reads_details_larger_than_the_default_limit(
-    conn: sqlite3.Connection, db_path: Path
-) -> None:
+def test_query_reads_details_larger_than_the_default_limit(trail_db: Path | str) -> None:
     # Stored rows were checked against the recording service's limit, which may be higher.
     big = AuditEntry.model_validate(
         {"action": "a", "details": {"blob": "x" * 100_000}},
         context={"max_details_bytes": 200_000},
     )
-    store.write_batch(conn, rows_of([big]))
+    trails.write(trail_db, [big])
 
-    with AuditStore(db_path) as reader:
+    with AuditStore(trail_db) as reader:
         assert reader.query() == [big]
 
 
