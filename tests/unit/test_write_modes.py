@@ -11,6 +11,7 @@ import contextlib
 import gc
 import weakref
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -38,14 +39,34 @@ def _no_cyclic_gc() -> Iterator[None]:
     ],
 )
 def test_the_mode_is_picked_in_the_constructor(
-    db_path: Path, settings: dict[str, object], mode: object
+    trail_db: Path | str, settings: dict[str, object], mode: object
 ) -> None:
-    with AuditService(database=db_path, cleanup_enabled=False, **settings) as service:
+    with AuditService(database=trail_db, cleanup_enabled=False, **settings) as service:
         assert service._accept_row is mode
         assert service.record(action="doc.read")
         assert service.flush(10)
-    with contextlib.closing(AuditStore(db_path)) as audit:
+    with contextlib.closing(AuditStore(trail_db)) as audit:
         assert audit.count() == 1
+
+
+@pytest.mark.parametrize("settings", [{}, {"async_writes": False}], ids=["async", "sync"])
+def test_both_modes_extend_one_verified_chain_on_each_backend(
+    trail_db: Path | str, settings: dict[str, object]
+) -> None:
+    with AuditService(
+        database=trail_db, cleanup_enabled=False, buffer_max_size=7, **settings
+    ) as service:
+        for n in range(50):
+            service.record(action="doc.read", event_id=f"e{n}", details={"n": n})
+        assert service.flush(10)
+    with AuditService(database=trail_db, cleanup_enabled=False, async_writes=False) as service:
+        service.record(action="doc.read", event_id="last")
+
+    with contextlib.closing(AuditStore(trail_db)) as audit:
+        report = audit.verify(min_retention=timedelta(0))
+        ids = [entry.event_id for entry in audit.query()]
+    assert (report.ok, report.rows_checked) == (True, 51)
+    assert ids == [f"e{n}" for n in range(50)] + ["last"]
 
 
 def test_a_service_on_a_connection_writes_through_it_in_every_call(db_path: Path) -> None:
