@@ -35,8 +35,10 @@ WRITER_THREAD_NAME = "audit-writer"
 # The writer's own SQLite busy wait is short so that close(timeout) can abort a retry loop
 # promptly; the retry loop itself never gives up on a busy database.
 _WRITER_BUSY_SLICE_S = 0.25
-# After close() times out, how long it waits for the writer to dead-letter the batch in flight.
-_ABORT_GRACE_S = _WRITER_BUSY_SLICE_S + 0.5
+# After close() times out, how long it waits for the writer to dead-letter the batch in flight:
+# the writer's current attempt ends first — within the busy slice on SQLite, within the connect
+# timeout (2 s, see storage/postgres/connection.py) on a PostgreSQL server that does not answer.
+_ABORT_GRACE_S = 2.5
 
 
 class Writer:
