@@ -30,9 +30,20 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def features(session: nox.Session) -> None:
-    """behave scenarios in features/."""
+    """behave scenarios in features/: on SQLite, then on a throwaway PostgreSQL server."""
     _install(session)
     session.run("behave", "--format=progress", "--no-capture", "features", *session.posargs)
+    # The same scenarios again, each on a fresh database of a throwaway cluster (@sqlite_only
+    # ones are skipped there by design, with the reason in the output).
+    session.run(
+        "behave",
+        "--format=progress",
+        "--no-capture",
+        "-D",
+        "backend=postgres",
+        "features",
+        *session.posargs,
+    )
 
 
 @nox.session(python=PYTHON)

@@ -46,6 +46,7 @@ Feature: Privileged access to sensitive data is always audited, and on disk at o
     When the tool flushes the audit trail
     Then the other program now sees the entry committed
 
+  @sqlite_only
   Scenario: A critical entry the database refuses is not reported as recorded, and is kept aside
     Given the tool has started its audit service
     When an administrator reads patient record "p-20" as a critical entry with event id "evt-7"

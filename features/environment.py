@@ -5,6 +5,13 @@ so a default ``audit.db`` never lands in the repository), no ``AUDIT_TRAIL_*`` v
 register of everything it starts. ``after_scenario`` releases held locks first (a writer stuck
 behind one could not drain), then closes every service and connection, and restores the
 environment, the working directory and the file system.
+
+``behave -D backend=postgres`` runs the same scenarios against a throwaway PostgreSQL server
+started in ``before_all`` (tests/pgcluster.py) and stopped in ``after_all``: each scenario's
+database is then a fresh database on it (dropped afterwards), and ``World.database`` is its URL.
+Scenarios tagged ``@sqlite_only`` are about the SQLite file itself (its bytes, locks, modes, a
+connection to it) and are skipped there, by design, with the reason in the run's output; they
+still run on SQLite.
 """
 
 from __future__ import annotations
@@ -26,10 +33,22 @@ from typing import Any
 
 from behave.model import Scenario
 from behave.runner import Context
+from trail_backend import (
+    POSTGRES,
+    SQLITE,
+    SQLITE_ONLY,
+    TEAM_SERVER,
+    Database,
+    append_rows,
+    chosen_backend,
+    count_event,
+    read_rows,
+    start_cluster,
+)
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
 from audit_engine.rows import entry_row
-from audit_engine.storage import sqlite as store
+from audit_engine.settings import default_deadletter_path
 from audit_engine.storage.chain import ChainHead, VerifyReport
 
 ENV_PREFIX = "AUDIT_TRAIL_"
@@ -37,6 +56,8 @@ ENV_PREFIX = "AUDIT_TRAIL_"
 # that a hang fails the scenario instead of the whole run.
 WAIT_S = 10.0
 _POLL_TICK_S = 0.005
+# A URL trail's dead-letter file defaults to the user's data directory: each scenario's own.
+_DATA_ENV = ("XDG_DATA_HOME",)
 _AGE = re.compile(r"(\d+) (day|hour)s? ago")
 
 _AUDIT_COLUMNS = (
@@ -66,9 +87,11 @@ class _LogRecorder(logging.Handler):
 class World:
     """What one scenario owns, and the helpers its steps share."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, backend: str = SQLITE) -> None:
         self.root = root
-        self.database = root / "audit.db"
+        self.backend = backend
+        # A URL on the postgres run (before_scenario sets it); the file otherwise.
+        self.database: Database = root / "audit.db"
         self.settings_values: dict[str, Any] = {}
         self.service: AuditService | None = None
         self.services: list[AuditService] = []
@@ -93,6 +116,8 @@ class World:
         self.elapsed_s = 0.0
         self.finished_at = 0.0
         self.close_results: list[bool] = []
+        # Run last by close_everything(), newest first (e.g. stop a server the scenario started).
+        self.cleanups: list[Callable[[], None]] = []
 
     # -- services ------------------------------------------------------------------------------
 
@@ -194,11 +219,7 @@ class World:
                 **fields,
             }
             entries.append(AuditEntry(**values))
-        conn = store.open_connection(self.database)
-        try:
-            store.write_batch(conn, [entry_row(e) for e in entries])
-        finally:
-            conn.close()
+        append_rows(self.database, [entry_row(e) for e in entries])
         return [entry.event_id for entry in entries]
 
     def keep(self, result: str | None) -> str | None:
@@ -270,46 +291,26 @@ class World:
                 raise AssertionError(f"gave up after {timeout_s}s waiting until {what}")
             tick.wait(min(_POLL_TICK_S, remaining))
 
-    def audit_rows(self, path: Path | None = None) -> list[dict[str, Any]]:
+    def audit_rows(self, path: Database | None = None) -> list[dict[str, Any]]:
         """The audit rows in commit order, read through a separate connection."""
-        path = path or self.database
-        if not path.exists():
-            return []
-        conn = sqlite3.connect(path, timeout=WAIT_S)
-        try:
-            try:
-                cursor = conn.execute(
-                    f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit_entries ORDER BY id"
-                )
-            except sqlite3.OperationalError as exc:
-                if "no such table" in str(exc):
-                    return []
-                raise
-            rows = [dict(zip(_AUDIT_COLUMNS, values, strict=True)) for values in cursor]
-        finally:
-            conn.close()
-        for row in rows:
-            row["details"] = json.loads(row["details"])
-        return rows
+        return read_rows(path or self.database, _AUDIT_COLUMNS)
 
     def verify_trail(self, expected_head: ChainHead | None = None) -> VerifyReport:
         """What ``AuditStore.verify()`` says about this scenario's database now."""
         with AuditStore(self.database) as audit_store:
             return audit_store.verify(expected_head=expected_head)
 
-    def committed(self, event_id: str, path: Path | None = None) -> bool:
+    def committed(self, event_id: str, path: Database | None = None) -> bool:
         """Whether another program sees ``event_id`` committed (a fresh connection, no cache)."""
-        conn = sqlite3.connect(path or self.database, timeout=WAIT_S)
-        try:
-            (found,) = conn.execute(
-                "SELECT count(*) FROM audit_entries WHERE event_id = ?", (event_id,)
-            ).fetchone()
-        finally:
-            conn.close()
-        return bool(found == 1)
+        return count_event(path or self.database, event_id) == 1
+
+    @property
+    def deadletter_path(self) -> Path:
+        """Where the writer sets entries aside for this scenario's database by default."""
+        return default_deadletter_path(self.database)
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        path = Path(f"{self.database}.deadletter.jsonl")
+        path = self.deadletter_path
         if not path.exists():
             return []
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -335,17 +336,45 @@ class World:
                 problems.append("an audit writer thread still running after close()")
         for conn in self.connections:
             conn.close()
+        for cleanup in reversed(self.cleanups):
+            cleanup()
         return problems
 
 
+def before_all(context: Context) -> None:
+    context.backend = chosen_backend(context.config.userdata)
+    context.pg_cluster = None
+    if context.backend == POSTGRES:
+        context.pg_cluster = start_cluster()
+        print(f"behave: every scenario on PostgreSQL at {context.pg_cluster.url()}")
+
+
+def after_all(context: Context) -> None:
+    if context.pg_cluster is not None:
+        context.pg_cluster.stop()
+
+
 def before_scenario(context: Context, scenario: Scenario) -> None:
+    if context.backend == POSTGRES and SQLITE_ONLY in scenario.effective_tags:
+        # behave's summary counts it as skipped; the formatter shows the reason.
+        scenario.skip(reason=f"@{SQLITE_ONLY}: about the SQLite file itself, not run on postgres")
+        context.world = None
+        return
     root = Path(tempfile.mkdtemp(prefix="audit-feature-"))
-    context.saved_env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+    context.saved_env = {
+        k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX) or k in _DATA_ENV
+    }
     for name in context.saved_env:
         del os.environ[name]
+    os.environ["XDG_DATA_HOME"] = str(root / "data")
     context.saved_cwd = os.getcwd()
     os.chdir(root)
-    context.world = World(root)
+    context.world = World(root, context.backend)
+    if TEAM_SERVER in scenario.effective_tags and context.pg_cluster is None:
+        # About the server itself: it runs on the SQLite run too, with a server of its own.
+        context.pg_cluster = start_cluster()
+    if context.backend == POSTGRES or TEAM_SERVER in scenario.effective_tags:
+        context.world.database = context.pg_cluster.create_database()
     library_logger = logging.getLogger("audit_engine")
     context.saved_logging = (library_logger.level, library_logger.propagate)
     library_logger.addHandler(context.world.log)
@@ -354,11 +383,15 @@ def before_scenario(context: Context, scenario: Scenario) -> None:
 
 
 def after_scenario(context: Context, scenario: Scenario) -> None:
-    world: World = context.world
+    world: World | None = context.world
+    if world is None:  # skipped before it started
+        return
     try:
         problems = world.close_everything()
     finally:
-        for name in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+        if context.pg_cluster is not None and isinstance(world.database, str):
+            context.pg_cluster.drop_database(world.database.rsplit("/", 1)[1])
+        for name in [k for k in os.environ if k.startswith(ENV_PREFIX) or k in _DATA_ENV]:
             del os.environ[name]
         os.environ.update(context.saved_env)
         os.chdir(context.saved_cwd)

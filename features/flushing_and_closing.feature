@@ -51,6 +51,7 @@ Feature: Committing everything before the tool exits
     And the audit service is closed
     And the audit database holds exactly the recorded entries
 
+  @sqlite_only
   Scenario: Closing while another program keeps the database locked sets the entries aside
     Given the tool has started its audit service
     And another program holds the audit database's write lock

@@ -9,6 +9,7 @@ Feature: Tampering with the audit trail shows when it is verified
     Then verification succeeds, checking 10 entries
     And verification ends at entry 10, the same as the published head
 
+  @sqlite_only
   Scenario Outline: Someone who <tampering> is caught at entry <bad>
     Given an audit trail of 10 entries recorded an hour ago, whose chain head the operator published
     When someone <tampering> directly in the database file
@@ -23,6 +24,7 @@ Feature: Tampering with the audit trail shows when it is verified
       | inserts a forged entry after entry 5      | 7   | row 7 does not link to the row before it (prev_hash mismatch) |
       | swaps entries 3 and 4                     | 3   | row 3 does not link to the row before it (prev_hash mismatch) |
 
+  @sqlite_only
   Scenario: Deleting the newest entries shows only against a head published earlier
     Given an audit trail of 10 entries recorded an hour ago, whose chain head the operator published
     When someone deletes the newest 3 entries directly in the database file
@@ -31,6 +33,7 @@ Feature: Tampering with the audit trail shows when it is verified
     When the reviewer verifies the audit trail against the published head
     Then verification fails at entry 8: "the chain ends at id 7, before the expected head 10: rows were deleted from its end"
 
+  @sqlite_only
   Scenario: A forger who recomputes every hash after a forged entry is caught by the published head
     Given an audit trail of 10 entries recorded an hour ago, whose chain head the operator published
     When someone inserts a forged entry after entry 5 and recomputes every hash after it directly in the database file
@@ -39,6 +42,7 @@ Feature: Tampering with the audit trail shows when it is verified
     When the reviewer verifies the audit trail against the published head
     Then verification fails at entry 10: "row 10 differs from the expected head (hash mismatch)"
 
+  @sqlite_only
   Scenario Outline: Deleting entries behind a forged purge anchor is caught, with or without the published head
     Given an audit trail of 50 entries recorded an hour ago, whose chain head the operator published
     When someone deletes entries 1 to <last> and adds a purge anchor for entry <last> directly in the database file
@@ -52,12 +56,14 @@ Feature: Tampering with the audit trail shows when it is verified
       | 50   |
       | 40   |
 
+  @sqlite_only
   Scenario: A forger who recomputes the anchor's hash cannot hide the published head
     Given an audit trail of 50 entries recorded an hour ago, whose chain head the operator published
     When someone deletes entries 1 to 50 and adds a purge anchor with a recomputed hash directly in the database file
     And the reviewer verifies the audit trail against the published head, with no minimum retention
     Then verification fails at entry 50: "row 50, the expected head, is gone (an anchor claims it was purged): a published head must still be in the table; publish heads more often than the retention period"
 
+  @sqlite_only
   Scenario: A forger who recomputes the anchor's hash over recent entries breaks the retention setting
     Given an audit trail of 50 entries recorded an hour ago, whose chain head the operator published
     When someone deletes entries 1 to 40 and adds a purge anchor with a recomputed hash directly in the database file
@@ -70,6 +76,7 @@ Feature: Tampering with the audit trail shows when it is verified
     And the reviewer verifies the audit trail against the published head
     Then verification succeeds, checking 15 entries
 
+  @sqlite_only
   Scenario Outline: Verifying <file> fails with a clear message
     Given <file> named "notes.db"
     When the reviewer tries to verify "notes.db"
@@ -82,6 +89,7 @@ Feature: Tampering with the audit trail shows when it is verified
       | a text file                           | notes.db is not a usable audit database: file is not a database     |
       | an empty directory                    | notes.db is a directory, not an audit database                      |
 
+  @sqlite_only
   Scenario: Verifying a file that does not exist fails and creates nothing
     When the reviewer tries to verify "missing.db"
     Then verification is refused with the message "no audit database at missing.db"

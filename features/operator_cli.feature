@@ -1,3 +1,4 @@
+@sqlite_only
 Feature: An operator keeps the audit trail from a shell with the audit-engine command
   As an operator who looks after an application's audit trail from a terminal and from scripts
   I want one command that records, queries, proves, prunes and repairs the trail

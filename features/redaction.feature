@@ -3,6 +3,7 @@ Feature: Secrets in audit details never reach the audit database
   I want passwords, API keys and other secrets in an entry's details masked before they are written
   So that the audit trail never becomes a second place to steal credentials from
 
+  @sqlite_only
   Scenario: A password and an API key, nested and in any case, are masked before they are written
     Given a tool with an audit service
     When the tool records a change to user "alice" with these details:
@@ -43,6 +44,7 @@ Feature: Secrets in audit details never reach the audit database
       | sk-live-4242-mail   |
       | sk-live-7777-chat   |
 
+  @sqlite_only
   Scenario: The operator names the tool's own sensitive fields
     Given the environment variable AUDIT_TRAIL_REDACT_FIELDS is set to "password, pin, recovery_code"
     When the tool starts its audit service from the environment

@@ -6,6 +6,7 @@ Feature: Audit entries that commit or roll back with the change they describe
   Background:
     Given the tool keeps its notes in a SQLite database where note 42 reads "first draft"
 
+  @sqlite_only
   Scenario Outline: The audit entry commits together with the change (<how>)
     Given the tool audits through <how>
     When the tool saves note 42 as "final text" and records "note.save" in one transaction
@@ -19,6 +20,7 @@ Feature: Audit entries that commit or roll back with the change they describe
       | an audit service bound to that connection  |
       | that connection passed with each entry     |
 
+  @sqlite_only
   Scenario Outline: Rolling back keeps neither the change nor the audit entry (<how>)
     Given the tool audits through <how>
     When the tool saves note 42 as "final text" and records "note.save" in one transaction

@@ -58,6 +58,7 @@ Feature: Configuring the audit trail with defaults and environment variables
       | AUDIT_TRAIL_SYNCHRONOUS           | OFF     | synchronous           |
       | AUDIT_TRAIL_BUFFER_FLUSH_INTERVAL | -1      | buffer_flush_interval |
 
+  @sqlite_only
   Scenario: A service started without settings in code follows the environment
     Given the environment variable AUDIT_TRAIL_DATABASE names a file in the tool's folder
     And the environment variable AUDIT_TRAIL_ASYNC is set to "false"
@@ -66,6 +67,7 @@ Feature: Configuring the audit trail with defaults and environment variables
     Then the audit database holds exactly the recorded entries
     And the audit service runs no writer thread
 
+  @sqlite_only
   Scenario: A tool opens its trail by path and overrides one setting in code
     Given the environment variable AUDIT_TRAIL_ASYNC is set to "false"
     When the tool starts its audit service on "tool-audit.db" with queue_maxsize set to 50 in code

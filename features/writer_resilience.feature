@@ -3,6 +3,7 @@ Feature: The audit writer survives database trouble
   I want the writer to wait out a busy database and to set aside an entry it cannot store
   So that neither problem loses accepted entries or stops auditing
 
+  @sqlite_only
   Scenario: A database that stays busy for a while is retried and nothing is lost
     Given a tool with an audit service configured with:
       | setting               | value |
@@ -17,6 +18,7 @@ Feature: The audit writer survives database trouble
     And the service reports 0 dead-lettered entries
     And the audit writer is still running
 
+  @sqlite_only
   Scenario: An entry that cannot be stored goes to the dead-letter file; the rest of its batch is committed
     Given a tool with an audit service configured with:
       | setting               | value |
@@ -44,6 +46,7 @@ Feature: The audit writer survives database trouble
     And every entry recorded after the failure is in the audit database
     And the audit writer is still running
 
+  @sqlite_only
   Scenario: Entries that only reach the log are counted, closing reports failure, and the saved log brings them back
     Given a tool with an audit service
     And the audit database refuses entries by "mallory"

@@ -1,10 +1,10 @@
 """Steps for synchronous mode (async_writes=false) and for a disabled audit service."""
 
 import os
-import sqlite3
 
 from behave import given, then, when
 from behave.runner import Context
+from trail_backend import count_event, trail_exists
 
 from audit_engine import AuditService, AuditWriteError
 
@@ -18,14 +18,7 @@ def when_record_and_look(context: Context, count: int) -> None:
     for _ in range(count):
         event_id = world.record_notes(1)[0]
         # A fresh connection each time: nothing cached, only what is committed.
-        conn = sqlite3.connect(world.database, timeout=WAIT_S)
-        try:
-            found = conn.execute(
-                "SELECT count(*) FROM audit_entries WHERE event_id = ?", (event_id,)
-            ).fetchone()[0]
-        finally:
-            conn.close()
-        world.seen_after_each.append(found == 1)
+        world.seen_after_each.append(count_event(world.database, event_id) == 1)
 
 
 @then("the other program saw each entry as soon as recording returned")
@@ -74,7 +67,7 @@ def then_flush_close(context: Context) -> None:
 @then("no audit database file was created")
 def then_no_file(context: Context) -> None:
     world = context.world
-    assert not world.database.exists()
+    assert not trail_exists(world.database)
     leftovers = sorted(path.name for path in world.root.iterdir())
     assert leftovers == [], f"files were created: {leftovers}"
 

@@ -1,5 +1,6 @@
 """Steps for the audit policy: levels, exclusions, sampling, the policy's counters and settings."""
 
+import os
 from typing import Any
 
 from behave import then, when
@@ -181,11 +182,17 @@ def _shown(value: object) -> str:
 @when("the tool starts its audit service from the environment")
 def when_start_from_environment(context: Context) -> None:
     world = context.world
+    if isinstance(world.database, str):
+        # On the team's server the deployment names the database; everything else stays default.
+        os.environ["AUDIT_TRAIL_DATABASE"] = world.database
     world.attempt(lambda: world.track(AuditService()))
     if world.error is None:
         world.service = world.returned
-        # Started in the scenario's folder: the default audit.db is the one the steps read.
-        assert world.service.settings.database.resolve() == world.database.resolve()
+        if isinstance(world.database, str):
+            assert world.service.settings.database == world.database
+        else:
+            # Started in the scenario's folder: the default audit.db is the one the steps read.
+            assert world.service.settings.database.resolve() == world.database.resolve()
 
 
 @then("the tool's audit policy is:")

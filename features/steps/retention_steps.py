@@ -1,11 +1,11 @@
 """Steps for retention: a trail recorded over time, purges, batches, anchors and dry runs."""
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from behave import given, then, when
 from behave.runner import Context
+from trail_backend import query
 
 from audit_engine import AuditStore, AuditStoreError
 
@@ -13,11 +13,7 @@ WAIT_S = 10.0
 
 
 def _query(context: Context, sql: str) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(context.world.database, timeout=WAIT_S)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+    return query(context.world.database, sql)
 
 
 # -- the trail --------------------------------------------------------------------------------
