@@ -354,3 +354,30 @@ def test_the_store_names_its_url_without_the_password(pg_url: str) -> None:
     with AuditStore(url) as reader:
         assert reader.path == url.replace(SECRET, "***")
         assert SECRET not in repr(reader.summary())
+
+
+# -- errors after opening -----------------------------------------------------------------------
+
+
+def test_a_table_dropped_under_an_open_store_is_an_audit_store_error(pg_url: str) -> None:
+    _record(pg_url, AuditEntry(action="a", event_id="one"))
+    with AuditStore(pg_url) as reader:
+        trails.execute(pg_url, "DROP TABLE audit_entries")
+
+        with pytest.raises(AuditStoreError) as exc:
+            reader.count()
+        with pytest.raises(AuditStoreError) as verify_exc:
+            reader.verify(min_retention=timedelta(0))
+
+    assert str(exc.value).startswith(f"cannot count the entries of {pg_url}: UndefinedTable: ")
+    assert str(verify_exc.value).startswith(f"cannot verify {pg_url}: UndefinedTable: ")
+
+
+def test_a_meta_table_without_the_entries_table_is_named(pg_url: str) -> None:
+    AuditStore(pg_url, create=True).close()
+    trails.execute(pg_url, "DROP TABLE audit_entries")
+
+    with pytest.raises(AuditStoreError) as exc:
+        AuditStore(pg_url)
+
+    assert str(exc.value) == "no audit_entries table in this PostgreSQL schema"
