@@ -9,9 +9,16 @@ from pathlib import Path
 
 import click
 
-from audit_engine.cli.bench import SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
+from audit_engine.cli.bench import SYNC_DEFAULT_MAX_EVENTS, BenchReport, run_bench, total_events
+from audit_engine.cli.bench_postgres import (
+    INSERT_COMMIT_MAX_EVENTS,
+    PgBenchReport,
+    run_pg_bench,
+    total_pg_events,
+)
 from audit_engine.cli.demo import DEFAULT_DATABASE, DEFAULT_EVENTS, run_demo
 from audit_engine.cli.output import DatabaseParam, progress, root_database
+from audit_engine.settings import is_database_url
 from audit_engine.storage.store import AuditStore
 
 
@@ -119,7 +126,17 @@ BENCH_MAX_THREADS = 64
     type=click.IntRange(min=1, max=BENCH_MAX_EVENTS),
     default=20000,
     show_default=True,
-    help=f"Events per mode (sync-default does at most {SYNC_DEFAULT_MAX_EVENTS}).",
+    help=f"Events per mode (sync-default does at most {SYNC_DEFAULT_MAX_EVENTS}, "
+    f"insert-commit {INSERT_COMMIT_MAX_EVENTS}).",
+)
+@click.option(
+    "--db",
+    "database",
+    type=DatabaseParam(),
+    default=None,
+    help="A postgresql:// URL: bench that server instead of SQLite (modes insert-commit, engine, "
+    "ceiling, each in a scratch schema dropped afterwards). Without it, SQLite in a temporary "
+    "directory.",
 )
 @click.option(
     "--threads",
@@ -129,20 +146,31 @@ BENCH_MAX_THREADS = 64
     help="Threads calling record() in the engine mode.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def bench(events: int, threads: int, as_json: bool) -> None:
+def bench(events: int, threads: int, database: Path | str | None, as_json: bool) -> None:
     """Measure the engine against the usual alternatives and SQLite's ceiling, side by side.
 
     Modes: sync-default and sync-wal (INSERT + COMMIT per event), thread-per-row (a queue and a
     thread committing each row), engine (record() to commit, hash chain on), ceiling (prebuilt
     rows, executemany, 500 per transaction). All write the same row into the engine's schema.
     """
-    with progress(total_events(events), "benchmarking") as bar:
-        report = run_bench(events, threads, on_progress=bar.update)
+    if database is not None and not is_database_url(database):
+        raise click.ClickException(
+            "--db takes a postgresql:// URL (the SQLite bench makes its own files)"
+        )
+    report: PgBenchReport | BenchReport
+    if isinstance(database, str):
+        with progress(total_pg_events(events), "benchmarking") as bar:
+            report = run_pg_bench(database, events, threads, on_progress=bar.update)
+        backend = f"PostgreSQL {report.server} at {report.database} (fsync={report.fsync})"
+    else:
+        with progress(total_events(events), "benchmarking") as bar:
+            report = run_bench(events, threads, on_progress=bar.update)
+        backend = f"SQLite {report.sqlite}"
     if as_json:
         click.echo(report.model_dump_json(indent=2))
         return
     click.echo(
-        f"Python {report.python}, SQLite {report.sqlite}, {report.machine}, {report.cpus} CPUs; "
+        f"Python {report.python}, {backend}, {report.machine}, {report.cpus} CPUs; "
         f"{report.events} events, {report.threads} recording thread(s)"
     )
     click.echo(

@@ -1,0 +1,34 @@
+"""`audit-engine bench --db postgresql://...`: the PostgreSQL modes side by side on a server."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+from click.testing import CliRunner
+
+from audit_engine.cli import main
+
+
+def test_bench_on_a_url_runs_the_three_modes_and_leaves_nothing_behind(pg_url: str) -> None:
+    result = CliRunner().invoke(main, ["bench", "--events", "60", "--db", pg_url, "--json"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert [r["mode"] for r in report["results"]] == ["insert-commit", "engine", "ceiling"]
+    assert [r["rows_stored"] for r in report["results"]] == [60, 60, 60]
+    assert report["server"].startswith("15.")
+    with psycopg.connect(pg_url) as conn:
+        left = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'audit_bench_%'"
+        ).fetchall()
+    assert left == []  # every scratch schema dropped
+
+
+def test_bench_db_takes_only_a_url() -> None:
+    result = CliRunner().invoke(main, ["bench", "--events", "10", "--db", "trail.db"])
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: --db takes a postgresql:// URL (the SQLite bench makes its own files)\n"
+    )
