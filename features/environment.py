@@ -39,11 +39,14 @@ from trail_backend import (
     SQLITE_ONLY,
     TEAM_SERVER,
     Database,
+    ServerConnection,
     append_rows,
     chosen_backend,
+    connect,
     count_event,
     read_rows,
     start_cluster,
+    take_write_lock,
 )
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
@@ -95,10 +98,10 @@ class World:
         self.settings_values: dict[str, Any] = {}
         self.service: AuditService | None = None
         self.services: list[AuditService] = []
-        self.connections: list[sqlite3.Connection] = []
+        self.connections: list[sqlite3.Connection | ServerConnection] = []
         self.threads: list[threading.Thread] = []
         self.timers: list[threading.Timer] = []
-        self._locks: list[sqlite3.Connection] = []
+        self._locks: list[Callable[[], None]] = []
         self._lock_guard = threading.Lock()
         self.lock_released = threading.Event()
         self.log = _LogRecorder()
@@ -141,9 +144,9 @@ class World:
         assert self.service is not None, "the scenario has not started an audit service"
         return self.service
 
-    def connect(self, path: Path, **kwargs: Any) -> sqlite3.Connection:
-        """An application connection, closed after the scenario."""
-        conn = sqlite3.connect(path, check_same_thread=False, timeout=WAIT_S, **kwargs)
+    def connect(self, path: Database, **kwargs: Any) -> sqlite3.Connection | ServerConnection:
+        """An application's connection (on a URL: another program's), closed after the scenario."""
+        conn = connect(path, **kwargs)
         self.connections.append(conn)
         return conn
 
@@ -243,12 +246,9 @@ class World:
 
     def hold_write_lock(self, path: Path | None = None) -> None:
         """Take the database's write lock from a separate connection, as another program would."""
-        conn = sqlite3.connect(
-            path or self.database, isolation_level=None, check_same_thread=False, timeout=WAIT_S
-        )
-        conn.execute("BEGIN EXCLUSIVE")
+        release = take_write_lock(path or self.database)
         with self._lock_guard:
-            self._locks.append(conn)
+            self._locks.append(release)
             self.lock_released.clear()
 
     @property
@@ -262,10 +262,8 @@ class World:
             locks, self._locks = self._locks, []
             if locks:
                 self.release_started_at = time.monotonic()
-            for conn in locks:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                conn.close()
+            for release in locks:
+                release()
             self.lock_released.set()
 
     def release_locks_later(self, delay_s: float) -> None:
@@ -357,7 +355,8 @@ def after_all(context: Context) -> None:
 def before_scenario(context: Context, scenario: Scenario) -> None:
     if context.backend == POSTGRES and SQLITE_ONLY in scenario.effective_tags:
         # behave's summary counts it as skipped; the formatter shows the reason.
-        scenario.skip(reason=f"@{SQLITE_ONLY}: about the SQLite file itself, not run on postgres")
+        reason = "about SQLite's file, locks or messages; not run on postgres"
+        scenario.skip(reason=f"@{SQLITE_ONLY}: {reason}")
         context.world = None
         return
     root = Path(tempfile.mkdtemp(prefix="audit-feature-"))

@@ -6,7 +6,6 @@ Feature: Choosing what happens when the audit queue is full
   # Each scenario makes the queue full for real: another program holds the write lock, the writer
   # is stuck retrying with one entry in hand, and the tool fills the two free places.
 
-  @sqlite_only
   Scenario: "block" waits a bounded time for room, then refuses the entry loudly
     Given a tool with an audit service configured with:
       | setting         | value |
@@ -24,7 +23,6 @@ Feature: Choosing what happens when the audit queue is full
     Then the audit database holds exactly the recorded entries
     And the audit database holds 3 entries
 
-  @sqlite_only
   Scenario: "drop" discards the entries that do not fit and counts them
     Given a tool with an audit service configured with:
       | setting         | value |
@@ -43,7 +41,6 @@ Feature: Choosing what happens when the audit queue is full
     Then the audit database holds exactly the recorded entries
     And the audit database holds 3 entries
 
-  @sqlite_only
   Scenario: "sync" writes the entry in the tool's own thread once the lock is released
     Given a tool with an audit service configured with:
       | setting         | value |

@@ -9,7 +9,6 @@ Feature: Tampering with the audit trail shows when it is verified
     Then verification succeeds, checking 10 entries
     And verification ends at entry 10, the same as the published head
 
-  @sqlite_only
   Scenario Outline: Someone who <tampering> is caught at entry <bad>
     Given an audit trail of 10 entries recorded an hour ago, whose chain head the operator published
     When someone <tampering> directly in the database file
@@ -24,7 +23,6 @@ Feature: Tampering with the audit trail shows when it is verified
       | inserts a forged entry after entry 5      | 7   | row 7 does not link to the row before it (prev_hash mismatch) |
       | swaps entries 3 and 4                     | 3   | row 3 does not link to the row before it (prev_hash mismatch) |
 
-  @sqlite_only
   Scenario: Deleting the newest entries shows only against a head published earlier
     Given an audit trail of 10 entries recorded an hour ago, whose chain head the operator published
     When someone deletes the newest 3 entries directly in the database file
@@ -33,7 +31,6 @@ Feature: Tampering with the audit trail shows when it is verified
     When the reviewer verifies the audit trail against the published head
     Then verification fails at entry 8: "the chain ends at id 7, before the expected head 10: rows were deleted from its end"
 
-  @sqlite_only
   Scenario: A forger who recomputes every hash after a forged entry is caught by the published head
     Given an audit trail of 10 entries recorded an hour ago, whose chain head the operator published
     When someone inserts a forged entry after entry 5 and recomputes every hash after it directly in the database file
@@ -42,7 +39,6 @@ Feature: Tampering with the audit trail shows when it is verified
     When the reviewer verifies the audit trail against the published head
     Then verification fails at entry 10: "row 10 differs from the expected head (hash mismatch)"
 
-  @sqlite_only
   Scenario Outline: Deleting entries behind a forged purge anchor is caught, with or without the published head
     Given an audit trail of 50 entries recorded an hour ago, whose chain head the operator published
     When someone deletes entries 1 to <last> and adds a purge anchor for entry <last> directly in the database file
@@ -56,14 +52,12 @@ Feature: Tampering with the audit trail shows when it is verified
       | 50   |
       | 40   |
 
-  @sqlite_only
   Scenario: A forger who recomputes the anchor's hash cannot hide the published head
     Given an audit trail of 50 entries recorded an hour ago, whose chain head the operator published
     When someone deletes entries 1 to 50 and adds a purge anchor with a recomputed hash directly in the database file
     And the reviewer verifies the audit trail against the published head, with no minimum retention
     Then verification fails at entry 50: "row 50, the expected head, is gone (an anchor claims it was purged): a published head must still be in the table; publish heads more often than the retention period"
 
-  @sqlite_only
   Scenario: A forger who recomputes the anchor's hash over recent entries breaks the retention setting
     Given an audit trail of 50 entries recorded an hour ago, whose chain head the operator published
     When someone deletes entries 1 to 40 and adds a purge anchor with a recomputed hash directly in the database file

@@ -3,7 +3,6 @@ Feature: Recording without waiting on the database
   I want recording an audit entry to return at once, even while the database is busy
   So that my users never wait on the audit trail
 
-  @sqlite_only
   Scenario: Entries are accepted while another program holds the database's write lock
     Given a tool with an audit service
     And another program holds the audit database's write lock

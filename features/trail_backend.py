@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from audit_engine.rows import Row
 from audit_engine.storage import backends, dialect
 from audit_engine.storage.postgres.connection import connect as pg_connect
-from audit_engine.storage.postgres.connection import pg_sql
+from audit_engine.storage.postgres.connection import lock_chain, pg_sql
+from audit_engine.storage.postgres.schema import table_oid
 
 SQLITE = "sqlite"
 POSTGRES = "postgres"
@@ -32,6 +34,9 @@ TESTS_DIR = Path(__file__).resolve().parent.parent / "tests"
 WAIT_S = 10.0
 
 Database = Path | str
+# The column a step's SQL calls ``details``: on PostgreSQL the hashed text is ``details_text``
+# (``details`` there is the jsonb the server derives from it).
+_DETAILS = re.compile(r"\bdetails\b")
 
 
 def chosen_backend(userdata: Any) -> str:
@@ -117,3 +122,73 @@ def append_rows(database: Database, rows: Sequence[Row]) -> None:
         dialect.write_rows(conn, rows)
     finally:
         conn.close()
+
+
+def take_write_lock(database: Database) -> Callable[[], None]:
+    """Hold the trail's write lock from a connection of its own, as another program would;
+    returns what releases it.
+
+    SQLite: an exclusive transaction on the file. PostgreSQL: the chain's advisory lock, which
+    every writer takes before it reads the tail (the trail is created first if need be, since
+    the lock's key is the table).
+    """
+    if not isinstance(database, str):
+        conn = sqlite3.connect(
+            database, isolation_level=None, check_same_thread=False, timeout=WAIT_S
+        )
+        conn.execute("BEGIN EXCLUSIVE")
+
+        def release_file() -> None:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.close()
+
+        return release_file
+    backends.open_trail(database, create=True).close()
+    pg = pg_connect(database)
+    pg.execute("BEGIN")
+    lock_chain(pg, table_oid(pg))
+
+    def release_server() -> None:
+        pg.rollback()
+        pg.close()
+
+    return release_server
+
+
+def writers_waiting(database: str) -> int:
+    """How many sessions wait for an advisory lock on the server (a writer behind the chain's)."""
+    sql = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+    return int(query(database, sql)[0][0])
+
+
+class ServerConnection:
+    """A connection to a trail on the server that takes the steps' SQLite-style SQL, for steps
+    that change the trail behind the engine's back: ``?`` placeholders, ``details`` meaning the
+    hashed text, and ``with conn:`` one transaction (committed, or rolled back on an error)."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = pg_connect(url)
+        self._transactions: list[Any] = []
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(pg_sql(_DETAILS.sub("details_text", sql)), tuple(params))
+
+    def __enter__(self) -> ServerConnection:
+        transaction = self.conn.transaction()
+        transaction.__enter__()
+        self._transactions.append(transaction)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._transactions.pop().__exit__(*exc_info)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def connect(database: Database, **kwargs: Any) -> sqlite3.Connection | ServerConnection:
+    """A connection of another program to the trail: ``sqlite3`` on a file, else the server."""
+    if isinstance(database, str):
+        return ServerConnection(database)
+    return sqlite3.connect(database, check_same_thread=False, timeout=WAIT_S, **kwargs)

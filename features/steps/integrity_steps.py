@@ -96,6 +96,8 @@ def then_fails(context: Context, entry: int, reason: str) -> None:
 
 
 # -- tampering with the database file ---------------------------------------------------------
+# `conn` is another program's connection: sqlite3 on a file, trail_backend.ServerConnection on a
+# URL (same SQL: ? placeholders, `details` the hashed text).
 
 
 def _tamper(context: Context, *statements: tuple[str, tuple[Any, ...]]) -> None:
@@ -105,7 +107,7 @@ def _tamper(context: Context, *statements: tuple[str, tuple[Any, ...]]) -> None:
             conn.execute(sql, params)
 
 
-def _move(conn: sqlite3.Connection, old_id: int, new_id: int) -> None:
+def _move(conn: Any, old_id: int, new_id: int) -> None:
     conn.execute("UPDATE audit_entries SET id = ? WHERE id = ?", (new_id, old_id))
 
 
@@ -145,7 +147,7 @@ def when_swap(context: Context, first: int, second: int) -> None:
         _move(conn, -first, second)
 
 
-def _insert_forged(conn: sqlite3.Connection, after: int) -> None:
+def _insert_forged(conn: Any, after: int) -> None:
     """Make room after entry ``after`` and insert an entry that links to it, hashed correctly."""
     later = conn.execute(
         "SELECT id FROM audit_entries WHERE id > ? ORDER BY id DESC", (after,)
@@ -169,14 +171,16 @@ def _insert_forged(conn: sqlite3.Connection, after: int) -> None:
         0,
     )
     body = (after + 1, *fields, prev_hash)
+    # "? <> 0" stores the flag as either backend keeps it (SQLite 0/1, PostgreSQL a boolean).
+    values = ["?"] * (len(body) + 1)
+    values[len(fields)] = "? <> 0"
     conn.execute(
-        f"INSERT INTO audit_entries (id, {_FIELDS}, prev_hash, hash) "
-        f"VALUES ({', '.join('?' * (len(body) + 1))})",
+        f"INSERT INTO audit_entries (id, {_FIELDS}, prev_hash, hash) VALUES ({', '.join(values)})",
         (*body, row_hash(body)),
     )
 
 
-def _rehash_after(conn: sqlite3.Connection, entry: int) -> None:
+def _rehash_after(conn: Any, entry: int) -> None:
     """Recompute prev_hash and hash of every entry after ``entry``, as a careful forger would."""
     (prev_hash,) = conn.execute("SELECT hash FROM audit_entries WHERE id = ?", (entry,)).fetchone()
     rows = conn.execute(
@@ -438,8 +442,8 @@ def _anchor_over(context: Context, last: int, *, rehashed: bool) -> None:
             )
         else:
             conn.execute(
-                "INSERT INTO audit_anchors (last_deleted_id, last_deleted_hash, rows_deleted, "
-                "cutoff, created_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO audit_anchors (id, last_deleted_id, last_deleted_hash, rows_deleted, "
+                "cutoff, created_at) VALUES (1, ?, ?, ?, ?, ?)",
                 (last, last_hash, last, format_timestamp(now), now.isoformat()),
             )
 

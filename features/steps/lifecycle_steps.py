@@ -53,7 +53,7 @@ def then_close_incomplete(context: Context) -> None:
     assert world.returned is False, world.returned
     stats = world.audit.stats()
     # The operator learns where the entries went.
-    assert f"{world.database}.deadletter.jsonl" in (stats.last_error or ""), stats
+    assert str(world.deadletter_path) in (stats.last_error or ""), stats
     assert not stats.writer_alive, stats
 
 

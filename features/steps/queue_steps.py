@@ -4,6 +4,7 @@ import logging
 
 from behave import given, then
 from behave.runner import Context
+from trail_backend import writers_waiting
 
 from audit_engine import AuditQueueFull
 
@@ -17,8 +18,15 @@ def given_writer_stuck(context: Context) -> None:
     assert audit.settings.buffer_max_size == 1, "the writer must take one entry per batch"
     assert world.lock_held
     world.record_notes(1)
-    # A retry means the writer took the entry off the queue and met the lock.
-    world.wait_until(lambda: audit.stats().retries > 0, "the writer retries a busy database")
+    if isinstance(world.database, str):
+        # PostgreSQL: the writer took the entry off the queue and waits for the chain's lock.
+        world.wait_until(
+            lambda: audit.stats().queue_depth == 0 and writers_waiting(world.database) > 0,
+            "the writer waits for the chain's lock",
+        )
+    else:
+        # A retry means the writer took the entry off the queue and met the lock.
+        world.wait_until(lambda: audit.stats().retries > 0, "the writer retries a busy database")
     stats = audit.stats()
     assert stats.queue_depth == 0, stats
     assert stats.written == 0, stats
