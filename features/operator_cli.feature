@@ -1,4 +1,3 @@
-@sqlite_only
 Feature: An operator keeps the audit trail from a shell with the audit-engine command
   As an operator who looks after an application's audit trail from a terminal and from scripts
   I want one command that records, queries, proves, prunes and repairs the trail
@@ -20,6 +19,7 @@ Feature: An operator keeps the audit trail from a shell with the audit-engine co
     And audit-engine reports "Error: line 2: not JSON (Expecting ',' delimiter)"
     And the operator's audit trail holds the actions "backup.start, backup.finish"
 
+  @sqlite_only
   Scenario: A script learns that an entry it recorded was not written
     Given the operator has run "audit-engine init"
     When a shell script pipes these lines into "audit-engine record --stdin":
@@ -31,6 +31,7 @@ Feature: An operator keeps the audit trail from a shell with the audit-engine co
     And audit-engine prints "accepted 2, filtered 0, written 1, dead-lettered 1"
     And audit-engine ends its report with "Error: 1 entry was not committed (IntegrityError: UNIQUE constraint failed: audit_entries.event_id): kept in audit.db.deadletter.jsonl; `audit-engine replay-deadletter` stores them once the cause is fixed"
 
+  @sqlite_only
   Scenario: The demo never writes simulated entries into a real audit trail
     Given the operator's audit trail holds 2 entries recorded today
     When the operator runs "audit-engine --db audit.db demo --events 5"
@@ -82,6 +83,7 @@ Feature: An operator keeps the audit trail from a shell with the audit-engine co
     Then audit-engine exits with status 0
     And audit-engine prints "OK: 2 rows verified" and the head of the chain
 
+  @sqlite_only
   Scenario: The operator replays the dead-letter file once the disk problem is fixed
     Given the operator's audit trail holds 2 entries recorded today
     And the writer has set aside 2 entries in the dead-letter file because "disk I/O error"
@@ -94,6 +96,7 @@ Feature: An operator keeps the audit trail from a shell with the audit-engine co
     Then audit-engine exits with status 0
     And audit-engine prints "Nothing to replay: no dead-letter file at audit.db.deadletter.jsonl"
 
+  @sqlite_only
   Scenario: A mistyped database path is an error, not a new empty database
     Given the operator has run "audit-engine init"
     When the operator runs "audit-engine --db audti.db stats"

@@ -12,7 +12,6 @@ import os
 import re
 import shlex
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any
 
 from behave import given, then, when
 from behave.runner import Context
+from trail_backend import connect
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
 from audit_engine.rows import entry_row
@@ -35,9 +35,10 @@ _AGO = re.compile(r"(\d+) (minute|hour|day)s? ago")
 class _Shell:
     """The operator's working directory and the last command run in it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, url: str | None = None) -> None:
         self.root = root
-        self.database = root / "audit.db"
+        # On the postgres run the operator's environment names the team's trail by its URL.
+        self.database: Path | str = url or root / "audit.db"
         self.last: subprocess.CompletedProcess[str] | None = None
         self.set_aside: list[str] = []
         self.snapshot = b""  # the database's bytes once the application last wrote it
@@ -46,6 +47,8 @@ class _Shell:
         argv = shlex.split(command)
         assert argv[0] == "audit-engine", f"not an audit-engine command: {command!r}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_TRAIL_")}
+        if isinstance(self.database, str):
+            env["AUDIT_TRAIL_DATABASE"] = self.database
         # subprocess.run kills the child when the time limit passes.
         self.last = subprocess.run(
             [sys.executable, "-m", "audit_engine", *argv[1:]],
@@ -72,7 +75,8 @@ class _Shell:
             for entry in entries:
                 assert audit.record(**entry) is not None, entry
         assert audit.stats().written == len(entries), audit.stats()
-        self.snapshot = self.database.read_bytes()
+        if isinstance(self.database, Path):
+            self.snapshot = self.database.read_bytes()
 
     def entries(self) -> list[AuditEntry]:
         with AuditStore(self.database) as store:
@@ -114,7 +118,8 @@ def _notes(count: int, recorded: datetime, first: int = 0) -> list[dict[str, Any
 def given_shell(context: Context) -> None:
     root = Path(tempfile.mkdtemp(prefix="audit-cli-feature-"))
     context.add_cleanup(shutil.rmtree, root, ignore_errors=True)
-    context.operator_shell = _Shell(root)
+    database = context.world.database
+    context.operator_shell = _Shell(root, database if isinstance(database, str) else None)
 
 
 @given('the operator has run "{command}"')
@@ -157,12 +162,12 @@ def given_old_and_new(context: Context, old: int, days: int, new: int) -> None:
     'someone with write access to the file has changed the actor of entry {entry:d} to "{actor}"'
 )
 def given_tampered(context: Context, entry: int, actor: str) -> None:
-    conn = sqlite3.connect(_shell(context).database)
+    conn = connect(_shell(context).database)
     try:
-        changed = conn.execute(
-            "UPDATE audit_entries SET actor = ? WHERE id = ?", (actor, entry)
-        ).rowcount
-        conn.commit()
+        with conn:  # one committed transaction, on either backend
+            changed = conn.execute(
+                "UPDATE audit_entries SET actor = ? WHERE id = ?", (actor, entry)
+            ).rowcount
     finally:
         conn.close()
     assert changed == 1
@@ -236,6 +241,7 @@ def then_first_line(context: Context, line: str) -> None:
 def then_unchanged(context: Context) -> None:
     shell = _shell(context)
     assert shell.snapshot
+    assert isinstance(shell.database, Path)
     assert shell.database.read_bytes() == shell.snapshot
     assert sorted(p.name for p in shell.root.iterdir()) == ["audit.db"]
 
