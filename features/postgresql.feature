@@ -31,3 +31,16 @@ Feature: A team's tools share one audit trail on the team's PostgreSQL server
     When the desktop trail is copied into the team's trail again
     Then the copy reports 0 entries copied and 12 already present
     And the team's trail verifies, checking 12 entries
+
+  Scenario Outline: The team's app records the audit entry in its own transaction on the server, and <ends> it
+    Given the team's app keeps its notes on the team's server, where note 42 reads "first draft"
+    When the app saves note 42 as "final text" and records "note.save" through its own connection, in one transaction
+    Then another program still sees note 42 as "first draft" and no entry in the team's trail
+    When the app <ends> its transaction
+    Then another program sees note 42 on the team's server as "<body>"
+    And the team's trail holds <entries> "note.save" entries for note 42
+
+    Examples:
+      | ends        | body        | entries |
+      | commits     | final text  | 1       |
+      | rolls back  | first draft | 0       |

@@ -14,9 +14,10 @@ import sys
 import uuid
 from collections import Counter
 
+import psycopg
 from behave import given, then, when
 from behave.runner import Context
-from trail_backend import read_rows, start_cluster
+from trail_backend import query, read_rows, start_cluster
 
 from audit_engine import AuditService, AuditStore, copy_trail
 
@@ -153,3 +154,78 @@ def then_copy_reports(context: Context, copied: int, present: int) -> None:
 @then("the team's trail holds the desktop's {count:d} entries, every one of them once")
 def then_team_holds_desktop(context: Context, count: int) -> None:
     then_team_trail_holds(context, count)
+
+
+# -- the app's own transaction --------------------------------------------------------------------
+
+
+def _note_on_server(url: str, note_id: int) -> str:
+    rows = query(url, "SELECT body FROM notes WHERE id = ?", (note_id,))
+    assert rows, f"note {note_id} is gone"
+    return str(rows[0][0])
+
+
+@given(
+    "the team's app keeps its notes on the team's server, where note {note_id:d} reads \"{body}\""
+)
+def given_app_notes(context: Context, note_id: int, body: str) -> None:
+    world = context.world
+    with psycopg.connect(world.database, autocommit=True) as setup:
+        setup.execute("CREATE TABLE notes (id integer PRIMARY KEY, body text NOT NULL)")
+        setup.execute("INSERT INTO notes (id, body) VALUES (%s, %s)", (note_id, body))
+    # The app's connection: psycopg's default, a transaction opened by the first statement.
+    world.app = psycopg.connect(world.database)
+    world.cleanups.append(world.app.close)
+    world.open_service()
+
+
+@when(
+    'the app saves note {note_id:d} as "{body}" and records "{action}" through its own '
+    "connection, in one transaction"
+)
+def when_app_saves(context: Context, note_id: int, body: str, action: str) -> None:
+    world = context.world
+    world.app.execute("UPDATE notes SET body = %s WHERE id = %s", (body, note_id))
+    world.keep(
+        world.audit.record(
+            action=action,
+            actor="alice",
+            operation="update",
+            resource_type="note",
+            resource_id=str(note_id),
+            connection=world.app,
+        )
+    )
+    status = world.app.info.transaction_status
+    assert status == psycopg.pq.TransactionStatus.INTRANS, f"the app's transaction is {status}"
+
+
+@then('another program still sees note {note_id:d} as "{body}" and no entry in the team\'s trail')
+def then_app_change_unseen(context: Context, note_id: int, body: str) -> None:
+    world = context.world
+    assert _note_on_server(world.database, note_id) == body
+    assert read_rows(world.database, ("event_id",)) == []
+
+
+@when("the app {ends} its transaction")
+def when_app_ends(context: Context, ends: str) -> None:
+    app = context.world.app
+    endings = {"commits": app.commit, "rolls back": app.rollback}
+    assert ends in endings, f"say 'commits' or 'rolls back', not {ends!r}"
+    endings[ends]()
+
+
+@then('another program sees note {note_id:d} on the team\'s server as "{body}"')
+def then_app_note(context: Context, note_id: int, body: str) -> None:
+    found = _note_on_server(context.world.database, note_id)
+    assert found == body, f"note {note_id} reads {found!r}, expected {body!r}"
+
+
+@then('the team\'s trail holds {count:d} "{action}" entries for note {note_id:d}')
+def then_app_entries(context: Context, count: int, action: str, note_id: int) -> None:
+    world = context.world
+    rows = read_rows(world.database, ("event_id", "action", "resource_id"))
+    found = [r for r in rows if (r["action"], r["resource_id"]) == (action, str(note_id))]
+    assert len(found) == count == len(rows), rows
+    if count:
+        assert found[0]["event_id"] == world.accepted[-1], found
