@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg.adapt import Loader
+from psycopg.conninfo import conninfo_to_dict
 
 from audit_engine.settings import mask_url
 from audit_engine.storage.dialect import BackendError, Dialect
@@ -45,7 +46,16 @@ PG = Dialect(
 # The advisory lock that guards the chain's tail: (this class, the entries table's oid), so two
 # trails in two schemas of one database do not wait for each other.
 CHAIN_LOCK_CLASS = 0x41554454  # "AUDT"
-CONNECT_TIMEOUT_S = 5
+# Unless the URL says otherwise: how long a connection attempt may take (libpq's smallest useful
+# value; the writer's close(timeout) waits for one attempt), and TCP keepalives, so a server that
+# vanished without a word (a cut network) is noticed in about half a minute, not hours.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "2",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+}
 
 # SQLSTATE classes worth retrying: connection exceptions, transaction rollbacks (serialization,
 # deadlock), insufficient resources (a full disk), operator intervention (shutdown, cancel),
@@ -64,8 +74,18 @@ def classify(exc: Exception) -> BackendError:
     busy = isinstance(exc, psycopg.OperationalError) and sqlstate is None  # no server answer
     if sqlstate is not None:
         busy = sqlstate[:2] in _BUSY_CLASSES or sqlstate in _BUSY_STATES
-    message = str(exc).strip() or type(exc).__name__
-    return BackendError(f"{type(exc).__name__}: {message}", busy=busy, sqlstate=sqlstate)
+    return BackendError(f"{type(exc).__name__}: {_one_line(exc)}", busy=busy, sqlstate=sqlstate)
+
+
+def _one_line(exc: Exception) -> str:
+    """The server's message and its detail on one line (messages and dead letters are lines);
+    libpq's own multi-line messages (a connection that failed) with their lines joined."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None)
+    if primary:
+        detail = getattr(diag, "message_detail", None)
+        return f"{primary} ({detail})" if detail else str(primary)
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class _TimestampText(Loader):
@@ -98,9 +118,9 @@ def connect(url: str) -> psycopg.Connection[Any]:
     """A psycopg connection to ``url`` set up as the engine reads and writes: autocommit, UTC,
     timestamps and flags loaded in their stored form. Raises :class:`BackendError`."""
     try:
-        conn = psycopg.connect(
-            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, application_name="audit_engine"
-        )
+        given = conninfo_to_dict(url)
+        defaults = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+        conn = psycopg.connect(url, autocommit=True, application_name="audit_engine", **defaults)
     except psycopg.Error as exc:
         raise classify(exc) from None
     conn.adapters.register_loader("timestamptz", _TimestampText)

@@ -159,11 +159,12 @@ def _refuse_newer(version: int) -> None:
 
 
 def table_oid(conn: psycopg.Connection[Any]) -> int:
-    """The entries table's oid (the key of the chain's advisory lock)."""
+    """The entries table's oid as a signed 32-bit integer: the second key of the chain's
+    advisory lock, ``pg_advisory_xact_lock(int, int)`` (an oid is unsigned, up to 2**32 - 1)."""
     oid = _lookup(conn, TABLE)
     if oid is None:
         raise AuditStoreError(f"no {TABLE} table in this PostgreSQL schema")
-    return oid
+    return oid - 2**32 if oid >= 2**31 else oid
 
 
 def chain_versions(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
