@@ -12,7 +12,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -54,15 +54,22 @@ def is_database_url(database: object) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """``url`` without its password (``postgresql://user:***@host/db``), for messages and logs."""
+    """``url`` without its password (``postgresql://user:***@host/db``, ``?password=***``), for
+    messages and logs."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        host = parts.netloc.rsplit("@", 1)[1]
+        if parts.password is not None:
+            host = parts.netloc.rsplit("@", 1)[1]
+            parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+        if "password=" in parts.query.lower():
+            query = [
+                (key, "***" if key.lower() == "password" else value)
+                for key, value in parse_qsl(parts.query, keep_blank_values=True)
+            ]
+            parts = parts._replace(query=urlencode(query, safe="*"))
     except ValueError:  # a URL too broken to parse: show none of it
         return "postgresql://***"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    return urlunsplit(parts)
 
 
 def describe_database(database: Path | str) -> str:
