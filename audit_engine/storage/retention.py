@@ -341,6 +341,11 @@ class CleanupThread:
                     logger.warning(
                         "audit cleanup failed; retrying in %ss: %s", self._interval_s, exc
                     )
+                    # A server that restarted took the connection along: a new one next time.
+                    if conn is not None:
+                        with self.fork_gate, contextlib.suppress(Exception):
+                            conn.close()
+                        conn = None
                 else:
                     with self._lock:
                         self.runs += 1
