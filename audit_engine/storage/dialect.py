@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
 from audit_engine.columns import STORED_COLUMNS
+from audit_engine.errors import AuditEngineError
 from audit_engine.rows import Row
 from audit_engine.storage.base import Tail
 from audit_engine.storage.sqlite import append
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 
-class BackendError(Exception):
+class BackendError(AuditEngineError):
     """A database error of a backend other than SQLite, raised by its trail connection.
 
     ``busy`` says whether trying again later may succeed (a lock, a dropped connection, a
