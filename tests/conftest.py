@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,13 +17,15 @@ from audit_engine.storage import sqlite as store
 
 
 @pytest.fixture(autouse=True)
-def _clean_audit_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No AUDIT_TRAIL_* variable from the developer's shell leaks into a test."""
-    import os
-
+def _clean_audit_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """No AUDIT_TRAIL_* variable from the developer's shell leaks into a test, and a URL trail's
+    default dead-letter file (in the user's data directory) lands in a temporary one."""
     for name in list(os.environ):
         if name.upper().startswith("AUDIT_TRAIL_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("data-home")))
 
 
 @pytest.fixture
