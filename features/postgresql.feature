@@ -14,8 +14,10 @@ Feature: A team's tools share one audit trail on the team's PostgreSQL server
     Given a PostgreSQL server of the tool's own, with the tool's audit service recording into it
     When the tool records 20 entries
     And the tool flushes the audit trail
-    And the server restarts
+    And the server shuts down
     And the tool records 20 entries
+    Then every one of them was accepted, and the audit writer keeps trying the server
+    When the server starts again
     And the tool flushes the audit trail
     Then the tool's trail on that server holds the 40 recorded entries, each once
     And the service reports 0 dead-lettered entries
@@ -24,11 +26,11 @@ Feature: A team's tools share one audit trail on the team's PostgreSQL server
   Scenario: A trail kept on a desktop is copied into the team's server, once
     Given the team's audit trail lives on the team's PostgreSQL server
     And a desktop tool has kept 12 entries in a local audit trail file
-    When the desktop trail is copied into the team's trail
+    When the operator runs "audit-engine copy" from the desktop trail file into the team's trail
     Then the copy reports 12 entries copied and 0 already present
     And the team's trail holds the desktop's 12 entries, every one of them once
     And the team's trail verifies, checking 12 entries
-    When the desktop trail is copied into the team's trail again
+    When the operator runs "audit-engine copy" from the desktop trail file into the team's trail again
     Then the copy reports 0 entries copied and 12 already present
     And the team's trail verifies, checking 12 entries
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -19,12 +20,16 @@ from behave import given, then, when
 from behave.runner import Context
 from trail_backend import query, read_rows, start_cluster
 
-from audit_engine import AuditService, AuditStore, copy_trail
+from audit_engine import AuditService, AuditStore
 
 WAIT_S = 10.0
 TOOLS = 3
 # Each tool's run ends well within this; communicate() kills nothing itself, so we do on timeout.
 _TOOL_TIMEOUT_S = 60.0
+# The summary line of `audit-engine copy`: how many entries it appended and how many it found.
+_COPIED = re.compile(
+    r"^Copied (?P<copied>\d+) entr(?:y|ies) .* \((?P<present>\d+) already present\)", re.M
+)
 
 
 def _tool_lines(tool: int, count: int) -> tuple[list[str], str]:
@@ -98,12 +103,29 @@ def given_own_server(context: Context) -> None:
     world.cleanups.append(cluster.stop)
     world.own_server = cluster
     world.own_trail = cluster.create_database()
-    world.open_service(world.settings(database=world.own_trail))
+    # A short flush interval: the writer meets the outage at once, not at its next tick.
+    world.open_service(world.settings(database=world.own_trail, buffer_flush_interval=0.05))
 
 
-@when("the server restarts")
-def when_server_restarts(context: Context) -> None:
-    context.world.own_server.restart()
+@when("the server shuts down")
+def when_server_down(context: Context) -> None:
+    context.world.own_server.stop_now()
+
+
+@then("every one of them was accepted, and the audit writer keeps trying the server")
+def then_writer_retries(context: Context) -> None:
+    world = context.world
+    assert None not in world.last_results, world.last_results
+    # A retry means the writer took the entries in hand and met the server down.
+    world.wait_until(lambda: world.audit.stats().retries > 0, "the writer retries the server")
+    stats = world.audit.stats()
+    assert stats.writer_alive, stats
+    assert stats.dead_lettered == 0, stats
+
+
+@when("the server starts again")
+def when_server_up(context: Context) -> None:
+    context.world.own_server.start_again()
 
 
 @then("the tool's trail on that server holds the {count:d} recorded entries, each once")
@@ -137,18 +159,35 @@ def given_desktop_trail(context: Context, count: int) -> None:
     assert None not in world.expected_ids
 
 
-@when("the desktop trail is copied into the team's trail")
-@when("the desktop trail is copied into the team's trail again")
+@when('the operator runs "audit-engine copy" from the desktop trail file into the team\'s trail')
+@when(
+    'the operator runs "audit-engine copy" from the desktop trail file into the team\'s trail again'
+)
 def when_copy_desktop(context: Context) -> None:
     world = context.world
-    # The `audit-engine copy` command was not registered when this was written: the library call.
-    world.copy_report = copy_trail(world.desktop, world.database)
+    command = [sys.executable, "-m", "audit_engine", "copy", str(world.desktop), world.database]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_TRAIL_")}
+    # subprocess.run kills the command when the time limit passes.
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=world.root,
+        timeout=_TOOL_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, f"audit-engine copy failed ({done.returncode}): {done.stderr}"
+    world.copy_output = done.stdout
 
 
 @then("the copy reports {copied:d} entries copied and {present:d} already present")
 def then_copy_reports(context: Context, copied: int, present: int) -> None:
-    report = context.world.copy_report
-    assert (report.copied, report.already_present) == (copied, present), report
+    output = context.world.copy_output
+    match = _COPIED.search(output)
+    assert match, f"no 'Copied ...' line in: {output!r}"
+    assert (int(match["copied"]), int(match["present"])) == (copied, present), output
+    assert f"destination verified ({copied + present} row" in output, output
 
 
 @then("the team's trail holds the desktop's {count:d} entries, every one of them once")
