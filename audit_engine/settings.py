@@ -187,7 +187,8 @@ class AuditSettings(BaseSettings):
     busy_timeout: float = Field(
         default=5.0,
         ge=0,
-        description="Seconds one SQLite call waits for another connection's lock.",
+        description="Seconds one SQLite call waits for another connection's lock; on "
+        "PostgreSQL, how long a synchronous write retries a server it cannot reach.",
     )
     max_details_bytes: int = Field(
         default=65536, gt=0, description="Largest serialised `details` accepted, in bytes."
