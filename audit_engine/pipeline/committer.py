@@ -80,7 +80,7 @@ class Committer:
         try:
             with self._gate():
                 self.tail = sink.read_tail()
-        except SinkError as exc:
+        except Exception as exc:  # best effort: the first commit reads it, and reports
             logger.debug("audit writer could not read the chain's tail up front: %s", exc)
 
     def commit(self, rows: Sequence[Row]) -> None:
@@ -120,6 +120,12 @@ class Committer:
             except SinkError as exc:
                 self._unavailable = isinstance(exc, SinkUnavailable)
                 self.last_error = str(exc)
+                return self.last_error
+            except Exception as exc:
+                # A sink that broke its contract (an unclassified error is a bug in it): the
+                # batch is set aside whole, never lost and never raised into close().
+                self._unavailable = True
+                self.last_error = f"unexpected sink error: {exc!r}"
                 return self.last_error
             else:
                 self.written += len(rows)

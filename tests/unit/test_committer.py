@@ -318,3 +318,28 @@ def test_the_sqlite_sink_raises_the_seams_errors_only(db_path: Path) -> None:
     sink.close()
     with pytest.raises(SinkRefused, match="ProgrammingError"):
         sink.read_tail()  # a closed connection
+
+
+def test_a_sink_that_raises_an_unclassified_error_has_the_batch_set_aside_whole(
+    tmp_path: Path,
+) -> None:
+    class Broken(FakeSink):
+        def read_tail(self) -> Tail:
+            raise TypeError("a bug in the sink")
+
+        def commit(self, rows: Sequence[Row], tail: Tail | None) -> Tail:
+            self.attempts.append(len(rows))
+            raise TypeError("a bug in the sink")
+
+    sink = Broken()
+    committer, aside = _committer(sink, tmp_path / "dl.jsonl")
+    committer.read_tail()  # best effort: nothing raised
+    batch = _rows(4)
+
+    committer.commit(batch)  # nothing raised either: set aside, never lost
+
+    assert sink.attempts == [4]  # not split: every row would fail the same way
+    assert aside.dead_lettered == 4
+    error = "unexpected sink error: TypeError('a bug in the sink')"
+    assert _dead(tmp_path / "dl.jsonl") == [("doc.save", error)] * 4
+    assert committer.last_error == error
