@@ -51,9 +51,6 @@ Feature: Committing everything before the tool exits
     And the audit service is closed
     And the audit database holds exactly the recorded entries
 
-  # Not on PostgreSQL yet: a writer waiting there for the chain's advisory lock outlives
-  # close(timeout) and commits its batch once the lock is free (reported on issue 13).
-  @sqlite_only
   Scenario: Closing while another program keeps the database locked sets the entries aside
     Given the tool has started its audit service
     And another program holds the audit database's write lock

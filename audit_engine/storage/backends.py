@@ -58,11 +58,11 @@ def postgres() -> ModuleType:
 
 
 def open_sink(settings: AuditSettings, busy_timeout: float) -> ChainSink:
-    """The writer's sink for ``settings.database`` (SQLite waits up to ``busy_timeout`` for a
-    lock; PostgreSQL waits for its advisory lock as long as the holder's batch takes)."""
+    """The writer's sink for ``settings.database``; one wait for a lock (SQLite's write lock,
+    PostgreSQL's advisory lock on the chain) lasts at most ``busy_timeout`` seconds."""
     database = settings.database
     if isinstance(database, str):
-        sink: ChainSink = postgres().PostgresSink(database)
+        sink: ChainSink = postgres().PostgresSink(database, lock_timeout_s=busy_timeout)
         return sink
     conn = schema.open_connection(
         database, synchronous=settings.synchronous, busy_timeout=busy_timeout
@@ -80,10 +80,13 @@ def open_trail(
     """A trail connection for the shared storage code (reads, purge, replay) to ``database``.
 
     A SQLite file must exist unless ``create``; a PostgreSQL database must hold the engine's
-    tables unless ``create`` (which creates or migrates them).
+    tables unless ``create`` (which creates or migrates them). One wait for a lock lasts at most
+    ``busy_timeout`` seconds on either.
     """
     if is_database_url(database):
-        trail: AnyConnection = postgres().open_trail(str(database), create=create)
+        trail: AnyConnection = postgres().open_trail(
+            str(database), create=create, lock_timeout_s=busy_timeout
+        )
         return trail
     return schema.open_connection(
         Path(database), busy_timeout=busy_timeout, create=create, synchronous=synchronous

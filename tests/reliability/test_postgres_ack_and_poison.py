@@ -35,8 +35,8 @@ class LoseNextAck:
         self.armed = threading.Event()
         self.lost = 0
 
-    def connect(self, url: str) -> Any:
-        return _AckLosingConnection(pg_connection.connect(url), self)
+    def connect(self, url: str, **options: Any) -> Any:
+        return _AckLosingConnection(pg_connection.connect(url, **options), self)
 
 
 class _AckLosingConnection:

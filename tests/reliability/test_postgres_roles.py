@@ -197,3 +197,25 @@ def test_a_wrong_url_fails_when_the_service_starts_naming_why_without_the_passwo
     )
     assert 'database "no_such_db" does not exist' in message
     assert "s3cret" not in message
+
+
+def test_close_with_a_timeout_is_not_stuck_behind_another_sessions_chain_lock(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """An application transaction (or another host's long purge) holds the chain's lock."""
+    dead = tmp_path / "dl.jsonl"
+    audit = AuditService(pg_url, cleanup_enabled=False, deadletter_path=dead)
+    with psycopg.connect(pg_url) as holder:  # not autocommit: the lock lasts until rollback
+        audit.record(action="note.save", connection=holder)  # takes the chain's lock
+        for n in range(10):
+            audit.record(action="queued", resource_id=str(n))
+        assert not audit.close(0.5)
+        stats = audit.stats()
+        assert not stats.writer_alive  # not left waiting for the lock
+        assert stats.dead_lettered == 10
+        assert len(dead.read_text().splitlines()) == 10
+        holder.rollback()
+    with AuditStore(pg_url) as store:  # nothing was committed behind close()'s back
+        assert store.count() == 0
+        assert store.replay_dead_letters(dead).replayed == 10
+        assert store.verify().ok

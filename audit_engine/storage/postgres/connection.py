@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg.adapt import Loader
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from audit_engine.settings import mask_url
 from audit_engine.storage.dialect import BackendError, Dialect
@@ -114,19 +114,29 @@ def pg_sql(sql: str) -> str:
     return sql.replace("%", "%%").replace("?", "%s")
 
 
-def connect(url: str) -> psycopg.Connection[Any]:
+def connect(url: str, *, lock_timeout_s: float | None = None) -> psycopg.Connection[Any]:
     """A psycopg connection to ``url`` set up as the engine reads and writes: autocommit, UTC,
-    timestamps and flags loaded in their stored form. Raises :class:`BackendError`."""
+    timestamps and flags loaded in their stored form. Raises :class:`BackendError`.
+
+    ``lock_timeout_s``: how long one statement may wait for a lock — the chain's advisory lock
+    above all — before it fails as busy (55P03) and the caller retries: the writer's
+    ``close(timeout)`` can then stop between two waits, as on SQLite. None: no limit.
+    """
     try:
         given = conninfo_to_dict(url)
         defaults = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
-        conn = psycopg.connect(url, autocommit=True, application_name="audit_engine", **defaults)
+        conninfo = make_conninfo(url, **defaults)
+        conn = psycopg.connect(conninfo, autocommit=True, application_name="audit_engine")
     except psycopg.Error as exc:
         raise classify(exc) from None
     conn.adapters.register_loader("timestamptz", _TimestampText)
     conn.adapters.register_loader("bool", _BoolInt)
     try:
         conn.execute("SET TIME ZONE 'UTC'")
+        if lock_timeout_s is not None:
+            # At least 1 ms: lock_timeout = 0 would mean no limit at all.
+            milliseconds = max(1, round(lock_timeout_s * 1000))
+            conn.execute(f"SET lock_timeout = {milliseconds}")
     except psycopg.Error as exc:  # pragma: no cover - a server that drops us right away
         conn.close()
         raise classify(exc) from None

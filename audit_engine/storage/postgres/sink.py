@@ -41,11 +41,14 @@ class PostgresSink:
     """The writer's :class:`~audit_engine.storage.base.ChainSink` on a PostgreSQL URL.
 
     Connects lazily (and again after a connection failure); creates or migrates the schema on
-    each new connection.
+    each new connection. ``lock_timeout_s`` bounds one wait for the chain's lock (another writer,
+    a purge, an application's open transaction holding it): the commit then fails as busy and
+    the writer retries, so ``close(timeout)`` is never stuck behind someone else's lock.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, lock_timeout_s: float | None = None) -> None:
         self.url = url
+        self._lock_timeout_s = lock_timeout_s
         self._conn: psycopg.Connection[Any] | None = None
         self._lock_key = 0
         # The last attempt failed in a way that may have committed it: check before writing.
@@ -54,7 +57,7 @@ class PostgresSink:
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = None
-            conn = connect(self.url)
+            conn = connect(self.url, lock_timeout_s=self._lock_timeout_s)
             try:
                 migrate(conn)
                 self._lock_key = table_oid(conn)

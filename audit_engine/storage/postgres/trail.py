@@ -126,14 +126,14 @@ class PgTrail:
         self.conn.close()
 
 
-def open_trail(url: str, *, create: bool = False) -> PgTrail:
+def open_trail(url: str, *, create: bool = False, lock_timeout_s: float | None = None) -> PgTrail:
     """A trail connection to ``url``; ``create`` creates or migrates the engine's tables.
 
     Without ``create``, a database without the engine's tables raises
     :class:`~audit_engine.errors.AuditStoreError` (nothing is created by a read).
     """
     try:
-        conn = connect(url)
+        conn = connect(url, lock_timeout_s=lock_timeout_s)
     except BackendError as exc:
         raise AuditStoreError(f"cannot connect to {mask_url(url)}: {exc}") from None
     try:
