@@ -31,8 +31,8 @@ from audit_engine.storage.base import (
     Tail,
 )
 from audit_engine.storage.deadletter import DeadLetterFile
-from audit_engine.storage.store import AuditStore
 from audit_engine.storage.sqlite.sink import SqliteSink, classify
+from audit_engine.storage.store import AuditStore
 
 
 class FakeSink:
