@@ -8,7 +8,9 @@ without storing the batch twice.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +49,16 @@ class _AckLosingConnection:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
 
-    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        result = self._real.execute(query, *args, **kwargs)
-        if query == "COMMIT" and self._fault.armed.is_set():
-            # Committed on the server. Now the acknowledgement "never arrives".
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self._real.transaction() as tx:
+            yield tx
+        # Committed on the server. Now the acknowledgement "never arrives".
+        if self._fault.armed.is_set():
             self._fault.armed.clear()
             self._fault.lost += 1
             self._real.close()
             raise psycopg.OperationalError("server closed the connection unexpectedly")
-        return result
 
 
 def test_a_commit_whose_acknowledgement_was_lost_is_not_stored_twice(

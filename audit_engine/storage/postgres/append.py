@@ -9,7 +9,6 @@ so a commit whose acknowledgement was lost is not stored twice.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ import psycopg
 from audit_engine.rows import Row
 from audit_engine.storage.anchors import ANCHORS
 from audit_engine.storage.chain import GENESIS_HASH, link_into
-from audit_engine.storage.postgres.connection import CHAIN_LOCK_CLASS, classify, lock_chain
+from audit_engine.storage.postgres.connection import classify, lock_chain
 from audit_engine.storage.postgres.schema import TABLE, migrate, table_oid
 
 __all__ = [
@@ -73,14 +72,15 @@ def write_batch(
 ) -> tuple[int, str]:
     """Commit ``rows`` after the chain's tail in one transaction; returns the new tail.
 
-    ``conn`` is in autocommit mode (the transaction is this function's, committed here). On any
+    ``conn`` is in autocommit mode (the transaction is this function's). On any
     error nothing of the batch is kept. With ``skip_stored``, rows stored already — the same
     ``event_id`` holding the same entry — are left out (an attempt whose acknowledgement was
     lost committed them). A row whose ``event_id`` holds a *different* entry stays in: the
     server refuses it, and the writer sets it aside, never drops it.
     """
-    tail = _begin_at_tail(conn, lock_key)
-    try:
+    with conn.transaction():
+        lock_chain(conn, lock_key)
+        tail = chain_tail(conn)
         if skip_stored and rows:
             found = conn.execute(_STORED_SQL, ([row.event_id for row in rows],)).fetchall()
             stored = {Row(*values) for values in found}
@@ -89,29 +89,7 @@ def write_batch(
             params: list[Any] = []
             tail = link_into(params, rows, *tail)
             copy_linked(conn, params)
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(psycopg.Error):  # a broken connection took the transaction along
-            conn.execute("ROLLBACK")
-        raise
     return tail
-
-
-def _begin_at_tail(conn: psycopg.Connection[Any], lock_key: int) -> tuple[int, str]:
-    """Open the batch's transaction, take the chain's lock and read the tail: one round trip.
-
-    The writer's thread gives up the GIL for every round trip and may wait a whole switch
-    interval to get it back while callers run ``record()``: three statements in one message
-    (the lock's keys are integers of ours, never input) save two of those waits per batch.
-    """
-    cursor = conn.execute(
-        f"BEGIN; SELECT pg_advisory_xact_lock({CHAIN_LOCK_CLASS}, {int(lock_key)}); {_TAIL_SQL}"
-    )
-    cursor.nextset()  # BEGIN's result, then the lock's
-    cursor.nextset()
-    row = cursor.fetchone()
-    assert row is not None  # the genesis part always answers
-    return int(row[0]), str(row[1])
 
 
 def copy_linked(conn: psycopg.Connection[Any], params: Sequence[Any]) -> None:
