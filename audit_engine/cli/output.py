@@ -139,7 +139,9 @@ class CountParam(click.IntRange):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         number = super().convert(value, param, ctx)
         if number > INT_MAX:
-            self.fail(f"{number} is more than the database can count (at most {INT_MAX})", param, ctx)
+            self.fail(
+                f"{number} is more than the database can count (at most {INT_MAX})", param, ctx
+            )
         return number
 
 

@@ -141,8 +141,8 @@ def test_a_limit_beyond_sqlite_integers_is_a_usage_error(cli: Cli, notes: Trail)
 
     assert result.output.startswith("Usage: audit-engine query [OPTIONS]\n")
     assert result.output.endswith(
-        "Error: Invalid value for '--limit': 9223372036854775808 is more than the database can count "
-        "(at most 9223372036854775807)\n"
+        "Error: Invalid value for '--limit': 9223372036854775808 is more than the database can "
+        "count (at most 9223372036854775807)\n"
     )
     assert len(largest.output.splitlines()) == 4
 
