@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -104,14 +104,48 @@ class Recorder:
             self.started.set()
 
 
-def test_a_server_restart_mid_run_loses_nothing(
-    own_cluster: PgCluster, url: str, tmp_path: Path
+def _restart(cluster: PgCluster, service: AuditService, dbname: str) -> list[str | None]:
+    cluster.restart()
+    return []
+
+
+def _crash_then_start(cluster: PgCluster, service: AuditService, dbname: str) -> list[str | None]:
+    cluster.stop_now("immediate")  # a crash: no checkpoint, connections cut
+    down = [service.record(action="while.down", event_id=f"down-{n}") for n in range(50)]
+    assert service.stats().dead_lettered == 0  # a short outage dead-letters nothing
+    cluster.start_again()
+    return down
+
+
+def _drop_connection(cluster: PgCluster, service: AuditService, dbname: str) -> list[str | None]:
+    with psycopg.connect(cluster.url(), autocommit=True, connect_timeout=10) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'audit_engine'",
+            (dbname,),
+        ).fetchall()
+    assert ended == [(True,)]  # the writer's one connection
+    return []
+
+
+@pytest.mark.parametrize(
+    "outage",
+    [_restart, _crash_then_start, _drop_connection],
+    ids=["restart", "immediate-shutdown-then-start", "terminated-backend"],
+)
+def test_a_server_that_goes_away_mid_run_loses_nothing(
+    own_cluster: PgCluster,
+    url: str,
+    tmp_path: Path,
+    outage: Callable[[PgCluster, AuditService, str], list[str | None]],
 ) -> None:
     service = service_for(url, tmp_path, block_timeout=TIMEOUT_S)
     try:
         with Recorder(service) as recorder:
             assert service.flush(TIMEOUT_S)  # the writer has a connection, now made stale
-            own_cluster.restart()
+            during = outage(own_cluster, service, url.rsplit("/", 1)[1])
+            # At least one batch after the outage, whatever the recorder thread got to do.
+            after = service.record(action="after.outage")
             assert service.flush(TIMEOUT_S)
         assert recorder.error is None, recorder.error
         assert service.close(timeout=TIMEOUT_S)
@@ -119,62 +153,11 @@ def test_a_server_restart_mid_run_loses_nothing(
         service.close(timeout=5)
     stats = service.stats()
     assert stats.dead_lettered == 0, stats.last_error
-    assert stats.retries > 0
-    assert stats.written == len(recorder.ids)
-    assert_stored_once(url, recorder.ids)
-
-
-def test_an_immediate_shutdown_and_a_later_start_lose_nothing(
-    own_cluster: PgCluster, url: str, tmp_path: Path
-) -> None:
-    service = service_for(url, tmp_path, block_timeout=TIMEOUT_S)
-    try:
-        with Recorder(service) as recorder:
-            assert service.flush(TIMEOUT_S)
-            own_cluster.stop_now("immediate")  # a crash: no checkpoint, connections cut
-            down = [service.record(action="while.down", event_id=f"down-{n}") for n in range(50)]
-            assert service.stats().dead_lettered == 0  # a short outage dead-letters nothing
-            own_cluster.start_again()
-            assert service.flush(TIMEOUT_S)
-        assert recorder.error is None, recorder.error
-        assert service.close(timeout=TIMEOUT_S)
-    finally:
-        service.close(timeout=5)
-    stats = service.stats()
-    assert stats.dead_lettered == 0, stats.last_error
-    assert stats.retries > 0
-    assert_stored_once(url, recorder.ids + [i for i in down if i is not None])
-
-
-def test_a_dropped_connection_is_reopened_and_loses_nothing(
-    pg_cluster: PgCluster, pg_url: str, tmp_path: Path
-) -> None:
-    # The server stays up (only one session of the test's own database ends): the shared one.
-    url, own_cluster = pg_url, pg_cluster
-    service = service_for(url, tmp_path, block_timeout=TIMEOUT_S)
-    dbname = url.rsplit("/", 1)[1]
-    try:
-        with Recorder(service) as recorder:
-            assert service.flush(TIMEOUT_S)
-            with psycopg.connect(own_cluster.url(), autocommit=True, connect_timeout=10) as admin:
-                ended = admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = %s AND application_name = 'audit_engine'",
-                    (dbname,),
-                ).fetchall()
-            assert ended == [(True,)]  # the writer's one connection
-            # At least one batch after the drop, whatever the recorder thread got to do.
-            after = service.record(action="after.drop")
-            assert service.flush(TIMEOUT_S)
-        assert recorder.error is None, recorder.error
-        assert service.close(timeout=TIMEOUT_S)
-    finally:
-        service.close(timeout=5)
-    stats = service.stats()
-    assert stats.dead_lettered == 0, stats.last_error
-    assert stats.retries > 0
-    assert after is not None
-    assert_stored_once(url, [*recorder.ids, after])
+    assert stats.retries > 0  # the stale connection was met, and a new one opened
+    expected = [*recorder.ids, *during, after]
+    assert None not in expected
+    assert stats.written == len(expected)
+    assert_stored_once(url, [event_id for event_id in expected if event_id is not None])
 
 
 def fill_until_refused(service: AuditService, prefix: str) -> list[str]:
