@@ -84,11 +84,8 @@ def pg_cluster() -> Iterator[PgCluster]:
 
     No server (or no PostgreSQL installed) fails the test: PostgreSQL tests never skip.
     """
-    cluster = PgCluster()
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+    with PgCluster() as cluster:  # started here, stopped at the end whatever happens
+        yield cluster
 
 
 @pytest.fixture

@@ -27,11 +27,8 @@ TIMEOUT_S = 60
 
 @pytest.fixture
 def own_cluster() -> Iterator[PgCluster]:
-    cluster = PgCluster()
-    try:
-        yield cluster.start()
-    finally:
-        cluster.stop()
+    with PgCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
