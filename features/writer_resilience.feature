@@ -3,7 +3,6 @@ Feature: The audit writer survives database trouble
   I want the writer to wait out a busy database and to set aside an entry it cannot store
   So that neither problem loses accepted entries or stops auditing
 
-  @sqlite_only
   Scenario: A database that stays busy for a while is retried and nothing is lost
     Given a tool with an audit service configured with:
       | setting               | value |
