@@ -102,8 +102,8 @@ def test_tail_of_an_empty_trail_prints_the_header_only(cli: Cli, trail: Trail) -
         (
             # Issue 11 item 12: an OverflowError traceback.
             ["-n", "9223372036854775808"],
-            "Error: Invalid value for '-n' / '--lines': 9223372036854775808 is more than SQLite "
-            "can count (at most 9223372036854775807)\n",
+            "Error: Invalid value for '-n' / '--lines': 9223372036854775808 is more than the "
+            "database can count (at most 9223372036854775807)\n",
         ),
     ],
 )
