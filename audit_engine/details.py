@@ -108,6 +108,12 @@ def _child(where: str, key: str) -> str:
 
 
 def _text(value: str, where: str) -> str:
+    # Either backend must store every entry record() accepted: PostgreSQL's text and jsonb hold
+    # no U+0000 (SQLite would), so neither does an entry.
+    if "\x00" in value:
+        raise ValueError(
+            f"{where} contains the NUL character (U+0000), which a PostgreSQL trail cannot store"
+        )
     # SQLite stores UTF-8: a lone surrogate would only fail later, when the details are written.
     if not value.isascii():
         try:

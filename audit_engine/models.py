@@ -277,6 +277,9 @@ class AuditEntry(BaseModel):
             to_json_details(self.details)
             raise  # pragma: no cover - to_json_details raised
 
+        if "\\u0000" in text:
+            # JSON's escape of U+0000 (or a backslash before "u0000"): the walk names a real one.
+            to_json_details(self.details)
         if size > limit:
             raise ValueError(
                 f"details is {size} bytes serialised, more than max_details_bytes={limit}"

@@ -163,6 +163,8 @@ def plain_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict
             raise _NotPlain from None
     if size > max_details_bytes:
         raise _NotPlain  # the model raises the size error
+    if "\\u0000" in text:
+        raise _NotPlain  # perhaps a NUL character, which the model refuses naming its place
     # tuple.__new__ directly: Row(...) goes through a generated Python __new__ (~0.2 µs more).
     row = _new_row(
         Row,
