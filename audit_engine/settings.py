@@ -8,6 +8,7 @@ came from: its variable, or the keyword argument.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from enum import StrEnum
 from pathlib import Path
@@ -72,6 +73,36 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts)
 
 
+def database_url(value: str) -> str | None:
+    """``value`` as the engine uses it when it is a URL: a PostgreSQL URL with its scheme in
+    lower case (libpq knows no other spelling); None when it is not a URL (a file path).
+
+    Raises ``ValueError`` for another ``scheme://`` or a URL that does not parse; the message
+    never holds the password.
+    """
+    if "://" not in value:
+        return None
+    scheme, rest = value.split("://", 1)
+    if scheme.lower() not in URL_SCHEMES:
+        raise ValueError(
+            f"must be a SQLite file path or a postgresql:// URL (got a {scheme}:// URL)"
+        )
+    url = f"{scheme.lower()}://{rest}"
+    try:
+        urlsplit(url).port  # noqa: B018 - parsing is the check
+    except ValueError as exc:
+        raise ValueError(f"is not a valid PostgreSQL URL: {exc}") from None
+    return url
+
+
+def resolve_database(database: str | os.PathLike[str]) -> Path | str:
+    """A database as the engine uses it: a checked PostgreSQL URL (see :func:`database_url`),
+    else a file path. Raises ``ValueError`` for another ``scheme://`` or a broken URL."""
+    text = os.fspath(database)
+    url = database_url(text) if isinstance(text, str) else None
+    return Path(text) if url is None else url
+
+
 def describe_database(database: Path | str) -> str:
     """The database as messages show it: a path, or a URL without its password."""
     return mask_url(database) if isinstance(database, str) else str(database)
@@ -86,10 +117,24 @@ def data_dir() -> Path:
     return Path(base) / "audit-engine"
 
 
+def _without_password(url: str) -> str:
+    """``url`` with no password at all (the trail it names does not change with the password)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = f"{parts.username}@" if parts.username else ""
+    query = [
+        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k.lower() != "password"
+    ]
+    return urlunsplit(parts._replace(netloc=f"{user}{host}", query=urlencode(query)))
+
+
 def default_deadletter_path(database: Path | str) -> Path:
     """The dead-letter file of a trail when none is set: beside a SQLite file
     (``<database>.deadletter.jsonl``); for a URL, in :func:`data_dir`, named after the server
-    and database (``<host>-<port>-<database>.deadletter.jsonl``)."""
+    and database, and a digest of the whole URL without its password
+    (``<host>-<port>-<database>-<digest>.deadletter.jsonl``): two trails of one database (two
+    schemas by ``options=-csearch_path=...``, two roles) never share a file, whose entries a
+    replay would put into the wrong one."""
     if not isinstance(database, str):
         return Path(f"{os.fspath(database)}{DEADLETTER_SUFFIX}")
     parts = urlsplit(database)
@@ -98,7 +143,8 @@ def default_deadletter_path(database: Path | str) -> Path:
     except ValueError:
         port = 5432
     name = unquote(parts.path.lstrip("/")) or parts.username or "postgres"
-    label = f"{parts.hostname or 'localhost'}-{port}-{name}"
+    identity = hashlib.sha256(_without_password(database).encode("utf-8")).hexdigest()[:12]
+    label = f"{parts.hostname or 'localhost'}-{port}-{name}-{identity}"
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in label)
     return data_dir() / f"{safe}{DEADLETTER_SUFFIX}"
 
@@ -147,7 +193,7 @@ class AuditSettings(BaseSettings):
         default=None,
         description="File for entries that could not be written. Default: beside a SQLite "
         "file (<database>.deadletter.jsonl); for a URL, ~/.local/share/audit-engine/"
-        "<host>-<port>-<database>.deadletter.jsonl ($XDG_DATA_HOME if set).",
+        "<host>-<port>-<database>-<digest>.deadletter.jsonl ($XDG_DATA_HOME if set).",
     )
     enabled: bool = Field(
         default=True, description="False: record() does nothing and no database is opened."
@@ -244,19 +290,9 @@ class AuditSettings(BaseSettings):
     @field_validator("database", mode="before")
     @classmethod
     def _path_or_url(cls, value: object) -> object:
-        if isinstance(value, str) and "://" in value:
-            scheme = value.split("://", 1)[0]
-            if scheme.lower() not in URL_SCHEMES:
-                raise ValueError(
-                    f"must be a SQLite file path or a postgresql:// URL (got a {scheme}:// URL)"
-                )
-            try:
-                urlsplit(value).port  # noqa: B018 - parsing is the check
-            except ValueError as exc:
-                raise ValueError(f"is not a valid PostgreSQL URL: {exc}") from None
-            return value
         if isinstance(value, str):
-            return Path(value)
+            url = database_url(value)
+            return Path(value) if url is None else url
         return value
 
     @field_validator("deadletter_path", mode="before")

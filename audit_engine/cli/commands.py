@@ -373,7 +373,7 @@ def _utc(moment: datetime) -> str:
     type=click.Path(dir_okay=False, path_type=Path),
     help="The dead-letter file [default: AUDIT_TRAIL_DEADLETTER_PATH, else "
     "<db>.deadletter.jsonl beside a SQLite file, or ~/.local/share/audit-engine/"
-    "<host>-<port>-<dbname>.deadletter.jsonl for a URL]; its side files "
+    "<host>-<port>-<dbname>-<digest>.deadletter.jsonl for a URL]; its side files "
     "(<file>.<pid>-<n>.jsonl) are read too.",
 )
 @click.option(

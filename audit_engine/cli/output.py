@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import click
 from pydantic import ValidationError
 
-from audit_engine.settings import AuditSettings, is_database_url
+from audit_engine.settings import AuditSettings, database_url
 from audit_engine.storage import deadletter
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -233,8 +233,13 @@ class DatabaseParam(click.ParamType):  # type: ignore[type-arg]
     _path = click.Path(dir_okay=False, path_type=Path)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and is_database_url(value):
-            return value
+        if isinstance(value, str):
+            try:
+                url = database_url(value)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
+            if url is not None:
+                return url
         return self._path.convert(value, param, ctx)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from audit_engine.errors import SettingsError
 from audit_engine.rows import Row
-from audit_engine.settings import AuditSettings, describe_database, is_database_url
+from audit_engine.settings import AuditSettings, describe_database, resolve_database
 from audit_engine.storage.base import ChainSink
 from audit_engine.storage.dialect import AnyConnection
 from audit_engine.storage.sqlite import append, schema
@@ -83,13 +83,14 @@ def open_trail(
     tables unless ``create`` (which creates or migrates them). One wait for a lock lasts at most
     ``busy_timeout`` seconds on either.
     """
-    if is_database_url(database):
+    resolved = resolve_database(database)
+    if isinstance(resolved, str):
         trail: AnyConnection = postgres().open_trail(
-            str(database), create=create, lock_timeout_s=busy_timeout
+            resolved, create=create, lock_timeout_s=busy_timeout
         )
         return trail
     return schema.open_connection(
-        Path(database), busy_timeout=busy_timeout, create=create, synchronous=synchronous
+        resolved, busy_timeout=busy_timeout, create=create, synchronous=synchronous
     )
 
 

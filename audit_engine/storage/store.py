@@ -20,7 +20,7 @@ from typing import Any, Self
 from audit_engine import formats
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, Operation, Outcome, utcnow
-from audit_engine.settings import AuditSettings, describe_database, is_database_url
+from audit_engine.settings import AuditSettings, describe_database, resolve_database
 from audit_engine.storage import backends, deadletter, replay
 from audit_engine.storage.anchors import check_maintenance
 from audit_engine.storage.chain import ChainHead, VerifyReport, verify_rows
@@ -67,7 +67,10 @@ class AuditStore:
     def __init__(
         self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, create: bool = False
     ) -> None:
-        self._database: Path | str = str(path) if is_database_url(path) else Path(os.fspath(path))
+        try:
+            self._database: Path | str = resolve_database(path)
+        except ValueError as exc:
+            raise AuditStoreError(f"the database {exc}") from None
         #: The SQLite file, or the PostgreSQL URL without its password.
         self.path: Path | str = (
             describe_database(self._database) if isinstance(self._database, str) else self._database

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import psycopg
 from psycopg.adapt import Loader
@@ -77,6 +78,24 @@ def classify(exc: Exception) -> BackendError:
     return BackendError(f"{type(exc).__name__}: {_one_line(exc)}", busy=busy, sqlstate=sqlstate)
 
 
+def _without_secrets(text: str, url: str) -> str:
+    """``text`` with every form of ``url``'s password replaced by ``***``."""
+    secrets: set[str] = set()
+    try:
+        parts = urlsplit(url)
+        if parts.password:
+            secrets |= {parts.password, unquote(parts.password)}
+        secrets |= {
+            value for key, value in parse_qsl(parts.query) if key.lower() == "password" and value
+        }
+    except ValueError:  # a URL too broken to parse: hide all of it
+        return text.replace(url, "postgresql://***")
+    text = text.replace(url, mask_url(url))
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
 def _one_line(exc: Exception) -> str:
     """The server's message and its detail on one line (messages and dead letters are lines);
     libpq's own multi-line messages (a connection that failed) with their lines joined."""
@@ -128,7 +147,11 @@ def connect(url: str, *, lock_timeout_s: float | None = None) -> psycopg.Connect
         conninfo = make_conninfo(url, **defaults)
         conn = psycopg.connect(conninfo, autocommit=True, application_name="audit_engine")
     except psycopg.Error as exc:
-        raise classify(exc) from None
+        error = classify(exc)
+        # libpq quotes the connection string in some messages (a URL it cannot parse).
+        raise BackendError(
+            _without_secrets(str(error), url), busy=error.busy, sqlstate=error.sqlstate
+        ) from None
     conn.adapters.register_loader("timestamptz", _TimestampText)
     conn.adapters.register_loader("bool", _BoolInt)
     try:
