@@ -141,7 +141,10 @@ def _same_trail(source: str | os.PathLike[str], dest: str | os.PathLike[str]) ->
 def _verified_head(src: AuditStore, min_retention: timedelta | None) -> ChainHead | None:
     """The source's head, after checking the chain reaches it: the copy goes up to it."""
     head = src.head()
-    report = src.verify(expected_head=head, min_retention=min_retention)
+    # A head that is a row must still be there; a fully purged trail's head is its anchor,
+    # which verify checks as the start of the (empty) chain instead.
+    expected = head if head is not None and src.last_id() == head.id else None
+    report = src.verify(expected_head=expected, min_retention=min_retention)
     if not report.ok:
         raise AuditStoreError(
             f"the source {src.path} does not verify: {_failure(report)}; nothing was copied"

@@ -271,6 +271,27 @@ def test_an_empty_source_gives_an_empty_verified_destination(
     assert _stored(dest) == []
 
 
+def test_a_source_whose_rows_were_all_purged_copies_nothing_and_succeeds(
+    ends: tuple[Database, Database],
+) -> None:
+    source, dest = ends
+    old = [
+        AuditEntry(action="doc.save", timestamp=datetime(2020, 1, 1, tzinfo=UTC)) for _ in range(3)
+    ]
+    _write(source, old)
+    with AuditStore(source) as store:
+        store.purge(timedelta(days=30))
+        head = store.head()
+        assert store.count() == 0
+        assert head is not None  # the anchor: the chain's head after a full purge
+
+    report = copy_trail(source, dest, min_retention=timedelta(0))
+
+    assert (report.source_rows, report.copied) == (0, 0)
+    assert report.source_head == head
+    assert _stored(dest) == []
+
+
 # -- what a copy refuses ------------------------------------------------------------------------
 
 
