@@ -155,7 +155,7 @@ def test_reading_a_database_without_the_tables_creates_nothing(pg_url: str) -> N
 
     assert str(exc.value) == (
         f"no audit trail at {pg_url} (the database has no audit_engine tables; "
-        "`audit-engine init --db URL` creates them)"
+        "`audit-engine --db URL init` creates them)"
     )
     assert _tables(pg_url) == set()
 
@@ -172,6 +172,23 @@ def test_a_database_that_holds_other_tables_is_fine(pg_url: str) -> None:
     assert [entry.event_id for entry in _verified(pg_url)] == ["pay-1"]
     assert _tables(pg_url) == TABLES | {"audit_engine_meta", "invoices"}
     assert trails.query(pg_url, "SELECT id, total::text FROM invoices") == [(1, "9.5")]
+
+
+def test_a_table_of_another_application_named_like_the_engines_is_refused_untouched(
+    pg_url: str,
+) -> None:
+    trails.execute(pg_url, "CREATE TABLE audit_entries (id serial PRIMARY KEY, who text)")
+
+    with pytest.raises(AuditStoreError) as exc:
+        AuditService(pg_url)
+
+    assert str(exc.value) == (
+        "this database's schema already holds a table named audit_entries that audit_engine did "
+        "not create; give the trail a schema of its own (add ?options=-csearch_path%3D<schema> "
+        "to the URL)"
+    )
+    assert _tables(pg_url) == {"audit_entries"}  # nothing created beside it
+    assert trails.query(pg_url, "SELECT count(*) FROM audit_entries") == [(0,)]
 
 
 def test_tables_go_to_the_schema_the_url_names(pg_url: str) -> None:

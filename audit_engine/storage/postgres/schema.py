@@ -138,6 +138,8 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (CHAIN_LOCK_CLASS, _MIGRATION_LOCK))
         version = schema_version(conn)  # again, under the lock: another process may have won
         _refuse_newer(version)
+        if version == 0:
+            _refuse_foreign_tables(conn)
         if not _has_table(conn, META):
             conn.execute(f"CREATE TABLE {META} (key text PRIMARY KEY, value text NOT NULL)")
         for step in _STEPS[version:]:
@@ -148,6 +150,18 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (str(SCHEMA_VERSION),),
         )
+
+
+def _refuse_foreign_tables(conn: psycopg.Connection[Any]) -> None:
+    """A schema without the engine's tables that holds a table of one of their names: another
+    application's. The engine never writes into it; the trail needs a schema of its own."""
+    for name in (TABLE, ANCHORS, CLEANUP_RUNS, CHAIN_VERSIONS):
+        if _has_table(conn, name):
+            raise AuditStoreError(
+                f"this database's schema already holds a table named {name} that audit_engine "
+                "did not create; give the trail a schema of its own (add "
+                "?options=-csearch_path%3D<schema> to the URL)"
+            )
 
 
 def _refuse_newer(version: int) -> None:

@@ -142,7 +142,7 @@ def open_trail(url: str, *, create: bool = False, lock_timeout_s: float | None =
         elif schema_version(conn) == 0:
             raise AuditStoreError(
                 f"no audit trail at {mask_url(url)} (the database has no audit_engine tables; "
-                "`audit-engine init --db URL` creates them)"
+                "`audit-engine --db URL init` creates them)"
             )
         else:
             migrate(conn)  # upgrades an older trail, refuses a newer one
