@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from audit_engine.cli.bench import SYNC_DEFAULT_MAX_EVENTS, BenchReport, run_bench, total_events
 from audit_engine.cli.bench_postgres import (
@@ -135,8 +136,8 @@ BENCH_MAX_THREADS = 64
     type=DatabaseParam(),
     default=None,
     help="A postgresql:// URL: bench that server instead of SQLite (modes insert-commit, engine, "
-    "ceiling, each in a scratch schema dropped afterwards). Without it, SQLite in a temporary "
-    "directory.",
+    "ceiling, each in a scratch schema dropped afterwards); the global --db does the same when "
+    "given on the command line. Without either, SQLite in a temporary directory.",
 )
 @click.option(
     "--threads",
@@ -146,13 +147,21 @@ BENCH_MAX_THREADS = 64
     help="Threads calling record() in the engine mode.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def bench(events: int, threads: int, database: Path | str | None, as_json: bool) -> None:
+@click.pass_context
+def bench(
+    ctx: click.Context, events: int, threads: int, database: Path | str | None, as_json: bool
+) -> None:
     """Measure the engine against the usual alternatives and SQLite's ceiling, side by side.
 
     Modes: sync-default and sync-wal (INSERT + COMMIT per event), thread-per-row (a queue and a
     thread committing each row), engine (record() to commit, hash chain on), ceiling (prebuilt
     rows, executemany, 500 per transaction). All write the same row into the engine's schema.
     """
+    root = ctx.find_root()
+    if database is None and root.get_parameter_source("database") is ParameterSource.COMMANDLINE:
+        # `audit-engine --db URL bench` as `bench --db URL` (not AUDIT_TRAIL_DATABASE: a bench
+        # makes scratch schemas on the server, so only a URL typed for it is benched).
+        database = root_database(ctx)
     if database is not None and not is_database_url(database):
         raise click.ClickException(
             "--db takes a postgresql:// URL (the SQLite bench makes its own files)"

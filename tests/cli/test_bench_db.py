@@ -32,3 +32,22 @@ def test_bench_db_takes_only_a_url() -> None:
     assert result.output == (
         "Error: --db takes a postgresql:// URL (the SQLite bench makes its own files)\n"
     )
+
+
+def test_the_global_db_given_on_the_command_line_is_benched_too(pg_url: str) -> None:
+    result = CliRunner().invoke(main, ["--db", pg_url, "bench", "--events", "20", "--json"])
+
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["database"] == pg_url
+    assert [r["rows_stored"] for r in report["results"]] == [20, 20, 20]
+
+
+def test_a_url_from_the_environment_alone_is_not_benched(pg_url: str) -> None:
+    # A bench makes scratch schemas on the server: only a URL typed for it is used.
+    result = CliRunner().invoke(
+        main, ["bench", "--events", "20", "--json"], env={"AUDIT_TRAIL_DATABASE": pg_url}
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "sqlite" in json.loads(result.output)
