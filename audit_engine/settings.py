@@ -56,21 +56,22 @@ def is_database_url(database: object) -> bool:
 
 def mask_url(url: str) -> str:
     """``url`` without its password (``postgresql://user:***@host/db``, ``?password=***``), for
-    messages and logs."""
+    messages and logs; the rest as it was written."""
     try:
         parts = urlsplit(url)
+        masked = url
         if parts.password is not None:
             host = parts.netloc.rsplit("@", 1)[1]
-            parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+            masked = masked.replace(parts.netloc, f"{parts.username or ''}:***@{host}", 1)
         if "password=" in parts.query.lower():
             query = [
                 (key, "***" if key.lower() == "password" else value)
                 for key, value in parse_qsl(parts.query, keep_blank_values=True)
             ]
-            parts = parts._replace(query=urlencode(query, safe="*"))
+            masked = masked.replace(parts.query, urlencode(query, safe="*"), 1)
     except ValueError:  # a URL too broken to parse: show none of it
         return "postgresql://***"
-    return urlunsplit(parts)
+    return masked
 
 
 def database_url(value: str) -> str | None:

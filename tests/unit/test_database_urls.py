@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from audit_engine import AuditService, AuditSettings, AuditStore, AuditStoreError
 from audit_engine.cli import main
+from audit_engine.settings import mask_url
 from audit_engine.storage.dialect import BackendError
 from audit_engine.storage.postgres import connect
 
@@ -67,3 +68,18 @@ def test_two_trails_of_one_database_have_dead_letter_files_of_their_own(tmp_path
     # The password is not part of the trail's identity: changing it keeps the file.
     with_password = AuditSettings(database=base.replace("aud@", f"aud:{SECRET}@")).deadletter_file
     assert with_password == AuditSettings(database=base).deadletter_file
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql:///audit?host=/run/postgresql", "postgresql:///audit?host=/run/postgresql"),
+        ("postgresql://u:pw@/audit?host=/tmp", "postgresql://u:***@/audit?host=/tmp"),
+        (
+            "postgresql://u@h/db?sslmode=require&password=pw",
+            "postgresql://u@h/db?sslmode=require&password=***",
+        ),
+    ],
+)
+def test_a_url_is_shown_as_written_but_for_its_password(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
