@@ -245,8 +245,8 @@ def test_a_bad_age_is_a_usage_error(cli: Cli, aged: Trail, value: str, problem: 
         ),
         (
             ["--older-than", "90d", "--batch-size", "9223372036854775808"],
-            "Error: Invalid value for '--batch-size': 9223372036854775808 is more than the database "
-            "can count (at most 9223372036854775807)\n",
+            "Error: Invalid value for '--batch-size': 9223372036854775808 is more than the "
+            "database can count (at most 9223372036854775807)\n",
         ),
     ],
 )
