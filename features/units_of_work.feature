@@ -68,7 +68,6 @@ Feature: One audit entry per action and resource within a unit of work
       | counter      | value |
       | deduplicated | 0     |
 
-  @sqlite_only
   Scenario: A save that failed while the database was locked is stored when tried again
     Given a tool with an audit service configured with:
       | setting      | value |
