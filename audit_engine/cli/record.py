@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
@@ -67,7 +68,9 @@ def record(
     Prints how many were accepted, filtered and written. Exits 1 with "Error: ..." when an
     accepted entry was not committed (it is then kept in the dead-letter file). With --stdin, a
     bad line is reported with its line number and the good lines are still recorded (exit 1 if
-    any line was bad).
+    any line was bad). It waits for the database to take what it accepted, as long as that takes
+    (a server restarting); on SIGTERM it stops reading, waits at most 5 more seconds, keeps what
+    was not committed in the dead-letter file, reports, and ends by the signal.
     """
     if not from_stdin and not fields["action"]:
         raise click.UsageError("Missing option '--action' (or use --stdin).")
@@ -108,7 +111,7 @@ def _record(
                     raise
                 unconfirmed.append(("", describe_error(exc)))
     finally:
-        drained = audit.close()
+        drained = _close(audit, termination)
     stats = audit.stats()
     filtered = stats.filtered_by_level + stats.excluded + stats.sampled_out + stats.deduplicated
     line = f"accepted {stats.accepted}, filtered {filtered}, written {stats.written}"
@@ -132,10 +135,32 @@ def _record(
     ]
     for problem in problems:
         click.echo(f"Error: {problem}", err=True)
-    if termination.signum is not None and from_stdin:
-        name = signal.Signals(termination.signum).name
+    if termination.cut_reading and from_stdin:
+        name = signal.Signals(termination.signum or signal.SIGTERM).name
         click.echo(f"Stopped by {name}: the rest of standard input was not read", err=True)
     return problems
+
+
+def _close(audit: AuditService, termination: _Termination) -> bool:
+    """Close the service: wait for every accepted entry to be committed, as long as it takes —
+    unless SIGTERM comes (before or meanwhile): then wait at most :data:`TERM_DRAIN_S` more, and
+    what the database did not take by then (a server that is down) goes to the dead-letter file.
+    """
+    # flush() in slices: a signal handler runs only between two waits of the main thread. A
+    # flush that fails for another reason than time (no writer thread, entries only in the log)
+    # is close()'s to report.
+    writer = audit.writer
+    while termination.signum is None and writer is not None and writer.alive:
+        started = time.monotonic()
+        if audit.flush(timeout=_SIGNAL_CHECK_S) or time.monotonic() - started < _SIGNAL_CHECK_S:
+            break
+    return audit.close(timeout=None if termination.signum is None else TERM_DRAIN_S)
+
+
+# After SIGTERM, how long record waits for the database to take what it accepted before the rest
+# goes to the dead-letter file; and how often a wait without a signal looks for one.
+TERM_DRAIN_S = 5.0
+_SIGNAL_CHECK_S = 0.2
 
 
 class _Stopped(Exception):
@@ -154,6 +179,7 @@ class _Termination:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.cut_reading = False  # a line was left unread because of the signal
         self._reading = False
         self._previous: Any = None
 
@@ -183,11 +209,13 @@ class _Termination:
             try:
                 self._reading = True
                 if self.signum is not None:
+                    self.cut_reading = True
                     return None
                 return next(lines, None)
             finally:
                 self._reading = False
         except _Stopped:
+            self.cut_reading = True
             return None
 
     def deliver(self) -> None:

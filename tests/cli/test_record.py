@@ -604,18 +604,24 @@ def test_a_line_the_queue_has_no_room_for_is_a_bad_line(
 
 @pytest.fixture
 def busy_until_close(cli: Cli, trail: Trail, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The database is locked by another program until the command closes its service: a
-    critical entry is not confirmed within block_timeout (0.1 s), then close() commits it."""
+    """The database is locked by another program until the command finishes (waits for its
+    entries: flush, then close): a critical entry is not confirmed within block_timeout (0.1 s),
+    then the final wait commits it."""
     trail.init()
     monkeypatch.setenv("AUDIT_TRAIL_BLOCK_TIMEOUT", "0.1")
-    real_close = AuditService.close
+    real_close, real_flush = AuditService.close, AuditService.flush
     with locked(cli.database) as lock:
 
         def close(self: AuditService, timeout: float | None = None) -> bool:
             lock.release()
             return real_close(self, timeout)
 
+        def flush(self: AuditService, timeout: float | None = None) -> bool:
+            lock.release()
+            return real_flush(self, timeout)
+
         monkeypatch.setattr(AuditService, "close", close)
+        monkeypatch.setattr(AuditService, "flush", flush)
         yield
 
 

@@ -8,6 +8,8 @@ waits are the settings under test (block_timeout, close(timeout), busy_timeout).
 from __future__ import annotations
 
 import os
+import select
+import signal
 import subprocess
 import sys
 import threading
@@ -256,3 +258,84 @@ def test_sync_mode_names_a_server_that_is_down_and_recovers_after_a_restart(
     finally:
         service.close(timeout=5)
     assert_stored_once(url, [first or "", second or ""])
+
+
+# The command in a child whose first flush() (the wait for its entries, once standard input
+# ended) says so on a pipe, then waits for the test's go: the test stops the server and signals
+# meanwhile, so the command waits for a server that is away when SIGTERM comes.
+RECORD_CHILD = """
+import os, sys
+from audit_engine.cli import main
+from audit_engine.pipeline.service import AuditService
+
+report, go, database = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+real_flush = AuditService.flush
+waited = []
+
+def flush(self, timeout=None):
+    if not waited:
+        waited.append(True)
+        os.write(report, b"F")
+        os.read(go, 1)
+    return real_flush(self, timeout)
+
+AuditService.flush = flush
+main(["--db", database, "record", "--stdin"], prog_name="audit-engine")
+"""
+
+
+def test_record_stdin_stopped_by_sigterm_while_the_server_is_down_keeps_every_entry(
+    own_cluster: PgCluster, url: str, tmp_path: Path
+) -> None:
+    """Waiting for a server that is away is what record does — until SIGTERM: then it waits a
+    few seconds more, keeps what the server did not take in the dead-letter file, and ends."""
+    dead = tmp_path / "dl.jsonl"
+    script = tmp_path / "child.py"
+    script.write_text(RECORD_CHILD, encoding="utf-8")
+    env = {
+        **os.environ,
+        "AUDIT_TRAIL_DEADLETTER_PATH": str(dead),
+        "AUDIT_TRAIL_BUFFER_FLUSH_INTERVAL": "30",  # nothing commits before the final wait
+    }
+    report_read, report_write = os.pipe()
+    go_read, go_write = os.pipe()
+    lines = b"".join(b'{"action": "note.save", "event_id": "down-%d"}\n' % n for n in range(10))
+    with subprocess.Popen(
+        [sys.executable, str(script), str(report_write), str(go_read), url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=(report_write, go_read),
+        env=env,
+    ) as proc:
+        os.close(report_write)
+        os.close(go_read)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(lines)
+            proc.stdin.close()
+            ready, _, _ = select.select([report_read], [], [], TIMEOUT_S)
+            assert ready, "the command never waited for its entries"
+            assert os.read(report_read, 1) == b"F"
+            own_cluster.stop_now()
+            proc.send_signal(signal.SIGTERM)
+            os.write(go_write, b"g")
+            proc.wait(timeout=TIMEOUT_S)  # a few lines of output: the pipes never fill
+            assert proc.stdout is not None
+            assert proc.stderr is not None
+            out, err = proc.stdout.read(), proc.stderr.read()
+        finally:
+            os.close(report_read)
+            os.close(go_write)
+            if proc.poll() is None:
+                proc.kill()
+
+    assert proc.returncode == -signal.SIGTERM, err
+    assert out == b"accepted 10, filtered 0, written 0, dead-lettered 10\n", err
+    assert f"kept in {dead}".encode() in err
+    assert b"the rest of standard input was not read" not in err  # it was all read
+    assert len(dead.read_text().splitlines()) == 10
+    own_cluster.start_again()
+    with AuditStore(url) as store:
+        assert store.replay_dead_letters(dead).replayed == 10
+        assert store.verify().ok
