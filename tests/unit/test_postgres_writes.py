@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 import trails
+from psycopg.rows import dict_row
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
 from audit_engine.errors import AuditWriteError
@@ -292,3 +293,31 @@ def test_purge_holds_the_chain_lock_while_it_deletes(
         assert store.purge(datetime(2025, 1, 1, tzinfo=UTC), batch_size=2).batches == 2
 
     assert held == [True, True]
+
+
+def test_an_application_connection_with_dict_rows_takes_entries_and_keeps_its_rows(
+    pg_url: str,
+) -> None:
+    with (
+        AuditService(pg_url, cleanup_enabled=False) as audit,
+        psycopg.connect(pg_url, row_factory=dict_row) as conn,
+    ):
+        event_id = audit.record(action="note.save", connection=conn)
+        assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}  # still its own
+    with AuditStore(pg_url) as store:
+        assert [entry.event_id for entry in store.query()] == [event_id]
+        assert store.verify().ok
+
+
+def test_a_connection_whose_encoding_cannot_carry_the_entry_raises_audit_write_error(
+    pg_url: str,
+) -> None:
+    with (
+        AuditService(pg_url, cleanup_enabled=False) as audit,
+        psycopg.connect(f"{pg_url}?client_encoding=LATIN1") as conn,
+    ):
+        with pytest.raises(AuditWriteError, match=r"client_encoding .* use UTF8"):
+            audit.record(action="note.save", actor="\u03a9mega", connection=conn)
+        conn.execute("SELECT 1")  # the application's transaction is still usable
+    with AuditStore(pg_url) as store:
+        assert store.count() == 0

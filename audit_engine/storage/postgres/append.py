@@ -9,14 +9,17 @@ so a commit whose acknowledgement was lost is not stored twice.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from audit_engine.rows import Row
 from audit_engine.storage.anchors import ANCHORS
 from audit_engine.storage.chain import GENESIS_HASH, link_into
+from audit_engine.storage.dialect import BackendError
 from audit_engine.storage.postgres.connection import classify, lock_chain
 from audit_engine.storage.postgres.schema import TABLE, migrate, table_oid
 
@@ -117,22 +120,37 @@ def write_in_caller_transaction(conn: psycopg.Connection[Any], row: Row) -> None
     is created on first use, in the same transaction.
     """
     status = conn.info.transaction_status
-    try:
+    with _as_the_engine_reads(conn):
         if conn.autocommit or status == psycopg.pq.TransactionStatus.INTRANS:
             with conn.transaction():
                 _insert_one(conn, row)
         else:
             _insert_one(conn, row)
-    except psycopg.Error as exc:
-        raise classify(exc) from exc
 
 
 def migrate_caller_connection(conn: psycopg.Connection[Any]) -> None:
     """Create or upgrade the schema through a connection the application owns."""
-    try:
+    with _as_the_engine_reads(conn):
         migrate(conn)
+
+
+@contextlib.contextmanager
+def _as_the_engine_reads(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """The application's connection, its rows as tuples for the engine's own statements (it may
+    use dict_row), its errors as the engine's — also a text its client encoding cannot carry."""
+    factory = conn.row_factory
+    conn.row_factory = tuple_row  # restored below
+    try:
+        yield
     except psycopg.Error as exc:
         raise classify(exc) from exc
+    except UnicodeError as exc:
+        raise BackendError(
+            f"{type(exc).__name__}: the connection's client_encoding "
+            f"({conn.info.encoding}) cannot carry this entry; use UTF8"
+        ) from exc
+    finally:
+        conn.row_factory = factory
 
 
 def _insert_one(conn: psycopg.Connection[Any], row: Row) -> None:
