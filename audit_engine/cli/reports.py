@@ -37,11 +37,12 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     run = summary.last_cleanup
     size = f"{summary.file_bytes:,} bytes, schema v{summary.schema_version}"
     span = f"{summary.first_timestamp or '-'} .. {summary.last_timestamp or '-'}"
-    status = (
-        f"ok ({chain.rows_checked:,} rows)"
-        if chain.ok
-        else f"BROKEN at row {chain.first_bad_id}: {chain.reason}"
-    )
+    if chain.ok:
+        status = f"ok ({chain.rows_checked:,} rows)"
+    elif chain.first_bad_id is None:  # the purge records were refused, before any row
+        status = f"BROKEN: purge records refused: {chain.reason}"
+    else:
+        status = f"BROKEN at row {chain.first_bad_id}: {chain.reason}"
     cleanup = (
         f"{run.finished_at}: {run.rows_deleted:,} rows in {run.batches} batches" if run else "never"
     )

@@ -322,6 +322,18 @@ def test_stats_reports_a_broken_chain(cli: Cli, three: Trail) -> None:
     )
 
 
+def test_stats_reports_purge_records_it_refuses_without_a_row(cli: Cli, aged: Trail) -> None:
+    # A purge younger than the retention setting (90 days by default) is refused by verify.
+    cli.run("purge", "--older-than", "30d")
+
+    result = cli.run("stats")
+
+    assert "Chain:      BROKEN: purge records refused: anchor 1 purged rows younger than the " in (
+        result.output
+    )
+    assert "row None" not in result.output
+
+
 def test_stats_shows_the_last_cleanup_run(cli: Cli, aged: Trail) -> None:
     cli.run("purge", "--older-than", "90d", "--batch-size", "2")
 
