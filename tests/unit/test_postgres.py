@@ -189,6 +189,9 @@ def test_a_table_of_another_application_named_like_the_engines_is_refused_untouc
     )
     assert _tables(pg_url) == {"audit_entries"}  # nothing created beside it
     assert trails.query(pg_url, "SELECT count(*) FROM audit_entries") == [(0,)]
+    with pytest.raises(AuditStoreError) as read:  # a read says the same, not "run init"
+        AuditStore(pg_url)
+    assert str(read.value) == str(exc.value)
 
 
 def test_tables_go_to_the_schema_the_url_names(pg_url: str) -> None:

@@ -112,3 +112,15 @@ def test_the_cleanup_thread_opens_a_new_connection_after_a_failed_run(db_path: P
         cleanup.stop(WAIT_S)
     assert dead.closed
     assert "the connection is closed" in (cleanup.last_error or "")
+
+
+def test_a_refused_row_is_named_without_repeating_the_row(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (secret text CHECK (secret <> 'x'))")
+        with pytest.raises(psycopg.errors.CheckViolation) as raised:
+            conn.execute("INSERT INTO t VALUES ('x')")
+    text = str(classify(raised.value))
+    assert (
+        text
+        == 'CheckViolation: new row for relation "t" violates check constraint "t_secret_check"'
+    )

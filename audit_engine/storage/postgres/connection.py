@@ -103,7 +103,11 @@ def _one_line(exc: Exception) -> str:
     primary = getattr(diag, "message_primary", None)
     if primary:
         detail = getattr(diag, "message_detail", None)
-        return f"{primary} ({detail})" if detail else str(primary)
+        # "Failing row contains (...)" repeats the whole row, details included: the entry is
+        # in the dead-letter line already, and a log line is no place for it.
+        if detail and not str(detail).startswith("Failing row contains"):
+            return f"{primary} ({detail})"
+        return str(primary)
     return " ".join(str(exc).split()) or type(exc).__name__
 
 

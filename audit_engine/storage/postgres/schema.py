@@ -29,6 +29,7 @@ __all__ = [
     "TABLE",
     "chain_versions",
     "migrate",
+    "refuse_foreign_tables",
     "schema_version",
     "table_oid",
     "trail_bytes",
@@ -139,7 +140,7 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
         version = schema_version(conn)  # again, under the lock: another process may have won
         _refuse_newer(version)
         if version == 0:
-            _refuse_foreign_tables(conn)
+            refuse_foreign_tables(conn)
         if not _has_table(conn, META):
             conn.execute(f"CREATE TABLE {META} (key text PRIMARY KEY, value text NOT NULL)")
         for step in _STEPS[version:]:
@@ -152,7 +153,7 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-def _refuse_foreign_tables(conn: psycopg.Connection[Any]) -> None:
+def refuse_foreign_tables(conn: psycopg.Connection[Any]) -> None:
     """A schema without the engine's tables that holds a table of one of their names: another
     application's. The engine never writes into it; the trail needs a schema of its own."""
     for name in (TABLE, ANCHORS, CLEANUP_RUNS, CHAIN_VERSIONS):

@@ -31,6 +31,7 @@ from audit_engine.storage.postgres.connection import (
 from audit_engine.storage.postgres.schema import (
     SCHEMA_VERSION,
     migrate,
+    refuse_foreign_tables,
     schema_version,
     table_oid,
     trail_bytes,
@@ -140,6 +141,7 @@ def open_trail(url: str, *, create: bool = False, lock_timeout_s: float | None =
         if create:
             migrate(conn)
         elif schema_version(conn) == 0:
+            refuse_foreign_tables(conn)  # a table of another application, named like ours
             raise AuditStoreError(
                 f"no audit trail at {mask_url(url)} (the database has no audit_engine tables; "
                 "`audit-engine --db URL init` creates them)"
