@@ -1,15 +1,15 @@
-"""Several processes, each with its own AuditService, write one file: one valid chain results.
+"""Several processes, each with its own AuditService, write one trail — a SQLite file or a
+PostgreSQL URL: one valid chain results.
 
-Every writer takes the chain's tail inside its own write transaction, so concurrent batches from
-different processes can never both chain from the same row. The children start writing together
+Every writer takes the chain's tail inside its own write transaction (SQLite's write lock,
+PostgreSQL's advisory lock), so concurrent batches from different processes can never both chain
+from the same row. The children start writing together
 (each waits for a line on stdin after saying it is ready); every wait here is bounded.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -51,12 +51,11 @@ CHILD = textwrap.dedent(
 )
 
 
-def test_processes_writing_one_file_extend_one_valid_chain(tmp_path: Path) -> None:
-    db_path = tmp_path / "audit.db"
+def test_processes_writing_one_trail_extend_one_valid_chain(trail_db: Path | str) -> None:
     names = [f"p{n}" for n in range(PROCESSES)]
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(db_path), name, str(ENTRIES)],
+            [sys.executable, "-c", CHILD, str(trail_db), name, str(ENTRIES)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -85,8 +84,9 @@ def test_processes_writing_one_file_extend_one_valid_chain(tmp_path: Path) -> No
         assert child.returncode == 0, (out, err)
         assert out.startswith(f"True {ENTRIES} 0 None"), (out, err)
 
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        rows = conn.execute("SELECT id, event_id, actor FROM audit_entries ORDER BY id").fetchall()
+    with AuditStore(trail_db) as audit:
+        stored = audit.entries_after(0, limit=PROCESSES * ENTRIES + 1)
+    rows = [(row_id, entry.event_id, entry.actor) for row_id, entry in stored]
     assert len(rows) == PROCESSES * ENTRIES
     assert [row[0] for row in rows] == list(range(1, PROCESSES * ENTRIES + 1))
     event_ids = [row[1] for row in rows]
@@ -98,7 +98,7 @@ def test_processes_writing_one_file_extend_one_valid_chain(tmp_path: Path) -> No
         own = [event_id for event_id, actor in ((r[1], r[2]) for r in rows) if actor == name]
         assert own == [f"{name}-{i:05d}" for i in range(ENTRIES)]
 
-    with AuditStore(db_path) as audit:
+    with AuditStore(trail_db) as audit:
         report = audit.verify()
         head = audit.head()
     assert report.ok is True, report.reason
