@@ -138,16 +138,13 @@ def open_trail(url: str, *, create: bool = False, lock_timeout_s: float | None =
     except BackendError as exc:
         raise AuditStoreError(f"cannot connect to {mask_url(url)}: {exc}") from None
     try:
-        if create:
-            migrate(conn)
-        elif schema_version(conn) == 0:
+        if not create and schema_version(conn) == 0:
             refuse_foreign_tables(conn)  # a table of another application, named like ours
             raise AuditStoreError(
                 f"no audit trail at {mask_url(url)} (the database has no audit_engine tables; "
                 "`audit-engine --db URL init` creates them)"
             )
-        else:
-            migrate(conn)  # upgrades an older trail, refuses a newer one
+        migrate(conn)  # creates, upgrades an older trail, refuses a newer one
         return PgTrail(conn, url, table_oid(conn))
     except psycopg.Error as exc:
         conn.close()
