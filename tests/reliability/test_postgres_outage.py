@@ -159,6 +159,18 @@ def test_a_server_that_goes_away_mid_run_loses_nothing(
     assert_stored_once(url, [event_id for event_id in expected if event_id is not None])
 
 
+def hold_a_batch(service: AuditService, prefix: str) -> str:
+    """One entry the writer takes off the queue and keeps retrying: from then on it holds that
+    batch and takes no other until the server is back, so the queue's room is exactly its bound."""
+    event_id = service.record(action="fill", event_id=f"{prefix}-held")
+    assert event_id is not None
+    for _ in range(int(TIMEOUT_S / 0.5)):  # flush() makes the writer take it, and waits
+        assert service.flush(0.5) is False  # the server is down: nothing commits
+        if service.stats().queue_depth == 0:
+            return event_id
+    raise AssertionError("the writer never took the entry")
+
+
 def fill_until_refused(service: AuditService, prefix: str) -> list[str]:
     """Record until the (stuck) writer's queue refuses; the event_ids accepted."""
     accepted: list[str] = []
@@ -188,14 +200,14 @@ def test_while_the_server_is_down_the_queue_bounds_then_close_dead_letters_and_r
         before = stored_ids(url)
         own_cluster.stop_now()
 
-        blocked = fill_until_refused(blocking, "block")
+        blocked = [hold_a_batch(blocking, "block"), *fill_until_refused(blocking, "block")]
         with pytest.raises(AuditQueueFull, match="queue_maxsize=40"):
             blocking.record(action="fill", event_id="block-refused")
-        # The queue's bound, plus at most the batch the writer holds while it retries.
-        assert 40 <= len(blocked) <= 40 + 10
+        # The batch the writer holds while it retries, and the queue's bound.
+        assert len(blocked) == 1 + 40
 
-        dropped = fill_until_refused(dropping, "drop")
-        assert 40 <= len(dropped) <= 40 + 10
+        dropped = [hold_a_batch(dropping, "drop"), *fill_until_refused(dropping, "drop")]
+        assert len(dropped) == 1 + 40
         for n in range(5):
             assert dropping.record(action="fill", event_id=f"dropped-{n}") is None
         assert dropping.stats().dropped == 6
