@@ -282,6 +282,32 @@ class AuditSettings(BaseSettings):
         default=3600.0, gt=0, description="Seconds between two background cleanup runs."
     )
 
+    # -- tamper evidence against whoever can write the database (docs/integrity.md) --
+    chain_key_file: Path | None = Field(
+        default=None,
+        description="File holding the chain key(s) (audit-engine keygen): each row's link "
+        "becomes an HMAC-SHA256. The first key writes; the others only verify older rows.",
+    )
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM, audit-engine keygen): the writer signs "
+        "checkpoints with it. Needs checkpoint_file or a checkpoint callback.",
+    )
+    checkpoint_file: Path | None = Field(
+        default=None,
+        description="Append-only JSON-lines file, outside the database, that receives every "
+        "signed checkpoint.",
+    )
+    checkpoint_every: int = Field(
+        default=10000, gt=0, description="Sign a checkpoint at least every this many entries."
+    )
+    checkpoint_interval: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds: sign a checkpoint at least this often while entries arrive "
+        "(and always at close()).",
+    )
+
     def __init__(self, **values: Any) -> None:
         try:
             super().__init__(**values)

@@ -41,9 +41,19 @@ _NULL = "\x00"
 _sha256 = hashlib.sha256
 
 
-def _canonical_text(row: Sequence[Any]) -> str:
+def _canonical_text(row: Sequence[Any], version: str = CHAIN_VERSION) -> str:
     # The reference: any value of any type, by the rule of the module doc.
-    return _SEP.join([CHAIN_VERSION, *(_NULL if v is None else str(v) for v in row)])
+    return _SEP.join([version, *(_NULL if v is None else str(v) for v in row)])
+
+
+def content_digest(row: Sequence[Any], version: str = CHAIN_VERSION) -> bytes:
+    """SHA-256 of the canonical form of ``row`` = (id, event_id, ..., critical, prev_hash)
+    under chain ``version``: the row's leaf data in the Merkle tree of checkpoints and proofs.
+
+    For the unkeyed version "1" it is the stored hash (as bytes); a keyed version's link is an
+    HMAC over it, so a proof of one entry can be checked without the chain key.
+    """
+    return _sha256(_canonical_text(row, version).encode("utf-8")).digest()
 
 
 def canonical(row: Sequence[Any]) -> bytes:

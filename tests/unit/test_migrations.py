@@ -80,10 +80,16 @@ def test_a_release_0_1_0_file_migrates_and_verifies_with_the_same_head(v3_copy: 
     assert (report.ok, report.reason, report.head) == (True, None, V3_HEAD)
     assert (report.rows_checked, report.anchors_checked, report.cleanup_runs_checked) == (15, 1, 1)
     assert report.warnings == ()
-    assert _tables(v3_copy) == before  # the stored values and hashes are untouched
+    after = _tables(v3_copy)
+    # The stored values and hashes are untouched; version 4 adds an empty Merkle column to anchors.
+    assert after["audit_anchors"] == [(*row, None) for row in before.pop("audit_anchors")]
+    assert {table: rows for table, rows in after.items() if table in before} == before
     assert [e.event_id for e in entries] == [row[1] for row in before["audit_entries"]]
     assert [e.details_json for e in entries] == [row[10] for row in before["audit_entries"]]
-    assert _raw(v3_copy, "SELECT key, value FROM audit_engine_meta") == [("schema_version", "3")]
+    meta = dict(_raw(v3_copy, "SELECT key, value FROM audit_engine_meta"))
+    assert meta["schema_version"] == str(schema.SCHEMA_VERSION)
+    assert len(meta.pop("trail_id")) == 32
+    assert set(meta) == {"schema_version"}
 
 
 def test_migrating_leaves_the_hosts_user_version_alone(v3_copy: Path) -> None:

@@ -16,6 +16,7 @@ an advisory lock, in one transaction: several processes starting at once migrate
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
@@ -38,9 +39,10 @@ __all__ = [
 TABLE = "audit_entries"
 META = "audit_engine_meta"
 CHAIN_VERSIONS = "audit_chain_versions"
+CHECKPOINTS = "audit_checkpoints"
 # The schema version of a PostgreSQL trail; it counts its own steps (SQLite's reached 3 before
 # PostgreSQL existed).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MIGRATION_LOCK = 0  # the advisory lock (CHAIN_LOCK_CLASS, 0) serialises migrations
 
 # Frozen: version 1 as it shipped. A change is a new step appended to _STEPS.
@@ -92,7 +94,23 @@ _V1 = (
     f"CREATE TABLE {CHAIN_VERSIONS} (first_id bigint PRIMARY KEY, version text NOT NULL)",
     f"INSERT INTO {CHAIN_VERSIONS} (first_id, version) VALUES (1, '1')",
 )
-_STEPS: tuple[tuple[str, ...], ...] = (_V1,)
+# Version 2: keyed chains, Merkle state, signed checkpoints, the trail's identity (the same as
+# SQLite's version 4; the trail_id row is added by migrate(), which makes the random value).
+_V2 = (
+    f"ALTER TABLE {CHAIN_VERSIONS} ADD COLUMN key_id text",
+    f"ALTER TABLE {ANCHORS} ADD COLUMN merkle text",
+    f"""CREATE TABLE {CHECKPOINTS} (
+    id bigint PRIMARY KEY,
+    head_id bigint NOT NULL,
+    head_hash text NOT NULL,
+    tree_size bigint NOT NULL,
+    root text NOT NULL,
+    merkle text NOT NULL,
+    note text NOT NULL,
+    created_at text NOT NULL
+)""",
+)
+_STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 assert len(_STEPS) == SCHEMA_VERSION
 
 
@@ -147,6 +165,10 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
             for statement in step:
                 conn.execute(statement)  # our own literal DDL
         conn.execute(
+            f"INSERT INTO {META} (key, value) VALUES ('trail_id', %s) ON CONFLICT DO NOTHING",
+            (uuid.uuid4().hex,),
+        )
+        conn.execute(
             f"INSERT INTO {META} (key, value) VALUES ('schema_version', %s) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (str(SCHEMA_VERSION),),
@@ -156,7 +178,7 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
 def refuse_foreign_tables(conn: psycopg.Connection[Any]) -> None:
     """A schema without the engine's tables that holds a table of one of their names: another
     application's. The engine never writes into it; the trail needs a schema of its own."""
-    for name in (TABLE, ANCHORS, CLEANUP_RUNS, CHAIN_VERSIONS):
+    for name in (TABLE, ANCHORS, CLEANUP_RUNS, CHAIN_VERSIONS, CHECKPOINTS):
         if _has_table(conn, name):
             raise AuditStoreError(
                 f"this database's schema already holds a table named {name} that audit_engine "
@@ -192,7 +214,7 @@ def chain_versions(conn: psycopg.Connection[Any]) -> list[tuple[int, str]]:
 
 def trail_bytes(conn: psycopg.Connection[Any]) -> int:
     """The bytes the engine's tables take on the server, with their indexes and TOAST."""
-    tables = [TABLE, ANCHORS, CLEANUP_RUNS, CHAIN_VERSIONS, META]
+    tables = [TABLE, ANCHORS, CLEANUP_RUNS, CHAIN_VERSIONS, CHECKPOINTS, META]
     row = conn.execute(
         "SELECT coalesce(sum(pg_total_relation_size(to_regclass(name))), 0) "
         "FROM unnest(%s::text[]) AS name",

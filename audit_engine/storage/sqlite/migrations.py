@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -192,8 +193,37 @@ def _v3_maintenance_chains(db: sqlite_utils.Database) -> None:
     _v3_chain_records(conn, "audit_cleanup_runs", "run-1", _V3_RUN_COLUMNS)
 
 
+# -- version 4: keyed chains, Merkle state, signed checkpoints, the trail's identity ---------------
+
+
+def _v4_integrity(db: sqlite_utils.Database) -> None:
+    """Version 4: a chain version names the key that keys it (NULL: unkeyed); a purge anchor
+    keeps the Merkle tree's compact frontier over what it replaced; the checkpoints the writer
+    signed are kept in the trail (a convenience copy: verification trusts the external log);
+    the trail gets a random identity, the origin its checkpoints name."""
+    conn = db.conn
+    conn.execute('ALTER TABLE "audit_chain_versions" ADD COLUMN "key_id" TEXT')
+    conn.execute('ALTER TABLE "audit_anchors" ADD COLUMN "merkle" TEXT')
+    conn.execute(
+        'CREATE TABLE "audit_checkpoints" (\n'
+        '   "id" INTEGER PRIMARY KEY,\n'
+        '   "head_id" INTEGER NOT NULL,\n'
+        '   "head_hash" TEXT NOT NULL,\n'
+        '   "tree_size" INTEGER NOT NULL,\n'
+        '   "root" TEXT NOT NULL,\n'
+        '   "merkle" TEXT NOT NULL,\n'
+        '   "note" TEXT NOT NULL,\n'
+        '   "created_at" TEXT NOT NULL\n'
+        ")"
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO audit_engine_meta (key, value) VALUES ('trail_id', ?)",
+        (uuid.uuid4().hex,),
+    )
+
+
 # STEPS[v] upgrades schema version v to v + 1; append, never edit.
-STEPS: tuple[Step, ...] = (_v1_create_entries, _v2_chain, _v3_maintenance_chains)
+STEPS: tuple[Step, ...] = (_v1_create_entries, _v2_chain, _v3_maintenance_chains, _v4_integrity)
 
 # The newest schema version that release 0.1.0's user_version could name.
 LAST_USER_VERSION = 3
