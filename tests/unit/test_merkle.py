@@ -3,6 +3,8 @@ exactly when nothing was changed."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -133,3 +135,90 @@ def test_a_proof_with_a_node_too_many_or_too_few_is_refused() -> None:
     assert not merkle.verify_consistency(6, 8, old, head, proof[:-1])
     assert not merkle.verify_consistency(6, 8, old, head, [])
     assert not merkle.verify_consistency(3, 4, merkle.root(LEAVES[:3]), merkle.root(LEAVES[:4]), [])
+
+
+# -- the frontier ------------------------------------------------------------------------------
+
+sizes = st.lists(st.binary(max_size=4), max_size=140)
+
+
+@given(sizes)
+def test_a_frontier_has_the_root_of_the_list_at_every_size(leaves: list[bytes]) -> None:
+    frontier = merkle.Frontier()
+    assert frontier.root() == merkle.EMPTY_ROOT
+    for size, leaf in enumerate(leaves, start=1):
+        frontier.append(leaf)
+        assert frontier.size == size
+        assert len(frontier.nodes) == size.bit_count()
+        assert frontier.root() == merkle.root(leaves[:size])
+    extended = merkle.Frontier(base=7)
+    extended.extend(leaves)
+    assert extended.nodes == frontier.nodes
+    assert extended.head_id == 7 + len(leaves)
+
+
+@pytest.mark.parametrize("size", range(9))
+def test_a_frontier_has_the_reference_heads(size: int) -> None:
+    frontier = merkle.Frontier()
+    frontier.extend(LEAVES[:size])
+    assert frontier.root().hex() == ([merkle.EMPTY_ROOT.hex(), *ROOTS])[size]
+
+
+@given(sizes, st.data())
+def test_from_any_cut_a_frontier_gives_every_later_root_and_proof(
+    leaves: list[bytes], data: st.DataObject
+) -> None:
+    # The cut is a purge point or a checkpoint: what comes before it is only the frontier.
+    cut = data.draw(st.integers(0, len(leaves)))
+    frontier = merkle.Frontier(base=3)
+    frontier.extend(leaves[:cut])
+    stored = merkle.Frontier.from_text(frontier.to_text())
+    assert stored == frontier
+    later = leaves[cut:]
+
+    assert merkle.root_after(stored, later) == merkle.root(leaves)
+    assert stored == frontier  # root_after leaves its frontier as it was
+    if cut == len(leaves):
+        return
+    size = data.draw(st.integers(cut + 1, len(leaves)))
+    index = data.draw(st.integers(cut, size - 1))
+    path = merkle.inclusion_proof_after(stored, later, index, size)
+    assert path == merkle.inclusion_proof(index, leaves[:size])
+    assert merkle.verify_inclusion(index, size, leaves[index], path, merkle.root(leaves[:size]))
+
+
+def test_a_leaf_inside_the_frontier_has_no_proof_from_it() -> None:
+    frontier = merkle.Frontier()
+    frontier.extend(LEAVES[:5])
+    with pytest.raises(ValueError, match="leaf index 4 in a tree of 8 leaves is not provable"):
+        merkle.inclusion_proof_after(frontier, LEAVES[5:], 4, 8)
+    with pytest.raises(ValueError, match="a frontier of 5 leaves and 3 leaves after it"):
+        merkle.inclusion_proof_after(frontier, LEAVES[5:], 5, 9)
+
+
+def test_the_stored_form_of_a_frontier() -> None:
+    frontier = merkle.Frontier(base=10)
+    frontier.extend(LEAVES[:3])
+    assert json.loads(frontier.to_text()) == {
+        "base": 10,
+        "size": 3,
+        "nodes": [node.hex() for node in frontier.nodes],
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nope", "must be a JSON object"),
+        ("[]", "exactly the keys base, size and nodes"),
+        ('{"base": 0, "size": 1}', "exactly the keys base, size and nodes"),
+        ('{"base": -1, "size": 0, "nodes": []}', "base must be an integer >= 0"),
+        ('{"base": 0, "size": true, "nodes": []}', "size must be an integer >= 0"),
+        ('{"base": 0, "size": 3, "nodes": ["' + "00" * 32 + '"]}', "of size 3 has 2 nodes"),
+        ('{"base": 0, "size": 1, "nodes": ["xy"]}', "64 hex characters each"),
+        ('{"base": 0, "size": 1, "nodes": "ab"}', "of size 1 has 1 nodes \\(got none\\)"),
+    ],
+)
+def test_a_stored_frontier_that_does_not_add_up_is_refused(text: str, message: str) -> None:
+    with pytest.raises(merkle.FrontierError, match=message):
+        merkle.Frontier.from_text(text)
