@@ -322,7 +322,9 @@ class AuditSettings(BaseSettings):
             return Path(value) if url is None else url
         return value
 
-    @field_validator("deadletter_path", mode="before")
+    @field_validator(
+        "deadletter_path", "chain_key_file", "signing_key_file", "checkpoint_file", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():

@@ -14,6 +14,7 @@ import pytest
 
 from audit_engine import AuditStore
 from audit_engine.settings import mask_url
+from audit_engine.storage.sqlite import schema as sqlite_schema
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail
@@ -111,7 +112,9 @@ def test_the_database_comes_from_audit_trail_database(
     cli.run("record", "--action", "env.write", env=env, db=False)
     listed = cli.run("query", "--format", "jsonl", env=env, db=False)
 
-    assert created.output == f"Audit database ready at {other} (schema version 3)\n"
+    assert created.output == (
+        f"Audit database ready at {other} (schema version {sqlite_schema.SCHEMA_VERSION})\n"
+    )
     assert _jsonl_actions(listed.output) == ["env.write"]
     assert not trail.exists()
     # --db wins over the environment.

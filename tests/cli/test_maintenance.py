@@ -13,6 +13,7 @@ from support import rows_of
 
 from audit_engine import AuditEntry, AuditStore
 from audit_engine.storage.deadletter import DeadLetterFile
+from audit_engine.storage.sqlite import schema as sqlite_schema
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail
@@ -282,7 +283,9 @@ def test_stats_shows_every_section(cli: Cli, three: Trail, db_path: Path) -> Non
     lines = result.output.splitlines()
     day = f"{datetime.now(UTC):%Y-%m-%d}"
     assert re.fullmatch(
-        rf"Database:   {re.escape(str(db_path))} \([\d,]+ bytes, schema v3\)", lines[0]
+        rf"Database:   {re.escape(str(db_path))} "
+        rf"\([\d,]+ bytes, schema v{sqlite_schema.SCHEMA_VERSION}\)",
+        lines[0],
     )
     assert re.fullmatch(rf"Entries:    3 \({day}T\S+Z \.\. {day}T\S+Z\)", lines[1])
     assert lines[2:4] == ["Chain:      ok (3 rows)", "Cleanup:    never"]
@@ -352,7 +355,7 @@ def test_stats_json(cli: Cli, aged: Trail, db_path: Path) -> None:
     assert summary["path"] == str(db_path)
     assert summary["entries"] == 2
     assert summary["file_bytes"] > 0
-    assert summary["schema_version"] == 3
+    assert summary["schema_version"] == sqlite_schema.SCHEMA_VERSION
     assert summary["by_operation"] == {"execute": 2}
     assert summary["by_action"] == {"new.0": 1, "new.1": 1}
     assert summary["by_outcome"] == {"success": 2}

@@ -21,6 +21,8 @@ from audit_engine.models import AuditEntry, AuditStats
 from audit_engine.storage import deadletter
 from audit_engine.storage.sqlite import migrations, schema
 
+_VERSION = schema.SCHEMA_VERSION
+
 if TYPE_CHECKING:
     from conftest import Cli, Trail
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 def test_init_creates_an_empty_audit_database(cli: Cli, trail: Trail, db_path: Path) -> None:
     result = cli.run("init")
 
-    assert result.output == f"Audit database ready at {db_path} (schema version 3)\n"
+    assert result.output == f"Audit database ready at {db_path} (schema version {_VERSION})\n"
     assert db_path.is_file()
     assert trail.entries() == []
 
@@ -42,7 +44,9 @@ def test_init_is_idempotent_and_keeps_the_entries(cli: Cli, trail: Trail, db_pat
     second = cli.run("init")
 
     assert (
-        first.output == second.output == (f"Audit database ready at {db_path} (schema version 3)\n")
+        first.output
+        == second.output
+        == (f"Audit database ready at {db_path} (schema version {_VERSION})\n")
     )
     assert trail.actions() == ["doc.save"]
 
@@ -73,7 +77,7 @@ def test_init_migrates_a_version_1_database_and_chains_its_rows(
     cli.run("init")
 
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        assert schema.schema_version(conn) == 3
+        assert schema.schema_version(conn) == _VERSION
     assert cli.run("verify").output == f"OK: 1 row verified; head 1:{trail.head().hash}\n"
     assert [e.event_id for e in trail.entries()] == [entry.event_id]
 
@@ -81,13 +85,16 @@ def test_init_migrates_a_version_1_database_and_chains_its_rows(
 def test_init_refuses_a_database_of_a_newer_schema(cli: Cli, db_path: Path) -> None:
     # The version is the engine's own record (a host's PRAGMA user_version is not read).
     with contextlib.closing(schema.open_connection(db_path)) as conn:
-        conn.execute("UPDATE audit_engine_meta SET value = '4' WHERE key = 'schema_version'")
+        conn.execute(
+            "UPDATE audit_engine_meta SET value = ? WHERE key = 'schema_version'",
+            (str(_VERSION + 1),),
+        )
 
     result = cli.run("init", code=1)
 
     assert result.output == (
-        "Error: the audit database has schema version 4; this audit_engine supports up to 3: "
-        "upgrade audit_engine\n"
+        f"Error: the audit database has schema version {_VERSION + 1}; this audit_engine "
+        f"supports up to {_VERSION}: upgrade audit_engine\n"
     )
 
 

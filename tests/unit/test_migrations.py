@@ -168,16 +168,19 @@ def _set_meta_version(path: Path, version: str) -> None:
 @pytest.mark.parametrize("create", [True, False])
 def test_a_newer_schema_version_in_the_meta_table_is_refused(db_path: Path, create: bool) -> None:
     _open(db_path)
-    _set_meta_version(db_path, "4")
+    newer = str(schema.SCHEMA_VERSION + 1)
+    _set_meta_version(db_path, newer)
 
     with pytest.raises(AuditStoreError) as exc:
         schema.open_connection(db_path, create=create)
 
     assert str(exc.value) == (
-        "the audit database has schema version 4; this audit_engine supports up to 3: "
-        "upgrade audit_engine"
+        f"the audit database has schema version {newer}; this audit_engine supports up to "
+        f"{schema.SCHEMA_VERSION}: upgrade audit_engine"
     )
-    assert _raw(db_path, "SELECT value FROM audit_engine_meta") == [("4",)]
+    assert _raw(db_path, "SELECT value FROM audit_engine_meta WHERE key = 'schema_version'") == [
+        (newer,)
+    ]
 
 
 def test_a_release_file_whose_user_version_is_unknown_is_refused(v3_copy: Path) -> None:

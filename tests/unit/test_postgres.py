@@ -19,7 +19,13 @@ from audit_engine.errors import SettingsError
 from audit_engine.storage import backends
 from audit_engine.storage.postgres import schema
 
-TABLES = {"audit_entries", "audit_anchors", "audit_cleanup_runs", "audit_chain_versions"}
+TABLES = {
+    "audit_entries",
+    "audit_anchors",
+    "audit_cleanup_runs",
+    "audit_chain_versions",
+    "audit_checkpoints",
+}
 EXPECTED_COLUMNS = [
     # (name, type, nullable, generated)
     ("id", "bigint", "NO", "NEVER"),
@@ -111,9 +117,10 @@ def test_the_meta_table_holds_the_schema_version(pg_url: str) -> None:
     with AuditStore(pg_url, create=True) as reader:
         assert reader.schema_version == schema.SCHEMA_VERSION
 
-    assert trails.query(pg_url, "SELECT key, value FROM audit_engine_meta") == [
-        ("schema_version", str(schema.SCHEMA_VERSION))
-    ]
+    meta = dict(trails.query(pg_url, "SELECT key, value FROM audit_engine_meta"))
+    assert meta.pop("schema_version") == str(schema.SCHEMA_VERSION)
+    assert len(meta.pop("trail_id")) == 32  # the origin its checkpoints name
+    assert meta == {}
     assert trails.query(pg_url, "SELECT first_id, version FROM audit_chain_versions") == [(1, "1")]
 
 
