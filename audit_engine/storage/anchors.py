@@ -99,11 +99,14 @@ def extend_anchor(
     cutoff: str,
     older_than_us: int | None,
     created_at: str,
+    merkle: str | None = None,
 ) -> int:
     """Record a purge batch, in its write transaction; returns the anchor's id.
 
     The run's anchor (``anchor_id``) grows while it is still the newest anchor; otherwise — the
     run's first batch, or another purge anchored in between — a new anchor is chained on.
+    ``merkle``: the Merkle tree's frontier over every row up to ``last`` (stored beside the
+    anchor, outside its hash: signed checkpoints vouch for it, see storage/leaves.py).
     """
     tail = conn.execute(
         f"SELECT id, {', '.join(ANCHOR_COLUMNS)}, prev_hash, hash FROM {ANCHORS} "
@@ -123,16 +126,16 @@ def extend_anchor(
         )
         sets = ", ".join(f"{name} = ?" for name in ANCHOR_COLUMNS)
         conn.execute(
-            f"UPDATE {ANCHORS} SET {sets}, hash = ? WHERE id = ?",
-            (*values[1:-1], anchor_hash(values), anchor_id),
+            f"UPDATE {ANCHORS} SET {sets}, hash = ?, merkle = ? WHERE id = ?",
+            (*values[1:-1], anchor_hash(values), merkle, anchor_id),
         )
         return anchor_id
     new_id, prev = (tail[0] + 1, tail[-1]) if tail is not None else (1, GENESIS_HASH)
     values = (new_id, last[0], last[1], count, newest, cutoff, older_than_us, created_at, prev)
     conn.execute(
-        f"INSERT INTO {ANCHORS} (id, {', '.join(ANCHOR_COLUMNS)}, prev_hash, hash) "
-        f"VALUES ({', '.join('?' * (len(values) + 1))})",
-        (*values, anchor_hash(values)),
+        f"INSERT INTO {ANCHORS} (id, {', '.join(ANCHOR_COLUMNS)}, prev_hash, hash, merkle) "
+        f"VALUES ({', '.join('?' * (len(values) + 2))})",
+        (*values, anchor_hash(values), merkle),
     )
     return new_id
 

@@ -33,6 +33,7 @@ from audit_engine.storage.dialect import (
     is_busy,
     rollback_quietly,
 )
+from audit_engine.storage.leaves import frontier_through
 from audit_engine.storage.sqlite.schema import TABLE
 
 logger = logging.getLogger("audit_engine.retention")  # the documented logger name
@@ -236,6 +237,8 @@ def _delete_batch(
         newest = conn.execute(
             f"SELECT max(timestamp) FROM {TABLE} WHERE id <= ?", (upto,)
         ).fetchone()[0]
+        # The anchor keeps the Merkle tree over what it replaces: read before the rows go.
+        merkle = frontier_through(conn, last[0]).to_text()
         count = conn.execute(f"DELETE FROM {TABLE} WHERE id <= ?", (upto,)).rowcount
         anchor_id = extend_anchor(
             conn,
@@ -246,6 +249,7 @@ def _delete_batch(
             cutoff=cutoff_text,
             older_than_us=older_than_us,
             created_at=utcnow().isoformat(),
+            merkle=merkle,
         )
         commit(conn)
     except BaseException:

@@ -3,19 +3,34 @@ unkeyed row, the content digest of a keyed one, and no tree over a trail with a 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import trails
 
-from audit_engine import AuditEntry
+from audit_engine import AuditEntry, AuditStore
 from audit_engine.errors import AuditStoreError
 from audit_engine.storage import backends, leaves, merkle
 from audit_engine.storage.chain import content_digest
 
+_OLD = datetime(2000, 1, 1, tzinfo=UTC)
 
-def _entries(start: int, count: int) -> list[AuditEntry]:
-    return [AuditEntry(action="a", event_id=f"e{n}") for n in range(start, start + count)]
+
+def _entries(start: int, count: int, *, old: bool = False) -> list[AuditEntry]:
+    # Old entries are written old: no UPDATE behind the engine's back (the guard refuses it).
+    when = {"timestamp": _OLD} if old else {}
+    return [AuditEntry(action="a", event_id=f"e{n}", **when) for n in range(start, start + count)]
+
+
+def _tamper(database: Path | str, *statements: trails.Statement) -> None:
+    """Run ``statements`` past the append-only guard: what an attacker with the file (or a
+    superuser) can do, and what the tree must not paper over."""
+    if trails.is_pg(database):
+        trails.execute(database, "SET session_replication_role = replica", *statements)
+        return
+    triggers = trails.query(database, "SELECT name FROM sqlite_master WHERE type = 'trigger'")
+    trails.execute(database, *(f'DROP TRIGGER "{name}"' for (name,) in triggers), *statements)
 
 
 def _leaves(database: Path | str, after: int, upto: int | None = None) -> list[tuple[int, bytes]]:
@@ -53,7 +68,7 @@ def test_a_keyed_rows_leaf_is_its_content_digest_under_its_version(trail_db: Pat
 
 def test_a_hole_in_the_ids_refuses_the_tree(trail_db: Path | str) -> None:
     trails.write(trail_db, _entries(0, 5))
-    trails.execute(trail_db, "DELETE FROM audit_entries WHERE id = 3")
+    _tamper(trail_db, "DELETE FROM audit_entries WHERE id = 3")
 
     with pytest.raises(AuditStoreError, match=r"row 3 is missing \(the next row is 4\)"):
         _leaves(trail_db, 0)
@@ -80,12 +95,78 @@ def test_the_trail_id_is_random_hex(trail_db: Path | str) -> None:
     int(trail_id, 16)
 
 
-def test_a_purge_keeps_the_tree_of_what_it_deleted(trail_db: Path | str) -> None:
-    trails.write(trail_db, _entries(0, 12))
+def _anchor_frontiers(database: Path | str) -> list[merkle.Frontier]:
+    rows = trails.query(database, "SELECT merkle FROM audit_anchors ORDER BY id")
+    return [merkle.Frontier.from_text(text) for (text,) in rows]
+
+
+def test_a_purge_stores_the_tree_of_what_it_deleted(trail_db: Path | str) -> None:
+    trails.write(trail_db, _entries(0, 9, old=True))
+    trails.write(trail_db, _entries(9, 3))
     before = [data for _, data in _leaves(trail_db, 0)]
     conn = backends.open_trail(trail_db)
     try:
         assert leaves.anchor_frontier(conn) == merkle.Frontier()
+        with AuditStore(trail_db) as store:
+            store.purge(timedelta(days=1), batch_size=4)  # batches of 4, 4, 1: the anchor grows
+        assert leaves.anchor_frontier(conn).head_id == 9
+        assert leaves.anchor_frontier(conn).root() == merkle.root(before[:9])
+        # What is left extends it to the root the whole trail had before the purge.
+        rest = [data for _, data in leaves.leaves(conn, 9)]
+        assert merkle.root_after(leaves.anchor_frontier(conn), rest) == merkle.root(before)
         assert leaves.frontier_through(conn, 12).root() == merkle.root(before)
+    finally:
+        conn.close()
+    [stored] = _anchor_frontiers(trail_db)
+    assert (stored.base, stored.size) == (0, 9)
+
+
+def test_a_second_purge_grows_the_tree_from_the_anchor_before_it(trail_db: Path | str) -> None:
+    trails.write(trail_db, _entries(0, 3, old=True))
+    later = [e.model_copy(update={"timestamp": _OLD.replace(year=2001)}) for e in _entries(3, 3)]
+    trails.write(trail_db, later)
+    trails.write(trail_db, _entries(6, 2))
+    before = [data for _, data in _leaves(trail_db, 0)]
+    with AuditStore(trail_db) as store:
+        store.purge(_OLD.replace(month=6))
+        store.purge(timedelta(days=1))
+    first, second = _anchor_frontiers(trail_db)
+    assert first.root() == merkle.root(before[:3])
+    assert second.root() == merkle.root(before[:6])
+
+
+def test_the_tree_starts_after_an_anchor_of_an_earlier_release(trail_db: Path | str) -> None:
+    # An anchor without a frontier (written before schema 4): the tree starts after it.
+    trails.write(trail_db, _entries(0, 4, old=True))
+    trails.write(trail_db, _entries(4, 2))
+    with AuditStore(trail_db) as store:
+        store.purge(timedelta(days=1), batch_size=2)
+    _tamper(trail_db, "UPDATE audit_anchors SET merkle = NULL")
+    after = [data for _, data in _leaves(trail_db, 4)]
+    conn = backends.open_trail(trail_db)
+    try:
+        assert leaves.anchor_frontier(conn) == merkle.Frontier(base=4)
+        assert leaves.frontier_through(conn, 6).root() == merkle.root(after)
+    finally:
+        conn.close()
+
+
+def test_an_anchor_frontier_that_does_not_end_at_the_anchor_is_refused(
+    trail_db: Path | str,
+) -> None:
+    trails.write(trail_db, _entries(0, 2, old=True))
+    trails.write(trail_db, _entries(2, 2))
+    with AuditStore(trail_db) as store:
+        store.purge(timedelta(days=1))
+    empty = merkle.Frontier().to_text()
+    _tamper(trail_db, ("UPDATE audit_anchors SET merkle = ?", (empty,)))
+    conn = backends.open_trail(trail_db)
+    try:
+        ends = "frontier ends at id 0, not at its last deleted id 2"
+        with pytest.raises(AuditStoreError, match=ends):
+            leaves.anchor_frontier(conn)
+        _tamper(trail_db, "UPDATE audit_anchors SET merkle = 'x'")
+        with pytest.raises(AuditStoreError, match="anchor 1's Merkle frontier is unreadable"):
+            leaves.anchor_frontier(conn)
     finally:
         conn.close()
