@@ -1,0 +1,208 @@
+"""A trail held to the signed checkpoints kept outside it: every way someone who can write the
+database rewrites history is caught and the first checkpoint that disagrees is named — on
+SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import trails
+from checkpointed import (
+    KEY,
+    OTHER_KEY,
+    checkpoint_line,
+    checkpointed,
+    entries,
+    forge_anchor,
+    rewrite_from,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from audit_engine import AuditStore, AuditStoreError
+from audit_engine.storage import backends
+from audit_engine.storage.checkpoint_verify import CheckpointFindings, check, read_log
+from audit_engine.storage.dialect import snapshot
+from audit_engine.storage.leaves import frontier_through
+from audit_engine.storage.merkle import Frontier
+
+HEADS = (10, 20, 30)
+
+
+def _check(
+    database: Path | str, lines: list[str], key: Ed25519PrivateKey = KEY
+) -> CheckpointFindings:
+    with AuditStore(database) as store:
+        head = store.head()
+    tail = head.id if head is not None else 0
+    conn = backends.open_trail(database)
+    try:
+        with snapshot(conn):
+            return check(conn, read_log(lines), key.public_key(), tail)
+    finally:
+        conn.close()
+
+
+def test_an_intact_trail_holds_every_checkpoint(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 34, HEADS)
+
+    assert _check(trail_db, lines) == CheckpointFindings(checked=3, purged=0)
+
+
+def test_a_truncated_trail_fails_at_the_first_checkpoint_past_its_end(
+    trail_db: Path | str,
+) -> None:
+    lines = checkpointed(trail_db, 30, HEADS)
+    trails.execute(trail_db, "DELETE FROM audit_entries WHERE id > 25")
+
+    found = _check(trail_db, lines)
+
+    assert (found.line, found.size, found.checked) == (3, 30, 2)
+    assert found.problem == (
+        "checkpoint line 3 (size 30): the trail ends at id 25, before its head 30: rows were "
+        "deleted from the end (truncated) or the trail was rolled back to an older copy"
+    )
+
+
+def test_a_rewritten_tail_with_the_chain_recomputed_fails_at_the_first_checkpoint_over_it(
+    trail_db: Path | str,
+) -> None:
+    lines = checkpointed(trail_db, 30, HEADS)
+    rewrite_from(trail_db, 15)
+    with AuditStore(trail_db) as store:
+        assert store.verify().ok  # the unkeyed chain alone cannot tell
+
+    found = _check(trail_db, lines)
+
+    assert (found.line, found.size, found.checked) == (2, 20, 1)
+    assert found.problem is not None
+    assert "differs from the signed root: rows up to id 20" in found.problem
+
+
+def test_a_rewritten_head_row_fails_its_own_checkpoint(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 30, HEADS)
+    rewrite_from(trail_db, 30)
+
+    found = _check(trail_db, lines)
+
+    assert (found.line, found.checked) == (3, 2)
+
+
+def test_a_forged_anchor_over_rewritten_rows_fails_at_the_first_checkpoint_after_it(
+    trail_db: Path | str,
+) -> None:
+    lines = checkpointed(trail_db, 30, HEADS)
+    rewrite_from(trail_db, 5)
+    conn = backends.open_trail(trail_db)
+    try:
+        forged = frontier_through(conn, 12)  # the tree over the rewritten rows
+    finally:
+        conn.close()
+    forge_anchor(trail_db, 12, forged)
+    with AuditStore(trail_db) as store:  # the chain and the anchor pass their own checks
+        assert store.verify(min_retention=timedelta(0)).ok
+
+    found = _check(trail_db, lines)
+
+    # Checkpoint 10 is purged (its signature only); 20 is recomputed from the forged frontier.
+    assert (found.line, found.size, found.purged, found.checked) == (2, 20, 1, 0)
+
+
+def test_an_anchor_frontier_changed_alone_is_caught(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 30, (20, 30))
+    forge_anchor(trail_db, 12, Frontier(base=0, size=12, nodes=[b"\x01" * 32, b"\x02" * 32]))
+
+    found = _check(trail_db, lines)
+
+    assert (found.line, found.size) == (1, 20)
+
+
+def test_a_checkpoint_exactly_at_the_anchor_is_checked_against_it(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 30, (12, 30))
+    conn = backends.open_trail(trail_db)
+    try:
+        frontier = frontier_through(conn, 12)
+    finally:
+        conn.close()
+    forge_anchor(trail_db, 12, frontier)  # an honest purge of rows 1..12
+
+    assert _check(trail_db, lines) == CheckpointFindings(checked=2, purged=0)
+
+    trails.execute(trail_db, ("UPDATE audit_anchors SET last_deleted_hash = ?", ("ab" * 32,)))
+    found = _check(trail_db, lines)
+    assert (
+        found.problem == "checkpoint line 1 (size 12): row 12's hash differs from the signed head"
+    )
+
+
+def test_a_swapped_trail_fails_at_the_first_checkpoint(
+    trail_db: Path | str, tmp_path: Path
+) -> None:
+    lines = checkpointed(trail_db, 30, HEADS)
+    other = tmp_path / "other.db" if isinstance(trail_db, Path) else trail_db
+    if isinstance(trail_db, Path):
+        trails.write(other, entries(30))
+    else:  # the same database given another identity: what a swapped server database shows
+        trails.execute(trail_db, "UPDATE audit_engine_meta SET value = 'f' WHERE key = 'trail_id'")
+
+    found = _check(other, lines)
+
+    assert found.line == 1
+    assert found.problem is not None
+    assert "it was signed for another trail (audit-engine/" in found.problem
+
+
+def test_a_rolled_back_copy_fails_at_the_first_checkpoint_it_lacks(tmp_path: Path) -> None:
+    database = tmp_path / "audit.db"
+    trails.write(database, entries(20))
+    copy = tmp_path / "copy.db"
+    shutil.copy(database, copy)
+    trails.write(database, entries(10, start=21))
+    lines = [checkpoint_line(database, head) for head in HEADS]
+    trails.write(copy, entries(15, start=100))  # the old copy written on since
+
+    found = _check(copy, lines)
+
+    assert (found.line, found.size, found.checked) == (3, 30, 2)
+
+
+def test_a_rolled_back_postgres_trail_fails(pg_url: str) -> None:
+    lines = checkpointed(pg_url, 30, HEADS)
+    trails.execute(pg_url, "DELETE FROM audit_entries WHERE id > 20")
+    trails.write(pg_url, entries(15, start=100))  # written on since the rollback
+
+    found = _check(pg_url, lines)
+
+    assert (found.line, found.size, found.checked) == (3, 30, 2)
+    assert found.problem is not None
+    assert "differs from the signed root: rows up to id 30" in found.problem
+
+
+def test_a_checkpoint_signed_by_another_key_or_changed_fails_its_signature(
+    trail_db: Path | str,
+) -> None:
+    lines = checkpointed(trail_db, 30, HEADS)
+    forged = [*lines[:1], checkpoint_line(trail_db, 20, key=OTHER_KEY), lines[2]]
+    found = _check(trail_db, forged)
+    assert (found.line, found.size) == (2, 20)
+    assert found.problem is not None
+    assert "its signature does not verify with the public key" in found.problem
+
+    record = json.loads(lines[0])
+    record["note"] = record["note"].replace("\n10\n", "\n11\n")
+    found = _check(trail_db, [json.dumps(record), *lines[1:]])
+    assert found.line == 1
+
+
+def test_a_file_that_is_not_a_checkpoint_log_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(AuditStoreError, match=r"the checkpoint log line 2 is not a checkpoint"):
+        read_log(['{"note": "x"}', "not json"])
+    with pytest.raises(AuditStoreError, match="holds no checkpoint: there is nothing to verify"):
+        read_log(["", "  "])
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"size": 3}\n')
+    with pytest.raises(AuditStoreError, match=rf"{path} line 1 is not a checkpoint"):
+        read_log(path)
