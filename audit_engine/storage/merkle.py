@@ -212,7 +212,8 @@ class Frontier:
         self.size += 1
 
     def extend(self, leaves: Iterable[bytes]) -> None:
-        # append() inlined: the writer feeds every committed row through here.
+        # append() inlined: every row a checkpoint covers goes through here. The size moves with
+        # each leaf, so a stream that fails part way leaves a frontier of the leaves so far.
         nodes = self.nodes
         n = self.size
         sha = hashlib.sha256
@@ -224,7 +225,7 @@ class Frontier:
                 m >>= 1
             nodes.append(node)
             n += 1
-        self.size = n
+            self.size = n
 
     def root(self) -> bytes:
         """The tree head over every leaf so far (RFC 6962's MTH)."""

@@ -4,6 +4,7 @@ exactly when nothing was changed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
@@ -222,3 +223,15 @@ def test_the_stored_form_of_a_frontier() -> None:
 def test_a_stored_frontier_that_does_not_add_up_is_refused(text: str, message: str) -> None:
     with pytest.raises(merkle.FrontierError, match=message):
         merkle.Frontier.from_text(text)
+
+
+def test_a_stream_that_fails_part_way_leaves_the_frontier_of_the_leaves_so_far() -> None:
+    def failing() -> Iterator[bytes]:
+        yield from LEAVES[:5]
+        raise OSError("the read failed")
+
+    frontier = merkle.Frontier()
+    with pytest.raises(OSError, match="the read failed"):
+        frontier.extend(failing())
+    assert frontier.size == 5
+    assert frontier.root() == merkle.root(LEAVES[:5])
