@@ -1,0 +1,271 @@
+"""Inclusion proofs: one entry shown to be in a signed checkpoint, checked without the database.
+
+:func:`prove` builds, from the trail, the RFC 6962 audit path of one entry's leaf up to the root a
+signed checkpoint commits to; :func:`verify_proof` checks it offline with the signing public key
+alone — what an auditor receives to confirm one entry exists without seeing the rest. A proof
+is a JSON object::
+
+    {"format": "audit-engine-proof/1",
+     "entry": <the entry as an export line: id, fields, prev_hash (and hash: version 1)>,
+     "chain_version": "1" | "2", "leaf_index": i, "tree_size": n,
+     "path": [hex, ...], "checkpoint": "<the signed note>"}
+
+The leaf data is the entry's content digest (:func:`audit_engine.storage.chain.content_digest`),
+computable without the chain key; a keyed row's stored hash is an HMAC nobody else can check, so
+a version "2" proof leaves it out, and every byte a proof carries is covered by the check. The
+leaf index follows from the entry's id and the checkpoint's head and size (the tree covers rows
+``head_id - size + 1 .. head_id``), so a proof cannot move an entry to another place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from audit_engine.errors import AuditStoreError
+from audit_engine.formats import export_lines
+from audit_engine.storage.chain import _export_row, content_digest
+from audit_engine.storage.checkpoint_verify import (
+    CheckpointProblem,
+    CheckpointSource,
+    head_of,
+    origin_of,
+    public_key_of,
+    read_log,
+    verify_note,
+)
+from audit_engine.storage.dialect import dialect_of
+from audit_engine.storage.leaves import anchor_frontier, leaves, trail_id
+from audit_engine.storage.merkle import Frontier, FrontierError, inclusion_proof_after
+from audit_engine.storage.merkle import verify_inclusion as _verify_inclusion
+from audit_engine.storage.sqlite.schema import STORED_COLUMNS, TABLE
+
+if TYPE_CHECKING:
+    from audit_engine.storage.dialect import AnyConnection
+
+__all__ = ["PROOF_FORMAT", "ProofReport", "prove", "verify_proof"]
+
+PROOF_FORMAT = "audit-engine-proof/1"
+_NAMES = ("id", *STORED_COLUMNS, "prev_hash", "hash")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class ProofReport(BaseModel):
+    """The result of :func:`verify_proof`: whether the proof holds, and what it proves."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ok: bool
+    reason: str | None = None
+    #: The proven entry's row id and event id, and the trail it is in (the checkpoint's origin).
+    entry_id: int | None = None
+    event_id: str | None = None
+    origin: str | None = None
+    leaf_index: int | None = None
+    tree_size: int | None = None
+    #: The chain head and time the checkpoint signs.
+    head_id: int | None = None
+    checkpoint_time: str | None = None
+
+
+# -- prove ---------------------------------------------------------------------------------------
+
+
+def prove(
+    conn: AnyConnection, event_id: str, checkpoints: CheckpointSource | None = None
+) -> dict[str, Any]:
+    """The inclusion proof of the entry ``event_id`` against the newest checkpoint that covers
+    it: from the checkpoint log ``checkpoints`` (a path or its lines), else from the copies the
+    writer keeps in the trail. Call in a read snapshot. :class:`AuditStoreError` says why there
+    is no proof (no such entry, purged, no checkpoint covers it yet)."""
+    select = dialect_of(conn).stored_row
+    row = conn.execute(f"SELECT {select} FROM {TABLE} WHERE event_id = ?", [event_id]).fetchone()
+    if row is None:
+        raise AuditStoreError(f"no entry has the event id {event_id!r}")
+    row_id = int(row[0])
+    anchor = anchor_frontier(conn)
+    if row_id <= anchor.head_id:
+        raise AuditStoreError(
+            f"entry {event_id} (row {row_id}) was purged: only the anchor after row "
+            f"{anchor.head_id} vouches for it, no proof can be made"
+        )
+    head_id, note = _checkpoint_for(conn, row_id, checkpoints)
+    size = head_id - anchor.base
+    start = _nearest_frontier(conn, anchor, row_id)
+    later = [data for _, data in leaves(conn, start.head_id, head_id)]
+    path = inclusion_proof_after(start, later, row_id - anchor.base - 1, size)
+    version = _version_of(conn, row_id)
+    entry = json.loads(next(export_lines("jsonl", _NAMES, [tuple(row)])))
+    if version != "1":
+        del entry["hash"]  # an HMAC: nobody without the chain key can check it
+    return {
+        "format": PROOF_FORMAT,
+        "entry": entry,
+        "chain_version": version,
+        "leaf_index": row_id - anchor.base - 1,
+        "tree_size": size,
+        "path": [node.hex() for node in path],
+        "checkpoint": note,
+    }
+
+
+def _checkpoint_for(
+    conn: AnyConnection, row_id: int, checkpoints: CheckpointSource | None
+) -> tuple[int, str]:
+    """The head id and note of the newest checkpoint whose tree holds row ``row_id``."""
+    best: tuple[int, str] | None = None
+    if checkpoints is None:
+        found = conn.execute(
+            "SELECT head_id, note FROM audit_checkpoints WHERE head_id >= ? "
+            "ORDER BY head_id DESC LIMIT 1",
+            [row_id],
+        ).fetchone()
+        best = None if found is None else (int(found[0]), str(found[1]))
+        where = "the trail's checkpoints"
+    else:
+        origin = origin_of(trail_id(conn))
+        for logged in read_log(checkpoints):
+            head = _unverified_head(logged.note, origin)
+            if head is not None and head >= row_id and (best is None or head > best[0]):
+                best = (head, logged.note)
+        where = "the checkpoint log"
+    if best is None:
+        raise AuditStoreError(
+            f"no checkpoint in {where} covers row {row_id} yet: the writer signs one every "
+            "checkpoint_every entries, every checkpoint_interval seconds and at close"
+        )
+    return best
+
+
+def _unverified_head(note: str, origin: str) -> int | None:
+    # Only to choose a checkpoint: its signature is checked by whoever verifies the proof.
+    lines = note.split("\n")
+    if len(lines) < 4 or lines[0] != origin or not lines[3].startswith("head "):
+        return None
+    ident = lines[3][5:].partition(" ")[0]
+    return int(ident) if ident.isdigit() else None
+
+
+def _nearest_frontier(conn: AnyConnection, anchor: Frontier, row_id: int) -> Frontier:
+    """The frontier to start from: the stored one of the newest checkpoint before the row
+    (fewer rows to read), else the anchor's. A stored frontier that was tampered with only makes
+    a proof that fails to verify: it is never trusted."""
+    found = conn.execute(
+        "SELECT merkle FROM audit_checkpoints WHERE head_id < ? AND head_id >= ? "
+        "ORDER BY head_id DESC LIMIT 1",
+        [row_id, anchor.head_id],
+    ).fetchone()
+    if found is None:
+        return anchor
+    try:
+        stored = Frontier.from_text(str(found[0]))
+    except FrontierError:
+        return anchor
+    return stored if stored.base == anchor.base else anchor
+
+
+def _version_of(conn: AnyConnection, row_id: int) -> str:
+    found = conn.execute(
+        "SELECT version FROM audit_chain_versions WHERE first_id <= ? "
+        "ORDER BY first_id DESC LIMIT 1",
+        [row_id],
+    ).fetchone()
+    return "1" if found is None else str(found[0])
+
+
+# -- verify --------------------------------------------------------------------------------------
+
+
+def verify_proof(proof: str | bytes | Mapping[str, Any], public_key: Any) -> ProofReport:
+    """Check an inclusion proof (its JSON text, or the parsed object) offline.
+
+    ``public_key``: the checkpoint signer's Ed25519 public key, or its PEM file (``signing.pub``
+    of ``audit-engine keygen``). The report is ok only when the checkpoint's signature verifies,
+    the entry's fields hash to the leaf, and the path leads from that leaf at the entry's place
+    to the signed root. A bad key file raises :class:`~audit_engine.errors.SettingsError`.
+    """
+    key = public_key_of(public_key)
+    try:
+        value = json.loads(proof) if isinstance(proof, str | bytes) else dict(proof)
+        if not isinstance(value, dict):
+            raise CheckpointProblem("it is not a JSON object")
+        return _check(value, key)
+    except ValueError as exc:
+        return ProofReport(ok=False, reason=f"not an inclusion proof: {exc}")
+    except CheckpointProblem as bad:
+        return ProofReport(ok=False, reason=str(bad))
+
+
+def _field(value: Mapping[str, Any], name: str, kind: type) -> Any:
+    found = value.get(name)
+    if type(found) is not kind:
+        raise CheckpointProblem(f"the proof's {name!r} is missing or not a {kind.__name__}")
+    return found
+
+
+def _check(value: dict[str, Any], key: Any) -> ProofReport:
+    if value.get("format") != PROOF_FORMAT:
+        raise CheckpointProblem(f"not an inclusion proof of this engine (format {PROOF_FORMAT!r})")
+    entry: dict[str, Any] = _field(value, "entry", dict)
+    version: str = _field(value, "chain_version", str)
+    index: int = _field(value, "leaf_index", int)
+    size: int = _field(value, "tree_size", int)
+    path: list[Any] = _field(value, "path", list)
+    if not all(isinstance(node, str) and _HEX64.fullmatch(node) for node in path):
+        raise CheckpointProblem("the proof's path must be hashes of 64 lowercase hex characters")
+    if version not in ("1", "2"):
+        raise CheckpointProblem(f"chain version {version!r} is not one this release knows (1, 2)")
+    checkpoint = verify_note(_field(value, "checkpoint", str), key)
+    head = head_of(checkpoint)
+    if checkpoint.size != size:
+        raise CheckpointProblem(f"the tree size {size} is not the checkpoint's ({checkpoint.size})")
+    wanted = set(_NAMES) if version == "1" else set(_NAMES) - {"hash"}
+    if set(entry) != wanted:
+        odd = sorted(set(entry) ^ wanted)
+        raise CheckpointProblem(
+            f"the entry's fields are not those of a version {version} row: {odd}"
+        )
+    try:
+        row = _export_row({"hash": None, **entry})
+        leaf = content_digest(row[:-1], version)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointProblem(f"the entry is not a stored row ({exc!r})") from None
+    row_id = row[0]
+    if type(row_id) is not int or index != row_id - (head.id - size) - 1:
+        raise CheckpointProblem(
+            f"leaf index {index} is not the place of row {row_id} in a tree of {size} rows "
+            f"ending at row {head.id}"
+        )
+    if version == "1" and entry["hash"] != leaf.hex():
+        raise CheckpointProblem(f"row {row_id}'s hash does not match its contents")
+    if row_id == head.id and version == "1" and entry["hash"] != head.hash:
+        raise CheckpointProblem(f"row {row_id} is the checkpoint's head but its hash differs")
+    nodes = [bytes.fromhex(node) for node in path]
+    if not _verify_inclusion(index, size, leaf, nodes, checkpoint.root):
+        raise CheckpointProblem(
+            f"the audit path does not lead from row {row_id} to the checkpoint's signed root"
+        )
+    return ProofReport(
+        ok=True,
+        entry_id=row_id,
+        event_id=entry.get("event_id"),
+        origin=checkpoint.origin,
+        leaf_index=index,
+        tree_size=size,
+        head_id=head.id,
+        checkpoint_time=checkpoint.time,
+    )
+
+
+def load_proof(path: str | os.PathLike[str]) -> str:
+    """The text of a proof file (for the CLI: an unreadable file names itself)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AuditStoreError(f"cannot read the proof file {os.fspath(path)}: {exc}") from None

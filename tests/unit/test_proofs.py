@@ -1,0 +1,185 @@
+"""Inclusion proofs: one entry proven against a signed checkpoint and checked offline; a changed
+byte of the entry, the path or the checkpoint fails — on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trails
+from checkpointed import KEY, OTHER_KEY, checkpointed, forge_anchor
+
+from audit_engine import AuditStoreError
+from audit_engine.storage import backends
+from audit_engine.storage.dialect import snapshot
+from audit_engine.storage.leaves import frontier_through
+from audit_engine.storage.proofs import PROOF_FORMAT, ProofReport, prove, verify_proof
+
+
+def _prove(database: Path | str, event_id: str, lines: list[str] | None = None) -> dict[str, Any]:
+    conn = backends.open_trail(database)
+    try:
+        with snapshot(conn):
+            return prove(conn, event_id, lines)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("row_id", [1, 7, 16, 17, 23])
+def test_a_proof_of_any_entry_verifies_offline(trail_db: Path | str, row_id: int) -> None:
+    lines = checkpointed(trail_db, 30, (10, 23))
+
+    proof = _prove(trail_db, f"evt-{row_id}", lines)
+
+    assert proof["format"] == PROOF_FORMAT
+    assert (proof["leaf_index"], proof["tree_size"], proof["chain_version"]) == (
+        row_id - 1,
+        23,
+        "1",
+    )
+    assert proof["entry"]["id"] == row_id
+    assert proof["entry"]["details"] == {"n": row_id, "note": "zoë"}
+    report = verify_proof(json.dumps(proof), KEY.public_key())
+    assert report.ok, report.reason
+    assert (report.entry_id, report.event_id, report.head_id) == (row_id, f"evt-{row_id}", 23)
+    assert str(report.origin).startswith("audit-engine/")
+
+
+def test_a_proof_uses_the_newest_checkpoint_that_covers_the_entry(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 30, (10, 20, 25))
+
+    assert _prove(trail_db, "evt-5", lines)["tree_size"] == 25
+    with pytest.raises(AuditStoreError, match="no checkpoint in the checkpoint log covers row 26"):
+        _prove(trail_db, "evt-26", lines)
+    with pytest.raises(AuditStoreError, match="no entry has the event id 'evt-99'"):
+        _prove(trail_db, "evt-99", lines)
+
+
+def test_a_proof_after_a_purge_starts_from_the_anchor_frontier(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 30, (12, 30))
+    conn = backends.open_trail(trail_db)
+    try:
+        frontier = frontier_through(conn, 8)
+    finally:
+        conn.close()
+    forge_anchor(trail_db, 8, frontier)  # an honest purge of rows 1..8
+
+    report = verify_proof(_prove(trail_db, "evt-9", lines), KEY.public_key())
+    assert report.ok, report.reason
+    with pytest.raises(AuditStoreError, match="no entry has the event id 'evt-3'"):
+        _prove(trail_db, "evt-3", lines)
+
+
+def _mutations(proof: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+
+    def changed(label: str, edit: Any) -> None:
+        copy = json.loads(json.dumps(proof))
+        edit(copy)
+        out.append((label, copy))
+
+    for name in proof["entry"]:
+
+        def edit_entry(p: dict[str, Any], name: str = name) -> None:
+            value = p["entry"][name]
+            if isinstance(value, bool):
+                p["entry"][name] = not value
+            elif isinstance(value, int):
+                p["entry"][name] = value + 1
+            elif isinstance(value, dict):
+                p["entry"][name] = {**value, "n": -1}
+            elif value is None:
+                p["entry"][name] = "x"
+            else:
+                p["entry"][name] = ("0" if value[0] != "0" else "1") + value[1:]
+
+        changed(f"entry.{name}", edit_entry)
+    for index in range(len(proof["path"])):
+
+        def edit_path(p: dict[str, Any], index: int = index) -> None:
+            node = p["path"][index]
+            p["path"][index] = ("0" if node[0] != "0" else "1") + node[1:]
+
+        changed(f"path[{index}]", edit_path)
+    changed("leaf_index", lambda p: p.update(leaf_index=p["leaf_index"] + 1))
+    changed("tree_size", lambda p: p.update(tree_size=p["tree_size"] - 1))
+    changed("path shorter", lambda p: p["path"].pop())
+    changed("chain_version", lambda p: p.update(chain_version="2"))
+    changed("extra entry field", lambda p: p["entry"].update(extra=1))
+    note = proof["checkpoint"]
+    for position in range(0, note.index("\n\n")):
+
+        def edit_note(p: dict[str, Any], position: int = position) -> None:
+            text = p["checkpoint"]
+            p["checkpoint"] = text[:position] + chr(ord(text[position]) ^ 1) + text[position + 1 :]
+
+        changed(f"checkpoint byte {position}", edit_note)
+    return out
+
+
+def test_a_changed_byte_of_the_entry_path_or_checkpoint_fails(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 13, (13,))
+    proof = _prove(trail_db, "evt-6", lines)
+    assert verify_proof(proof, KEY.public_key()).ok
+
+    for label, changed in _mutations(proof):
+        report = verify_proof(changed, KEY.public_key())
+        assert not report.ok, label
+        assert report.reason, label
+
+
+def test_a_proof_checked_with_another_key_fails(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 5, (5,))
+    proof = _prove(trail_db, "evt-5", lines)
+
+    report = verify_proof(proof, OTHER_KEY.public_key())
+
+    assert not report.ok
+    assert report.reason is not None
+    assert report.reason.startswith("its signature does not verify with the public key")
+
+
+def test_a_proof_from_a_rewritten_trail_fails(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 10, (10,))
+    trails.execute(trail_db, "UPDATE audit_entries SET actor = 'mallory' WHERE id = 4")
+
+    report = verify_proof(_prove(trail_db, "evt-4", lines), KEY.public_key())
+
+    assert (report.ok, report.reason) == (False, "row 4's hash does not match its contents")
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("not json", "not an inclusion proof: Expecting value: line 1 column 1 (char 0)"),
+        ("[1]", "it is not a JSON object"),
+        (
+            '{"format": "x"}',
+            "not an inclusion proof of this engine (format 'audit-engine-proof/1')",
+        ),
+        (
+            '{"format": "audit-engine-proof/1"}',
+            "the proof's 'entry' is missing or not a dict",
+        ),
+    ],
+)
+def test_a_text_that_is_not_a_proof_says_so(text: str, reason: str) -> None:
+    assert verify_proof(text, KEY.public_key()) == ProofReport(ok=False, reason=reason)
+
+
+def test_a_proof_against_the_checkpoints_kept_in_the_trail(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 12, (12,))
+    record = json.loads(lines[0])
+    trails.execute(
+        trail_db,
+        (
+            "INSERT INTO audit_checkpoints (id, head_id, head_hash, tree_size, root, merkle, "
+            "note, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+            (12, record["head_hash"], 12, record["root"], "{}", record["note"], record["time"]),
+        ),
+    )
+
+    # A stored frontier that does not parse is not used: the proof starts from the anchor.
+    assert verify_proof(_prove(trail_db, "evt-12"), KEY.public_key()).ok
