@@ -32,7 +32,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from audit_engine.errors import AuditStoreError, SettingsError
-from audit_engine.storage.chain import ChainHead
+from audit_engine.storage.chain import ChainHead, VerifyReport
 from audit_engine.storage.keys import SIGNING_EXTRA, SIGNING_NOTE_KEY, load_public_key
 from audit_engine.storage.leaves import anchor_frontier, leaves, trail_id
 
@@ -49,7 +49,9 @@ __all__ = [
     "LoggedCheckpoint",
     "check",
     "head_of",
+    "merged",
     "origin_of",
+    "prepared",
     "public_key_of",
     "read_log",
     "verify_note",
@@ -272,3 +274,34 @@ def _anchor_hash(conn: AnyConnection, anchor_id: int) -> str | None:
         "SELECT last_deleted_hash FROM audit_anchors WHERE last_deleted_id = ?", [anchor_id]
     ).fetchone()
     return None if row is None else str(row[0])
+
+
+def prepared(
+    checkpoints: CheckpointSource | None, public_key: Any
+) -> tuple[list[LoggedCheckpoint], Ed25519PublicKey] | None:
+    """``verify()``'s checkpoint arguments read up front (a bad file or key raises before the
+    trail is read), or None when there are none."""
+    if checkpoints is None and public_key is None:
+        return None
+    if checkpoints is None or public_key is None:
+        raise AuditStoreError(
+            "checkpoints and public_key go together: the checkpoint log and the public key "
+            "its checkpoints were signed with"
+        )
+    return read_log(checkpoints), public_key_of(public_key)
+
+
+def merged(report: VerifyReport, found: CheckpointFindings) -> VerifyReport:
+    """The chain's report with what the checkpoints showed; not ok if either says so (a chain
+    that broke first keeps its reason: the earlier finding)."""
+    update: dict[str, Any] = {
+        "checkpoints_checked": found.checked,
+        "checkpoints_purged": found.purged,
+        "checkpoint_line": found.line,
+        "checkpoint_problem": found.problem,
+    }
+    if found.problem is not None:
+        update["ok"] = False
+        if report.ok or report.reason is None:
+            update["reason"] = found.problem
+    return report.model_copy(update=update)
