@@ -42,6 +42,7 @@ __all__ = [
     "AuditStats",
     "Operation",
     "Outcome",
+    "SignedCheckpoint",
     "dump_details",
     "new_event_id",
     "utcnow",
@@ -375,3 +376,30 @@ class AuditStats(BaseModel):
         description="conditions to fix, found when the service opened its trail (such as a "
         "database other users can read)"
     )
+    checkpoints: int = Field(
+        default=0, description="signed checkpoints made (with signing_key_file set)"
+    )
+    checkpoint_failures: int = Field(
+        default=0,
+        description="checkpoints that could not be made, or not appended to checkpoint_file or "
+        "kept in the trail (the entries are never affected; see last_error and the log)",
+    )
+    checkpoint_callback_failures: int = Field(
+        default=0, description="times the on_checkpoint callback raised (logged, then ignored)"
+    )
+
+
+class SignedCheckpoint(BaseModel):
+    """A checkpoint the writer signed: what ``on_checkpoint`` receives and each line of
+    ``checkpoint_file`` holds. Only ``note`` (the signed C2SP text) is trusted on verify; the
+    other fields repeat what it says, for convenience (docs/checkpoints.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    trail_id: str = Field(description="the trail's random identity (origin audit-engine/<id>)")
+    size: int = Field(description="the Merkle tree's size: rows so far, purged ones included")
+    head_id: int = Field(description="the id of the newest row the checkpoint covers")
+    head_hash: str = Field(description="that row's stored hash (hex)")
+    root: str = Field(description="the Merkle tree head (hex)")
+    time: str = Field(description="when it was signed (UTC, ISO-8601)")
+    note: str = Field(description="the signed note (C2SP signed-note checkpoint, Ed25519)")

@@ -25,7 +25,7 @@ from audit_engine.errors import (
     AuditWriteError,
     InvalidEntryError,
 )
-from audit_engine.models import AuditEntry, AuditStats
+from audit_engine.models import AuditEntry, AuditStats, SignedCheckpoint
 from audit_engine.pipeline import intake, lifecycle
 from audit_engine.pipeline.bus import DomainEvent, EventBus
 from audit_engine.pipeline.enqueue import enqueue_waiting
@@ -36,7 +36,7 @@ from audit_engine.pipeline.writer import _WRITER_BUSY_SLICE_S, Writer
 from audit_engine.rows import Row
 from audit_engine.settings import AuditSettings
 from audit_engine.settings import resolve as resolve_settings
-from audit_engine.storage import backends, deadletter
+from audit_engine.storage import backends, checkpointing, deadletter
 from audit_engine.storage.dialect import DATABASE_ERRORS
 from audit_engine.storage.retention import CleanupThread
 
@@ -60,7 +60,9 @@ class AuditService:
     ``AuditService("audit.db")`` takes the database path, ``AuditService(settings)`` given
     settings, and keyword arguments override single settings (``queue_maxsize=50``), validated
     like settings. With ``connection=`` every entry is written through that connection, inside
-    the caller's transaction, uncommitted.
+    the caller's transaction, uncommitted. With ``signing_key_file`` set, the writer signs
+    checkpoints into ``checkpoint_file`` and/or passes each to ``on_checkpoint``
+    (docs/checkpoints.md).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class AuditService:
         settings: AuditSettings | str | os.PathLike[str] | None = None,
         *,
         connection: Any = None,
+        on_checkpoint: Callable[[SignedCheckpoint], Any] | None = None,
         **overrides: Any,
     ) -> None:
         injected = (
@@ -111,6 +114,14 @@ class AuditService:
             if loose is not None:
                 self._warnings.append(loose)
             backends.check_reachable(s.database)  # a wrong URL fails here, not at close()
+        checkpointer = checkpointing.from_settings(
+            s,
+            on_checkpoint,
+            lambda: backends.open_trail(
+                s.database, busy_timeout=s.busy_timeout, create=True, synchronous=s.synchronous
+            ),
+            mode=None if injected is None else "AuditService(connection=...)",
+        )
         if injected is not None:
             write, migrate = injected
             migrate()
@@ -124,6 +135,7 @@ class AuditService:
                 queue_maxsize=s.queue_maxsize,
                 batch_size=s.buffer_max_size,
                 flush_interval_s=s.buffer_flush_interval,
+                checkpointer=checkpointer,
             )
             self._writer = self._queued = writer
             self._accept_row = AuditService._enqueue
@@ -409,6 +421,7 @@ class AuditService:
             rows_purged=self._cleanup.rows_deleted if self._cleanup else 0,
             logged_only=w.logged_only if w else 0,
             warnings=list(self._warnings),
+            **(w.checkpointer.stats() if w and w.checkpointer else {}),
         )
 
     def after_fork_in_child(self) -> None:

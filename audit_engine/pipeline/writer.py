@@ -27,6 +27,7 @@ from audit_engine.pipeline.handoff import HandoffQueue
 from audit_engine.pipeline.setaside import SetAside
 from audit_engine.rows import Row
 from audit_engine.storage.base import OpenSink
+from audit_engine.storage.checkpointing import Checkpointer
 from audit_engine.storage.deadletter import DeadLetterFile
 
 logger = logging.getLogger("audit_engine.writer")  # the documented logger name
@@ -52,8 +53,11 @@ class Writer:
         queue_maxsize: int,
         batch_size: int,
         flush_interval_s: float,
+        checkpointer: Checkpointer | None = None,
     ) -> None:
         self._open_sink = open_sink
+        # Signs checkpoints after commits, on interval and at close (signing_key_file set).
+        self.checkpointer = checkpointer
         self._dead_letters = dead_letters
         self._queue_maxsize = queue_maxsize
         self._batch_size = batch_size
@@ -122,6 +126,8 @@ class Writer:
         orphan = self._committer.sink
         if orphan is not None:
             forks.keep_inherited(orphan)
+        if self.checkpointer is not None:
+            self.checkpointer.reset_after_fork()
         self.fork_gate = threading.RLock()
         self._reset_state()
         self._committer.sink = self._open_sink()
@@ -318,12 +324,18 @@ class Writer:
         if sink is not None:
             with self.fork_gate:
                 sink.close()
+        if self.checkpointer is not None:
+            with self.fork_gate:
+                self.checkpointer.close()
 
     # -- writer thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
         finished = False
         self._committer.read_tail()
+        if self.checkpointer is not None:
+            with self.fork_gate:
+                self.checkpointer.start()
         try:
             while True:
                 try:
@@ -334,6 +346,8 @@ class Writer:
                 if stop:
                     break
             finished = True
+            if not self._abort.is_set():  # the last drain is committed: sign what is new
+                self._checkpoint(final=True)
             self._close_connection()
         finally:
             # If the thread dies some other way, the connection stays open so that stop() can
@@ -362,7 +376,17 @@ class Writer:
             self._write(batch)
             self._inflight = []
             self._advance(len(batch))
+        if not stop:  # after a commit, or an idle wake-up (checkpoint_interval)
+            self._checkpoint(final=False)
         return stop
+
+    def _checkpoint(self, *, final: bool) -> None:
+        checkpointer, tail = self.checkpointer, self._committer.tail
+        if checkpointer is None or tail is None:
+            return
+        if tail[0] > checkpointer.signed_head if final else checkpointer.due(tail[0]):
+            with self.fork_gate:
+                checkpointer.make(tail)
 
     def _collect(self) -> tuple[list[Row], bool]:
         """Take up to one batch from the queue; returns (batch, writer should stop)."""

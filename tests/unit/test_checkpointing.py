@@ -1,0 +1,292 @@
+"""Signed checkpoints, the writer's side, on both backends: every checkpoint_every entries and at
+close they land in the file, the callback and the trail; a failing callback loses nothing; a
+restart resumes from the stored frontier; several writers' checkpoints match the tree recomputed
+from scratch."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trails
+
+from audit_engine import AuditEntry, AuditService, AuditStore
+from audit_engine.errors import SettingsError
+from audit_engine.models import SignedCheckpoint
+from audit_engine.storage import backends, checkpointing, checkpoints, keys, merkle
+from audit_engine.storage.leaves import leaves
+
+NOTE_KEY = keys.SIGNING_NOTE_KEY
+
+
+@pytest.fixture
+def key_files(tmp_path: Path) -> tuple[Path, Path]:
+    """(signing.key, signing.pub) of a fresh pair."""
+    _, private, public = keys.generate_keys(tmp_path / "keys")
+    return private, public
+
+
+def _service(database: Path | str, key: Path, log: Path | None, **overrides: Any) -> AuditService:
+    return AuditService(
+        database=database,
+        signing_key_file=key,
+        checkpoint_file=log,
+        cleanup_enabled=False,
+        **overrides,
+    )
+
+
+def _all_leaves(database: Path | str) -> list[bytes]:
+    conn = backends.open_trail(database)
+    try:
+        return [data for _, data in leaves(conn, 0)]
+    finally:
+        conn.close()
+
+
+def _file_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _check_against_trail(
+    database: Path | str, found: list[dict[str, Any]], public_key: Path
+) -> None:
+    """Each checkpoint's note verifies, and says what the trail recomputed from scratch says."""
+    tree = _all_leaves(database)
+    hashes = dict(trails.query(database, "SELECT id, hash FROM audit_entries"))
+    public = keys.load_public_key(public_key)
+    for line in found:
+        signed = checkpoints.verify(line["note"], NOTE_KEY, public)
+        assert signed.size == line["size"] == line["head_id"]
+        assert signed.root == merkle.root(tree[: line["size"]]) == bytes.fromhex(line["root"])
+        assert signed.head == f"{line['head_id']} {hashes[line['head_id']]}"
+        assert signed.origin == f"audit-engine/{line['trail_id']}"
+
+
+def test_checkpoints_every_n_entries_and_at_close_land_everywhere(
+    trail_db: Path | str, tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    log = tmp_path / "checkpoints.jsonl"
+    got: list[SignedCheckpoint] = []
+    service = _service(trail_db, key_files[0], log, checkpoint_every=5, on_checkpoint=got.append)
+    for count in (5, 5, 2):
+        for n in range(count):
+            service.record(action="a", resource_id=str(n))
+        assert service.flush(10)
+    assert service.close(10)
+
+    lines = _file_lines(log)
+    assert [line["size"] for line in lines] == [5, 10, 12]
+    assert [c.model_dump() for c in got] == lines
+    assert list(lines[0]) == ["trail_id", "size", "head_id", "head_hash", "root", "time", "note"]
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    _check_against_trail(trail_db, lines, key_files[1])
+    stored = trails.query(
+        trail_db, "SELECT head_id, head_hash, tree_size, root, note FROM audit_checkpoints"
+    )
+    assert sorted(stored) == [
+        (c["head_id"], c["head_hash"], c["size"], c["root"], c["note"]) for c in lines
+    ]
+    stats = service.stats()
+    assert (stats.checkpoints, stats.checkpoint_failures) == (3, 0)
+
+
+def test_a_callback_that_raises_loses_nothing_and_is_counted(
+    trail_db: Path | str, tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    def broken(checkpoint: SignedCheckpoint) -> None:
+        raise RuntimeError("the witness is down")
+
+    log = tmp_path / "checkpoints.jsonl"
+    service = _service(trail_db, key_files[0], log, checkpoint_every=3, on_checkpoint=broken)
+    for n in range(7):
+        service.record(action="a", resource_id=str(n))
+        if n % 3 == 2:
+            assert service.flush(10)
+    assert service.close(10)
+
+    stats = service.stats()
+    assert stats.written == 7
+    assert stats.checkpoint_callback_failures == stats.checkpoints == 3
+    assert [line["size"] for line in _file_lines(log)][-1] == 7
+    assert trails.query(trail_db, "SELECT count(*) FROM audit_checkpoints") == [
+        (stats.checkpoints,)
+    ]
+
+
+def test_a_checkpoint_file_that_cannot_be_written_is_counted(
+    trail_db: Path | str, tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    log = tmp_path / "a-directory"
+    log.mkdir()
+    got: list[SignedCheckpoint] = []
+    service = _service(trail_db, key_files[0], log, on_checkpoint=got.append)
+    service.record(action="a")
+    assert service.close(10)
+    stats = service.stats()
+    assert (stats.written, stats.checkpoints, stats.checkpoint_failures) == (1, 1, 1)
+    assert [c.size for c in got] == [1]
+
+
+def test_a_restart_resumes_from_the_stored_frontier(
+    trail_db: Path | str, tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    log = tmp_path / "checkpoints.jsonl"
+    first = _service(trail_db, key_files[0], log)
+    for n in range(40):
+        first.record(action="a", resource_id=str(n))
+    assert first.close(10)
+
+    second = _service(trail_db, key_files[0], log)
+    for n in range(3):
+        second.record(action="b", resource_id=str(n))
+    assert second.close(10)
+
+    assert second.writer is not None
+    assert second.writer.checkpointer is not None
+    assert second.writer.checkpointer.leaves_read == 3  # not the 40 before its checkpoint
+    assert [line["size"] for line in _file_lines(log)] == [40, 43]
+    _check_against_trail(trail_db, _file_lines(log), key_files[1])
+
+
+def test_a_stored_checkpoint_of_another_key_is_not_a_starting_point(
+    trail_db: Path | str, tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    log = tmp_path / "checkpoints.jsonl"
+    _, other_key, _ = keys.generate_keys(tmp_path / "other")
+    first = _service(trail_db, other_key, log)
+    for n in range(6):
+        first.record(action="a", resource_id=str(n))
+    assert first.close(10)
+
+    second = _service(trail_db, key_files[0], log)
+    second.record(action="b")
+    assert second.close(10)
+    assert second.writer is not None
+    assert second.writer.checkpointer is not None
+    assert second.writer.checkpointer.leaves_read == 7
+    _check_against_trail(trail_db, _file_lines(log)[1:], key_files[1])
+
+
+def test_after_a_purge_the_tree_resumes_from_the_anchor(
+    trail_db: Path | str, tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    old = datetime(2000, 1, 1, tzinfo=UTC)
+    trails.write(
+        trail_db, [AuditEntry(action="a", event_id=f"o{n}", timestamp=old) for n in range(8)]
+    )
+    trails.write(trail_db, [AuditEntry(action="a", event_id=f"n{n}") for n in range(2)])
+    before = _all_leaves(trail_db)
+    with AuditStore(trail_db) as store:
+        store.purge(timedelta(days=1))
+
+    got: list[SignedCheckpoint] = []
+    service = _service(trail_db, key_files[0], None, on_checkpoint=got.append)
+    service.record(action="b", event_id="after")
+    assert service.close(10)
+    assert service.writer is not None
+    assert service.writer.checkpointer is not None
+    assert service.writer.checkpointer.leaves_read == 3  # rows 9..11: never the purged ones
+    after = [data for _, data in leaves(backends.open_trail(trail_db), 10)]
+    assert [c.size for c in got] == [11]
+    assert got[0].root == merkle.root([*before, *after]).hex()
+
+
+def test_the_interval_makes_a_checkpoint_before_the_count_does(
+    trail_db: Path | str, key_files: tuple[Path, Path]
+) -> None:
+    trails.write(trail_db, [AuditEntry(action="a", event_id=f"e{n}") for n in range(3)])
+    now = [0.0]
+    got: list[SignedCheckpoint] = []
+    made = checkpointing.Checkpointer(
+        lambda: backends.open_trail(trail_db),
+        keys.load_signing_key(key_files[0]),
+        log_path=None,
+        callback=got.append,
+        every=100,
+        interval_s=30,
+        clock=lambda: now[0],
+    )
+    try:
+        assert not made.due(3)
+        now[0] = 30.0
+        assert made.due(3)
+        tail = trails.query(trail_db, "SELECT id, hash FROM audit_entries WHERE id = 3")[0]
+        assert made.make((tail[0], tail[1])) is not None
+        assert not made.due(3)  # nothing new
+    finally:
+        made.close()
+    assert [c.size for c in got] == [3]
+
+
+_WRITER = """
+import sys
+from audit_engine import AuditService
+database, key, log, name = sys.argv[1:]
+service = AuditService(database=database, signing_key_file=key, checkpoint_file=log,
+                       checkpoint_every=7, buffer_max_size=5, cleanup_enabled=False)
+for n in range(60):
+    service.record(action="a", actor=name, resource_id=str(n))
+sys.exit(0 if service.close(30) else 1)
+"""
+
+
+def test_two_writer_processes_sign_roots_of_the_whole_trail(
+    trail_db: Path | str, tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    log = tmp_path / "checkpoints.jsonl"
+    trails.create(trail_db)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(trail_db), str(key_files[0]), str(log), name],
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        )
+        for name in ("one", "two")
+    ]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    lines = _file_lines(log)
+    assert max(line["size"] for line in lines) == 120
+    # Each writer counts the trail's growth (both writers' rows) and signs at its close.
+    assert len(lines) >= 2
+    _check_against_trail(trail_db, lines, key_files[1])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"signing": True}, "signing_key_file is set but neither checkpoint_file nor"),
+        ({"callback": True}, "on_checkpoint needs signing_key_file"),
+        ({"log": True}, "is set but signing_key_file is not"),
+        ({"signing": True, "log": True, "async_writes": False}, "async_writes=False makes no"),
+        ({"signing": True, "log": "missing/x.jsonl"}, "its directory does not exist"),
+    ],
+)
+def test_checkpoint_settings_that_cannot_work_are_refused(
+    db_path: Path,
+    tmp_path: Path,
+    key_files: tuple[Path, Path],
+    overrides: dict[str, Any],
+    message: str,
+) -> None:
+    log = overrides.get("log")
+    values: dict[str, Any] = {"database": db_path, "cleanup_enabled": False}
+    if overrides.get("signing"):
+        values["signing_key_file"] = key_files[0]
+    if log:
+        values["checkpoint_file"] = tmp_path / (log if isinstance(log, str) else "c.jsonl")
+    if "async_writes" in overrides:
+        values["async_writes"] = overrides["async_writes"]
+    callback: Callable[[SignedCheckpoint], None] | None = (
+        (lambda c: None) if overrides.get("callback") else None
+    )
+    with pytest.raises(SettingsError, match=message):
+        AuditService(on_checkpoint=callback, **values)
