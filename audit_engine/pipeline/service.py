@@ -38,6 +38,7 @@ from audit_engine.settings import AuditSettings
 from audit_engine.settings import resolve as resolve_settings
 from audit_engine.storage import backends, checkpointing, deadletter
 from audit_engine.storage.dialect import DATABASE_ERRORS
+from audit_engine.storage.linker import UNKEYED, load_linker
 from audit_engine.storage.retention import CleanupThread
 
 logger = logging.getLogger("audit_engine.service")  # the documented logger name
@@ -80,6 +81,11 @@ class AuditService:
         )
         self.settings = resolve_settings(settings, overrides)
         s = self.settings
+        # How rows are hashed: keyed with the chain key file's first key, or not. A disabled
+        # service writes nothing and reads no key.
+        self._linker = linker = load_linker(s.chain_key_file) if s.enabled else UNKEYED
+        if connection is not None:
+            injected = backends.injected_writer(connection, "AuditService() connection", linker)
         self._enabled = s.enabled
         self.policy = AuditPolicy.from_settings(s)
         self._scopes = ScopeStack(f"audit_scope_{id(self):x}")
@@ -91,7 +97,7 @@ class AuditService:
         self._close_result = True
         self._writer: Writer | None = None
         self._cleanup: CleanupThread | None = None
-        self._sync = SyncConnection(s)
+        self._sync = SyncConnection(s, self._linker)
         self._counter_lock = threading.Lock()  # guards the counters below
         self._injected_written = 0
         self._dropped = 0
@@ -113,7 +119,8 @@ class AuditService:
             loose = backends.permission_warning(s.database)
             if loose is not None:
                 self._warnings.append(loose)
-            backends.check_reachable(s.database)  # a wrong URL fails here, not at close()
+            # A wrong URL fails here, not at close(); so does an unkeyed writer on a keyed trail.
+            backends.check_reachable(s.database, self._linker)
         checkpointer = checkpointing.from_settings(
             s,
             on_checkpoint,
@@ -130,7 +137,7 @@ class AuditService:
         elif s.async_writes:
             busy_s = min(s.busy_timeout, _WRITER_BUSY_SLICE_S)
             writer = Writer(
-                lambda: backends.open_sink(s, busy_s),
+                lambda: backends.open_sink(s, busy_s, linker),  # not self: no cycle
                 deadletter.DeadLetterFile(s.deadletter_file),
                 queue_maxsize=s.queue_maxsize,
                 batch_size=s.buffer_max_size,
@@ -206,7 +213,7 @@ class AuditService:
         write_injected = (
             None
             if connection is None
-            else backends.injected_writer(connection, "record() connection")[0]
+            else backends.injected_writer(connection, "record() connection", self._linker)[0]
         )
         if not self._enabled:
             return None

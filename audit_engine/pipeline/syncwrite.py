@@ -21,6 +21,7 @@ from audit_engine.rows import Row
 from audit_engine.settings import AuditSettings, describe_database
 from audit_engine.storage import backends
 from audit_engine.storage.base import ChainSink, SinkBusy, SinkError
+from audit_engine.storage.linker import UNKEYED, Linker
 
 
 class SyncConnection:
@@ -29,8 +30,9 @@ class SyncConnection:
     Opened on first use; a lock keeps two callers' transactions apart.
     """
 
-    def __init__(self, settings: AuditSettings) -> None:
+    def __init__(self, settings: AuditSettings, linker: Linker = UNKEYED) -> None:
         self._settings = settings
+        self._linker = linker  # keyed or not: how the rows are hashed
         # Held for a whole synchronous write, including its wait for a busy database (up to the
         # busy timeout); os.fork() waits for it too (the service's fork_gates).
         self.lock = threading.RLock()
@@ -46,7 +48,7 @@ class SyncConnection:
                 self._sink = self._open()
 
     def _open(self) -> ChainSink:
-        sink = backends.open_sink(self._settings, self._settings.busy_timeout)
+        sink = backends.open_sink(self._settings, self._settings.busy_timeout, self._linker)
         try:
             sink.read_tail()  # a server that cannot be reached, or a bad file, fails here
         except BaseException:

@@ -13,7 +13,7 @@ import importlib
 import os
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,8 +21,9 @@ from typing import Any
 from audit_engine.errors import SettingsError
 from audit_engine.rows import Row
 from audit_engine.settings import AuditSettings, describe_database, resolve_database
-from audit_engine.storage.base import ChainSink
+from audit_engine.storage.base import ChainSink, Tail
 from audit_engine.storage.dialect import AnyConnection
+from audit_engine.storage.linker import UNKEYED, Linker, newest_version, refuse_unkeyed
 from audit_engine.storage.sqlite import append, schema
 from audit_engine.storage.sqlite.sink import SqliteSink
 
@@ -36,6 +37,7 @@ __all__ = [
     "open_trail",
     "permission_warning",
     "postgres",
+    "write_rows",
 ]
 
 POSTGRES_EXTRA = "pip install 'audit-engine[postgres]'"
@@ -57,17 +59,27 @@ def postgres() -> ModuleType:
         ) from None
 
 
-def open_sink(settings: AuditSettings, busy_timeout: float) -> ChainSink:
+def open_sink(settings: AuditSettings, busy_timeout: float, linker: Linker = UNKEYED) -> ChainSink:
     """The writer's sink for ``settings.database``; one wait for a lock (SQLite's write lock,
-    PostgreSQL's advisory lock on the chain) lasts at most ``busy_timeout`` seconds."""
+    PostgreSQL's advisory lock on the chain) lasts at most ``busy_timeout`` seconds. Rows are
+    linked by ``linker``; an unkeyed one on a keyed SQLite trail is refused here
+    (:class:`~audit_engine.errors.AuditStoreError`), on PostgreSQL by :func:`check_reachable`
+    and at its connection."""
     database = settings.database
     if isinstance(database, str):
-        sink: ChainSink = postgres().PostgresSink(database, lock_timeout_s=busy_timeout)
+        sink: ChainSink = postgres().PostgresSink(
+            database, lock_timeout_s=busy_timeout, linker=linker
+        )
         return sink
     conn = schema.open_connection(
         database, synchronous=settings.synchronous, busy_timeout=busy_timeout
     )
-    return SqliteSink(conn, largest=settings.buffer_max_size)
+    try:
+        refuse_unkeyed(newest_version(conn), linker)
+    except BaseException:
+        conn.close()
+        raise
+    return SqliteSink(conn, largest=settings.buffer_max_size, linker=linker)
 
 
 def open_trail(
@@ -94,15 +106,20 @@ def open_trail(
     )
 
 
-def check_reachable(database: Path | str) -> None:
+def check_reachable(database: Path | str, linker: Linker = UNKEYED) -> None:
     """For a PostgreSQL URL: connect once, creating or migrating the tables, or raise
     :class:`~audit_engine.errors.AuditStoreError` naming why (a server that cannot be reached, a
     database or role that does not exist, a wrong password). A SQLite file is opened by its sink.
 
     Called when a service starts, so a wrong URL fails there; an outage later is waited out.
+    An unkeyed ``linker`` on a keyed trail is refused there too.
     """
     if isinstance(database, str):
-        postgres().open_trail(database, create=True).close()
+        trail = postgres().open_trail(database, create=True)
+        try:
+            refuse_unkeyed(newest_version(trail), linker)
+        finally:
+            trail.close()
 
 
 def permission_warning(database: Path | str) -> str | None:
@@ -112,18 +129,21 @@ def permission_warning(database: Path | str) -> str | None:
     return schema.loose_permissions(database)
 
 
-def injected_writer(conn: object, what: str) -> tuple[InjectedWriter, Callable[[], None]]:
+def injected_writer(
+    conn: object, what: str, linker: Linker = UNKEYED
+) -> tuple[InjectedWriter, Callable[[], None]]:
     """How to write through a connection the application passed (``connection=``).
 
-    Returns (write one row inside the caller's transaction, create or migrate the schema).
+    Returns (write one row inside the caller's transaction, create or migrate the schema and
+    refuse an unkeyed ``linker`` on a keyed trail). Rows are linked by ``linker``.
     A ``sqlite3.Connection`` or a ``psycopg.Connection``; anything else raises ``TypeError``
     naming ``what`` (the argument) and what is supported.
     """
     if isinstance(conn, sqlite3.Connection):
         sqlite_conn = conn
         return (
-            lambda row: append.write_in_caller_transaction(sqlite_conn, row),
-            lambda: schema.migrate(sqlite_conn),
+            lambda row: append.write_in_caller_transaction(sqlite_conn, row, linker),
+            lambda: _migrate_sqlite(sqlite_conn, linker),
         )
     # A psycopg connection can only come from an application that imported psycopg.
     psycopg: Any = sys.modules.get("psycopg")
@@ -131,13 +151,27 @@ def injected_writer(conn: object, what: str) -> tuple[InjectedWriter, Callable[[
         backend = postgres()
         pg_conn = conn
         return (
-            lambda row: backend.write_in_caller_transaction(pg_conn, row),
-            lambda: backend.migrate_caller_connection(pg_conn),
+            lambda row: backend.write_in_caller_transaction(pg_conn, row, linker),
+            lambda: backend.migrate_caller_connection(pg_conn, linker),
         )
     raise TypeError(
         f"{what} must be a sqlite3.Connection or a psycopg.Connection (the caller's transaction "
         f"to write the entry in) or None, got {type(conn).__name__}"
     )
+
+
+def _migrate_sqlite(conn: sqlite3.Connection, linker: Linker) -> None:
+    schema.migrate(conn)
+    refuse_unkeyed(newest_version(conn), linker)
+
+
+def write_rows(conn: AnyConnection, rows: Sequence[Row], linker: Linker = UNKEYED) -> Tail:
+    """Append ``rows`` to the chain in one transaction of their own, linked by ``linker``
+    (replay, copy); returns the new tail."""
+    if isinstance(conn, sqlite3.Connection):
+        return append.write_batch(conn, rows, linker=linker)
+    tail: Tail = conn.write_rows(rows, linker)  # type: ignore[call-arg]
+    return tail
 
 
 def describe(database: Path | str) -> str:

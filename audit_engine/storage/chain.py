@@ -13,32 +13,61 @@ Stored text never contains U+0000 or U+001F (the model rejects control character
 is JSON, which escapes them), so the form is unambiguous. The fields and their order are
 :data:`audit_engine.columns.CHAIN_FIELDS`.
 
-The form is written once, by :func:`_canonical_source`, from the column definitions
-(:data:`audit_engine.columns.ENTRY_COLUMNS`). The per-row loops of the writer
-(:func:`link_into`) and of ``verify()`` (:func:`_check_all`) are generated from it when this
-module is imported — a text column needs no ``str()``, a NOT NULL one no test for None — so
-they run as fast as the hand-inlined code they replaced (no function call per row) and
-cannot drift from each other or from the columns. :func:`_canonical_text`, the reference for any
-value of any type, applies the same rule value by value; a property test holds them equal.
+The form is written once, in :mod:`audit_engine.storage.chainloops`, from the column
+definitions (:data:`audit_engine.columns.ENTRY_COLUMNS`): the per-row loops of the writer
+(:func:`link_into`) and of ``verify()`` are generated from it, with their keyed twins. Here,
+:func:`_canonical_text`, the reference for any value of any type, applies the same rule value by
+value; a property test holds them equal.
+
+The keyed chain (version "2", docs/integrity.md "Keyed chain") hashes the same text with "2" in
+the version slot and stores ``HMAC-SHA256(key, SHA-256(text))``: without the key nobody can
+recompute a link, and ``content_digest(row, "2")`` (a proof's leaf) still needs no key. The
+versions table (``audit_chain_versions``: first id, version, key id) says which rows are which;
+:func:`verify_rows` checks each range with its own loop.
 """
 
 from __future__ import annotations
 
-import hashlib
+import hmac
+import itertools
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from audit_engine.columns import ENTRY_COLUMNS, STORED_ROW, Column
+from audit_engine.columns import ENTRY_COLUMNS
 from audit_engine.models import dump_details
+from audit_engine.storage import chainloops
+from audit_engine.storage.chainloops import CHAIN_VERSION, KEYED_VERSION
+from audit_engine.storage.chainloops import CHECK_SOURCE as _CHECK_SOURCE
+from audit_engine.storage.chainloops import HEAD_MISMATCH as _HEAD_MISMATCH
+from audit_engine.storage.chainloops import LINK_SOURCE as _LINK_SOURCE
+from audit_engine.storage.chainloops import NULL as _NULL
+from audit_engine.storage.chainloops import SEP as _SEP
+from audit_engine.storage.chainloops import sha256 as _sha256
+from audit_engine.storage.keys import ChainKeys
 
-CHAIN_VERSION = "1"
+__all__ = [
+    "CHAIN_VERSION",
+    "GENESIS_HASH",
+    "KEYED_VERSION",
+    "ChainHead",
+    "ChainVerifier",
+    "VerifyReport",
+    "canonical",
+    "content_digest",
+    "link",
+    "link_into",
+    "row_hash",
+    "verify_exported_lines",
+    "verify_rows",
+]
+
 GENESIS_HASH = "0" * 64
-_SEP = "\x1f"
-_NULL = "\x00"
-_sha256 = hashlib.sha256
+_LOOP_SOURCES = (_LINK_SOURCE, _CHECK_SOURCE)  # generated in chainloops; tests read them here
+# A range of the chain: (first id, chain version, key id or None), from audit_chain_versions.
+VersionRange = tuple[int, str, str | None]
 
 
 def _canonical_text(row: Sequence[Any], version: str = CHAIN_VERSION) -> str:
@@ -63,129 +92,26 @@ def canonical(row: Sequence[Any]) -> bytes:
 
 def row_hash(row: Sequence[Any]) -> str:
     """The hex SHA-256 of :func:`canonical` (``row`` ends with the previous row's hash)."""
-    return hashlib.sha256(canonical(row)).hexdigest()
+    return _sha256(canonical(row)).hexdigest()
 
 
-# -- the per-row loops, generated from the column definitions ---------------------------------
-
-
-def _local(column: Column) -> str:
-    # The generated code's local variable for a column (prefixed: no clash with its own names).
-    return f"v_{column.name}"
-
-
-def _value_source(column: Column) -> str:
-    """One stored value as canonical text: a Python expression over the column's local.
-
-    The reference's rule specialised by the column's definition: a text value needs no str()
-    (a value of another type makes join() raise: verify then asks the reference), and only a
-    nullable column is tested for None (the others are NOT NULL).
-    """
-    name = _local(column)
-    text = name if column.sql_type == "TEXT" else f"str({name})"
-    return f"({text} if {name} is not None else nul)" if column.nullable else text
-
-
-def _canonical_source(row_id: str, prev_hash: str) -> str:
-    """The canonical text of a row (its values in the columns' locals): written once."""
-    values = "".join(f"{_value_source(column)}, " for column in ENTRY_COLUMNS)
-    return f"sep.join((version, str({row_id}), {values}{prev_hash}))"
-
-
-_FIELDS = ", ".join(_local(column) for column in ENTRY_COLUMNS)
-_WIDTH = len(STORED_ROW)  # a stored row: id, the fields, prev_hash, hash
-
-# Both loops bind what they use per row to locals first (LOAD_FAST, not LOAD_GLOBAL).
-_LINK_SOURCE = f"""
-def link_into(params, values, tail_id, tail_hash):
-    prev = tail_hash
-    next_id = tail_id
-    add, extend = params.append, params.extend
-    sha256, sep, nul, version = _sha256, _SEP, _NULL, CHAIN_VERSION
-    for fields in values:
-        next_id += 1
-        {_FIELDS}, = fields
-        digest = sha256({_canonical_source("next_id", "prev")}.encode("utf-8")).hexdigest()
-        add(next_id)
-        extend(fields)
-        add(prev)
-        add(digest)
-        prev = digest
-    return next_id, prev
-"""
-
-# A row as the engine stores it is checked inline; one that fails a check, or holds a value of
-# another type (join raises), goes through ChainVerifier.check — the reference — which says why.
-# The engine never stores U+0000 or U+001F in a value (see ChainVerifier.check): the counts of
-# separators and NULL markers must be those of the form.
-_CHECK_SOURCE = f"""
-def check_all(verifier, rows, head_id, head_hash):
-    prev_id, prev_hash = verifier.prev_id, verifier.prev_hash
-    sep, nul, sha256, version = _SEP, _NULL, _sha256, CHAIN_VERSION
-    good = 0
-    try:
-        for row in rows:
-            if len(row) == {_WIDTH} and row[0] == prev_id + 1 and row[{_WIDTH - 2}] == prev_hash:
-                row_id, {_FIELDS}, _, stored_hash = row
-                try:
-                    text = {_canonical_source("row_id", "prev_hash")}
-                except TypeError:
-                    text = ""
-                if (
-                    text.count(sep) == {_WIDTH - 1}
-                    and text.count(nul) == row.count(None)
-                    and sha256(text.encode("utf-8")).hexdigest() == stored_hash
-                ):
-                    if row_id == head_id and stored_hash != head_hash:
-                        return row, HEAD_MISMATCH.format(row_id)
-                    prev_id, prev_hash = row_id, stored_hash
-                    good += 1
-                    continue
-            verifier.prev_id, verifier.prev_hash = prev_id, prev_hash
-            verifier.rows_checked += good
-            good = 0
-            reason = verifier.check(row)
-            if reason is not None:
-                return row, reason
-            prev_id, prev_hash = verifier.prev_id, verifier.prev_hash
-            if prev_id == head_id and prev_hash != head_hash:
-                return row, HEAD_MISMATCH.format(prev_id)
-        return None
-    finally:
-        verifier.prev_id, verifier.prev_hash = prev_id, prev_hash
-        verifier.rows_checked += good
-"""
-
-_HEAD_MISMATCH = "row {} differs from the expected head (hash mismatch)"
-
-
-def _generate(source: str, name: str) -> Callable[..., Any]:
-    namespace: dict[str, Any] = {
-        "_sha256": _sha256,
-        "_SEP": _SEP,
-        "_NULL": _NULL,
-        "CHAIN_VERSION": CHAIN_VERSION,
-        "HEAD_MISMATCH": _HEAD_MISMATCH,
-    }
-    exec(compile(source, f"<audit_engine.storage.chain.{name}>", "exec"), namespace)
-    function: Callable[..., Any] = namespace[name]
-    return function
-
-
-_link_into = _generate(_LINK_SOURCE, "link_into")
-_check_rows = _generate(_CHECK_SOURCE, "check_all")
-
-
-def link(values: Iterable[Sequence[Any]], tail_id: int, tail_hash: str) -> list[tuple[Any, ...]]:
+def link(
+    values: Iterable[Sequence[Any]], tail_id: int, tail_hash: str, key: bytes | None = None
+) -> list[tuple[Any, ...]]:
     """Give each row of ``values`` (stored fields without id) its id, prev_hash and hash.
 
     Ids continue from ``tail_id``; the first row chains from ``tail_hash``. Returns the full rows
-    ``(id, *values, prev_hash, hash)`` ready for the insert.
+    ``(id, *values, prev_hash, hash)`` ready for the insert; keyed (version "2") with ``key``.
     """
     rows = []
     for fields in values:
         full: list[Any] = []
-        tail_id, tail_hash = link_into(full, (fields,), tail_id, tail_hash)
+        if key is None:
+            tail_id, tail_hash = link_into(full, (fields,), tail_id, tail_hash)
+        else:
+            tail_id, tail_hash = chainloops.keyed_link_into(
+                full, (fields,), tail_id, tail_hash, key
+            )
         rows.append(tuple(full))
     return rows
 
@@ -197,10 +123,11 @@ def link_into(
 
     Each row of ``values`` is an entry's stored form: the fields of
     :data:`audit_engine.columns.STORED_COLUMNS`. The writer binds them as one multi-row
-    INSERT. Returns the new tail (last id, last hash).
+    INSERT. Returns the new tail (last id, last hash). Unkeyed; see :class:`Linker
+    <audit_engine.storage.linker.Linker>` for the writer's choice of version.
     """
     # The writer's per-row Python cost (it shares the GIL with callers): the generated loop.
-    result: tuple[int, str] = _link_into(params, values, tail_id, tail_hash)
+    result: tuple[int, str] = chainloops.link_into(params, values, tail_id, tail_hash)
     return result
 
 
@@ -228,15 +155,25 @@ class VerifyReport(BaseModel):
     anchors_checked: int = 0
     cleanup_runs_checked: int = 0
     warnings: tuple[str, ...] = ()
+    # Keyed rows (from this id on) whose links were followed but whose hashes could not be
+    # checked: no chain key, or not the key they were written with. ``ok`` is then False.
+    unchecked_from: int | None = None
 
 
 class ChainVerifier:
-    """Checks rows one at a time, in id order, in constant memory."""
+    """Checks rows one at a time, in id order, in constant memory.
+
+    ``version`` and ``key`` say how the rows at hand are hashed (set per range of the chain);
+    with ``key=None`` on a keyed range, ``links_only`` follows the links without the hashes.
+    """
 
     def __init__(self, start_id: int, start_hash: str) -> None:
         self.prev_id = start_id
         self.prev_hash = start_hash
         self.rows_checked = 0
+        self.version = CHAIN_VERSION
+        self.key: bytes | None = None
+        self.links_only = False
 
     def check(self, row: Sequence[Any]) -> str | None:
         """Check a stored row ``(id, *fields, prev_hash, hash)``; returns why it is bad, or None."""
@@ -252,69 +189,127 @@ class ChainVerifier:
             return f"{missing} missing (deleted from the chain)"
         if prev_hash != self.prev_hash:
             return f"row {row_id} does not link to the row before it (prev_hash mismatch)"
-        body = row[:-1]
-        text = _canonical_text(body)
-        # The engine never stores U+0000 or U+001F in a value; one there could make two different
-        # rows share a canonical form (a NULL and the text "\x00", or a field split in two).
-        if text.count(_SEP) != len(body) or text.count(_NULL) != body.count(None):
-            return (
-                f"row {row_id} was modified (it holds a control character the engine never writes)"
-            )
-        if _sha256(text.encode("utf-8")).hexdigest() != stored_hash:
-            return f"row {row_id} was modified (its hash does not match its contents)"
+        if not self.links_only:
+            body = row[:-1]
+            text = _canonical_text(body, self.version)
+            # The engine never stores U+0000 or U+001F in a value; one there could make two
+            # rows share a canonical form (a NULL and the text "\x00", or a field split in two).
+            if text.count(_SEP) != len(body) or text.count(_NULL) != body.count(None):
+                return (
+                    f"row {row_id} was modified (it holds a control character the engine "
+                    "never writes)"
+                )
+            digest = _sha256(text.encode("utf-8"))
+            if self.key is None:
+                expected = digest.hexdigest()
+            else:
+                expected = hmac.digest(self.key, digest.digest(), "sha256").hex()
+            if expected != stored_hash:
+                return f"row {row_id} was modified (its hash does not match its contents)"
+            self.rows_checked += 1
         self.prev_id = row_id
         self.prev_hash = stored_hash
-        self.rows_checked += 1
         return None
+
+
+def _refused(first_id: int, reason: str) -> VerifyReport:
+    return VerifyReport(ok=False, rows_checked=0, first_bad_id=first_id, reason=reason)
+
+
+def _ranges(versions: Iterable[Sequence[Any]]) -> list[VersionRange]:
+    # (first_id, version) pairs of older callers are unkeyed ranges.
+    found = [(int(v[0]), str(v[1]), v[2] if len(v) > 2 else None) for v in versions]
+    return found or [(1, CHAIN_VERSION, None)]
+
+
+def _unknown_version(ranges: list[VersionRange]) -> VerifyReport | None:
+    for first_id, version, _ in ranges:
+        if version not in (CHAIN_VERSION, KEYED_VERSION):
+            return _refused(
+                first_id,
+                f"rows from id {first_id} on are hashed with chain version {version!r}, "
+                f"which this release cannot check (it knows versions {CHAIN_VERSION} and "
+                f"{KEYED_VERSION}): verify with the release that wrote them",
+            )
+    return None
+
+
+def _unchecked_reason(first_id: int, key_id: str | None, keys: ChainKeys | None) -> str:
+    key_id = key_id or "without a key id"
+    if keys is None:
+        return (
+            f"rows from id {first_id} on are keyed (key {key_id}): they cannot be checked "
+            "without the chain key (set AUDIT_TRAIL_CHAIN_KEY_FILE or pass --chain-key-file)"
+        )
+    return (
+        f"rows from id {first_id} on are keyed with key {key_id}, which {keys.path} does not "
+        "hold: add that key to the file (old keys stay in it, below the one that writes)"
+    )
 
 
 def verify_rows(
     rows: Iterable[Sequence[Any]],
     start: ChainHead,
     expected_head: ChainHead | None = None,
-    versions: Iterable[tuple[int, str]] = (),
+    versions: Iterable[Sequence[Any]] = (),
+    keys: ChainKeys | None = None,
 ) -> VerifyReport:
     """Verify stored rows ``(id, *fields, prev_hash, hash)`` in id order, in constant memory.
 
     ``start`` is where the rows must chain from: genesis (id 0), or the last purge anchor.
     ``expected_head``, kept apart from the database, must still be a row of the chain: a chain
     that ends before it was truncated, and one that starts after it (an anchor claims the head
-    was purged) cannot prove it. ``versions``: the file's ``(first_id, chain version)`` ranges
-    (none: every row is :data:`CHAIN_VERSION`); a version this release does not know is
-    reported, never taken for tampering.
+    was purged) cannot prove it. ``versions``: the file's ``(first_id, chain version, key id)``
+    ranges (none: every row is :data:`CHAIN_VERSION`); a version this release does not know is
+    reported, never taken for tampering. A keyed range is checked with its key from ``keys``;
+    without it only its links are followed, and the report is not ok (``unchecked_from``).
     """
-    for first_id, version in versions:
-        if version != CHAIN_VERSION:
-            return VerifyReport(
-                ok=False,
-                rows_checked=0,
-                first_bad_id=first_id,
-                reason=(
-                    f"rows from id {first_id} on are hashed with chain version {version!r}, "
-                    f"which this release cannot check (it knows version {CHAIN_VERSION}): "
-                    "verify with the release that wrote them"
-                ),
-            )
+    ranges = _ranges(versions)
+    unknown = _unknown_version(ranges)
+    if unknown is not None:
+        return unknown
     if expected_head is not None and 0 < expected_head.id <= start.id:
         # An anchor only claims what it replaced; a published head must still be a row, or
         # a forged anchor equal to the head would hide the deletion of everything.
-        return VerifyReport(
-            ok=False,
-            rows_checked=0,
-            first_bad_id=expected_head.id,
-            reason=(
-                f"row {expected_head.id}, the expected head, is gone (an anchor claims it was "
-                "purged): a published head must still be in the table; publish heads more "
-                "often than the retention period"
-            ),
+        return _refused(
+            expected_head.id,
+            f"row {expected_head.id}, the expected head, is gone (an anchor claims it was "
+            "purged): a published head must still be in the table; publish heads more "
+            "often than the retention period",
         )
     verifier = ChainVerifier(start.id, start.hash)
-    bad = _check_all(verifier, rows, expected_head)
-    if bad is not None:
-        row, reason = bad
-        return VerifyReport(
-            ok=False, rows_checked=verifier.rows_checked, first_bad_id=row[0], reason=reason
-        )
+    iterator = iter(rows)
+    unchecked: tuple[int, str | None] | None = None
+    keyed = False
+    for index, (first_id, version, key_id) in enumerate(ranges):
+        if version == CHAIN_VERSION and keyed:
+            # Never back: an unkeyed row after keyed ones is what a forger without the key writes.
+            return VerifyReport(
+                ok=False,
+                rows_checked=verifier.rows_checked,
+                first_bad_id=first_id,
+                reason=f"the chain switches back to unkeyed at id {first_id} (after keyed rows)",
+            )
+        keyed = keyed or version == KEYED_VERSION
+        part: Iterator[Sequence[Any]] = iterator
+        if index + 1 < len(ranges):
+            # A good chain's ids are contiguous: the range holds exactly this many rows (a gap
+            # is reported by the loop before a later range's row could be taken for this one's).
+            count = ranges[index + 1][0] - max(first_id, verifier.prev_id + 1)
+            if count <= 0:
+                continue  # purged
+            part = itertools.islice(iterator, count)
+        key = keys.get(key_id) if keys is not None and key_id is not None else None
+        verifier.version, verifier.key = version, key
+        verifier.links_only = version == KEYED_VERSION and key is None
+        if verifier.links_only and unchecked is None:
+            unchecked = (max(first_id, verifier.prev_id + 1), key_id)
+        bad = _check_all(verifier, part, expected_head)
+        if bad is not None:
+            row, reason = bad
+            return VerifyReport(
+                ok=False, rows_checked=verifier.rows_checked, first_bad_id=row[0], reason=reason
+            )
     if expected_head is not None and verifier.prev_id < expected_head.id:
         return VerifyReport(
             ok=False,
@@ -325,22 +320,66 @@ def verify_rows(
                 f"{expected_head.id}: rows were deleted from its end"
             ),
         )
+    if ranges[-1][0] > verifier.prev_id + 1:
+        # A range is recorded in the transaction of its first rows: they were there.
+        return VerifyReport(
+            ok=False,
+            rows_checked=verifier.rows_checked,
+            first_bad_id=verifier.prev_id + 1,
+            reason=(
+                f"the chain ends at id {verifier.prev_id}, but its versions table records rows "
+                f"from id {ranges[-1][0]} on: rows were deleted from its end"
+            ),
+        )
     head = ChainHead(id=verifier.prev_id, hash=verifier.prev_hash) if verifier.prev_id else None
-    return VerifyReport(ok=True, rows_checked=verifier.rows_checked, head=head)
+    if unchecked is not None and unchecked[0] <= verifier.prev_id:
+        return VerifyReport(
+            ok=False,
+            rows_checked=verifier.rows_checked,
+            reason=_unchecked_reason(*unchecked, keys),
+            head=head,
+            unchecked_from=unchecked[0],
+        )
+    warnings: tuple[str, ...] = ()
+    if keys is not None and not keyed:
+        warnings = (
+            "a chain key was given but no row of this trail is keyed: a writer without the key "
+            "wrote it, or it is a copy with its keyed part rewritten unkeyed (signed checkpoints "
+            "tell them apart)",
+        )
+    return VerifyReport(ok=True, rows_checked=verifier.rows_checked, head=head, warnings=warnings)
 
 
 def _check_all(
     verifier: ChainVerifier, rows: Iterable[Sequence[Any]], expected_head: ChainHead | None
 ) -> tuple[Sequence[Any], str] | None:
-    """Run ``rows`` through ``verifier``; the first bad row and why, or None.
+    """Run ``rows`` through ``verifier`` (its version and key); the first bad row and why.
 
-    verify()'s per-row cost: the generated loop (see the module doc and ``_CHECK_SOURCE``).
+    verify()'s per-row cost: the generated loops (:mod:`~audit_engine.storage.chainloops`).
+    Keyed rows without their key go through the reference, links only.
     """
-    if expected_head is None:
-        found: tuple[Sequence[Any], str] | None = _check_rows(verifier, rows, None, None)
+    head_id = None if expected_head is None else expected_head.id
+    head_hash = None if expected_head is None else expected_head.hash
+    found: tuple[Sequence[Any], str] | None
+    if verifier.links_only:
+        found = _check_links(verifier, rows, head_id, head_hash)
+    elif verifier.key is not None:
+        found = chainloops.keyed_check_all(verifier, rows, head_id, head_hash, verifier.key)
     else:
-        found = _check_rows(verifier, rows, expected_head.id, expected_head.hash)
+        found = chainloops.check_all(verifier, rows, head_id, head_hash)
     return found
+
+
+def _check_links(
+    verifier: ChainVerifier, rows: Iterable[Sequence[Any]], head_id: int | None, head_hash: Any
+) -> tuple[Sequence[Any], str] | None:
+    for row in rows:
+        reason = verifier.check(row)
+        if reason is None and verifier.prev_id == head_id and verifier.prev_hash != head_hash:
+            reason = _HEAD_MISMATCH.format(head_id)
+        if reason is not None:
+            return row, reason
+    return None
 
 
 def verify_exported_lines(lines: Iterable[str], start: ChainHead | None = None) -> VerifyReport:

@@ -23,10 +23,11 @@ from pydantic import BaseModel, ConfigDict
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry
 from audit_engine.rows import entry_row
-from audit_engine.settings import describe_database, is_database_url
+from audit_engine.settings import describe_database, env_var, is_database_url
 from audit_engine.storage import backends
 from audit_engine.storage.chain import ChainHead, VerifyReport
-from audit_engine.storage.dialect import DATABASE_ERRORS, AnyConnection, dialect_of, write_rows
+from audit_engine.storage.dialect import DATABASE_ERRORS, AnyConnection, dialect_of
+from audit_engine.storage.linker import Linker, load_linker
 from audit_engine.storage.sqlite.schema import TABLE
 from audit_engine.storage.store import AuditStore
 from audit_engine.storage.stored import as_dicts, parse_row
@@ -71,6 +72,7 @@ def copy_trail(
     batch_size: int = DEFAULT_COPY_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
     min_retention: timedelta | None = None,
+    chain_key_file: str | os.PathLike[str] | None = None,
 ) -> CopyReport:
     """Copy every entry of the trail ``source`` into the trail ``dest`` (paths or URLs).
 
@@ -82,21 +84,27 @@ def copy_trail(
     batch handled. An event_id the destination holds for a different entry raises
     :class:`AuditStoreError` naming it (the batches before it stay copied). Finally the
     destination must verify, else :class:`AuditStoreError`.
+
+    ``chain_key_file`` (default: ``AUDIT_TRAIL_CHAIN_KEY_FILE`` if set) verifies keyed rows of
+    either trail, and keys the rows appended to the destination with its first key.
     """
+    if chain_key_file is None:
+        chain_key_file = os.environ.get(env_var("chain_key_file")) or None
+    linker = load_linker(chain_key_file)
     size = _checked_batch_size(batch_size)
     started = time.perf_counter()
     source_name, dest_name = _described(source), _described(dest)
     if _same_trail(source, dest):
         raise AuditStoreError(f"{source_name} is both the source and the destination of the copy")
-    with AuditStore(source) as src:
+    with AuditStore(source, chain_key_file=chain_key_file) as src:
         head = _verified_head(src, min_retention)
         with _destination(dest) as conn:
-            copier = _Copier(conn, dest_name)
+            copier = _Copier(conn, dest_name, linker)
             for batch in _batches(src, head, size):
                 copier.copy(batch)
                 if on_batch is not None:
                     on_batch(len(batch))
-    with AuditStore(dest) as dst:
+    with AuditStore(dest, chain_key_file=chain_key_file) as dst:
         final = dst.verify(min_retention=min_retention)
     if not final.ok:
         raise AuditStoreError(
@@ -153,6 +161,8 @@ def _verified_head(src: AuditStore, min_retention: timedelta | None) -> ChainHea
 
 
 def _failure(report: VerifyReport) -> str:
+    if report.unchecked_from is not None:  # keyed rows, and no key (or not theirs)
+        return f"not verified: {report.reason}"
     if report.first_bad_id is None:  # a purge anchor or cleanup run, before any row
         return f"purge records refused: {report.reason}"
     return f"chain broken at row {report.first_bad_id}: {report.reason}"
@@ -186,8 +196,9 @@ def _batches(src: AuditStore, head: ChainHead | None, size: int) -> Iterator[lis
 class _Copier:
     """Appends batches to the destination's chain, skipping the entries it already holds."""
 
-    def __init__(self, conn: AnyConnection, dest_name: str) -> None:
+    def __init__(self, conn: AnyConnection, dest_name: str, linker: Linker) -> None:
         self.conn = conn
+        self.linker = linker
         self.dest_name = dest_name
         self.copied = self.already_present = self.batches = 0
 
@@ -207,7 +218,7 @@ class _Copier:
                     "before it, none of its batch"
                 )
         if new:
-            write_rows(self.conn, new)
+            backends.write_rows(self.conn, new, self.linker)
         self.copied += len(new)
         self.batches += 1
 

@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, dump_details
 from audit_engine.rows import Row, entry_row
+from audit_engine.storage import backends
 from audit_engine.storage.deadletter import LOG_MESSAGE, file_lock, parse_line, side_files
-from audit_engine.storage.dialect import DATABASE_ERRORS, AnyConnection, dialect_of, write_rows
+from audit_engine.storage.dialect import DATABASE_ERRORS, AnyConnection, dialect_of
+from audit_engine.storage.linker import UNKEYED, Linker
 from audit_engine.storage.sqlite.schema import TABLE
 
 # Where a dead-letter object starts in a line of the file (after a torn fragment, say).
@@ -43,8 +45,9 @@ class ReplayReport(BaseModel):
 
 
 class _Tally:
-    def __init__(self, conn: AnyConnection) -> None:
+    def __init__(self, conn: AnyConnection, linker: Linker) -> None:
         self.conn = conn
+        self.linker = linker
         self.replayed = self.already = 0
         self.kept: list[bytes] = []
         self.errors: list[str] = []
@@ -61,7 +64,7 @@ class _Tally:
                 )
             return
         try:
-            write_rows(self.conn, (row,))
+            backends.write_rows(self.conn, (row,), self.linker)
         except DATABASE_ERRORS as exc:
             self.keep(raw, f"{entry.event_id}: {exc}")
             return
@@ -97,7 +100,7 @@ def _stored(conn: AnyConnection, event_id: str) -> Row | None:
     return row._replace(details=canonical, critical=1 if row.critical else 0)
 
 
-def replay(path: Path, conn: AnyConnection) -> ReplayReport:
+def replay(path: Path, conn: AnyConnection, linker: Linker = UNKEYED) -> ReplayReport:
     """Write the entries of the dead-letter file ``path`` and its side files through ``conn``.
 
     Lines put back, or already stored, are dropped. Lines that cannot be read (a torn fragment),
@@ -108,13 +111,15 @@ def replay(path: Path, conn: AnyConnection) -> ReplayReport:
 
     Raises :class:`AuditStoreError`, changing nothing, for a path that is not a dead-letter file:
     the database or one of its own files, a symbolic link, a file that is not a regular file, one
-    whose first line is not a dead-letter object (a binary file, a text file).
+    whose first line is not a dead-letter object (a binary file, a text file). Entries are
+    linked with ``linker`` (keyed with the chain key, or not); an unkeyed one on a keyed trail
+    raises :class:`AuditStoreError` before writing anything.
     """
     _refuse_database_files(path, conn)
     first = _read(path)
     if first is not None:
         _refuse_foreign(path, first)
-    tally = _Tally(conn)
+    tally = _Tally(conn, linker)
     if first is None and not side_files(path):
         return tally.report([])  # without creating a lock file either
     with file_lock(path):
@@ -223,7 +228,7 @@ def _rewrite(path: Path, lines: list[bytes]) -> None:
     os.replace(tmp, path)
 
 
-def replay_log(log: Path, conn: AnyConnection) -> ReplayReport:
+def replay_log(log: Path, conn: AnyConnection, linker: Linker = UNKEYED) -> ReplayReport:
     """Put back the entries a writer could only log (``audit entry LOST to disk, logged instead``).
 
     Only a line carrying that message, followed at once by a dead-letter object that ends the
@@ -236,7 +241,7 @@ def replay_log(log: Path, conn: AnyConnection) -> ReplayReport:
         content = log.read_bytes()
     except FileNotFoundError:
         raise AuditStoreError(f"no log file at {log}") from None
-    tally = _Tally(conn)
+    tally = _Tally(conn, linker)
     for number, raw in enumerate(content.splitlines(), 1):
         start = raw.find(_LOG_MARKER)
         if start < 0:

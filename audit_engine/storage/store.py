@@ -20,7 +20,7 @@ from typing import Any, Self
 from audit_engine import formats
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, Operation, Outcome, utcnow
-from audit_engine.settings import AuditSettings, describe_database, resolve_database
+from audit_engine.settings import AuditSettings, describe_database, env_var, resolve_database
 from audit_engine.storage import backends, deadletter, replay
 from audit_engine.storage.anchors import check_maintenance
 from audit_engine.storage.chain import ChainHead, VerifyReport, verify_rows
@@ -30,6 +30,8 @@ from audit_engine.storage.dialect import (
     snapshot,
     stream,
 )
+from audit_engine.storage.keys import ChainKeys, load_chain_keys
+from audit_engine.storage.linker import linker_for
 from audit_engine.storage.replay import ReplayReport
 from audit_engine.storage.retention import (
     DEFAULT_CLEANUP_BATCH_SIZE,
@@ -52,7 +54,7 @@ from audit_engine.storage.summary import StoreSummary, summarise
 __all__ = ["AuditStore", "parse_row"]
 
 _COLUMNS = STORED_COLUMNS
-_CHAIN_VERSIONS_SQL = "SELECT first_id, version FROM audit_chain_versions ORDER BY first_id"
+_CHAIN_VERSIONS_SQL = "SELECT first_id, version, key_id FROM audit_chain_versions ORDER BY first_id"
 
 
 class AuditStore:
@@ -62,11 +64,27 @@ class AuditStore:
     :class:`~audit_engine.errors.AuditStoreError`); ``AuditStore("postgresql://...")`` connects
     to the server (the database must hold the engine's tables). ``create=True`` creates or
     migrates the trail instead. Use it as a context manager or call :meth:`close`.
+
+    ``chain_key_file`` (default: ``AUDIT_TRAIL_CHAIN_KEY_FILE`` if set) holds the chain key(s)
+    of a keyed trail: :meth:`verify` checks keyed rows with them, and rows this store writes
+    (:meth:`replay_dead_letters`) are keyed with the first. A bad file raises
+    :class:`~audit_engine.errors.SettingsError` naming it.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, create: bool = False
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 5.0,
+        create: bool = False,
+        chain_key_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        if chain_key_file is None:
+            chain_key_file = os.environ.get(env_var("chain_key_file")) or None
+        self._keys: ChainKeys | None = (
+            None if chain_key_file is None else load_chain_keys(chain_key_file)
+        )
+        self._linker = linker_for(self._keys)
         try:
             self._database: Path | str = resolve_database(path)
         except ValueError as exc:
@@ -132,7 +150,9 @@ class AuditStore:
         anchor is possible), refusing an anchor whose cutoff is less than ``min_retention``
         before its purge. ``min_retention`` defaults to the retention setting
         (``AuditSettings().retention_days``: ``AUDIT_TRAIL_RETENTION_DAYS``, else 90 days), as
-        the CLI's ``verify``; ``timedelta(0)`` checks no minimum. See docs/integrity.md.
+        the CLI's ``verify``; ``timedelta(0)`` checks no minimum. Keyed rows need their key in
+        the store's ``chain_key_file``: without it the report is not ok and says from which id
+        on rows could not be checked (``unchecked_from``). See docs/integrity.md.
         """
         if min_retention is None:
             min_retention = timedelta(days=AuditSettings().retention_days)
@@ -153,7 +173,8 @@ class AuditStore:
             rows = stream(
                 self._conn, f"SELECT {dialect_of(self._conn).stored_row} FROM {TABLE} ORDER BY id"
             )
-            report = verify_rows(rows, checked.start, expected_head, self._chain_versions())
+            versions = self._chain_versions()
+            report = verify_rows(rows, checked.start, expected_head, versions, self._keys)
             return report.model_copy(update=found)
 
     def purge(
@@ -216,10 +237,8 @@ class AuditStore:
             return chain_tail(self._conn)
         return self._conn.tail()
 
-    def _chain_versions(self) -> list[tuple[int, str]]:
-        if isinstance(self._conn, sqlite3.Connection):
-            return schema.chain_versions(self._conn)
-        return [(int(a), str(b)) for a, b in self._conn.execute(_CHAIN_VERSIONS_SQL)]
+    def _chain_versions(self) -> list[tuple[int, str, str | None]]:
+        return [(int(a), str(b), c) for a, b, c in self._conn.execute(_CHAIN_VERSIONS_SQL)]
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -243,9 +262,9 @@ class AuditStore:
         """
         with self._errors("replay dead letters into"):
             if from_log is not None:
-                return replay.replay_log(Path(from_log), self._conn)
+                return replay.replay_log(Path(from_log), self._conn, self._linker)
             target = Path(path) if path is not None else deadletter.path_for(self._database)
-            return replay.replay(target, self._conn)
+            return replay.replay(target, self._conn, self._linker)
 
     def summary(self) -> StoreSummary:
         """Totals by action, operation, outcome and day; file size; chain status; last cleanup."""

@@ -570,13 +570,13 @@ def test_export_lines_escape_unicode_line_separators(tmp_path: Path) -> None:
 def test_verify_rows_refuses_a_chain_version_it_does_not_know() -> None:
     rows = _chain(3)
 
-    report = verify_rows(rows, GENESIS, versions=[(1, "1"), (3, "2")])
+    report = verify_rows(rows, GENESIS, versions=[(1, "1"), (3, "3")])
 
     assert report.ok is False
     assert report.rows_checked == 0
     assert report.first_bad_id == 3
     assert report.reason == (
-        "rows from id 3 on are hashed with chain version '2', which this release cannot check "
-        "(it knows version 1): verify with the release that wrote them"
+        "rows from id 3 on are hashed with chain version '3', which this release cannot check "
+        "(it knows versions 1 and 2): verify with the release that wrote them"
     )
     assert verify_rows(rows, GENESIS, versions=[(1, "1")]).ok is True

@@ -18,8 +18,15 @@ from psycopg.rows import tuple_row
 
 from audit_engine.rows import Row
 from audit_engine.storage.anchors import ANCHORS
-from audit_engine.storage.chain import GENESIS_HASH, link_into
+from audit_engine.storage.chain import GENESIS_HASH
 from audit_engine.storage.dialect import BackendError
+from audit_engine.storage.linker import (
+    UNKEYED,
+    Linker,
+    ensure_version,
+    newest_version,
+    refuse_unkeyed,
+)
 from audit_engine.storage.postgres.connection import classify, lock_chain
 from audit_engine.storage.postgres.schema import TABLE, migrate, table_oid
 
@@ -72,6 +79,8 @@ def write_batch(
     lock_key: int,
     *,
     skip_stored: bool = False,
+    linker: Linker = UNKEYED,
+    versions_at: tuple[int, str] | None = None,
 ) -> tuple[int, str]:
     """Commit ``rows`` after the chain's tail in one transaction; returns the new tail.
 
@@ -80,17 +89,23 @@ def write_batch(
     ``event_id`` holding the same entry — are left out (an attempt whose acknowledgement was
     lost committed them). A row whose ``event_id`` holds a *different* entry stays in: the
     server refuses it, and the writer sets it aside, never drops it.
+
+    Rows are linked by ``linker``; the chain versions table is made to say so from the tail on
+    (:func:`~audit_engine.storage.linker.ensure_version`) unless the tail read is
+    ``versions_at``, one this writer committed itself (nobody wrote since).
     """
     with conn.transaction():
         lock_chain(conn, lock_key)
         tail = chain_tail(conn)
+        if tail != versions_at:
+            ensure_version(conn, tail[0], linker, "%s")
         if skip_stored and rows:
             found = conn.execute(_STORED_SQL, ([row.event_id for row in rows],)).fetchall()
             stored = {Row(*values) for values in found}
             rows = [row for row in rows if row not in stored]
         if rows:
             params: list[Any] = []
-            tail = link_into(params, rows, *tail)
+            tail = linker.link_into(params, rows, *tail)
             copy_linked(conn, params)
     return tail
 
@@ -110,7 +125,9 @@ def copy_linked(conn: psycopg.Connection[Any], params: Sequence[Any]) -> None:
             write_row(params[start : start + _WIDTH])
 
 
-def write_in_caller_transaction(conn: psycopg.Connection[Any], row: Row) -> None:
+def write_in_caller_transaction(
+    conn: psycopg.Connection[Any], row: Row, linker: Linker = UNKEYED
+) -> None:
     """Insert ``row`` through a psycopg connection the application owns, without committing.
 
     Inside the caller's open transaction (in a savepoint, so a failure leaves the caller's
@@ -123,15 +140,17 @@ def write_in_caller_transaction(conn: psycopg.Connection[Any], row: Row) -> None
     with _as_the_engine_reads(conn):
         if conn.autocommit or status == psycopg.pq.TransactionStatus.INTRANS:
             with conn.transaction():
-                _insert_one(conn, row)
+                _insert_one(conn, row, linker)
         else:
-            _insert_one(conn, row)
+            _insert_one(conn, row, linker)
 
 
-def migrate_caller_connection(conn: psycopg.Connection[Any]) -> None:
-    """Create or upgrade the schema through a connection the application owns."""
+def migrate_caller_connection(conn: psycopg.Connection[Any], linker: Linker = UNKEYED) -> None:
+    """Create or upgrade the schema through a connection the application owns; refuse an
+    unkeyed ``linker`` on a keyed trail (:class:`~audit_engine.errors.AuditStoreError`)."""
     with _as_the_engine_reads(conn):
         migrate(conn)
+        refuse_unkeyed(newest_version(conn, "%s"), linker)
 
 
 @contextlib.contextmanager
@@ -153,10 +172,12 @@ def _as_the_engine_reads(conn: psycopg.Connection[Any]) -> Iterator[None]:
         conn.row_factory = factory
 
 
-def _insert_one(conn: psycopg.Connection[Any], row: Row) -> None:
+def _insert_one(conn: psycopg.Connection[Any], row: Row, linker: Linker) -> None:
     migrate(conn)
     lock_chain(conn, table_oid(conn))
+    tail = chain_tail(conn)
+    ensure_version(conn, tail[0], linker, "%s")
     params: list[Any] = []
-    link_into(params, (row,), *chain_tail(conn))
+    linker.link_into(params, (row,), *tail)
     params[11] = bool(params[11])  # critical: a boolean column (COPY's text takes 0/1)
     conn.execute(INSERT_SQL, params)

@@ -19,6 +19,7 @@ from audit_engine.errors import AuditStoreError
 from audit_engine.rows import Row
 from audit_engine.storage.base import SinkBusy, SinkError, SinkRefused, SinkUnavailable, Tail
 from audit_engine.storage.dialect import BackendError
+from audit_engine.storage.linker import UNKEYED, Linker, newest_version, refuse_unkeyed
 from audit_engine.storage.postgres import append
 from audit_engine.storage.postgres.connection import UNAVAILABLE_STATES, classify, connect
 from audit_engine.storage.postgres.schema import migrate, table_oid
@@ -44,11 +45,17 @@ class PostgresSink:
     each new connection. ``lock_timeout_s`` bounds one wait for the chain's lock (another writer,
     a purge, an application's open transaction holding it): the commit then fails as busy and
     the writer retries, so ``close(timeout)`` is never stuck behind someone else's lock.
+    ``linker`` hashes the rows (keyed or not).
     """
 
-    def __init__(self, url: str, *, lock_timeout_s: float | None = None) -> None:
+    def __init__(
+        self, url: str, *, lock_timeout_s: float | None = None, linker: Linker = UNKEYED
+    ) -> None:
         self.url = url
         self._lock_timeout_s = lock_timeout_s
+        self._linker = linker
+        # The tail this sink last committed: the versions table said our linker there.
+        self._versions_at: Tail | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._lock_key = 0
         # The last attempt failed in a way that may have committed it: check before writing.
@@ -61,6 +68,7 @@ class PostgresSink:
             try:
                 migrate(conn)
                 self._lock_key = table_oid(conn)
+                refuse_unkeyed(newest_version(conn, "%s"), self._linker)
             except BaseException:
                 conn.close()
                 raise
@@ -86,11 +94,18 @@ class PostgresSink:
         # The tail is always read under the chain's lock: another host may have moved it.
         try:
             new_tail = append.write_batch(
-                self._connection(), rows, self._lock_key, skip_stored=self._uncertain
+                self._connection(),
+                rows,
+                self._lock_key,
+                skip_stored=self._uncertain,
+                linker=self._linker,
+                versions_at=self._versions_at,
             )
         except (psycopg.Error, BackendError, AuditStoreError) as exc:
             raise self._failed(exc) from exc
         self._uncertain = False
+        if rows:
+            self._versions_at = new_tail
         return new_tail
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ import psycopg
 from audit_engine.errors import AuditStoreError
 from audit_engine.rows import Row
 from audit_engine.storage.dialect import BackendError
+from audit_engine.storage.linker import UNKEYED, Linker
 from audit_engine.storage.postgres import append
 from audit_engine.storage.postgres.connection import (
     PG,
@@ -116,10 +117,10 @@ class PgTrail:
             with contextlib.suppress(psycopg.Error):
                 self.conn.execute("ROLLBACK")
 
-    def write_rows(self, rows: Sequence[Row]) -> tuple[int, str]:
-        """Append ``rows`` to the chain in one transaction of their own."""
+    def write_rows(self, rows: Sequence[Row], linker: Linker = UNKEYED) -> tuple[int, str]:
+        """Append ``rows`` to the chain in one transaction of their own, linked by ``linker``."""
         try:
-            return append.write_batch(self.conn, rows, self.lock_key)
+            return append.write_batch(self.conn, rows, self.lock_key, linker=linker)
         except psycopg.Error as exc:
             raise classify(exc) from None
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from audit_engine.errors import AuditStoreError
 from audit_engine.rows import Row
-from audit_engine.storage.chain import GENESIS_HASH, link_into
+from audit_engine.storage.chain import GENESIS_HASH
+from audit_engine.storage.linker import UNKEYED, Linker, ensure_version
 from audit_engine.storage.sqlite.schema import (
     ANCHORS,
     STORED_COLUMNS,
@@ -124,37 +125,48 @@ def _append_chunk(conn: sqlite3.Connection, params: list[Any], rows: int, tail_h
 
 
 def append_batch(
-    conn: sqlite3.Connection, rows: Sequence[Row], tail: tuple[int, str]
+    conn: sqlite3.Connection,
+    rows: Sequence[Row],
+    tail: tuple[int, str],
+    linker: Linker = UNKEYED,
 ) -> tuple[int, str] | None:
     """Commit ``rows`` after ``tail`` — the chain's tail (:func:`chain_tail`) as last known.
 
     One statement in its own transaction, so ``len(rows)`` must be a length :func:`max_chunk`
     allows. Returns the new tail, or None if the chain's tail is not ``tail`` any more: then
-    nothing was written, and :func:`write_batch` (which reads the tail) should be used.
+    nothing was written, and :func:`write_batch` (which reads the tail) should be used. The
+    chain versions table is not looked at: the caller knows it says ``linker`` after ``tail``.
     """
     if not rows:
         return tail
     params: list[Any] = []
-    new_tail = link_into(params, rows, *tail)
+    new_tail = linker.link_into(params, rows, *tail)
     return new_tail if _append_chunk(conn, params, len(rows), tail[1]) else None
 
 
 def insert_entries(
-    conn: sqlite3.Connection, rows: Sequence[Row], largest: int = _SAFE_CHUNK
+    conn: sqlite3.Connection,
+    rows: Sequence[Row],
+    largest: int = _SAFE_CHUNK,
+    linker: Linker = UNKEYED,
 ) -> tuple[int, str]:
-    """Append ``rows`` to the chain on ``conn``, in order.
+    """Append ``rows`` to the chain on ``conn``, in order, linked by ``linker``.
 
     In the current transaction. Returns the new tail (last id, last hash).
 
     The caller holds the write lock (``BEGIN IMMEDIATE``, or its own transaction), so the tail
-    cannot move between reading it and inserting after it.
+    cannot move between reading it and inserting after it. The chain versions table records
+    the linker's version and key from the tail on, if it does not already (never back to
+    unkeyed: :class:`AuditStoreError`).
     """
     tail = chain_tail(conn)
+    if rows:
+        ensure_version(conn, tail[0], linker)
     offset = 0
     for length in chunk_lengths(len(rows), min(largest, max_chunk(conn))):
         params: list[Any] = []
         chained_from = tail[1]
-        tail = link_into(params, rows[offset : offset + length], *tail)
+        tail = linker.link_into(params, rows[offset : offset + length], *tail)
         if not _append_chunk(conn, params, length, chained_from):
             raise AuditStoreError("the audit chain's tail moved inside a write transaction")
         offset += length
@@ -162,7 +174,10 @@ def insert_entries(
 
 
 def write_batch(
-    conn: sqlite3.Connection, rows: Sequence[Row], largest: int = _SAFE_CHUNK
+    conn: sqlite3.Connection,
+    rows: Sequence[Row],
+    largest: int = _SAFE_CHUNK,
+    linker: Linker = UNKEYED,
 ) -> tuple[int, str]:
     """Commit ``rows`` in one transaction; on any error nothing of the batch is kept.
 
@@ -170,7 +185,7 @@ def write_batch(
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        tail = insert_entries(conn, rows, largest)
+        tail = insert_entries(conn, rows, largest, linker)
         conn.execute("COMMIT")
     except BaseException:
         rollback_quietly(conn)
@@ -183,34 +198,40 @@ def commit_batch(
     rows: Sequence[Row],
     tail: tuple[int, str] | None,
     largest: int,
+    linker: Linker = UNKEYED,
+    versions_known: bool = False,
 ) -> tuple[int, str]:
     """The writer's commit: ``rows`` in one transaction after ``tail``; returns the new tail.
 
-    ``tail`` is the chain's tail as last known (None: not known). When it is known and the
-    batch is one chunk length (:func:`chunk_ladder`), the batch is one guarded statement
-    (:func:`append_batch`); otherwise, or if the tail moved, :func:`write_batch`.
+    ``tail`` is the chain's tail as last known (None: not known). When it is known, the chain
+    versions table is known to say ``linker`` after it (``versions_known``: this writer wrote
+    the tail) and the batch is one chunk length (:func:`chunk_ladder`), the batch is one
+    guarded statement (:func:`append_batch`); otherwise, or if the tail moved,
+    :func:`write_batch`, which reads the tail and the versions table.
     """
     largest = min(largest, max_chunk(conn))
-    if tail is not None and len(rows) in chunk_ladder(largest):
-        new_tail = append_batch(conn, rows, tail)
+    if tail is not None and versions_known and len(rows) in chunk_ladder(largest):
+        new_tail = append_batch(conn, rows, tail, linker)
         if new_tail is not None:
             return new_tail
-    return write_batch(conn, rows, largest)
+    return write_batch(conn, rows, largest, linker)
 
 
-def write_in_caller_transaction(conn: sqlite3.Connection, row: Row) -> None:
+def write_in_caller_transaction(
+    conn: sqlite3.Connection, row: Row, linker: Linker = UNKEYED
+) -> None:
     """Insert ``row`` through a connection the application owns, without committing.
 
     The schema is created or upgraded on first use (inside the caller's transaction, so a
     rollback undoes it too); the common path pays nothing for that check.
     """
     try:
-        insert_entries(conn, (row,))
+        insert_entries(conn, (row,), _SAFE_CHUNK, linker)
     except sqlite3.OperationalError as exc:
         if "no such table" not in str(exc) and "has no column" not in str(exc):
             raise
         migrate(conn)
-        insert_entries(conn, (row,))
+        insert_entries(conn, (row,), _SAFE_CHUNK, linker)
 
 
 def has_event(conn: sqlite3.Connection, event_id: str) -> bool:

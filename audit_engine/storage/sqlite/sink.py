@@ -13,8 +13,10 @@ import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from audit_engine.errors import AuditStoreError
 from audit_engine.rows import Row
 from audit_engine.storage.base import SinkBusy, SinkError, SinkRefused, SinkUnavailable, Tail
+from audit_engine.storage.linker import UNKEYED, Linker, versions_known_at
 from audit_engine.storage.sqlite import append
 from audit_engine.storage.sqlite.schema import is_busy
 
@@ -42,6 +44,8 @@ def classify(exc: Exception) -> SinkError:
     """
     if is_busy(exc):
         return SinkBusy(str(exc))
+    if isinstance(exc, AuditStoreError):  # an unkeyed writer on a keyed trail: every row alike
+        return SinkUnavailable(str(exc))
     text = f"{type(exc).__name__}: {exc}"
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     if code in _FILE_LEVEL_ERRORS:
@@ -53,25 +57,43 @@ class SqliteSink:
     """The writer's :class:`~audit_engine.storage.base.ChainSink` on one SQLite connection.
 
     ``largest`` is the most rows the writer puts in one batch: a batch of a chunk length up to
-    it is one guarded statement after the remembered tail.
+    it is one guarded statement after the remembered tail. ``linker`` hashes the rows (keyed
+    or not).
     """
 
-    def __init__(self, conn: sqlite3.Connection, *, largest: int) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, largest: int, linker: Linker = UNKEYED) -> None:
         self.conn = conn
         self._largest = largest
+        self._linker = linker
+        # The tail this sink last committed: the chain versions table said our linker there, so
+        # a batch after that same tail needs no look at it (nobody else wrote meanwhile).
+        self._versions_at: Tail | None = None
 
     def read_tail(self) -> Tail:
         try:
-            return append.chain_tail(self.conn)
+            tail = append.chain_tail(self.conn)
+            if versions_known_at(self.conn, tail, self._linker):
+                self._versions_at = tail  # the first batch can be one guarded statement
         except Exception as exc:
             raise classify(exc) from exc
+        return tail
 
     def commit(self, rows: Sequence[Row], tail: Tail | None) -> Tail:
         try:
             # Looked up on the module at each call: tests wrap append.commit_batch.
-            return append.commit_batch(self.conn, rows, tail, self._largest)
+            new_tail = append.commit_batch(
+                self.conn,
+                rows,
+                tail,
+                self._largest,
+                self._linker,
+                tail is not None and tail == self._versions_at,
+            )
         except Exception as exc:
             raise classify(exc) from exc
+        if rows:
+            self._versions_at = new_tail
+        return new_tail
 
     def close(self) -> None:
         self.conn.close()
