@@ -160,8 +160,12 @@ def run_pg_bench(
     *,
     modes: tuple[str, ...] = PG_MODES,
     on_progress: Callable[[int], None] | None = None,
+    chain_key_file: Path | None = None,
 ) -> PgBenchReport:
-    """Run the modes side by side against ``url``, each in a scratch schema dropped afterwards."""
+    """Run the modes side by side against ``url``, each in a scratch schema dropped afterwards.
+
+    ``chain_key_file``: the engine mode writes a keyed chain with it (as ``run_bench``).
+    """
     if events < 1:
         raise ValueError(f"events must be at least 1 (got {events})")
     if threads < 1:
@@ -194,8 +198,11 @@ def run_pg_bench(
                         _create_tables(pg, mode_url)  # as for the others: not timed
                         # The dead-letter file of a URL defaults to the user's data directory:
                         # a bench keeps it in its temporary directory.
+                        keyed = {} if chain_key_file is None else {"chain_key_file": chain_key_file}
                         settings = engine_settings(
-                            mode_url, deadletter_path=Path(tmp) / "engine.deadletter.jsonl"
+                            mode_url,
+                            deadletter_path=Path(tmp) / "engine.deadletter.jsonl",
+                            **keyed,
                         )
                         result = run_engine(settings, inputs, threads, tick)
                     else:

@@ -33,6 +33,7 @@ from audit_engine.cli.output import (
     progress,
     render_reference,
     reserved_output,
+    root_chain_key,
     root_database,
     whole_file,
 )
@@ -79,7 +80,7 @@ class _Group(click.Group):
 
 @contextmanager
 def _store(ctx: click.Context) -> Iterator[AuditStore]:
-    with AuditStore(root_database(ctx)) as store:
+    with AuditStore(root_database(ctx), chain_key_file=root_chain_key(ctx)) as store:
         yield store
 
 
@@ -126,8 +127,17 @@ def _filters(func: Any) -> Any:
     help="The audit trail: a SQLite file, or a postgresql://user@host:port/dbname URL "
     "(needs the postgres extra).",
 )
+@click.option(
+    "--chain-key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="AUDIT_TRAIL_CHAIN_KEY_FILE",
+    show_envvar=True,
+    help="The chain key file of a keyed trail (audit-engine keygen): verify checks keyed rows "
+    "with its keys; commands that write (record, replay-deadletter, copy, demo, bench) key new "
+    "rows with its first key.",
+)
 @click.version_option(package_name="audit-engine", prog_name=PROG)
-def main(database: Path | str) -> None:
+def main(database: Path | str, chain_key_file: Path | None) -> None:
     """Record, read, prove and prune an audit trail kept in SQLite or PostgreSQL."""
 
 
@@ -135,7 +145,7 @@ def main(database: Path | str) -> None:
 @click.pass_context
 def init(ctx: click.Context) -> None:
     """Create the audit database, or migrate it to the current schema."""
-    with AuditStore(root_database(ctx), create=True) as store:
+    with AuditStore(root_database(ctx), create=True, chain_key_file=root_chain_key(ctx)) as store:
         store.quick_check()  # "ready" is never said of a damaged file
         click.echo(f"Audit database ready at {store.path} (schema version {store.schema_version})")
 
@@ -309,6 +319,11 @@ def verify(ctx: click.Context, expected_head: str | None, min_retention: timedel
     for warning in report.warnings:
         click.echo(f"Warning: {warning}", err=True)
     if not report.ok:
+        if report.unchecked_from is not None:  # keyed rows, and no key (or not theirs)
+            raise click.ClickException(
+                f"not verified: {report.reason} "
+                f"({plural(report.rows_checked, 'row')} verified before them)"
+            )
         if report.first_bad_id is None:  # a purge anchor or cleanup run, before any row
             hint = (
                 "; --min-retention defaults to the retention setting (AUDIT_TRAIL_RETENTION_DAYS)"

@@ -11,7 +11,14 @@ from pathlib import Path
 
 import click
 
-from audit_engine.cli.output import CountParam, DatabaseParam, DurationParam, plural, progress
+from audit_engine.cli.output import (
+    CountParam,
+    DatabaseParam,
+    DurationParam,
+    plural,
+    progress,
+    root_chain_key,
+)
 from audit_engine.storage.copying import DEFAULT_COPY_BATCH_SIZE, copy_trail
 from audit_engine.storage.store import AuditStore
 
@@ -33,8 +40,13 @@ from audit_engine.storage.store import AuditStore
     help="As for verify, for both trails [default: the retention setting, "
     "AUDIT_TRAIL_RETENTION_DAYS].",
 )
+@click.pass_context
 def copy(
-    source: Path | str, dest: Path | str, batch_size: int, min_retention: timedelta | None
+    ctx: click.Context,
+    source: Path | str,
+    dest: Path | str,
+    batch_size: int,
+    min_retention: timedelta | None,
 ) -> None:
     """Copy the trail SOURCE into DEST (each a SQLite file or a postgresql:// URL).
 
@@ -42,13 +54,20 @@ def copy(
     it lacks are appended to its own chain (new ids and hashes, the same event_id, timestamp
     and fields), so running the copy again copies nothing twice. DEST is verified afterwards.
     Keep the printed source head with the destination head: together they tie the two chains.
-    The global --db is not used.
+    The global --db is not used; the global --chain-key-file verifies keyed rows of either
+    trail and keys the rows appended to DEST.
     """
-    with AuditStore(source) as store:
+    key_file = root_chain_key(ctx)
+    with AuditStore(source, chain_key_file=key_file) as store:
         total = store.count()  # only the bar's length: entries recorded meanwhile may add some
     with progress(total, "copying") as bar:
         report = copy_trail(
-            source, dest, batch_size=batch_size, on_batch=bar.update, min_retention=min_retention
+            source,
+            dest,
+            batch_size=batch_size,
+            on_batch=bar.update,
+            min_retention=min_retention,
+            chain_key_file=key_file,
         )
     source_head = (
         f"{report.source_head.id}:{report.source_head.hash}" if report.source_head else "empty"

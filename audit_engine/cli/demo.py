@@ -165,13 +165,15 @@ def run_demo(
     *,
     seed: int = 7,
     on_progress: Callable[[int], None] | None = None,
+    chain_key_file: Path | None = None,
 ) -> DemoReport:
     """Emit ``events`` note events through a bus into ``database`` and report what was written.
 
     The audit policy comes from the environment (``AUDIT_TRAIL_*``), so with the default level
     ``writes_only`` the reads are filtered out, except the critical privileged read.
     ``database`` (a path or a ``postgresql://`` URL) must not hold a trail yet or hold one an
-    earlier demo made (see :func:`prepare_database`).
+    earlier demo made (see :func:`prepare_database`). ``chain_key_file``: key the demo's rows
+    (else ``AUDIT_TRAIL_CHAIN_KEY_FILE``, if set), and verify with it.
     """
     if events < 1:
         raise ValueError(f"events must be at least 1 (got {events})")
@@ -182,7 +184,8 @@ def run_demo(
     bus = EventBus()
     timings: list[float] = []
     started = time.perf_counter()
-    with AuditService(AuditSettings(database=database)) as audit:
+    keyed = {} if chain_key_file is None else {"chain_key_file": chain_key_file}
+    with AuditService(AuditSettings(database=database, **keyed)) as audit:
         audit.subscribe(bus)
         for number in range(events):
             event = _make_event(rng, number)
@@ -204,7 +207,7 @@ def run_demo(
         stats = audit.stats()
     elapsed = time.perf_counter() - started
     timings.sort()
-    with AuditStore(database) as store:
+    with AuditStore(database, chain_key_file=chain_key_file) as store:
         latest = store.query(limit=5, newest_first=True)
         rows_in_file = store.count()
         check = store.verify()

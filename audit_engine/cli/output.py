@@ -249,6 +249,13 @@ def root_database(ctx: click.Context) -> Path | str:
     return database
 
 
+def root_chain_key(ctx: click.Context) -> Path | None:
+    """The global ``--chain-key-file`` (or ``AUDIT_TRAIL_CHAIN_KEY_FILE``) of the command being
+    run: None when neither is set."""
+    value: Path | None = ctx.find_root().params.get("chain_key_file")
+    return value
+
+
 def deadletter_file(database: Path | str) -> Path:
     """The dead-letter file of ``database`` as the library resolves it
     (``AUDIT_TRAIL_DEADLETTER_PATH``, else the default for the database)."""

@@ -16,7 +16,13 @@ from typing import Any, Self
 
 import click
 
-from audit_engine.cli.output import DetailParam, describe_error, plural, root_database
+from audit_engine.cli.output import (
+    DetailParam,
+    describe_error,
+    plural,
+    root_chain_key,
+    root_database,
+)
 from audit_engine.errors import AuditQueueFull, AuditWriteError
 from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
 from audit_engine.pipeline.service import AuditService
@@ -78,7 +84,9 @@ def record(
         raise click.UsageError("--stdin takes entries from standard input, not from options.")
     # A one-shot command: retention is the cleanup thread's job in long-running services (or
     # `purge`'s), not a side effect of recording one entry.
-    settings = AuditSettings(database=root_database(ctx), cleanup_enabled=False)
+    key_file = root_chain_key(ctx)
+    keyed = {} if key_file is None else {"chain_key_file": key_file}
+    settings = AuditSettings(database=root_database(ctx), cleanup_enabled=False, **keyed)
     with _Termination() as termination:
         problems = _record(settings, from_stdin, details, fields, termination)
     termination.deliver()

@@ -18,7 +18,7 @@ from audit_engine.cli.bench_postgres import (
     total_pg_events,
 )
 from audit_engine.cli.demo import DEFAULT_DATABASE, DEFAULT_EVENTS, run_demo
-from audit_engine.cli.output import DatabaseParam, progress, root_database
+from audit_engine.cli.output import DatabaseParam, progress, root_chain_key, root_database
 from audit_engine.settings import is_database_url
 from audit_engine.storage.store import AuditStore
 
@@ -28,7 +28,7 @@ from audit_engine.storage.store import AuditStore
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
     """Totals by action, operation, outcome and day; file size; chain status; last cleanup."""
-    with AuditStore(root_database(ctx)) as store:
+    with AuditStore(root_database(ctx), chain_key_file=root_chain_key(ctx)) as store:
         summary = store.summary()
     if as_json:
         click.echo(summary.model_dump_json(indent=2))
@@ -39,6 +39,8 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     span = f"{summary.first_timestamp or '-'} .. {summary.last_timestamp or '-'}"
     if chain.ok:
         status = f"ok ({chain.rows_checked:,} rows)"
+    elif chain.unchecked_from is not None:  # keyed rows, and no key (or not theirs)
+        status = f"NOT VERIFIED: {chain.reason}"
     elif chain.first_bad_id is None:  # the purge records were refused, before any row
         status = f"BROKEN: purge records refused: {chain.reason}"
     else:
@@ -92,7 +94,9 @@ def demo(ctx: click.Context, database: Path | str | None, events: int) -> None:
     explicit = root.get_parameter_source("database") != click.core.ParameterSource.DEFAULT
     target = database or (root_database(ctx) if explicit else DEFAULT_DATABASE)
     with progress(events, "auditing") as bar:
-        report = run_demo(target, events, on_progress=bar.update)
+        report = run_demo(
+            target, events, on_progress=bar.update, chain_key_file=root_chain_key(ctx)
+        )
     click.echo(f"Audited {report.events_emitted} events into {report.database}")
     click.echo(
         f"  accepted {report.accepted}, filtered {report.filtered}, "
@@ -168,13 +172,16 @@ def bench(
             "--db takes a postgresql:// URL (the SQLite bench makes its own files)"
         )
     report: PgBenchReport | BenchReport
+    key_file = root_chain_key(ctx)  # the engine mode writes a keyed chain with it
     if isinstance(database, str):
         with progress(total_pg_events(events), "benchmarking") as bar:
-            report = run_pg_bench(database, events, threads, on_progress=bar.update)
+            report = run_pg_bench(
+                database, events, threads, on_progress=bar.update, chain_key_file=key_file
+            )
         backend = f"PostgreSQL {report.server} at {report.database} (fsync={report.fsync})"
     else:
         with progress(total_events(events), "benchmarking") as bar:
-            report = run_bench(events, threads, on_progress=bar.update)
+            report = run_bench(events, threads, on_progress=bar.update, chain_key_file=key_file)
         backend = f"SQLite {report.sqlite}"
     if as_json:
         click.echo(report.model_dump_json(indent=2))
