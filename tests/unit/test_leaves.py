@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import trails
 
-from audit_engine import AuditEntry, AuditStore
+from audit_engine import AuditEntry, AuditService, AuditStore
 from audit_engine.errors import AuditStoreError
-from audit_engine.storage import backends, leaves, merkle
+from audit_engine.storage import backends, keys, leaves, merkle
 from audit_engine.storage.chain import content_digest
 
 _OLD = datetime(2000, 1, 1, tzinfo=UTC)
@@ -21,16 +21,6 @@ def _entries(start: int, count: int, *, old: bool = False) -> list[AuditEntry]:
     # Old entries are written old: no UPDATE behind the engine's back (the guard refuses it).
     when = {"timestamp": _OLD} if old else {}
     return [AuditEntry(action="a", event_id=f"e{n}", **when) for n in range(start, start + count)]
-
-
-def _tamper(database: Path | str, *statements: trails.Statement) -> None:
-    """Run ``statements`` past the append-only guard: what an attacker with the file (or a
-    superuser) can do, and what the tree must not paper over."""
-    if trails.is_pg(database):
-        trails.execute(database, "SET session_replication_role = replica", *statements)
-        return
-    triggers = trails.query(database, "SELECT name FROM sqlite_master WHERE type = 'trigger'")
-    trails.execute(database, *(f'DROP TRIGGER "{name}"' for (name,) in triggers), *statements)
 
 
 def _leaves(database: Path | str, after: int, upto: int | None = None) -> list[tuple[int, bytes]]:
@@ -50,16 +40,21 @@ def test_an_unkeyed_rows_leaf_is_its_stored_hash(trail_db: Path | str) -> None:
     assert _leaves(trail_db, 5) == []
 
 
-def test_a_keyed_rows_leaf_is_its_content_digest_under_its_version(trail_db: Path | str) -> None:
-    # Rows 4.. are declared keyed: their leaf is digested again from the row, whatever its hash.
+def test_a_keyed_rows_leaf_is_its_content_digest_under_its_version(
+    trail_db: Path | str, tmp_path: Path
+) -> None:
+    # Rows 4.. are keyed: their hash is an HMAC, their leaf the digest of the row, keyless.
     trails.write(trail_db, _entries(0, 3))
-    trails.execute(trail_db, "INSERT INTO audit_chain_versions (first_id, version) VALUES (4, '2')")
-    trails.write(trail_db, _entries(3, 3))
+    chain_key, _, _ = keys.generate_keys(tmp_path / "keys")
+    with AuditService(database=trail_db, chain_key_file=chain_key, cleanup_enabled=False) as svc:
+        for entry in _entries(3, 3):
+            svc.record(entry)
     rows = trails.query(trail_db, f"SELECT {trails.stored_row(trail_db)} FROM audit_entries")
     expected = [
         (row[0], bytes.fromhex(row[-1]) if row[0] < 4 else content_digest(row[:-1], "2"))
         for row in sorted(rows)
     ]
+    assert expected[4][1] != bytes.fromhex(sorted(rows)[4][-1])
 
     assert _leaves(trail_db, 0) == expected
     assert _leaves(trail_db, 4, 5) == expected[4:5]
@@ -68,7 +63,7 @@ def test_a_keyed_rows_leaf_is_its_content_digest_under_its_version(trail_db: Pat
 
 def test_a_hole_in_the_ids_refuses_the_tree(trail_db: Path | str) -> None:
     trails.write(trail_db, _entries(0, 5))
-    _tamper(trail_db, "DELETE FROM audit_entries WHERE id = 3")
+    trails.execute(trail_db, "DELETE FROM audit_entries WHERE id = 3")
 
     with pytest.raises(AuditStoreError, match=r"row 3 is missing \(the next row is 4\)"):
         _leaves(trail_db, 0)
@@ -77,9 +72,8 @@ def test_a_hole_in_the_ids_refuses_the_tree(trail_db: Path | str) -> None:
 
 
 def test_an_unknown_chain_version_is_named(trail_db: Path | str) -> None:
-    trails.write(trail_db, _entries(0, 2))
+    trails.write(trail_db, _entries(0, 3))
     trails.execute(trail_db, "INSERT INTO audit_chain_versions (first_id, version) VALUES (3, '9')")
-    trails.write(trail_db, _entries(2, 1))
     with pytest.raises(AuditStoreError, match="from id 3 on are hashed with chain version '9'"):
         _leaves(trail_db, 0)
 
@@ -141,7 +135,7 @@ def test_the_tree_starts_after_an_anchor_of_an_earlier_release(trail_db: Path | 
     trails.write(trail_db, _entries(4, 2))
     with AuditStore(trail_db) as store:
         store.purge(timedelta(days=1), batch_size=2)
-    _tamper(trail_db, "UPDATE audit_anchors SET merkle = NULL")
+    trails.execute(trail_db, "UPDATE audit_anchors SET merkle = NULL")
     after = [data for _, data in _leaves(trail_db, 4)]
     conn = backends.open_trail(trail_db)
     try:
@@ -159,13 +153,13 @@ def test_an_anchor_frontier_that_does_not_end_at_the_anchor_is_refused(
     with AuditStore(trail_db) as store:
         store.purge(timedelta(days=1))
     empty = merkle.Frontier().to_text()
-    _tamper(trail_db, ("UPDATE audit_anchors SET merkle = ?", (empty,)))
+    trails.execute(trail_db, ("UPDATE audit_anchors SET merkle = ?", (empty,)))
     conn = backends.open_trail(trail_db)
     try:
         ends = "frontier ends at id 0, not at its last deleted id 2"
         with pytest.raises(AuditStoreError, match=ends):
             leaves.anchor_frontier(conn)
-        _tamper(trail_db, "UPDATE audit_anchors SET merkle = 'x'")
+        trails.execute(trail_db, "UPDATE audit_anchors SET merkle = 'x'")
         with pytest.raises(AuditStoreError, match="anchor 1's Merkle frontier is unreadable"):
             leaves.anchor_frontier(conn)
     finally:
