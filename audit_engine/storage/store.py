@@ -175,6 +175,7 @@ class AuditStore:
             )
             versions = self._chain_versions()
             report = verify_rows(rows, checked.start, expected_head, versions, self._keys)
+            found["warnings"] = (*checked.warnings, *report.warnings)
             return report.model_copy(update=found)
 
     def purge(
