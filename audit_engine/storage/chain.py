@@ -158,6 +158,12 @@ class VerifyReport(BaseModel):
     # Keyed rows (from this id on) whose links were followed but whose hashes could not be
     # checked: no chain key, or not the key they were written with. ``ok`` is then False.
     unchecked_from: int | None = None
+    # Against a signed checkpoint log (verify(checkpoints=...)): checkpoints held, purged ones
+    # (signature only), and the first that disagrees (its line in the log, and why).
+    checkpoints_checked: int = 0
+    checkpoints_purged: int = 0
+    checkpoint_line: int | None = None
+    checkpoint_problem: str | None = None
 
 
 class ChainVerifier:

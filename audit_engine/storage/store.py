@@ -21,9 +21,10 @@ from audit_engine import formats
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, Operation, Outcome, utcnow
 from audit_engine.settings import AuditSettings, describe_database, env_var, resolve_database
-from audit_engine.storage import backends, deadletter, replay
+from audit_engine.storage import backends, checkpoint_verify, deadletter, proofs, replay
 from audit_engine.storage.anchors import check_maintenance
 from audit_engine.storage.chain import ChainHead, VerifyReport, verify_rows
+from audit_engine.storage.checkpoint_verify import CheckpointSource
 from audit_engine.storage.dialect import (
     DATABASE_ERRORS,
     dialect_of,
@@ -141,6 +142,8 @@ class AuditStore:
         *,
         expected_head: ChainHead | None = None,
         min_retention: timedelta | None = None,
+        checkpoints: CheckpointSource | None = None,
+        public_key: Any = None,
     ) -> VerifyReport:
         """Check the whole chain in one read snapshot, streaming in constant memory.
 
@@ -152,7 +155,10 @@ class AuditStore:
         (``AuditSettings().retention_days``: ``AUDIT_TRAIL_RETENTION_DAYS``, else 90 days), as
         the CLI's ``verify``; ``timedelta(0)`` checks no minimum. Keyed rows need their key in
         the store's ``chain_key_file``: without it the report is not ok and says from which id
-        on rows could not be checked (``unchecked_from``). See docs/integrity.md.
+        on rows could not be checked (``unchecked_from``). With ``checkpoints`` (the signed
+        checkpoint log: a path or its lines) and ``public_key`` (a path or key), the trail must
+        still hold what each checkpoint signed; the first that disagrees is named
+        (``checkpoint_line``, ``checkpoint_problem``). See docs/integrity.md, docs/checkpoints.md.
         """
         if min_retention is None:
             min_retention = timedelta(days=AuditSettings().retention_days)
@@ -161,6 +167,7 @@ class AuditStore:
                 f"min_retention must be a duration of zero or more (got {min_retention!r})"
             )
         expected_head = checked_head(expected_head)
+        signed = checkpoint_verify.prepared(checkpoints, public_key)  # bad files: before reading
         with self._errors("verify"), snapshot(self._conn):
             checked = check_maintenance(self._conn, utcnow(), min_retention)
             found = {
@@ -176,7 +183,20 @@ class AuditStore:
             versions = self._chain_versions()
             report = verify_rows(rows, checked.start, expected_head, versions, self._keys)
             found["warnings"] = (*checked.warnings, *report.warnings)
-            return report.model_copy(update=found)
+            report = report.model_copy(update=found)
+            if signed is not None:
+                held = checkpoint_verify.check(self._conn, *signed, self._tail()[0])
+                report = checkpoint_verify.merged(report, held)
+            return report
+
+    def prove(
+        self, event_id: str, *, checkpoints: CheckpointSource | None = None
+    ) -> dict[str, Any]:
+        """The inclusion proof (JSON-ready) of the entry ``event_id`` against the newest signed
+        checkpoint covering it: from the log ``checkpoints`` (a path or its lines), else the
+        copies kept in the trail. Check it offline with :func:`~audit_engine.verify_proof`."""
+        with self._errors("prove an entry of"), snapshot(self._conn):
+            return proofs.prove(self._conn, event_id, checkpoints)
 
     def purge(
         self,

@@ -206,3 +206,35 @@ def test_a_file_that_is_not_a_checkpoint_log_is_an_error(tmp_path: Path) -> None
     path.write_text('{"size": 3}\n')
     with pytest.raises(AuditStoreError, match=rf"{path} line 1 is not a checkpoint"):
         read_log(path)
+
+
+def test_store_verify_holds_the_trail_to_its_checkpoints(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 34, HEADS)
+    with AuditStore(trail_db) as store:
+        report = store.verify(checkpoints=lines, public_key=KEY.public_key())
+    assert report.ok, report.reason
+    assert (report.rows_checked, report.checkpoints_checked, report.checkpoint_line) == (
+        34,
+        3,
+        None,
+    )
+
+    trails.execute(trail_db, "DELETE FROM audit_entries WHERE id > 25")
+    with AuditStore(trail_db) as store:
+        assert store.verify().ok  # the chain alone cannot tell rows went from the end
+        report = store.verify(checkpoints=lines, public_key=KEY.public_key())
+    assert not report.ok
+    assert (report.checkpoint_line, report.checkpoints_checked) == (3, 2)
+    assert report.reason == report.checkpoint_problem
+    assert str(report.reason).startswith("checkpoint line 3 (size 30): the trail ends at id 25")
+
+
+def test_store_verify_wants_the_log_and_the_key_together(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 10, (10,))
+    with AuditStore(trail_db) as store:
+        with pytest.raises(AuditStoreError, match="checkpoints and public_key go together"):
+            store.verify(checkpoints=lines)
+        with pytest.raises(AuditStoreError, match="checkpoints and public_key go together"):
+            store.verify(public_key=KEY.public_key())
+        with pytest.raises(AuditStoreError, match="line 1 is not a checkpoint"):
+            store.verify(checkpoints=["{}"], public_key=KEY.public_key())

@@ -11,7 +11,7 @@ import pytest
 import trails
 from checkpointed import KEY, OTHER_KEY, checkpointed, forge_anchor
 
-from audit_engine import AuditStoreError
+from audit_engine import AuditStore, AuditStoreError
 from audit_engine.storage import backends
 from audit_engine.storage.dialect import snapshot
 from audit_engine.storage.leaves import frontier_through
@@ -183,3 +183,12 @@ def test_a_proof_against_the_checkpoints_kept_in_the_trail(trail_db: Path | str)
 
     # A stored frontier that does not parse is not used: the proof starts from the anchor.
     assert verify_proof(_prove(trail_db, "evt-12"), KEY.public_key()).ok
+
+
+def test_store_prove_reads_in_a_snapshot_and_verifies(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 12, (12,))
+    with AuditStore(trail_db) as store:
+        proof = store.prove("evt-4", checkpoints=lines)
+        with pytest.raises(AuditStoreError, match="no entry has the event id 'nope'"):
+            store.prove("nope", checkpoints=lines)
+    assert verify_proof(proof, KEY.public_key()).ok
