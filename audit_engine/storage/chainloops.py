@@ -17,7 +17,6 @@ shared with the application's threads through the GIL.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Callable
 from typing import Any
 
@@ -46,6 +45,7 @@ SEP = "\x1f"
 NULL = "\x00"
 sha256 = hashlib.sha256
 HEAD_MISMATCH = "row {} differs from the expected head (hash mismatch)"
+_BLOCK = 64  # SHA-256's block size in bytes
 
 
 def _local(column: Column) -> str:
@@ -76,7 +76,11 @@ _WIDTH = len(STORED_ROW)  # a stored row: id, the fields, prev_hash, hash
 # The stored hash of a canonical text `text`, unkeyed and keyed.
 _DIGESTS = {
     CHAIN_VERSION: 'sha256({text}.encode("utf-8")).hexdigest()',
-    KEYED_VERSION: 'mac(key, sha256({text}.encode("utf-8")).digest(), "sha256").hex()',
+    # HMAC-SHA256 by its definition (RFC 2104) over the key's pads, made once per call: two
+    # hashes of short byte strings per row, twice as fast as hmac.digest() (which pads the key
+    # for every row).
+    KEYED_VERSION: 'sha256(opad + sha256(ipad + sha256({text}.encode("utf-8")).digest()).digest())'
+    ".hexdigest()",
 }
 
 # Both loops bind what they use per row to locals first (LOAD_FAST, not LOAD_GLOBAL).
@@ -85,7 +89,7 @@ def {name}(params, values, tail_id, tail_hash{key}):
     prev = tail_hash
     next_id = tail_id
     add, extend = params.append, params.extend
-    sha256, sep, nul, version, mac = _sha256, _SEP, _NULL, {version!r}, _mac
+    sha256, sep, nul, version, (ipad, opad) = _sha256, _SEP, _NULL, {version!r}, _pads(key)
     for fields in values:
         next_id += 1
         {fields}, = fields
@@ -105,7 +109,7 @@ def {name}(params, values, tail_id, tail_hash{key}):
 _CHECK_TEMPLATE = """
 def {name}(verifier, rows, head_id, head_hash{key}):
     prev_id, prev_hash = verifier.prev_id, verifier.prev_hash
-    sep, nul, sha256, version, mac = _SEP, _NULL, _sha256, {version!r}, _mac
+    sep, nul, sha256, version, (ipad, opad) = _SEP, _NULL, _sha256, {version!r}, _pads(key)
     good = 0
     try:
         for row in rows:
@@ -141,10 +145,20 @@ def {name}(verifier, rows, head_id, head_hash{key}):
 """
 
 
+def _pads(key: bytes | None) -> tuple[bytes, bytes]:
+    """HMAC-SHA256's inner and outer pads of ``key`` (RFC 2104); empty for the unkeyed loops."""
+    if key is None:
+        return b"", b""
+    if len(key) > _BLOCK:
+        key = sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
 def _link_source(name: str, version: str) -> str:
     return _LINK_TEMPLATE.format(
         name=name,
-        key=", key" if version == KEYED_VERSION else "",
+        key=", key" if version == KEYED_VERSION else ", key=None",
         version=version,
         fields=_FIELDS,
         digest=_DIGESTS[version].format(text=_canonical_source("next_id", "prev")),
@@ -154,7 +168,7 @@ def _link_source(name: str, version: str) -> str:
 def _check_source(name: str, version: str) -> str:
     return _CHECK_TEMPLATE.format(
         name=name,
-        key=", key" if version == KEYED_VERSION else "",
+        key=", key" if version == KEYED_VERSION else ", key=None",
         version=version,
         width=_WIDTH,
         prev_at=_WIDTH - 2,
@@ -174,7 +188,7 @@ KEYED_CHECK_SOURCE = _check_source("keyed_check_all", KEYED_VERSION)
 def _generate(source: str, name: str) -> Callable[..., Any]:
     namespace: dict[str, Any] = {
         "_sha256": sha256,
-        "_mac": hmac.digest,
+        "_pads": _pads,
         "_SEP": SEP,
         "_NULL": NULL,
         "HEAD_MISMATCH": HEAD_MISMATCH,
