@@ -10,7 +10,7 @@ Feature: A maintainer compares throughput with audit-engine bench
     When the operator runs "audit-engine bench --events 300 --json"
     Then audit-engine exits with status 0
     And audit-engine prints one benchmark report as JSON, for 300 events from 1 recording thread
-    And the report compares these ways of writing, in order: sync-default, sync-wal, thread-per-row, engine, ceiling
+    And the report compares these ways of writing, in order: sync-default, sync-wal, thread-per-row, engine, engine-keyed, ceiling
     And every way of writing wrote 300 events
     And the ceiling runs at exactly 1 times the ceiling
     And every other way of writing runs at more than 0 times the ceiling
@@ -23,7 +23,7 @@ Feature: A maintainer compares throughput with audit-engine bench
     Then audit-engine exits with status 0
     And the report first names the Python, SQLite and machine it measured, for 200 events
     And the report's table has the columns "mode, events, events/s, caller p50, caller p99, commits, commits/ev, x ceiling"
-    And the report's table has one line for each way of writing, in order: sync-default, sync-wal, thread-per-row, engine, ceiling
+    And the report's table has one line for each way of writing, in order: sync-default, sync-wal, thread-per-row, engine, engine-keyed, ceiling
     And every line of the report's table shows 200 events
 
   Scenario Outline: A mistaken option <option> is refused with a clear message

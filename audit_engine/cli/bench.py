@@ -1,12 +1,14 @@
 """``audit-engine bench``: the engine against what users would otherwise do, in one run.
 
-Five modes write the same realistic row into the same schema (copied from a database the engine
+Six modes write the same realistic row into the same schema (copied from a database the engine
 created), side by side in one process, so their ratios mean something on a noisy machine:
 
 * ``sync-default``: INSERT + COMMIT per event, sqlite3 defaults (rollback journal, FULL sync);
 * ``sync-wal``: INSERT + COMMIT per event in WAL with synchronous=NORMAL;
 * ``thread-per-row``: a ``queue.Queue`` and a thread committing each row (naive write-behind);
 * ``engine``: ``AuditService`` async, level ``all``, hash chain on, from ``record()`` to commit;
+* ``engine-keyed``: the same with a chain key (HMAC-SHA256 links): what the keyed chain costs,
+  as the ratio of the two in one run;
 * ``ceiling``: the engine's stored rows (chain values included) prebuilt as tuples,
   ``executemany`` 500 per transaction, WAL + NORMAL — what SQLite itself can do with the same
   work.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import platform
 import queue
+import secrets
 import sqlite3
 import tempfile
 import threading
@@ -34,7 +37,7 @@ from audit_engine.settings import AuditSettings
 from audit_engine.storage.chain import GENESIS_HASH, link
 from audit_engine.storage.sqlite.schema import TABLE
 
-MODES = ("sync-default", "sync-wal", "thread-per-row", "engine", "ceiling")
+MODES = ("sync-default", "sync-wal", "thread-per-row", "engine", "engine-keyed", "ceiling")
 # Per-event commits with a full fsync are ~100x slower: they get fewer events (same row).
 SYNC_DEFAULT_MAX_EVENTS = 2000
 _CEILING_BATCH = 500
@@ -182,6 +185,23 @@ def _thread_per_row(
     return mode_result("", events, elapsed, costs, commits=events)
 
 
+def write_chain_key(directory: Path) -> Path:
+    """A throwaway chain key file in ``directory`` (0600, one random key), for engine-keyed."""
+    path = directory / "bench-chain.key"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(secrets.token_hex(32) + "\n")
+    return path
+
+
+def engine_key(mode: str, chain_key_file: Path | None, directory: Path) -> dict[str, Any]:
+    """The chain key setting of an engine mode: ``engine`` unkeyed (whatever the environment
+    says), ``engine-keyed`` with ``chain_key_file`` or else a throwaway key."""
+    if mode != "engine-keyed":
+        return {"chain_key_file": None}
+    return {"chain_key_file": chain_key_file or write_chain_key(directory)}
+
+
 def engine_settings(database: Path | str, **overrides: Any) -> AuditSettings:
     """The engine as the bench runs it: keep everything, no cleanup, a queue that rarely fills."""
     options: dict[str, Any] = {"level": "all", "cleanup_enabled": False, "queue_maxsize": 10000}
@@ -273,8 +293,8 @@ def run_bench(
 ) -> BenchReport:
     """Run the modes side by side on fresh databases in a temporary directory.
 
-    ``chain_key_file``: the engine mode writes a keyed chain with it (else the setting's
-    ``AUDIT_TRAIL_CHAIN_KEY_FILE``, if set).
+    ``chain_key_file``: the key of the engine-keyed mode (a throwaway key when None); the
+    engine mode is unkeyed, so the two side by side show what the keyed chain costs.
     """
     if events < 1:
         raise ValueError(f"events must be at least 1 (got {events})")
@@ -308,10 +328,10 @@ def run_bench(
             elif mode == "thread-per-row":
                 conn = _fresh(workdir, mode, schema, wal=True)
                 result = _thread_per_row(conn, inputs, tick)
-            elif mode == "engine":
+            elif mode in ("engine", "engine-keyed"):
                 conn = None
-                keyed = {} if chain_key_file is None else {"chain_key_file": chain_key_file}
-                settings = engine_settings(workdir / "engine.db", **keyed)
+                keyed = engine_key(mode, chain_key_file, workdir)
+                settings = engine_settings(workdir / f"{mode}.db", **keyed)
                 result = run_engine(settings, inputs, threads, tick)
             else:
                 conn = _fresh(workdir, mode, schema, wal=True)

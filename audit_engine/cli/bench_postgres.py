@@ -1,12 +1,14 @@
 """``audit-engine bench --db postgresql://...``: the engine against a PostgreSQL server.
 
-Three modes write the same realistic row as the SQLite bench into the engine's own schema, each in
+Four modes write the same realistic row as the SQLite bench into the engine's own schema, each in
 a scratch schema of its own on the server (created, then dropped with everything in it):
 
 * ``insert-commit``: ``INSERT`` + ``COMMIT`` per event on one connection, as an application with
   psycopg's defaults does (the row linked into the chain first, so every mode stores the same rows);
 * ``engine``: ``AuditService`` on the URL, async (write-behind), level ``all``, from the first
   ``record()`` until ``flush()`` returns;
+* ``engine-keyed``: the same with a chain key (HMAC-SHA256 links), so the keyed chain's cost
+  shows as the ratio of the two;
 * ``ceiling``: the rows as the engine stores them, prebuilt, copied with the engine's own
   ``COPY`` in transactions of the engine's batch size (500) — the server's limit for this work.
 
@@ -31,6 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from audit_engine.cli.bench import (
     ModeResult,
+    engine_key,
     engine_settings,
     event_fields,
     mode_result,
@@ -41,7 +44,7 @@ from audit_engine.settings import mask_url
 from audit_engine.storage.backends import postgres
 from audit_engine.storage.chain import GENESIS_HASH, link_into
 
-PG_MODES = ("insert-commit", "engine", "ceiling")
+PG_MODES = ("insert-commit", "engine", "engine-keyed", "ceiling")
 # A commit per event is a round trip and (with fsync on) a WAL flush each: fewer events.
 INSERT_COMMIT_MAX_EVENTS = 5000
 BATCH_ROWS = 500  # the writer's default batch: the ceiling copies in batches of the same size
@@ -164,7 +167,8 @@ def run_pg_bench(
 ) -> PgBenchReport:
     """Run the modes side by side against ``url``, each in a scratch schema dropped afterwards.
 
-    ``chain_key_file``: the engine mode writes a keyed chain with it (as ``run_bench``).
+    ``chain_key_file``: the key of the engine-keyed mode (a throwaway key when None), as
+    ``run_bench``.
     """
     if events < 1:
         raise ValueError(f"events must be at least 1 (got {events})")
@@ -194,15 +198,14 @@ def run_pg_bench(
                     if mode == "insert-commit":
                         n = min(events, INSERT_COMMIT_MAX_EVENTS)
                         result = _insert_commit(pg, mode_url, inputs[:n], tick)
-                    elif mode == "engine":
+                    elif mode in ("engine", "engine-keyed"):
                         _create_tables(pg, mode_url)  # as for the others: not timed
                         # The dead-letter file of a URL defaults to the user's data directory:
                         # a bench keeps it in its temporary directory.
-                        keyed = {} if chain_key_file is None else {"chain_key_file": chain_key_file}
                         settings = engine_settings(
                             mode_url,
-                            deadletter_path=Path(tmp) / "engine.deadletter.jsonl",
-                            **keyed,
+                            deadletter_path=Path(tmp) / f"{mode}.deadletter.jsonl",
+                            **engine_key(mode, chain_key_file, Path(tmp)),
                         )
                         result = run_engine(settings, inputs, threads, tick)
                     else:

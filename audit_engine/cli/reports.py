@@ -141,8 +141,8 @@ BENCH_MAX_THREADS = 64
     type=DatabaseParam(),
     default=None,
     help="A postgresql:// URL: bench that server instead of SQLite (modes insert-commit, engine, "
-    "ceiling, each in a scratch schema dropped afterwards); the global --db does the same when "
-    "given on the command line. Without either, SQLite in a temporary directory.",
+    "engine-keyed, ceiling, each in a scratch schema dropped afterwards); the global --db does "
+    "the same when given on the command line. Without either, SQLite in a temporary directory.",
 )
 @click.option(
     "--threads",
@@ -159,8 +159,9 @@ def bench(
     """Measure the engine against the usual alternatives and SQLite's ceiling, side by side.
 
     Modes: sync-default and sync-wal (INSERT + COMMIT per event), thread-per-row (a queue and a
-    thread committing each row), engine (record() to commit, hash chain on), ceiling (prebuilt
-    rows, executemany, 500 per transaction). All write the same row into the engine's schema.
+    thread committing each row), engine (record() to commit, hash chain on), engine-keyed (the
+    same with a chain key: --chain-key-file, else a throwaway one), ceiling (prebuilt rows,
+    executemany, 500 per transaction). All write the same row into the engine's schema.
     """
     root = ctx.find_root()
     if database is None and root.get_parameter_source("database") is ParameterSource.COMMANDLINE:
@@ -172,7 +173,7 @@ def bench(
             "--db takes a postgresql:// URL (the SQLite bench makes its own files)"
         )
     report: PgBenchReport | BenchReport
-    key_file = root_chain_key(ctx)  # the engine mode writes a keyed chain with it
+    key_file = root_chain_key(ctx)  # engine-keyed's key (a throwaway one when not given)
     if isinstance(database, str):
         with progress(total_pg_events(events), "benchmarking") as bar:
             report = run_pg_bench(

@@ -10,13 +10,14 @@ from click.testing import CliRunner
 from audit_engine.cli import main
 
 
-def test_bench_on_a_url_runs_the_three_modes_and_leaves_nothing_behind(pg_url: str) -> None:
+def test_bench_on_a_url_runs_the_four_modes_and_leaves_nothing_behind(pg_url: str) -> None:
     result = CliRunner().invoke(main, ["bench", "--events", "60", "--db", pg_url, "--json"])
 
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert [r["mode"] for r in report["results"]] == ["insert-commit", "engine", "ceiling"]
-    assert [r["rows_stored"] for r in report["results"]] == [60, 60, 60]
+    modes = ["insert-commit", "engine", "engine-keyed", "ceiling"]
+    assert [r["mode"] for r in report["results"]] == modes
+    assert [r["rows_stored"] for r in report["results"]] == [60, 60, 60, 60]
     assert report["server"].startswith("15.")
     with psycopg.connect(pg_url) as conn:
         left = conn.execute(
@@ -40,7 +41,7 @@ def test_the_global_db_given_on_the_command_line_is_benched_too(pg_url: str) -> 
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["database"] == pg_url
-    assert [r["rows_stored"] for r in report["results"]] == [20, 20, 20]
+    assert [r["rows_stored"] for r in report["results"]] == [20, 20, 20, 20]
 
 
 def test_a_url_from_the_environment_alone_is_not_benched(pg_url: str) -> None:

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from audit_engine.cli import bench, main
 from audit_engine.cli.bench import MODES, SYNC_DEFAULT_MAX_EVENTS, run_bench, total_events
+from audit_engine.settings import AuditSettings
+from audit_engine.storage.keys import chain_key_id, load_chain_keys
 
 
 def test_every_mode_runs_side_by_side() -> None:
@@ -33,6 +39,61 @@ def test_every_mode_runs_side_by_side() -> None:
     assert by_mode["ceiling"].caller_p99_us is None
     assert report.threads == 2
     assert report.cpus >= 1
+
+
+def _chains_written(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, list[tuple[Any, ...]]]]:
+    """Each engine mode's chain_key_file and the chain versions its database ended with."""
+    seen: list[tuple[Any, list[tuple[Any, ...]]]] = []
+    real = bench.run_engine
+
+    def spy(settings: AuditSettings, *args: Any) -> Any:
+        result = real(settings, *args)
+        with sqlite3.connect(settings.database) as conn:  # still there: the run's temp dir
+            versions = conn.execute("SELECT first_id, version, key_id FROM audit_chain_versions")
+            key = settings.chain_key_file
+            mode = None if key is None else stat.S_IMODE(Path(key).stat().st_mode)
+            seen.append(((key, mode), versions.fetchall()))
+        return result
+
+    monkeypatch.setattr(bench, "run_engine", spy)
+    return seen
+
+
+def test_engine_keyed_writes_a_keyed_chain_beside_an_unkeyed_engine(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Even with a key in the environment, the engine mode is the unkeyed baseline.
+    env_key = tmp_path / "env-chain.key"
+    env_key.write_text("22" * 32 + "\n", encoding="utf-8")
+    env_key.chmod(0o600)
+    monkeypatch.setenv("AUDIT_TRAIL_CHAIN_KEY_FILE", str(env_key))
+    seen = _chains_written(monkeypatch)
+    report = run_bench(30, modes=("engine", "engine-keyed"))
+    assert [r.mode for r in report.results] == ["engine", "engine-keyed"]
+    assert [r.events for r in report.results] == [30, 30]
+    (unkeyed, unkeyed_versions), ((key, mode), keyed_versions) = seen
+    assert unkeyed == (None, None)
+    assert unkeyed_versions == [(1, "1", None)]
+    # A throwaway key, private like any chain key, gone with the run's directory.
+    assert mode == 0o600
+    assert not Path(key).exists()
+    [(first, version, key_id)] = keyed_versions
+    assert (first, version, len(key_id)) == (1, "2", 16)
+    assert key_id != chain_key_id(bytes.fromhex("22" * 32))  # not the environment's key
+
+
+def test_engine_keyed_uses_the_given_chain_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "chain.key"
+    key_file.write_text("11" * 32 + "\n", encoding="utf-8")
+    key_file.chmod(0o600)
+    seen = _chains_written(monkeypatch)
+    run_bench(10, modes=("engine-keyed",), chain_key_file=key_file)
+    [((key, _), versions)] = seen
+    assert key == key_file
+    assert versions == [(1, "2", chain_key_id(bytes.fromhex("11" * 32)))]
+    assert load_chain_keys(key_file).writer.id == versions[0][2]
 
 
 def test_sync_default_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:

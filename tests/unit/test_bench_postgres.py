@@ -31,7 +31,7 @@ def test_every_mode_writes_its_rows_and_is_cleaned_up(pg_url: str) -> None:
     ticks: list[int] = []
     report = run_pg_bench(pg_url, 60, threads=2, on_progress=ticks.append)
     assert [r.mode for r in report.results] == list(PG_MODES)
-    assert sum(ticks) == total_pg_events(60) == 180
+    assert sum(ticks) == total_pg_events(60) == 240
     by_mode = {r.mode: r for r in report.results}
     for result in report.results:
         assert result.events == 60
@@ -93,3 +93,27 @@ def test_scoped_url_puts_the_schema_first_and_keeps_other_options() -> None:
     assert scoped_url("postgresql://h/db?sslmode=disable&options=-cwork_mem%3D8MB", "s2") == (
         "postgresql://h/db?sslmode=disable&options=-cwork_mem%3D8MB+-csearch_path%3Ds2"
     )
+
+
+def test_engine_keyed_writes_a_keyed_chain_on_the_server(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    versions: dict[Any, list[tuple[Any, ...]]] = {}
+    real = bench_postgres.run_engine
+
+    def spy(settings: Any, *args: Any) -> Any:
+        result = real(settings, *args)
+        with psycopg.connect(str(settings.database)) as conn:  # before the schema is dropped
+            found = conn.execute("SELECT first_id, version, key_id FROM audit_chain_versions")
+            versions[settings.chain_key_file is None] = found.fetchall()
+        return result
+
+    monkeypatch.setattr(bench_postgres, "run_engine", spy)
+    report = run_pg_bench(pg_url, 20, modes=("engine", "engine-keyed"))
+    assert [(r.mode, r.rows_stored) for r in report.results] == [
+        ("engine", 20),
+        ("engine-keyed", 20),
+    ]
+    assert versions[True] == [(1, "1", None)]
+    [(first, version, key_id)] = versions[False]
+    assert (first, version, len(key_id)) == (1, "2", 16)
