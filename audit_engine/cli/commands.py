@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from audit_engine.cli.copy import copy
+from audit_engine.cli.integrity import keygen, prove, verify, verify_proof_command
 from audit_engine.cli.output import (
     CountParam,
     DatabaseParam,
@@ -50,8 +51,6 @@ from audit_engine.formats import (
     table_cells,
 )
 from audit_engine.models import AuditEntry, Operation, Outcome
-from audit_engine.settings import AuditSettings
-from audit_engine.storage.chain import ChainHead
 from audit_engine.storage.store import AuditStore
 
 PROG = "audit-engine"
@@ -284,61 +283,6 @@ def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any)
     click.echo(f"Exported {plural(count, 'entry', 'entries')} to {output}")
 
 
-def _head(value: str | None) -> ChainHead | None:
-    if value is None:
-        return None
-    ident, sep, digest = value.partition(":")
-    if not sep or not ident.isdigit() or len(digest) != 64:
-        raise click.BadParameter("use ID:HASH as printed by verify", param_hint="'--expected-head'")
-    return ChainHead(id=int(ident), hash=digest)
-
-
-@main.command()
-@click.option(
-    "--expected-head",
-    metavar="ID:HASH",
-    help="A head published earlier: the chain must still reach it (detects truncation).",
-)
-@click.option(
-    "--min-retention",
-    type=DurationParam(),
-    metavar="DURATION",
-    help=(
-        "Refuse a purge anchor whose cutoff is less than this before its purge, e.g. 90d "
-        "[default: the retention setting, AUDIT_TRAIL_RETENTION_DAYS]."
-    ),
-)
-@click.pass_context
-def verify(ctx: click.Context, expected_head: str | None, min_retention: timedelta | None) -> None:
-    """Check the hash chain and the purge records; exit 1 naming what is wrong and why."""
-    head = _head(expected_head)
-    if min_retention is None:
-        min_retention = timedelta(days=AuditSettings().retention_days)
-    with _store(ctx) as store:
-        report = store.verify(expected_head=head, min_retention=min_retention)
-    for warning in report.warnings:
-        click.echo(f"Warning: {warning}", err=True)
-    if not report.ok:
-        if report.unchecked_from is not None:  # keyed rows, and no key (or not theirs)
-            raise click.ClickException(
-                f"not verified: {report.reason} "
-                f"({plural(report.rows_checked, 'row')} verified before them)"
-            )
-        if report.first_bad_id is None:  # a purge anchor or cleanup run, before any row
-            hint = (
-                "; --min-retention defaults to the retention setting (AUDIT_TRAIL_RETENTION_DAYS)"
-                if report.reason is not None and "minimum retention" in report.reason
-                else ""
-            )
-            raise click.ClickException(f"purge records refused: {report.reason}{hint}")
-        raise click.ClickException(
-            f"chain broken at row {report.first_bad_id}: {report.reason} "
-            f"({plural(report.rows_checked, 'row')} verified before it)"
-        )
-    tip = f"; head {report.head.id}:{report.head.hash}" if report.head else ""
-    click.echo(f"OK: {plural(report.rows_checked, 'row')} verified{tip}")
-
-
 @main.command()
 @click.option(
     "--older-than",
@@ -428,6 +372,10 @@ def replay_deadletter(ctx: click.Context, path: Path | None, log: Path | None) -
 
 
 main.add_command(record)
+main.add_command(verify)
+main.add_command(prove)
+main.add_command(verify_proof_command)
+main.add_command(keygen)
 main.add_command(stats)
 main.add_command(demo)
 main.add_command(bench)

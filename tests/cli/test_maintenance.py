@@ -369,6 +369,12 @@ def test_stats_json(cli: Cli, aged: Trail, db_path: Path) -> None:
         "anchors_checked": 1,
         "cleanup_runs_checked": 1,
         "warnings": [],
+        "unchecked_from": None,
+        # stats holds the trail to no checkpoint log (verify --checkpoints does).
+        "checkpoints_checked": 0,
+        "checkpoints_purged": 0,
+        "checkpoint_line": None,
+        "checkpoint_problem": None,
     }
     assert summary["last_cleanup"]["rows_deleted"] == 3
     assert summary["last_cleanup"]["batches"] == 1
