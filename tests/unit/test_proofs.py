@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 import trails
-from checkpointed import KEY, OTHER_KEY, checkpointed, forge_anchor
+from checkpointed import KEY, OTHER_KEY, checkpointed, entries, forge_anchor
 
-from audit_engine import AuditStore, AuditStoreError
-from audit_engine.storage import backends
+from audit_engine import AuditService, AuditStore, AuditStoreError
+from audit_engine.storage import backends, keys
 from audit_engine.storage.dialect import snapshot
 from audit_engine.storage.leaves import frontier_through
 from audit_engine.storage.proofs import PROOF_FORMAT, ProofReport, prove, verify_proof
@@ -192,3 +192,37 @@ def test_store_prove_reads_in_a_snapshot_and_verifies(trail_db: Path | str) -> N
         with pytest.raises(AuditStoreError, match="no entry has the event id 'nope'"):
             store.prove("nope", checkpoints=lines)
     assert verify_proof(proof, KEY.public_key()).ok
+
+
+def test_a_proof_of_a_keyed_entry_verifies_without_the_chain_key(
+    trail_db: Path | str, tmp_path: Path
+) -> None:
+    # Rows 1..3 unkeyed, 4..9 keyed (chain version "2"), checkpoints signed by the writer.
+    chain_key, signing_key, public = keys.generate_keys(tmp_path / "keys")
+    log = tmp_path / "checkpoints.jsonl"
+    trails.write(trail_db, entries(3))
+    with AuditService(
+        database=trail_db,
+        chain_key_file=chain_key,
+        signing_key_file=signing_key,
+        checkpoint_file=log,
+        checkpoint_every=4,
+        cleanup_enabled=False,
+    ) as service:
+        for entry in entries(6, start=4):
+            service.record(entry)
+
+    proof = _prove(trail_db, "evt-6", log.read_text().splitlines())
+
+    assert (proof["chain_version"], proof["leaf_index"], proof["tree_size"]) == ("2", 5, 9)
+    assert "hash" not in proof["entry"]  # an HMAC: nobody without the chain key could check it
+    assert verify_proof(proof, keys.load_public_key(public)).ok
+    assert verify_proof(proof, public).ok  # the PEM file, as --public-key gives it
+    unkeyed = _prove(trail_db, "evt-2", log.read_text().splitlines())
+    assert (unkeyed["chain_version"], "hash" in unkeyed["entry"]) == ("1", True)
+    assert verify_proof(unkeyed, public).ok
+    changed = json.loads(json.dumps(proof))
+    changed["entry"]["actor"] = "mallory"
+    assert not verify_proof(changed, public).ok
+    relabelled = {**proof, "chain_version": "1"}  # read as unkeyed it needs a hash it lacks
+    assert not verify_proof(relabelled, public).ok
