@@ -16,13 +16,14 @@ from audit_engine.errors import (
     InvalidEntryError,
     SettingsError,
 )
-from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome
+from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome, SignedCheckpoint
 from audit_engine.pipeline.bus import DomainEvent, EventBus
 from audit_engine.pipeline.lifecycle import install_signal_handlers
 from audit_engine.pipeline.service import AuditService
 from audit_engine.settings import AuditSettings
 from audit_engine.storage.chain import ChainHead, VerifyReport, verify_exported_lines
 from audit_engine.storage.copying import CopyReport, copy_trail
+from audit_engine.storage.proofs import ProofReport, verify_proof
 from audit_engine.storage.replay import ReplayReport
 from audit_engine.storage.retention import CleanupReport
 from audit_engine.storage.store import AuditStore
@@ -51,12 +52,15 @@ __all__ = [
     "InvalidEntryError",
     "Operation",
     "Outcome",
+    "ProofReport",
     "ReplayReport",
     "SettingsError",
+    "SignedCheckpoint",
     "StoreSummary",
     "VerifyReport",
     "__version__",
     "copy_trail",
     "install_signal_handlers",
     "verify_exported_lines",
+    "verify_proof",
 ]
