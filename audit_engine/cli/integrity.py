@@ -203,6 +203,6 @@ def keygen(out_dir: Path) -> None:
     """Write a new chain key (chain.key) and Ed25519 signing pair (signing.key, signing.pub)
     into a directory; the secrets readable by their owner only. Never overwrites a key."""
     chain_key, signing_key, signing_pub = generate_keys(out_dir)
-    click.echo(f"Chain key:        {chain_key}  (AUDIT_TRAIL_CHAIN_KEY_FILE; keep it secret)")
-    click.echo(f"Signing key:      {signing_key}  (AUDIT_TRAIL_SIGNING_KEY_FILE; keep it secret)")
+    click.echo(f"Chain key:          {chain_key}  (AUDIT_TRAIL_CHAIN_KEY_FILE; keep it secret)")
+    click.echo(f"Signing key:        {signing_key}  (AUDIT_TRAIL_SIGNING_KEY_FILE; keep it secret)")
     click.echo(f"Signing public key: {signing_pub}  (give it to whoever verifies)")
