@@ -21,8 +21,9 @@ from audit_engine.pipeline.bus import DomainEvent, EventBus
 from audit_engine.pipeline.lifecycle import install_signal_handlers
 from audit_engine.pipeline.service import AuditService
 from audit_engine.settings import AuditSettings
-from audit_engine.storage.chain import ChainHead, VerifyReport, verify_exported_lines
+from audit_engine.storage.chain import ChainHead, VerifyReport
 from audit_engine.storage.copying import CopyReport, copy_trail
+from audit_engine.storage.exported import verify_exported_lines
 from audit_engine.storage.proofs import ProofReport, verify_proof
 from audit_engine.storage.replay import ReplayReport
 from audit_engine.storage.retention import CleanupReport

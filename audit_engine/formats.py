@@ -246,7 +246,7 @@ def export_lines(fmt: str, names: Sequence[str], rows: Iterable[Sequence[Any]]) 
     """Stored rows (columns ``names``) as export lines, each ending in a newline.
 
     ``jsonl``: one object per row with every stored value (``details`` nested, ``critical`` a
-    boolean), exactly what ``chain.verify_exported_lines`` needs. ``csv``: a header row, then one
+    boolean), exactly what ``exported.verify_exported_lines`` needs. ``csv``: a header row, then one
     row per stored row, values rendered as ``query`` renders them.
     """
     if fmt == "jsonl":

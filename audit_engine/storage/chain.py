@@ -30,14 +30,11 @@ from __future__ import annotations
 
 import hmac
 import itertools
-import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from audit_engine.columns import ENTRY_COLUMNS
-from audit_engine.models import dump_details
 from audit_engine.storage import chainloops
 from audit_engine.storage.chainloops import CHAIN_VERSION, KEYED_VERSION
 from audit_engine.storage.chainloops import CHECK_SOURCE as _CHECK_SOURCE
@@ -60,7 +57,6 @@ __all__ = [
     "link",
     "link_into",
     "row_hash",
-    "verify_exported_lines",
     "verify_rows",
 ]
 
@@ -386,60 +382,3 @@ def _check_links(
         if reason is not None:
             return row, reason
     return None
-
-
-def verify_exported_lines(lines: Iterable[str], start: ChainHead | None = None) -> VerifyReport:
-    """Verify a JSON-lines export (``AuditStore.export(fmt="jsonl")``) of a contiguous range.
-
-    Without ``start``, the first line's ``prev_hash`` is trusted as the starting point; pass the
-    anchor or the last row before the range to prove the link into it as well.
-    """
-
-    def rows() -> Iterable[tuple[Any, ...]]:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield _export_row(json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise _BadLine(f"line {number} is not an export line ({exc!r})") from None
-
-    iterator = iter(rows())
-    try:
-        first = next(iterator, None)
-        if first is None:
-            return VerifyReport(ok=True, rows_checked=0)
-        if start is None:
-            start = ChainHead(id=first[0] - 1, hash=first[-2])
-        return verify_rows(_chain_first(first, iterator), start)
-    except _BadLine as bad:
-        return VerifyReport(ok=False, rows_checked=0, reason=str(bad))
-
-
-class _BadLine(Exception):
-    """A line of an export that is not JSON or lacks a field."""
-
-
-# How an export line's values go back to their stored form, by the column's rendering.
-_STORED_FROM_EXPORT: dict[str, Callable[[Any], Any]] = {
-    "text": lambda value: value,
-    "json": lambda value: dump_details(value) if value else "{}",
-    "flag": lambda value: 1 if value else 0,
-}
-_EXPORT_FIELDS = tuple(
-    (column.name, _STORED_FROM_EXPORT[column.render]) for column in ENTRY_COLUMNS
-)
-
-
-def _export_row(record: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        record["id"],
-        *(stored(record[name]) for name, stored in _EXPORT_FIELDS),
-        record["prev_hash"],
-        record["hash"],
-    )
-
-
-def _chain_first(first: tuple[Any, ...], rest: Iterable[tuple[Any, ...]]) -> Iterable[Any]:
-    yield first
-    yield from rest

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from audit_engine.errors import AuditStoreError
 from audit_engine.formats import export_lines
-from audit_engine.storage.chain import _export_row, content_digest
+from audit_engine.storage.chain import content_digest
 from audit_engine.storage.checkpoint_verify import (
     CheckpointProblem,
     CheckpointSource,
@@ -40,6 +40,7 @@ from audit_engine.storage.checkpoint_verify import (
     verify_note,
 )
 from audit_engine.storage.dialect import dialect_of
+from audit_engine.storage.exported import export_row
 from audit_engine.storage.leaves import anchor_frontier, leaves, trail_id
 from audit_engine.storage.merkle import Frontier, FrontierError, inclusion_proof_after
 from audit_engine.storage.merkle import verify_inclusion as _verify_inclusion
@@ -231,7 +232,7 @@ def _check(value: dict[str, Any], key: Any) -> ProofReport:
             f"the entry's fields are not those of a version {version} row: {odd}"
         )
     try:
-        row = _export_row({"hash": None, **entry})
+        row = export_row({"hash": None, **entry})
         leaf = content_digest(row[:-1], version)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointProblem(f"the entry is not a stored row ({exc!r})") from None

@@ -232,7 +232,7 @@ class AuditStore:
         """Yield the matching entries as lines (each ending in a newline), in commit order.
 
         ``fmt="jsonl"``: one JSON object per row with its id, stored fields, ``prev_hash`` and
-        ``hash`` (a contiguous range verifies offline with ``chain.verify_exported_lines``).
+        ``hash`` (a contiguous range verifies offline with ``exported.verify_exported_lines``).
         ``fmt="csv"``: a header row, then one row per entry (``details`` as JSON text,
         ``critical`` as true/false). Values are rendered by :mod:`audit_engine.formats`, as
         ``audit-engine query`` renders them. Takes the filters of :meth:`query`. Streams: memory

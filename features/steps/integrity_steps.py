@@ -19,7 +19,8 @@ from behave import given, then, when
 from behave.runner import Context
 
 from audit_engine import AuditStore, AuditStoreError
-from audit_engine.storage.chain import ChainHead, verify_exported_lines
+from audit_engine.storage.chain import ChainHead
+from audit_engine.storage.exported import verify_exported_lines
 
 WAIT_S = 10.0
 

@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING
 import pytest
 
 from audit_engine.cli import commands as cli_module
-from audit_engine.storage.chain import verify_exported_lines
+from audit_engine.storage.exported import verify_exported_lines
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail

@@ -23,9 +23,9 @@ from audit_engine.storage.chain import (
     canonical,
     link,
     row_hash,
-    verify_exported_lines,
     verify_rows,
 )
+from audit_engine.storage.exported import verify_exported_lines
 
 # A stored row's columns: id, the stored fields (in canonical order), prev_hash, hash.
 NAMES = STORED_ROW
@@ -473,7 +473,10 @@ def test_a_tampered_exported_line_fails() -> None:
 
     assert report.ok is False
     assert report.first_bad_id == 2
-    assert report.reason == "row 2 was modified (its hash does not match its contents)"
+    assert report.reason == (
+        "row 2 was modified (its hash does not match its contents); "
+        "if the trail is keyed, verify the export with its chain key"
+    )
     assert report.rows_checked == 1
 
 
@@ -530,7 +533,6 @@ def test_exported_lines_with_empty_details_and_nulls_verify() -> None:
 
 
 def test_a_damaged_export_line_is_a_failed_report_not_a_crash() -> None:
-    from audit_engine.storage.chain import verify_exported_lines
 
     for lines in (['{"id": 1'], ['{"id": 1}'], ["[1, 2]"]):
         report = verify_exported_lines(lines)
@@ -553,7 +555,6 @@ def test_export_lines_escape_unicode_line_separators(tmp_path: Path) -> None:
     from audit_engine import AuditStore
     from audit_engine.models import AuditEntry
     from audit_engine.storage import sqlite as store
-    from audit_engine.storage.chain import verify_exported_lines
 
     db = tmp_path / "a.db"
     conn = store.open_connection(db)

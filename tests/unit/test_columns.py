@@ -33,7 +33,7 @@ from audit_engine.columns import (
 )
 from audit_engine.pipeline.intake import plain_row
 from audit_engine.rows import Row, entry_row
-from audit_engine.storage import chain
+from audit_engine.storage import chain, exported
 from audit_engine.storage import sqlite as store
 from audit_engine.storage.sqlite import schema
 
@@ -296,4 +296,4 @@ def test_export_lines_carry_the_stored_row_rendered_by_column(written: Path) -> 
     expected = {"text": str, "json": dict, "flag": bool}
     for column in ENTRY_COLUMNS:
         assert type(record[column.name]) is expected[column.render], column.name
-    assert chain.verify_exported_lines(jsonl).ok
+    assert exported.verify_exported_lines(jsonl).ok
