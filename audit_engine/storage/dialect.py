@@ -14,6 +14,8 @@ functions below, which are the only places that tell the two apart:
   ``details`` beside its ``jsonb`` column), a day of a timestamp;
 - streaming a large read (PostgreSQL needs a server-side cursor for flat memory);
 - the chained insert used outside the writer (replay, copy): :func:`write_rows`;
+- the purge's marker, which lets its transaction past the append-only guard:
+  :func:`mark_purge`, :func:`unmark_purge`;
 - errors: :data:`DATABASE_ERRORS` and :func:`is_busy`.
 """
 
@@ -45,8 +47,10 @@ __all__ = [
     "commit",
     "dialect_of",
     "is_busy",
+    "mark_purge",
     "rollback_quietly",
     "stream",
+    "unmark_purge",
     "write_rows",
 ]
 
@@ -185,6 +189,32 @@ def write_rows(conn: AnyConnection, rows: Sequence[Row]) -> Tail:
     if isinstance(conn, sqlite3.Connection):
         return append.write_batch(conn, rows)
     return conn.write_rows(rows)
+
+
+# The append-only guard (schema version 5 on SQLite, 3 on PostgreSQL) lets a transaction delete
+# entries and move its anchor only while the purge's marker is set: a row of this table on
+# SQLite, a transaction-local setting on PostgreSQL.
+PURGE_MARKER_TABLE = "audit_engine_purge"
+PURGE_SETTING = "audit_engine.purge"
+
+
+def mark_purge(conn: AnyConnection) -> None:
+    """Set the purge's marker, in the open write transaction (:func:`begin_write`).
+
+    On SQLite a row inserted here and deleted by :func:`unmark_purge` before the commit: other
+    connections never see it (they see committed rows only, and no other writer runs meanwhile).
+    On PostgreSQL ``SET LOCAL``, which the transaction's end resets by itself.
+    """
+    if isinstance(conn, sqlite3.Connection):
+        conn.execute(f"INSERT INTO {PURGE_MARKER_TABLE} (purging) VALUES (1)")
+    else:
+        conn.execute("SELECT set_config(?, 'on', true)", (PURGE_SETTING,))
+
+
+def unmark_purge(conn: AnyConnection) -> None:
+    """Clear the purge's marker before the transaction commits (a rollback clears it too)."""
+    if isinstance(conn, sqlite3.Connection):
+        conn.execute(f"DELETE FROM {PURGE_MARKER_TABLE}")
 
 
 def is_busy(exc: BaseException) -> bool:

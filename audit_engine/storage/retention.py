@@ -31,7 +31,9 @@ from audit_engine.storage.dialect import (
     begin_write,
     commit,
     is_busy,
+    mark_purge,
     rollback_quietly,
+    unmark_purge,
 )
 from audit_engine.storage.leaves import frontier_through
 from audit_engine.storage.sqlite.schema import TABLE
@@ -239,6 +241,8 @@ def _delete_batch(
         ).fetchone()[0]
         # The anchor keeps the Merkle tree over what it replaces: read before the rows go.
         merkle = frontier_through(conn, last[0]).to_text()
+        # Only a transaction with the purge's marker gets past the append-only guard.
+        mark_purge(conn)
         count = conn.execute(f"DELETE FROM {TABLE} WHERE id <= ?", (upto,)).rowcount
         anchor_id = extend_anchor(
             conn,
@@ -251,6 +255,7 @@ def _delete_batch(
             created_at=utcnow().isoformat(),
             merkle=merkle,
         )
+        unmark_purge(conn)
         commit(conn)
     except BaseException:
         rollback_quietly(conn)

@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from pgcluster import PgCluster
+from tamper import unguarded
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
 from audit_engine.cli import main
@@ -198,14 +199,14 @@ class Trail:
 
         ``sql`` is written for SQLite; on PostgreSQL ``?`` becomes ``%s`` and a write of
         ``details`` goes to ``details_text``, the hashed text its jsonb column is generated from.
+        The append-only guard is lifted for it, as such a person can (tests/tamper.py).
         """
         if isinstance(self.database, Path):
-            with contextlib.closing(sqlite3.connect(self.database)) as conn:
+            with contextlib.closing(sqlite3.connect(self.database)) as conn, unguarded(conn):
                 conn.execute(sql, params)
-                conn.commit()
             return
         pg_sql = re.sub(r"\bSET details =", "SET details_text =", sql).replace("?", "%s")
-        with psycopg.connect(self.database, autocommit=True) as pg:
+        with psycopg.connect(self.database) as pg, unguarded(pg):  # commits on a clean exit
             pg.execute(pg_sql, tuple(params))
 
 

@@ -6,14 +6,13 @@ once registered: the group is where library errors become ``Error: ...`` with ex
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from tamper import tamper
 
 from audit_engine import AuditEntry, AuditStore, AuditStoreError
 from audit_engine.cli import main
@@ -133,9 +132,7 @@ def test_copy_ignores_the_global_db(tmp_path: Path) -> None:
 def test_copy_refuses_a_tampered_source_and_copies_nothing(tmp_path: Path, pg_url: str) -> None:
     source = tmp_path / "desktop.db"
     _write(source, _entries(3))
-    with contextlib.closing(sqlite3.connect(source)) as conn:
-        conn.execute("UPDATE audit_entries SET actor = 'mallory' WHERE id = 2")
-        conn.commit()
+    tamper(source, "UPDATE audit_entries SET actor = 'mallory' WHERE id = 2")
     with AuditStore(source) as store:
         reason = store.verify().reason
 

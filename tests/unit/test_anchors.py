@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlite_utils
 from support import rows_of
+from tamper import tamper
 
 from audit_engine import AuditEntry, AuditStore, AuditStoreError
 from audit_engine.models import utcnow
@@ -34,11 +35,9 @@ def _query(db_path: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[An
 
 
 def _tamper(db_path: Path, *statements: tuple[str, Sequence[Any]]) -> None:
-    """Change the file behind the engine's back, as an attacker with write access would."""
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
-        for sql, params in statements:
-            conn.execute(sql, params)
-        conn.commit()
+    """Change the file behind the engine's back, as an attacker with write access would (the
+    append-only guard lifted first, as they can)."""
+    tamper(db_path, *statements)
 
 
 def _write(db_path: Path, timestamps: Sequence[datetime]) -> None:

@@ -6,21 +6,18 @@ database of the test (``pg_url``, and one more from ``pg_cluster`` for PostgreSQ
 
 from __future__ import annotations
 
-import contextlib
 import re
-import sqlite3
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import psycopg
 import pytest
+import trails
 from pgcluster import PgCluster
 
 from audit_engine import AuditEntry, AuditStore, AuditStoreError, CopyReport, copy_trail
 from audit_engine.rows import entry_row
 from audit_engine.storage import backends, dialect
-from audit_engine.storage.postgres.connection import pg_sql
 
 Database = Path | str
 
@@ -65,14 +62,9 @@ def _stored(database: Database) -> list[AuditEntry]:
 
 def _tamper(database: Database, row_id: int) -> None:
     """Change one stored field behind the engine's back."""
-    sql = "UPDATE audit_entries SET action = 'doc.forged' WHERE id = ?"
-    if isinstance(database, str):
-        with psycopg.connect(database, autocommit=True) as conn:
-            conn.execute(pg_sql(sql), (row_id,))
-        return
-    with contextlib.closing(sqlite3.connect(database)) as conn_:
-        conn_.execute(sql, (row_id,))
-        conn_.commit()
+    trails.execute(
+        database, ("UPDATE audit_entries SET action = 'doc.forged' WHERE id = ?", (row_id,))
+    )
 
 
 def _verified(database: Database) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trails
 from support import rows_of
+from tamper import unguarded
 
 from audit_engine import AuditEntry, AuditService, AuditStore, AuditStoreError
 from audit_engine.storage import sqlite as store
@@ -28,8 +29,8 @@ from audit_engine.storage.chain import (
     ChainHead,
     VerifyReport,
     row_hash,
-    verify_exported_lines,
 )
+from audit_engine.storage.exported import verify_exported_lines
 
 MakeService = Callable[..., AuditService]
 
@@ -378,14 +379,13 @@ def _swap(db_path: Path, a: int, b: int, columns: Sequence[str]) -> None:
     """Exchange the given columns of rows a and b (event_id is unique: park one first)."""
     names = ", ".join(columns)
     assignments = ", ".join(f"{c} = ?" for c in columns)
-    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+    with contextlib.closing(sqlite3.connect(db_path)) as conn, unguarded(conn):
         select = f"SELECT {names} FROM audit_entries WHERE id = ?"
         values_a = conn.execute(select, (a,)).fetchone()
         values_b = conn.execute(select, (b,)).fetchone()
         conn.execute("UPDATE audit_entries SET event_id = 'parked' WHERE id = ?", (a,))
         conn.execute(f"UPDATE audit_entries SET {assignments} WHERE id = ?", (*values_a, b))
         conn.execute(f"UPDATE audit_entries SET {assignments} WHERE id = ?", (*values_b, a))
-        conn.commit()
 
 
 ALL_BUT_ID = [c.strip() for c in STORED.split(",")] + ["prev_hash", "hash"]
@@ -646,7 +646,10 @@ def test_a_tampered_export_fails_offline(written: Path | str) -> None:
     report = verify_exported_lines(lines)
 
     assert (report.ok, report.first_bad_id, report.rows_checked) == (False, 5, 4)
-    assert report.reason == "row 5 was modified (its hash does not match its contents)"
+    assert report.reason == (
+        "row 5 was modified (its hash does not match its contents); "
+        "if the trail is keyed, verify the export with its chain key"
+    )
 
 
 def test_a_filtered_export_is_not_a_contiguous_range(written: Path | str) -> None:

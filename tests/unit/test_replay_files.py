@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from support import dead_letter_line, rows_of
+from tamper import unguarded
 
 from audit_engine import AuditEntry
 from audit_engine.errors import AuditStoreError
@@ -256,7 +257,8 @@ def test_a_stored_row_whose_details_are_not_json_is_a_different_entry(
 ) -> None:
     entry = AuditEntry(action="a", event_id="e-1")
     store.write_batch(conn, rows_of([entry]))
-    conn.execute("UPDATE audit_entries SET details = '{not json' WHERE event_id = 'e-1'")
+    with unguarded(conn):  # a tool that wrote the file with the guard out of the way
+        conn.execute("UPDATE audit_entries SET details = '{not json' WHERE event_id = 'e-1'")
     deadletter.DeadLetterFile(dl_path).append(rows_of([entry]), "x")
 
     report = replay(dl_path, conn)

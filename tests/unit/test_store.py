@@ -17,6 +17,7 @@ import trails
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import rows_of
+from tamper import unguarded
 
 from audit_engine import AuditEntry, AuditStore, AuditStoreError, Operation, Outcome
 from audit_engine.rows import entry_row
@@ -810,12 +811,15 @@ def test_a_time_bound_of_another_type_is_a_type_error(
 
 
 def _foreign_row(connection: sqlite3.Connection, details: str, operation: str = "update") -> int:
-    """A row another tool wrote straight into the table (its chain fields do not matter)."""
-    cursor = connection.execute(
-        f"INSERT INTO {store.TABLE} (event_id, timestamp, action, operation, outcome, details, "
-        "critical) VALUES ('foreign', '2024-05-01T12:00:09.000000Z', 'x.y', ?, 'success', ?, 0)",
-        (operation, details),
-    )
+    """A row another tool wrote straight into the table (its chain fields do not matter), with
+    the append-only guard out of the way (it refuses such rows)."""
+    with unguarded(connection):
+        cursor = connection.execute(
+            f"INSERT INTO {store.TABLE} (event_id, timestamp, action, operation, outcome, "
+            "details, critical) VALUES "
+            "('foreign', '2024-05-01T12:00:09.000000Z', 'x.y', ?, 'success', ?, 0)",
+            (operation, details),
+        )
     return int(cursor.lastrowid or 0)
 
 
@@ -975,9 +979,19 @@ ROW_WIDTH = len(EXPECTED_COLUMNS)  # the values one row binds in the multi-row I
 
 @contextlib.contextmanager
 def _traced(connection: sqlite3.Connection) -> Iterator[list[str]]:
-    """The SQL statements ``connection`` runs inside the block, in order."""
+    """The SQL statements ``connection`` runs inside the block, in order.
+
+    SQLite's trace reports a statement again each time a trigger of the append-only guard runs
+    for one of its rows: those repeats are left out (the engine never runs one statement twice
+    in a row).
+    """
     statements: list[str] = []
-    connection.set_trace_callback(statements.append)
+
+    def trace(statement: str) -> None:
+        if not statements or statements[-1] != statement:
+            statements.append(statement)
+
+    connection.set_trace_callback(trace)
     try:
         yield statements
     finally:

@@ -42,7 +42,7 @@ CHAIN_VERSIONS = "audit_chain_versions"
 CHECKPOINTS = "audit_checkpoints"
 # The schema version of a PostgreSQL trail; it counts its own steps (SQLite's reached 3 before
 # PostgreSQL existed).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATION_LOCK = 0  # the advisory lock (CHAIN_LOCK_CLASS, 0) serialises migrations
 
 # Frozen: version 1 as it shipped. A change is a new step appended to _STEPS.
@@ -110,7 +110,80 @@ _V2 = (
     created_at text NOT NULL
 )""",
 )
-_STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# Version 3: the append-only guard (SQLite's version 5). One trigger function refuses UPDATE and
+# DELETE; its argument says when it lets a row through: 'purge' while the purge's transaction has
+# set audit_engine.purge (SET LOCAL: no other session sees it), 'unused' for a chain version no
+# entry was hashed with yet (first_id after the tail), 'never' otherwise. TRUNCATE is refused on
+# every table. New entries must carry a known operation and outcome and hex hashes (details_text is
+# valid JSON already: the generated jsonb column parses it); NOT VALID: the rows already there are
+# not scanned (they were written by the engine), new rows are checked. Frozen literals: the values
+# models.Operation and models.Outcome had when this step shipped.
+_V3_REFUSE = """CREATE FUNCTION audit_engine_guard() RETURNS trigger LANGUAGE plpgsql AS $guard$
+DECLARE
+    tail bigint;
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        RAISE EXCEPTION '% is append-only: TRUNCATE refused (audit_engine guard)', TG_TABLE_NAME
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    IF TG_ARGV[0] = 'purge' AND current_setting('audit_engine.purge', true) = 'on' THEN
+        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+    END IF;
+    IF TG_ARGV[0] = 'unused' THEN
+        EXECUTE format(
+            'SELECT coalesce((SELECT max(id) FROM %1$I.audit_entries), '
+            '(SELECT max(last_deleted_id) FROM %1$I.audit_anchors), 0)', TG_TABLE_SCHEMA
+        ) INTO tail;
+        IF TG_OP = 'INSERT' THEN
+            IF NEW.first_id > tail THEN
+                RETURN NEW;
+            END IF;
+            RAISE EXCEPTION 'audit_chain_versions refuses the row: a chain version starts after '
+                'the newest entry (audit_engine guard)' USING ERRCODE = 'restrict_violation';
+        END IF;
+        IF OLD.first_id > tail AND (TG_OP = 'DELETE' OR NEW.first_id > tail) THEN
+            RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+        END IF;
+    END IF;
+    RAISE EXCEPTION '% is append-only: % refused (audit_engine guard%)', TG_TABLE_NAME, TG_OP,
+        CASE WHEN TG_TABLE_NAME IN ('audit_entries', 'audit_anchors')
+            THEN '; purge with audit-engine purge' ELSE '' END
+        USING ERRCODE = 'restrict_violation';
+END
+$guard$"""
+
+
+def _v3_trigger(table: str, events: str, when: str, *, each: str = "ROW") -> str:
+    name = f"audit_guard_{table.removeprefix('audit_')}_{events.split()[0].lower()}"
+    return (
+        f"CREATE TRIGGER {name} BEFORE {events} ON {table} "
+        f"FOR EACH {each} EXECUTE FUNCTION audit_engine_guard('{when}')"
+    )
+
+
+_V3 = (
+    _V3_REFUSE,
+    _v3_trigger(TABLE, "UPDATE", "never"),
+    _v3_trigger(TABLE, "DELETE", "purge"),
+    _v3_trigger(ANCHORS, "UPDATE", "purge"),
+    _v3_trigger(ANCHORS, "DELETE", "never"),
+    _v3_trigger(CLEANUP_RUNS, "UPDATE OR DELETE", "never"),
+    _v3_trigger(CHECKPOINTS, "UPDATE OR DELETE", "never"),
+    _v3_trigger(CHAIN_VERSIONS, "INSERT OR UPDATE OR DELETE", "unused"),
+    *(
+        _v3_trigger(table, "TRUNCATE", "never", each="STATEMENT")
+        for table in (TABLE, ANCHORS, CLEANUP_RUNS, CHECKPOINTS, CHAIN_VERSIONS)
+    ),
+    f"ALTER TABLE {TABLE} ADD CONSTRAINT audit_entries_operation_known CHECK "
+    "(operation IN ('create', 'read', 'update', 'delete', 'execute')) NOT VALID",
+    f"ALTER TABLE {TABLE} ADD CONSTRAINT audit_entries_outcome_known CHECK "
+    "(outcome IN ('success', 'failure')) NOT VALID",
+    f"ALTER TABLE {TABLE} ADD CONSTRAINT audit_entries_hash_hex CHECK "
+    "(hash ~ '^[0-9a-f]{64}$') NOT VALID",
+    f"ALTER TABLE {TABLE} ADD CONSTRAINT audit_entries_prev_hash_hex CHECK "
+    "(prev_hash ~ '^[0-9a-f]{64}$') NOT VALID",
+)
+_STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 assert len(_STEPS) == SCHEMA_VERSION
 
 

@@ -18,6 +18,22 @@ database and version its own schema with that number):
 Releases up to 0.1.0 (schema version 3) had neither table and wrote ``user_version``: a file with
 audit tables and no meta table is theirs, and its ``user_version`` is read (never written) to
 know which steps it still needs.
+
+From version 5 on, triggers named ``audit_guard_<table>_<event>`` refuse UPDATE and DELETE on the
+audit tables (:func:`_v5_guard`). A later step that must change rows of a guarded table — or the
+guard itself — drops the triggers it needs out of the way and creates them again in the same
+migration transaction, so no other connection ever sees the tables unguarded::
+
+    for (name,) in conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'audit_guard_%'"
+    ).fetchall():
+        conn.execute(f'DROP TRIGGER "{name}"')
+    ... the step's own UPDATEs, ALTERs or table rebuild ...
+    ... CREATE TRIGGER again: the step's own frozen copy of the guard, as it stands then ...
+
+(a table rebuild drops its triggers with the old table anyway). The step must recreate them from
+its own literal text, never by calling ``_v5_guard``: a released step is never edited, and the
+guard of version 5 names the operations and outcomes as they were then.
 """
 
 from __future__ import annotations
@@ -222,8 +238,110 @@ def _v4_integrity(db: sqlite_utils.Database) -> None:
     )
 
 
+# -- version 5: the append-only guard --------------------------------------------------------------
+# Frozen copies of the values models.Operation and models.Outcome had when this step shipped.
+_V5_OPERATIONS = "'create', 'read', 'update', 'delete', 'execute'"
+_V5_OUTCOMES = "'success', 'failure'"
+_V5_PURGE_MARKER = "audit_engine_purge"
+# The chain's tail id: the newest entry, else the newest anchor's last purged row, else 0.
+_V5_TAIL = (
+    "coalesce((SELECT max(id) FROM audit_entries), "
+    "(SELECT max(last_deleted_id) FROM audit_anchors), 0)"
+)
+_V5_PURGING = f"EXISTS (SELECT 1 FROM {_V5_PURGE_MARKER})"
+
+
+def _v5_hex(column: str) -> str:
+    # coalesce: a NULL hash makes the test NULL, which a WHEN takes as "no" (the row would pass).
+    return f"coalesce(length({column}) = 64 AND {column} NOT GLOB '*[^0-9a-f]*', 0)"
+
+
+def _v5_refuse(table: str, event: str, when: str | None, message: str) -> str:
+    condition = "" if when is None else f"\n    WHEN {when}"
+    name = f"audit_guard_{table.removeprefix('audit_')}_{event.lower()}"
+    return (
+        f'CREATE TRIGGER "{name}" BEFORE {event} ON "{table}"{condition}\n'
+        f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+    )
+
+
+def _v5_append_only(table: str, event: str, when: str | None = None) -> str:
+    # The entries and their anchors change through the purge only: the message says so.
+    hint = "; purge with audit-engine purge" if table in ("audit_entries", "audit_anchors") else ""
+    return _v5_refuse(
+        table, event, when, f"{table} is append-only: {event} refused (audit_engine guard{hint})"
+    )
+
+
+def _v5_guard(db: sqlite_utils.Database) -> None:
+    """Version 5: the append-only guard. Triggers refuse UPDATE and DELETE on the audit tables,
+    and refuse entries that are not what the engine writes (details not JSON, an unknown
+    operation or outcome, a hash that is not 64 lowercase hex digits).
+
+    Two exceptions. The purge deletes entries and moves its anchor while a row is in
+    ``audit_engine_purge``: it inserts that row and deletes it again in the same transaction, so
+    no other connection ever sees it. A chain-versions row no entry was hashed with yet (its
+    ``first_id`` after the tail) may be replaced by the writer that recorded it.
+
+    Triggers rather than CHECK constraints: SQLite adds a CHECK only by rebuilding the table,
+    which on a big trail means copying every row; a trigger is added at once, and its cost per
+    insert measured the same as the CHECK's (see the module doc on how later steps change them).
+    """
+    conn = db.conn
+    conn.execute(f'CREATE TABLE "{_V5_PURGE_MARKER}" ("purging" INTEGER NOT NULL)')
+    entry_checks = (
+        ("json_valid(NEW.details)", "details must be valid JSON"),
+        (f"NEW.operation IN ({_V5_OPERATIONS})", f"operation must be one of {_V5_OPERATIONS}"),
+        (f"NEW.outcome IN ({_V5_OUTCOMES})", f"outcome must be one of {_V5_OUTCOMES}"),
+        (_v5_hex("NEW.hash"), "hash must be 64 lowercase hex digits"),
+        (_v5_hex("NEW.prev_hash"), "prev_hash must be 64 lowercase hex digits"),
+    )
+    # One trigger whose WHEN is the whole check (the cost of a good row); its body names the
+    # first check that failed.
+    body = "".join(
+        f"\n    SELECT RAISE(ABORT, 'audit_entries refuses the row: "
+        f"{message.replace(chr(39), chr(39) * 2)} (audit_engine guard)') WHERE NOT {check};"
+        for check, message in entry_checks
+    )
+    conn.execute(
+        'CREATE TRIGGER "audit_guard_entries_insert" BEFORE INSERT ON "audit_entries"\n'
+        f"    WHEN NOT ({' AND '.join(check for check, _ in entry_checks)})\n"
+        f"BEGIN{body}\nEND"
+    )
+    conn.execute(_v5_append_only("audit_entries", "UPDATE"))
+    conn.execute(_v5_append_only("audit_entries", "DELETE", f"NOT {_V5_PURGING}"))
+    conn.execute(_v5_append_only("audit_anchors", "UPDATE", f"NOT {_V5_PURGING}"))
+    conn.execute(_v5_append_only("audit_anchors", "DELETE"))
+    for table in ("audit_cleanup_runs", "audit_checkpoints"):
+        conn.execute(_v5_append_only(table, "UPDATE"))
+        conn.execute(_v5_append_only(table, "DELETE"))
+    conn.execute(
+        _v5_append_only(
+            "audit_chain_versions",
+            "UPDATE",
+            f"OLD.first_id <= {_V5_TAIL} OR NEW.first_id <= {_V5_TAIL}",
+        )
+    )
+    conn.execute(_v5_append_only("audit_chain_versions", "DELETE", f"OLD.first_id <= {_V5_TAIL}"))
+    conn.execute(
+        _v5_refuse(
+            "audit_chain_versions",
+            "INSERT",
+            f"NEW.first_id <= {_V5_TAIL}",
+            "audit_chain_versions refuses the row: a chain version starts after the newest "
+            "entry (audit_engine guard)",
+        )
+    )
+
+
 # STEPS[v] upgrades schema version v to v + 1; append, never edit.
-STEPS: tuple[Step, ...] = (_v1_create_entries, _v2_chain, _v3_maintenance_chains, _v4_integrity)
+STEPS: tuple[Step, ...] = (
+    _v1_create_entries,
+    _v2_chain,
+    _v3_maintenance_chains,
+    _v4_integrity,
+    _v5_guard,
+)
 
 # The newest schema version that release 0.1.0's user_version could name.
 LAST_USER_VERSION = 3
