@@ -49,6 +49,7 @@ Feature: Signed checkpoints kept outside the database catch a trail that was cut
     Then audit-engine exits with status 0
     When the auditor runs "audit-engine verify-proof proof.json --public-key keys/signing.pub" without the database
     Then audit-engine exits with status 0
+    And audit-engine says the entry is row 7 of the trail, as of its checkpoint of 12 entries
 
   Scenario Outline: A proof in which one byte of <part> was changed fails offline
     Given an operator's shell in the trail's directory
@@ -56,10 +57,10 @@ Feature: Signed checkpoints kept outside the database catch a trail that was cut
     And someone changes one byte of <part> in "proof.json"
     And the auditor runs "audit-engine verify-proof proof.json --public-key keys/signing.pub" without the database
     Then audit-engine exits with status 1
-    And audit-engine reports an error
+    And audit-engine reports an error saying "<saying>"
 
     Examples:
-      | part                   |
-      | the entry's actor      |
-      | the first path hash    |
-      | the checkpoint's root  |
+      | part                  | saying                                                                   |
+      | the entry's actor     | row 7's hash does not match its contents                                 |
+      | the first path hash   | the audit path does not lead from row 7 to the checkpoint's signed root  |
+      | the checkpoint's root | its signature does not verify with the public key                        |

@@ -275,10 +275,11 @@ def when_auditor_runs(context: Context, command: str) -> None:
     assert sorted(p.name for p in desk.iterdir()) == ["keys", "proof.json"], "a trail appeared"
 
 
-@then("audit-engine reports an error")
-def then_reports_error(context: Context) -> None:
+@then('audit-engine reports an error saying "{words}"')
+def then_reports_error(context: Context, words: str) -> None:
     stderr = context.operator_shell.result.stderr
     assert stderr.startswith("Error: "), stderr
+    assert words in stderr, stderr
 
 
 @then("audit-engine's report says {rows:d} rows and {checkpoints:d} checkpoints were verified")
@@ -286,3 +287,18 @@ def then_cli_checkpoints(context: Context, rows: int, checkpoints: int) -> None:
     out = context.operator_shell.result.stdout
     assert out.startswith(f"OK: {rows} rows verified"), out
     assert f"{checkpoints} checkpoints" in out, out
+
+
+@then(
+    "audit-engine says the entry is row {entry:d} of the trail, "
+    "as of its checkpoint of {size:d} entries"
+)
+def then_proof_holds(context: Context, entry: int, size: int) -> None:
+    out = context.operator_shell.result.stdout
+    (trail,) = query(
+        context.world.database, "SELECT value FROM audit_engine_meta WHERE key = 'trail_id'"
+    )[0]
+    assert out.startswith(
+        f"OK: entry {context.proved_event} (row {entry}) is in audit-engine/{trail} "
+        f"as of its checkpoint of {size} entries"
+    ), out
