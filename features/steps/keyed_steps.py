@@ -19,7 +19,7 @@ from forgery import forger_connection
 from trail_backend import query
 
 from audit_engine import AuditService, AuditStore
-from audit_engine.storage.chain import content_digest
+from audit_engine.storage.chain import content_digest, row_hash
 from audit_engine.storage.keys import chain_key_id, generate_keys, load_chain_keys
 
 WAIT_S = 10.0
@@ -35,7 +35,7 @@ def _team_key_file(context: Context) -> Path:
     """The team's chain key file, made once per scenario (with the signing pair beside it)."""
     world = context.world
     if getattr(world, "chain_key_file", None) is None:
-        chain_key, _, _ = generate_keys(world.root / "team-keys")
+        chain_key, world.signing_key, world.public_key = generate_keys(world.root / "team-keys")
         world.chain_key_file = chain_key
     path: Path = world.chain_key_file
     return path
@@ -125,6 +125,49 @@ def when_forge_without_key(context: Context, entry: int, actor: str) -> None:
             prev_hash = digest
 
 
+@given(
+    "a trail keyed with the team's chain key and signing a checkpoint every {every:d} entries, "
+    "holding {count:d} entries"
+)
+def given_keyed_signed_trail(context: Context, every: int, count: int) -> None:
+    world = context.world
+    key_file = _team_key_file(context)
+    # The checkpoint log the checkpoint steps read: checkpoints.jsonl beside the trail.
+    world.settings_values.update(
+        chain_key_file=key_file,
+        signing_key_file=world.signing_key,
+        checkpoint_file=world.root / "checkpoints.jsonl",
+        checkpoint_every=every,
+        checkpoint_interval=3600,
+    )
+    service = world.open_service()
+    for _ in range(count // every):
+        world.record_notes(every)
+        assert service.flush(timeout=WAIT_S), f"flush() timed out: {service.stats()}"
+    world.record_notes(count % every)
+    assert service.close(timeout=WAIT_S), f"close() did not drain: {service.stats()}"
+
+
+@when(
+    "someone who can write the database but has no key rewrites the trail as an unkeyed one, "
+    "recomputing every hash"
+)
+def when_downgrade(context: Context) -> None:
+    # What a forger without the key can make that links: the documented unkeyed chain.
+    with forger_connection(context.world.database) as conn:
+        conn.execute("DELETE FROM audit_chain_versions WHERE first_id > 1")
+        conn.execute("UPDATE audit_chain_versions SET version = '1', key_id = NULL")
+        rows = conn.execute(f"SELECT id, {_FIELDS} FROM audit_entries ORDER BY id").fetchall()
+        prev_hash = "0" * 64
+        for row in rows:
+            digest = row_hash((*row, prev_hash))
+            conn.execute(
+                "UPDATE audit_entries SET prev_hash = ?, hash = ? WHERE id = ?",
+                (prev_hash, digest, row[0]),
+            )
+            prev_hash = digest
+
+
 # -- verifying --------------------------------------------------------------------------------
 
 
@@ -141,6 +184,14 @@ def when_verify_unkeyed(context: Context) -> None:
 @when("the reviewer verifies the trail with the rotated key file")
 def when_verify_rotated(context: Context) -> None:
     _verify(context, context.world.rotated_key_file)
+
+
+@then("the report warns that no row of the trail is keyed although a chain key was given")
+def then_warns_unkeyed(context: Context) -> None:
+    warnings = context.world.report.warnings
+    assert any(
+        w.startswith("a chain key was given but no row of this trail is keyed") for w in warnings
+    ), warnings
 
 
 @then("verification fails at entry {entry:d}, reporting the row as modified")
