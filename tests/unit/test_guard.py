@@ -136,10 +136,9 @@ def test_truncate_is_refused_even_to_the_owner(pg_url: str, table: str) -> None:
     [
         ("operation", "steal", "operation"),
         ("outcome", "maybe", "outcome"),
-        ("hash", "A" * 64, "hash"),
         ("hash", "a" * 63, "hash"),
         ("hash", None, "hash"),
-        ("prev_hash", "g" * 64, "prev_hash"),
+        ("prev_hash", "a" * 65, "prev_hash"),
     ],
 )
 def test_a_malformed_entry_is_refused(
@@ -175,10 +174,33 @@ def test_a_malformed_entry_is_refused(
             + {
                 "operation": "one of 'create', 'read', 'update', 'delete', 'execute'",
                 "outcome": "one of 'success', 'failure'",
-            }.get(problem, "64 lowercase hex digits")
+            }.get(problem, "64 hex digits")
             + " (audit_engine guard)"
         )
     assert _count(trail_db) == 1
+
+
+@pytest.mark.parametrize("value", ["A" * 64, "g" * 64])
+def test_hash_digits_are_checked_by_postgresql_and_by_verify_on_sqlite(
+    trail_db: Path | str, value: str
+) -> None:
+    # SQLite's guard checks the hashes' length only (testing each digit cost a quarter of the
+    # insert rate); such a row is still no entry of the chain: verify() refuses it.
+    _trail(trail_db, old=0, new=1)
+    sql = (
+        "INSERT INTO audit_entries (id, event_id, timestamp, action, operation, outcome, "
+        f"{trails.details_column(trail_db)}, critical, prev_hash, hash) VALUES "
+        "(2, 'forged', '2024-01-01T00:00:00.000000Z', 'a.b', 'update', 'success', '{}', ?, ?, ?)"
+    )
+    params = (not trails.is_pg(trail_db) and 0, HEX, value)
+
+    if trails.is_pg(trail_db):
+        assert "hash" in _refusal(trail_db, sql, params)
+        return
+    _raw(trail_db, sql, params)  # through the guard: accepted
+    with AuditStore(trail_db) as store:
+        report = store.verify()
+    assert (report.ok, report.first_bad_id) == (False, 2)
 
 
 def test_details_that_are_not_json_are_refused(db_path: Path) -> None:
