@@ -225,8 +225,8 @@ def test_sqlite_utils_cannot_update_replace_or_insert_a_bad_entry(db_path: Path)
 
         with pytest.raises(sqlite3.IntegrityError, match=re.escape(_refused(table.name, "UPDATE"))):
             table.update(2, {"actor": "mallory"})
-        # sqlite-utils turns recursive triggers on: a REPLACE's delete meets the guard too.
-        with pytest.raises(sqlite3.IntegrityError, match=re.escape(_refused(table.name, "DELETE"))):
+        # A REPLACE over a stored entry is refused before it could delete it.
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed: audit_entries"):
             table.insert({**good, "actor": "mallory"}, replace=True)
         with pytest.raises(sqlite3.IntegrityError, match="operation must be one of"):
             table.insert({**good, "id": 9, "event_id": "x", "operation": "steal"})
@@ -238,6 +238,26 @@ def test_sqlite_utils_cannot_update_replace_or_insert_a_bad_entry(db_path: Path)
     with AuditStore(db_path) as store:
         assert store.count() == 3
         assert store.verify().ok
+
+
+@pytest.mark.parametrize("column", ["id", "event_id"])
+def test_insert_or_replace_from_plain_sqlite3_cannot_replace_an_entry(
+    db_path: Path, column: str
+) -> None:
+    # Without recursive_triggers (Python's sqlite3, the sqlite3 shell) REPLACE deletes the
+    # stored row without firing DELETE triggers: the guard refuses the insert itself.
+    _trail(db_path, old=0, new=3)
+    before = trails.query(db_path, "SELECT * FROM audit_entries ORDER BY id")
+    # The same row again, or a copy of it under a new id (so only its event_id collides).
+    new_id = "id" if column == "id" else "9"
+    sql = (
+        f"INSERT OR REPLACE INTO audit_entries SELECT {new_id}, event_id, timestamp, actor, "
+        "action, operation, outcome, resource_type, resource_id, correlation_id, details, "
+        "critical, prev_hash, hash FROM audit_entries WHERE id = 2"
+    )
+
+    assert _refusal(db_path, sql) == f"UNIQUE constraint failed: audit_entries.{column}"
+    assert trails.query(db_path, "SELECT * FROM audit_entries ORDER BY id") == before
 
 
 # -- what still works -----------------------------------------------------------------------
