@@ -1161,7 +1161,9 @@ def test_append_batch_after_a_stale_tail_writes_nothing_and_commit_batch_falls_b
     assert _event_ids(conn) == ["evt-001", "evt-002"]
 
     with _traced(conn) as statements:
-        tail = store.commit_batch(conn, rows_of([_entry(3), _entry(4)]), remembered, 500)
+        tail = store.commit_batch(
+            conn, rows_of([_entry(3), _entry(4)]), remembered, 500, versions_known=True
+        )
 
     # The guarded append was tried first (2 is a ladder length), then write_batch read the tail.
     assert _verbs(statements)[:2] == ["INSERT", "BEGIN"]
@@ -1203,7 +1205,7 @@ def test_append_batch_after_an_anchor_that_moved_writes_nothing(
     assert store.append_batch(conn, rows_of([_entry(6)]), remembered) is None
     assert _row_count(conn) == 0
 
-    tail = store.commit_batch(conn, rows_of([_entry(6)]), remembered, 500)
+    tail = store.commit_batch(conn, rows_of([_entry(6)]), remembered, 500, versions_known=True)
 
     assert tail == _newest(conn) == (6, tail[1])
     _assert_chain_verifies(db_path, tail)
@@ -1269,7 +1271,9 @@ def test_commit_batch_of_a_ladder_length_after_a_known_tail_is_one_statement(
     changes = conn.total_changes
 
     with _traced(conn) as statements:
-        tail = store.commit_batch(conn, rows_of(_entries(range(1, count + 1))), remembered, 500)
+        tail = store.commit_batch(
+            conn, rows_of(_entries(range(1, count + 1))), remembered, 500, versions_known=True
+        )
 
     assert _verbs(statements) == ["INSERT"]  # no BEGIN, no read of the tail, no COMMIT
     assert conn.in_transaction is False
@@ -1321,7 +1325,9 @@ def test_commit_batch_with_a_duplicate_inside_the_batch_stores_nothing(
     batch = [_entry(2), _entry(3), _entry(2, action="dup"), _entry(4)]
 
     with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
-        store.commit_batch(conn, rows_of(batch), remembered, 500)  # 4 rows: the append_batch path
+        store.commit_batch(
+            conn, rows_of(batch), remembered, 500, versions_known=True
+        )  # 4 rows: the append_batch path
 
     assert conn.in_transaction is False
     assert _event_ids(conn) == ["evt-001"]
