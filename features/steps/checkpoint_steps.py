@@ -23,11 +23,17 @@ from trail_backend import append_rows, query
 
 from audit_engine import AuditEntry, AuditStore
 from audit_engine.rows import entry_row
+from audit_engine.storage.chain import row_hash
 from audit_engine.storage.keys import generate_keys
 
 WAIT_S = 10.0
 COMMAND_TIMEOUT_S = 60.0
 LOG = "checkpoints.jsonl"
+# The stored fields the chain covers, between id and prev_hash (docs/integrity.md).
+_FIELDS = (
+    "event_id, timestamp, actor, action, operation, outcome, resource_type, resource_id, "
+    "correlation_id, details, critical"
+)
 
 
 def _log(context: Context) -> Path:
@@ -124,6 +130,13 @@ def then_ok_with_checkpoints(context: Context, rows: int, checkpoints: int) -> N
     assert report.checkpoints_checked == checkpoints, report
 
 
+@then("the trail alone, without the checkpoint log, still verifies")
+def then_chain_alone_ok(context: Context) -> None:
+    # Each of these changes keeps the chain linked: only the external log can tell.
+    report = context.world.verify_trail()
+    assert report.ok, f"the chain alone already caught it: {report}"
+
+
 @then("verification fails, naming checkpoint {line:d} of the log, at size {size:d}")
 def then_fails_at_checkpoint(context: Context, line: int, size: int) -> None:
     report = context.world.report
@@ -143,6 +156,36 @@ def then_rolled_back(context: Context) -> None:
 
 
 # -- what happens to the trail ----------------------------------------------------------------
+
+
+@when("someone who can write the database deletes its newest {count:d} entries")
+def when_truncated(context: Context, count: int) -> None:
+    with forger_connection(context.world.database) as conn:
+        (tail,) = conn.execute("SELECT max(id) FROM audit_entries").fetchone()
+        conn.execute("DELETE FROM audit_entries WHERE id > ?", (tail - count,))
+
+
+@when(
+    "someone who can write the database changes the actor of entry {entry:d} "
+    "and recomputes every hash after it"
+)
+def when_rewritten(context: Context, entry: int) -> None:
+    # The unkeyed chain, recomputed as its documented algorithm says: it links again.
+    with forger_connection(context.world.database) as conn:
+        conn.execute("UPDATE audit_entries SET actor = 'mallory' WHERE id = ?", (entry,))
+        (prev_hash,) = conn.execute(
+            "SELECT prev_hash FROM audit_entries WHERE id = ?", (entry,)
+        ).fetchone()
+        rows = conn.execute(
+            f"SELECT id, {_FIELDS} FROM audit_entries WHERE id >= ? ORDER BY id", (entry,)
+        ).fetchall()
+        for row in rows:
+            digest = row_hash((*row, prev_hash))
+            conn.execute(
+                "UPDATE audit_entries SET prev_hash = ?, hash = ? WHERE id = ?",
+                (prev_hash, digest, row[0]),
+            )
+            prev_hash = digest
 
 
 def _restore(context: Context, tail: int) -> None:
