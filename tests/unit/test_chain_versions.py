@@ -43,7 +43,7 @@ def test_verify_reports_rows_of_a_chain_version_it_does_not_know(tmp_path: Path)
     _trail(path, 3)
     conn = store.open_connection(path)
     with unguarded(conn):  # the guard refuses a version that starts at a row already written
-        conn.execute(f"INSERT INTO {CHAIN_VERSIONS} (first_id, version) VALUES (3, '2')")
+        conn.execute(f"INSERT INTO {CHAIN_VERSIONS} (first_id, version) VALUES (3, '9')")
     conn.close()
 
     with AuditStore(path) as audit_store:
@@ -52,6 +52,6 @@ def test_verify_reports_rows_of_a_chain_version_it_does_not_know(tmp_path: Path)
     assert report.ok is False
     assert report.first_bad_id == 3
     assert report.reason == (
-        "rows from id 3 on are hashed with chain version '2', which this release cannot check "
-        "(it knows version 1): verify with the release that wrote them"
+        "rows from id 3 on are hashed with chain version '9', which this release cannot check "
+        "(it knows versions 1 and 2): verify with the release that wrote them"
     )
