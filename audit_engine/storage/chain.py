@@ -342,14 +342,21 @@ def verify_rows(
             head=head,
             unchecked_from=unchecked[0],
         )
-    warnings: tuple[str, ...] = ()
-    if keys is not None and not keyed:
-        warnings = (
-            "a chain key was given but no row of this trail is keyed: a writer without the key "
-            "wrote it, or it is a copy with its keyed part rewritten unkeyed (signed checkpoints "
-            "tell them apart)",
+    if keys is not None and not keyed and verifier.rows_checked:
+        # A forger without the key can rewrite a keyed trail only as an unkeyed one (and its
+        # versions table with it): with a key given, an unkeyed trail is not taken for good.
+        return VerifyReport(
+            ok=False,
+            rows_checked=verifier.rows_checked,
+            head=head,
+            reason=(
+                "a chain key was given but no row of this trail is keyed: if no writer of this "
+                "trail ever had the key, verify it without the key; otherwise its keyed rows were "
+                "rewritten unkeyed by someone without the key (verify against the signed "
+                "checkpoints to tell)"
+            ),
         )
-    return VerifyReport(ok=True, rows_checked=verifier.rows_checked, head=head, warnings=warnings)
+    return VerifyReport(ok=True, rows_checked=verifier.rows_checked, head=head)
 
 
 def _check_all(

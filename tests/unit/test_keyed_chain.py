@@ -9,6 +9,7 @@ import pytest
 from trails import execute, query, stored_row
 
 from audit_engine import AuditService
+from audit_engine.columns import STORED_ROW
 from audit_engine.errors import AuditStoreError
 from audit_engine.storage import chain
 from audit_engine.storage.keys import chain_key_id
@@ -167,13 +168,50 @@ def test_a_switch_back_to_unkeyed_rows_is_refused(trail_db: Path | str, tmp_path
     assert report.reason == "the chain switches back to unkeyed at id 5 (after keyed rows)"
 
 
-def test_a_key_given_for_an_unkeyed_trail_warns(trail_db: Path | str, tmp_path: Path) -> None:
+def test_a_key_given_for_an_unkeyed_trail_is_not_ok(trail_db: Path | str, tmp_path: Path) -> None:
+    # What a forger without the key leaves of a keyed trail: every row rewritten unkeyed.
     _record(trail_db, 2, None, "plain")
-    with AuditStore(trail_db, chain_key_file=_key_file(tmp_path, KEY_A)) as store:
+    key = _key_file(tmp_path, KEY_A)
+    with AuditStore(trail_db, chain_key_file=key) as store:
         report = store.verify()
-    assert report.ok is True
-    assert len(report.warnings) == 1
-    assert report.warnings[0].startswith("a chain key was given but no row of this trail is keyed")
+    assert (report.ok, report.rows_checked, report.warnings) == (False, 2, ())
+    assert report.reason is not None
+    assert report.reason.startswith("a chain key was given but no row of this trail is keyed")
+    with AuditStore(trail_db) as store:
+        assert store.verify().ok  # never keyed: verified without the key, it is fine
+
+
+def test_a_downgraded_copy_of_a_keyed_trail_fails_verify_with_the_key(
+    trail_db: Path | str, tmp_path: Path
+) -> None:
+    key = _key_file(tmp_path, KEY_A)
+    _record(trail_db, 3, key, "keyed")
+    rows = query(trail_db, f"SELECT {stored_row(trail_db)} FROM audit_entries ORDER BY id")
+    actor_at = STORED_ROW.index("actor")
+    statements: list[tuple[str, tuple[object, ...]]] = [
+        ("DELETE FROM audit_chain_versions", ()),
+        ("INSERT INTO audit_chain_versions (first_id, version) VALUES (1, '1')", ()),
+    ]
+    prev = chain.GENESIS_HASH
+    for row in rows:
+        body = (*row[:-2], prev)
+        edited = tuple("mallory" if value == "alice" else value for value in body)
+        digest = chain.content_digest(edited).hex()
+        statements.append(
+            (
+                "UPDATE audit_entries SET actor = ?, prev_hash = ?, hash = ? WHERE id = ?",
+                (edited[actor_at], prev, digest, row[0]),
+            )
+        )
+        prev = digest
+    execute(trail_db, *statements)
+
+    with AuditStore(trail_db, chain_key_file=key) as store:
+        report = store.verify()
+
+    assert report.ok is False
+    assert report.reason is not None
+    assert report.reason.startswith("a chain key was given but no row of this trail is keyed")
 
 
 def test_the_key_never_appears_in_a_message_or_log(
