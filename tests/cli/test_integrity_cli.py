@@ -181,3 +181,47 @@ def test_bad_inputs_are_errors_naming_them(
     assert unknown.output == "Error: no entry has the event id 'nope'\n"
     assert bad_proof.output.startswith("Error: the proof does not hold: ")
     assert "--checkpoints and --public-key go together" in alone.output
+
+
+def _prove_refused(cli: Cli, key_dir: Path, target: Path, reason: str, *args: str) -> None:
+    before = target.read_bytes()
+    result = cli.run(
+        "--chain-key-file", str(key_dir / "chain.key"), "prove", "evt-3", *args,
+        "--output", str(target), code=2,
+    )  # fmt: skip
+    assert result.output.startswith("Usage: audit-engine prove [OPTIONS] EVENT_ID\n")
+    assert result.output.endswith(f"\nError: Invalid value for '--output': {reason}\n")
+    assert target.read_bytes() == before
+
+
+def test_prove_output_refuses_the_key_files_and_the_checkpoint_log(
+    cli: Cli, key_dir: Path, log: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link = tmp_path / "link.key"
+    link.symlink_to(key_dir / "chain.key")
+    monkeypatch.setenv("AUDIT_TRAIL_SIGNING_KEY_FILE", str(key_dir / "signing.key"))
+
+    _prove_refused(cli, key_dir, key_dir / "chain.key", "is the chain key file")
+    _prove_refused(cli, key_dir, link, "is the chain key file")
+    _prove_refused(
+        cli, key_dir, key_dir / "signing.key", "is the signing key file (signing_key_file)"
+    )
+    _prove_refused(
+        cli, key_dir, log, "is the checkpoint log given to --checkpoints", "--checkpoints", str(log)
+    )
+
+
+@pytest.mark.parametrize(
+    ("suffix", "reason"),
+    [("", "is the audit database itself"), ("-wal", "is the audit database's -wal file")],
+)
+def test_prove_output_refuses_the_database_and_its_wal(
+    cli: Cli, trail: Trail, key_dir: Path, log: Path, suffix: str, reason: str
+) -> None:
+    if trail.is_postgres:
+        pytest.skip("a PostgreSQL trail has no local database file")
+    target = Path(f"{trail.database}{suffix}")
+    if not target.exists():
+        target.write_bytes(b"")  # a -wal the last close removed: still never written
+    _prove_refused(cli, key_dir, target, reason)
+    assert _keyed(cli, key_dir, "verify").startswith(f"OK: {ENTRIES} rows verified")
