@@ -126,9 +126,9 @@ def test_a_checkpoint_file_that_cannot_be_written_is_counted(
     trail_db: Path | str, tmp_path: Path, key_files: tuple[Path, Path]
 ) -> None:
     log = tmp_path / "a-directory"
-    log.mkdir()
     got: list[SignedCheckpoint] = []
     service = _service(trail_db, key_files[0], log, on_checkpoint=got.append)
+    log.mkdir()  # after the start, which refuses a directory
     service.record(action="a")
     assert service.close(10)
     stats = service.stats()
@@ -290,3 +290,50 @@ def test_checkpoint_settings_that_cannot_work_are_refused(
     )
     with pytest.raises(SettingsError, match=message):
         AuditService(on_checkpoint=callback, **values)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("keys", "is a directory: name a file in it"),
+        ("audit.db", "is the database: it must be a file of its own"),
+        ("audit.db-wal", "is the database's -wal file"),
+        ("audit.db-journal", "is the database's -journal file"),
+        ("audit.db.deadletter.jsonl", "is the dead-letter file"),
+        ("keys/chain.key", "is the chain key file \\(chain_key_file\\)"),
+        ("keys/signing.key", "is the signing key file \\(signing_key_file\\)"),
+        ("link-to-db", "is the database: it"),
+        ("hard-link-to-key", "is the chain key file"),
+        ("notes.txt", "is not a checkpoint log: its first line is not a JSON object with a"),
+        ("list.jsonl", "is not a checkpoint log"),
+    ],
+)
+def test_a_checkpoint_file_that_is_another_file_is_refused_untouched(
+    db_path: Path, tmp_path: Path, key_files: tuple[Path, Path], target: str, message: str
+) -> None:
+    # The database exists (the link's target), a log of someone else, keys from keygen.
+    AuditService(database=db_path, cleanup_enabled=False).close()
+    (tmp_path / "link-to-db").symlink_to(db_path)
+    os.link(tmp_path / "keys" / "chain.key", tmp_path / "hard-link-to-key")
+    (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "list.jsonl").write_text('[{"note": "x"}]\n')
+    path = tmp_path / target
+    before = path.read_bytes() if path.is_file() else None
+
+    with pytest.raises(SettingsError, match=f"^checkpoint_file {path} {message}"):
+        _service(db_path, key_files[0], path, chain_key_file=tmp_path / "keys" / "chain.key")
+
+    assert (path.read_bytes() if path.is_file() else None) == before
+
+
+def test_a_checkpoint_file_that_is_a_log_already_or_a_link_to_a_new_file_is_accepted(
+    db_path: Path, tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    log = tmp_path / "c.jsonl"
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(log)  # followed, as export --output follows one
+    for path in (link, log):  # a new file through the link, then the log it holds
+        service = _service(db_path, key_files[0], path)
+        service.record(action="a")
+        assert service.close(10)
+    assert [line["size"] for line in _file_lines(log)] == [1, 2]
