@@ -166,6 +166,7 @@ class AuditService:
             batch_size=s.cleanup_batch_size,
             interval_s=s.cleanup_interval,
             gate=self._writer.fork_gate if self._writer is not None else None,
+            linker=self._linker,
         )
 
     def fork_gates(self) -> list[threading.RLock]:

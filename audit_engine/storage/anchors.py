@@ -13,6 +13,12 @@ table; both start from the genesis hash. The canonical forms, documented in docs
 with every value as its stored text, integers in decimal, ``duration_s`` with six decimals, NULL
 as ``"\\x00"``, encoded as UTF-8, hashed with SHA-256 (hex).
 
+On a keyed trail an anchor over keyed rows (its last deleted id at or after the first keyed
+row) is keyed too: ``"anchor-2"`` in the version slot, and its hash the HMAC-SHA256 of that
+text's SHA-256 under the chain key, as entries of chain version 2. Anyone who can write the
+database could otherwise delete recent keyed rows behind an anchor with made-up dates (and the
+right Merkle frontier, which needs no key); without the key they cannot write one that verifies.
+
 :func:`check_maintenance` checks both chains and that every anchor is possible: its ids follow the
 anchor before it and span exactly ``rows_deleted`` rows (ids are contiguous), the newest purged
 row is older than the cutoff, the cutoff is not after the purge, the purge is not in the future nor
@@ -23,19 +29,22 @@ before the purge. It reads one row per anchor and per run, never per entry.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import hmac
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from audit_engine.storage.chain import GENESIS_HASH, ChainHead
+from audit_engine.storage.chain import GENESIS_HASH, KEYED_VERSION, ChainHead
 
 if TYPE_CHECKING:  # the dialect module imports the SQLite backend, which imports this one
     from audit_engine.storage.dialect import AnyConnection
+    from audit_engine.storage.keys import ChainKeys
 
 ANCHORS = "audit_anchors"
 CLEANUP_RUNS = "audit_cleanup_runs"
 ANCHOR_VERSION = "anchor-1"
+KEYED_ANCHOR_VERSION = "anchor-2"
 RUN_VERSION = "run-1"
 # The stored fields of each record, in the order of its canonical form (after id).
 ANCHOR_COLUMNS = (
@@ -65,9 +74,22 @@ def _digest(version: str, values: Sequence[Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def anchor_hash(values: Sequence[Any]) -> str:
-    """The hash of an anchor ``(id, *ANCHOR_COLUMNS, prev_hash)`` as stored."""
-    return _digest(ANCHOR_VERSION, values)
+def anchor_hash(values: Sequence[Any], key: bytes | None = None) -> str:
+    """The hash of an anchor ``(id, *ANCHOR_COLUMNS, prev_hash)`` as stored; with ``key``,
+    the keyed form (see the module doc)."""
+    if key is None:
+        return _digest(ANCHOR_VERSION, values)
+    text = _SEP.join([KEYED_ANCHOR_VERSION, *(_text(v) for v in values)])
+    return hmac.digest(key, hashlib.sha256(text.encode("utf-8")).digest(), "sha256").hex()
+
+
+def keyed_from(conn: AnyConnection) -> int | None:
+    """The first id of the trail's first keyed range (None: never keyed); an anchor whose last
+    deleted id is at or after it is keyed."""
+    row = conn.execute(
+        f"SELECT min(first_id) FROM audit_chain_versions WHERE version = '{KEYED_VERSION}'"
+    ).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def run_hash(values: Sequence[Any]) -> str:
@@ -100,13 +122,15 @@ def extend_anchor(
     older_than_us: int | None,
     created_at: str,
     merkle: str | None = None,
+    key: bytes | None = None,
 ) -> int:
     """Record a purge batch, in its write transaction; returns the anchor's id.
 
     The run's anchor (``anchor_id``) grows while it is still the newest anchor; otherwise — the
     run's first batch, or another purge anchored in between — a new anchor is chained on.
     ``merkle``: the Merkle tree's frontier over every row up to ``last`` (stored beside the
-    anchor, outside its hash: signed checkpoints vouch for it, see storage/leaves.py).
+    anchor, outside its hash: signed checkpoints vouch for it, see storage/leaves.py). ``key``:
+    the chain key of a keyed anchor (see the module doc), else None.
     """
     tail = conn.execute(
         f"SELECT id, {', '.join(ANCHOR_COLUMNS)}, prev_hash, hash FROM {ANCHORS} "
@@ -127,7 +151,7 @@ def extend_anchor(
         sets = ", ".join(f"{name} = ?" for name in ANCHOR_COLUMNS)
         conn.execute(
             f"UPDATE {ANCHORS} SET {sets}, hash = ?, merkle = ? WHERE id = ?",
-            (*values[1:-1], anchor_hash(values), merkle, anchor_id),
+            (*values[1:-1], anchor_hash(values, key), merkle, anchor_id),
         )
         return anchor_id
     new_id, prev = (tail[0] + 1, tail[-1]) if tail is not None else (1, GENESIS_HASH)
@@ -135,7 +159,7 @@ def extend_anchor(
     conn.execute(
         f"INSERT INTO {ANCHORS} (id, {', '.join(ANCHOR_COLUMNS)}, prev_hash, hash, merkle) "
         f"VALUES ({', '.join('?' * (len(values) + 2))})",
-        (*values, anchor_hash(values), merkle),
+        (*values, anchor_hash(values, key), merkle),
     )
     return new_id
 
@@ -173,9 +197,13 @@ def _age(span: timedelta) -> str:
 
 
 def _linked(
-    records: Iterable[Sequence[Any]], noun: str, chain: str, digest: Any
+    records: Iterable[Sequence[Any]],
+    noun: str,
+    chain: str,
+    hashed: Callable[[Sequence[Any]], bool | None],
 ) -> Iterable[Sequence[Any]]:
-    """Yield each record after checking its link and its hash."""
+    """Yield each record after checking its link and its hash (``hashed(record)``: whether the
+    stored hash is the record's; None: it cannot be checked here, the link is)."""
     prev = GENESIS_HASH
     for record in records:
         name = f"{noun} {record[0]}"
@@ -188,23 +216,44 @@ def _linked(
             raise _Refused(
                 f"{name} does not link to the {noun.split()[-1]} before it (prev_hash mismatch)"
             )
-        if digest(record[:-1]) != record[-1]:
+        if hashed(record) is False:
             raise _Refused(f"{name} was modified (its hash does not match its contents)")
         yield record
         prev = record[-1]
 
 
+def _anchor_hashed(
+    first_keyed: int | None, keys: ChainKeys | None, warnings: list[str]
+) -> Callable[[Sequence[Any]], bool | None]:
+    """How each anchor's hash is checked: unkeyed before the first keyed row; keyed (by any key
+    of ``keys``) from it on; without keys, a keyed anchor's hash cannot be checked (warned)."""
+
+    def hashed(record: Sequence[Any]) -> bool | None:
+        body, stored = record[:-1], record[-1]
+        if first_keyed is None or body[1] < first_keyed:
+            return bool(anchor_hash(body) == stored)
+        if keys is None:
+            warnings.append(
+                f"anchor {body[0]} is keyed: its hash cannot be checked without the chain key"
+            )
+            return None
+        return any(anchor_hash(body, key.secret) == stored for key in keys.keys)
+
+    return hashed
+
+
 def _check_anchors(
-    conn: AnyConnection, now: datetime, min_retention: timedelta | None
+    conn: AnyConnection, now: datetime, min_retention: timedelta | None, keys: ChainKeys | None
 ) -> tuple[ChainHead, int, list[str]]:
     start = ChainHead(id=0, hash=GENESIS_HASH)
     previous_created: datetime | None = None
     checked = 0
     warnings: list[str] = []
+    hashed = _anchor_hashed(keyed_from(conn), keys, warnings)
     rows = conn.execute(
         f"SELECT id, {', '.join(ANCHOR_COLUMNS)}, prev_hash, hash FROM {ANCHORS} ORDER BY id"
-    )
-    for record in _linked(rows, "anchor", "anchor", anchor_hash):
+    ).fetchall()
+    for record in _linked(rows, "anchor", "anchor", hashed):
         (anchor_id, last_id, last_hash, deleted, newest, cutoff_text, _, created_text) = record[:8]
         name = f"anchor {anchor_id}"
         if not isinstance(last_id, int) or last_id <= start.id:
@@ -254,7 +303,7 @@ def _check_runs(conn: AnyConnection, now: datetime) -> int:
     rows = conn.execute(
         f"SELECT id, {', '.join(RUN_COLUMNS)}, prev_hash, hash FROM {CLEANUP_RUNS} ORDER BY id"
     )
-    for record in _linked(rows, "cleanup run", "cleanup-run", run_hash):
+    for record in _linked(rows, "cleanup run", "cleanup-run", lambda r: run_hash(r[:-1]) == r[-1]):
         name = f"cleanup run {record[0]}"
         started, finished = _when(name, record[1]), _when(name, record[2])
         if not started <= finished <= now:
@@ -264,14 +313,18 @@ def _check_runs(conn: AnyConnection, now: datetime) -> int:
 
 
 def check_maintenance(
-    conn: AnyConnection, now: datetime, min_retention: timedelta | None = None
+    conn: AnyConnection,
+    now: datetime,
+    min_retention: timedelta | None = None,
+    keys: ChainKeys | None = None,
 ) -> MaintenanceCheck:
-    """Check the anchor and cleanup-run chains on ``conn`` (in the caller's read snapshot)."""
+    """Check the anchor and cleanup-run chains on ``conn`` (in the caller's read snapshot);
+    ``keys`` check the keyed anchors."""
     start = ChainHead(id=0, hash=GENESIS_HASH)
     anchors = runs = 0
     warnings: list[str] = []
     try:
-        start, anchors, warnings = _check_anchors(conn, now, min_retention)
+        start, anchors, warnings = _check_anchors(conn, now, min_retention, keys)
         runs = _check_runs(conn, now)
     except _Refused as refused:
         return MaintenanceCheck(start=start, anchors=anchors, runs=runs, problem=str(refused))

@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from audit_engine.errors import SettingsError
+from audit_engine.settings import env_var
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -131,6 +132,13 @@ def _read(path: Path, setting: str) -> bytes:
         raise SettingsError(f"{setting} {path} is a directory, not a key file") from None
     except OSError as exc:
         raise SettingsError(f"{setting} {path} cannot be read: {exc.strerror}") from None
+
+
+def chain_keys_from(path: str | os.PathLike[str] | None) -> ChainKeys | None:
+    """The keys of ``path``; with None, of ``AUDIT_TRAIL_CHAIN_KEY_FILE`` if set; else None."""
+    if path is None:
+        path = os.environ.get(env_var("chain_key_file")) or None
+    return None if path is None else load_chain_keys(path)
 
 
 def load_chain_keys(path: str | os.PathLike[str], setting: str = "chain_key_file") -> ChainKeys:

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from audit_engine import forks
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import format_timestamp, utcnow
-from audit_engine.storage.anchors import extend_anchor, record_run
+from audit_engine.storage.anchors import extend_anchor, keyed_from, record_run
 from audit_engine.storage.dialect import (
     DATABASE_ERRORS,
     AnyConnection,
@@ -36,6 +36,7 @@ from audit_engine.storage.dialect import (
     unmark_purge,
 )
 from audit_engine.storage.leaves import frontier_through
+from audit_engine.storage.linker import UNKEYED, Linker
 from audit_engine.storage.sqlite.schema import TABLE
 
 logger = logging.getLogger("audit_engine.retention")  # the documented logger name
@@ -127,6 +128,7 @@ def purge(
     on_batch: Callable[[int], None] | None = None,
     wait: Callable[[float], bool] | None = None,
     older_than: timedelta | None = None,
+    linker: Linker = UNKEYED,
 ) -> CleanupReport:
     """Delete the prefix of rows older than ``cutoff`` in transactions of ``batch_size`` rows.
 
@@ -137,7 +139,8 @@ def purge(
     meets a busy database is retried with backoff for up to :data:`BUSY_RETRY_S` seconds;
     ``wait(seconds)`` does the waiting and returns True to give up (the cleanup thread's stop).
     ``older_than``, the age the cutoff was computed from (None: a cutoff given as a datetime),
-    is kept in the anchor.
+    is kept in the anchor. ``linker``: the chain key the anchors over keyed rows are keyed
+    with (a keyed trail's purge needs it: see storage/anchors.py).
     """
     held = gate if gate is not None else contextlib.nullcontext()
     wait = wait if wait is not None else threading.Event().wait
@@ -163,7 +166,7 @@ def purge(
             if _plan(conn, cutoff_text, batch_size) is None:
                 break
         anchor_id, count = _delete_with_retries(
-            conn, (cutoff_text, older_than_us), batch_size, anchor_id, held, wait
+            conn, (cutoff_text, older_than_us), batch_size, anchor_id, held, wait, linker
         )
         if not count:
             break
@@ -200,6 +203,7 @@ def _delete_with_retries(
     anchor_id: int | None,
     held: AbstractContextManager[Any],
     wait: Callable[[float], bool],
+    linker: Linker,
 ) -> tuple[int | None, int]:
     # A busy writer retakes the lock right after each commit; SQLite's own busy wait is no
     # queue, so the purge keeps trying (with backoff) instead of failing the whole run.
@@ -208,7 +212,7 @@ def _delete_with_retries(
     while True:
         try:
             with held:
-                return _delete_batch(conn, cutoff, batch_size, anchor_id)
+                return _delete_batch(conn, cutoff, batch_size, anchor_id, linker)
         except DATABASE_ERRORS as exc:
             if not is_busy(exc) or time.monotonic() >= deadline or wait(delay):
                 raise
@@ -220,6 +224,7 @@ def _delete_batch(
     cutoff: tuple[str, int | None],
     batch_size: int,
     anchor_id: int | None,
+    linker: Linker = UNKEYED,
 ) -> tuple[int | None, int]:
     """Delete the next batch of the prefix and move the run's anchor there, in one transaction.
 
@@ -239,6 +244,7 @@ def _delete_batch(
         newest = conn.execute(
             f"SELECT max(timestamp) FROM {TABLE} WHERE id <= ?", (upto,)
         ).fetchone()[0]
+        key = _anchor_key(conn, last[0], linker)
         # The anchor keeps the Merkle tree over what it replaces: read before the rows go.
         merkle = frontier_through(conn, last[0]).to_text()
         # Only a transaction with the purge's marker gets past the append-only guard.
@@ -254,6 +260,7 @@ def _delete_batch(
             older_than_us=older_than_us,
             created_at=utcnow().isoformat(),
             merkle=merkle,
+            key=key,
         )
         unmark_purge(conn)
         commit(conn)
@@ -285,6 +292,20 @@ def _record_run(conn: AnyConnection, report: CleanupReport, started_at: datetime
         raise
 
 
+def _anchor_key(conn: AnyConnection, last_id: int, linker: Linker) -> bytes | None:
+    """The key of an anchor over rows up to ``last_id``: keyed over keyed rows, else None."""
+    first_keyed = keyed_from(conn)
+    if first_keyed is None or last_id < first_keyed:
+        return None
+    if linker.key is None:
+        raise AuditStoreError(
+            f"this trail is keyed from id {first_keyed} on: purging its keyed rows needs the chain "
+            "key (chain_key_file, AUDIT_TRAIL_CHAIN_KEY_FILE, or --chain-key-file), since the "
+            "purge record that replaces them is keyed too"
+        )
+    return linker.key
+
+
 class CleanupThread:
     """Purges rows older than the retention period every ``interval_s`` seconds.
 
@@ -300,8 +321,10 @@ class CleanupThread:
         batch_size: int,
         interval_s: float,
         gate: threading.RLock | None = None,
+        linker: Linker = UNKEYED,
     ) -> None:
         self._connect = connect
+        self._linker = linker  # a keyed trail's anchors are keyed (storage/anchors.py)
         self._retention = retention
         self._batch_size = batch_size
         self._interval_s = interval_s
@@ -344,6 +367,7 @@ class CleanupThread:
                         gate=self.fork_gate,
                         wait=self._stop.wait,
                         older_than=self._retention,
+                        linker=self._linker,
                     )
                 except Exception as exc:  # a locked or broken database: try again next time
                     self.last_error = f"cleanup failed: {exc}"

@@ -20,7 +20,7 @@ from typing import Any, Self
 from audit_engine import formats
 from audit_engine.errors import AuditStoreError
 from audit_engine.models import AuditEntry, Operation, Outcome, utcnow
-from audit_engine.settings import AuditSettings, describe_database, env_var, resolve_database
+from audit_engine.settings import AuditSettings, describe_database, resolve_database
 from audit_engine.storage import backends, checkpoint_verify, deadletter, proofs, replay
 from audit_engine.storage.anchors import check_maintenance
 from audit_engine.storage.chain import ChainHead, VerifyReport, verify_rows
@@ -31,7 +31,7 @@ from audit_engine.storage.dialect import (
     snapshot,
     stream,
 )
-from audit_engine.storage.keys import ChainKeys, load_chain_keys
+from audit_engine.storage.keys import ChainKeys, chain_keys_from
 from audit_engine.storage.linker import linker_for
 from audit_engine.storage.replay import ReplayReport
 from audit_engine.storage.retention import (
@@ -80,11 +80,7 @@ class AuditStore:
         create: bool = False,
         chain_key_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        if chain_key_file is None:
-            chain_key_file = os.environ.get(env_var("chain_key_file")) or None
-        self._keys: ChainKeys | None = (
-            None if chain_key_file is None else load_chain_keys(chain_key_file)
-        )
+        self._keys: ChainKeys | None = chain_keys_from(chain_key_file)
         self._linker = linker_for(self._keys)
         try:
             self._database: Path | str = resolve_database(path)
@@ -169,7 +165,7 @@ class AuditStore:
         expected_head = checked_head(expected_head)
         signed = checkpoint_verify.prepared(checkpoints, public_key)  # bad files: before reading
         with self._errors("verify"), snapshot(self._conn):
-            checked = check_maintenance(self._conn, utcnow(), min_retention)
+            checked = check_maintenance(self._conn, utcnow(), min_retention, self._keys)
             found = {
                 "anchors_checked": checked.anchors,
                 "cleanup_runs_checked": checked.runs,
@@ -210,15 +206,20 @@ class AuditStore:
 
         Deletes the prefix of the chain before the first row at or after the cutoff, in
         transactions of ``batch_size`` rows (default 10 000), each recording an anchor so
-        ``verify()`` still proves what remains. ``dry_run`` only counts. The run is kept in the
-        cleanup-runs table. ``on_batch(rows)`` is called after each committed batch.
+        ``verify()`` still proves what remains; the run is kept in the cleanup-runs table.
+        ``dry_run`` only counts; ``on_batch(rows)`` is called after each committed batch.
         """
-        cutoff = cutoff_for(older_than)
         size = DEFAULT_CLEANUP_BATCH_SIZE if batch_size is None else batch_size
         age = older_than if isinstance(older_than, timedelta) else None
         with self._errors("purge"):
             return purge(
-                self._conn, cutoff, size, dry_run=dry_run, on_batch=on_batch, older_than=age
+                self._conn,
+                cutoff_for(older_than),
+                size,
+                dry_run=dry_run,
+                on_batch=on_batch,
+                older_than=age,
+                linker=self._linker,  # a keyed trail's anchors are keyed
             )
 
     def export(
