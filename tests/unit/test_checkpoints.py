@@ -4,12 +4,20 @@ precisely why not otherwise."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_engine.storage import merkle
-from audit_engine.storage.checkpoints import Checkpoint, CheckpointError, key_id, sign, verify
+from audit_engine.storage.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    key_id,
+    parse,
+    sign,
+    verify,
+)
 
 KEY = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
 CHECKPOINT = Checkpoint(
@@ -19,6 +27,7 @@ CHECKPOINT = Checkpoint(
     head="9f" * 32,
     time="2026-12-01T20:00:00Z",
 )
+ROOT = base64.b64encode(CHECKPOINT.root).decode()
 
 
 def test_a_signed_checkpoint_is_the_c2sp_note_and_verifies() -> None:
@@ -59,7 +68,7 @@ def test_another_key_or_key_name_finds_no_signature() -> None:
     ("note", "why"),
     [
         ("just text\n", "not a signed note"),
-        ("a\nb\n\n\u2014 audit.example !!!\n", "not base64"),
+        ("a\nb\n\n\u2014 audit.example !!!\n", "only signature lines"),
     ],
 )
 def test_a_note_that_does_not_parse_says_why(note: str, why: str) -> None:
@@ -102,7 +111,10 @@ def test_a_signed_text_that_is_not_a_checkpoint_is_refused() -> None:
     ("body", "why"),
     [
         ("origin\n3\nAAAA\nhead x\n", "a checkpoint has five lines"),
-        ("origin\n3\n!!!!\nhead x\ntime y\n", "root must be base64"),
+        ("origin\n3\n!!!!\nhead x\ntime y\n", "root must be 32 bytes in base64"),
+        ("origin\n3\nAAAA\nhead x\ntime y\n", "root must be 32 bytes in base64"),
+        (f"origin\n03\n{ROOT}\nhead x\ntime y\n", "size must be a decimal number"),
+        (f"origin\n\u00b3\n{ROOT}\nhead x\ntime y\n", "size must be a decimal number"),
     ],
 )
 def test_other_signed_texts_that_are_not_checkpoints_are_refused(body: str, why: str) -> None:
@@ -111,3 +123,39 @@ def test_other_signed_texts_that_are_not_checkpoints_are_refused(body: str, why:
 
     with pytest.raises(CheckpointError, match=why):
         verify(f"{body}\n\u2014 audit.example {blob}\n", "audit.example", KEY.public_key())
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda n: n.replace("\n\n", "\n\n\n"), "only signature lines"),
+        (lambda n: n + "\n", "only signature lines"),
+        (lambda n: n + "\n\n", "only signature lines"),
+        (lambda n: n[:-1], "ends with a signature line and one newline"),
+        (lambda n: n.partition("\n\n")[0] + "\n\n", "ends with a signature line"),
+        (lambda n: n.replace("\u2014 ", "- "), "only signature lines"),
+        (lambda n: n.replace("\u2014 audit.example ", "\u2014 audit.example  "), "only signature"),
+        (lambda n: n + "\u2014 witness AAAA\n", "only signature lines"),  # under 5 bytes
+    ],
+)
+def test_a_note_changed_outside_its_signed_text_is_refused(
+    change: Callable[[str], str], why: str
+) -> None:
+    # C2SP parsers refuse these (Go's note.Open): only the signed text could vary otherwise.
+    note = sign(CHECKPOINT, "audit.example", KEY)
+    assert verify(note, "audit.example", KEY.public_key()) == CHECKPOINT
+
+    with pytest.raises(CheckpointError, match=why):
+        verify(change(note), "audit.example", KEY.public_key())
+    with pytest.raises(CheckpointError, match=why):
+        parse(change(note))
+
+
+def test_a_second_signature_by_another_key_is_allowed_and_parse_reads_the_text() -> None:
+    witness = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
+    note = sign(CHECKPOINT, "audit.example", KEY)
+    cosigned = note + sign(CHECKPOINT, "witness", witness).partition("\n\n")[2]
+
+    assert verify(cosigned, "audit.example", KEY.public_key()) == CHECKPOINT
+    assert verify(cosigned, "witness", witness.public_key()) == CHECKPOINT
+    assert parse(cosigned) == CHECKPOINT
