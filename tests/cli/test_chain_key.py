@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from audit_engine import AuditService
 from audit_engine.cli import main
 from audit_engine.storage.keys import chain_key_id
 
@@ -101,3 +102,28 @@ def test_copy_keys_the_destination(
     assert result.exit_code == 0, result.output
     assert runner.invoke(main, ["--db", str(dest), *key, "verify"]).exit_code == 0
     assert runner.invoke(main, ["--db", str(dest), "verify"]).exit_code == 1  # keyed
+
+
+def test_purge_of_a_keyed_trail_needs_the_key(
+    runner: CliRunner, db_path: Path, key_file: Path
+) -> None:
+    with AuditService(db_path, chain_key_file=key_file, cleanup_enabled=False) as audit:
+        for number in range(3):
+            audit.record(action="doc.save", timestamp=f"2020-01-0{number + 1}T00:00:00Z")
+
+    refused = runner.invoke(main, ["--db", str(db_path), "purge", "--older-than", "100d"])
+    purged = runner.invoke(
+        main,
+        ["--db", str(db_path), "--chain-key-file", str(key_file), "purge", "--older-than", "100d"],
+    )
+    verified = runner.invoke(
+        main, ["--db", str(db_path), "--chain-key-file", str(key_file), "verify"]
+    )
+
+    assert refused.exit_code == 1
+    assert refused.output.startswith(
+        "Error: this trail is keyed from id 1 on: purging its keyed rows needs the chain key"
+    )
+    assert purged.exit_code == 0, purged.output
+    assert purged.output.startswith("Purged 3 ")
+    assert verified.exit_code == 0, verified.output
