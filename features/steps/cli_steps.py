@@ -21,7 +21,7 @@ from typing import Any
 
 from behave import given, then, when
 from behave.runner import Context
-from trail_backend import connect
+from forgery import forger_connection
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
 from audit_engine.rows import entry_row
@@ -162,14 +162,11 @@ def given_old_and_new(context: Context, old: int, days: int, new: int) -> None:
     'someone with write access to the file has changed the actor of entry {entry:d} to "{actor}"'
 )
 def given_tampered(context: Context, entry: int, actor: str) -> None:
-    conn = connect(_shell(context).database)
-    try:
-        with conn:  # one committed transaction, on either backend
-            changed = conn.execute(
-                "UPDATE audit_entries SET actor = ? WHERE id = ?", (actor, entry)
-            ).rowcount
-    finally:
-        conn.close()
+    # Write access lets them lift the append-only guard first, as they would.
+    with forger_connection(_shell(context).database) as conn:
+        changed = conn.execute(
+            "UPDATE audit_entries SET actor = ? WHERE id = ?", (actor, entry)
+        ).rowcount
     assert changed == 1
 
 

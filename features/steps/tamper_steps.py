@@ -1,7 +1,9 @@
 """Steps for features/integrity.feature: someone changes the trail behind the engine's back.
 
 A forger edits the stored rows with another program's connection: ``sqlite3`` on a SQLite file,
-:class:`trail_backend.ServerConnection` on a PostgreSQL URL (the same SQL runs on both).
+:class:`trail_backend.ServerConnection` on a PostgreSQL URL (the same SQL runs on both). The
+append-only guard stops accidents, not someone with the database: like them, every step here
+takes it out of the way first (:func:`forgery.forger_connection`).
 """
 
 import uuid
@@ -10,6 +12,7 @@ from typing import Any
 
 from behave import when
 from behave.runner import Context
+from forgery import forger_connection
 
 from audit_engine.models import format_timestamp
 from audit_engine.storage.anchors import anchor_hash
@@ -22,13 +25,12 @@ _FIELDS = (
 )
 
 # -- tampering with the database file ---------------------------------------------------------
-# `conn` is another program's connection: sqlite3 on a file, trail_backend.ServerConnection on a
-# URL (same SQL: ? placeholders, `details` the hashed text).
+# `conn` is another program's connection with the guard lifted: sqlite3 on a file,
+# trail_backend.ServerConnection on a URL (same SQL: ? placeholders, `details` the hashed text).
 
 
 def _tamper(context: Context, *statements: tuple[str, tuple[Any, ...]]) -> None:
-    conn = context.world.connect(context.world.database)
-    with conn:
+    with forger_connection(context.world.database) as conn:
         for sql, params in statements:
             conn.execute(sql, params)
 
@@ -66,8 +68,7 @@ def when_truncate(context: Context, count: int) -> None:
 
 @when("someone swaps entries {first:d} and {second:d} directly in the database file")
 def when_swap(context: Context, first: int, second: int) -> None:
-    conn = context.world.connect(context.world.database)
-    with conn:
+    with forger_connection(context.world.database) as conn:
         _move(conn, first, -first)
         _move(conn, second, first)
         _move(conn, -first, second)
@@ -123,8 +124,7 @@ def _rehash_after(conn: Any, entry: int) -> None:
 
 @when("someone inserts a forged entry after entry {entry:d} directly in the database file")
 def when_insert_forged(context: Context, entry: int) -> None:
-    conn = context.world.connect(context.world.database)
-    with conn:
+    with forger_connection(context.world.database) as conn:
         _insert_forged(conn, entry)
 
 
@@ -133,8 +133,7 @@ def when_insert_forged(context: Context, entry: int) -> None:
     "directly in the database file"
 )
 def when_rewrite_history(context: Context, entry: int) -> None:
-    conn = context.world.connect(context.world.database)
-    with conn:
+    with forger_connection(context.world.database) as conn:
         _insert_forged(conn, entry)
         _rehash_after(conn, entry + 1)
 
@@ -149,24 +148,23 @@ def _anchor_over(context: Context, last: int, *, rehashed: bool) -> None:
     the anchor's chain fields, with a newest timestamp just before a cutoff that the entries
     still in the table do not contradict.
     """
-    conn = context.world.connect(context.world.database)
-    last_hash, stamp = conn.execute(
-        "SELECT hash, timestamp FROM audit_entries WHERE id = ?", (last,)
-    ).fetchone()
-    now = datetime.now(UTC)
-    cutoff = datetime.fromisoformat(stamp) + timedelta(microseconds=1)
-    values = (
-        1,
-        last,
-        last_hash,
-        last,
-        stamp,
-        format_timestamp(cutoff),
-        None,
-        now.isoformat(),
-        GENESIS_HASH,
-    )
-    with conn:
+    with forger_connection(context.world.database) as conn:
+        last_hash, stamp = conn.execute(
+            "SELECT hash, timestamp FROM audit_entries WHERE id = ?", (last,)
+        ).fetchone()
+        now = datetime.now(UTC)
+        cutoff = datetime.fromisoformat(stamp) + timedelta(microseconds=1)
+        values = (
+            1,
+            last,
+            last_hash,
+            last,
+            stamp,
+            format_timestamp(cutoff),
+            None,
+            now.isoformat(),
+            GENESIS_HASH,
+        )
         conn.execute("DELETE FROM audit_entries WHERE id <= ?", (last,))
         if rehashed:
             conn.execute(
