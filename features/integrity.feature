@@ -119,12 +119,12 @@ Feature: Tampering with the audit trail shows when it is verified
     Then verification fails at entry <bad>: "<reason>"
 
     Examples:
-      | tampering                                 | bad | reason                                                        |
-      | changes the actor of entry 7 to "mallory" | 7   | row 7 was modified (its hash does not match its contents)     |
-      | changes the details of entry 9            | 9   | row 9 was modified (its hash does not match its contents)     |
-      | removes the line of entry 8               | 9   | row 8 is missing (deleted from the chain)                     |
-      | removes the line of entry 5               | 6   | row 5 is missing (deleted from the chain)                     |
-      | swaps the lines of entries 6 and 7        | 7   | row 6 is missing (deleted from the chain)                     |
+      | tampering                                 | bad | reason                                                                                                                 |
+      | changes the actor of entry 7 to "mallory" | 7   | row 7 was modified (its hash does not match its contents); if the trail is keyed, verify the export with its chain key |
+      | changes the details of entry 9            | 9   | row 9 was modified (its hash does not match its contents); if the trail is keyed, verify the export with its chain key |
+      | removes the line of entry 8               | 9   | row 8 is missing (deleted from the chain)                                                                              |
+      | removes the line of entry 5               | 6   | row 5 is missing (deleted from the chain)                                                                              |
+      | swaps the lines of entries 6 and 7        | 7   | row 6 is missing (deleted from the chain)                                                                              |
 
   Scenario: Two tools writing the same trail keep one chain
     Given a tool with an audit service
