@@ -186,12 +186,20 @@ def when_verify_rotated(context: Context) -> None:
     _verify(context, context.world.rotated_key_file)
 
 
-@then("the report warns that no row of the trail is keyed although a chain key was given")
-def then_warns_unkeyed(context: Context) -> None:
-    warnings = context.world.report.warnings
-    assert any(
-        w.startswith("a chain key was given but no row of this trail is keyed") for w in warnings
-    ), warnings
+@then(
+    "verification does not call the trail ok: its {count:d} entries link, but none of them is "
+    "keyed although a chain key was given"
+)
+def then_downgrade_caught(context: Context, count: int) -> None:
+    # All a forger without the key can make is an unkeyed chain: with the key given, that
+    # is not taken for the team's trail (docs/integrity.md).
+    report = context.world.report
+    assert not report.ok, f"a keyed trail rewritten unkeyed was called ok: {report}"
+    assert report.rows_checked == count, report
+    assert report.first_bad_id is None, report
+    assert (report.reason or "").startswith(
+        "a chain key was given but no row of this trail is keyed"
+    ), report.reason
 
 
 @then("verification fails at entry {entry:d}, reporting the row as modified")
