@@ -151,12 +151,24 @@ def _failure(report: VerifyReport) -> str:
     "[default: the copies the writer keeps in the trail].",
 )
 @click.option(
+    "--public-key",
+    type=_EXISTING,
+    metavar="FILE",
+    help="Use only checkpoints whose signature verifies with this public key (signing.pub).",
+)
+@click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the proof to this file (readable by its owner only) instead of standard output.",
 )
 @click.pass_context
-def prove(ctx: click.Context, event_id: str, checkpoints: Path | None, output: Path | None) -> None:
+def prove(
+    ctx: click.Context,
+    event_id: str,
+    checkpoints: Path | None,
+    public_key: Path | None,
+    output: Path | None,
+) -> None:
     """Print the inclusion proof of the entry EVENT_ID: the entry, its place in the Merkle tree,
     the audit path and the signed checkpoint it leads to (JSON). Anyone with the public key
     checks it with verify-proof, without the database.
@@ -164,9 +176,9 @@ def prove(ctx: click.Context, event_id: str, checkpoints: Path | None, output: P
     --output refuses what export --output refuses (the database's own files, its dead-letter
     files), the key files in use and the checkpoint log."""
     if output is not None:
-        _refuse_output(ctx, output, checkpoints)
+        _refuse_output(ctx, output, checkpoints, public_key)
     with _store(ctx) as store:
-        proof = store.prove(event_id, checkpoints=checkpoints)
+        proof = store.prove(event_id, checkpoints=checkpoints, public_key=public_key)
     text = json_text(proof, indent=2) + "\n"
     if output is None:
         click.echo(text, nl=False)
@@ -176,7 +188,9 @@ def prove(ctx: click.Context, event_id: str, checkpoints: Path | None, output: P
     click.echo(f"Proof of {event_id} written to {output}", err=True)
 
 
-def _refuse_output(ctx: click.Context, output: Path, checkpoints: Path | None) -> None:
+def _refuse_output(
+    ctx: click.Context, output: Path, checkpoints: Path | None, public_key: Path | None
+) -> None:
     # One typo must not replace the trail, a key or the log a proof stands on (review3 H1).
     database = root_database(ctx)
     reserved = reserved_output(output, database)
@@ -186,6 +200,7 @@ def _refuse_output(ctx: click.Context, output: Path, checkpoints: Path | None) -
         "is the signing key file (signing_key_file)": settings.signing_key_file,
         "is the checkpoint log (checkpoint_file)": settings.checkpoint_file,
         "is the checkpoint log given to --checkpoints": checkpoints,
+        "is the public key given to --public-key": public_key,
     }
     for reason, path in read.items():
         if reserved is None and path is not None and _same_file(output, path):

@@ -19,15 +19,17 @@ leaf index follows from the entry's id and the checkpoint's head and size (the t
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
 from collections.abc import Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from audit_engine.errors import AuditStoreError
+from audit_engine.errors import AuditStoreError, SettingsError
 from audit_engine.formats import export_lines
 from audit_engine.storage.chain import content_digest
 from audit_engine.storage.checkpoint_verify import (
@@ -41,12 +43,15 @@ from audit_engine.storage.checkpoint_verify import (
 )
 from audit_engine.storage.dialect import dialect_of
 from audit_engine.storage.exported import export_row
+from audit_engine.storage.keys import SIGNING_EXTRA
 from audit_engine.storage.leaves import anchor_frontier, leaves, trail_id
 from audit_engine.storage.merkle import Frontier, FrontierError, inclusion_proof_after
 from audit_engine.storage.merkle import verify_inclusion as _verify_inclusion
 from audit_engine.storage.sqlite.schema import STORED_COLUMNS, TABLE
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from audit_engine.storage.dialect import AnyConnection
 
 __all__ = ["PROOF_FORMAT", "ProofReport", "prove", "verify_proof"]
@@ -54,6 +59,8 @@ __all__ = ["PROOF_FORMAT", "ProofReport", "prove", "verify_proof"]
 PROOF_FORMAT = "audit-engine-proof/1"
 _NAMES = ("id", *STORED_COLUMNS, "prev_hash", "hash")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# The trail's own checkpoint copies looked at, newest first, for one whose note is usable.
+_LOOKBACK = 64
 
 
 class ProofReport(BaseModel):
@@ -78,12 +85,18 @@ class ProofReport(BaseModel):
 
 
 def prove(
-    conn: AnyConnection, event_id: str, checkpoints: CheckpointSource | None = None
+    conn: AnyConnection,
+    event_id: str,
+    checkpoints: CheckpointSource | None = None,
+    public_key: Any = None,
 ) -> dict[str, Any]:
     """The inclusion proof of the entry ``event_id`` against the newest checkpoint that covers
     it: from the checkpoint log ``checkpoints`` (a path or its lines), else from the copies the
-    writer keeps in the trail. Call in a read snapshot. :class:`AuditStoreError` says why there
-    is no proof (no such entry, purged, no checkpoint covers it yet)."""
+    writer keeps in the trail; with ``public_key`` (a key or its PEM file), only checkpoints
+    whose signature verifies with it. Call in a read snapshot. :class:`AuditStoreError` says why
+    there is no proof (no such entry, purged, no checkpoint covers it yet, a log line that is
+    not a well-formed checkpoint of this trail)."""
+    key = None if public_key is None else public_key_of(public_key)
     select = dialect_of(conn).stored_row
     row = conn.execute(f"SELECT {select} FROM {TABLE} WHERE event_id = ?", [event_id]).fetchone()
     if row is None:
@@ -95,7 +108,7 @@ def prove(
             f"entry {event_id} (row {row_id}) was purged: only the anchor after row "
             f"{anchor.head_id} vouches for it, no proof can be made"
         )
-    head_id, note = _checkpoint_for(conn, row_id, checkpoints)
+    head_id, note = _checkpoint_for(conn, row_id, anchor.base, checkpoints, key)
     size = head_id - anchor.base
     start = _nearest_frontier(conn, anchor, row_id)
     later = [data for _, data in leaves(conn, start.head_id, head_id)]
@@ -116,40 +129,84 @@ def prove(
 
 
 def _checkpoint_for(
-    conn: AnyConnection, row_id: int, checkpoints: CheckpointSource | None
+    conn: AnyConnection,
+    row_id: int,
+    base: int,
+    checkpoints: CheckpointSource | None,
+    key: Ed25519PublicKey | None,
 ) -> tuple[int, str]:
-    """The head id and note of the newest checkpoint whose tree holds row ``row_id``."""
-    best: tuple[int, str] | None = None
+    """The head id and note of the newest usable checkpoint whose tree holds row ``row_id``
+    (``base``: the rows before the tree's first leaf)."""
     if checkpoints is None:
         found = conn.execute(
-            "SELECT head_id, note FROM audit_checkpoints WHERE head_id >= ? "
-            "ORDER BY head_id DESC LIMIT 1",
-            [row_id],
-        ).fetchone()
-        best = None if found is None else (int(found[0]), str(found[1]))
+            "SELECT id, note FROM audit_checkpoints WHERE head_id >= ? "
+            "ORDER BY head_id DESC LIMIT ?",
+            [row_id, _LOOKBACK],
+        ).fetchall()
+        candidates = [(f"the trail's checkpoint {ident}", str(note)) for ident, note in found]
         where = "the trail's checkpoints"
     else:
-        origin = origin_of(trail_id(conn))
-        for logged in read_log(checkpoints):
-            head = _unverified_head(logged.note, origin)
-            if head is not None and head >= row_id and (best is None or head > best[0]):
-                best = (head, logged.note)
+        candidates = [(f"checkpoint line {c.line}", c.note) for c in read_log(checkpoints)]
         where = "the checkpoint log"
+    origin = origin_of(trail_id(conn))
+    best: tuple[int, str] | None = None
+    for name, note in candidates:
+        try:
+            head = _usable_head(note, origin, row_id, base, key)
+        except CheckpointProblem as bad:
+            if checkpoints is None:
+                continue  # the trail's copies are not trusted: an older one may still do
+            raise AuditStoreError(
+                f"{name} is not a signed checkpoint of this trail: {bad}"
+            ) from None
+        if head is not None and (best is None or head > best[0]):
+            best = (head, note)
     if best is None:
+        signed = "" if key is None else " signed with that public key"
         raise AuditStoreError(
-            f"no checkpoint in {where} covers row {row_id} yet: the writer signs one every "
-            "checkpoint_every entries, every checkpoint_interval seconds and at close"
+            f"no checkpoint{signed} in {where} covers row {row_id} yet: the writer signs one "
+            "every checkpoint_every entries, every checkpoint_interval seconds and at close"
         )
     return best
 
 
-def _unverified_head(note: str, origin: str) -> int | None:
-    # Only to choose a checkpoint: its signature is checked by whoever verifies the proof.
-    lines = note.split("\n")
-    if len(lines) < 4 or lines[0] != origin or not lines[3].startswith("head "):
+def _usable_head(
+    note: str, origin: str, row_id: int, base: int, key: Ed25519PublicKey | None
+) -> int | None:
+    """The head id of ``note`` when it covers row ``row_id`` (None: it does not, is another
+    trail's, or does not verify with ``key``); :class:`CheckpointProblem` when it is not a
+    well-formed checkpoint, or its size is not that of its head in this trail's tree."""
+    notes = _notes()
+    try:
+        checkpoint = notes.parse(note)
+    except notes.CheckpointError as exc:
+        raise CheckpointProblem(str(exc)) from None
+    if checkpoint.origin != origin:
         return None
-    ident = lines[3][5:].partition(" ")[0]
-    return int(ident) if ident.isdigit() else None
+    head = head_of(checkpoint)
+    if head.id < row_id:
+        return None
+    if checkpoint.size != head.id - base:
+        raise CheckpointProblem(
+            f"its size {checkpoint.size} does not match its head id {head.id} (this trail's "
+            f"tree starts after row {base}: a checkpoint of that head has size {head.id - base})"
+        )
+    if key is not None:
+        try:
+            verify_note(note, key)
+        except CheckpointProblem:
+            return None  # only checkpoints the key vouches for are used
+    return head.id
+
+
+def _notes() -> ModuleType:
+    # Reading a note's text needs no key, but the module signs too: cryptography is optional.
+    try:
+        return importlib.import_module("audit_engine.storage.checkpoints")
+    except ImportError as exc:
+        if exc.name is None or not exc.name.startswith("cryptography"):
+            raise
+        raise SettingsError(f"prove needs the cryptography package: {SIGNING_EXTRA}") from None
 
 
 def _nearest_frontier(conn: AnyConnection, anchor: Frontier, row_id: int) -> Frontier:

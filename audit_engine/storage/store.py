@@ -186,13 +186,14 @@ class AuditStore:
             return report
 
     def prove(
-        self, event_id: str, *, checkpoints: CheckpointSource | None = None
+        self, event_id: str, *, checkpoints: CheckpointSource | None = None, public_key: Any = None
     ) -> dict[str, Any]:
         """The inclusion proof (JSON-ready) of the entry ``event_id`` against the newest signed
         checkpoint covering it: from the log ``checkpoints`` (a path or its lines), else the
-        copies kept in the trail. Check it offline with :func:`~audit_engine.verify_proof`."""
+        copies kept in the trail; with ``public_key`` (a key or its PEM file), only one whose
+        signature verifies. Check it offline with :func:`~audit_engine.verify_proof`."""
         with self._errors("prove an entry of"), snapshot(self._conn):
-            return proofs.prove(self._conn, event_id, checkpoints)
+            return proofs.prove(self._conn, event_id, checkpoints, public_key)
 
     def purge(
         self,

@@ -225,3 +225,41 @@ def test_prove_output_refuses_the_database_and_its_wal(
         target.write_bytes(b"")  # a -wal the last close removed: still never written
     _prove_refused(cli, key_dir, target, reason)
     assert _keyed(cli, key_dir, "verify").startswith(f"OK: {ENTRIES} rows verified")
+
+
+def test_prove_refuses_a_checkpoint_that_is_not_well_formed(
+    cli: Cli, key_dir: Path, log: Path, tmp_path: Path
+) -> None:
+    first = json.loads(log.read_text().splitlines()[0])
+    negative = tmp_path / "negative.jsonl"
+    negative.write_text(json.dumps({**first, "note": first["note"].replace("\n5\n", "\n-5\n")}))
+    hello = tmp_path / "hello.jsonl"
+    hello.write_text(json.dumps({**first, "note": "hello"}) + "\n")
+
+    bad_size = cli.run("prove", "evt-3", "--checkpoints", str(negative), code=1)
+    not_signed = cli.run("prove", "evt-3", "--checkpoints", str(hello), code=1)
+
+    assert bad_size.output == (
+        "Error: checkpoint line 1 is not a signed checkpoint of this trail: a checkpoint's "
+        "size must be a decimal number (got '-5')\n"
+    )
+    assert not_signed.output == (
+        "Error: checkpoint line 1 is not a signed checkpoint of this trail: not a signed note: "
+        "no blank line between the text and signatures\n"
+    )
+
+
+def test_prove_with_a_public_key_uses_only_checkpoints_it_verifies(
+    cli: Cli, key_dir: Path, log: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    CliRunner().invoke(main, ["keygen", "--out", str(other)])
+    args = ("prove", "evt-3", "--checkpoints", str(log), "--public-key")
+
+    proof = json.loads(cli.run(*args, str(key_dir / "signing.pub")).output)
+    refused = cli.run(*args, str(other / "signing.pub"), code=1)
+
+    assert proof["tree_size"] == ENTRIES
+    assert refused.output.startswith(
+        "Error: no checkpoint signed with that public key in the checkpoint log covers row 3 yet"
+    )

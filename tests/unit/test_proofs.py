@@ -4,15 +4,17 @@ byte of the entry, the path or the checkpoint fails — on SQLite and PostgreSQL
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trails
-from checkpointed import KEY, OTHER_KEY, checkpointed, entries, forge_anchor
+from checkpointed import KEY, OTHER_KEY, checkpoint_line, checkpointed, entries, forge_anchor
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_engine import AuditService, AuditStore, AuditStoreError
-from audit_engine.storage import backends, keys
+from audit_engine.storage import backends, checkpoints, keys
 from audit_engine.storage.dialect import snapshot
 from audit_engine.storage.leaves import frontier_through
 from audit_engine.storage.proofs import PROOF_FORMAT, ProofReport, prove, verify_proof
@@ -226,3 +228,83 @@ def test_a_proof_of_a_keyed_entry_verifies_without_the_chain_key(
     assert not verify_proof(changed, public).ok
     relabelled = {**proof, "chain_version": "1"}  # read as unkeyed it needs a hash it lacks
     assert not verify_proof(relabelled, public).ok
+
+
+def _with_note(line: str, note: str) -> str:
+    return json.dumps({**json.loads(line), "note": note})
+
+
+def _resigned(line: str, **changes: Any) -> str:
+    """``line`` with its checkpoint changed and signed again by KEY: a well-signed lie."""
+    signed = checkpoints.parse(json.loads(line)["note"])
+    return _with_note(line, checkpoints.sign(replace(signed, **changes), "audit-engine", KEY))
+
+
+def test_prove_refuses_a_log_line_that_is_not_a_well_formed_checkpoint(
+    trail_db: Path | str,
+) -> None:
+    lines = checkpointed(trail_db, 12, (10,))
+    note = json.loads(lines[0])["note"]
+    negative = _with_note(lines[0], note.replace("\n10\n", "\n-5\n", 1))
+    assert negative != lines[0]
+    cases = {
+        negative: "a checkpoint's size must be a decimal number (got '-5')",
+        _with_note(
+            lines[0], "hello"
+        ): "not a signed note: no blank line between the text and signatures",
+        _with_note(lines[0], note + "\n"): "not a signed note: after the text and one blank",
+        _resigned(lines[0], size=7): (
+            "its size 7 does not match its head id 10 (this trail's tree starts after row 0: "
+            "a checkpoint of that head has size 10)"
+        ),
+    }
+    for line, reason in cases.items():
+        with pytest.raises(AuditStoreError) as raised:
+            _prove(trail_db, "evt-3", [lines[0], line])
+        assert str(raised.value).startswith(
+            f"checkpoint line 2 is not a signed checkpoint of this trail: {reason}"
+        )
+
+
+def test_prove_with_a_public_key_uses_only_checkpoints_it_signed(trail_db: Path | str) -> None:
+    trails.write(trail_db, entries(20))
+    lines = [checkpoint_line(trail_db, 10), checkpoint_line(trail_db, 20, key=OTHER_KEY)]
+
+    def proved(key: Any) -> dict[str, Any]:
+        conn = backends.open_trail(trail_db)
+        try:
+            with snapshot(conn):
+                return prove(conn, "evt-3", lines, key)
+        finally:
+            conn.close()
+
+    assert proved(None)["tree_size"] == 20  # the newest, whoever signed it
+    proof = proved(KEY.public_key())
+    assert proof["tree_size"] == 10
+    assert verify_proof(proof, KEY.public_key()).ok
+    third = Ed25519PrivateKey.from_private_bytes(bytes(range(2, 34)))
+    with pytest.raises(AuditStoreError, match=r"^no checkpoint signed with that public key in "):
+        proved(third.public_key())
+
+
+def test_prove_from_the_trail_skips_a_stored_note_that_is_not_well_formed(
+    trail_db: Path | str,
+) -> None:
+    lines = checkpointed(trail_db, 12, (10, 12))
+    for ident, line in enumerate(lines, start=1):
+        record = json.loads(line)
+        note = record["note"] if ident == 1 else "garbage"
+        trails.execute(
+            trail_db,
+            (
+                "INSERT INTO audit_checkpoints (id, head_id, head_hash, tree_size, root, merkle, "
+                "note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (ident, record["head_id"], record["head_hash"], record["size"], record["root"],
+                 "{}", note, record["time"]),
+            ),
+        )  # fmt: skip
+
+    proof = _prove(trail_db, "evt-4")
+
+    assert proof["tree_size"] == 10  # the newest copy is garbage: the one before it is used
+    assert verify_proof(proof, KEY.public_key()).ok
