@@ -59,6 +59,7 @@ __all__ = ["PROOF_FORMAT", "ProofReport", "prove", "verify_proof"]
 PROOF_FORMAT = "audit-engine-proof/1"
 _NAMES = ("id", *STORED_COLUMNS, "prev_hash", "hash")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_KEYS = {"format", "entry", "chain_version", "leaf_index", "tree_size", "path", "checkpoint"}
 # The trail's own checkpoint copies looked at, newest first, for one whose note is usable.
 _LOOKBACK = 64
 
@@ -269,6 +270,8 @@ def _field(value: Mapping[str, Any], name: str, kind: type) -> Any:
 def _check(value: dict[str, Any], key: Any) -> ProofReport:
     if value.get("format") != PROOF_FORMAT:
         raise CheckpointProblem(f"not an inclusion proof of this engine (format {PROOF_FORMAT!r})")
+    if set(value) - _KEYS:
+        raise CheckpointProblem(f"the proof has unknown fields: {sorted(set(value) - _KEYS)}")
     entry: dict[str, Any] = _field(value, "entry", dict)
     version: str = _field(value, "chain_version", str)
     index: int = _field(value, "leaf_index", int)
@@ -288,13 +291,17 @@ def _check(value: dict[str, Any], key: Any) -> ProofReport:
         raise CheckpointProblem(
             f"the entry's fields are not those of a version {version} row: {odd}"
         )
+    if type(entry["id"]) is not int:
+        raise CheckpointProblem("entry.id must be an integer")
+    if type(entry["critical"]) is not bool:
+        raise CheckpointProblem("entry.critical must be true or false")
     try:
         row = export_row({"hash": None, **entry})
         leaf = content_digest(row[:-1], version)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointProblem(f"the entry is not a stored row ({exc!r})") from None
-    row_id = row[0]
-    if type(row_id) is not int or index != row_id - (head.id - size) - 1:
+    row_id: int = row[0]
+    if index != row_id - (head.id - size) - 1:
         raise CheckpointProblem(
             f"leaf index {index} is not the place of row {row_id} in a tree of {size} rows "
             f"ending at row {head.id}"

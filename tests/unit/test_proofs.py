@@ -308,3 +308,22 @@ def test_prove_from_the_trail_skips_a_stored_note_that_is_not_well_formed(
 
     assert proof["tree_size"] == 10  # the newest copy is garbage: the one before it is used
     assert verify_proof(proof, KEY.public_key()).ok
+
+
+def test_a_proof_with_a_wrong_type_or_an_unknown_field_names_it(trail_db: Path | str) -> None:
+    lines = checkpointed(trail_db, 8, (8,))
+    proof = _prove(trail_db, "evt-6", lines)
+    note = proof["checkpoint"]
+    cases = [
+        ({"entry": {**proof["entry"], "id": "6"}}, "entry.id must be an integer"),
+        ({"entry": {**proof["entry"], "id": 6.0}}, "entry.id must be an integer"),
+        ({"entry": {**proof["entry"], "critical": 0}}, "entry.critical must be true or false"),
+        ({"comment": "x"}, "the proof has unknown fields: ['comment']"),
+        ({"checkpoint": note.replace("\n\n", "\n\n\n")}, "its signature does not verify"),
+        ({"checkpoint": note + "\n"}, "its signature does not verify"),
+    ]
+    assert verify_proof(proof, KEY.public_key()).ok
+    for change, reason in cases:
+        report = verify_proof({**proof, **change}, KEY.public_key())
+        assert not report.ok
+        assert str(report.reason).startswith(reason), (change, report.reason)
