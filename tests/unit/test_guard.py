@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from audit_engine import AuditEntry, AuditService, AuditStore
 from audit_engine.cli import main
 from audit_engine.storage import backends, dialect
-from audit_engine.storage.postgres.connection import pg_sql
+from audit_engine.storage.postgres.connection import mask_url, pg_sql
 from audit_engine.storage.sqlite import schema
 
 OLD = datetime(2024, 1, 1, tzinfo=UTC)
@@ -459,3 +459,117 @@ def test_the_documented_retention_role_purges_but_cannot_edit(roles: tuple[str, 
         verified = store.verify(min_retention=timedelta(0))
     assert verified.ok, verified.reason
     assert verified.anchors_checked == 1
+
+
+# -- the guard put back on open --------------------------------------------------------------
+
+
+def _triggers(database: Path) -> list[tuple[str, str]]:
+    """The guard's triggers in creation order (SQLite fires the newest first), with their text."""
+    return trails.query(
+        database,
+        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+        "AND name LIKE 'audit_guard_%' ORDER BY rowid",
+    )
+
+
+def _guard_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "audit_engine.schema" and "append-only guard" in record.getMessage()
+    ]
+
+
+def test_a_table_rebuilt_by_sqlite_utils_transform_gets_its_guard_back_on_open(
+    db_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _trail(db_path, old=0, new=3)
+    fresh = tmp_path / "fresh.db"
+    _trail(fresh, old=0, new=1)
+    db = sqlite_utils.Database(db_path)
+    db["audit_entries"].transform(types={"actor": str})  # rebuilds the table: its triggers go
+    db.conn.close()
+    gone = {name for name, _ in _triggers(fresh)} - {name for name, _ in _triggers(db_path)}
+    assert gone == {
+        "audit_guard_entries_insert",
+        "audit_guard_entries_update",
+        "audit_guard_entries_delete",
+        "audit_guard_entries_replace_event_id",
+        "audit_guard_entries_replace_id",
+    }
+
+    with caplog.at_level("WARNING", logger="audit_engine.schema"), AuditStore(db_path) as store:
+        assert store.verify().ok
+    [warning] = _guard_warnings(caplog)
+    assert warning.startswith(f"the append-only guard of {db_path} was missing 5 triggers (")
+    assert all(name in warning for name in gone)
+    assert warning.endswith(
+        ": recreated; a tool rebuilt or altered the audit tables — verify the trail"
+    )
+    assert _triggers(db_path) == _triggers(fresh)  # all of it, in the step's order
+    assert _refusal(db_path, "DELETE FROM audit_entries WHERE id = 3").endswith(
+        _refused("audit_entries", "DELETE")
+    )
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="audit_engine.schema"), AuditStore(db_path) as store:
+        assert store.count() == 3
+    assert _guard_warnings(caplog) == []  # in place now: nothing to say
+
+
+def test_a_dropped_trigger_is_put_back_by_the_next_service(
+    db_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _trail(db_path, old=0, new=2)
+    before = _triggers(db_path)
+    _raw(db_path, 'DROP TRIGGER "audit_guard_entries_update"')
+    with (
+        caplog.at_level("WARNING", logger="audit_engine.schema"),
+        AuditService(
+            db_path, cleanup_enabled=False, deadletter_path=tmp_path / "dl.jsonl"
+        ) as audit,
+    ):
+        audit.record(action="doc.save")
+        audit.flush()
+    assert [w.split(": ")[0] for w in _guard_warnings(caplog)] == [
+        f"the append-only guard of {db_path} was missing 1 trigger (audit_guard_entries_update)"
+    ]
+    assert _triggers(db_path) == before
+    assert _refusal(db_path, "UPDATE audit_entries SET actor = 'x'").endswith(
+        _refused("audit_entries", "UPDATE")
+    )
+
+
+def test_a_read_only_connection_only_warns(db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _trail(db_path, old=0, new=1)
+    _raw(db_path, 'DROP TRIGGER "audit_guard_entries_delete"')
+    reader = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, isolation_level=None)
+    with contextlib.closing(reader), caplog.at_level("WARNING", logger="audit_engine.schema"):
+        schema.keep_guard(reader, db_path)
+    [warning] = _guard_warnings(caplog)
+    assert "(audit_guard_entries_delete): NOT recreated (the connection is read-only)" in warning
+    _raw(db_path, "DELETE FROM audit_entries WHERE id = 1")  # still unguarded: nothing changed
+
+
+def test_a_dropped_or_disabled_trigger_on_postgresql_is_put_back(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _trail(pg_url, old=0, new=2)
+    with psycopg.connect(pg_url) as owner:
+        owner.execute("DROP TRIGGER audit_guard_entries_delete ON audit_entries")
+        owner.execute("ALTER TABLE audit_entries DISABLE TRIGGER audit_guard_entries_update")
+    _raw(pg_url, "DELETE FROM audit_entries WHERE id = 2")  # the guard is really gone
+    with caplog.at_level("WARNING", logger="audit_engine.schema"), AuditStore(pg_url) as store:
+        assert store.count() == 1
+    [warning] = _guard_warnings(caplog)
+    assert "was missing 2 triggers (audit_guard_entries_update, audit_guard_entries_delete)" in (
+        warning
+    )
+    assert warning.startswith(f"the append-only guard of {mask_url(pg_url)} was missing")
+    assert ": recreated;" in warning
+    for sql, event in (
+        ("DELETE FROM audit_entries", "DELETE"),
+        ("UPDATE audit_entries SET actor = 'x'", "UPDATE"),
+    ):
+        assert _refusal(pg_url, sql).endswith(_refused("audit_entries", event))

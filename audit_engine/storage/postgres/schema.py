@@ -16,6 +16,7 @@ an advisory lock, in one transaction: several processes starting at once migrate
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -29,6 +30,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TABLE",
     "chain_versions",
+    "keep_guard",
     "migrate",
     "refuse_foreign_tables",
     "schema_version",
@@ -44,6 +46,7 @@ CHECKPOINTS = "audit_checkpoints"
 # PostgreSQL existed).
 SCHEMA_VERSION = 3
 _MIGRATION_LOCK = 0  # the advisory lock (CHAIN_LOCK_CLASS, 0) serialises migrations
+logger = logging.getLogger("audit_engine.schema")  # the documented logger name, as on SQLite
 
 # Frozen: version 1 as it shipped. A change is a new step appended to _STEPS.
 _V1 = (
@@ -114,10 +117,11 @@ _V2 = (
 # DELETE; its argument says when it lets a row through: 'purge' while the purge's transaction has
 # set audit_engine.purge (SET LOCAL: no other session sees it), 'unused' for a chain version no
 # entry was hashed with yet (first_id after the tail), 'never' otherwise. TRUNCATE is refused on
-# every table. New entries must carry a known operation and outcome and hex hashes (details_text is
-# valid JSON already: the generated jsonb column parses it); NOT VALID: the rows already there are
-# not scanned (they were written by the engine), new rows are checked. Frozen literals: the values
-# models.Operation and models.Outcome had when this step shipped.
+# every table. New entries must carry a known operation and outcome and
+# hex hashes (details_text is valid JSON already: the generated jsonb column parses it); NOT
+# VALID: the rows already there are not scanned (they were written by the engine), new rows are
+# checked. Frozen literals: the values models.Operation and models.Outcome had when this step
+# shipped.
 _V3_REFUSE = """CREATE FUNCTION audit_engine_guard() RETURNS trigger LANGUAGE plpgsql AS $guard$
 DECLARE
     tail bigint;
@@ -186,6 +190,24 @@ _V3 = (
 _STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 assert len(_STEPS) == SCHEMA_VERSION
 
+# The guard of the current version, kept in place by keep_guard(): trigger name -> (table, its
+# statement), from the step's own statements. A later step that changes the guard updates this.
+_GUARD_FUNCTION = _V3_REFUSE.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+_GUARD = {
+    words[2]: (words[words.index("ON") + 1], statement)
+    for statement in _V3
+    if (words := statement.split())[:2] == ["CREATE", "TRIGGER"]
+}
+# The engine's tables in the entries table's schema, each with its guard triggers that fire: a
+# disabled one (tgenabled 'D', or 'R': on replicas only) guards nothing and counts as missing.
+_GUARD_SQL = (
+    "SELECT c.relname, t.tgname FROM pg_catalog.pg_class c "
+    "LEFT JOIN pg_catalog.pg_trigger t ON t.tgrelid = c.oid AND NOT t.tgisinternal "
+    "AND t.tgenabled IN ('O', 'A') "
+    "WHERE c.relnamespace = (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = %s) "
+    "AND c.relname = ANY(%s)"
+)
+
 
 # The first table of this name along the search_path, read from pg_class with the statement's
 # own snapshot. Not to_regclass: it resolves through the backend's catalog cache, which inside an
@@ -246,6 +268,57 @@ def migrate(conn: psycopg.Connection[Any]) -> None:
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (str(SCHEMA_VERSION),),
         )
+
+
+def _missing_guard(conn: psycopg.Connection[Any]) -> list[str]:
+    oid = _lookup(conn, TABLE)
+    if oid is None:
+        return []
+    tables = sorted({table for table, _ in _GUARD.values()})
+    rows = conn.execute(_GUARD_SQL, (oid, tables)).fetchall()
+    present = {table for table, _ in rows}
+    firing = {(table, name) for table, name in rows if name is not None}
+    return [
+        name
+        for name, (table, _) in _GUARD.items()
+        if table in present and (table, name) not in firing
+    ]
+
+
+def keep_guard(conn: psycopg.Connection[Any], where: str) -> None:
+    """Create the append-only guard again when a trigger of it is gone or disabled, logging a
+    WARNING (on ``audit_engine.schema``) naming ``where`` and the triggers.
+
+    One catalog query when all is in place; else, under the migration lock, every guard trigger
+    is dropped and created again with the function, from the step's statements. Only the
+    tables' owner may: another role (or a read-only server) gets the warning only.
+    """
+    gone = _missing_guard(conn)
+    if not gone:
+        return
+    what = (
+        f"the append-only guard of {where} was missing {len(gone)} "
+        f"trigger{'s' if len(gone) > 1 else ''} ({', '.join(gone)})"
+    )
+    why = "a tool rebuilt or altered the audit tables — verify the trail"
+    try:
+        with conn.transaction():
+            lock = (CHAIN_LOCK_CLASS, _MIGRATION_LOCK)
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", lock)
+            if _missing_guard(conn):  # again, under the lock
+                present = {table for table, _ in _GUARD.values() if _has_table(conn, table)}
+                for name, (table, _) in _GUARD.items():
+                    if table in present:
+                        conn.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+                conn.execute(_GUARD_FUNCTION)
+                for table, statement in _GUARD.values():
+                    if table in present:
+                        conn.execute(statement)  # our own literal DDL
+    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction) as exc:
+        reason = str(exc).splitlines()[0]
+        logger.warning("%s: NOT recreated (%s; the tables' owner can); %s", what, reason, why)
+        return
+    logger.warning("%s: recreated; %s", what, why)
 
 
 def refuse_foreign_tables(conn: psycopg.Connection[Any]) -> None:

@@ -31,6 +31,7 @@ from audit_engine.storage.postgres.connection import (
 )
 from audit_engine.storage.postgres.schema import (
     SCHEMA_VERSION,
+    keep_guard,
     migrate,
     refuse_foreign_tables,
     schema_version,
@@ -146,6 +147,7 @@ def open_trail(url: str, *, create: bool = False, lock_timeout_s: float | None =
                 "`audit-engine --db URL init` creates them)"
             )
         migrate(conn)  # creates, upgrades an older trail, refuses a newer one
+        keep_guard(conn, mask_url(url))  # a tool may have dropped or disabled its triggers
         return PgTrail(conn, url, table_oid(conn))
     except psycopg.Error as exc:
         conn.close()

@@ -20,20 +20,8 @@ audit tables and no meta table is theirs, and its ``user_version`` is read (neve
 know which steps it still needs.
 
 From version 5 on, triggers named ``audit_guard_<table>_<event>`` refuse UPDATE and DELETE on the
-audit tables (:func:`_v5_guard`). A later step that must change rows of a guarded table — or the
-guard itself — drops the triggers it needs out of the way and creates them again in the same
-migration transaction, so no other connection ever sees the tables unguarded::
-
-    for (name,) in conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'audit_guard_%'"
-    ).fetchall():
-        conn.execute(f'DROP TRIGGER "{name}"')
-    ... the step's own UPDATEs, ALTERs or table rebuild ...
-    ... CREATE TRIGGER again: the step's own frozen copy of the guard, as it stands then ...
-
-(a table rebuild drops its triggers with the old table anyway). The step must recreate them from
-its own literal text, never by calling ``_v5_guard``: a released step is never edited, and the
-guard of version 5 names the operations and outcomes as they were then.
+audit tables (:func:`_v5_guard`); opening a trail puts back any a tool took away. A later step
+that must change rows of a guarded table, or the guard itself, follows :mod:`.guard`'s doc.
 """
 
 from __future__ import annotations
@@ -242,13 +230,13 @@ def _v4_integrity(db: sqlite_utils.Database) -> None:
 # Frozen copies of the values models.Operation and models.Outcome had when this step shipped.
 _V5_OPERATIONS = ("create", "read", "update", "delete", "execute")
 _V5_OUTCOMES = ("success", "failure")
-_V5_PURGE_MARKER = "audit_engine_purge"
+V5_PURGE_MARKER = "audit_engine_purge"
 # The chain's tail id: the newest entry, else the newest anchor's last purged row, else 0.
 _V5_TAIL = (
     "coalesce((SELECT max(id) FROM audit_entries), "
     "(SELECT max(last_deleted_id) FROM audit_anchors), 0)"
 )
-_V5_PURGING = f"EXISTS (SELECT 1 FROM {_V5_PURGE_MARKER})"
+_V5_PURGING = f"EXISTS (SELECT 1 FROM {V5_PURGE_MARKER})"
 
 
 def _v5_listed(values: tuple[str, ...]) -> str:
@@ -287,22 +275,8 @@ def _v5_append_only(table: str, event: str, when: str | None = None) -> str:
     )
 
 
-def _v5_guard(db: sqlite_utils.Database) -> None:
-    """Version 5: the append-only guard. Triggers refuse UPDATE and DELETE on the audit tables,
-    and refuse entries that are not what the engine writes (details not JSON, an unknown
-    operation or outcome, a hash that is not 64 lowercase hex digits).
-
-    Two exceptions. The purge deletes entries and moves its anchor while a row is in
-    ``audit_engine_purge``: it inserts that row and deletes it again in the same transaction, so
-    no other connection ever sees it. A chain-versions row no entry was hashed with yet (its
-    ``first_id`` after the tail) may be replaced by the writer that recorded it.
-
-    Triggers rather than CHECK constraints: SQLite adds a CHECK only by rebuilding the table,
-    which on a big trail means copying every row; a trigger is added at once, and its cost per
-    insert measured the same as the CHECK's (see the module doc on how later steps change them).
-    """
-    conn = db.conn
-    conn.execute(f'CREATE TABLE "{_V5_PURGE_MARKER}" ("purging" INTEGER NOT NULL)')
+def _v5_statements() -> tuple[str, ...]:
+    statements: list[str] = []
     entry_checks = (
         ("json_valid(NEW.details)", "details must be valid JSON"),
         (
@@ -326,38 +300,40 @@ def _v5_guard(db: sqlite_utils.Database) -> None:
         f"{message} (audit_engine guard)') WHERE NOT {check};"
         for check, message in entry_checks
     )
-    conn.execute(
+    statements.append(
         'CREATE TRIGGER "audit_guard_entries_insert" BEFORE INSERT ON "audit_entries"\n'
         f"    WHEN NOT ({when})\n"
         f"BEGIN{body}\nEND"
     )
-    conn.execute(_v5_append_only("audit_entries", "UPDATE"))
-    conn.execute(_v5_append_only("audit_entries", "DELETE", f"NOT {_V5_PURGING}"))
+    statements.append(_v5_append_only("audit_entries", "UPDATE"))
+    statements.append(_v5_append_only("audit_entries", "DELETE", f"NOT {_V5_PURGING}"))
     # INSERT OR REPLACE deletes the stored row without firing DELETE triggers (unless the
     # connection set recursive_triggers): refuse the insert first, in SQLite's own words for a
     # plain duplicate, so the engine's errors read as before. Two primary-key/index probes per
     # row: no cost that shows in the bench.
     for column in ("event_id", "id"):  # SQLite runs the newest trigger first: id, as it would
-        conn.execute(
+        statements.append(
             f'CREATE TRIGGER "audit_guard_entries_replace_{column}" BEFORE INSERT ON '
             f'"audit_entries"\n    WHEN EXISTS (SELECT 1 FROM "audit_entries" WHERE "{column}" = '
             f'NEW."{column}")\nBEGIN SELECT RAISE(ABORT, \'UNIQUE constraint failed: '
             f"audit_entries.{column}'); END"
         )
-    conn.execute(_v5_append_only("audit_anchors", "UPDATE", f"NOT {_V5_PURGING}"))
-    conn.execute(_v5_append_only("audit_anchors", "DELETE"))
+    statements.append(_v5_append_only("audit_anchors", "UPDATE", f"NOT {_V5_PURGING}"))
+    statements.append(_v5_append_only("audit_anchors", "DELETE"))
     for table in ("audit_cleanup_runs", "audit_checkpoints"):
-        conn.execute(_v5_append_only(table, "UPDATE"))
-        conn.execute(_v5_append_only(table, "DELETE"))
-    conn.execute(
+        statements.append(_v5_append_only(table, "UPDATE"))
+        statements.append(_v5_append_only(table, "DELETE"))
+    statements.append(
         _v5_append_only(
             "audit_chain_versions",
             "UPDATE",
             f"OLD.first_id <= {_V5_TAIL} OR NEW.first_id <= {_V5_TAIL}",
         )
     )
-    conn.execute(_v5_append_only("audit_chain_versions", "DELETE", f"OLD.first_id <= {_V5_TAIL}"))
-    conn.execute(
+    statements.append(
+        _v5_append_only("audit_chain_versions", "DELETE", f"OLD.first_id <= {_V5_TAIL}")
+    )
+    statements.append(
         _v5_refuse(
             "audit_chain_versions",
             "INSERT",
@@ -366,6 +342,33 @@ def _v5_guard(db: sqlite_utils.Database) -> None:
             "entry (audit_engine guard)",
         )
     )
+    return tuple(statements)
+
+
+# The guard as version 5 creates it: the marker table, then the triggers in order (SQLite runs
+# the newest BEFORE trigger first). guard.py recreates them from these when a tool drops them.
+V5_MARKER_TABLE = f'CREATE TABLE "{V5_PURGE_MARKER}" ("purging" INTEGER NOT NULL)'
+V5_GUARD_TRIGGERS = _v5_statements()
+
+
+def _v5_guard(db: sqlite_utils.Database) -> None:
+    """Version 5: the append-only guard. Triggers refuse UPDATE and DELETE on the audit tables,
+    and refuse entries that are not what the engine writes (details not JSON, an unknown
+    operation or outcome, a hash that is not 64 lowercase hex digits).
+
+    Two exceptions. The purge deletes entries and moves its anchor while a row is in
+    ``audit_engine_purge``: it inserts that row and deletes it again in the same transaction, so
+    no other connection ever sees it. A chain-versions row no entry was hashed with yet (its
+    ``first_id`` after the tail) may be replaced by the writer that recorded it.
+
+    Triggers rather than CHECK constraints: SQLite adds a CHECK only by rebuilding the table,
+    which on a big trail means copying every row; a trigger is added at once, and its cost per
+    insert measured the same as the CHECK's (guard.py's doc says how later steps change them).
+    """
+    conn = db.conn
+    conn.execute(V5_MARKER_TABLE)
+    for statement in V5_GUARD_TRIGGERS:
+        conn.execute(statement)
 
 
 # STEPS[v] upgrades schema version v to v + 1; append, never edit.
@@ -429,16 +432,3 @@ def set_stored_version(conn: sqlite3.Connection, version: int) -> None:
     conn.execute(
         f"INSERT OR REPLACE INTO {META} (key, value) VALUES ('schema_version', ?)", (str(version),)
     )
-
-
-def chain_versions(conn: sqlite3.Connection) -> list[tuple[int, str]]:
-    """``(first_id, version)`` pairs in id order: entries from ``first_id`` on, up to the next
-    pair's, are hashed with canonical form ``version``. Empty before the meta tables exist."""
-    if not _has_table(conn, CHAIN_VERSIONS):
-        return []
-    return [
-        (int(first_id), str(version))
-        for first_id, version in conn.execute(
-            f"SELECT first_id, version FROM {CHAIN_VERSIONS} ORDER BY first_id"
-        )
-    ]

@@ -23,7 +23,7 @@ from audit_engine import columns, forks
 from audit_engine.errors import AuditStoreError
 from audit_engine.storage.anchors import ANCHORS as ANCHORS  # re-exported: the tables live here
 from audit_engine.storage.anchors import CLEANUP_RUNS as CLEANUP_RUNS
-from audit_engine.storage.sqlite import migrations
+from audit_engine.storage.sqlite import guard, migrations
 
 logger = logging.getLogger("audit_engine.schema")  # the documented logger name
 
@@ -49,7 +49,16 @@ def chain_versions(conn: sqlite3.Connection) -> list[tuple[int, str]]:
     """``(first_id, version)``: the canonical form (``chain.CHAIN_VERSION``) that hashes the
     entries from ``first_id`` on, up to the next pair's; every file so far records ``[(1, "1")]``.
     """
-    return migrations.chain_versions(conn)
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+        (migrations.CHAIN_VERSIONS,),
+    ).fetchone()
+    if found is None:  # before the meta tables exist
+        return []
+    rows = conn.execute(
+        f"SELECT first_id, version FROM {migrations.CHAIN_VERSIONS} ORDER BY first_id"
+    )
+    return [(int(first_id), str(version)) for first_id, version in rows]
 
 
 def _refuse_newer(conn: sqlite3.Connection, version: int) -> None:
@@ -243,6 +252,7 @@ def open_connection(
         if create:
             # The meta table said "current": check the entries table is really there.
             _check_audit_database(conn, path)
+        keep_guard(conn, path)
         _warn_if_loose(path)  # after the PRAGMAs: the -wal and -shm files exist by now
         conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
     except sqlite3.DatabaseError as exc:
@@ -252,6 +262,38 @@ def open_connection(
         conn.close()
         raise
     return conn
+
+
+def keep_guard(conn: sqlite3.Connection, path: str | os.PathLike[str]) -> None:
+    """Create the append-only guard again when a trigger of it is gone, logging a WARNING.
+
+    A tool that rebuilds a table (``sqlite-utils transform``) drops its triggers silently, and
+    nothing else would ever put them back. One ``sqlite_master`` query when all is in place; else
+    its own ``BEGIN IMMEDIATE`` transaction. A read-only connection cannot: it only warns.
+    """
+    gone = guard.missing(conn)
+    if not gone:
+        return
+    what = (
+        f"the append-only guard of {path} was missing {len(gone)} "
+        f"trigger{'s' if len(gone) > 1 else ''} ({', '.join(gone)})"
+    )
+    why = "a tool rebuilt or altered the audit tables — verify the trail"
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        if guard.missing(conn):  # again under the lock: another process may have done it
+            guard.recreate(conn)
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        rollback_quietly(conn)
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_READONLY:
+            raise
+        logger.warning("%s: NOT recreated (the connection is read-only); %s", what, why)
+        return
+    except BaseException:
+        rollback_quietly(conn)
+        raise
+    logger.warning("%s: recreated; %s", what, why)
 
 
 def _check_audit_database(conn: sqlite3.Connection, path: Path) -> None:
