@@ -49,9 +49,13 @@ def trail_id(conn: AnyConnection) -> str:
     """The trail's random identity (the origin its checkpoints name)."""
     row = conn.execute(f"SELECT value FROM {META} WHERE key = 'trail_id'").fetchone()
     if row is None:
+        # Every open migrates, and the migration gives a trail its id: a missing row was
+        # removed (the guard refuses that since schema version 5), so no command brings it back.
         raise AuditStoreError(
-            "this trail has no trail_id: its schema predates checkpoints (open it with "
-            "AuditStore or audit-engine init to migrate it)"
+            f"this trail has no trail_id: the trail's identity row ({META}, key 'trail_id') "
+            "was removed, which is tampering or damage; the checkpoints signed for this trail "
+            "name that identity and cannot be matched to it without it (restore the database "
+            "from a backup)"
         )
     return str(row[0])
 

@@ -25,7 +25,8 @@ from click.testing import CliRunner
 
 from audit_engine import AuditEntry, AuditService, AuditStore
 from audit_engine.cli import main
-from audit_engine.storage import backends, dialect
+from audit_engine.errors import AuditStoreError
+from audit_engine.storage import backends, dialect, leaves
 from audit_engine.storage.postgres.connection import mask_url, pg_sql
 from audit_engine.storage.sqlite import schema
 
@@ -573,3 +574,71 @@ def test_a_dropped_or_disabled_trigger_on_postgresql_is_put_back(
         ("UPDATE audit_entries SET actor = 'x'", "UPDATE"),
     ):
         assert _refusal(pg_url, sql).endswith(_refused("audit_entries", event))
+
+
+# -- the trail's identity --------------------------------------------------------------------
+
+_IDENTITY = "audit_engine_meta keeps the trail_id row: {} refused (it is the identity the trail "
+_IDENTITY += "checkpoints name; audit_engine guard)"
+
+
+def test_the_trail_id_row_cannot_be_changed_or_removed(trail_db: Path | str) -> None:
+    _trail(trail_db, old=0, new=1)
+    trail_id = trails.query(trail_db, "SELECT value FROM audit_engine_meta WHERE key = 'trail_id'")
+    refused = {
+        "UPDATE audit_engine_meta SET value = 'f' WHERE key = 'trail_id'": "UPDATE",
+        "UPDATE audit_engine_meta SET key = 'trail_id' WHERE key = 'schema_version'": "UPDATE",
+        "DELETE FROM audit_engine_meta": "DELETE",
+    }
+    if trails.is_pg(trail_db):
+        upsert = "INSERT INTO audit_engine_meta VALUES ('trail_id', 'f') "
+        refused[upsert + "ON CONFLICT (key) DO UPDATE SET value = excluded.value"] = "UPDATE"
+    else:
+        refused["INSERT OR REPLACE INTO audit_engine_meta VALUES ('trail_id', 'f')"] = "INSERT"
+        refused["REPLACE INTO audit_engine_meta VALUES ('trail_id', 'f')"] = "INSERT"
+    for sql, event in refused.items():
+        assert _refusal(trail_db, sql).endswith(_IDENTITY.format(event)), sql
+    if trails.is_pg(trail_db):
+        assert _refusal(trail_db, "TRUNCATE audit_engine_meta").endswith(
+            "audit_engine_meta is append-only: TRUNCATE refused (audit_engine guard)"
+        )
+    assert (
+        trails.query(trail_db, "SELECT value FROM audit_engine_meta WHERE key = 'trail_id'")
+        == trail_id
+    )
+
+    # Migrations still record the schema version, each backend in its own way.
+    if trails.is_pg(trail_db):
+        _raw(
+            trail_db,
+            "INSERT INTO audit_engine_meta VALUES ('schema_version', '3') "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+    else:
+        _raw(trail_db, "INSERT OR REPLACE INTO audit_engine_meta VALUES ('schema_version', '5')")
+    _raw(trail_db, "UPDATE audit_engine_meta SET value = value WHERE key = 'schema_version'")
+    with AuditStore(trail_db) as store:
+        assert store.verify().ok
+
+
+def test_a_removed_trail_id_is_named_as_tampering_not_an_old_schema(trail_db: Path | str) -> None:
+    _trail(trail_db, old=0, new=1)
+    remove = "DELETE FROM audit_engine_meta WHERE key = 'trail_id'"
+    if trails.is_pg(trail_db):  # a forger who owns the tables (tamper.GUARDED has no meta table)
+        with psycopg.connect(str(trail_db)) as owner:
+            owner.execute("ALTER TABLE audit_engine_meta DISABLE TRIGGER USER")
+            owner.execute(remove)
+            owner.execute("ALTER TABLE audit_engine_meta ENABLE TRIGGER USER")
+    else:
+        trails.execute(trail_db, remove)
+    conn = backends.open_trail(trail_db, create=False)
+    try:
+        with pytest.raises(AuditStoreError) as exc:
+            leaves.trail_id(conn)
+    finally:
+        conn.close()
+    message = str(exc.value)
+    assert "identity row (audit_engine_meta, key 'trail_id') was removed" in message
+    assert "tampering or damage" in message
+    assert "cannot be matched" in message
+    assert "init" not in message  # opening or init cannot bring it back

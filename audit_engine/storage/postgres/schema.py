@@ -116,8 +116,9 @@ _V2 = (
 # Version 3: the append-only guard (SQLite's version 5). One trigger function refuses UPDATE and
 # DELETE; its argument says when it lets a row through: 'purge' while the purge's transaction has
 # set audit_engine.purge (SET LOCAL: no other session sees it), 'unused' for a chain version no
-# entry was hashed with yet (first_id after the tail), 'never' otherwise. TRUNCATE is refused on
-# every table. New entries must carry a known operation and outcome and
+# entry was hashed with yet (first_id after the tail), 'identity' for the meta table (its trail_id
+# row, which the checkpoints name, never changes; schema_version does), 'never' otherwise.
+# TRUNCATE is refused on every table. New entries must carry a known operation and outcome and
 # hex hashes (details_text is valid JSON already: the generated jsonb column parses it); NOT
 # VALID: the rows already there are not scanned (they were written by the engine), new rows are
 # checked. Frozen literals: the values models.Operation and models.Outcome had when this step
@@ -128,6 +129,14 @@ DECLARE
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         RAISE EXCEPTION '% is append-only: TRUNCATE refused (audit_engine guard)', TG_TABLE_NAME
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    IF TG_ARGV[0] = 'identity' THEN
+        IF OLD.key <> 'trail_id' AND (TG_OP = 'DELETE' OR NEW.key <> 'trail_id') THEN
+            RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+        END IF;
+        RAISE EXCEPTION 'audit_engine_meta keeps the trail_id row: % refused (it is the identity '
+            'the trail checkpoints name; audit_engine guard)', TG_OP
             USING ERRCODE = 'restrict_violation';
     END IF;
     IF TG_ARGV[0] = 'purge' AND current_setting('audit_engine.purge', true) = 'on' THEN
@@ -174,9 +183,10 @@ _V3 = (
     _v3_trigger(CLEANUP_RUNS, "UPDATE OR DELETE", "never"),
     _v3_trigger(CHECKPOINTS, "UPDATE OR DELETE", "never"),
     _v3_trigger(CHAIN_VERSIONS, "INSERT OR UPDATE OR DELETE", "unused"),
+    _v3_trigger(META, "UPDATE OR DELETE", "identity"),
     *(
         _v3_trigger(table, "TRUNCATE", "never", each="STATEMENT")
-        for table in (TABLE, ANCHORS, CLEANUP_RUNS, CHECKPOINTS, CHAIN_VERSIONS)
+        for table in (TABLE, ANCHORS, CLEANUP_RUNS, CHECKPOINTS, CHAIN_VERSIONS, META)
     ),
     f"ALTER TABLE {TABLE} ADD CONSTRAINT audit_entries_operation_known CHECK "
     "(operation IN ('create', 'read', 'update', 'delete', 'execute')) NOT VALID",

@@ -342,6 +342,20 @@ def _v5_statements() -> tuple[str, ...]:
             "entry (audit_engine guard)",
         )
     )
+    # The trail's identity row, which its checkpoints name; schema_version stays writable. INSERT
+    # OR REPLACE over trail_id deletes it without a DELETE trigger: refused first.
+    kept = (
+        f"{META} keeps the trail_id row: %s refused (it is the identity the trail checkpoints name"
+    )
+    for event, when in (
+        ("UPDATE", "OLD.key = 'trail_id' OR NEW.key = 'trail_id'"),
+        ("DELETE", "OLD.key = 'trail_id'"),
+        (
+            "INSERT",
+            f"NEW.key = 'trail_id' AND EXISTS (SELECT 1 FROM {META} WHERE key = 'trail_id')",
+        ),
+    ):
+        statements.append(_v5_refuse(META, event, when, kept % event + "; audit_engine guard)"))
     return tuple(statements)
 
 
@@ -354,7 +368,8 @@ V5_GUARD_TRIGGERS = _v5_statements()
 def _v5_guard(db: sqlite_utils.Database) -> None:
     """Version 5: the append-only guard. Triggers refuse UPDATE and DELETE on the audit tables,
     and refuse entries that are not what the engine writes (details not JSON, an unknown
-    operation or outcome, a hash that is not 64 lowercase hex digits).
+    operation or outcome, a hash that is not 64 lowercase hex digits), and any change to the
+    trail's identity (``audit_engine_meta``'s ``trail_id`` row).
 
     Two exceptions. The purge deletes entries and moves its anchor while a row is in
     ``audit_engine_purge``: it inserts that row and deletes it again in the same transaction, so
