@@ -20,6 +20,7 @@ GUARDED = (
     "audit_cleanup_runs",
     "audit_checkpoints",
     "audit_chain_versions",
+    "audit_engine_meta",  # its trail_id row
 )
 
 
