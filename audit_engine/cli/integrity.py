@@ -117,10 +117,17 @@ def _failure(report: VerifyReport) -> str:
     if signed is not None and report.reason == signed:  # the chain itself held
         return f"the trail does not match its signed checkpoints: {signed}"
     if report.unchecked_from is not None:  # keyed rows, and no key (or not theirs)
+        held = (
+            f"; {plural(report.checkpoints_checked, 'signed checkpoint')} held"
+            if signed is None and report.checkpoints_checked
+            else ""
+        )
         message = (
             f"not verified: {report.reason} "
-            f"({plural(report.rows_checked, 'row')} verified before them)"
+            f"({plural(report.rows_checked, 'other row')} verified{held})"
         )
+    elif report.first_bad_id is None and report.head is not None:  # e.g. a key, no keyed row
+        message = f"not verified: {report.reason}"
     elif report.first_bad_id is None:  # a purge anchor or cleanup run, before any row
         hint = (
             "; --min-retention defaults to the retention setting (AUDIT_TRAIL_RETENTION_DAYS)"

@@ -131,7 +131,7 @@ def origin_of(trail: str) -> str:
 def head_of(checkpoint: Checkpoint) -> ChainHead:
     """The chain head a checkpoint signs (its ``head <id> <hash>`` line)."""
     ident, _, digest = checkpoint.head.partition(" ")
-    if not ident.isdigit() or len(digest) != 64:
+    if not (ident.isascii() and ident.isdigit()) or len(digest) != 64:
         raise CheckpointProblem(f"its head line is not '<id> <hash>' (got {checkpoint.head!r})")
     return ChainHead(id=int(ident), hash=digest)
 

@@ -60,7 +60,7 @@ def test_verify_without_the_key_is_not_ok_and_says_why(
     assert result.output == (
         f"Error: not verified: rows from id 1 on are keyed (key {KEY_ID}): they cannot be "
         "checked without the chain key (set AUDIT_TRAIL_CHAIN_KEY_FILE or pass "
-        "--chain-key-file) (0 rows verified before them)\n"
+        "--chain-key-file) (0 other rows verified)\n"
     )
     stats = runner.invoke(main, ["--db", str(db_path), "stats"])
     assert "Chain:      NOT VERIFIED: rows from id 1 on are keyed" in stats.output
@@ -127,3 +127,19 @@ def test_purge_of_a_keyed_trail_needs_the_key(
     assert purged.exit_code == 0, purged.output
     assert purged.output.startswith("Purged 3 ")
     assert verified.exit_code == 0, verified.output
+
+
+def test_verify_with_a_key_of_a_never_keyed_trail_says_so(
+    runner: CliRunner, db_path: Path, key_file: Path
+) -> None:
+    assert runner.invoke(main, ["--db", str(db_path), "record", "--action", "a.b"]).exit_code == 0
+
+    result = runner.invoke(
+        main, ["--db", str(db_path), "--chain-key-file", str(key_file), "verify"]
+    )
+
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        "Error: not verified: a chain key was given but no row of this trail is keyed: if no "
+        "writer of this trail ever had the key, verify it without the key"
+    )

@@ -211,6 +211,7 @@ def test_prove_output_refuses_the_key_files_and_the_checkpoint_log(
     )
 
 
+@pytest.mark.sqlite_only  # a PostgreSQL trail has no local database file
 @pytest.mark.parametrize(
     ("suffix", "reason"),
     [("", "is the audit database itself"), ("-wal", "is the audit database's -wal file")],
@@ -218,8 +219,6 @@ def test_prove_output_refuses_the_key_files_and_the_checkpoint_log(
 def test_prove_output_refuses_the_database_and_its_wal(
     cli: Cli, trail: Trail, key_dir: Path, log: Path, suffix: str, reason: str
 ) -> None:
-    if trail.is_postgres:
-        pytest.skip("a PostgreSQL trail has no local database file")
     target = Path(f"{trail.database}{suffix}")
     if not target.exists():
         target.write_bytes(b"")  # a -wal the last close removed: still never written
