@@ -848,12 +848,20 @@ STATS_FIELDS = {
 }
 
 
-def test_audit_stats_fields() -> None:
-    stats = AuditStats(**STATS_FIELDS)
+# The checkpoint counters: 0 for a service that signs no checkpoints.
+CHECKPOINT_STATS = {"checkpoints": 3, "checkpoint_failures": 1, "checkpoint_callback_failures": 2}
 
-    assert list(AuditStats.model_fields) == list(STATS_FIELDS)
-    assert stats.model_dump() == STATS_FIELDS
+
+def test_audit_stats_fields() -> None:
+    stats = AuditStats(**STATS_FIELDS, **CHECKPOINT_STATS)
+
+    assert list(AuditStats.model_fields) == [*STATS_FIELDS, *CHECKPOINT_STATS]
+    assert stats.model_dump() == {**STATS_FIELDS, **CHECKPOINT_STATS}
     assert all(field.description for field in AuditStats.model_fields.values())
+    assert AuditStats(**STATS_FIELDS).model_dump() == {
+        **STATS_FIELDS,
+        **dict.fromkeys(CHECKPOINT_STATS, 0),
+    }
 
 
 @pytest.mark.parametrize("missing", list(STATS_FIELDS))
