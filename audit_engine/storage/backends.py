@@ -170,8 +170,7 @@ def write_rows(conn: AnyConnection, rows: Sequence[Row], linker: Linker = UNKEYE
     (replay, copy); returns the new tail."""
     if isinstance(conn, sqlite3.Connection):
         return append.write_batch(conn, rows, linker=linker)
-    tail: Tail = conn.write_rows(rows, linker)  # type: ignore[call-arg]
-    return tail
+    return conn.write_rows(rows, linker)
 
 
 def describe(database: Path | str) -> str:

@@ -31,6 +31,7 @@ from audit_engine.columns import STORED_COLUMNS
 from audit_engine.errors import AuditEngineError
 from audit_engine.rows import Row
 from audit_engine.storage.base import Tail
+from audit_engine.storage.linker import Linker
 from audit_engine.storage.sqlite import append
 from audit_engine.storage.sqlite.schema import is_busy as _sqlite_busy
 from audit_engine.storage.sqlite.schema import rollback_quietly as _sqlite_rollback
@@ -121,7 +122,7 @@ class TrailConnection(Protocol):
 
     def rollback_quietly(self) -> None: ...
 
-    def write_rows(self, rows: Sequence[Row]) -> Tail: ...
+    def write_rows(self, rows: Sequence[Row], linker: Linker = ...) -> Tail: ...
 
     def close(self) -> None: ...
 
