@@ -100,10 +100,16 @@ def prove(
     key = None if public_key is None else public_key_of(public_key)
     select = dialect_of(conn).stored_row
     row = conn.execute(f"SELECT {select} FROM {TABLE} WHERE event_id = ?", [event_id]).fetchone()
-    if row is None:
-        raise AuditStoreError(f"no entry has the event id {event_id!r}")
-    row_id = int(row[0])
     anchor = anchor_frontier(conn)
+    if row is None:
+        purged = (
+            f" (the rows up to id {anchor.head_id} were purged: a proof made before the purge "
+            "still verifies)"
+            if anchor.head_id
+            else ""
+        )
+        raise AuditStoreError(f"no entry has the event id {event_id!r}{purged}")
+    row_id = int(row[0])
     if row_id <= anchor.head_id:
         raise AuditStoreError(
             f"entry {event_id} (row {row_id}) was purged: only the anchor after row "
