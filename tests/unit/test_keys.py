@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import importlib
 import os
+import resource
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_engine.errors import SettingsError
@@ -135,3 +143,171 @@ def test_bad_signing_and_public_keys_are_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=rf"^--public-key {bad} is not a PEM public key"):
         keys.load_public_key(bad)
     assert keys.load_public_key(pub, setting="public_key") is not None
+
+
+def test_a_key_path_under_a_file_cannot_be_read(tmp_path: Path) -> None:
+    # Not "does not exist": the path's directory is a file, which the operator must see.
+    (tmp_path / "file").write_text("x")
+    path = tmp_path / "file" / "chain.key"
+    with pytest.raises(SettingsError) as caught:
+        keys.load_chain_keys(path)
+    assert str(caught.value) == f"chain_key_file {path} cannot be read: Not a directory"
+    with pytest.raises(SettingsError) as caught:
+        keys.load_public_key(path)
+    assert str(caught.value) == f"--public-key {path} cannot be read: Not a directory"
+
+
+def test_a_directory_or_a_missing_public_key_is_named(tmp_path: Path) -> None:
+    directory = tmp_path / "keys"
+    directory.mkdir(mode=0o700)
+    with pytest.raises(SettingsError) as caught:
+        keys.load_chain_keys(directory)
+    assert str(caught.value) == f"chain_key_file {directory} is a directory, not a key file"
+    with pytest.raises(SettingsError) as caught:
+        keys.load_public_key(directory)
+    assert str(caught.value) == f"--public-key {directory} is a directory, not a key file"
+    # The public key is not a secret: no mode check, so the read itself finds it missing.
+    with pytest.raises(SettingsError) as caught:
+        keys.load_public_key(directory / "signing.pub")
+    assert str(caught.value) == f"--public-key {directory / 'signing.pub'} does not exist"
+
+
+def test_a_key_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "chain.key"
+    path.write_bytes(b"\xff\xfe" + KEY_A.encode())
+    path.chmod(0o600)
+    with pytest.raises(SettingsError) as caught:
+        keys.load_chain_keys(path)
+    assert str(caught.value) == f"chain_key_file {path} is not UTF-8 text"
+
+
+def _pem_private(key: Any, password: bytes | None = None) -> bytes:
+    encryption = (
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption()
+    )
+    return bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    )
+
+
+def test_an_encrypted_or_non_ed25519_signing_key_is_refused(tmp_path: Path) -> None:
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(_pem_private(Ed25519PrivateKey.generate(), b"secret"))
+    encrypted.chmod(0o600)
+    with pytest.raises(SettingsError) as caught:
+        keys.load_signing_key(encrypted)
+    assert str(caught.value) == (
+        f"signing_key_file {encrypted} is encrypted: the engine reads an unencrypted PKCS8 PEM "
+        "key (audit-engine keygen --out DIR writes one)"
+    )
+    other = Ed448PrivateKey.generate()
+    ed448 = tmp_path / "ed448.key"
+    ed448.write_bytes(_pem_private(other))
+    ed448.chmod(0o600)
+    with pytest.raises(SettingsError) as caught:
+        keys.load_signing_key(ed448)
+    assert str(caught.value) == f"signing_key_file {ed448} is not an Ed25519 key"
+    pub = tmp_path / "ed448.pub"
+    pub.write_bytes(
+        other.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    with pytest.raises(SettingsError) as caught:
+        keys.load_public_key(pub)
+    assert str(caught.value) == f"--public-key {pub} is not an Ed25519 public key"
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, missing: str) -> None:
+    """Make ``keys`` import as if the module ``missing`` were not installed."""
+    real = importlib.import_module
+
+    def import_module(name: str, package: str | None = None) -> ModuleType:
+        if name.startswith("cryptography"):
+            raise ModuleNotFoundError(f"No module named {missing!r}", name=missing)
+        return real(name, package)
+
+    monkeypatch.setattr(keys.importlib, "import_module", import_module)
+
+
+def test_signing_without_cryptography_names_the_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, signing, pub = keys.generate_keys(tmp_path / "k")
+    _without(monkeypatch, "cryptography")
+    extra = "needs the cryptography package: pip install 'audit-engine[signing]'"
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("signing_key_file", lambda: keys.load_signing_key(signing)),
+        ("--public-key", lambda: keys.load_public_key(pub)),
+        ("keygen", lambda: keys.generate_keys(tmp_path / "new")),
+    ]
+    for what, call in calls:
+        with pytest.raises(SettingsError) as caught:
+            call()
+        assert str(caught.value) == f"{what} {extra}"
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_broken_dependency_of_cryptography_is_not_reported_as_a_missing_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # cryptography installed but its compiled backend is not: the real error is the useful one.
+    _without(monkeypatch, "_cffi_backend")
+    with pytest.raises(ModuleNotFoundError, match="_cffi_backend"):
+        keys.load_public_key(tmp_path / "signing.pub")
+
+
+def test_keygen_into_a_path_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "keys"
+    out.write_text("not a directory")
+    with pytest.raises(SettingsError) as caught:
+        keys.generate_keys(out)
+    assert str(caught.value) == (
+        f"cannot create the key directory {out}: [Errno 17] File exists: '{out}'"
+    )
+    assert out.read_text() == "not a directory"
+
+
+def test_keygen_racing_another_keygen_never_overwrites(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another keygen writes signing.key between the existence check and our write: O_EXCL
+    # refuses to replace it, and the error names it.
+    real = keys._write_new
+
+    def racing(path: Path, data: bytes, mode: int) -> None:
+        if path.name == keys.SIGNING_KEY_NAME:
+            path.write_text("theirs")
+        real(path, data, mode)
+
+    monkeypatch.setattr(keys, "_write_new", racing)
+    with pytest.raises(SettingsError) as caught:
+        keys.generate_keys(tmp_path)
+    signing = tmp_path / keys.SIGNING_KEY_NAME
+    assert str(caught.value) == f"{signing} already exists: keygen never overwrites a key"
+    assert signing.read_text() == "theirs"
+    assert not (tmp_path / keys.SIGNING_PUB_NAME).exists()
+
+
+@contextlib.contextmanager
+def _file_size_limit(limit: int) -> Iterator[None]:
+    """Files cannot grow past ``limit`` bytes (a full disk, as the kernel reports it: Python
+    ignores SIGXFSZ, so a write past it fails with EFBIG or writes short)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX resource limits")
+def test_keygen_that_cannot_write_says_why(tmp_path: Path) -> None:
+    with _file_size_limit(0), pytest.raises(SettingsError) as caught:
+        keys.generate_keys(tmp_path)
+    assert str(caught.value) == f"cannot write the keys into {tmp_path}: File too large"
+    # The first file was created before its write failed: it is left, empty (never a key).
+    assert (tmp_path / "chain.key").read_bytes() == b""
+    assert not (tmp_path / "signing.key").exists()
