@@ -5,14 +5,18 @@ from scratch."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import resource
+import sqlite3
 import stat
 import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -337,3 +341,204 @@ def test_a_checkpoint_file_that_is_a_log_already_or_a_link_to_a_new_file_is_acce
         service.record(action="a")
         assert service.close(10)
     assert [line["size"] for line in _file_lines(log)] == [1, 2]
+
+
+# -- failures and edges, on SQLite: the checkpointer's own logic, not the backend's -------------
+
+
+def _checkpointer(
+    connect: Callable[[], Any], key: Path, got: list[SignedCheckpoint] | None = None
+) -> checkpointing.Checkpointer:
+    return checkpointing.Checkpointer(
+        connect,
+        keys.load_signing_key(key),
+        log_path=None,
+        callback=None if got is None else got.append,
+        every=1,
+        interval_s=3600,
+    )
+
+
+def _tail(database: Path, row_id: int) -> tuple[int, str]:
+    [(ident, digest)] = trails.query(
+        database, "SELECT id, hash FROM audit_entries WHERE id = ?", (row_id,)
+    )
+    return int(ident), str(digest)
+
+
+def test_without_cryptography_the_checkpointer_names_the_extra(
+    key_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = keys.load_signing_key(key_files[0])
+    real = importlib.import_module
+
+    def import_module(name: str, package: str | None = None) -> ModuleType:
+        if name == "audit_engine.storage.checkpoints":
+            raise ModuleNotFoundError("No module named 'cryptography'", name="cryptography")
+        return real(name, package)
+
+    monkeypatch.setattr(checkpointing.importlib, "import_module", import_module)
+    with pytest.raises(SettingsError) as caught:
+        checkpointing.Checkpointer(
+            lambda: None, key, log_path=None, callback=None, every=1, interval_s=1
+        )
+    assert str(caught.value) == (
+        "signing_key_file needs the cryptography package: pip install 'audit-engine[signing]'"
+    )
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX resource limits")
+def test_a_short_write_of_a_checkpoint_line_is_an_error(tmp_path: Path) -> None:
+    log = tmp_path / "c.jsonl"
+    log.write_bytes(b"x" * 10)
+    checkpoint = SignedCheckpoint(
+        trail_id="t", size=1, head_id=1, head_hash="a" * 64, root="b" * 64, time="t", note="n"
+    )
+    length = len(checkpoint.model_dump_json()) + 1
+    # A full disk as the kernel reports it: the file may grow by 5 bytes only (Python ignores
+    # SIGXFSZ, so write() returns the short count).
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (15, hard))
+    try:
+        with pytest.raises(OSError, match=rf"^only 5 of {length} bytes of the checkpoint were"):
+            checkpointing.append_line(log, checkpoint)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_database_that_is_not_a_trail_is_counted_not_raised(
+    tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    other = tmp_path / "other.db"
+    trails.query(other, "CREATE TABLE t (x)")  # a SQLite file, but no audit tables
+    opened: list[sqlite3.Connection] = []
+
+    def connect() -> sqlite3.Connection:
+        opened.append(sqlite3.connect(other))
+        return opened[-1]
+
+    made = _checkpointer(connect, key_files[0])
+    made.start()
+    assert made.failures == 1
+    assert str(made.last_error).startswith("could not read the trail's checkpoints: ")
+    assert made.make((1, "a" * 64)) is None  # tries again, fails again, never raises
+    assert (made.failures, made.made) == (2, 0)
+    assert str(made.last_error).startswith("could not make a checkpoint: ")
+    assert len(opened) == 2  # a database error drops the connection: the next try reconnects
+    made.close()
+
+
+def test_a_tail_behind_another_writers_checkpoint_makes_none(
+    db_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    trails.write(db_path, [AuditEntry(action="a", event_id=f"e{n}") for n in range(5)])
+    ahead = _checkpointer(lambda: backends.open_trail(db_path), key_files[0])
+    assert ahead.make(_tail(db_path, 5)) is not None
+    ahead.close()
+
+    got: list[SignedCheckpoint] = []
+    behind = _checkpointer(lambda: backends.open_trail(db_path), key_files[0], got)
+    behind.start()  # resumes from the checkpoint at row 5
+    assert behind.make(_tail(db_path, 3)) is None  # its own last commit was row 3
+    behind.close()
+    assert (got, behind.made, behind.failures) == ([], 0, 0)
+    assert trails.query(db_path, "SELECT count(*) FROM audit_checkpoints") == [(1,)]
+
+
+def test_a_purge_after_the_start_moves_the_tree_to_the_anchor(
+    db_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    old = datetime(2000, 1, 1, tzinfo=UTC)
+    trails.write(
+        db_path, [AuditEntry(action="a", event_id=f"o{n}", timestamp=old) for n in range(8)]
+    )
+    trails.write(db_path, [AuditEntry(action="a", event_id=f"n{n}") for n in range(2)])
+    tree = _all_leaves(db_path)
+    made = _checkpointer(lambda: backends.open_trail(db_path), key_files[0])
+    made.start()  # no checkpoint, no anchor yet: the tree starts empty
+    with AuditStore(db_path) as store:
+        store.purge(timedelta(days=1))
+
+    checkpoint = made.make(_tail(db_path, 10))
+    made.close()
+
+    assert checkpoint is not None
+    assert made.leaves_read == 2  # rows 9 and 10: the anchor vouches for 1..8
+    assert checkpoint.root == merkle.root(tree).hex()
+
+
+def test_a_checkpoint_the_trail_cannot_keep_is_counted_and_delivered(
+    db_path: Path, tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    trails.write(db_path, [AuditEntry(action="a", event_id="e")])
+    opened: list[sqlite3.Connection] = []
+
+    def read_only() -> sqlite3.Connection:
+        conn = backends.open_trail(db_path)
+        conn.execute("PRAGMA query_only = ON")  # a database this writer may not write to
+        opened.append(conn)
+        return conn
+
+    got: list[SignedCheckpoint] = []
+    made = _checkpointer(read_only, key_files[0], got)
+    checkpoint = made.make(_tail(db_path, 1))
+
+    assert checkpoint is not None
+    assert got == [checkpoint]  # the callback had it: the copy outside the database
+    assert (made.made, made.failures) == (1, 1)
+    assert made.last_error == (
+        "could not keep a checkpoint in the trail: attempt to write a readonly database"
+    )
+    assert trails.query(db_path, "SELECT count(*) FROM audit_checkpoints") == [(0,)]
+    # The connection is dropped (a database error): the next checkpoint opens a new one.
+    trails.write(db_path, [AuditEntry(action="a", event_id="f")])
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):
+        opened[0].execute("SELECT 1")
+    assert made.make(_tail(db_path, 2)) is not None
+    made.close()
+    assert (len(opened), made.failures) == (2, 2)
+
+
+def test_after_a_fork_the_child_resumes_on_a_connection_of_its_own(
+    db_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    trails.write(db_path, [AuditEntry(action="a", event_id=f"e{n}") for n in range(4)])
+    opened: list[Any] = []
+
+    def connect() -> Any:
+        opened.append(backends.open_trail(db_path))
+        return opened[-1]
+
+    made = _checkpointer(connect, key_files[0])
+    assert made.make(_tail(db_path, 4)) is not None
+    trails.write(db_path, [AuditEntry(action="a", event_id=f"f{n}") for n in range(2)])
+
+    made.reset_after_fork()  # as the fork hook calls it in the child
+    checkpoint = made.make(_tail(db_path, 6))
+    made.close()
+
+    assert checkpoint is not None
+    assert checkpoint.size == 6
+    assert len(opened) == 2  # the parent's connection is never used by the child
+    assert made.leaves_read == 4 + 2  # resumed from the stored checkpoint at row 4
+    assert opened[0].execute("SELECT count(*) FROM audit_entries").fetchone() == (6,)  # open
+
+
+def test_a_checkpoint_file_that_cannot_be_looked_at_or_is_empty(
+    db_path: Path, tmp_path: Path, key_files: tuple[Path, Path]
+) -> None:
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    with pytest.raises(SettingsError) as caught:
+        _service(db_path, key_files[0], loop)
+    assert str(caught.value) == (
+        f"checkpoint_file {loop} cannot be read: [Errno 40] Too many levels of symbolic links: "
+        f"'{loop}'"
+    )
+
+    empty = tmp_path / "empty.jsonl"
+    empty.touch()  # created ahead by the operator (with its mode): the log starts in it
+    service = _service(db_path, key_files[0], empty)
+    service.record(action="a")
+    assert service.close(10)
+    assert [line["size"] for line in _file_lines(empty)] == [1]
