@@ -4,10 +4,14 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import trails
@@ -23,8 +27,15 @@ from checkpointed import (
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_engine import AuditStore, AuditStoreError
-from audit_engine.storage import backends
-from audit_engine.storage.checkpoint_verify import CheckpointFindings, check, read_log
+from audit_engine.errors import SettingsError
+from audit_engine.storage import backends, checkpoint_verify, checkpoints
+from audit_engine.storage.checkpoint_verify import (
+    CheckpointFindings,
+    check,
+    public_key_of,
+    read_log,
+    verify_note,
+)
 from audit_engine.storage.dialect import snapshot
 from audit_engine.storage.leaves import frontier_through
 from audit_engine.storage.merkle import Frontier
@@ -238,3 +249,85 @@ def test_store_verify_wants_the_log_and_the_key_together(trail_db: Path | str) -
             store.verify(public_key=KEY.public_key())
         with pytest.raises(AuditStoreError, match="line 1 is not a checkpoint"):
             store.verify(checkpoints=["{}"], public_key=KEY.public_key())
+
+
+def _signed_line(line: str, **changes: Any) -> str:
+    """``line`` with its checkpoint changed and signed again by KEY: a well-signed lie."""
+    record = json.loads(line)
+    signed = checkpoints.parse(record["note"])
+    note = checkpoints.sign(replace(signed, **changes), "audit-engine", KEY)
+    return json.dumps({**record, "note": note})
+
+
+def test_a_signed_checkpoint_with_a_bad_head_or_size_is_named(db_path: Path) -> None:
+    lines = checkpointed(db_path, 12, (10,))
+    found = _check(db_path, [_signed_line(lines[0], head="ten abc")])
+    assert found.problem == (
+        "checkpoint line 1 (size 10): its head line is not '<id> <hash>' (got 'ten abc')"
+    )
+    found = _check(db_path, [_signed_line(lines[0], size=9)])
+    assert found.problem == (
+        # The signed size (9), not the line's "size" field (10): only the note is trusted.
+        "checkpoint line 1 (size 9): its size does not match its head id 10 (this trail's "
+        "tree starts after row 0: a checkpoint of that head has size 10)"
+    )
+
+
+def test_a_hole_in_the_ids_fails_the_first_checkpoint_over_it(db_path: Path) -> None:
+    lines = checkpointed(db_path, 20, (5, 20))
+    trails.execute(db_path, "DELETE FROM audit_entries WHERE id = 12")
+    found = _check(db_path, lines)
+    assert (found.line, found.checked) == (2, 1)
+    assert str(found.problem).startswith("checkpoint line 2 (size 20): ")
+
+
+def test_an_anchor_frontier_that_does_not_parse_is_named(db_path: Path) -> None:
+    lines = checkpointed(db_path, 20, (20,))
+    conn = backends.open_trail(db_path)
+    try:
+        frontier = frontier_through(conn, 8)
+    finally:
+        conn.close()
+    forge_anchor(db_path, 8, frontier)
+    trails.execute(db_path, "UPDATE audit_anchors SET merkle = 'garbage'")
+    found = _check(db_path, lines)
+    assert str(found.problem).startswith("the newest purge anchor: ")
+    assert found.checked == 0
+
+
+def test_a_checkpoint_log_that_cannot_be_read_or_has_no_text_note(tmp_path: Path) -> None:
+    with pytest.raises(AuditStoreError) as caught:
+        read_log(tmp_path)
+    assert str(caught.value) == (
+        f"cannot read the checkpoint file {tmp_path}: [Errno 21] Is a directory: '{tmp_path}'"
+    )
+    with pytest.raises(AuditStoreError) as caught:
+        read_log(['{"note": 5}'])
+    assert str(caught.value) == (
+        "the checkpoint log line 1 is not a checkpoint (a JSON object with a signed 'note', as "
+        "the writer appends to checkpoint_file): TypeError('its note is not text')"
+    )
+
+
+def test_a_public_key_of_the_wrong_kind_is_a_type_error() -> None:
+    with pytest.raises(TypeError) as caught:
+        public_key_of(KEY)  # the private key, passed by mistake
+    assert str(caught.value) == (
+        "public_key must be an Ed25519 public key or a PEM file (got Ed25519PrivateKey)"
+    )
+
+
+def test_checking_without_cryptography_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.import_module
+
+    def import_module(name: str, package: str | None = None) -> ModuleType:
+        if name == "audit_engine.storage.checkpoints":
+            raise ModuleNotFoundError("No module named 'cryptography'", name="cryptography")
+        return real(name, package)
+
+    monkeypatch.setattr(checkpoint_verify.importlib, "import_module", import_module)
+    with pytest.raises(SettingsError) as caught:
+        verify_note("note", KEY.public_key())
+    assert str(caught.value) == (
+        "checking checkpoints needs the cryptography package: pip install 'audit-engine[signing]'"
+    )
