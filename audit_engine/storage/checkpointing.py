@@ -87,10 +87,15 @@ def append_line(path: Path, checkpoint: SignedCheckpoint) -> None:
     sharing the file never interleave. The file is created 0600.
     """
     data = (checkpoint.model_dump_json() + "\n").encode("utf-8")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        before = os.fstat(fd).st_size
+        if before and os.pread(fd, 1, before - 1) != b"\n":
+            data = b"\n" + data  # after a torn line (a crash): ours starts on a line of its own
         written = os.write(fd, data)
-        if written != len(data):  # a full disk: say so rather than leave half a line unnoticed
+        if written != len(data):  # a full disk: cut our fragment back, and say so
+            if os.fstat(fd).st_size == before + written:  # nobody appended since
+                os.ftruncate(fd, before)
             raise OSError(f"only {written} of {len(data)} bytes of the checkpoint were written")
         os.fsync(fd)
     finally:

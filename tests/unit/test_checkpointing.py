@@ -388,9 +388,9 @@ def test_without_cryptography_the_checkpointer_names_the_extra(
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX resource limits")
-def test_a_short_write_of_a_checkpoint_line_is_an_error(tmp_path: Path) -> None:
+def test_a_short_write_of_a_checkpoint_line_is_an_error_and_cut_back(tmp_path: Path) -> None:
     log = tmp_path / "c.jsonl"
-    log.write_bytes(b"x" * 10)
+    log.write_bytes(b"x" * 9 + b"\n")
     checkpoint = SignedCheckpoint(
         trail_id="t", size=1, head_id=1, head_hash="a" * 64, root="b" * 64, time="t", note="n"
     )
@@ -404,6 +404,19 @@ def test_a_short_write_of_a_checkpoint_line_is_an_error(tmp_path: Path) -> None:
             checkpointing.append_line(log, checkpoint)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert log.read_bytes() == b"x" * 9 + b"\n"  # no half line left for the next one to follow
+
+
+def test_a_line_after_a_torn_one_starts_on_a_line_of_its_own(tmp_path: Path) -> None:
+    log = tmp_path / "c.jsonl"
+    log.write_bytes(b'{"torn": tr')  # a crash in the middle of a write
+    checkpoint = SignedCheckpoint(
+        trail_id="t", size=1, head_id=1, head_hash="a" * 64, root="b" * 64, time="t", note="n"
+    )
+
+    checkpointing.append_line(log, checkpoint)
+
+    assert log.read_text().splitlines() == ['{"torn": tr', checkpoint.model_dump_json()]
 
 
 def test_a_database_that_is_not_a_trail_is_counted_not_raised(
