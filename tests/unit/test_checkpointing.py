@@ -25,7 +25,14 @@ import trails
 from audit_engine import AuditEntry, AuditService, AuditStore
 from audit_engine.errors import SettingsError
 from audit_engine.models import SignedCheckpoint
-from audit_engine.storage import backends, checkpointing, checkpoints, keys, merkle
+from audit_engine.storage import (
+    backends,
+    checkpoint_log,
+    checkpointing,
+    checkpoints,
+    keys,
+    merkle,
+)
 from audit_engine.storage.leaves import leaves
 
 NOTE_KEY = keys.SIGNING_NOTE_KEY
@@ -401,7 +408,7 @@ def test_a_short_write_of_a_checkpoint_line_is_an_error_and_cut_back(tmp_path: P
     resource.setrlimit(resource.RLIMIT_FSIZE, (15, hard))
     try:
         with pytest.raises(OSError, match=rf"^only 5 of {length} bytes of the checkpoint were"):
-            checkpointing.append_line(log, checkpoint)
+            checkpoint_log.append_line(log, checkpoint)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert log.read_bytes() == b"x" * 9 + b"\n"  # no half line left for the next one to follow
@@ -414,7 +421,7 @@ def test_a_line_after_a_torn_one_starts_on_a_line_of_its_own(tmp_path: Path) -> 
         trail_id="t", size=1, head_id=1, head_hash="a" * 64, root="b" * 64, time="t", note="n"
     )
 
-    checkpointing.append_line(log, checkpoint)
+    checkpoint_log.append_line(log, checkpoint)
 
     assert log.read_text().splitlines() == ['{"torn": tr', checkpoint.model_dump_json()]
 
