@@ -18,6 +18,7 @@ number only.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import importlib
 import os
@@ -239,10 +240,14 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         os.fchmod(fd, mode)  # the umask may have taken bits off the public key's mode
-        os.write(fd, data)
+        if os.write(fd, data) != len(data):  # a full disk
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        path.unlink()  # no half-written key left behind: keygen can simply run again
+        raise
+    os.close(fd)
 
 
 def generate_keys(out_dir: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
@@ -280,14 +285,22 @@ def generate_keys(out_dir: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
         "# Rotation: put a new key on the first line and keep the old ones below it.\n"
         f"{os.urandom(_KEY_BYTES).hex()}\n"
     )
+    written: list[Path] = []
     try:
-        _write_new(paths[0], chain_text.encode("ascii"), 0o600)
-        _write_new(paths[1], private_pem, 0o600)
-        _write_new(paths[2], public_pem, 0o644)
-    except FileExistsError as exc:
-        raise SettingsError(
-            f"{exc.filename} already exists: keygen never overwrites a key"
-        ) from None
+        for path, data, mode in zip(
+            paths,
+            (chain_text.encode("ascii"), private_pem, public_pem),
+            (0o600, 0o600, 0o644),
+            strict=True,
+        ):
+            _write_new(path, data, mode)
+            written.append(path)
     except OSError as exc:
+        for path in written:  # all three or none: a partial set would only confuse
+            path.unlink(missing_ok=True)
+        if isinstance(exc, FileExistsError):
+            raise SettingsError(
+                f"{exc.filename} already exists: keygen never overwrites a key"
+            ) from None
         raise SettingsError(f"cannot write the keys into {directory}: {exc.strerror}") from None
     return paths

@@ -308,6 +308,28 @@ def test_keygen_that_cannot_write_says_why(tmp_path: Path) -> None:
     with _file_size_limit(0), pytest.raises(SettingsError) as caught:
         keys.generate_keys(tmp_path)
     assert str(caught.value) == f"cannot write the keys into {tmp_path}: File too large"
-    # The first file was created before its write failed: it is left, empty (never a key).
-    assert (tmp_path / "chain.key").read_bytes() == b""
-    assert not (tmp_path / "signing.key").exists()
+    # The first file was created before its write failed: it is removed, so keygen can run
+    # again once there is room (all three keys or none).
+    assert sorted(tmp_path.iterdir()) == []
+    assert keys.generate_keys(tmp_path)[0].is_file()
+
+
+def test_keygen_that_fails_half_way_leaves_no_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = keys._write_new
+    calls: list[Path] = []
+
+    def write(path: Path, data: bytes, mode: int) -> None:
+        calls.append(path)
+        if len(calls) == 2:  # the signing key: the disk fills up
+            raise OSError(28, "No space left on device", str(path))
+        real(path, data, mode)
+
+    monkeypatch.setattr(keys, "_write_new", write)
+
+    with pytest.raises(SettingsError) as caught:
+        keys.generate_keys(tmp_path)
+
+    assert str(caught.value) == f"cannot write the keys into {tmp_path}: No space left on device"
+    assert sorted(tmp_path.iterdir()) == []  # the chain key written first is gone again
