@@ -28,12 +28,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from audit_engine.errors import AuditStoreError, SettingsError
+from audit_engine.errors import AuditStoreError
 from audit_engine.storage.chain import ChainHead, VerifyReport
-from audit_engine.storage.keys import SIGNING_EXTRA, SIGNING_NOTE_KEY, load_public_key
+from audit_engine.storage.keys import SIGNING_NOTE_KEY, checkpoint_notes, load_public_key
 from audit_engine.storage.leaves import anchor_frontier, leaves, trail_id
 
 if TYPE_CHECKING:
@@ -87,17 +86,6 @@ class CheckpointFindings:
     size: int | None = None
 
 
-def _notes() -> ModuleType:
-    try:
-        return importlib.import_module("audit_engine.storage.checkpoints")
-    except ImportError as exc:
-        if exc.name is None or not exc.name.startswith("cryptography"):
-            raise
-        raise SettingsError(
-            f"checking checkpoints needs the cryptography package: {SIGNING_EXTRA}"
-        ) from None
-
-
 def public_key_of(source: Any) -> Ed25519PublicKey:
     """``source`` as a public key: a key already, or the PEM file (``--public-key``) to load."""
     if isinstance(source, str | os.PathLike):
@@ -113,7 +101,7 @@ def public_key_of(source: Any) -> Ed25519PublicKey:
 
 def verify_note(note: str, public_key: Ed25519PublicKey) -> Checkpoint:
     """The checkpoint in ``note`` once its signature verifies, else :class:`CheckpointProblem`."""
-    module = _notes()
+    module = checkpoint_notes("checking checkpoints")
     try:
         checkpoint: Checkpoint = module.verify(note, SIGNING_NOTE_KEY, public_key)
     except module.CheckpointError as exc:

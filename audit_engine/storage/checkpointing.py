@@ -26,12 +26,10 @@ in the service's stats; the entries are never affected.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from audit_engine import forks
@@ -46,7 +44,7 @@ from audit_engine.storage.dialect import (
     rollback_quietly,
     snapshot,
 )
-from audit_engine.storage.keys import SIGNING_EXTRA, SIGNING_NOTE_KEY, load_signing_key
+from audit_engine.storage.keys import SIGNING_NOTE_KEY, checkpoint_notes, load_signing_key
 from audit_engine.storage.leaves import anchor_frontier, leaves, trail_id
 from audit_engine.storage.merkle import Frontier, FrontierError
 
@@ -65,17 +63,6 @@ CheckpointCallback = Callable[[SignedCheckpoint], Any]
 # Stored checkpoints looked at on resume, newest first: those of another key are skipped.
 _RESUME_LOOKBACK = 64
 _COLUMNS = "id, head_id, head_hash, tree_size, root, merkle, note, created_at"
-
-
-def _notes() -> ModuleType:
-    try:
-        return importlib.import_module("audit_engine.storage.checkpoints")
-    except ImportError as exc:
-        if exc.name is None or not exc.name.startswith("cryptography"):
-            raise
-        raise SettingsError(
-            f"signing_key_file needs the cryptography package: {SIGNING_EXTRA}"
-        ) from None
 
 
 class Checkpointer:
@@ -98,7 +85,7 @@ class Checkpointer:
     ) -> None:
         self._connect = connect
         self._key = signing_key
-        self._notes = _notes()
+        self._notes = checkpoint_notes("signing_key_file")
         self._log_path = log_path
         self._callback = callback
         self._every = every

@@ -175,19 +175,29 @@ def load_chain_keys(path: str | os.PathLike[str], setting: str = "chain_key_file
     return ChainKeys(keys=tuple(keys), path=file)
 
 
-def _crypto(what: str) -> dict[str, ModuleType]:
-    """The parts of ``cryptography`` signing uses, imported on first use."""
+def _import(module: str, what: str) -> ModuleType:
+    # cryptography is optional (the signing extra): its absence is a setting to fix, named;
+    # any other import error is a bug and stays one.
     try:
-        return {
-            "serialization": importlib.import_module(
-                "cryptography.hazmat.primitives.serialization"
-            ),
-            "ed25519": importlib.import_module("cryptography.hazmat.primitives.asymmetric.ed25519"),
-        }
+        return importlib.import_module(module)
     except ImportError as exc:
         if exc.name is None or not exc.name.startswith("cryptography"):
             raise
         raise SettingsError(f"{what} needs the cryptography package: {SIGNING_EXTRA}") from None
+
+
+def _crypto(what: str) -> dict[str, ModuleType]:
+    """The parts of ``cryptography`` signing uses, imported on first use."""
+    return {
+        "serialization": _import("cryptography.hazmat.primitives.serialization", what),
+        "ed25519": _import("cryptography.hazmat.primitives.asymmetric.ed25519", what),
+    }
+
+
+def checkpoint_notes(what: str) -> ModuleType:
+    """:mod:`audit_engine.storage.checkpoints` (it imports cryptography), imported on first use;
+    ``what`` names the feature in the error when cryptography is missing."""
+    return _import("audit_engine.storage.checkpoints", what)
 
 
 def load_signing_key(

@@ -19,17 +19,15 @@ leaf index follows from the entry's id and the checkpoint's head and size (the t
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
 from collections.abc import Mapping
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from audit_engine.errors import AuditStoreError, SettingsError
+from audit_engine.errors import AuditStoreError
 from audit_engine.formats import export_lines
 from audit_engine.storage.chain import content_digest
 from audit_engine.storage.checkpoint_verify import (
@@ -43,7 +41,7 @@ from audit_engine.storage.checkpoint_verify import (
 )
 from audit_engine.storage.dialect import dialect_of
 from audit_engine.storage.exported import export_row
-from audit_engine.storage.keys import SIGNING_EXTRA
+from audit_engine.storage.keys import checkpoint_notes
 from audit_engine.storage.leaves import anchor_frontier, leaves, trail_id
 from audit_engine.storage.merkle import Frontier, FrontierError, inclusion_proof_after
 from audit_engine.storage.merkle import verify_inclusion as _verify_inclusion
@@ -183,7 +181,7 @@ def _usable_head(
     """The head id of ``note`` when it covers row ``row_id`` (None: it does not, is another
     trail's, or does not verify with ``key``); :class:`CheckpointProblem` when it is not a
     well-formed checkpoint, or its size is not that of its head in this trail's tree."""
-    notes = _notes()
+    notes = checkpoint_notes("prove")
     try:
         checkpoint = notes.parse(note)
     except notes.CheckpointError as exc:
@@ -204,16 +202,6 @@ def _usable_head(
         except CheckpointProblem:
             return None  # only checkpoints the key vouches for are used
     return head.id
-
-
-def _notes() -> ModuleType:
-    # Reading a note's text needs no key, but the module signs too: cryptography is optional.
-    try:
-        return importlib.import_module("audit_engine.storage.checkpoints")
-    except ImportError as exc:
-        if exc.name is None or not exc.name.startswith("cryptography"):
-            raise
-        raise SettingsError(f"prove needs the cryptography package: {SIGNING_EXTRA}") from None
 
 
 def _nearest_frontier(conn: AnyConnection, anchor: Frontier, row_id: int) -> Frontier:

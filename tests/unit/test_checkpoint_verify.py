@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from audit_engine import AuditStore, AuditStoreError
 from audit_engine.errors import SettingsError
-from audit_engine.storage import backends, checkpoint_verify, checkpoints
+from audit_engine.storage import backends, checkpoints
 from audit_engine.storage.checkpoint_verify import (
     CheckpointFindings,
     check,
@@ -325,7 +325,7 @@ def test_checking_without_cryptography_names_the_extra(monkeypatch: pytest.Monke
             raise ModuleNotFoundError("No module named 'cryptography'", name="cryptography")
         return real(name, package)
 
-    monkeypatch.setattr(checkpoint_verify.importlib, "import_module", import_module)
+    monkeypatch.setattr(importlib, "import_module", import_module)
     with pytest.raises(SettingsError) as caught:
         verify_note("note", KEY.public_key())
     assert str(caught.value) == (

@@ -384,7 +384,7 @@ def test_without_cryptography_the_checkpointer_names_the_extra(
             raise ModuleNotFoundError("No module named 'cryptography'", name="cryptography")
         return real(name, package)
 
-    monkeypatch.setattr(checkpointing.importlib, "import_module", import_module)
+    monkeypatch.setattr(importlib, "import_module", import_module)
     with pytest.raises(SettingsError) as caught:
         checkpointing.Checkpointer(
             lambda: None, key, log_path=None, callback=None, every=1, interval_s=1
