@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from trail_backend import WAIT_S, Database, ServerConnection
+
+# The stored fields the chain hashes, between id and prev_hash (docs/integrity.md).
+FIELDS = (
+    "event_id, timestamp, actor, action, operation, outcome, resource_type, resource_id, "
+    "correlation_id, details, critical"
+)
 
 _GUARDED = (
     "audit_entries",
@@ -61,3 +67,21 @@ def forger_connection(database: Database) -> Iterator[Any]:
             raise
     finally:
         conn.close()
+
+
+def relink(
+    conn: Any, first_id: int, prev_hash: str, digest: Callable[[Sequence[Any]], str]
+) -> None:
+    """Give every entry from ``first_id`` on a new link, chained from ``prev_hash``, as a careful
+    forger recomputes the chain: ``digest(id, fields..., prev_hash)`` is the hash it writes (the
+    documented unkeyed hash, or an HMAC under a key of the forger's own)."""
+    rows = conn.execute(
+        f"SELECT id, {FIELDS} FROM audit_entries WHERE id >= ? ORDER BY id", (first_id,)
+    ).fetchall()
+    for row in rows:
+        new_hash = digest((*row, prev_hash))
+        conn.execute(
+            "UPDATE audit_entries SET prev_hash = ?, hash = ? WHERE id = ?",
+            (prev_hash, new_hash, row[0]),
+        )
+        prev_hash = new_hash

@@ -18,7 +18,7 @@ from typing import Any
 
 from behave import given, then, when
 from behave.runner import Context
-from forgery import forger_connection
+from forgery import forger_connection, relink
 from trail_backend import append_rows, query
 
 from audit_engine import AuditEntry, AuditStore
@@ -29,11 +29,6 @@ from audit_engine.storage.keys import generate_keys
 WAIT_S = 10.0
 COMMAND_TIMEOUT_S = 60.0
 LOG = "checkpoints.jsonl"
-# The stored fields the chain covers, between id and prev_hash (docs/integrity.md).
-_FIELDS = (
-    "event_id, timestamp, actor, action, operation, outcome, resource_type, resource_id, "
-    "correlation_id, details, critical"
-)
 
 
 def _log(context: Context) -> Path:
@@ -176,16 +171,7 @@ def when_rewritten(context: Context, entry: int) -> None:
         (prev_hash,) = conn.execute(
             "SELECT prev_hash FROM audit_entries WHERE id = ?", (entry,)
         ).fetchone()
-        rows = conn.execute(
-            f"SELECT id, {_FIELDS} FROM audit_entries WHERE id >= ? ORDER BY id", (entry,)
-        ).fetchall()
-        for row in rows:
-            digest = row_hash((*row, prev_hash))
-            conn.execute(
-                "UPDATE audit_entries SET prev_hash = ?, hash = ? WHERE id = ?",
-                (prev_hash, digest, row[0]),
-            )
-            prev_hash = digest
+        relink(conn, entry, prev_hash, row_hash)
 
 
 def _restore(context: Context, tail: int) -> None:

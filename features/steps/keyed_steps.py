@@ -15,7 +15,7 @@ from typing import Any
 
 from behave import given, then, when
 from behave.runner import Context
-from forgery import forger_connection
+from forgery import FIELDS, forger_connection, relink
 from trail_backend import query
 
 from audit_engine import AuditService, AuditStore
@@ -24,11 +24,6 @@ from audit_engine.storage.keys import chain_key_id, generate_keys, load_chain_ke
 
 WAIT_S = 10.0
 KEYED = "2"
-# The stored fields the chain covers, between id and prev_hash (docs/integrity.md).
-_FIELDS = (
-    "event_id, timestamp, actor, action, operation, outcome, resource_type, resource_id, "
-    "correlation_id, details, critical"
-)
 
 
 def _team_key_file(context: Context) -> Path:
@@ -113,16 +108,12 @@ def when_forge_without_key(context: Context, entry: int, actor: str) -> None:
         (prev_hash,) = conn.execute(
             "SELECT prev_hash FROM audit_entries WHERE id = ?", (entry,)
         ).fetchone()
-        rows = conn.execute(
-            f"SELECT id, {_FIELDS} FROM audit_entries WHERE id >= ? ORDER BY id", (entry,)
-        ).fetchall()
-        for row in rows:
-            digest = hmac.digest(guess, content_digest((*row, prev_hash), KEYED), "sha256").hex()
-            conn.execute(
-                "UPDATE audit_entries SET prev_hash = ?, hash = ? WHERE id = ?",
-                (prev_hash, digest, row[0]),
-            )
-            prev_hash = digest
+        relink(
+            conn,
+            entry,
+            prev_hash,
+            lambda body: hmac.digest(guess, content_digest(body, KEYED), "sha256").hex(),
+        )
 
 
 @given(
@@ -157,7 +148,7 @@ def when_downgrade(context: Context) -> None:
     with forger_connection(context.world.database) as conn:
         conn.execute("DELETE FROM audit_chain_versions WHERE first_id > 1")
         conn.execute("UPDATE audit_chain_versions SET version = '1', key_id = NULL")
-        rows = conn.execute(f"SELECT id, {_FIELDS} FROM audit_entries ORDER BY id").fetchall()
+        rows = conn.execute(f"SELECT id, {FIELDS} FROM audit_entries ORDER BY id").fetchall()
         prev_hash = "0" * 64
         for row in rows:
             digest = row_hash((*row, prev_hash))

@@ -12,17 +12,11 @@ from typing import Any
 
 from behave import when
 from behave.runner import Context
-from forgery import forger_connection
+from forgery import FIELDS, forger_connection, relink
 
 from audit_engine.models import format_timestamp
 from audit_engine.storage.anchors import anchor_hash
 from audit_engine.storage.chain import GENESIS_HASH, row_hash
-
-# The stored fields that the chain hashes, between id and prev_hash (docs/integrity.md).
-_FIELDS = (
-    "event_id, timestamp, actor, action, operation, outcome, resource_type, resource_id, "
-    "correlation_id, details, critical"
-)
 
 # -- tampering with the database file ---------------------------------------------------------
 # `conn` is another program's connection with the guard lifted: sqlite3 on a file,
@@ -102,7 +96,7 @@ def _insert_forged(conn: Any, after: int) -> None:
     values = ["?"] * (len(body) + 1)
     values[len(fields)] = "? <> 0"
     conn.execute(
-        f"INSERT INTO audit_entries (id, {_FIELDS}, prev_hash, hash) VALUES ({', '.join(values)})",
+        f"INSERT INTO audit_entries (id, {FIELDS}, prev_hash, hash) VALUES ({', '.join(values)})",
         (*body, row_hash(body)),
     )
 
@@ -110,16 +104,7 @@ def _insert_forged(conn: Any, after: int) -> None:
 def _rehash_after(conn: Any, entry: int) -> None:
     """Recompute prev_hash and hash of every entry after ``entry``, as a careful forger would."""
     (prev_hash,) = conn.execute("SELECT hash FROM audit_entries WHERE id = ?", (entry,)).fetchone()
-    rows = conn.execute(
-        f"SELECT id, {_FIELDS} FROM audit_entries WHERE id > ? ORDER BY id", (entry,)
-    ).fetchall()
-    for row in rows:
-        digest = row_hash((*row, prev_hash))
-        conn.execute(
-            "UPDATE audit_entries SET prev_hash = ?, hash = ? WHERE id = ?",
-            (prev_hash, digest, row[0]),
-        )
-        prev_hash = digest
+    relink(conn, entry + 1, prev_hash, row_hash)
 
 
 @when("someone inserts a forged entry after entry {entry:d} directly in the database file")
