@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from trails import chain_key_file
 
 from audit_engine import AuditService, AuditStore, verify_exported_lines
 from audit_engine.storage.chain import ChainHead, content_digest
@@ -15,18 +16,6 @@ from audit_engine.storage.keys import load_chain_keys
 
 KEY_A = "a1" * 32
 KEY_B = "b2" * 32
-
-
-@pytest.fixture(autouse=True)
-def _no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AUDIT_TRAIL_CHAIN_KEY_FILE", raising=False)
-
-
-def _key_file(tmp_path: Path, *keys: str, name: str = "chain.key") -> Path:
-    path = tmp_path / name
-    path.write_text("".join(f"{key}\n" for key in keys))
-    path.chmod(0o600)
-    return path
 
 
 def _record(database: Path | str, count: int, key_file: Path | None, action: str) -> None:
@@ -46,8 +35,8 @@ def _export(database: Path | str) -> list[str]:
 def switched(trail_db: Path | str, tmp_path: Path) -> tuple[Path | str, Path]:
     """Three unkeyed rows, then two under key A, then two under key B (a rotation)."""
     _record(trail_db, 3, None, "plain")
-    _record(trail_db, 2, _key_file(tmp_path, KEY_A, name="a.key"), "keyed")
-    both = _key_file(tmp_path, KEY_B, KEY_A)
+    _record(trail_db, 2, chain_key_file(tmp_path, KEY_A, name="a.key"), "keyed")
+    both = chain_key_file(tmp_path, KEY_B, KEY_A)
     _record(trail_db, 2, both, "rotated")
     return trail_db, both
 
@@ -122,7 +111,7 @@ def test_a_key_that_made_none_of_the_rows_fails_them(
     switched: tuple[Path | str, Path], tmp_path: Path
 ) -> None:
     database, _ = switched
-    other = _key_file(tmp_path, "c3" * 32, name="other.key")
+    other = chain_key_file(tmp_path, "c3" * 32, name="other.key")
 
     report = verify_exported_lines(_export(database), keys=load_chain_keys(other))
 

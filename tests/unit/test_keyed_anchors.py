@@ -25,11 +25,6 @@ OLD = "2020-01-01T00:00:00Z"
 AGE = timedelta(days=100)
 
 
-@pytest.fixture(autouse=True)
-def _no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AUDIT_TRAIL_CHAIN_KEY_FILE", raising=False)
-
-
 @pytest.fixture
 def key(tmp_path: Path) -> Path:
     path = tmp_path / "chain.key"

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from trails import execute, query, stored_row
+from trails import chain_key_file, execute, query, stored_row
 
 from audit_engine import AuditService
 from audit_engine.columns import STORED_ROW
@@ -19,18 +19,6 @@ KEY_A = "a1" * 32
 KEY_B = "b2" * 32
 ID_A = chain_key_id(bytes.fromhex(KEY_A))
 ID_B = chain_key_id(bytes.fromhex(KEY_B))
-
-
-@pytest.fixture(autouse=True)
-def _no_key_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("AUDIT_TRAIL_CHAIN_KEY_FILE", raising=False)
-
-
-def _key_file(tmp_path: Path, *keys: str, name: str = "chain.key") -> Path:
-    path = tmp_path / name
-    path.write_text("".join(f"{key}\n" for key in keys))
-    path.chmod(0o600)
-    return path
 
 
 def _record(database: Path | str, count: int, key_file: Path | None, action: str) -> None:
@@ -48,7 +36,7 @@ def _versions(database: Path | str) -> list[tuple[object, ...]]:
 
 
 def test_a_keyed_trail_verifies_with_its_key_only(trail_db: Path | str, tmp_path: Path) -> None:
-    key = _key_file(tmp_path, KEY_A)
+    key = chain_key_file(tmp_path, KEY_A)
     _record(trail_db, 4, key, "keyed")
 
     assert _versions(trail_db) == [(1, "2", ID_A)]
@@ -72,7 +60,7 @@ def test_a_keyed_trail_verifies_with_its_key_only(trail_db: Path | str, tmp_path
 def test_a_row_edited_and_the_chain_recomputed_without_the_key_fails(
     trail_db: Path | str, tmp_path: Path
 ) -> None:
-    key = _key_file(tmp_path, KEY_A)
+    key = chain_key_file(tmp_path, KEY_A)
     _record(trail_db, 6, key, "keyed")
     rows = query(trail_db, f"SELECT {stored_row(trail_db)} FROM audit_entries ORDER BY id")
     # The forger changes row 3 and recomputes every link after it by the documented algorithm,
@@ -100,8 +88,8 @@ def test_a_row_edited_and_the_chain_recomputed_without_the_key_fails(
 
 
 def test_unkeyed_then_keyed_then_rotated_all_verify(trail_db: Path | str, tmp_path: Path) -> None:
-    old = _key_file(tmp_path, KEY_A, name="old.key")
-    rotated = _key_file(tmp_path, KEY_B, KEY_A, name="rotated.key")  # new key first
+    old = chain_key_file(tmp_path, KEY_A, name="old.key")
+    rotated = chain_key_file(tmp_path, KEY_B, KEY_A, name="rotated.key")  # new key first
     _record(trail_db, 3, None, "plain")
     _record(trail_db, 3, old, "keyed")
     _record(trail_db, 3, rotated, "rotated")
@@ -122,7 +110,7 @@ def test_unkeyed_then_keyed_then_rotated_all_verify(trail_db: Path | str, tmp_pa
 
 
 def test_a_writer_reusing_the_newest_range_adds_none(trail_db: Path | str, tmp_path: Path) -> None:
-    key = _key_file(tmp_path, KEY_A)
+    key = chain_key_file(tmp_path, KEY_A)
     _record(trail_db, 2, key, "one")
     _record(trail_db, 2, key, "two")
     assert _versions(trail_db) == [(1, "2", ID_A)]
@@ -132,7 +120,7 @@ def test_a_writer_reusing_the_newest_range_adds_none(trail_db: Path | str, tmp_p
 def test_a_writer_without_the_key_refuses_to_start_on_a_keyed_trail(
     trail_db: Path | str, tmp_path: Path, async_writes: bool
 ) -> None:
-    key = _key_file(tmp_path, KEY_A)
+    key = chain_key_file(tmp_path, KEY_A)
     _record(trail_db, 1, None, "plain")
     _record(trail_db, 2, key, "keyed")
 
@@ -145,7 +133,7 @@ def test_a_writer_without_the_key_refuses_to_start_on_a_keyed_trail(
 
 
 def test_a_switch_back_to_unkeyed_rows_is_refused(trail_db: Path | str, tmp_path: Path) -> None:
-    key = _key_file(tmp_path, KEY_A)
+    key = chain_key_file(tmp_path, KEY_A)
     _record(trail_db, 2, None, "plain")
     _record(trail_db, 2, key, "keyed")
     # A forger without the key appends unkeyed rows and says so in the versions table.
@@ -171,7 +159,7 @@ def test_a_switch_back_to_unkeyed_rows_is_refused(trail_db: Path | str, tmp_path
 def test_a_key_given_for_an_unkeyed_trail_is_not_ok(trail_db: Path | str, tmp_path: Path) -> None:
     # What a forger without the key leaves of a keyed trail: every row rewritten unkeyed.
     _record(trail_db, 2, None, "plain")
-    key = _key_file(tmp_path, KEY_A)
+    key = chain_key_file(tmp_path, KEY_A)
     with AuditStore(trail_db, chain_key_file=key) as store:
         report = store.verify()
     assert (report.ok, report.rows_checked, report.warnings) == (False, 2, ())
@@ -184,7 +172,7 @@ def test_a_key_given_for_an_unkeyed_trail_is_not_ok(trail_db: Path | str, tmp_pa
 def test_a_downgraded_copy_of_a_keyed_trail_fails_verify_with_the_key(
     trail_db: Path | str, tmp_path: Path
 ) -> None:
-    key = _key_file(tmp_path, KEY_A)
+    key = chain_key_file(tmp_path, KEY_A)
     _record(trail_db, 3, key, "keyed")
     rows = query(trail_db, f"SELECT {stored_row(trail_db)} FROM audit_entries ORDER BY id")
     actor_at = STORED_ROW.index("actor")
@@ -218,7 +206,7 @@ def test_the_key_never_appears_in_a_message_or_log(
     trail_db: Path | str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    key = _key_file(tmp_path, KEY_A)
+    key = chain_key_file(tmp_path, KEY_A)
     _record(trail_db, 2, key, "keyed")
     messages = []
     with AuditStore(trail_db) as store:

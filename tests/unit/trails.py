@@ -75,3 +75,11 @@ def write(database: Path | str, entries: Sequence[AuditEntry]) -> tuple[int, str
 
 
 __all__ = ["create", "details_column", "execute", "is_pg", "query", "stored_row", "write"]
+
+
+def chain_key_file(directory: Path, *keys: str, name: str = "chain.key") -> Path:
+    """A chain key file holding ``keys`` (hex, the first writes), readable by its owner only."""
+    path = directory / name
+    path.write_text("".join(f"{key}\n" for key in keys))
+    path.chmod(0o600)
+    return path
