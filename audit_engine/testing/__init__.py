@@ -1,0 +1,1 @@
+"""Helpers for applications that test their auditing (docs/integrations.md)."""
