@@ -111,6 +111,28 @@ class EventBus:
         with self._lock:
             self._subscriptions = (*self._subscriptions, (event_type, handler))
 
+    def audit_into(
+        self,
+        record: Callable[..., str | None],
+        mapper: Callable[[DomainEvent], AuditEntry | None] | None = None,
+    ) -> Callable[[DomainEvent], None]:
+        """Subscribe ``record`` (a service's) to every event; returns the handler subscribed.
+
+        Each event becomes an entry through ``mapper(event)`` (returning None skips the event)
+        or :meth:`DomainEvent.to_audit_entry`.
+        """
+
+        def audit_event(event: DomainEvent) -> None:
+            if mapper is None and type(event).to_audit_entry is DomainEvent.to_audit_entry:
+                record(**event.audit_fields())  # keywords: record()'s fast path
+                return
+            entry = mapper(event) if mapper is not None else event.to_audit_entry()
+            if entry is not None:
+                record(entry)
+
+        self.subscribe(DomainEvent, audit_event)
+        return audit_event
+
     def unsubscribe(self, event_type: type[DomainEvent], handler: Callable[..., object]) -> bool:
         """Remove one subscription; returns False when there was none."""
         with self._lock:

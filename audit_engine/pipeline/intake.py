@@ -23,6 +23,7 @@ from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-
 from typing import Any
 
 from audit_engine.details import plain_json, to_json_details
+from audit_engine.errors import InvalidEntryError
 from audit_engine.models import (
     MAX_ACTION_LENGTH,
     MAX_IDENTIFIER_LENGTH,
@@ -32,7 +33,7 @@ from audit_engine.models import (
     format_timestamp,
     new_event_id,
 )
-from audit_engine.rows import Row, entry_row
+from audit_engine.rows import Row, entry_row, storable_entry
 
 _new_row = tuple.__new__
 
@@ -210,3 +211,27 @@ def with_details(row: Row, details: dict[str, Any]) -> Row:
         # it as validation does, which names what cannot be stored.
         text = _encode_details(to_json_details(details))
     return row._replace(details=text)
+
+
+def check_entry_argument(entry: object, fields: dict[str, Any]) -> None:
+    """``record()``'s positional argument: an :class:`AuditEntry`, and then no keywords."""
+    if not isinstance(entry, AuditEntry):
+        raise TypeError(
+            f"record() takes an AuditEntry or keyword fields, got {type(entry).__name__}"
+        )
+    if fields:
+        raise TypeError("record() takes an AuditEntry or keyword fields, not both")
+
+
+def given_entry_row(
+    entry: AuditEntry, fields: dict[str, Any], max_details_bytes: int
+) -> tuple[Row, dict[str, Any]]:
+    """The row of an :class:`AuditEntry` passed to ``record()`` (validated again if changed)."""
+    check_entry_argument(entry, fields)
+    entry = storable_entry(entry, max_details_bytes)  # model_copy() & co.
+    size = entry.details_size()
+    if size > max_details_bytes:
+        raise InvalidEntryError(
+            f"details is {size} bytes serialised, more than max_details_bytes={max_details_bytes}"
+        )
+    return entry_row(entry), entry.details

@@ -2,14 +2,12 @@
 
 A scope follows the current contextvars context (so the current thread, or the current asyncio
 task), may nest, and remembers which entry keys it has already accepted. Outside any scope nothing
-is de-duplicated.
+is de-duplicated. The service keeps the open scope in its context frame (pipeline.context).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Hashable
 
 from audit_engine.models import AuditEntry
 from audit_engine.rows import Row, row_entry
@@ -48,30 +46,3 @@ class AuditScope:
         self.key = key
         self.row_key = row_key(key)  # decided once per scope, not per record()
         self.seen = seen
-
-
-class ScopeStack:
-    """The scopes of one service, held in a ContextVar so each thread or task has its own."""
-
-    def __init__(self, name: str) -> None:
-        self._current: ContextVar[AuditScope | None] = ContextVar(name, default=None)
-
-    def current(self) -> AuditScope | None:
-        """The innermost open scope in this context, if any."""
-        return self._current.get()
-
-    @contextmanager
-    def open(self, key: KeyFunc | None = None, *, fresh: bool = False) -> Iterator[AuditScope]:
-        """Open a scope; inner scopes share the outer one's markers unless ``fresh``."""
-        if key is not None and not callable(key):
-            raise TypeError(f"key must be a callable taking an AuditEntry, got {key!r}")
-        outer = self._current.get()
-        if outer is None or fresh:
-            scope = AuditScope(key or default_key, set())
-        else:
-            scope = AuditScope(key or outer.key, outer.seen)
-        token = self._current.set(scope)
-        try:
-            yield scope
-        finally:
-            self._current.reset(token)

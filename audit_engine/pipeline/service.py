@@ -9,28 +9,26 @@ writer thread and its connections; nothing here is global except the registry th
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
-import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from datetime import timedelta
 from typing import Any, Self
 
-from audit_engine import rows
 from audit_engine.errors import (
     AuditServiceClosed,
     AuditWriteError,
-    InvalidEntryError,
 )
 from audit_engine.models import AuditEntry, AuditStats, SignedCheckpoint
-from audit_engine.pipeline import intake, lifecycle
+from audit_engine.pipeline import audited, bulk, intake, lifecycle
 from audit_engine.pipeline.bus import DomainEvent, EventBus
+from audit_engine.pipeline.context import ContextStack, Frame, context_values, entry_fields
+from audit_engine.pipeline.counters import CallerCounters
 from audit_engine.pipeline.enqueue import enqueue_waiting
 from audit_engine.pipeline.policy import AuditPolicy, Decision
-from audit_engine.pipeline.scope import AuditScope, KeyFunc, ScopeStack
+from audit_engine.pipeline.scope import AuditScope, KeyFunc
 from audit_engine.pipeline.syncwrite import SyncConnection
 from audit_engine.pipeline.writer import _WRITER_BUSY_SLICE_S, Writer
 from audit_engine.rows import Row
@@ -45,7 +43,6 @@ logger = logging.getLogger("audit_engine.service")  # the documented logger name
 
 # close() waits this long for the cleanup thread to finish its current batch.
 _CLEANUP_STOP_TIMEOUT_S = 5.0
-_DROP_WARNING_INTERVAL_S = 10.0
 
 Mapper = Callable[[DomainEvent], AuditEntry | None]
 
@@ -88,7 +85,9 @@ class AuditService:
             injected = backends.injected_writer(connection, "AuditService() connection", linker)
         self._enabled = s.enabled
         self.policy = AuditPolicy.from_settings(s)
-        self._scopes = ScopeStack(f"audit_scope_{id(self):x}")
+        # context(), disabled() and scope() blocks: one ContextVar per service.
+        self._frames = ContextStack(f"audit_context_{id(self):x}")
+        self._frame = self._frames.var.get  # read once per record()
         self._max_details_bytes = s.max_details_bytes
         self._connection = connection
         self._own_connection_writer: backends.InjectedWriter = _no_connection
@@ -98,13 +97,7 @@ class AuditService:
         self._writer: Writer | None = None
         self._cleanup: CleanupThread | None = None
         self._sync = SyncConnection(s, self._linker)
-        self._counter_lock = threading.Lock()  # guards the counters below
-        self._injected_written = 0
-        self._dropped = 0
-        self._not_kept = dict.fromkeys(Decision, 0)
-        self._deduplicated = 0
-        self._drops_unreported = 0
-        self._last_drop_warning = -math.inf  # the first drop is always reported
+        self._counters = CallerCounters()
         self._last_error: str | None = None
         self._warnings: list[str] = []
         # The write mode, chosen once here: how record() hands on a kept row (a connection passed
@@ -218,33 +211,40 @@ class AuditService:
         )
         if not self._enabled:
             return None
-        # The common path (keywords, default policy, no scope, room in the queue) is written
-        # straight through: it runs for every entry and its cost is the caller's.
+        # The common path (keywords, default policy, no block open, room in the queue) is
+        # written straight through: it runs for every entry and its cost is the caller's.
+        frame = self._frame()
+        if frame is not None and frame.bound:
+            if entry is not None:
+                intake.check_entry_argument(entry, fields)
+                fields, entry = entry_fields(entry), None
+            fields = frame.apply(fields)
         if entry is None:
             row, details = intake.validated_row(fields, self._max_details_bytes)
         else:
-            row, details = self._entry_row(entry, fields)
+            row, details = intake.given_entry_row(entry, fields, self._max_details_bytes)
+        if frame is not None and frame.disabled and not row.critical:
+            self._counters.count_skipped_disabled()
+            return None
         policy = self.policy
         if not (policy.keeps_everything or row.critical):
             decision = policy.decide_values(
                 row.operation, row.outcome, row.action, row.resource_type, row.event_id, False
             )
             if decision is not Decision.KEEP:
-                with self._counter_lock:
-                    self._not_kept[decision] += 1
+                self._counters.count_not_kept(decision)
                 return None
         redacted = policy.redact_details(details)
         if redacted is not details:
             row = intake.with_details(row, redacted)
-        scope = self._scopes.current()
+        scope = None if frame is None else frame.scope
         if scope is None or row.critical:  # critical entries are never de-duplicated
             if write_injected is None:
                 return self._accept_row(self, row)
             return self._write_injected(write_injected, row)
         key = scope.row_key(row)  # the default key reads the row; a custom one gets a model
         if key in scope.seen:
-            with self._counter_lock:
-                self._deduplicated += 1
+            self._counters.count_deduplicated()
             return None
         if write_injected is None:
             event_id = self._accept_row(self, row)
@@ -263,25 +263,12 @@ class AuditService:
         if not entry.critical and self._queued.offer(entry):
             return entry.event_id
         return enqueue_waiting(
-            self._queued, entry, self.settings, write_sync=self._write_sync, drop=self._count_drop
+            self._queued,
+            entry,
+            self.settings,
+            write_sync=self._write_sync,
+            drop=self._counters.count_drop,
         )
-
-    def _entry_row(self, entry: AuditEntry, fields: dict[str, Any]) -> tuple[Row, dict[str, Any]]:
-        """The row of an :class:`AuditEntry` passed to ``record()``."""
-        if not isinstance(entry, AuditEntry):
-            raise TypeError(
-                f"record() takes an AuditEntry or keyword fields, got {type(entry).__name__}"
-            )
-        if fields:
-            raise TypeError("record() takes an AuditEntry or keyword fields, not both")
-        entry = rows.storable_entry(entry, self._max_details_bytes)  # model_copy() & co.
-        size = entry.details_size()
-        if size > self._max_details_bytes:
-            raise InvalidEntryError(
-                f"details is {size} bytes serialised, more than "
-                f"max_details_bytes={self._max_details_bytes}"
-            )
-        return rows.entry_row(entry), entry.details
 
     def _write_sync(self, entry: Row) -> str:
         """Sync mode (and ``on_full='sync'``): commit the entry in the caller's thread."""
@@ -298,25 +285,8 @@ class AuditService:
             write(entry)
         except DATABASE_ERRORS as exc:
             raise AuditWriteError(f"could not write audit entry {entry.event_id}: {exc}") from exc
-        with self._counter_lock:
-            self._injected_written += 1
+        self._counters.count_injected()
         return entry.event_id
-
-    def _count_drop(self) -> None:
-        with self._counter_lock:
-            self._dropped += 1
-            self._drops_unreported += 1
-            now = time.monotonic()
-            if now - self._last_drop_warning < _DROP_WARNING_INTERVAL_S:
-                return
-            unreported, self._drops_unreported = self._drops_unreported, 0
-            self._last_drop_warning = now
-            total = self._dropped
-        logger.warning(
-            "audit queue full: dropped %d entries (on_full='drop'); %d dropped in total",
-            unreported,
-            total,
-        )
 
     def scope(
         self, key: KeyFunc | None = None, *, fresh: bool = False
@@ -328,7 +298,45 @@ class AuditService:
         nest; an inner scope shares the outer one's markers unless opened with ``fresh=True``.
         Critical entries are never de-duplicated.
         """
-        return self._scopes.open(key, fresh=fresh)
+        return self._frames.open_scope(key, fresh=fresh)
+
+    def context(
+        self, *, details: dict[str, Any] | None = None, **fields: Any
+    ) -> AbstractContextManager[Frame]:
+        """A block whose entries get these fields where ``record()`` was not given them.
+
+        ``actor``, ``correlation_id``, ``resource_type`` and ``resource_id`` are fields; every
+        other keyword (and ``details=``) is merged into ``details``. A keyword given to
+        ``record()`` wins, even None; details merge key by key, the entry's own keys winning;
+        an inner block wins over an outer one. Follows the contextvars context like
+        :meth:`scope` (a new thread starts with none). Applies to everything that goes through
+        ``record()``: bus events, captured ORM changes, log records, decorated calls. Values are
+        validated here; fields that belong to each entry (``action``, ``outcome``…) raise
+        TypeError.
+        """
+        bound, bound_details = context_values(details, fields)
+        return self._frames.bind(bound, bound_details)
+
+    def disabled(self) -> AbstractContextManager[Frame]:
+        """A block in which ``record()`` records nothing (returns None) but critical entries.
+
+        For maintenance scripts; what it skips is counted in ``stats().skipped_disabled``.
+        """
+        return self._frames.disable()
+
+    def audited(self, action: str, **fields: Any) -> audited.Decorator:
+        """A decorator recording one entry per call of the function (docs/integrations.md)."""
+        return audited.audited(self, action, **fields)
+
+    def record_many(
+        self, entries: Iterable[AuditEntry | dict[str, Any]], /, *, connection: Any = None
+    ) -> list[str | None]:
+        """Record many entries: all validated first, then all accepted or none, in one hand-off.
+
+        Returns each entry's ``event_id`` (None where the policy or a scope left it out).
+        See docs/integrations.md.
+        """
+        return bulk.record_many(self, entries, connection)
 
     def subscribe(
         self, bus: EventBus, mapper: Mapper | None = None
@@ -338,17 +346,7 @@ class AuditService:
         Each event becomes an entry through ``mapper(event)`` (returning None skips the event) or
         :meth:`DomainEvent.to_audit_entry`.
         """
-
-        def audit_event(event: DomainEvent) -> None:
-            if mapper is None and type(event).to_audit_entry is DomainEvent.to_audit_entry:
-                self.record(**event.audit_fields())  # keywords: record()'s fast path
-                return
-            entry = mapper(event) if mapper is not None else event.to_audit_entry()
-            if entry is not None:
-                self.record(entry)
-
-        bus.subscribe(DomainEvent, audit_event)
-        return audit_event
+        return bus.audit_into(self.record, mapper)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -406,11 +404,12 @@ class AuditService:
     def stats(self) -> AuditStats:
         """A snapshot of the counters (still answers after close())."""
         w = self._writer
-        synchronous = self._sync.written + self._injected_written
+        c = self._counters
+        synchronous = self._sync.written + c.injected_written
         return AuditStats(
             accepted=(w.enqueued if w else 0) + synchronous,
             written=(w.written if w else 0) + synchronous,
-            dropped=self._dropped,
+            dropped=c.dropped,
             batches=w.batches if w else 0,
             queue_depth=w.queue_depth if w else 0,
             max_queue_depth=w.max_queue_depth if w else 0,
@@ -420,10 +419,11 @@ class AuditService:
             last_error=self._last_error
             or (w.last_error if w else None)
             or (self._cleanup.last_error if self._cleanup else None),
-            filtered_by_level=self._not_kept[Decision.FILTERED_BY_LEVEL],
-            excluded=self._not_kept[Decision.EXCLUDED],
-            sampled_out=self._not_kept[Decision.SAMPLED_OUT],
-            deduplicated=self._deduplicated,
+            filtered_by_level=c.not_kept[Decision.FILTERED_BY_LEVEL],
+            excluded=c.not_kept[Decision.EXCLUDED],
+            sampled_out=c.not_kept[Decision.SAMPLED_OUT],
+            deduplicated=c.deduplicated,
+            skipped_disabled=c.skipped_disabled,
             longest_batch_s=w.longest_batch_s if w else 0.0,
             cleanup_runs=self._cleanup.runs if self._cleanup else 0,
             rows_purged=self._cleanup.rows_deleted if self._cleanup else 0,
@@ -435,12 +435,8 @@ class AuditService:
     def after_fork_in_child(self) -> None:
         """In a forked child: fresh locks and counters; an open service starts its threads again."""
         self._close_lock = threading.RLock()
-        self._counter_lock = threading.Lock()
+        self._counters = CallerCounters()
         self._sync.reset_after_fork()
-        self._injected_written = 0
-        self._dropped = 0
-        self._not_kept = dict.fromkeys(Decision, 0)
-        self._deduplicated = 0
         if self._closed:
             return
         if self._writer is not None:

@@ -1,0 +1,230 @@
+"""``@audited``: one audit entry per call of a command or function (``AuditService.audited``).
+
+The entry says how the call ended: ``outcome=success`` when it returned (or exited with status
+0), ``outcome=failure`` with ``details["error"]`` set to the exception's type when it raised. Only
+the type: an exception's message can hold what the audit trail must not (a path, a token, a
+user's input). The exception itself is re-raised unchanged.
+
+Everything about the decoration is checked when it is applied, not on the first call: the
+fields (as ``record()`` checks them), the parameter names given to take values from, and that
+the function is a plain synchronous one.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from audit_engine.models import AuditEntry, Outcome
+
+if TYPE_CHECKING:
+    from audit_engine.pipeline.service import AuditService
+
+logger = logging.getLogger("audit_engine.audited")
+
+_T = TypeVar("_T", bound=Callable[..., Any])
+
+
+class Decorator(Protocol):
+    """What ``audited()`` returns: gives back the function (or click command) it wraps."""
+
+    def __call__(self, target: _T, /) -> _T: ...
+
+
+# The fields a decoration may fix; the others belong to each call (outcome, event_id,
+# timestamp) or are the decorator's first argument (action).
+_FIXED_FIELDS = frozenset(
+    {"actor", "operation", "resource_type", "resource_id", "correlation_id", "details", "critical"}
+)
+_PER_CALL_FIELDS = frozenset({"outcome", "event_id", "timestamp", "action"})
+
+
+def audited(
+    service: AuditService,
+    action: str,
+    /,
+    *,
+    resource_id_arg: str | None = None,
+    details_args: Iterable[str] = (),
+    **fields: Any,
+) -> Decorator:
+    """A decorator recording one entry named ``action`` per call of the function it wraps.
+
+    ``fields`` are ``record()``'s (``actor``, ``operation``, ``resource_type``, ``resource_id``,
+    ``correlation_id``, ``details``, ``critical``); a field not given is left to the service's
+    ``context()``. ``resource_id_arg`` names the parameter whose value, in each call, is the
+    entry's ``resource_id``; ``details_args`` names parameters whose values go into ``details``
+    under their own names. A ``click.Command`` can be given directly: its callback is wrapped.
+    """
+    misplaced = sorted(set(fields) & _PER_CALL_FIELDS)
+    if misplaced:
+        raise TypeError(
+            f"audited() cannot fix {', '.join(misplaced)}: it is set for each call "
+            "(outcome from how the call ended)"
+        )
+    unknown = sorted(set(fields) - _FIXED_FIELDS)
+    if unknown:
+        raise TypeError(
+            f"audited() got unknown field(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(sorted(_FIXED_FIELDS))}"
+        )
+    if resource_id_arg is not None and "resource_id" in fields:
+        raise TypeError("audited() takes resource_id or resource_id_arg, not both")
+    if isinstance(details_args, str):
+        # A lone name would otherwise be taken letter by letter.
+        details_args = (details_args,)
+    taken = tuple(details_args)
+    # The same checks as record(): a bad field fails here, naming it, not in the first call.
+    AuditEntry(action=action, **fields)
+    fixed_details = dict(fields.pop("details", None) or {})
+
+    def decorate(target: _T) -> _T:
+        command_callback = getattr(target, "callback", None)
+        if _is_click_command(target):
+            if command_callback is None:
+                raise TypeError(f"audited(): the click command {target!r} has no callback")
+            target.callback = _wrap(command_callback)  # type: ignore[attr-defined]
+            return target
+        return _wrap(target)  # type: ignore[return-value]
+
+    def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        name = getattr(func, "__qualname__", repr(func))
+        if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
+            raise TypeError(
+                f"audited() cannot wrap the coroutine function {name}: the engine is a "
+                "synchronous library; record() from the coroutine instead"
+            )
+        if inspect.isgeneratorfunction(func):
+            # Its body runs after the call has returned: the entry would not describe it.
+            raise TypeError(
+                f"audited() cannot wrap the generator function {name}: its body runs "
+                "after the call returns"
+            )
+        signature = _signature_for(func, name, resource_id_arg, taken)
+
+        @functools.wraps(func)
+        def audited_call(*args: Any, **kwargs: Any) -> Any:
+            call_fields = dict(fields)
+            details = dict(fixed_details)
+            if signature is not None:
+                _take_arguments(
+                    signature, args, kwargs, resource_id_arg, taken, call_fields, details
+                )
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                exit_code = _exit_code(exc)
+                if exit_code is None or exit_code != 0:
+                    _record_failure(service, action, call_fields, details, exc, exit_code)
+                    raise
+                # sys.exit(0), ctx.exit(0): the command finished as it meant to.
+                _record(service, action, call_fields, details, Outcome.SUCCESS)
+                raise
+            _record(service, action, call_fields, details, Outcome.SUCCESS)
+            return result
+
+        return audited_call
+
+    return decorate
+
+
+def _is_click_command(target: object) -> bool:
+    # Only a click command can have been made if click is imported; the engine itself does not
+    # import click for this (the CLI is not part of the library's import).
+    core = sys.modules.get("click.core")
+    return core is not None and isinstance(target, core.Command)
+
+
+def _signature_for(
+    func: Callable[..., Any], name: str, resource_id_arg: str | None, taken: tuple[str, ...]
+) -> inspect.Signature | None:
+    """The signature to bind each call with, or None when nothing is taken from arguments."""
+    wanted = ([resource_id_arg] if resource_id_arg is not None else []) + list(taken)
+    if not wanted:
+        return None
+    signature = inspect.signature(func)
+    params = signature.parameters
+    for arg in wanted:
+        if arg not in params or params[arg].kind in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.VAR_KEYWORD,
+        ):
+            option = "resource_id_arg" if arg == resource_id_arg else "details_args"
+            raise TypeError(
+                f"audited({option}={arg!r}): {name}() has no parameter {arg!r} "
+                f"(its parameters: {', '.join(params) or 'none'})"
+            )
+    return signature
+
+
+def _take_arguments(
+    signature: inspect.Signature,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    resource_id_arg: str | None,
+    taken: tuple[str, ...],
+    call_fields: dict[str, Any],
+    details: dict[str, Any],
+) -> None:
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return  # the call itself raises the same TypeError, and is recorded as a failure
+    bound.apply_defaults()
+    values = bound.arguments
+    if resource_id_arg is not None:
+        call_fields["resource_id"] = values[resource_id_arg]
+    for arg in taken:
+        details[arg] = values[arg]
+
+
+def _exit_code(exc: BaseException) -> int | None:
+    """The exit status a SystemExit or click's Exit asks for (None: not an exit)."""
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1  # sys.exit("message") exits with 1
+    exceptions = sys.modules.get("click.exceptions")
+    if exceptions is not None and isinstance(exc, exceptions.Exit):
+        return int(exc.exit_code)
+    return None
+
+
+def _record(
+    service: AuditService,
+    action: str,
+    call_fields: dict[str, Any],
+    details: dict[str, Any],
+    outcome: Outcome,
+) -> None:
+    if details:
+        service.record(action=action, outcome=outcome, details=details, **call_fields)
+    else:
+        service.record(action=action, outcome=outcome, **call_fields)
+
+
+def _record_failure(
+    service: AuditService,
+    action: str,
+    call_fields: dict[str, Any],
+    details: dict[str, Any],
+    exc: BaseException,
+    exit_code: int | None,
+) -> None:
+    details = {**details, "error": type(exc).__name__}
+    if exit_code is not None:
+        details["exit_code"] = exit_code
+    try:
+        _record(service, action, call_fields, details, Outcome.FAILURE)
+    except Exception:
+        # The caller must see the function's own exception; the recording error is logged.
+        logger.exception(
+            "could not record the failure of %r (%s); the original exception propagates",
+            action,
+            type(exc).__name__,
+        )
