@@ -15,9 +15,10 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import click
 
 from audit_engine.models import AuditEntry, Outcome
 
@@ -83,11 +84,10 @@ def audited(
     fixed_details = dict(fields.pop("details", None) or {})
 
     def decorate(target: _T) -> _T:
-        command_callback = getattr(target, "callback", None)
-        if _is_click_command(target):
-            if command_callback is None:
-                raise TypeError(f"audited(): the click command {target!r} has no callback")
-            target.callback = _wrap(command_callback)  # type: ignore[attr-defined]
+        if isinstance(target, click.Command):
+            if target.callback is None:
+                raise TypeError(f"audited(): the click command {target.name!r} has no callback")
+            target.callback = _wrap(target.callback)
             return target
         return _wrap(target)  # type: ignore[return-value]
 
@@ -130,13 +130,6 @@ def audited(
         return audited_call
 
     return decorate
-
-
-def _is_click_command(target: object) -> bool:
-    # Only a click command can have been made if click is imported; the engine itself does not
-    # import click for this (the CLI is not part of the library's import).
-    core = sys.modules.get("click.core")
-    return core is not None and isinstance(target, core.Command)
 
 
 def _signature_for(
@@ -189,9 +182,8 @@ def _exit_code(exc: BaseException) -> int | None:
         if code is None:
             return 0
         return code if isinstance(code, int) else 1  # sys.exit("message") exits with 1
-    exceptions = sys.modules.get("click.exceptions")
-    if exceptions is not None and isinstance(exc, exceptions.Exit):
-        return int(exc.exit_code)
+    if isinstance(exc, click.exceptions.Exit):  # ctx.exit(code)
+        return exc.exit_code
     return None
 
 
