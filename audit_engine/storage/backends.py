@@ -136,8 +136,10 @@ def injected_writer(
 
     Returns (write one row inside the caller's transaction, create or migrate the schema and
     refuse an unkeyed ``linker`` on a keyed trail). Rows are linked by ``linker``.
-    A ``sqlite3.Connection`` or a ``psycopg.Connection``; anything else raises ``TypeError``
-    naming ``what`` (the argument) and what is supported.
+    A ``sqlite3.Connection``, a ``psycopg.Connection``, or a SQLAlchemy ``Session`` or
+    ``Connection`` whose driver connection is one of those (unwrapped at every write, so a
+    service holding a session follows it from one transaction to the next); anything else
+    raises ``TypeError`` naming ``what`` (the argument) and what is supported.
     """
     if isinstance(conn, sqlite3.Connection):
         sqlite_conn = conn
@@ -154,9 +156,78 @@ def injected_writer(
             lambda row: backend.write_in_caller_transaction(pg_conn, row, linker),
             lambda: backend.migrate_caller_connection(pg_conn, linker),
         )
+    if _is_sqlalchemy(conn):
+        return _sqlalchemy_writer(conn, what, linker)
+    raise TypeError(f"{what} must be {_SUPPORTED}; got {type(conn).__name__}")
+
+
+_SUPPORTED = (
+    "None or the caller's transaction to write the entry in: a sqlite3.Connection, a "
+    "psycopg.Connection, or a SQLAlchemy Session or Connection on either driver "
+    "(sqlite+pysqlite, postgresql+psycopg)"
+)
+
+
+def _is_sqlalchemy(conn: object) -> bool:
+    """Whether ``conn`` is a SQLAlchemy Session or Connection (never importing SQLAlchemy: an
+    application that holds one has imported it)."""
+    orm: Any = sys.modules.get("sqlalchemy.orm")
+    if orm is not None and isinstance(conn, orm.Session):
+        return True
+    engine: Any = sys.modules.get("sqlalchemy.engine")
+    return engine is not None and isinstance(conn, engine.Connection)
+
+
+def _sqlalchemy_writer(
+    conn: Any, what: str, linker: Linker
+) -> tuple[InjectedWriter, Callable[[], None]]:
+    """The writer for a SQLAlchemy Session or Connection: the driver is checked now; each write
+    unwraps again, because a session's connection changes from one transaction to the next."""
+    raw = _unwrap_sqlalchemy(conn, what)
+    if isinstance(raw, sqlite3.Connection):
+
+        def write_sqlite(row: Row) -> None:
+            append.write_in_caller_transaction(_unwrap_sqlalchemy(conn, what), row, linker)
+
+        return write_sqlite, lambda: _migrate_sqlite(_unwrap_sqlalchemy(conn, what), linker)
+    backend = postgres()
+
+    def write_pg(row: Row) -> None:
+        backend.write_in_caller_transaction(_unwrap_sqlalchemy(conn, what), row, linker)
+
+    return write_pg, lambda: backend.migrate_caller_connection(
+        _unwrap_sqlalchemy(conn, what), linker
+    )
+
+
+def _unwrap_sqlalchemy(conn: Any, what: str) -> Any:
+    """The DBAPI connection under a SQLAlchemy Session or Connection, in a transaction that
+    SQLAlchemy knows it began.
+
+    Begun as SQLAlchemy's own execute would (a session's autobegin, a connection's begin()):
+    otherwise its commit() would not commit our row, and the pool's reset on return would roll
+    it back without a word. A driver other than sqlite3 or psycopg raises ``TypeError``.
+    """
+    orm: Any = sys.modules.get("sqlalchemy.orm")
+    if orm is not None and isinstance(conn, orm.Session):
+        kind = "Session"
+        sa_conn = conn.connection()  # autobegins the session's transaction
+    else:
+        kind = "Connection"
+        sa_conn = conn
+        if not sa_conn.in_transaction():
+            sa_conn.begin()  # what its execute() does first (autobegin)
+    raw = sa_conn.connection.driver_connection
+    if isinstance(raw, sqlite3.Connection):
+        return raw
+    psycopg: Any = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(raw, psycopg.Connection):
+        return raw
+    driver = type(raw)
     raise TypeError(
-        f"{what} must be a sqlite3.Connection or a psycopg.Connection (the caller's transaction "
-        f"to write the entry in) or None, got {type(conn).__name__}"
+        f"{what} must be {_SUPPORTED}; got a SQLAlchemy {kind} on "
+        f"{driver.__module__}.{driver.__qualname__} ({sa_conn.dialect.name}+"
+        f"{sa_conn.dialect.driver})"
     )
 
 

@@ -1,0 +1,226 @@
+"""``record(..., connection=...)`` and ``AuditService(connection=...)`` with a SQLAlchemy Session
+or Connection: written inside that transaction, on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trails
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+from audit_engine import AuditService, AuditSettings, AuditStore
+
+MakeService = Callable[..., AuditService]
+
+
+def _url(trail_db: Path | str) -> str:
+    if isinstance(trail_db, Path):
+        return f"sqlite:///{trail_db}"
+    return trail_db.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture
+def engine(trail_db: Path | str) -> Iterator[Engine]:
+    """The application's engine on the test's database (each backend in turn), with a table."""
+    made = create_engine(_url(trail_db))
+    with made.begin() as conn:
+        conn.execute(text("CREATE TABLE notes (id integer PRIMARY KEY, title text)"))
+    yield made
+    made.dispose()
+
+
+@pytest.fixture
+def service(trail_db: Path | str) -> Iterator[AuditService]:
+    made = AuditService(AuditSettings(database=trail_db, cleanup_enabled=False))
+    yield made
+    made.close(timeout=10)
+
+
+def _event_ids(trail_db: Path | str) -> list[str]:
+    found = trails.query(trail_db, "SELECT event_id FROM audit_entries ORDER BY id")
+    return [row[0] for row in found]
+
+
+def _verify_ok(trail_db: Path | str) -> bool:
+    with AuditStore(trail_db) as reader:
+        return reader.verify(min_retention=timedelta(0)).ok
+
+
+def test_a_session_commit_keeps_the_entry_with_the_change(
+    trail_db: Path | str, engine: Engine, service: AuditService
+) -> None:
+    with Session(engine) as session:
+        session.execute(text("INSERT INTO notes VALUES (1, 'a')"))
+        service.record(action="note.create", event_id="kept", connection=session)
+        assert _event_ids(trail_db) == []  # not before the session commits
+        session.commit()
+
+    assert _event_ids(trail_db) == ["kept"]
+    assert _verify_ok(trail_db)
+
+
+def test_a_session_rollback_removes_the_entry_with_the_change(
+    trail_db: Path | str, engine: Engine, service: AuditService
+) -> None:
+    with Session(engine) as session:
+        session.execute(text("INSERT INTO notes VALUES (1, 'a')"))
+        service.record(action="note.create", event_id="undone", connection=session)
+        session.rollback()
+        service.record(action="note.create", event_id="kept", connection=session)
+        session.commit()
+
+    assert _event_ids(trail_db) == ["kept"]
+    assert trails.query(trail_db, "SELECT count(*) FROM notes") == [(0,)]
+    assert _verify_ok(trail_db)
+
+
+def test_an_entry_first_in_the_transaction_begins_it_so_commit_keeps_it(
+    trail_db: Path | str, engine: Engine, service: AuditService
+) -> None:
+    # Nothing ran on the session before: the entry begins the transaction SQLAlchemy commits.
+    with Session(engine) as session:
+        service.record(action="first", event_id="first", connection=session)
+        assert session.in_transaction()
+        session.commit()
+
+    assert _event_ids(trail_db) == ["first"]
+
+
+def test_an_entry_first_in_the_transaction_goes_when_the_session_closes_uncommitted(
+    trail_db: Path | str, engine: Engine, service: AuditService
+) -> None:
+    with Session(engine) as session:
+        service.record(action="first", event_id="first", connection=session)
+    # The pool's reset rolled it back; the next transaction on that pooled connection is clean.
+    with Session(engine) as session:
+        service.record(action="second", event_id="second", connection=session)
+        session.commit()
+
+    assert _event_ids(trail_db) == ["second"]
+    assert _verify_ok(trail_db)
+
+
+def test_a_core_connection_commit_keeps_and_rollback_removes(
+    trail_db: Path | str, engine: Engine, service: AuditService
+) -> None:
+    with engine.connect() as conn:
+        service.record(action="a", event_id="undone", connection=conn)
+        assert conn.in_transaction()
+        conn.rollback()
+        service.record(action="a", event_id="kept", connection=conn)
+        conn.commit()
+    with engine.begin() as conn:  # a transaction already begun by the application
+        conn.execute(text("INSERT INTO notes VALUES (2, 'b')"))
+        service.record(action="a", event_id="in-begin", connection=conn)
+
+    assert _event_ids(trail_db) == ["kept", "in-begin"]
+    assert _verify_ok(trail_db)
+
+
+def test_a_savepoint_rolled_back_removes_only_its_entry(
+    trail_db: Path | str, engine: Engine, service: AuditService
+) -> None:
+    with Session(engine) as session:
+        service.record(action="a", event_id="outer", connection=session)
+        savepoint = session.begin_nested()
+        service.record(action="a", event_id="inner", connection=session)
+        savepoint.rollback()
+        session.commit()
+
+    assert _event_ids(trail_db) == ["outer"]
+    assert _verify_ok(trail_db)
+
+
+def test_a_service_holding_a_session_follows_it_across_transactions(
+    trail_db: Path | str, engine: Engine
+) -> None:
+    with Session(engine) as session:
+        service = AuditService(AuditSettings(database=trail_db), connection=session)
+        try:
+            session.commit()  # the schema the constructor created, in the session's transaction
+            service.record(action="a", event_id="one")
+            session.commit()
+            service.record(action="a", event_id="gone")
+            session.rollback()
+            service.record(action="a", event_id="two")
+            session.commit()
+        finally:
+            service.close(timeout=10)
+
+    assert _event_ids(trail_db) == ["one", "two"]
+    assert service.stats().written == 3  # written into the session; one rolled back with it
+    assert _verify_ok(trail_db)
+
+
+def test_the_reported_object_not_executable_error_is_gone(
+    trail_db: Path | str, engine: Engine, service: AuditService
+) -> None:
+    # The issue passed session.connection(): a SQLAlchemy Connection, which leaked
+    # ObjectNotExecutableError from the engine's SQL.
+    with Session(engine) as session:
+        service.record(action="a", event_id="via-connection", connection=session.connection())
+        session.commit()
+
+    assert _event_ids(trail_db) == ["via-connection"]
+
+
+# -- what is refused --------------------------------------------------------------------------
+
+_SUPPORTED = (
+    "None or the caller's transaction to write the entry in: a sqlite3.Connection, a "
+    "psycopg.Connection, or a SQLAlchemy Session or Connection on either driver "
+    "(sqlite+pysqlite, postgresql+psycopg)"
+)
+
+
+class _OtherDriverConnection:
+    """A DBAPI connection of another driver (it forwards to sqlite3, but is not one)."""
+
+    def __init__(self, path: str) -> None:
+        self._real = sqlite3.connect(path, check_same_thread=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize("bad", ["x.db", 3, object()])
+def test_anything_else_names_what_is_supported(make_service: MakeService, bad: object) -> None:
+    service = make_service(cleanup_enabled=False)
+
+    with pytest.raises(TypeError) as raised:
+        service.record(action="a", connection=bad)
+
+    assert str(raised.value) == (
+        f"record() connection must be {_SUPPORTED}; got {type(bad).__name__}"
+    )
+
+
+def test_a_session_on_another_driver_names_the_driver(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    other = create_engine(
+        "sqlite://", creator=lambda: _OtherDriverConnection(str(tmp_path / "app.db"))
+    )
+    service = make_service(cleanup_enabled=False)
+    try:
+        with Session(other) as session, pytest.raises(TypeError) as raised:
+            service.record(action="a", connection=session)
+        with pytest.raises(TypeError) as for_service:
+            AuditService(AuditSettings(database=tmp_path / "t.db"), connection=other.connect())
+    finally:
+        other.dispose()
+
+    driver = f"{__name__}._OtherDriverConnection (sqlite+pysqlite)"
+    assert str(raised.value) == (
+        f"record() connection must be {_SUPPORTED}; got a SQLAlchemy Session on {driver}"
+    )
+    assert str(for_service.value) == (
+        f"AuditService() connection must be {_SUPPORTED}; got a SQLAlchemy Connection on {driver}"
+    )
+    assert service.stats().accepted == 0
