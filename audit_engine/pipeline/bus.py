@@ -25,6 +25,7 @@ Handler = Callable[[Any], object]
 
 # DomainEvent fields that map one-to-one onto AuditEntry fields (besides correlation_id).
 _ENTRY_FIELDS = ("actor", "operation", "outcome", "resource_type", "resource_id", "critical")
+_CONTEXT_FIELDS = ("actor", "resource_type", "resource_id", "correlation_id")
 
 
 class DomainEvent(BaseModel):
@@ -76,12 +77,17 @@ class DomainEvent(BaseModel):
             mode="json", exclude={"event_type", "timestamp", "correlation_id", "payload"}
         )
         fields: dict[str, Any] = {k: data.pop(k) for k in _ENTRY_FIELDS if k in data}
+        fields["correlation_id"] = self.correlation_id
+        # Who and what the event is about, left unset (None, not given): left out, so an
+        # audit.context() block around emit() supplies them, as it does for record().
+        for name in _CONTEXT_FIELDS:
+            if fields[name] is None and name not in self.model_fields_set:
+                del fields[name]
         details = dict(self.payload)
         details.update(data)
         return {
             "action": self.event_type,
             "timestamp": self.timestamp,
-            "correlation_id": self.correlation_id,
             "details": details,
             **fields,
         }
