@@ -1,0 +1,1 @@
+"""Optional bridges to the frameworks apps are built with; each is imported only when used."""
