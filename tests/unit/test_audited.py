@@ -1,4 +1,7 @@
-"""@audited: one entry per call, how the call ended, the exception untouched, click commands."""
+"""@audit.audited: one entry per call, how the call ended, the exception untouched, click commands.
+
+``AuditService.audited`` delegates to ``audit_engine.pipeline.audited.audited``.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def entries(db_path: Path) -> Callable[[], list[AuditEntry]]:
 def test_a_call_that_returns_records_one_success(
     service: AuditService, entries: Callable[[], list[AuditEntry]]
 ) -> None:
-    @audited(service, "note.export", resource_type="note", operation="create", actor="alice")
+    @service.audited("note.export", resource_type="note", operation="create", actor="alice")
     def export_note(note_id: int) -> str:
         return f"note {note_id}"
 
@@ -60,7 +63,7 @@ def test_a_call_that_raises_records_a_failure_with_the_type_only_and_reraises_it
 ) -> None:
     raised = ExportError("token=s3cret in /home/alice/notes")
 
-    @audited(service, "note.export", details={"format": "pdf"})
+    @service.audited("note.export", details={"format": "pdf"})
     def export_note() -> None:
         raise raised
 
@@ -81,7 +84,7 @@ def test_wraps_keeps_the_name_docstring_and_signature(service: AuditService) -> 
         """Export one note."""
         return fmt
 
-    wrapped = audited(service, "note.export")(export_note)
+    wrapped = service.audited("note.export")(export_note)
     assert wrapped.__name__ == "export_note"
     assert wrapped.__doc__ == "Export one note."
     assert inspect.signature(wrapped) == inspect.signature(export_note)
@@ -90,8 +93,7 @@ def test_wraps_keeps_the_name_docstring_and_signature(service: AuditService) -> 
 def test_resource_id_and_details_are_taken_from_the_call_arguments(
     service: AuditService, entries: Callable[[], list[AuditEntry]]
 ) -> None:
-    @audited(
-        service,
+    @service.audited(
         "note.export",
         resource_type="note",
         resource_id_arg="note_id",
@@ -110,7 +112,7 @@ def test_resource_id_and_details_are_taken_from_the_call_arguments(
 def test_a_call_that_does_not_bind_is_the_function_s_own_type_error(
     service: AuditService, entries: Callable[[], list[AuditEntry]]
 ) -> None:
-    @audited(service, "note.export", resource_id_arg="note_id")
+    @service.audited("note.export", resource_id_arg="note_id")
     def export_note(note_id: int) -> None:
         pass
 
@@ -147,7 +149,7 @@ def test_bad_decorations_fail_when_applied(
     def export_note(note_id: int, *args: Any) -> None:
         pass
 
-    decorate = audited(service, "note.export", **options)
+    decorate = service.audited("note.export", **options)
     with pytest.raises(TypeError) as caught:
         decorate(export_note)
     assert str(caught.value) == message
@@ -169,15 +171,15 @@ def test_fields_a_decoration_cannot_fix_are_refused(
     service: AuditService, fields: dict[str, Any], message: str
 ) -> None:
     with pytest.raises(TypeError) as caught:
-        audited(service, "note.export", **fields)
+        service.audited("note.export", **fields)
     assert str(caught.value).startswith(message)
 
 
 def test_field_values_are_checked_as_record_checks_them(service: AuditService) -> None:
     with pytest.raises(ValueError, match="operation"):
-        audited(service, "note.export", operation="export")
+        service.audited("note.export", operation="export")
     with pytest.raises(ValueError, match="action"):
-        audited(service, "  ")
+        service.audited("  ")
 
 
 def test_coroutine_and_generator_functions_are_refused(service: AuditService) -> None:
@@ -187,7 +189,7 @@ def test_coroutine_and_generator_functions_are_refused(service: AuditService) ->
     def export_lines() -> Iterator[str]:
         yield "line"
 
-    decorate = audited(service, "note.export")
+    decorate = service.audited("note.export")
     with pytest.raises(TypeError, match=r"cannot wrap the coroutine function .*export_async"):
         decorate(export_async)
     with pytest.raises(TypeError, match=r"cannot wrap the generator function .*export_lines"):
@@ -212,7 +214,7 @@ def test_exits_and_interrupts(
     outcome: str,
     details: dict[str, Any],
 ) -> None:
-    @audited(service, "note.export")
+    @service.audited("note.export")
     def export_note() -> None:
         raise exc
 
@@ -226,7 +228,7 @@ def test_exits_and_interrupts(
 def test_a_failed_recording_after_a_failure_is_logged_and_the_original_propagates(
     service: AuditService, caplog: pytest.LogCaptureFixture
 ) -> None:
-    @audited(service, "note.export")
+    @service.audited("note.export")
     def export_note() -> None:
         raise ExportError("disk full")
 
@@ -249,7 +251,7 @@ def test_a_failed_recording_after_a_failure_is_logged_and_the_original_propagate
 def test_a_failed_recording_after_success_propagates(service: AuditService) -> None:
     ran = []
 
-    @audited(service, "note.export")
+    @service.audited("note.export")
     def export_note() -> None:
         ran.append(True)
 
@@ -262,7 +264,7 @@ def test_a_failed_recording_after_success_propagates(service: AuditService) -> N
 def test_the_service_context_applies_and_decoration_fields_win(
     service: AuditService, entries: Callable[[], list[AuditEntry]]
 ) -> None:
-    @audited(service, "note.export", resource_type="note")
+    @service.audited("note.export", resource_type="note")
     def export_note() -> None:
         pass
 
@@ -282,7 +284,7 @@ def _export_command(service: AuditService) -> click.Command:
     @click.option("--fail", type=click.Choice(["none", "error", "abort", "interrupt", "exit2"]))
     @click.option("--exit0", is_flag=True)
     @click.pass_context
-    @audited(service, "note.export", resource_type="note", resource_id_arg="note_id")
+    @service.audited("note.export", resource_type="note", resource_id_arg="note_id")
     def export(ctx: click.Context, note_id: str, fail: str | None, exit0: bool) -> None:
         """Export a note."""
         if exit0:
@@ -335,7 +337,7 @@ def test_a_click_command_given_directly_has_its_callback_wrapped(
         """Export a note."""
         raise ExportError(note_id)
 
-    command = audited(service, "note.export", resource_id_arg="note_id")(export)
+    command = service.audited("note.export", resource_id_arg="note_id")(export)
     assert command is export
     assert command.callback is not None
     assert command.callback.__name__ == "export"
@@ -349,4 +351,17 @@ def test_a_click_command_given_directly_has_its_callback_wrapped(
     )
     # A bad parameter name is found in the command's callback, when the decorator is applied.
     with pytest.raises(TypeError, match="has no parameter 'id'"):
-        audited(service, "note.export", resource_id_arg="id")(export)
+        service.audited("note.export", resource_id_arg="id")(export)
+
+
+def test_the_method_is_the_module_s_function(
+    service: AuditService, entries: Callable[[], list[AuditEntry]]
+) -> None:
+    def export_note(note_id: str) -> None:
+        pass
+
+    audited(service, "note.export", resource_id_arg="note_id")(export_note)("n3")
+    (entry,) = entries()
+    assert (entry.action, entry.resource_id) == ("note.export", "n3")
+    with pytest.raises(TypeError, match="has no parameter 'id'"):
+        audited(service, "note.export", resource_id_arg="id")(export_note)
