@@ -4,11 +4,12 @@ The fast path (a plain entry, room in the queue) is one ``offer`` in the service
 ``_enqueue``. Here ``on_full`` decides: wait for room (``block``), write the entry in the
 caller's thread (``sync``) or drop it (``drop``; never a critical entry, which waits as with
 ``block``). With ``critical_sync`` a critical entry is waited for until committed.
+:func:`enqueue_many` does the same for ``record_many()``'s entries, all of them or none.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from audit_engine.errors import AuditQueueFull, AuditWriteError
 from audit_engine.pipeline.writer import Writer
@@ -70,4 +71,81 @@ def _wait_committed(writer: Writer, position: int, entry: Row, block_timeout: fl
             f"critical entry {entry.event_id} was not confirmed committed within "
             f"{block_timeout}s (block_timeout); it stays queued and is still "
             "written when the database allows"
+        ) from TimeoutError("not confirmed within block_timeout")
+
+
+def enqueue_many(
+    writer: Writer,
+    entries: Sequence[Row],
+    settings: AuditSettings,
+    *,
+    write_sync: Callable[[Sequence[Row]], None],
+    drop: Callable[[int], None],
+) -> bool:
+    """Queue ``entries`` next to each other, write them here, drop them or raise: all or none.
+
+    True if they were accepted, False if dropped (``on_full='drop'``, none of them critical).
+    """
+    critical = [entry for entry in entries if entry.critical]
+    on_full = settings.on_full
+    if on_full == "drop" and critical:
+        on_full = "block"  # a critical entry is never dropped, so neither are its companions
+    watched = critical if settings.critical_sync else []
+    for entry in watched:
+        writer.watch(entry)  # before queueing: the writer may set it aside at once
+    timeout = settings.block_timeout if on_full == "block" else 0.0
+    last = writer.put_many(entries, timeout)
+    if last:
+        if watched:
+            # Waiting for the last critical one waits for every entry queued before it too.
+            _wait_all_committed(writer, last - len(entries) + 1, entries, watched, settings)
+        return True
+    for entry in watched:
+        writer.outcome(entry)  # not queued: stop watching them
+    if on_full == "sync":
+        write_sync(entries)
+        return True
+    if on_full == "drop":
+        drop(len(entries))
+        return False
+    too_many = (
+        "; more than queue_maxsize entries wait for an empty queue"
+        if len(entries) > settings.queue_maxsize
+        else ""
+    )
+    never_dropped = (
+        " (with a critical entry among them they are never dropped: with on_full='drop' they "
+        "wait up to block_timeout for room, as with 'block')"
+        if settings.on_full == "drop"
+        else ""
+    )
+    raise AuditQueueFull(
+        f"the audit queue had no room for {len(entries)} entries within "
+        f"{settings.block_timeout}s (queue_maxsize={settings.queue_maxsize}{too_many}); none "
+        f"of them was recorded{never_dropped}"
+    )
+
+
+def _wait_all_committed(
+    writer: Writer,
+    first: int,
+    entries: Sequence[Row],
+    watched: Sequence[Row],
+    settings: AuditSettings,
+) -> None:
+    position = first + max(i for i, entry in enumerate(entries) if entry.critical)
+    try:
+        done = writer.wait_for(position, settings.block_timeout)
+    finally:
+        # Every watched entry's outcome is taken, so none stays watched.
+        why = [(entry, writer.outcome(entry)) for entry in watched]
+    failed = [(entry, reason) for entry, reason in why if reason is not None]
+    if failed:
+        entry, reason = failed[0]
+        raise AuditWriteError(f"critical entry {entry.event_id} was not committed: {reason}")
+    if not done:
+        raise AuditWriteError(
+            f"the critical entries ({', '.join(e.event_id for e in watched)}) were not confirmed "
+            f"committed within {settings.block_timeout}s (block_timeout); they stay queued and "
+            "are still written when the database allows"
         ) from TimeoutError("not confirmed within block_timeout")

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from audit_engine.errors import AuditServiceClosed
@@ -67,24 +67,49 @@ class HandoffQueue:
                 self._not_empty.notify()
             return self.enqueued
 
+    def offer_many(self, items: Sequence[Any]) -> int:
+        """Append all of ``items``, next to each other, if there is room for all; never blocks.
+
+        Returns the last one's position (the first's is ``position - len(items) + 1``), or 0 when
+        there is not room for all of them. More than :attr:`capacity` items go only into an empty
+        queue, which then holds more than its capacity until the writer takes them (a bulk import
+        is all or none: cutting it would break that). Raises :class:`AuditServiceClosed` once
+        :meth:`close` was called.
+        """
+        with self._mutex:
+            if self.closed:
+                raise AuditServiceClosed("the audit service is closed")
+            if not self._has_room(len(items)):
+                return 0
+            self._items.extend(items)
+            self.enqueued += len(items)
+            depth = len(self._items)
+            if depth > self.max_depth:
+                self.max_depth = depth
+            if depth >= self._wanted:
+                self._not_empty.notify()
+            return self.enqueued
+
+    def _has_room(self, count: int) -> bool:
+        # Called under the lock. An empty queue takes any number (see offer_many).
+        return len(self._items) + count <= self.capacity or not self._items
+
     def close(self) -> None:
         """Accept nothing more; producers waiting for room wake up (and find it closed)."""
         with self._mutex:
             self.closed = True
             self._not_full.notify_all()
 
-    def wait_for_room(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` seconds until an entry could be offered (or the queue closed).
+    def wait_for_room(self, timeout: float, count: int = 1) -> bool:
+        """Wait up to ``timeout`` seconds until ``count`` entries could be offered together (or
+        the queue closed).
 
         True if there is room.
         """
         with self._not_full:
-            return (
-                self._not_full.wait_for(
-                    lambda: self.closed or len(self._items) < self.capacity, timeout
-                )
-                and len(self._items) < self.capacity
-            )
+            return self._not_full.wait_for(
+                lambda: self.closed or self._has_room(count), timeout
+            ) and self._has_room(count)
 
     def wake(self) -> None:
         """Make the consumer look at its ``urgent`` condition now (flush, close)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 
 from audit_engine import forks
 from audit_engine.errors import AuditServiceClosed, AuditWriteError
@@ -57,6 +58,10 @@ class SyncConnection:
         return sink
 
     def write(self, entry: Row) -> None:
+        self.write_many((entry,))
+
+    def write_many(self, entries: Sequence[Row]) -> None:
+        """Commit ``entries`` in one transaction, next to each other in the chain, or none."""
         with self.lock:
             if self._closed:
                 raise AuditServiceClosed("the audit service is closed")
@@ -66,23 +71,28 @@ class SyncConnection:
                 try:
                     if self._sink is None:
                         self._sink = self._open()
-                    self._sink.commit((entry,), None)
+                    self._sink.commit(entries, None)
                     break
                 except SinkBusy as exc:
                     if time.monotonic() + delay >= deadline:
-                        raise self._failed(entry, exc) from exc
+                        raise self._failed(entries, exc) from exc
                     # Backoff between attempts; the sink reconnects in the next one.
                     time.sleep(delay)
                     delay = min(delay * 2, BACKOFF_MAX_S)
                 except SinkError as exc:
-                    raise self._failed(entry, exc) from exc
-            self.written += 1
+                    raise self._failed(entries, exc) from exc
+            self.written += len(entries)
 
-    def _failed(self, entry: Row, exc: SinkError) -> AuditWriteError:
+    def _failed(self, entries: Sequence[Row], exc: SinkError) -> AuditWriteError:
         database = self._settings.database
         # A server's error names its host and port, not the database: say which trail it was.
         where = f" ({describe_database(database)})" if isinstance(database, str) else ""
-        return AuditWriteError(f"could not write audit entry {entry.event_id}: {exc}{where}")
+        what = (
+            f"audit entry {entries[0].event_id}"
+            if len(entries) == 1
+            else f"{len(entries)} audit entries ({entries[0].event_id} to {entries[-1].event_id})"
+        )
+        return AuditWriteError(f"could not write {what}: {exc}{where}")
 
     def close(self) -> None:
         with self.lock:

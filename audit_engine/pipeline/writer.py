@@ -223,6 +223,23 @@ class Writer:
             if position:
                 return position
 
+    def put_many(self, entries: Sequence[Row], timeout_s: float) -> int:
+        """Queue all of ``entries`` next to each other, or none: the last one's position, or 0
+        if there was no room for all of them within ``timeout_s`` (more than ``queue_maxsize``
+        wait for an empty queue). Raises :class:`AuditServiceClosed` once closing."""
+        queue = self._queue
+        position = queue.offer_many(entries)
+        if position or timeout_s <= 0:
+            return position
+        deadline = time.monotonic() + timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not queue.wait_for_room(remaining, len(entries)):
+                return queue.offer_many(entries)  # closed while waiting raises here
+            position = queue.offer_many(entries)
+            if position:
+                return position
+
     def _wake(self) -> None:
         self._queue.wake()
 
