@@ -16,6 +16,7 @@ from audit_engine.errors import (
     InvalidEntryError,
     SettingsError,
 )
+from audit_engine.integrations.logging import AuditHandler
 from audit_engine.models import AuditEntry, AuditStats, Operation, Outcome, SignedCheckpoint
 from audit_engine.pipeline.bus import DomainEvent, EventBus
 from audit_engine.pipeline.lifecycle import install_signal_handlers
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_DETAILS_DEPTH",
     "AuditEngineError",
     "AuditEntry",
+    "AuditHandler",
     "AuditQueueFull",
     "AuditService",
     "AuditServiceClosed",
