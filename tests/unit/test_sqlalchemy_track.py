@@ -317,3 +317,67 @@ def test_only_the_chosen_sessionmakers_sessions_are_tracked(
         session.commit()
 
     assert [e.resource_id for e in _entries(trail_db, service)] == ["1"]
+
+
+def test_deleting_an_expired_object_records_the_values_it_had(
+    trail_db: Path | str, engine: Engine, service: AuditService, tracked: Any
+) -> None:
+    with Session(engine) as session:
+        session.add(Note(id=1, title="old", body="b"))
+        session.commit()
+    tracked(Note, exclude_fields={"password", "archived"})
+    with Session(engine) as session:
+        note = session.get(Note, 1)
+        session.commit()  # expires every attribute: none is loaded when it is deleted
+        session.delete(note)
+        session.commit()
+
+    assert _changes(trail_db, service) == [
+        (
+            "notes.delete",
+            "delete",
+            "notes",
+            "1",
+            {"id": [1, None], "title": ["old", None], "body": ["b", None]},
+        )
+    ]
+
+
+# -- context and disabled() -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["atomic", "after_commit"])
+def test_the_context_around_the_flush_gives_the_actor(
+    trail_db: Path | str, engine: Engine, service: AuditService, tracked: Any, mode: str
+) -> None:
+    tracked(Note, mode=mode)
+    with Session(engine) as session:
+        with service.context(actor="alice", correlation_id="req-1"):
+            session.add(Note(id=1, title="a"))
+            session.flush()  # the change is captured here, inside the context
+        session.commit()  # after_commit hands it on here, outside it
+        with service.context(actor="bob"):
+            session.add(Note(id=2, title="b"))  # only added: nothing flushed in the context
+        session.commit()
+
+    assert [(e.resource_id, e.actor, e.correlation_id) for e in _entries(trail_db, service)] == [
+        ("1", "alice", "req-1"),
+        ("2", None, None),
+    ]
+
+
+@pytest.mark.parametrize("mode", ["atomic", "after_commit"])
+def test_nothing_is_captured_while_the_service_is_disabled(
+    trail_db: Path | str, engine: Engine, service: AuditService, tracked: Any, mode: str
+) -> None:
+    tracked(Note, mode=mode)
+    with Session(engine) as session:
+        with service.disabled():
+            session.add(Note(id=1, title="maintenance"))
+            session.flush()
+        session.commit()
+        session.add(Note(id=2, title="b"))
+        session.commit()
+
+    assert [e.resource_id for e in _entries(trail_db, service)] == ["2"]
+    assert service.stats().skipped_disabled == 1
