@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC
@@ -32,6 +33,7 @@ from audit_engine.models import AuditEntry, format_timestamp
 __all__ = [
     "ENTRY_FIELDS",
     "FORMATS",
+    "TABLE_FIT_ROWS",
     "Table",
     "csv_lines",
     "entry_object",
@@ -119,10 +121,12 @@ def _with_header(names: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterato
     yield from rows
 
 
-def render(entries: Sequence[AuditEntry], fmt: str) -> Iterator[str]:
-    """The lines that print ``entries`` in ``fmt`` (each without its newline)."""
+def render(entries: Iterable[AuditEntry], fmt: str) -> Iterator[str]:
+    """The lines that print ``entries`` in ``fmt`` (each without its newline), as the entries
+    come: memory does not grow with their number (the table sizes its columns by its first
+    :data:`TABLE_FIT_ROWS` rows, see :func:`table_lines`)."""
     if fmt == "json":
-        yield json_text([entry_object(e) for e in entries], indent=2)
+        yield from _json_array(entries)
     elif fmt == "jsonl":
         for entry in entries:
             yield json_text(entry_object(entry))
@@ -130,6 +134,21 @@ def render(entries: Sequence[AuditEntry], fmt: str) -> Iterator[str]:
         yield from csv_lines(entries, header=True)
     else:
         yield from table_lines(entries)
+
+
+def _json_array(entries: Iterable[AuditEntry]) -> Iterator[str]:
+    # The text json.dumps(list, indent=2) gives, one element at a time: an element is its own
+    # indent=2 text moved in by two spaces, followed by a comma unless it is the last (so each
+    # is printed once the next one is known).
+    previous: str | None = None
+    for entry in entries:
+        yield "[" if previous is None else previous + ","
+        previous = "  " + json_text(entry_object(entry), indent=2).replace("\n", "\n  ")
+    if previous is None:
+        yield "[]"
+        return
+    yield previous
+    yield "]"
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -200,14 +219,28 @@ class Table:
         return self.line(TABLE_COLUMNS)
 
 
-def table_lines(entries: Sequence[AuditEntry]) -> Iterator[str]:
-    """An aligned table for people, with a count at the end; not for parsing."""
-    rows = [table_cells(e) for e in entries]
-    table = Table.fitting(rows)
+#: How many rows the table of ``query`` reads before it prints: its columns fit them.
+TABLE_FIT_ROWS = 1000
+
+
+def table_lines(entries: Iterable[AuditEntry], fit_rows: int = TABLE_FIT_ROWS) -> Iterator[str]:
+    """An aligned table for people, with a count at the end; not for parsing.
+
+    The columns fit the first ``fit_rows`` rows (every row, up to that many); a longer value in
+    a later row is cut to fit, ending in ``…``, so memory stays flat for any number of rows.
+    """
+    rows = iter(entries)
+    first = [table_cells(entry) for entry in itertools.islice(rows, fit_rows)]
+    table = Table.fitting(first)
     yield table.header()
-    for row in rows:
-        yield table.line(row)
-    yield f"({len(rows)} {'entry' if len(rows) == 1 else 'entries'})"
+    for cells in first:
+        yield table.line(cells)
+    count = len(first)
+    del first  # the rest streams
+    for entry in rows:
+        yield table.line(table_cells(entry))
+        count += 1
+    yield f"({count} {'entry' if count == 1 else 'entries'})"
 
 
 # -- stored rows (export) -----------------------------------------------------------------------

@@ -165,11 +165,15 @@ def init(ctx: click.Context) -> None:
 def query(
     ctx: click.Context, /, limit: int | None, newest_first: bool, fmt: str, **filters: Any
 ) -> None:
-    """Print the entries that match every filter, in commit order."""
+    """Print the entries that match every filter, in commit order.
+
+    Streams: rows are read a page at a time and printed as they come, so any number of them
+    fits in memory. The table's columns fit its first 1000 rows; a longer value further down
+    is cut to fit, ending in "…" (json, jsonl and csv print every value whole).
+    """
     with _store(ctx) as store:
-        entries = store.query(limit=limit, newest_first=newest_first, **filters)
-    for line in render(entries, fmt):
-        click.echo(line)
+        for line in render(store.query(limit=limit, newest_first=newest_first, **filters), fmt):
+            click.echo(line)
 
 
 @main.command()

@@ -208,7 +208,7 @@ def run_demo(
     elapsed = time.perf_counter() - started
     timings.sort()
     with AuditStore(database, chain_key_file=chain_key_file) as store:
-        latest = store.query(limit=5, newest_first=True)
+        latest = list(store.query(limit=5, newest_first=True))
         rows_in_file = store.count()
         check = store.verify()
         verdict = (

@@ -10,18 +10,20 @@ parameters.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, Unpack
 
 from audit_engine import formats
+from audit_engine.columns import STORED_ROW
 from audit_engine.errors import AuditStoreError
-from audit_engine.models import AuditEntry, Operation, Outcome, utcnow
+from audit_engine.models import AuditEntry, utcnow
 from audit_engine.settings import AuditSettings, describe_database, resolve_database
-from audit_engine.storage import backends, checkpoint_verify, deadletter, proofs, replay
+from audit_engine.storage import backends, checkpoint_verify, deadletter, proofs, reads, replay
 from audit_engine.storage.anchors import check_maintenance
 from audit_engine.storage.chain import ChainHead, VerifyReport, verify_rows
 from audit_engine.storage.checkpoint_verify import CheckpointSource
@@ -33,6 +35,7 @@ from audit_engine.storage.dialect import (
 )
 from audit_engine.storage.keys import ChainKeys, chain_keys_from
 from audit_engine.storage.linker import linker_for
+from audit_engine.storage.reads import DEFAULT_PAGE_SIZE, EntryFilters, checked_page_size
 from audit_engine.storage.replay import ReplayReport
 from audit_engine.storage.retention import (
     DEFAULT_CLEANUP_BATCH_SIZE,
@@ -45,7 +48,6 @@ from audit_engine.storage.sqlite.append import chain_tail
 from audit_engine.storage.sqlite.schema import STORED_COLUMNS, TABLE
 from audit_engine.storage.stored import (
     as_dicts,
-    as_utc,
     checked_head,
     checked_limit,
     parse_row,
@@ -237,18 +239,27 @@ class AuditStore:
         ``hash`` (a contiguous range verifies offline with ``exported.verify_exported_lines``).
         ``fmt="csv"``: a header row, then one row per entry (``details`` as JSON text,
         ``critical`` as true/false). Values are rendered by :mod:`audit_engine.formats`, as
-        ``audit-engine query`` renders them. Takes the filters of :meth:`query`. Streams: memory
-        does not grow with the number of rows.
+        ``audit-engine query`` renders them. Takes the filters of :meth:`query`. Streams page by
+        page as :meth:`query` does (memory does not grow with the number of rows, no transaction
+        is held between pages): rows committed meanwhile are exported too. A purge running at
+        the same time can take rows the export has not reached yet, leaving a gap that
+        ``verify_exported_lines`` reports; export when no purge runs for one contiguous range.
         """
         if fmt not in ("jsonl", "csv"):
             raise AuditStoreError(f"unknown export format {fmt!r}: use 'jsonl' or 'csv'")
-        where, params = self._where(since=since, until=until, **filters)
-        select = dialect_of(self._conn).stored_row
-        sql = f"SELECT {select} FROM {TABLE}{where} ORDER BY id"
-        names = ("id", *_COLUMNS, "prev_hash", "hash")
-        with self._errors("export"):
-            cursor = stream(self._conn, sql, params)
-        return self._guarded(formats.export_lines(fmt, names, cursor), "export")
+        # since/until are spelled out as the ChainReader protocol (storage/base.py) has them.
+        where_clause, params = reads.where({"since": since, "until": until, **filters}, "export")
+        pages = reads.pages(
+            functools.partial(self._fetch_page, "export"),
+            f"SELECT {dialect_of(self._conn).stored_row} FROM {TABLE}",
+            where_clause,
+            params,
+            newest_first=False,
+            limit=None,
+            page_size=DEFAULT_PAGE_SIZE,
+        )
+        rows = (row for page in pages for row in page)
+        return self._guarded(formats.export_lines(fmt, STORED_ROW, rows), "export")
 
     def _guarded(self, lines: Iterator[str], what: str) -> Iterator[str]:
         # Rows are read while the caller iterates: a corrupt page shows up here, not earlier.
@@ -333,75 +344,61 @@ class AuditStore:
     def query(
         self,
         *,
-        actor: str | None = None,
-        action: str | None = None,
-        operation: Operation | str | None = None,
-        outcome: Outcome | str | None = None,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-        correlation_id: str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
         limit: int | None = None,
         newest_first: bool = False,
-    ) -> list[AuditEntry]:
-        """Entries matching every given filter, in commit order (or newest first).
+        page_size: int = DEFAULT_PAGE_SIZE,
+        **filters: Unpack[EntryFilters],
+    ) -> Iterator[AuditEntry]:
+        """The entries matching every given filter, in commit order (or newest first), as an
+        iterator that reads them ``page_size`` rows at a time (default 1000, at most 100 000):
+        memory stays flat whatever the number of rows; ``list(store.query(...))`` for a list.
 
-        ``since`` is inclusive and ``until`` exclusive: each an aware ``datetime`` or an ISO-8601
-        string (``"2026-01-31"``, ``"2026-01-31T12:00:00+01:00"``); a string without an offset
-        is UTC. A naive ``datetime`` is refused (:class:`AuditStoreError`), a value of another
-        type raises ``TypeError``. ``limit`` is an int from 0 to 2**63 - 1 (``ValueError`` out of
-        that range, ``TypeError`` for another type). A row another tool wrote that is not a valid
-        entry raises :class:`AuditStoreError` naming its id.
+        Filters (:class:`~audit_engine.storage.reads.EntryFilters`): ``actor``, ``action``,
+        ``operation``, ``outcome``, ``resource_type``, ``resource_id``, ``correlation_id``
+        (equality), ``since`` inclusive and ``until`` exclusive: each an aware ``datetime`` or
+        an ISO-8601 string (``"2026-01-31"``, ``"2026-01-31T12:00:00+01:00"``); a string
+        without an offset is UTC. ``limit`` caps the rows across all pages. The arguments are
+        checked here, before any row is read: a naive ``datetime`` is refused
+        (:class:`AuditStoreError`), a value of another type raises ``TypeError``; ``limit`` is
+        an int from 0 to 2**63 - 1, ``page_size`` from 1 to 100 000 (``ValueError`` out of
+        range, ``TypeError`` for another type); an unknown keyword raises ``TypeError``.
+
+        Each page is a statement of its own (keyset pagination on the row id), so no
+        transaction stays open between pages: rows committed while the iterator pages appear
+        when reading in commit order, and never newest first (see
+        :mod:`audit_engine.storage.reads`). A database error while iterating, or a row another
+        tool wrote that is not a valid entry (named by its id), raises :class:`AuditStoreError`.
         """
-        where, params = self._where(
-            actor,
-            action,
-            operation,
-            outcome,
-            resource_type,
-            resource_id,
-            correlation_id,
-            since,
-            until,
+        where_clause, params = reads.where(filters, "query")
+        total = None if limit is None else checked_limit(limit)
+        size = checked_page_size(page_size)
+        pages = reads.pages(
+            functools.partial(self._fetch_page, "query"),
+            self._select(),
+            where_clause,
+            params,
+            newest_first=bool(newest_first),
+            limit=total,
+            page_size=size,
         )
-        sql = f"{self._select()}{where} ORDER BY id {'DESC' if newest_first else 'ASC'}"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(checked_limit(limit))
-        with self._errors("query"):  # a damaged page shows up while the rows are read
-            rows = self._query(sql, params)
-        return [parse_row(row) for row in rows]
+        return _entries(pages)
 
-    def count(
-        self,
-        *,
-        actor: str | None = None,
-        action: str | None = None,
-        operation: Operation | str | None = None,
-        outcome: Outcome | str | None = None,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-        correlation_id: str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-    ) -> int:
+    def count(self, **filters: Unpack[EntryFilters]) -> int:
         """How many entries match every given filter (the filters of :meth:`query`)."""
-        where, params = self._where(
-            actor,
-            action,
-            operation,
-            outcome,
-            resource_type,
-            resource_id,
-            correlation_id,
-            since,
-            until,
-        )
+        where_clause, params = reads.where(filters, "count")
         with self._errors("count the entries of"):
-            row = self._conn.execute(f"SELECT count(*) FROM {TABLE}{where}", params).fetchone()
+            row = self._conn.execute(
+                f"SELECT count(*) FROM {TABLE}{where_clause}", params
+            ).fetchone()
         total: int = row[0]
         return total
+
+    def _fetch_page(self, what: str, sql: str, params: list[Any]) -> list[Any]:
+        # fetchall: the statement is finished before its rows are handed out, so nothing
+        # (no SQLite read snapshot, no PostgreSQL transaction) is held between pages.
+        with self._errors(what):
+            rows: list[Any] = self._conn.execute(sql, params).fetchall()
+        return rows
 
     def _select(self) -> str:
         return f"SELECT id, {dialect_of(self._conn).fields} FROM {TABLE}"
@@ -410,37 +407,11 @@ class AuditStore:
         cursor = self._conn.execute(sql, params)
         return as_dicts(cursor, cursor.description)
 
-    @staticmethod
-    def _where(
-        actor: str | None = None,
-        action: str | None = None,
-        operation: Operation | str | None = None,
-        outcome: Outcome | str | None = None,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-        correlation_id: str | None = None,
-        since: datetime | str | None = None,
-        until: datetime | str | None = None,
-    ) -> tuple[str, list[Any]]:
-        clauses: list[str] = []
-        params: list[Any] = []
-        equal: Iterable[tuple[str, Any]] = (
-            ("actor", actor),
-            ("action", action),
-            ("operation", Operation(operation).value if operation is not None else None),
-            ("outcome", Outcome(outcome).value if outcome is not None else None),
-            ("resource_type", resource_type),
-            ("resource_id", resource_id),
-            ("correlation_id", correlation_id),
-        )
-        for column, value in equal:
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if since is not None:
-            clauses.append("timestamp >= ?")
-            params.append(as_utc(since, "since"))
-        if until is not None:
-            clauses.append("timestamp < ?")
-            params.append(as_utc(until, "until"))
-        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+_QUERY_NAMES = ("id", *_COLUMNS)
+
+
+def _entries(pages: Iterator[Sequence[Sequence[Any]]]) -> Iterator[AuditEntry]:
+    for page in pages:
+        for row in page:
+            yield parse_row(dict(zip(_QUERY_NAMES, row, strict=True)))

@@ -80,7 +80,7 @@ class _Shell:
 
     def entries(self) -> list[AuditEntry]:
         with AuditStore(self.database) as store:
-            return store.query()
+            return list(store.query())
 
 
 def _shell(context: Context) -> _Shell:

@@ -183,7 +183,7 @@ class Trail:
 
     def entries(self) -> list[AuditEntry]:
         with AuditStore(self.database) as audit_store:
-            return audit_store.query()
+            return list(audit_store.query())
 
     def actions(self) -> list[str]:
         return [entry.action for entry in self.entries()]

@@ -65,7 +65,7 @@ def _trail(database: Database) -> tuple[list[AuditEntry], str]:
     """The entries of ``database`` and its verified head as ID:HASH."""
     with AuditStore(database) as store:
         report = store.verify()
-        entries = store.query()
+        entries = list(store.query())
     assert report.ok, report
     assert report.head is not None
     return entries, f"{report.head.id}:{report.head.hash}"

@@ -96,7 +96,7 @@ def test_demo_lists_the_latest_entries(runner: CliRunner, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     listed = result.output.split("  latest entries:\n")[1].splitlines()
     with AuditStore(database) as store:
-        latest = store.query(limit=5, newest_first=True)
+        latest = list(store.query(limit=5, newest_first=True))
     assert len(listed) == len(latest) == 5
     for line, entry in zip(listed, latest, strict=True):
         assert entry.action in line
@@ -372,7 +372,7 @@ def test_report_timings_are_plausible(report: DemoReport) -> None:
 
 def test_report_matches_the_file(report: DemoReport) -> None:
     with AuditStore(report.database) as store:
-        assert report.latest == store.query(limit=5, newest_first=True)
+        assert report.latest == list(store.query(limit=5, newest_first=True))
         assert store.count() == report.rows_in_file
         for operation, count in report.by_operation.items():
             assert store.count(operation=operation) == count
@@ -380,7 +380,7 @@ def test_report_matches_the_file(report: DemoReport) -> None:
 
 def test_demo_records_exactly_one_critical_restricted_read(report: DemoReport) -> None:
     with AuditStore(report.database) as store:
-        entries = store.query()
+        entries = list(store.query())
 
     critical = [e for e in entries if e.critical]
     assert len(critical) == 1
@@ -395,7 +395,7 @@ def test_demo_records_exactly_one_critical_restricted_read(report: DemoReport) -
 
 def test_demo_entries_carry_correlation_ids_per_session(report: DemoReport) -> None:
     with AuditStore(report.database) as store:
-        entries = store.query()
+        entries = list(store.query())
 
     assert [e.correlation_id for e in entries] == [f"session-{n // 50}" for n in range(200)]
 

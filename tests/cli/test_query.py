@@ -390,7 +390,7 @@ def test_count_and_entries_after_on_a_damaged_database_raise_audit_store_error(
 
     with AuditStore(trail.database) as reader:
         with pytest.raises(AuditStoreError, match=r"^cannot query .*: database disk image"):
-            reader.query()
+            list(reader.query())
         with pytest.raises(AuditStoreError, match=r"^cannot count the entries of .*: database"):
             reader.count(action="a299")
         with pytest.raises(AuditStoreError, match=r"^cannot read the newest entries of .*: "):

@@ -49,7 +49,7 @@ def test_a_bad_limit_names_limit(
 
 def test_the_largest_limit_sqlite_takes_is_accepted(store: AuditStore) -> None:
     with store:
-        assert store.query(limit=2**63 - 1) == []
+        assert list(store.query(limit=2**63 - 1)) == []
         assert store.entries_after(0, limit=2**63 - 1) == []
 
 

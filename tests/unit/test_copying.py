@@ -57,7 +57,7 @@ def _write(database: Database, entries: Sequence[AuditEntry]) -> None:
 
 def _stored(database: Database) -> list[AuditEntry]:
     with AuditStore(database) as store:
-        return store.query()
+        return list(store.query())
 
 
 def _tamper(database: Database, row_id: int) -> None:

@@ -75,7 +75,7 @@ def test_a_release_0_1_0_file_migrates_and_verifies_with_the_same_head(v3_copy: 
 
     with AuditStore(v3_copy) as store:
         report = store.verify(expected_head=V3_HEAD)
-        entries = store.query()
+        entries = list(store.query())
 
     assert (report.ok, report.reason, report.head) == (True, None, V3_HEAD)
     assert (report.rows_checked, report.anchors_checked, report.cleanup_runs_checked) == (15, 1, 1)

@@ -75,7 +75,7 @@ def _verified(url: str) -> list[AuditEntry]:
     with AuditStore(url) as reader:
         report = reader.verify(min_retention=timedelta(0))
         assert report.ok is True, report
-        return reader.query()
+        return list(reader.query())
 
 
 # -- the schema ---------------------------------------------------------------------------------

@@ -561,7 +561,7 @@ def test_timestamps_before_year_1000_round_trip_and_sort(
 
     with AuditStore(db_path) as reader:
         assert reader.count(since=datetime(2000, 1, 1, tzinfo=UTC)) == 1
-        assert reader.query() == [old, new]
+        assert list(reader.query()) == [old, new]
 
 
 def test_is_busy_recognises_a_locked_database(db_path: Path) -> None:
@@ -690,7 +690,7 @@ def test_query_filters(
     expected: list[int],
 ) -> None:
     with AuditStore(trail_db) as reader:
-        assert reader.query(**filters) == [stored_trail[i] for i in expected]
+        assert list(reader.query(**filters)) == [stored_trail[i] for i in expected]
         assert reader.count() == len(stored_trail)  # the table survived whatever the filter held
 
 
@@ -712,7 +712,7 @@ def test_values_with_sql_in_them_are_matched_literally(
     store.write_batch(conn, rows_of([tricky]))
 
     with AuditStore(db_path) as reader:
-        assert reader.query(actor=INJECTION) == [tricky]
+        assert list(reader.query(actor=INJECTION)) == [tricky]
         assert reader.count(actor=INJECTION) == 1
 
 
@@ -734,7 +734,7 @@ def test_query_limit_and_order(
     expected: list[int],
 ) -> None:
     with AuditStore(trail_db) as reader:
-        assert reader.query(**options) == [stored_trail[i] for i in expected]
+        assert list(reader.query(**options)) == [stored_trail[i] for i in expected]
 
 
 def test_query_order_is_commit_order_not_timestamp_order(
@@ -745,8 +745,8 @@ def test_query_order_is_commit_order_not_timestamp_order(
     store.write_batch(conn, rows_of([earlier]))
 
     with AuditStore(db_path) as reader:
-        assert reader.query() == [later, earlier]
-        assert reader.query(newest_first=True) == [earlier, later]
+        assert list(reader.query()) == [later, earlier]
+        assert list(reader.query(newest_first=True)) == [earlier, later]
 
 
 def test_negative_limit_is_an_error(trail_db: Path | str, stored_trail: list[AuditEntry]) -> None:
@@ -784,7 +784,7 @@ def test_since_takes_an_iso_8601_string(
     # Issue 11 item 13: count(since="2020-01-01") raised AttributeError.
     with AuditStore(trail_db) as reader:
         assert reader.count(since=since) == count
-        assert len(reader.query(since=since)) == count
+        assert len(list(reader.query(since=since))) == count
         assert len(list(reader.export(since=since))) == count
         assert reader.count(until=since) == 4 - count
 
@@ -837,7 +837,7 @@ def test_a_foreign_row_that_is_not_an_entry_is_named(
     row_id = _foreign_row(conn, details)
 
     with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
-        reader.query()
+        list(reader.query())
 
     assert str(exc.value) == f"row {row_id} cannot be read: {problem}"
 
@@ -848,7 +848,7 @@ def test_a_foreign_row_whose_details_are_not_an_object_is_named(
     row_id = _foreign_row(conn, "[1, 2]")
 
     with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
-        reader.query()
+        list(reader.query())
 
     # The rest of the message is the model's own (it names the field).
     assert str(exc.value).startswith(f"row {row_id} cannot be read: it is not a valid entry (")
@@ -861,7 +861,7 @@ def test_a_foreign_row_with_an_unknown_operation_names_the_row_and_the_field(
     row_id = _foreign_row(conn, "{}", operation="explode")
 
     with AuditStore(db_path) as reader, pytest.raises(AuditStoreError) as exc:
-        reader.query()
+        list(reader.query())
 
     assert str(exc.value).startswith(
         f"row {row_id} cannot be read: it is not a valid entry (operation: Input should be "
@@ -904,7 +904,7 @@ def test_round_trip_of_an_entry_with_minimal_fields(trail_db: Path | str) -> Non
     trails.write(trail_db, [original])
 
     with AuditStore(trail_db) as reader:
-        assert reader.query() == [original]
+        assert list(reader.query()) == [original]
 
 
 def test_query_reads_details_larger_than_the_default_limit(trail_db: Path | str) -> None:
@@ -916,7 +916,7 @@ def test_query_reads_details_larger_than_the_default_limit(trail_db: Path | str)
     trails.write(trail_db, [big])
 
     with AuditStore(trail_db) as reader:
-        assert reader.query() == [big]
+        assert list(reader.query()) == [big]
 
 
 def test_audit_store_on_a_missing_file_does_not_create_it(tmp_path: Path) -> None:
@@ -967,7 +967,7 @@ def test_audit_store_accepts_a_string_path(db_path: Path, stored: list[AuditEntr
     reader = AuditStore(str(db_path))
     try:
         assert reader.path == db_path
-        assert reader.query(limit=1) == stored[:1]
+        assert list(reader.query(limit=1)) == stored[:1]
     finally:
         reader.close()
 
