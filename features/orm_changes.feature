@@ -1,0 +1,46 @@
+Feature: Changes a tool saves through its ORM are audited field by field
+  As the author of a note-taking tool built on SQLAlchemy
+  I want every note the tool saves to record who changed which field, from what to what
+  So that the trail answers "who changed this note, and what was it before" without audit code at every save
+
+  Background:
+    Given the note-taking tool keeps its notes through SQLAlchemy in the audited database
+
+  Scenario Outline: Editing a note records who changed which field (<when>)
+    Given the tool's audit captures note changes <when>
+    And alice wrote the note "Groceries" saying "milk"
+    When bob retitles the note "Groceries" to "Shopping"
+    Then the trail shows bob changed the title of the note from "Groceries" to "Shopping"
+    And the trail shows alice created the note "Groceries"
+    And the audit trail verifies, checking 2 entries
+
+    Examples:
+      | when                        |
+      | in the same transaction     |
+      | once the save has committed |
+
+  Scenario Outline: An edit that is cancelled leaves no change entry (<when>)
+    Given the tool's audit captures note changes <when>
+    And alice wrote the note "Groceries" saying "milk"
+    When bob retitles the note "Groceries" to "Shopping" but the tool cancels the save
+    Then the note "Groceries" is still called "Groceries"
+    And the trail shows no change by bob
+
+    Examples:
+      | when                        |
+      | in the same transaction     |
+      | once the save has committed |
+
+  Scenario: With failed attempts recorded, a cancelled edit shows as a failure
+    Given the tool's audit captures note changes in the same transaction, recording cancelled attempts
+    And alice wrote the note "Groceries" saying "milk"
+    When bob retitles the note "Groceries" to "Shopping" but the tool cancels the save
+    Then the note "Groceries" is still called "Groceries"
+    And the trail shows bob's attempt to retitle the note from "Groceries" to "Shopping" failed
+
+  Scenario: Archiving notes in bulk is one entry with the number of notes
+    Given the tool's audit captures note changes in the same transaction
+    And alice wrote 5 notes
+    When carol archives every note at once
+    Then the trail shows one bulk archive of notes by carol covering 5 notes
+    And the trail shows no entry per archived note
