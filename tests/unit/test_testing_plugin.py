@@ -212,4 +212,5 @@ def test_the_plugin_gives_an_app_suite_services_without_a_file(pytester: pytest.
             "operation='execute' outcome='success'",
         ]
     )
+    assert "captured.py" not in result.stdout.str()  # the report points at the test's line
     assert list(pytester.path.rglob("*.db*")) == []  # no trail file anywhere
