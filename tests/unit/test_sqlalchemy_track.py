@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, ForeignKey, String, create_engine, delete, insert, update
+from sqlalchemy import Engine, ForeignKey, String, create_engine, delete, insert, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
@@ -241,6 +241,8 @@ def test_a_bulk_statement_is_one_entry_with_its_sql_and_row_count(
         session.execute(insert(Note), [{"id": n, "title": f"n{n}"} for n in range(1, 4)])
         session.execute(update(Note).where(Note.id < 3).values(archived=True))
         session.execute(delete(Note).where(Note.id < 3))
+        session.execute(update(Note), [{"id": 3, "title": "by key"}])  # an update by primary key
+        session.execute(text("UPDATE notes SET title = 'not the ORM'"))  # not captured
         session.commit()
 
     marker = "?" if isinstance(trail_db, Path) else "%("
@@ -249,9 +251,12 @@ def test_a_bulk_statement_is_one_entry_with_its_sql_and_row_count(
         ("notes.bulk_create", "create", 3),
         ("notes.bulk_update", "update", 2),
         ("notes.bulk_delete", "delete", 2),
+        ("notes.bulk_update", "update", 1),
     ]
     statements = [e.details["statement"] for e in _entries(trail_db, service)]
     assert statements[1].startswith("UPDATE notes SET archived=")
+    assert statements[3].startswith("UPDATE notes SET title=")
+    assert "WHERE notes.id = " in statements[3]
     assert all(marker in text for text in statements)  # placeholders, never the values
 
 
@@ -381,3 +386,44 @@ def test_nothing_is_captured_while_the_service_is_disabled(
 
     assert [e.resource_id for e in _entries(trail_db, service)] == ["2"]
     assert service.stats().skipped_disabled == 1
+
+
+def test_an_entry_that_cannot_be_recorded_fails_the_atomic_flush(
+    trail_db: Path | str, engine: Engine, make_service: Any
+) -> None:
+    service = make_service(database=trail_db, cleanup_enabled=False, max_details_bytes=100)
+    with track(service, Note), Session(engine) as session:
+        session.add(Note(id=1, title="x" * 200))
+        with pytest.raises(ValueError, match="more than max_details_bytes=100"):
+            session.flush()
+        session.rollback()
+
+    with Session(engine) as session:
+        assert session.query(Note).count() == 0
+    assert _entries(trail_db, service) == []
+
+
+def test_a_session_closed_uncommitted_records_the_attempt_as_a_failure(
+    trail_db: Path | str, engine: Engine, service: AuditService, tracked: Any
+) -> None:
+    tracked(Note, mode="after_commit", record_rollbacks=True)
+    with Session(engine) as session:
+        session.add(Note(id=1, title="never saved"))
+        session.flush()
+
+    assert [(e.resource_id, e.outcome.value) for e in _entries(trail_db, service)] == [
+        ("1", "failure")
+    ]
+
+
+def test_only_the_chosen_session_is_tracked(
+    trail_db: Path | str, engine: Engine, service: AuditService, tracked: Any
+) -> None:
+    with Session(engine) as chosen, Session(engine) as other:
+        tracked(Note, session=chosen, mode="after_commit")
+        chosen.add(Note(id=1, title="a"))
+        chosen.commit()
+        other.add(Note(id=2, title="b"))
+        other.commit()
+
+    assert [e.resource_id for e in _entries(trail_db, service)] == ["1"]
