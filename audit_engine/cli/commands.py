@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from audit_engine.cli.copy import copy
+from audit_engine.cli.datasette import datasette_metadata_command
 from audit_engine.cli.integrity import keygen, prove, verify, verify_proof_command
 from audit_engine.cli.output import (
     CountParam,
@@ -384,6 +385,7 @@ main.add_command(stats)
 main.add_command(demo)
 main.add_command(bench)
 main.add_command(copy)
+main.add_command(datasette_metadata_command)
 
 
 @main.command("cli-docs", hidden=True)
