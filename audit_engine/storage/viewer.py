@@ -8,8 +8,7 @@ Datasette 0.65's metadata has no key that hides a *column*: ``?_nocol=`` does it
 only. So the metadata carries a stylesheet (``extra_css_urls``, as a ``data:`` URL: nothing to
 serve beside it) that hides ``prev_hash`` and ``hash`` in the HTML table of ``audit_entries``.
 They stay in the row pages, in ``.json`` and ``.csv`` (verification needs them), and
-``?_nocol=prev_hash&_nocol=hash`` drops them from those too. The file is only read: Datasette
-opens it itself (``datasette serve -i`` opens it immutable, read-only).
+``?_nocol=prev_hash&_nocol=hash`` drops them from those too.
 """
 
 from __future__ import annotations
