@@ -362,9 +362,6 @@ class AuditStats(BaseModel):
     excluded: int = Field(description="entries left out by exclude_actions / exclude_resources")
     sampled_out: int = Field(description="entries left out by sampling")
     deduplicated: int = Field(description="repeats suppressed within a scope()")
-    skipped_disabled: int = Field(
-        default=0, description="entries record() skipped inside a disabled() block"
-    )
     longest_batch_s: float = Field(
         description="the longest a committed batch transaction took, in seconds (lock waits "
         "included): the writer's worst stall"
@@ -389,6 +386,9 @@ class AuditStats(BaseModel):
     )
     checkpoint_callback_failures: int = Field(
         default=0, description="times the on_checkpoint callback raised (logged, then ignored)"
+    )
+    skipped_disabled: int = Field(
+        default=0, description="entries record() skipped inside a disabled() block"
     )
 
 
