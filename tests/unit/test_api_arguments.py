@@ -86,8 +86,10 @@ def test_record_with_a_connection_that_is_not_one_names_it(
         service.record(action="x", connection=connection)
 
     assert str(raised.value) == (
-        "record() connection must be a sqlite3.Connection or a psycopg.Connection (the caller's "
-        f"transaction to write the entry in) or None, got {type(connection).__name__}"
+        "record() connection must be None or the caller's transaction to write the entry in: a "
+        "sqlite3.Connection, a psycopg.Connection, or a SQLAlchemy Session or Connection on "
+        "either driver (sqlite+pysqlite, postgresql+psycopg); got "
+        f"{type(connection).__name__}"
     )
     assert service.stats().accepted == 0
 

@@ -219,8 +219,9 @@ def test_a_bad_override_raises_settings_error_naming_the_setting(
         (
             (),
             {"connection": "x.db"},
-            "AuditService() connection must be a sqlite3.Connection or a psycopg.Connection (the "
-            "caller's transaction to write the entry in) or None, got str",
+            "AuditService() connection must be None or the caller's transaction to write the "
+            "entry in: a sqlite3.Connection, a psycopg.Connection, or a SQLAlchemy Session or "
+            "Connection on either driver (sqlite+pysqlite, postgresql+psycopg); got str",
         ),
         (
             (),
