@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-# The check prove --output makes: the database's files, its dead-letter files and the key files.
-from audit_engine.cli.integrity import _refuse_output
-from audit_engine.cli.output import root_database, whole_file
+# refuse_output: the check prove --output makes (the trail's files, its dead letters, the keys).
+from audit_engine.cli.output import refuse_output, root_database, whole_file
 from audit_engine.formats import json_text
 from audit_engine.storage.viewer import datasette_metadata
 
@@ -33,7 +32,7 @@ def datasette_metadata_command(ctx: click.Context, output: Path | None) -> None:
     own files and the key files are refused as --output.
     """
     if output is not None:
-        _refuse_output(ctx, output, None, None)
+        refuse_output(ctx, output)
     text = json_text(datasette_metadata(root_database(ctx)), indent=2)
     if output is None:
         click.echo(text)

@@ -7,7 +7,6 @@ the group (commands.py). What a check found wrong is an error too (exit 1), nami
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -18,7 +17,7 @@ import click
 from audit_engine.cli.output import (
     DurationParam,
     plural,
-    reserved_output,
+    refuse_output,
     root_chain_key,
     root_database,
     whole_file,
@@ -183,7 +182,7 @@ def prove(
     --output refuses what export --output refuses (the database's own files, its dead-letter
     files), the key files in use and the checkpoint log."""
     if output is not None:
-        _refuse_output(ctx, output, checkpoints, public_key)
+        refuse_output(ctx, output, checkpoints, public_key)
     with _store(ctx) as store:
         proof = store.prove(event_id, checkpoints=checkpoints, public_key=public_key)
     text = json_text(proof, indent=2) + "\n"
@@ -193,36 +192,6 @@ def prove(
     with whole_file(output) as out:
         out.write(text)
     click.echo(f"Proof of {event_id} written to {output}", err=True)
-
-
-def _refuse_output(
-    ctx: click.Context, output: Path, checkpoints: Path | None, public_key: Path | None
-) -> None:
-    # One typo must not replace the trail, a key or the log a proof stands on (review3 H1).
-    database = root_database(ctx)
-    reserved = reserved_output(output, database)
-    settings = AuditSettings(database=database, cleanup_enabled=False)
-    read = {
-        "is the chain key file": root_chain_key(ctx) or settings.chain_key_file,
-        "is the signing key file (signing_key_file)": settings.signing_key_file,
-        "is the checkpoint log (checkpoint_file)": settings.checkpoint_file,
-        "is the checkpoint log given to --checkpoints": checkpoints,
-        "is the public key given to --public-key": public_key,
-    }
-    for reason, path in read.items():
-        if reserved is None and path is not None and _same_file(output, path):
-            reserved = reason
-    if reserved is not None:
-        raise click.BadParameter(reserved, param_hint="'--output'")
-
-
-def _same_file(output: Path, path: Path) -> bool:
-    if os.path.realpath(output) == os.path.realpath(path):
-        return True
-    try:
-        return os.path.samefile(output, path)  # a hard link
-    except OSError:  # either is missing
-        return False
 
 
 @click.command("verify-proof")

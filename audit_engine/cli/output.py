@@ -378,3 +378,29 @@ def _write_into(target: Path, path: Path) -> Iterator[TextIO]:
         raise click.ClickException(
             f"the reader of {path} went away before the export ended"
         ) from None
+
+
+def refuse_output(
+    ctx: click.Context,
+    output: Path,
+    checkpoints: Path | None = None,
+    public_key: Path | None = None,
+) -> None:
+    """Refuse an ``--output`` that is the trail, a side file of it, a key or a checkpoint log."""
+    # One typo must not replace the trail, a key or the log a proof stands on (review3 H1).
+    database = root_database(ctx)
+    reserved = reserved_output(output, database)
+    target = Path(os.path.realpath(output))
+    settings = AuditSettings(database=database, cleanup_enabled=False)
+    read = {
+        "is the chain key file": root_chain_key(ctx) or settings.chain_key_file,
+        "is the signing key file (signing_key_file)": settings.signing_key_file,
+        "is the checkpoint log (checkpoint_file)": settings.checkpoint_file,
+        "is the checkpoint log given to --checkpoints": checkpoints,
+        "is the public key given to --public-key": public_key,
+    }
+    for reason, path in read.items():
+        if reserved is None and path is not None and _same_file(target, path):
+            reserved = reason
+    if reserved is not None:
+        raise click.BadParameter(reserved, param_hint="'--output'")
