@@ -239,11 +239,11 @@ class AuditStore:
         ``hash`` (a contiguous range verifies offline with ``exported.verify_exported_lines``).
         ``fmt="csv"``: a header row, then one row per entry (``details`` as JSON text,
         ``critical`` as true/false). Values are rendered by :mod:`audit_engine.formats`, as
-        ``audit-engine query`` renders them. Takes the filters of :meth:`query`. Streams page by
-        page as :meth:`query` does (memory does not grow with the number of rows, no transaction
-        is held between pages): rows committed meanwhile are exported too. A purge running at
-        the same time can take rows the export has not reached yet, leaving a gap that
-        ``verify_exported_lines`` reports; export when no purge runs for one contiguous range.
+        ``audit-engine query`` renders them. Takes the filters of :meth:`query`. Pages as
+        :meth:`query` does (memory does not grow with the number of rows), but every page is
+        read in one read transaction: the export is the trail as it was when it started, so a
+        purge or commits meanwhile never leave a gap in it (it verifies offline). The snapshot
+        ends when the last line is read or the iterator is closed.
         """
         if fmt not in ("jsonl", "csv"):
             raise AuditStoreError(f"unknown export format {fmt!r}: use 'jsonl' or 'csv'")
@@ -258,8 +258,16 @@ class AuditStore:
             limit=None,
             page_size=DEFAULT_PAGE_SIZE,
         )
-        rows = (row for page in pages for row in page)
-        return self._guarded(formats.export_lines(fmt, STORED_ROW, rows), "export")
+        return self._guarded(
+            formats.export_lines(fmt, STORED_ROW, self._in_snapshot(pages)), "export"
+        )
+
+    def _in_snapshot(self, pages: Iterator[Sequence[Sequence[Any]]]) -> Iterator[Sequence[Any]]:
+        # One read transaction around every page: an export is one contiguous, verifiable range
+        # even while a purge or other writers commit (a query, which proves nothing, holds none).
+        with snapshot(self._conn):
+            for page in pages:
+                yield from page
 
     def _guarded(self, lines: Iterator[str], what: str) -> Iterator[str]:
         # Rows are read while the caller iterates: a corrupt page shows up here, not earlier.

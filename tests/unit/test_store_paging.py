@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trails
 
-from audit_engine import AuditEntry, AuditStore, AuditStoreError
+from audit_engine import AuditEntry, AuditStore, AuditStoreError, verify_exported_lines
 from audit_engine.storage import reads
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -315,3 +315,24 @@ def test_iterating_holds_a_page_where_a_list_holds_every_row(db_path: Path) -> N
     # one entry, whatever the number of rows.
     assert paged < 2 * 1024 * 1024, paged
     assert listed > 10 * paged, (listed, paged)
+
+
+# -- export: one snapshot ---------------------------------------------------------------------
+
+
+def test_an_export_is_one_snapshot_a_purge_meanwhile_leaves_no_gap(
+    trail_db: Path | str,
+) -> None:
+    # T0 is long past: a purge of everything older than a day takes rows the export has not
+    # reached yet (it reads 1000 rows per page), and another writer appends meanwhile.
+    _write(trail_db, range(2500))
+    with AuditStore(trail_db) as exporting, AuditStore(trail_db) as other:
+        lines = exporting.export("jsonl")
+        first = next(lines)
+        purged = other.purge(timedelta(days=1))
+        trails.write(trail_db, [_entry(9999, timestamp=datetime.now(UTC))])
+        rest = list(lines)
+        assert (purged.rows_deleted, other.count()) == (2500, 1)
+    exported = [first, *rest]
+    assert len(exported) == 2500  # as the trail was when the export started
+    assert verify_exported_lines(exported).ok
