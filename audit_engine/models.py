@@ -203,7 +203,9 @@ class AuditEntry(BaseModel):
     is validated again when it is recorded (:meth:`is_intact` tells them apart).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Errors name the field and the rule, never the value given: it may be a secret the policy
+    # would have redacted (redaction runs on valid entries only), and apps log these errors.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     event_id: str = Field(
         default_factory=new_event_id, min_length=1, max_length=MAX_IDENTIFIER_LENGTH

@@ -38,7 +38,8 @@ class DomainEvent(BaseModel):
     field into ``details``. An unknown keyword is refused (it would otherwise vanish).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # As AuditEntry: an error names the field, not the value (it may hold a secret).
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     event_type: str = Field(min_length=1)
     timestamp: datetime = Field(default_factory=utcnow)

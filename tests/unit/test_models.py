@@ -887,3 +887,17 @@ def test_audit_stats_is_frozen() -> None:
     with pytest.raises(ValidationError):
         stats.written = 99  # type: ignore[misc]
     assert stats.written == 4
+
+
+def test_an_invalid_entry_error_never_shows_the_values_given() -> None:
+    # Apps log these errors; a value may be a secret the policy would have redacted.
+    with pytest.raises(ValidationError) as too_big:
+        AuditEntry(action="a", details={"x": "y" * 70_000, "password": "hunter2-plain"})
+    with pytest.raises(ValidationError) as too_long:
+        AuditEntry(action="a", actor="token-" + "s" * 10_000)
+    for raised in (too_big, too_long):
+        assert "hunter2" not in str(raised.value)
+        assert "token-" not in str(raised.value)
+        assert "input_value" not in str(raised.value)
+    assert "max_details_bytes" in str(too_big.value)
+    assert "actor" in str(too_long.value)
