@@ -72,7 +72,7 @@ def entry_fields(entry: AuditEntry) -> dict[str, Any]:
 
 
 def context_values(
-    details: Mapping[str, Any] | None, values: dict[str, Any]
+    details: Mapping[str, Any] | None, values: dict[str, Any], max_details_bytes: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``context()``'s arguments checked as an entry's: (bound fields, bound details).
 
@@ -92,7 +92,10 @@ def context_values(
     fields = {name: values.pop(name) for name in CONTEXT_FIELDS if name in values}
     merged_details = {**(details or {}), **values}
     # The model judges the values as it would in record(): lengths, types, JSON details.
-    checked = AuditEntry.model_validate({"action": "context", **fields, "details": merged_details})
+    checked = AuditEntry.model_validate(
+        {"action": "context", **fields, "details": merged_details},
+        context={"max_details_bytes": max_details_bytes},  # the service's limit, not the default
+    )
     return {name: getattr(checked, name) for name in fields}, checked.details
 
 

@@ -314,7 +314,7 @@ class AuditService:
         validated here; fields that belong to each entry (``action``, ``outcome``…) raise
         TypeError.
         """
-        bound, bound_details = context_values(details, fields)
+        bound, bound_details = context_values(details, fields, self._max_details_bytes)
         return self._frames.bind(bound, bound_details)
 
     def disabled(self) -> AbstractContextManager[Frame]:

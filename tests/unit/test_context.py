@@ -261,3 +261,16 @@ def test_a_disabled_service_accepts_a_context_and_records_nothing(tmp_path: Path
     with AuditService(**values) as audit, audit.context(actor="alice"):
         assert audit.record(action="a") is None
     assert not (tmp_path / "off.db").exists()
+
+
+def test_context_details_are_checked_against_the_services_max_details_bytes(
+    make_service: MakeService, db_path: Path
+) -> None:
+    audit = make_service(max_details_bytes=200_000)
+    with audit.context(note="n" * 100_000):  # over the default 65 536, under this service's
+        audit.record(action="a")
+    assert audit.flush(10)
+    assert len(only(db_path).details["note"]) == 100_000
+    small = make_service(database=db_path.with_name("small.db"), max_details_bytes=100)
+    with pytest.raises(ValidationError, match="max_details_bytes=100"):
+        small.context(note="n" * 200)
