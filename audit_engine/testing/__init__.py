@@ -2,7 +2,8 @@
 
 ``capture(service)`` collects what a service accepts inside a block, with assertion helpers;
 ``memory_service()`` is a real service on an in-memory trail. The pytest plugin
-(:mod:`audit_engine.testing.pytest_plugin`, registered as an entry point) offers both as fixtures.
+(:mod:`audit_engine.testing.pytest_plugin`, opt-in: ``pytest_plugins = [...]`` in the app's
+top-level conftest.py) offers both as fixtures.
 """
 
 from audit_engine.testing.captured import CapturedEntries, capture

@@ -1,24 +1,27 @@
 """``capture(service)``: see, in a test, every entry a service accepts, as it would be stored.
 
-A capture is a tap, not a replacement: the entries are still written as usual. It wraps the
-service's own write functions on the instance (the one the constructor picked for ``record()``,
-and the one for a ``connection=`` write), so a ``record()`` outside any capture runs exactly the
-code it always does; ``record_many()`` finds the capture through one attribute
-(:data:`audit_engine.pipeline.bulk.TAP_ATTRIBUTE`).
+A capture is a tap, not a replacement: the entries are still written as usual. While at least one
+capture of a service is open, the service's own write functions (the one the constructor picked
+for ``record()``, and the one for a ``connection=`` write) are wrapped on the instance by one
+:class:`_Taps`, which hands what they accepted to every open capture; ``record_many()`` finds it
+through one attribute (:data:`audit_engine.pipeline.bulk.TAP_ATTRIBUTE`). The last capture to
+close puts the functions back, so a ``record()`` outside any capture runs exactly the code it
+always does. Captures are independent: they may nest or overlap in any order.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, ClassVar
 
 from audit_engine.models import AuditEntry
 from audit_engine.pipeline.bulk import TAP_ATTRIBUTE
+from audit_engine.pipeline.service import AuditService
 from audit_engine.rows import Row, row_entry
 
-if TYPE_CHECKING:
-    from audit_engine import AuditService
+Keep = Callable[[Sequence[Row]], None]
 
 _FIELDS = tuple(AuditEntry.model_fields)
 # The service attributes a capture replaces on the instance, and puts back on the way out.
@@ -110,62 +113,91 @@ def _describe_entry(entry: AuditEntry) -> str:
     return " ".join(parts)
 
 
-@contextmanager
-def capture(service: AuditService) -> Iterator[CapturedEntries]:
+def capture(service: AuditService) -> AbstractContextManager[CapturedEntries]:
     """Collect every entry ``service`` accepts inside the block, from any thread, in any write
     mode (the queue, sync mode, a ``connection=``); they are still stored as usual.
 
     Entries left out (policy, scope, ``disabled()``, a full queue with ``on_full='drop'``) and
-    entries whose ``record()`` raised are not in it. Captures may nest (a ``with`` inside a
-    ``with``): each sees what was accepted while it was open.
+    entries whose ``record()`` raised are not in it. Captures of one service are independent:
+    nested or overlapping in any order, each sees what was accepted while it was open.
     """
+    if not isinstance(service, AuditService):
+        got = "None" if service is None else type(service).__name__
+        raise TypeError(f"capture() takes an AuditService, got {got}")
+    return _capturing(service)
+
+
+@contextmanager
+def _capturing(service: AuditService) -> Iterator[CapturedEntries]:
     captured = CapturedEntries()
 
     def keep(rows: Sequence[Row]) -> None:
         captured.extend(row_entry(row) for row in rows)
 
-    restore = _install(service, keep)
+    _Taps.open(service, keep)
     try:
         yield captured
     finally:
-        restore()
+        _Taps.close(service, keep)
 
 
-def _install(service: AuditService, keep: Callable[[Sequence[Row]], None]) -> Callable[[], None]:
-    """Wrap the service's write functions so that ``keep`` sees what they accepted."""
-    saved = {name: vars(service).get(name, _ABSENT) for name in _WRAPPED}
-    accept_before = service._accept_row
-    injected_before = service._write_injected
-    tap_before: Callable[[Sequence[Row]], None] | None = getattr(service, TAP_ATTRIBUTE, None)
+class _Taps:
+    """The open captures of one service, and the wrapped write functions that feed them."""
 
-    def accept(owner: AuditService, row: Row) -> str | None:
-        event_id = accept_before(owner, row)
-        if event_id is not None:  # None: dropped on a full queue
-            keep((row,))
-        return event_id
+    _lock: ClassVar[threading.Lock] = threading.Lock()  # opening and closing, from any thread
+    _of: ClassVar[dict[AuditService, _Taps]] = {}  # the services with an open capture
 
-    def write_injected(write: Callable[[Row], None], row: Row) -> str:
-        event_id = injected_before(write, row)
-        keep((row,))
-        return event_id
+    @classmethod
+    def open(cls, service: AuditService, keep: Keep) -> None:
+        with cls._lock:
+            taps = cls._of.get(service)
+            if taps is None:
+                taps = cls._of[service] = cls(service)
+            # A new tuple, not an append: a write in another thread iterates the old one safely.
+            taps.keeps = (*taps.keeps, keep)
 
-    def tap(rows: Sequence[Row]) -> None:
-        keep(rows)
-        if tap_before is not None:
-            tap_before(rows)
+    @classmethod
+    def close(cls, service: AuditService, keep: Keep) -> None:
+        with cls._lock:
+            taps = cls._of[service]
+            taps.keeps = tuple(k for k in taps.keeps if k is not keep)
+            if not taps.keeps:
+                del cls._of[service]
+                taps.restore(service)
 
-    # A service built on a connection writes every entry through _write_injected: wrapping its
-    # _accept_row too would see each entry twice.
-    if service._connection is None:
-        service._accept_row = accept
-    setattr(service, "_write_injected", write_injected)  # noqa: B010 - a method, on the instance
-    setattr(service, TAP_ATTRIBUTE, tap)
+    def __init__(self, service: AuditService) -> None:
+        # The wrappers refer to this object, and it not to the service: no reference cycle
+        # through the service while a capture is open (see AuditService's _accept_row).
+        self.keeps: tuple[Keep, ...] = ()
+        self.saved = {name: vars(service).get(name, _ABSENT) for name in _WRAPPED}
+        accept_before = service._accept_row
+        injected_before = service._write_injected
 
-    def restore() -> None:
-        for name, value in saved.items():
+        def accept(owner: AuditService, row: Row) -> str | None:
+            event_id = accept_before(owner, row)
+            if event_id is not None:  # None: dropped on a full queue
+                self.deliver((row,))
+            return event_id
+
+        def write_injected(write: Callable[[Row], None], row: Row) -> str:
+            event_id = injected_before(write, row)
+            self.deliver((row,))
+            return event_id
+
+        # A service built on a connection writes every entry through _write_injected: wrapping
+        # its _accept_row too would see each entry twice.
+        if service._connection is None:
+            service._accept_row = accept
+        setattr(service, "_write_injected", write_injected)  # noqa: B010 - a method, on the instance
+        setattr(service, TAP_ATTRIBUTE, self.deliver)
+
+    def deliver(self, rows: Sequence[Row]) -> None:
+        for keep in self.keeps:
+            keep(rows)
+
+    def restore(self, service: AuditService) -> None:
+        for name, value in self.saved.items():
             if value is _ABSENT:
                 vars(service).pop(name, None)
             else:
                 setattr(service, name, value)
-
-    return restore

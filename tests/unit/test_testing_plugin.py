@@ -4,6 +4,7 @@ applications test their auditing without a file."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -98,6 +99,69 @@ def test_captures_nest_and_the_service_is_put_back(make_service: MakeService) ->
     assert service._accept_row is AuditService._enqueue
     assert "_write_injected" not in vars(service)
     assert not hasattr(service, TAP_ATTRIBUTE)
+
+
+def test_captures_that_overlap_without_nesting_are_independent(make_service: MakeService) -> None:
+    # Two captures closed out of order (an ExitStack, two threads of a test).
+    service = make_service(async_writes=False)
+    first_cm, second_cm = capture(service), capture(service)
+    first = first_cm.__enter__()
+    service.record(action="both")
+    second = second_cm.__enter__()
+    service.record_many([{"action": "both.many"}])
+    first_cm.__exit__(None, None, None)
+    service.record(action="second.only")
+    service.record_many([{"action": "second.only.many"}])
+    second_cm.__exit__(None, None, None)
+    service.record(action="none")
+    assert [e.action for e in first] == ["both", "both.many"]
+    assert [e.action for e in second] == ["both.many", "second.only", "second.only.many"]
+    assert service._accept_row is AuditService._write_sync  # the last one out put it back
+    assert "_write_injected" not in vars(service)
+    assert not hasattr(service, TAP_ATTRIBUTE)
+
+
+def test_captures_opened_and_closed_in_threads_each_see_their_own_window(
+    make_service: MakeService,
+) -> None:
+    service = make_service(async_writes=False)
+    opened, recorded = threading.Event(), threading.Event()
+    seen: list[CapturedEntries] = []
+
+    def other_capture() -> None:
+        with capture(service) as captured:
+            opened.set()
+            recorded.wait(10)
+        seen.append(captured)
+
+    with capture(service) as mine:
+        thread = threading.Thread(target=other_capture)
+        thread.start()
+        assert opened.wait(10)
+        service.record(action="while.both")
+        recorded.set()
+        thread.join(10)
+        assert not thread.is_alive()
+        service.record(action="after.the.thread.closed")
+    assert [e.action for e in mine] == ["while.both", "after.the.thread.closed"]
+    assert [e.action for e in seen[0]] == ["while.both"]
+    assert not hasattr(service, TAP_ATTRIBUTE)
+
+
+@pytest.mark.parametrize(("given", "named"), [(None, "None"), (object(), "object")])
+def test_capture_of_something_else_than_a_service_is_a_type_error(
+    given: object, named: str
+) -> None:
+    with pytest.raises(TypeError, match=rf"^capture\(\) takes an AuditService, got {named}$"):
+        capture(given)  # type: ignore[arg-type]
+
+
+def test_memory_service_refuses_the_settings_it_would_ignore() -> None:
+    with pytest.raises(TypeError) as raised:
+        memory_service(level="all", database="x.db", async_writes=True)
+    assert str(raised.value).startswith(
+        "memory_service() does not take database, async_writes: its trail is in memory"
+    )
 
 
 # -- the helpers' messages ------------------------------------------------------------------------
@@ -200,7 +264,11 @@ def test_a_wrong_expectation_reads_well(audit_service, audit_capture):
 """
 
 
+_ENABLE = 'pytest_plugins = ["audit_engine.testing.pytest_plugin"]\n'
+
+
 def test_the_plugin_gives_an_app_suite_services_without_a_file(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(_ENABLE)
     pytester.makepyfile(test_app=_APP_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
     result.assert_outcomes(passed=3, failed=1)
@@ -214,3 +282,31 @@ def test_the_plugin_gives_an_app_suite_services_without_a_file(pytester: pytest.
     )
     assert "captured.py" not in result.stdout.str()  # the report points at the test's line
     assert list(pytester.path.rglob("*.db*")) == []  # no trail file anywhere
+
+
+_UNRELATED_TESTS = """
+import sys
+
+
+def test_audit_engine_is_not_loaded():
+    assert not [name for name in sys.modules if name.startswith("audit_engine")]
+
+
+def test_wants_the_fixture(audit_service):
+    pass
+"""
+
+
+def test_the_plugin_is_opt_in_so_other_suites_do_not_load_the_engine(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_other=_UNRELATED_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'audit_service' not found*"])
+    # Enabled on the command line instead of in a conftest.py: the fixture is there.
+    enabled = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "audit_engine.testing.pytest_plugin", "-q"
+    )
+    enabled.assert_outcomes(passed=1, failed=1)
+    enabled.stdout.fnmatch_lines(["*test_audit_engine_is_not_loaded*"])
