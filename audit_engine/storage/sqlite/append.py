@@ -16,6 +16,7 @@ from audit_engine.errors import AuditStoreError
 from audit_engine.rows import Row
 from audit_engine.storage.chain import GENESIS_HASH
 from audit_engine.storage.linker import UNKEYED, Linker, ensure_version
+from audit_engine.storage.sqlite.migrations import META
 from audit_engine.storage.sqlite.schema import (
     ANCHORS,
     STORED_COLUMNS,
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 _COLUMNS = STORED_COLUMNS
+_TAIL_MOVED = "the audit chain's tail moved inside a write transaction"
 
 
 # -- writes -----------------------------------------------------------------------------------
@@ -168,7 +170,7 @@ def insert_entries(
         chained_from = tail[1]
         tail = linker.link_into(params, rows[offset : offset + length], *tail)
         if not _append_chunk(conn, params, length, chained_from):
-            raise AuditStoreError("the audit chain's tail moved inside a write transaction")
+            raise AuditStoreError(_TAIL_MOVED)
         offset += length
     return tail
 
@@ -222,16 +224,74 @@ def write_in_caller_transaction(
 ) -> None:
     """Insert ``row`` through a connection the application owns, without committing.
 
+    The chain's tail is read only once SQLite's write lock is held, so no other connection can
+    move it before the row goes in. In the caller's open transaction, a statement that writes
+    nothing takes the lock first (waiting the connection's own busy timeout). With none open,
+    the entry begins one with ``BEGIN IMMEDIATE`` — not the deferred ``BEGIN`` the sqlite3
+    module would issue at the insert, after the tail was read outside any transaction. That
+    transaction is the caller's to commit, unless the connection autocommits
+    (``isolation_level=None``, or ``autocommit=True`` on Python 3.12+): then the entry commits
+    at once. On an error, a transaction the entry began is rolled back.
+
     The schema is created or upgraded on first use (inside the caller's transaction, so a
     rollback undoes it too); the common path pays nothing for that check.
     """
+    if conn.in_transaction:
+        _insert_locked(conn, row, linker, take_lock=True)
+        return
+    commit_now = _autocommits(conn)
+    conn.execute("BEGIN IMMEDIATE")
     try:
-        insert_entries(conn, (row,), _SAFE_CHUNK, linker)
-    except sqlite3.OperationalError as exc:
-        if "no such table" not in str(exc) and "has no column" not in str(exc):
+        _insert_locked(conn, row, linker, take_lock=False)
+        if commit_now:
+            conn.execute("COMMIT")
+    except BaseException:
+        rollback_quietly(conn)
+        raise
+
+
+# A statement that changes nothing but takes SQLite's write lock (any write does, first).
+_TAKE_WRITE_LOCK_SQL = f"UPDATE {META} SET value = value WHERE 0"
+# Why the guarded insert can still miss the tail on a caller's connection, and what to do.
+_TAIL_MOVED_IN_CALLER = (
+    "the audit chain's tail moved while this entry was written through the caller's "
+    "connection: something else wrote to the trail through that same connection in between "
+    "(a connection shared by threads: record through it from one thread at a time)"
+)
+
+
+def _autocommits(conn: sqlite3.Connection) -> bool:
+    """Whether ``conn`` commits each statement itself: ``isolation_level=None``, or Python
+    3.12's ``autocommit=True`` (``autocommit=False`` always has a transaction open)."""
+    autocommit = getattr(conn, "autocommit", _LEGACY_TRANSACTION_CONTROL)
+    if autocommit != _LEGACY_TRANSACTION_CONTROL:
+        return bool(autocommit)
+    return conn.isolation_level is None
+
+
+# sqlite3.LEGACY_TRANSACTION_CONTROL (Python 3.12+): the isolation_level rules apply.
+_LEGACY_TRANSACTION_CONTROL = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1)
+
+
+def _insert_locked(conn: sqlite3.Connection, row: Row, linker: Linker, *, take_lock: bool) -> None:
+    """Insert ``row`` in the open transaction, taking the write lock first if ``take_lock``;
+    the schema is created or upgraded when it is missing."""
+    try:
+        try:
+            if take_lock:
+                conn.execute(_TAKE_WRITE_LOCK_SQL)
+            insert_entries(conn, (row,), _SAFE_CHUNK, linker)
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc) and "has no column" not in str(exc):
+                raise
+            migrate(conn)
+            if take_lock:
+                conn.execute(_TAKE_WRITE_LOCK_SQL)
+            insert_entries(conn, (row,), _SAFE_CHUNK, linker)
+    except AuditStoreError as exc:
+        if str(exc) != _TAIL_MOVED:
             raise
-        migrate(conn)
-        insert_entries(conn, (row,), _SAFE_CHUNK, linker)
+        raise AuditStoreError(_TAIL_MOVED_IN_CALLER) from None
 
 
 def has_event(conn: sqlite3.Connection, event_id: str) -> bool:
