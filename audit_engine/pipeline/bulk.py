@@ -4,10 +4,13 @@ Each entry goes through what ``record()`` does to one — validation, the contex
 the policy, redaction, a scope's de-duplication — and only when every entry passed is anything
 handed on, in one step of the service's write mode: one ``put_many`` on the queue (async), one
 transaction (sync mode, ``on_full='sync'``), or the caller's transaction (``connection=``).
+All or none is the hand-off: once queued, the writer commits or sets aside each entry on its own,
+and an error about a critical one says so (:func:`_not_taken_back`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +69,7 @@ def record_many(
     batch = _validate(service, items, frame)
     _count(service, batch)
     ids: list[str | None] = [None] * len(items)
-    if batch.kept and _hand_off(service, batch.kept, write_injected):
+    if batch.kept and _hand_off(service, batch, write_injected):
         for slot, row in zip(batch.slots, batch.kept, strict=True):
             ids[slot] = row.event_id
         if frame is not None and frame.scope is not None:
@@ -167,25 +170,67 @@ def _count(service: AuditService, batch: _Batch) -> None:
 
 
 def _hand_off(
-    service: AuditService, rows: list[Row], write_injected: backends.InjectedWriter | None
+    service: AuditService, batch: _Batch, write_injected: backends.InjectedWriter | None
 ) -> bool:
     """The one hand-off of the service's write mode; False if the rows were dropped."""
     if write_injected is not None:
-        _write_injected(service, write_injected, rows)
+        _write_injected(service, write_injected, batch.kept)
     elif service._connection is not None:
-        _write_injected(service, service._own_connection_writer, rows)
+        _write_injected(service, service._own_connection_writer, batch.kept)
     elif service._writer is not None:
-        counters = service._counters
-        return enqueue_many(
-            service._writer,
-            rows,
-            service.settings,
-            write_sync=service._sync.write_many,
-            drop=counters.count_drop,
-        )
+        here: list[Sequence[Row]] = []  # set if on_full='sync' wrote them in this thread
+
+        def write_here(rows: Sequence[Row]) -> None:
+            here.append(rows)
+            _write_sync(service, rows)
+
+        try:
+            return enqueue_many(
+                service._writer,
+                batch.kept,
+                service.settings,
+                write_sync=write_here,
+                drop=service._counters.count_drop,
+            )
+        except AuditWriteError as exc:
+            if here:
+                raise  # one transaction here: _write_sync said none was recorded
+            raise _not_taken_back(exc, batch) from exc
     else:
-        service._sync.write_many(rows)
+        _write_sync(service, batch.kept)
     return True
+
+
+def _write_sync(service: AuditService, rows: Sequence[Row]) -> None:
+    """Sync mode and ``on_full='sync'``: one transaction in the caller's thread."""
+    try:
+        service._sync.write_many(rows)
+    except AuditWriteError as exc:
+        raise AuditWriteError(
+            f"{exc}; none of the {len(rows)} entries of this record_many() call was recorded "
+            "(one transaction)"
+        ) from exc
+
+
+def _not_taken_back(exc: AuditWriteError, batch: _Batch) -> AuditWriteError:
+    """A critical entry of a queued call was not (or not yet) committed. The queue took the
+    call's entries all together, but the writer commits or sets aside each one on its own, as
+    it does entries of record(): say which entry failed and that the others may be stored."""
+    message = str(exc)
+    # enqueue_many names the critical entries concerned by event_id; words, not substrings,
+    # since an id may be part of another.
+    words = set(re.split(r"[\s(),]+", message))
+    failed = [
+        f"entries[{slot}]"
+        for slot, row in zip(batch.slots, batch.kept, strict=True)
+        if row.critical and row.event_id in words
+    ]
+    return AuditWriteError(
+        f"{', '.join(failed) + ': ' if failed else ''}{message}; record_many() queued the "
+        f"call's {len(batch.kept)} entries together and the queue does not take them back: the "
+        "writer commits or sets aside each one on its own, so the call's other entries may be "
+        "in the trail"
+    )
 
 
 def _write_injected(service: AuditService, write: backends.InjectedWriter, rows: list[Row]) -> None:

@@ -253,6 +253,9 @@ def test_sync_mode_writes_all_in_one_transaction_or_none(
             [{"action": "x", "event_id": "new-1"}, {"action": "x", "event_id": "taken"}]
         )
     assert str(raised.value).startswith("could not write 2 audit entries (new-1 to taken): ")
+    assert str(raised.value).endswith(
+        "; none of the 2 entries of this record_many() call was recorded (one transaction)"
+    )
     assert [e for _, e, _ in _stored(db_path)] == ["taken"]  # new-1 rolled back with it
     assert service.record_many([{"action": "y", "event_id": "y1"}, {"action": "y"}])[0] == "y1"
     assert _verified(db_path) == 3
@@ -386,13 +389,45 @@ def test_a_critical_entry_set_aside_raises_naming_it(
 ) -> None:
     service = make_service()
     service.record(action="x", event_id="taken", critical=True)
-    with pytest.raises(AuditWriteError, match=r"^critical entry taken was not committed: "):
+    with pytest.raises(AuditWriteError) as raised:
         service.record_many(
             [
                 {"action": "x", "event_id": "ok"},
+                {"action": "left out", "operation": "read"},  # the policy: not kept
                 {"action": "x", "event_id": "taken", "critical": True},
+                {"action": "x", "event_id": "ok2", "critical": True},
             ]
         )
+    message = str(raised.value)
+    # The index is the input's; the event id "ok" is part of "ok2" and of the text: not named.
+    assert message.startswith("entries[2]: critical entry taken was not committed: ")
+    assert message.endswith(
+        "; record_many() queued the call's 3 entries together and the queue does not take them "
+        "back: the writer commits or sets aside each one on its own, so the call's other entries "
+        "may be in the trail"
+    )
+    # As the message says: the others went in, the one refused is in the dead-letter file.
+    assert service.flush(10)
+    assert [e for _, e, _ in _stored(db_path)] == ["taken", "ok", "ok2"]
+    assert service.stats().dead_lettered == 1
+
+
+def test_with_on_full_sync_a_failed_transaction_here_says_none_was_recorded(
+    make_service: MakeService, db_path: Path
+) -> None:
+    service = make_service(on_full="sync", queue_maxsize=2, buffer_max_size=1, busy_timeout=0.2)
+    with locked(db_path):
+        service.record_many([{"action": "fill"}, {"action": "fill"}])
+        with pytest.raises(AuditWriteError) as raised:
+            service.record_many([{"action": "here"}, {"action": "here", "critical": True}])
+    message = str(raised.value)
+    assert message.startswith("could not write 2 audit entries (")
+    assert message.endswith(
+        "; none of the 2 entries of this record_many() call was recorded (one transaction)"
+    )
+    assert "queue does not take them back" not in message
+    assert service.flush(10)
+    assert [a for _, _, a in _stored(db_path)] == ["fill", "fill"]
 
 
 # -- an injected connection: the caller's transaction ---------------------------------------------
