@@ -130,16 +130,20 @@ def permission_warning(database: Path | str) -> str | None:
 
 
 def injected_writer(
-    conn: object, what: str, linker: Linker = UNKEYED
+    conn: object, what: str, linker: Linker = UNKEYED, busy_timeout: float | None = None
 ) -> tuple[InjectedWriter, Callable[[], None]]:
     """How to write through a connection the application passed (``connection=``).
 
     Returns (write one row inside the caller's transaction, create or migrate the schema and
     refuse an unkeyed ``linker`` on a keyed trail). Rows are linked by ``linker``.
-    A ``sqlite3.Connection``, a ``psycopg.Connection``, or a SQLAlchemy ``Session`` or
-    ``Connection`` whose driver connection is one of those (unwrapped at every write, so a
-    service holding a session follows it from one transaction to the next); anything else
-    raises ``TypeError`` naming ``what`` (the argument) and what is supported.
+    A ``sqlite3.Connection``, a ``psycopg.Connection``, or a SQLAlchemy ``Session``,
+    ``scoped_session`` or ``Connection`` whose driver connection is one of those (unwrapped at
+    every write, so a service holding a session follows it from one transaction to the next);
+    anything else raises ``TypeError`` naming ``what`` (the argument) and what is supported —
+    for SQLAlchemy, from its dialect, before anything begins on it.
+    On PostgreSQL one wait for the chain's advisory lock lasts at most ``busy_timeout`` seconds
+    (None: the connection's own ``lock_timeout``); on SQLite the connection's own busy timeout
+    (``sqlite3.connect(timeout=...)``) bounds the wait for the write lock.
     """
     if isinstance(conn, sqlite3.Connection):
         sqlite_conn = conn
@@ -153,11 +157,11 @@ def injected_writer(
         backend = postgres()
         pg_conn = conn
         return (
-            lambda row: backend.write_in_caller_transaction(pg_conn, row, linker),
+            lambda row: backend.write_in_caller_transaction(pg_conn, row, linker, busy_timeout),
             lambda: backend.migrate_caller_connection(pg_conn, linker),
         )
     if _is_sqlalchemy(conn):
-        return _sqlalchemy_writer(conn, what, linker)
+        return _sqlalchemy_writer(conn, what, linker, busy_timeout)
     raise TypeError(f"{what} must be {_SUPPORTED}; got {type(conn).__name__}")
 
 
@@ -166,25 +170,32 @@ _SUPPORTED = (
     "psycopg.Connection, or a SQLAlchemy Session or Connection on either driver "
     "(sqlite+pysqlite, postgresql+psycopg)"
 )
+# The SQLAlchemy dialects whose DBAPI connections are the ones above: (name, driver) and the
+# DBAPI module it loaded (create_engine(module=...) can swap that for another driver's).
+_SQLALCHEMY_DRIVERS = {
+    ("sqlite", "pysqlite"): frozenset({"sqlite3", "sqlite3.dbapi2"}),
+    ("postgresql", "psycopg"): frozenset({"psycopg"}),
+}
 
 
 def _is_sqlalchemy(conn: object) -> bool:
-    """Whether ``conn`` is a SQLAlchemy Session or Connection (never importing SQLAlchemy: an
-    application that holds one has imported it)."""
+    """Whether ``conn`` is a SQLAlchemy Session, scoped_session or Connection (never importing
+    SQLAlchemy: an application that holds one has imported it)."""
     orm: Any = sys.modules.get("sqlalchemy.orm")
-    if orm is not None and isinstance(conn, orm.Session):
+    if orm is not None and isinstance(conn, (orm.Session, orm.scoped_session)):
         return True
     engine: Any = sys.modules.get("sqlalchemy.engine")
     return engine is not None and isinstance(conn, engine.Connection)
 
 
 def _sqlalchemy_writer(
-    conn: Any, what: str, linker: Linker
+    conn: Any, what: str, linker: Linker, busy_timeout: float | None
 ) -> tuple[InjectedWriter, Callable[[], None]]:
-    """The writer for a SQLAlchemy Session or Connection: the driver is checked now; each write
-    unwraps again, because a session's connection changes from one transaction to the next."""
-    raw = _unwrap_sqlalchemy(conn, what)
-    if isinstance(raw, sqlite3.Connection):
+    """The writer for a SQLAlchemy Session, scoped_session or Connection: the driver is checked
+    now, from the dialect, so a refused one leaves the application's session as it was (nothing
+    begun, no connection checked out); each write unwraps again, because a session's connection
+    changes from one transaction to the next (and a scoped_session's session too)."""
+    if _sqlalchemy_dialect(conn, what).name == "sqlite":
 
         def write_sqlite(row: Row) -> None:
             append.write_in_caller_transaction(_unwrap_sqlalchemy(conn, what), row, linker)
@@ -193,11 +204,37 @@ def _sqlalchemy_writer(
     backend = postgres()
 
     def write_pg(row: Row) -> None:
-        backend.write_in_caller_transaction(_unwrap_sqlalchemy(conn, what), row, linker)
+        raw = _unwrap_sqlalchemy(conn, what)
+        backend.write_in_caller_transaction(raw, row, linker, busy_timeout)
 
     return write_pg, lambda: backend.migrate_caller_connection(
         _unwrap_sqlalchemy(conn, what), linker
     )
+
+
+def _sqlalchemy_dialect(conn: Any, what: str) -> Any:
+    """The dialect under a SQLAlchemy Session, scoped_session or Connection, read without
+    beginning anything; a driver other than sqlite3 or psycopg raises ``TypeError``."""
+    kind, target = _sqlalchemy_target(conn)
+    bind = target.get_bind() if kind == "Session" else target
+    dialect = bind.dialect
+    dbapi = getattr(getattr(dialect, "dbapi", None), "__name__", "?")
+    if dbapi not in _SQLALCHEMY_DRIVERS.get((dialect.name, dialect.driver), ()):
+        raise TypeError(
+            f"{what} must be {_SUPPORTED}; got a SQLAlchemy {kind} on {dbapi} "
+            f"({dialect.name}+{dialect.driver})"
+        )
+    return dialect
+
+
+def _sqlalchemy_target(conn: Any) -> tuple[str, Any]:
+    """("Session", the session) — a scoped_session's current one — or ("Connection", conn)."""
+    orm: Any = sys.modules.get("sqlalchemy.orm")
+    if orm is not None and isinstance(conn, orm.scoped_session):
+        return "Session", conn()  # the registry's session for this thread (or scope)
+    if orm is not None and isinstance(conn, orm.Session):
+        return "Session", conn
+    return "Connection", conn
 
 
 def _unwrap_sqlalchemy(conn: Any, what: str) -> Any:
@@ -206,15 +243,14 @@ def _unwrap_sqlalchemy(conn: Any, what: str) -> Any:
 
     Begun as SQLAlchemy's own execute would (a session's autobegin, a connection's begin()):
     otherwise its commit() would not commit our row, and the pool's reset on return would roll
-    it back without a word. A driver other than sqlite3 or psycopg raises ``TypeError``.
+    it back without a word. A driver other than sqlite3 or psycopg (an engine whose
+    ``creator=`` returns another kind of connection) raises ``TypeError``.
     """
-    orm: Any = sys.modules.get("sqlalchemy.orm")
-    if orm is not None and isinstance(conn, orm.Session):
-        kind = "Session"
-        sa_conn = conn.connection()  # autobegins the session's transaction
+    kind, target = _sqlalchemy_target(conn)
+    if kind == "Session":
+        sa_conn = target.connection()  # autobegins the session's transaction
     else:
-        kind = "Connection"
-        sa_conn = conn
+        sa_conn = target
         if not sa_conn.in_transaction():
             sa_conn.begin()  # what its execute() does first (autobegin)
     raw = sa_conn.connection.driver_connection

@@ -7,12 +7,13 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 import trails
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from audit_engine import AuditService, AuditSettings, AuditStore
 
@@ -224,3 +225,93 @@ def test_a_session_on_another_driver_names_the_driver(
         f"AuditService() connection must be {_SUPPORTED}; got a SQLAlchemy Connection on {driver}"
     )
     assert service.stats().accepted == 0
+
+
+def _other_dbapi(path: Path) -> ModuleType:
+    """Another driver's DBAPI module (as create_engine(module=...) takes one): sqlite3's
+    attributes, but its connections are not sqlite3's."""
+    module = ModuleType("othersqlite")
+    module.__dict__.update(
+        {name: getattr(sqlite3, name) for name in dir(sqlite3) if not name.startswith("__")}
+    )
+    module.connect = lambda *args, **kwargs: _OtherDriverConnection(str(path))  # type: ignore[attr-defined]
+    return module
+
+
+def test_a_refused_driver_leaves_the_session_as_it_was(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    # Checked from the dialect first: nothing begun, no connection checked out of the pool.
+    app_db = tmp_path / "app.db"
+    other = create_engine(f"sqlite:///{app_db}", module=_other_dbapi(app_db))
+    service = make_service(cleanup_enabled=False)
+    try:
+        with Session(other) as session:
+            with pytest.raises(TypeError) as raised:
+                service.record(action="a", connection=session)
+            assert not session.in_transaction()
+            assert other.pool.checkedout() == 0  # type: ignore[attr-defined]
+        with other.connect() as conn:
+            with pytest.raises(TypeError):
+                AuditService(AuditSettings(database=tmp_path / "t.db"), connection=conn)
+            assert not conn.in_transaction()
+    finally:
+        other.dispose()
+
+    assert str(raised.value) == (
+        f"record() connection must be {_SUPPORTED}; got a SQLAlchemy Session on othersqlite "
+        "(sqlite+pysqlite)"
+    )
+
+
+def test_a_dialect_of_another_driver_is_refused_by_its_name(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    other = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
+    other.dialect.driver = "pysqlcipher"  # as the sqlite+pysqlcipher dialect names itself
+    service = make_service(cleanup_enabled=False)
+    try:
+        with Session(other) as session, pytest.raises(TypeError) as raised:
+            service.record(action="a", connection=session)
+        assert not session.in_transaction()
+    finally:
+        other.dispose()
+
+    assert str(raised.value).endswith(
+        "got a SQLAlchemy Session on sqlite3.dbapi2 (sqlite+pysqlcipher)"
+    )
+
+
+def test_a_scoped_session_writes_in_its_current_session(
+    trail_db: Path | str, engine: Engine, service: AuditService
+) -> None:
+    # Flask-SQLAlchemy's db.session is one: the entry goes into the session of this scope.
+    db_session = scoped_session(sessionmaker(engine))
+    try:
+        db_session.execute(text("INSERT INTO notes VALUES (1, 'a')"))
+        service.record(action="note.create", event_id="scoped", connection=db_session)
+        assert _event_ids(trail_db) == []
+        db_session.commit()
+        service.record(action="note.create", event_id="undone", connection=db_session)
+        db_session.rollback()
+    finally:
+        db_session.remove()
+
+    assert _event_ids(trail_db) == ["scoped"]
+
+
+def test_a_service_holding_a_scoped_session_follows_its_current_session(
+    trail_db: Path | str, engine: Engine
+) -> None:
+    db_session = scoped_session(sessionmaker(engine))
+    service = AuditService(AuditSettings(database=trail_db), connection=db_session)
+    try:
+        db_session.commit()  # the schema the constructor created
+        db_session.remove()  # the end of a request: the next write uses a new session
+        service.record(action="a", event_id="in-new-session")
+        db_session.commit()
+    finally:
+        service.close(timeout=10)
+        db_session.remove()
+
+    assert _event_ids(trail_db) == ["in-new-session"]

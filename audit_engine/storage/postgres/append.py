@@ -27,7 +27,7 @@ from audit_engine.storage.linker import (
     newest_version,
     refuse_unkeyed,
 )
-from audit_engine.storage.postgres.connection import classify, lock_chain
+from audit_engine.storage.postgres.connection import CHAIN_LOCK_CLASS, classify, lock_chain
 from audit_engine.storage.postgres.schema import TABLE, migrate, table_oid
 
 __all__ = [
@@ -126,23 +126,32 @@ def copy_linked(conn: psycopg.Connection[Any], params: Sequence[Any]) -> None:
 
 
 def write_in_caller_transaction(
-    conn: psycopg.Connection[Any], row: Row, linker: Linker = UNKEYED
+    conn: psycopg.Connection[Any],
+    row: Row,
+    linker: Linker = UNKEYED,
+    lock_timeout_s: float | None = None,
 ) -> None:
     """Insert ``row`` through a psycopg connection the application owns, without committing.
 
-    Inside the caller's open transaction (in a savepoint, so a failure leaves the caller's
-    transaction usable); if none is open, a non-autocommit connection starts one, which the
-    caller commits or rolls back with its own change; an autocommit connection commits the entry
-    at once. The chain's advisory lock is held until the caller's transaction ends. The schema
-    is created on first use, in the same transaction.
+    Inside the caller's transaction, in a savepoint, so a failure leaves that transaction
+    usable; if none is open, a non-autocommit connection starts one (the engine's first read),
+    which the caller commits or rolls back with its own change; an autocommit connection
+    commits the entry at once. The chain's advisory lock is held until the caller's
+    transaction ends; one wait for it lasts at most ``lock_timeout_s`` (None: the connection's
+    own ``lock_timeout``), then :class:`BackendError` says so. The schema is created on first
+    use, in the same transaction.
     """
-    status = conn.info.transaction_status
     with _as_the_engine_reads(conn):
-        if conn.autocommit or status == psycopg.pq.TransactionStatus.INTRANS:
+        if conn.autocommit:
             with conn.transaction():
-                _insert_one(conn, row, linker)
-        else:
-            _insert_one(conn, row, linker)
+                migrate(conn)
+                _insert_one(conn, row, linker, lock_timeout_s)
+            return
+        # Its first read begins the caller's transaction if none is open: transaction() below
+        # is then a savepoint, never a transaction of its own that would commit the entry.
+        migrate(conn)
+        with conn.transaction():
+            _insert_one(conn, row, linker, lock_timeout_s)
 
 
 def migrate_caller_connection(conn: psycopg.Connection[Any], linker: Linker = UNKEYED) -> None:
@@ -172,12 +181,49 @@ def _as_the_engine_reads(conn: psycopg.Connection[Any]) -> Iterator[None]:
         conn.row_factory = factory
 
 
-def _insert_one(conn: psycopg.Connection[Any], row: Row, linker: Linker) -> None:
-    migrate(conn)
-    lock_chain(conn, table_oid(conn))
+def _insert_one(
+    conn: psycopg.Connection[Any], row: Row, linker: Linker, lock_timeout_s: float | None
+) -> None:
+    _lock_chain_within(conn, table_oid(conn), lock_timeout_s)
     tail = chain_tail(conn)
     ensure_version(conn, tail[0], linker, "%s")
     params: list[Any] = []
     linker.link_into(params, (row,), *tail)
     params[11] = bool(params[11])  # critical: a boolean column (COPY's text takes 0/1)
     conn.execute(INSERT_SQL, params)
+
+
+def _lock_chain_within(
+    conn: psycopg.Connection[Any], lock_key: int, lock_timeout_s: float | None
+) -> None:
+    """The chain's advisory lock on the caller's connection, waiting at most ``lock_timeout_s``.
+
+    Free: taken at once, one statement. Held by another transaction: the wait is bounded by a
+    ``lock_timeout`` set for it alone (``set_config(..., true)``: this transaction only, and
+    put back after), so the application's own statements keep their setting. Called inside a
+    savepoint: a timeout rolls the savepoint back, the setting with it.
+    """
+    taken = conn.execute(_TRY_LOCK_SQL, (CHAIN_LOCK_CLASS, lock_key)).fetchone()
+    if taken is not None and taken[0]:
+        return
+    if lock_timeout_s is None:
+        lock_chain(conn, lock_key)
+        return
+    milliseconds = max(1, round(lock_timeout_s * 1000))  # 0 would mean no limit at all
+    setting = conn.execute("SELECT current_setting('lock_timeout')").fetchone()
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{milliseconds}ms",))
+    try:
+        lock_chain(conn, lock_key)
+    except psycopg.errors.LockNotAvailable as exc:
+        raise BackendError(
+            f"the audit chain's advisory lock stayed held by another transaction for "
+            f"busy_timeout ({lock_timeout_s:g} s): the entry was not written and your "
+            "transaction is still usable (retry, or raise busy_timeout)",
+            busy=True,
+            sqlstate=exc.sqlstate,
+        ) from exc
+    assert setting is not None
+    conn.execute("SELECT set_config('lock_timeout', %s, true)", (setting[0],))
+
+
+_TRY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(%s, %s)"
