@@ -1,36 +1,38 @@
 """Record the changes an application makes through the SQLAlchemy ORM (the ``sqlalchemy`` extra).
 
 ``track(service, Base)`` listens to the ORM and records one entry per object created, updated
-or deleted (a field diff ``{"field": [old, new]}``) and one per bulk ``update()``/``delete()``/
-``insert()`` statement on a tracked class (its SQL and row count). In ``mode="atomic"`` each
-entry is written through the session's connection inside its transaction, at flush; in
-``mode="after_commit"`` entries wait per transaction and go to the service's queue once the
-commit succeeded. Entries go through ``service.record()``: the context, ``disabled()``, the
-policy and redaction apply (in ``after_commit`` mode the context around the flush). See
+or deleted (a field diff ``{"field": [old, new]}``), one per bulk ``update()``/``delete()``/
+``insert()`` statement on a tracked class (its SQL and row count) and one per legacy bulk call
+(``bulk_insert_mappings``…). Entries are built at flush, in the context around it, and wait with
+their transaction: in ``mode="atomic"`` they are written through the session's connection when
+it commits (``before_commit``, inside the transaction); in ``mode="after_commit"`` they go to the
+service's queue once the commit succeeded. See :mod:`.sqlalchemy_handoff` and
 docs/integrations.md.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, Self
 
 from sqlalchemy import event, inspect
-from sqlalchemy.orm import (
-    InstanceState,
-    Mapper,
-    ORMExecuteState,
-    Session,
-    SessionTransaction,
-    UOWTransaction,
-)
+from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, SessionTransaction
 
 from audit_engine import AuditService
 from audit_engine.integrations import sqlalchemy_changes as changes
+from audit_engine.integrations import sqlalchemy_legacy as legacy
 from audit_engine.integrations import sqlalchemy_options as options
+from audit_engine.integrations.sqlalchemy_handoff import (
+    Pending,
+    boundary,
+    boundary_above,
+    build,
+    hand_on,
+    write_atomic,
+)
 from audit_engine.integrations.sqlalchemy_options import MODES
 
 __all__ = ["MODES", "Tracking", "track"]
@@ -42,19 +44,15 @@ logger = logging.getLogger("audit_engine.integrations.sqlalchemy")
 _BULK = {"update": "bulk_update", "delete": "bulk_delete", "insert": "bulk_create"}
 _OPERATION = {"update": "update", "delete": "delete", "insert": "create"}
 
-
-class _Pending:
-    """The entries of one database transaction (or savepoint) that wait for its end."""
-
-    __slots__ = ("committed", "entries")
-
-    def __init__(self) -> None:
-        self.entries: list[tuple[contextvars.Context, dict[str, Any]]] = []
-        self.committed = False
+# The trackings not stopped yet (track() refuses a class one of them covers for the same
+# sessions), and the stopped ones whose commit listeners wait for sessions with entries pending.
+_live: list[Tracking] = []
+_retiring: list[Tracking] = []
+_registry_lock = threading.Lock()
 
 
 class Tracking:
-    """The listeners :func:`track` installed. ``stop()`` removes every one (they are global on
+    """The listeners :func:`track` installed. ``stop()`` ends the capture (they are global on
     the classes and the Session class); also a context manager that stops on exit."""
 
     def __init__(
@@ -64,49 +62,76 @@ class Tracking:
         *,
         mode: Mode,
         record_rollbacks: bool,
-        session_target: Any,
-        wants: Callable[[Session], bool],
+        session: Any,
         exclude_everywhere: frozenset[str],
         exclude_by_class: dict[type, frozenset[str]],
     ) -> None:
         self.service = service
         self.mode: Mode = mode
         self.record_rollbacks = record_rollbacks
-        self._targets = targets
-        self._wants = wants
+        self.targets = targets
+        self.session = session  # track()'s session= choice (None: every session)
+        session_target, self._wants = options.sessions(session)
+        self._session_target = session_target
         self._exclude_everywhere = exclude_everywhere
         self._exclude_by_class = exclude_by_class
         self._keys: dict[Mapper[Any], tuple[str, ...] | None] = {}  # per mapper, None: untracked
         self._info_key = f"audit_engine.track.{id(self):x}"
-        self._lock = threading.Lock()  # guards _listeners (stop() from another thread)
-        self._listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+        self._pending_key = self._info_key + ".pending"
+        self._lock = threading.Lock()  # guards the listener lists and _waiting
+        self._stopped = False
+        # Sessions with entries waiting for their transaction's end (stop() keeps the commit
+        # listeners until these are done).
+        self._waiting: weakref.WeakSet[Session] = weakref.WeakSet()
+        self._capture_listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+        self._end_listeners: list[tuple[Any, str, Callable[..., Any]]] = []
+        capture, end = self._capture_listeners, self._end_listeners
         for target in targets:
-            self._listen(target, "after_insert", self._after_insert, propagate=True)
-            self._listen(target, "after_update", self._after_update, propagate=True)
-            self._listen(target, "after_delete", self._after_delete, propagate=True)
-        self._listen(session_target, "before_flush", self._before_flush)
-        self._listen(session_target, "after_flush", self._after_flush)
-        self._listen(session_target, "do_orm_execute", self._on_orm_execute)
-        if mode == "after_commit" or record_rollbacks:
-            self._listen(session_target, "after_commit", self._after_commit)
-            self._listen(session_target, "after_transaction_end", self._after_transaction_end)
-
-    def _listen(self, target: Any, name: str, fn: Callable[..., Any], **kw: Any) -> None:
-        event.listen(target, name, fn, **kw)
-        self._listeners.append((target, name, fn))
+            for name in ("after_insert", "before_update", "after_update"):
+                _listen(capture, target, name, getattr(self, f"_{name}"), propagate=True)
+            _listen(capture, target, "before_delete", self._before_delete, propagate=True)
+            _listen(capture, target, "after_delete", self._after_delete, propagate=True)
+        _listen(capture, session_target, "after_flush", self._after_flush)
+        _listen(capture, session_target, "do_orm_execute", self._on_orm_execute)
+        legacy.listen(session_target, self._on_legacy_bulk)
+        if mode == "atomic":
+            _listen(end, session_target, "before_commit", self._before_commit)
+        _listen(end, session_target, "after_commit", self._after_commit)
+        _listen(end, session_target, "after_transaction_end", self._after_transaction_end)
 
     @property
     def active(self) -> bool:
-        """Whether the listeners are still installed."""
-        return bool(self._listeners)
+        """Whether changes are still captured (False once :meth:`stop` was called)."""
+        return not self._stopped
 
     def stop(self) -> None:
-        """Remove every listener; idempotent. Entries already waiting for a commit are handed on
-        (or discarded) when their transaction ends only while tracking is active."""
+        """Stop capturing; idempotent. Entries already captured in a session whose transaction
+        is still open are handed on at its end as usual: the commit listeners stay until those
+        sessions finished, and are removed by a later ``stop()`` or ``track()`` after that."""
         with self._lock:
-            listeners, self._listeners = self._listeners, []
+            if self._stopped:
+                return
+            self._stopped = True
+            listeners, self._capture_listeners = self._capture_listeners, []
         for target, name, fn in listeners:
             event.remove(target, name, fn)
+        legacy.unlisten(self._session_target, self._on_legacy_bulk)
+        with _registry_lock:
+            if self in _live:
+                _live.remove(self)
+            _retiring.append(self)
+        sweep()
+
+    def _release_if_done(self) -> bool:
+        """Remove the commit listeners of a stopped tracking once no session waits on them
+        (never from inside an event: SQLAlchemy refuses removal while it dispatches)."""
+        with self._lock:
+            if not self._stopped or any(self._pending_of(s) for s in list(self._waiting)):
+                return False
+            listeners, self._end_listeners = self._end_listeners, []
+        for target, name, fn in listeners:
+            event.remove(target, name, fn)
+        return True
 
     def __enter__(self) -> Self:
         return self
@@ -124,7 +149,7 @@ class Tracking:
             pass
         cls = mapper.class_
         keys: tuple[str, ...] | None = None
-        if any(issubclass(cls, target) for target in self._targets):
+        if any(issubclass(cls, target) for target in self.targets):
             excluded = set(self._exclude_everywhere)
             for owner, names in self._exclude_by_class.items():
                 if issubclass(cls, owner):
@@ -133,50 +158,70 @@ class Tracking:
         self._keys[mapper] = keys  # the same answer every time: a race only repeats the work
         return keys
 
-    # -- objects: one entry per insert, update, delete -------------------------------------------
-
-    def _before_flush(self, session: Session, flush: UOWTransaction, instances: Any) -> None:
-        """Read the old values the diffs will need and the session does not hold, while the
-        rows still have them."""
-        if not self._wants(session):
-            return
-        fetched: dict[InstanceState[Any], dict[str, Any]] = {}
-        for deleting, objects in ((False, session.dirty), (True, session.deleted)):
-            for obj in objects:
-                state: InstanceState[Any] = inspect(obj)
-                keys = self._tracked_keys(state.mapper)
-                if keys is None or state.key is None:
-                    continue
-                unknown = changes.unknown_fields(state, keys, deleting)
-                if unknown:
-                    fetched[state] = changes.unknown_old_values(session, state, unknown)
-        session.info[self._info_key] = fetched
-
-    def _after_flush(self, session: Session, flush: UOWTransaction) -> None:
-        session.info.pop(self._info_key, None)
-
-    def _after_insert(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
-        self._object_changed(mapper, connection, target, "create")
-
-    def _after_update(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
-        self._object_changed(mapper, connection, target, "update")
-
-    def _after_delete(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
-        self._object_changed(mapper, connection, target, "delete")
-
-    def _object_changed(
-        self, mapper: Mapper[Any], connection: Any, target: Any, operation: str
-    ) -> None:
+    def _session_of(self, target: Any, mapper: Mapper[Any]) -> tuple[Session, tuple[str, ...]]:
         state: InstanceState[Any] = inspect(target)
         session = state.session
         keys = self._tracked_keys(mapper)
         if session is None or keys is None or not self._wants(session):
+            raise LookupError  # not ours to record
+        return session, keys
+
+    # -- objects: one entry per insert, update, delete -------------------------------------------
+
+    def _before_update(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        """Right before the row's UPDATE (the flush has set every column it writes, a foreign
+        key set through a relationship included): read the old values the session lacks."""
+        try:
+            session, keys = self._session_of(target, mapper)
+        except LookupError:
             return
-        old = session.info.get(self._info_key, {}).get(state, {})
+        state: InstanceState[Any] = inspect(target)
+        unknown = changes.unknown_fields(state, keys, deleting=False)
+        generated = changes.generated_fields(mapper, state, keys)
+        old = {key: state.dict[key] for key in generated if key in state.dict}
+        fetch = unknown + [
+            key
+            for key in generated
+            if key not in old and (unknown or changes.computed_in_python(mapper, key))
+        ]
+        if fetch and state.key is not None:
+            old.update(changes.stored_values(connection, state, fetch))
+        session.info.setdefault(self._info_key, {})[state] = (old, generated)
+
+    def _before_delete(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        try:
+            session, keys = self._session_of(target, mapper)
+        except LookupError:
+            return
+        state: InstanceState[Any] = inspect(target)
+        unknown = changes.unknown_fields(state, keys, deleting=True)
+        if unknown and state.key is not None:
+            old = changes.stored_values(connection, state, unknown)
+            session.info.setdefault(self._info_key, {})[state] = (old, [])
+
+    def _after_flush(self, session: Session, flush: Any) -> None:
+        session.info.pop(self._info_key, None)
+
+    def _after_insert(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        self._object_changed(mapper, target, "create")
+
+    def _after_update(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        self._object_changed(mapper, target, "update")
+
+    def _after_delete(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
+        self._object_changed(mapper, target, "delete")
+
+    def _object_changed(self, mapper: Mapper[Any], target: Any, operation: str) -> None:
+        try:
+            session, keys = self._session_of(target, mapper)
+        except LookupError:
+            return
+        state: InstanceState[Any] = inspect(target)
+        old, generated = session.info.get(self._info_key, {}).pop(state, ({}, []))
         if operation == "create":
             diff = changes.created(state, keys)
         elif operation == "update":
-            diff = changes.updated(state, keys, old)
+            diff = changes.updated(state, keys, old, generated)
             if not diff:
                 return  # marked dirty, but no tracked field changed
         else:
@@ -189,9 +234,9 @@ class Tracking:
             "resource_id": changes.resource_id(state),
             "details": diff,
         }
-        self._capture(session, connection, fields)
+        self._capture(session, mapper, fields)
 
-    # -- bulk statements: one entry each -------------------------------------------------------
+    # -- bulk statements and legacy bulk calls: one entry each -----------------------------------
 
     def _on_orm_execute(self, state: ORMExecuteState) -> Any:
         kind = "update" if state.is_update else "delete" if state.is_delete else None
@@ -202,10 +247,9 @@ class Tracking:
             return None
         if self._tracked_keys(mapper) is None:
             return None
-        result = state.invoke_statement()
-        params = state.parameters
-        # executemany (a list): one parameter set per row; a bulk insert's result has no rowcount
-        rows = len(params) if isinstance(params, list) else getattr(result, "rowcount", -1)
+        # preserve_rowcount: SQLAlchemy keeps an INSERT's count (PostgreSQL) only when asked.
+        result = state.invoke_statement(execution_options={"preserve_rowcount": True})
+        rows, result = changes.row_count(result, state.parameters)
         connection = state.session.connection(bind_arguments={"mapper": mapper})
         table = changes.table_name(mapper)
         fields = {
@@ -218,87 +262,129 @@ class Tracking:
                 "rows": rows,
             },
         }
-        self._capture(state.session, connection, fields)
+        self._capture(state.session, mapper, fields)
         return result
 
-    # -- where an entry goes ----------------------------------------------------------------------
+    def _on_legacy_bulk(self, session: Session, method: str, groups: list[legacy.Group]) -> None:
+        if self._stopped or not self._wants(session):
+            return
+        for mapper, update, rows in groups:
+            if self._tracked_keys(mapper) is None:
+                continue
+            kind = "update" if update else "insert"
+            table = changes.table_name(mapper)
+            self._capture(
+                session,
+                mapper,
+                {
+                    "action": f"{table}.{_BULK[kind]}",
+                    "operation": _OPERATION[kind],
+                    "resource_type": table,
+                    "details": {"statement": f"Session.{method}", "rows": rows},
+                },
+            )
 
-    def _capture(self, session: Session, connection: Any, fields: dict[str, Any]) -> None:
-        if self.mode == "atomic":
-            self.service.record(connection=connection, **fields)
-            if not self.record_rollbacks:
-                return
-        # Kept with the context of now (the flush), for the commit or the rollback to use.
-        pending = self._pending(session, _boundary(session))
-        pending.entries.append((contextvars.copy_context(), fields))
+    # -- the transaction: entries wait for its end -----------------------------------------------
 
-    def _pending(self, session: Session, transaction: SessionTransaction) -> _Pending:
-        by_transaction: dict[SessionTransaction, _Pending] = session.info.setdefault(
-            self._info_key + ".pending", {}
+    def _capture(self, session: Session, mapper: Mapper[Any], fields: dict[str, Any]) -> None:
+        item = build(self.service, mapper, fields)
+        if item is None:
+            return
+        pending = self._pending(session, boundary(session))
+        pending.entries.append(item)
+        if pending.written:
+            # Flushed by the commit after our before_commit wrote the others (another listener
+            # changed objects): still inside the transaction, so written now.
+            write_atomic(self.service, session, [item])
+
+    def _pending_of(self, session: Session) -> dict[SessionTransaction, Pending]:
+        found: dict[SessionTransaction, Pending] = session.info.get(self._pending_key, {})
+        return found
+
+    def _pending(self, session: Session, transaction: SessionTransaction) -> Pending:
+        by_transaction: dict[SessionTransaction, Pending] = session.info.setdefault(
+            self._pending_key, {}
         )
         pending = by_transaction.get(transaction)
         if pending is None:
-            pending = by_transaction[transaction] = _Pending()
+            pending = by_transaction[transaction] = Pending()
+            with self._lock:
+                self._waiting.add(session)
         return pending
+
+    def _before_commit(self, session: Session) -> None:
+        """atomic: write the transaction's entries through its connection, now, at its end —
+        the chain's lock is taken after the application's own row locks, not at its first
+        flush (which could deadlock with a transaction holding a row this one needs)."""
+        if not self._wants(session) or session.get_nested_transaction() is not None:
+            return  # a savepoint's release: its entries wait for the transaction around it
+        if not self._stopped:
+            session.flush()  # the commit's own flush runs after this: its entries belong here
+        pending = self._pending(session, boundary(session))
+        if pending.entries:
+            write_atomic(self.service, session, pending.entries)
+        pending.written = True
 
     def _after_commit(self, session: Session) -> None:
         if not self._wants(session):
             return
         # The transaction that committed: a savepoint's release fires this too.
-        pending = session.info.get(self._info_key + ".pending", {}).get(_boundary(session))
+        pending = self._pending_of(session).get(boundary(session))
         if pending is not None:
             pending.committed = True
 
     def _after_transaction_end(self, session: Session, transaction: SessionTransaction) -> None:
-        by_transaction = session.info.get(self._info_key + ".pending")
+        by_transaction = self._pending_of(session)
         if not by_transaction:
             return
         pending = by_transaction.pop(transaction, None)
+        if not by_transaction:
+            with self._lock:
+                self._waiting.discard(session)
         if pending is None or not pending.entries:
             return
         if pending.committed and transaction.nested:
             # A released savepoint: its entries now wait for the transaction around it.
-            parent = _boundary_above(transaction)
+            parent = boundary_above(transaction)
             if parent is not None:
                 self._pending(session, parent).entries.extend(pending.entries)
             return
-        if pending.committed:
-            if self.mode == "after_commit":
-                self._hand_on(pending.entries, {})
-        elif self.record_rollbacks:
-            self._hand_on(pending.entries, {"outcome": "failure"})
-
-    def _hand_on(
-        self, entries: list[tuple[contextvars.Context, dict[str, Any]]], extra: dict[str, Any]
-    ) -> None:
-        """Record each entry in the context of its flush; the first error is raised once all
-        were tried (one bad entry does not lose the others)."""
-        first: BaseException | None = None
-        for context, fields in entries:
-            try:
-                context.run(self.service.record, **fields, **extra)
-            except Exception as exc:
-                if first is None:
-                    first = exc
-                else:
-                    logger.error("could not record %s: %s", fields["action"], exc)
-        if first is not None:
-            raise first
+        if not pending.committed:
+            if self.record_rollbacks:
+                hand_on(self.service, pending.entries, failure=True)
+        elif self.mode == "after_commit":
+            hand_on(self.service, pending.entries, failure=False)
+        elif not pending.written:
+            # atomic, but committed without our before_commit writing them (a savepoint
+            # released by a commit of the transaction around it): the queue, and say so.
+            logger.warning(
+                "%d audit entries were committed without being written in their transaction; "
+                "handed to the audit service's queue instead",
+                len(pending.entries),
+            )
+            hand_on(self.service, pending.entries, failure=False)
 
 
-def _boundary(session: Session) -> SessionTransaction:
-    """The innermost transaction of ``session`` that the database sees: a savepoint, or the
-    outermost transaction."""
-    transaction = session.get_nested_transaction() or session.get_transaction()
-    assert transaction is not None  # called inside a flush, a statement or a commit
-    return transaction
+def _listen(
+    into: list[tuple[Any, str, Callable[..., Any]]],
+    target: Any,
+    name: str,
+    fn: Callable[..., Any],
+    **kw: Any,
+) -> None:
+    event.listen(target, name, fn, **kw)
+    into.append((target, name, fn))
 
 
-def _boundary_above(transaction: SessionTransaction) -> SessionTransaction | None:
-    parent = transaction.parent
-    while parent is not None and not parent.nested and parent.parent is not None:
-        parent = parent.parent
-    return parent
+def sweep() -> None:
+    """Remove the commit listeners of stopped trackings whose sessions have all finished."""
+    with _registry_lock:
+        retiring = list(_retiring)
+    for tracking in retiring:
+        if tracking._release_if_done():
+            with _registry_lock:
+                if tracking in _retiring:
+                    _retiring.remove(tracking)
 
 
 def track(
@@ -312,13 +398,15 @@ def track(
     """Record the ORM changes to ``targets`` (a declarative Base: every class mapped on it, also
     later; or mapped classes and their subclasses) through ``service``.
 
-    ``mode``: ``"atomic"`` (written through the session's connection in its transaction, at
-    flush: committed or rolled back with the change) or ``"after_commit"`` (queued once the
-    commit succeeded; discarded on rollback). ``record_rollbacks=True`` records a change that
+    ``mode``: ``"atomic"`` (built at flush, written through the session's connection when it
+    commits, inside its transaction: committed or rolled back with the change) or
+    ``"after_commit"`` (queued once the commit succeeded, in one hand-off; discarded on
+    rollback). ``record_rollbacks=True`` records a change that
     was rolled back, after the rollback, with ``outcome="failure"``. ``session``: which sessions
     (a Session, a sessionmaker or a Session subclass; default every Session).
     ``exclude_fields``: field names never diffed, everywhere (a set of names) or per class
-    (a mapping from class to names). Returns the :class:`Tracking`: call ``stop()``.
+    (a mapping from class to names). A class a live tracking already covers (for sessions both
+    select) is refused. Returns the :class:`Tracking`: call ``stop()``.
     """
     if not isinstance(service, AuditService):
         raise TypeError(f"track() service must be an AuditService, got {type(service).__name__}")
@@ -332,15 +420,19 @@ def track(
         raise TypeError(
             f"track() record_rollbacks must be True or False, got {type(record_rollbacks).__name__}"
         )
-    session_target, wants = options.sessions(session)
-    everywhere, by_class = options.exclusions(exclude_fields)
-    return Tracking(
-        service,
-        targets,
-        mode=mode,
-        record_rollbacks=record_rollbacks,
-        session_target=session_target,
-        wants=wants,
-        exclude_everywhere=everywhere,
-        exclude_by_class=by_class,
-    )
+    options.sessions(session)  # checked before anything is installed
+    everywhere, by_class = options.exclusions(exclude_fields, targets)
+    sweep()
+    with _registry_lock:
+        options.refuse_overlap(targets, session, [(t.targets, t.session) for t in _live])
+        tracking = Tracking(
+            service,
+            targets,
+            mode=mode,
+            record_rollbacks=record_rollbacks,
+            session=session,
+            exclude_everywhere=everywhere,
+            exclude_by_class=by_class,
+        )
+        _live.append(tracking)
+    return tracking

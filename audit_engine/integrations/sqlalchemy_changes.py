@@ -2,8 +2,9 @@
 
 Used by :mod:`audit_engine.integrations.sqlalchemy`. Everything here runs inside the
 application's flush, so it reads only what the session already holds (``state.dict``, the
-attributes' history) except in :func:`unknown_old_values`, which asks the database — before
-the flush changes it — for the old values SQLAlchemy did not keep.
+attributes' history) except in :func:`stored_values`, which asks the database — through the
+flush's connection, right before the row's UPDATE or DELETE — for the old values SQLAlchemy did
+not keep.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState
 
 # A field's change: [old, new] (None for a side that does not exist).
 Diff = dict[str, list[Any]]
@@ -83,20 +85,32 @@ def created(state: InstanceState[Any], keys: Iterable[str]) -> Diff:
     return {key: [None, json_value(loaded[key])] for key in keys if key in loaded}
 
 
-def updated(state: InstanceState[Any], keys: Iterable[str], old: Mapping[str, Any]) -> Diff:
+def updated(
+    state: InstanceState[Any],
+    keys: Iterable[str],
+    old: Mapping[str, Any],
+    generated: Collection[str] = (),
+) -> Diff:
     """[old, new] for every tracked field whose value changed; empty when none did.
 
-    ``old`` holds the values :func:`unknown_old_values` fetched for fields set without being
-    loaded first (SQLAlchemy keeps no old value for those).
+    ``old`` holds the values :func:`stored_values` fetched for fields set without being loaded
+    first (SQLAlchemy keeps no old value for those) and the values ``generated`` fields (see
+    :func:`generated_fields`) had before the UPDATE; a generated field is shown when both its
+    old and its new value are known.
     """
     diff: Diff = {}
     attrs = state.attrs
+    loaded = state.dict
     for key in keys:
         history = attrs[key].history
-        if not history.added:
+        if history.added:
+            new = json_value(history.added[0])
+            before = json_value(history.deleted[0] if history.deleted else old.get(key))
+        elif key in generated and key in old and key in loaded:
+            new = json_value(loaded[key])  # set by the UPDATE itself, put back by SQLAlchemy
+            before = json_value(old[key])
+        else:
             continue
-        new = json_value(history.added[0])
-        before = json_value(history.deleted[0] if history.deleted else old.get(key))
         if before != new:
             diff[key] = [before, new]
     return diff
@@ -104,7 +118,7 @@ def updated(state: InstanceState[Any], keys: Iterable[str], old: Mapping[str, An
 
 def deleted(state: InstanceState[Any], keys: Iterable[str], old: Mapping[str, Any]) -> Diff:
     """[old, None] for every tracked field whose value is known (loaded, or fetched by
-    :func:`unknown_old_values` before the flush)."""
+    :func:`stored_values` before the DELETE)."""
     loaded = state.dict
     diff: Diff = {}
     for key in keys:
@@ -118,7 +132,9 @@ def unknown_fields(state: InstanceState[Any], keys: Collection[str], deleting: b
     """The tracked fields whose old value the diff needs and the session does not hold.
 
     For an object being deleted: fields not loaded. For an object being updated: fields set
-    while not loaded (expired after a commit, or deferred), whose history has no old value.
+    while not loaded (expired after a commit, or deferred) — by the application, or by the
+    flush itself (a foreign key set through a relationship) — whose history has no old value.
+    Called right before the row's UPDATE, when the flush has set every column it will write.
     """
     if deleting:
         return [key for key in keys if key in state.unloaded]
@@ -131,20 +147,84 @@ def unknown_fields(state: InstanceState[Any], keys: Collection[str], deleting: b
     return unknown
 
 
-def unknown_old_values(
-    session: Session, state: InstanceState[Any], keys: list[str]
+def generated_fields(
+    mapper: Mapper[Any], state: InstanceState[Any], keys: Collection[str]
+) -> list[str]:
+    """The tracked fields an UPDATE sets without the application setting them: a column with
+    ``onupdate=`` or ``server_onupdate=``, or the mapper's version counter."""
+    attrs = state.attrs
+    found = []
+    for key in keys:
+        column = _column(mapper, key)
+        if column is None or attrs[key].history.added:
+            continue
+        if (
+            getattr(column, "onupdate", None) is not None
+            or getattr(column, "server_onupdate", None) is not None
+            or column is mapper.version_id_col
+        ):
+            found.append(key)
+    return found
+
+
+def computed_in_python(mapper: Mapper[Any], key: str) -> bool:
+    """Whether the UPDATE's value for ``key`` is made in Python (a scalar or callable
+    ``onupdate=``, the version counter), so SQLAlchemy puts it back on the object."""
+    column = _column(mapper, key)
+    if column is None:
+        return False
+    if column is mapper.version_id_col:
+        return True
+    default = getattr(column, "onupdate", None)
+    return default is not None and bool(
+        getattr(default, "is_scalar", False) or getattr(default, "is_callable", False)
+    )
+
+
+def _column(mapper: Mapper[Any], key: str) -> Any:
+    prop = mapper.attrs.get(key)
+    columns = getattr(prop, "columns", None)
+    return columns[0] if columns else None
+
+
+def stored_values(
+    connection: Connection, state: InstanceState[Any], keys: list[str]
 ) -> dict[str, Any]:
-    """The stored values of ``keys`` for ``state``'s row, read before the flush changes them
-    (one SELECT by primary key, autoflush off); empty if the row is gone."""
+    """The stored values of ``keys`` for ``state``'s row, read through the flush's connection
+    before its UPDATE or DELETE (one SELECT by primary key); empty if the row is gone."""
     mapper: Mapper[Any] = state.mapper
     assert state.key is not None  # only persistent objects have old values
-    cls = mapper.class_
-    statement = select(*(getattr(cls, key) for key in keys)).where(
-        *(column == value for column, value in zip(mapper.primary_key, state.key[1], strict=True))
+    columns = [_column(mapper, key) for key in keys]
+    statement = (
+        select(*columns)
+        # The join of every table of a joined-inheritance class: its columns live in several.
+        .select_from(mapper.persist_selectable)
+        .where(
+            *(
+                column == value
+                for column, value in zip(mapper.primary_key, state.key[1], strict=True)
+            )
+        )
     )
-    with session.no_autoflush:
-        row = session.execute(statement).first()
+    row = connection.execute(statement).first()
     return {} if row is None else dict(zip(keys, row, strict=True))
+
+
+def row_count(result: Any, params: Any) -> tuple[int | None, Any]:
+    """(how many rows a bulk statement wrote, the result to give the caller).
+
+    A list of parameter sets (executemany): one row each. Otherwise the driver's count; when it
+    reports none (-1) and the statement returns rows (RETURNING), the rows are the count: they
+    are read into memory here and the caller gets a result of its own over them. None when
+    the driver does not say (never -1 in the trail).
+    """
+    if isinstance(params, list):
+        return len(params), result
+    rows = getattr(result, "rowcount", None)
+    if (rows is None or rows < 0) and getattr(result, "returns_rows", True):
+        frozen = result.freeze()
+        return len(frozen.data), frozen()
+    return (None if rows is None or rows < 0 else rows), result
 
 
 def table_name(mapper: Mapper[Any]) -> str:

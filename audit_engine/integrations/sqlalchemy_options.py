@@ -43,8 +43,11 @@ def sessions(session: object) -> tuple[Any, Callable[[Session], bool]]:
 
 def exclusions(
     exclude_fields: Iterable[str] | Mapping[type, Iterable[str]] | None,
+    targets: tuple[type, ...],
 ) -> tuple[frozenset[str], dict[type, frozenset[str]]]:
-    """(names excluded on every class, names excluded per class), checked."""
+    """(names excluded on every class, names excluded per class), checked: each name must be a
+    column attribute — of the class it is given for, or (the set form) of at least one class
+    mapped under ``targets`` now (none mapped yet: nothing to check against)."""
     if exclude_fields is None:
         return frozenset(), {}
     if isinstance(exclude_fields, Mapping):
@@ -52,18 +55,79 @@ def exclusions(
         for cls, names in exclude_fields.items():
             if not isinstance(cls, type):
                 raise TypeError(f"track() exclude_fields keys must be mapped classes, got {cls!r}")
-            by_class[cls] = field_names(names, f"exclude_fields[{cls.__name__}]")
             mapper: Any = inspect(cls, raiseerr=False)
-            if isinstance(mapper, Mapper):
-                known = {p.key for p in mapper.column_attrs}
-                unknown = sorted(by_class[cls] - known)
-                if unknown:
-                    raise ValueError(
-                        f"track() exclude_fields[{cls.__name__}] names {', '.join(unknown)}, "
-                        f"not a column attribute of {cls.__name__}"
-                    )
+            if not isinstance(mapper, Mapper):
+                raise TypeError(
+                    f"track() exclude_fields keys must be mapped classes, got {cls.__name__} "
+                    "(not mapped)"
+                )
+            by_class[cls] = field_names(names, f"exclude_fields[{cls.__name__}]")
+            known = {p.key for p in mapper.column_attrs}
+            unknown = sorted(by_class[cls] - known)
+            if unknown:
+                raise ValueError(
+                    f"track() exclude_fields[{cls.__name__}] names {', '.join(unknown)}, "
+                    f"not a column attribute of {cls.__name__}"
+                )
         return frozenset(), by_class
-    return field_names(exclude_fields, "exclude_fields"), {}
+    everywhere = field_names(exclude_fields, "exclude_fields")
+    mappers = mapped_under(targets)
+    if mappers:
+        known = {p.key for mapper in mappers for p in mapper.column_attrs}
+        unknown = sorted(everywhere - known)
+        if unknown:
+            names = ", ".join(sorted(m.class_.__name__ for m in mappers))
+            raise ValueError(
+                f"track() exclude_fields names {', '.join(unknown)}, not a column attribute of "
+                f"any tracked class ({names})"
+            )
+    return everywhere, {}
+
+
+def mapped_under(targets: tuple[type, ...]) -> list[Mapper[Any]]:
+    """The mappers of the classes ``targets`` cover now: a Base's every mapped class, a
+    mapped class and its mapped subclasses."""
+    found: dict[Mapper[Any], None] = {}
+    for target in targets:
+        mapper: Any = inspect(target, raiseerr=False)
+        if isinstance(mapper, Mapper):
+            found.update(dict.fromkeys(mapper.self_and_descendants))
+        else:
+            found.update(dict.fromkeys(target.registry.mappers))  # type: ignore[attr-defined]
+    return list(found)
+
+
+def refuse_overlap(
+    targets: tuple[type, ...],
+    session: object,
+    live: list[tuple[tuple[type, ...], object]],
+) -> None:
+    """Refuse ``targets`` if a live tracking (its targets and session choice, in ``live``)
+    covers one of them for sessions both select: each change would be recorded twice."""
+    for other_targets, other_session in live:
+        if not _sessions_overlap(session, other_session):
+            continue
+        for target in targets:
+            if any(issubclass(target, o) or issubclass(o, target) for o in other_targets):
+                raise ValueError(
+                    f"track() {target.__name__} is already tracked by a live Tracking "
+                    f"(targets {', '.join(o.__name__ for o in other_targets)}): stop() it "
+                    "first, or every change would be recorded twice"
+                )
+
+
+def _sessions_overlap(a: object, b: object) -> bool:
+    if a is None or b is None or a is b:
+        return True
+    a = a.class_ if isinstance(a, sessionmaker) else a
+    b = b.class_ if isinstance(b, sessionmaker) else b
+    if isinstance(a, type) and isinstance(b, type):
+        return issubclass(a, b) or issubclass(b, a)
+    if isinstance(a, type):
+        return isinstance(b, a)
+    if isinstance(b, type):
+        return isinstance(a, b)
+    return a is b
 
 
 def field_names(names: object, where: str) -> frozenset[str]:
