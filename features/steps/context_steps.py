@@ -3,41 +3,14 @@ maintenance runs with auditing switched off (``audit.disabled()``)."""
 
 import contextvars
 import threading
-from contextlib import AbstractContextManager
 from typing import Any
 
 from behave import then, when
 from behave.runner import Context
+from blocks import enter, leave
 from trail_backend import read_rows
 
 from audit_engine import DomainEvent, EventBus
-
-
-def _blocks(context: Context) -> list[AbstractContextManager[Any]]:
-    """The blocks the scenario opened and has not finished, innermost last."""
-    world = context.world
-    if not hasattr(world, "open_blocks"):
-        world.open_blocks = []
-        # A scenario that fails half-way still leaves its blocks, innermost first.
-        context.add_cleanup(_finish_all, world.open_blocks)
-    blocks: list[AbstractContextManager[Any]] = world.open_blocks
-    return blocks
-
-
-def _finish_all(blocks: list[AbstractContextManager[Any]]) -> None:
-    while blocks:
-        blocks.pop().__exit__(None, None, None)
-
-
-def _open(context: Context, block: AbstractContextManager[Any]) -> None:
-    block.__enter__()
-    _blocks(context).append(block)
-
-
-def _finish(context: Context) -> None:
-    blocks = _blocks(context)
-    assert blocks, "no block of work is open"
-    blocks.pop().__exit__(None, None, None)
 
 
 def _save(world: Any, note_id: str, **fields: Any) -> str | None:
@@ -54,18 +27,18 @@ def _save(world: Any, note_id: str, **fields: Any) -> str | None:
 
 @when('the tool starts handling a request from "{actor}" with request id "{request_id}"')
 def when_start_request(context: Context, actor: str, request_id: str) -> None:
-    _open(context, context.world.audit.context(actor=actor, correlation_id=request_id))
+    enter(context, context.world.audit.context(actor=actor, correlation_id=request_id))
 
 
 @when("the tool finishes handling the request")
 @when("the tool switches auditing back on")
 def when_finish_block(context: Context) -> None:
-    _finish(context)
+    leave(context, "block of work")
 
 
 @when("the tool switches auditing off for a maintenance run")
 def when_disable(context: Context) -> None:
-    _open(context, context.world.audit.disabled())
+    enter(context, context.world.audit.disabled())
 
 
 @when('the tool saves note "{note_id}" without naming anyone')

@@ -1,33 +1,14 @@
 """Steps for units of work (``with audit.scope(): ...``) in which repeated entries count once."""
 
-from contextlib import AbstractContextManager
 from typing import Any
 
 from behave import then, when
 from behave.runner import Context
-
-
-def _open_scopes(context: Context) -> list[AbstractContextManager[Any]]:
-    """The units of work the scenario has opened and not ended, innermost last."""
-    world = context.world
-    if not hasattr(world, "open_scopes"):
-        world.open_scopes = []
-        # A scenario that fails half-way still leaves its units of work, innermost first.
-        context.add_cleanup(_end_all, world.open_scopes)
-    scopes: list[AbstractContextManager[Any]] = world.open_scopes
-    return scopes
-
-
-def _end_all(scopes: list[AbstractContextManager[Any]]) -> None:
-    while scopes:
-        scopes.pop().__exit__(None, None, None)
+from blocks import enter, leave, open_blocks
 
 
 def _start(context: Context, **kwargs: Any) -> None:
-    scopes = _open_scopes(context)
-    unit = context.world.audit.scope(**kwargs)
-    unit.__enter__()
-    scopes.append(unit)
+    enter(context, context.world.audit.scope(**kwargs))
 
 
 def _save_note(world: Any, note_id: str, actor: str = "alice", **fields: Any) -> str | None:
@@ -50,7 +31,7 @@ def when_start_scope(context: Context) -> None:
 
 @when("the tool starts a fresh unit of work inside it")
 def when_start_fresh_scope(context: Context) -> None:
-    assert _open_scopes(context), "there is no unit of work to start a fresh one in"
+    assert open_blocks(context), "there is no unit of work to start a fresh one in"
     _start(context, fresh=True)
 
 
@@ -61,9 +42,7 @@ def when_start_keyed_scope(context: Context) -> None:
 
 @when("the tool ends the unit of work")
 def when_end_scope(context: Context) -> None:
-    scopes = _open_scopes(context)
-    assert scopes, "no unit of work is open"
-    scopes.pop().__exit__(None, None, None)
+    leave(context, "unit of work")
 
 
 @when('the tool saves note "{note_id}"')
