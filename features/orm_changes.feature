@@ -44,3 +44,22 @@ Feature: Changes a tool saves through its ORM are audited field by field
     When carol archives every note at once
     Then the trail shows one bulk archive of notes by carol covering 5 notes
     And the trail shows no entry per archived note
+
+  Scenario Outline: Moving a note to another folder records the folder it left (<when>)
+    Given the tool's audit captures note changes <when>
+    And alice filed the note "Groceries" in the folder "Home"
+    When bob moves the note "Groceries" to the folder "Work"
+    And carol takes the note "Groceries" out of every folder
+    Then the trail shows bob moved the note from the folder "Home" to the folder "Work"
+    And the trail shows carol moved the note from the folder "Work" to no folder
+
+    Examples:
+      | when                        |
+      | in the same transaction     |
+      | once the save has committed |
+
+  Scenario: A save committed after the audit service shut down is kept, its entry set aside
+    Given the tool's audit captures note changes once the save has committed
+    When the audit service shuts down while bob's new note "Groceries" is being saved
+    Then bob's save of the note "Groceries" succeeded
+    And the entry of bob's note waits in the dead-letter file for a replay

@@ -1,11 +1,12 @@
 """Steps for a note-taking tool whose notes are saved through SQLAlchemy and audited by track()."""
 
+import json
 from typing import Any
 
 from behave import given, then, when
 from behave.runner import Context
-from sqlalchemy import String, create_engine, select, update
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import ForeignKey, String, create_engine, select, update
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from trail_backend import read_rows
 
 from audit_engine.integrations.sqlalchemy import track
@@ -19,12 +20,20 @@ class _Base(DeclarativeBase):
     pass
 
 
+class _Folder(_Base):
+    __tablename__ = "folders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
 class _Note(_Base):
     __tablename__ = "notes"
     id: Mapped[int] = mapped_column(primary_key=True)
     title: Mapped[str] = mapped_column(String(200))
     body: Mapped[str] = mapped_column(String(2000))
     archived: Mapped[bool] = mapped_column(default=False)
+    folder_id: Mapped[int | None] = mapped_column(ForeignKey("folders.id"), default=None)
+    folder: Mapped[_Folder | None] = relationship()
 
 
 def _rows(context: Context) -> list[dict[str, Any]]:
@@ -172,3 +181,79 @@ def then_bulk(context: Context, actor: str, count: int) -> None:
 @then("the trail shows no entry per archived note")
 def then_no_per_note(context: Context) -> None:
     assert [r for r in _rows(context) if r["action"] == "notes.update"] == []
+
+
+# -- folders: a foreign key changed through a relationship -------------------------------------
+
+
+@given('{actor} filed the note "{title}" in the folder "{folder}"')
+def given_filed_note(context: Context, actor: str, title: str, folder: str) -> None:
+    world = context.world
+    with world.audit.context(actor=actor), Session(world.notes_engine) as session:
+        session.add_all([_Folder(name="Home"), _Folder(name="Work")])
+        session.flush()
+        home = session.scalars(select(_Folder).where(_Folder.name == folder)).one()
+        session.add(_Note(title=title, body="text", folder=home))
+        session.commit()
+    world.folders = {f: _folder_id(context, f) for f in ("Home", "Work")}
+
+
+def _folder_id(context: Context, name: str) -> int:
+    with Session(context.world.notes_engine) as session:
+        return session.scalars(select(_Folder.id).where(_Folder.name == name)).one()
+
+
+def _move(context: Context, actor: str, title: str, folder: str | None) -> None:
+    world = context.world
+    world.note_id = _note_id(context, title)
+    with world.audit.context(actor=actor), Session(world.notes_engine) as session:
+        note = session.get(_Note, world.note_id)
+        assert note is not None
+        session.commit()  # the note is expired, as it is after any save: nothing old is loaded
+        note.folder = None if folder is None else session.get(_Folder, world.folders[folder])
+        session.commit()
+
+
+@when('{actor} moves the note "{title}" to the folder "{folder}"')
+def when_move(context: Context, actor: str, title: str, folder: str) -> None:
+    _move(context, actor, title, folder)
+
+
+@when('{actor} takes the note "{title}" out of every folder')
+def when_unfile(context: Context, actor: str, title: str) -> None:
+    _move(context, actor, title, None)
+
+
+@then('the trail shows {actor} moved the note from the folder "{old}" to {new}')
+def then_moved(context: Context, actor: str, old: str, new: str) -> None:
+    folders = context.world.folders
+    target = None if new == "no folder" else folders[new.removeprefix("the folder ").strip('"')]
+    moves = [r for r in _rows(context) if r["actor"] == actor]
+    assert [(r["action"], r["details"]) for r in moves] == [
+        ("notes.update", {"folder_id": [folders[old], target]})
+    ], moves
+
+
+# -- a hand-off refused after the commit ----------------------------------------------------
+
+
+@when('the audit service shuts down while {actor}\'s new note "{title}" is being saved')
+def when_shutdown_mid_save(context: Context, actor: str, title: str) -> None:
+    world = context.world
+    with world.audit.context(actor=actor), Session(world.notes_engine) as session:
+        session.add(_Note(title=title, body="text"))
+        session.flush()
+        world.audit.close(timeout=WAIT_S)
+        session.commit()  # must not raise: the note is saved
+
+
+@then('{actor}\'s save of the note "{title}" succeeded')
+def then_saved(context: Context, actor: str, title: str) -> None:
+    assert _note_id(context, title)
+
+
+@then("the entry of {actor}'s note waits in the dead-letter file for a replay")
+def then_set_aside(context: Context, actor: str) -> None:
+    lines = context.world.audit.settings.deadletter_file.read_text().splitlines()
+    entries = [json.loads(line)["entry"] for line in lines]
+    assert [(e["actor"], e["action"]) for e in entries] == [(actor, "notes.create")], entries
