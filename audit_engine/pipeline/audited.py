@@ -7,7 +7,9 @@ user's input). The exception itself is re-raised unchanged.
 
 Everything about the decoration is checked when it is applied, not on the first call: the
 fields (as ``record()`` checks them), the parameter names given to take values from, and that
-the function is a plain synchronous one.
+the target is a plain synchronous function (not a classmethod/staticmethod object, not a
+non-callable). The values taken from each call are checked before the function runs: a value
+the entry cannot hold raises without running it.
 """
 
 from __future__ import annotations
@@ -84,6 +86,12 @@ def audited(
     fixed_details = dict(fields.pop("details", None) or {})
 
     def decorate(target: _T) -> _T:
+        if isinstance(target, classmethod | staticmethod):
+            kind = type(target).__name__
+            raise TypeError(
+                f"audited() cannot wrap a {kind} object: put @audited under @{kind} "
+                "(next to the function), so that it wraps the function itself"
+            )
         if isinstance(target, click.Command):
             if target.callback is None:
                 raise TypeError(f"audited(): the click command {target.name!r} has no callback")
@@ -92,6 +100,10 @@ def audited(
         return _wrap(target)  # type: ignore[return-value]
 
     def _wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        if not callable(func):
+            raise TypeError(
+                f"audited() decorates a function or a click command, got {type(func).__name__}"
+            )
         name = getattr(func, "__qualname__", repr(func))
         if inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func):
             raise TypeError(
@@ -105,15 +117,19 @@ def audited(
                 "after the call returns"
             )
         signature = _signature_for(func, name, resource_id_arg, taken)
+        # A decorator under this one (functools.wraps) may supply parameters itself
+        # (click.pass_context, a session injector): the call then does not bind to the
+        # signature inspect follows __wrapped__ to.
+        wrapper = signature is not None and hasattr(func, "__wrapped__")
+        taking = _Taking(service, action, name, resource_id_arg, taken, wrapper)
 
         @functools.wraps(func)
         def audited_call(*args: Any, **kwargs: Any) -> Any:
             call_fields = dict(fields)
             details = dict(fixed_details)
             if signature is not None:
-                _take_arguments(
-                    signature, args, kwargs, resource_id_arg, taken, call_fields, details
-                )
+                # Before the call: a value the entry cannot hold raises without running it.
+                taking.take(signature, args, kwargs, call_fields, details)
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
@@ -154,25 +170,91 @@ def _signature_for(
     return signature
 
 
-def _take_arguments(
-    signature: inspect.Signature,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    resource_id_arg: str | None,
-    taken: tuple[str, ...],
-    call_fields: dict[str, Any],
-    details: dict[str, Any],
-) -> None:
-    try:
-        bound = signature.bind(*args, **kwargs)
-    except TypeError:
-        return  # the call itself raises the same TypeError, and is recorded as a failure
-    bound.apply_defaults()
-    values = bound.arguments
-    if resource_id_arg is not None:
-        call_fields["resource_id"] = values[resource_id_arg]
-    for arg in taken:
-        details[arg] = values[arg]
+class _Taking:
+    """Takes ``resource_id_arg``/``details_args`` from each call, checked as the entry's."""
+
+    def __init__(
+        self,
+        service: AuditService,
+        action: str,
+        name: str,
+        resource_id_arg: str | None,
+        taken: tuple[str, ...],
+        wrapper: bool,
+    ) -> None:
+        self.service = service
+        self.action = action
+        self.name = name
+        self.resource_id_arg = resource_id_arg
+        self.taken = taken
+        self.wrapper = wrapper
+
+    def take(
+        self,
+        signature: inspect.Signature,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        call_fields: dict[str, Any],
+        details: dict[str, Any],
+    ) -> None:
+        values = self._values(signature, args, kwargs)
+        if values is None:
+            return  # the call itself raises the same TypeError, and is recorded as a failure
+        resource_id_arg = self.resource_id_arg
+        rid = values.get(resource_id_arg) if resource_id_arg is not None else None
+        if isinstance(rid, bytes | bytearray):
+            # pydantic would decode it silently; which encoding is the app's to say.
+            raise TypeError(
+                f"audited(resource_id_arg={resource_id_arg!r}): {self.name}() was given "
+                f"{type(rid).__name__}; the resource id is text (decode it, or pass a str)"
+            )
+        taken_details = {arg: values[arg] for arg in self.taken}
+        try:
+            entry = AuditEntry.model_validate(
+                {"action": self.action, "resource_id": rid, "details": taken_details},
+                context={"max_details_bytes": self.service.settings.max_details_bytes},
+            )
+        except ValueError as exc:
+            source = (
+                f" (resource_id is its parameter {resource_id_arg!r})"
+                if resource_id_arg is not None
+                else ""
+            )
+            raise ValueError(
+                f"audited({self.action!r}): a value taken from the call of {self.name}(){source} "
+                f"cannot be recorded, so {self.name}() was not run: {exc}"
+            ) from exc
+        if resource_id_arg is not None:
+            call_fields["resource_id"] = entry.resource_id
+        details.update(entry.details)
+
+    def _values(
+        self, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The call's argument values by parameter name; None: the call cannot bind."""
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:
+            if not self.wrapper:
+                return None
+        else:
+            bound.apply_defaults()
+            return dict(bound.arguments)
+        # A wrapper whose decorator supplies a parameter: click passes parameters as
+        # keywords, so they are found there; a value found nowhere is never left out silently.
+        wanted = ([self.resource_id_arg] if self.resource_id_arg is not None else []) + list(
+            self.taken
+        )
+        missing = [arg for arg in wanted if arg not in kwargs]
+        if missing:
+            raise TypeError(
+                f"audited(): the call of {self.name}() does not bind to its signature "
+                f"{signature} and gives no {', '.join(f'{arg}=' for arg in missing)} keyword, "
+                "so the entry would lack it; a decorator under @audited supplies arguments "
+                "(click.pass_context, one that injects a session): put @audited under it, "
+                f"next to the function; {self.name}() was not run"
+            )
+        return kwargs
 
 
 def _exit_code(exc: BaseException) -> int | None:
@@ -181,6 +263,8 @@ def _exit_code(exc: BaseException) -> int | None:
         code = exc.code
         if code is None:
             return 0
+        if isinstance(code, bool):
+            return int(code)  # sys.exit(True) exits with 1, as Python does
         return code if isinstance(code, int) else 1  # sys.exit("message") exits with 1
     if isinstance(exc, click.exceptions.Exit):  # ctx.exit(code)
         return exc.exit_code

@@ -203,9 +203,20 @@ def test_coroutine_and_generator_functions_are_refused(service: AuditService) ->
         (SystemExit(None), "success", {}),
         (SystemExit(2), "failure", {"error": "SystemExit", "exit_code": 2}),
         (SystemExit("cannot export"), "failure", {"error": "SystemExit", "exit_code": 1}),
+        # Python exits with 1 and 0: the stored exit_code is that int, not a JSON boolean.
+        (SystemExit(True), "failure", {"error": "SystemExit", "exit_code": 1}),
+        (SystemExit(False), "success", {}),
         (KeyboardInterrupt(), "failure", {"error": "KeyboardInterrupt"}),
     ],
-    ids=["exit-0", "exit-none", "exit-2", "exit-message", "keyboard-interrupt"],
+    ids=[
+        "exit-0",
+        "exit-none",
+        "exit-2",
+        "exit-message",
+        "exit-true",
+        "exit-false",
+        "keyboard-interrupt",
+    ],
 )
 def test_exits_and_interrupts(
     service: AuditService,
@@ -223,6 +234,10 @@ def test_exits_and_interrupts(
     assert caught.value is exc
     (entry,) = entries()
     assert (entry.outcome, entry.details) == (outcome, details)
+    # True == 1: the types tell an exit_code of 1 from one stored as true.
+    assert {k: type(v) for k, v in entry.details.items()} == {
+        k: type(v) for k, v in details.items()
+    }
 
 
 def test_a_failed_recording_after_a_failure_is_logged_and_the_original_propagates(
