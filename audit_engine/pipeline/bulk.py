@@ -61,7 +61,12 @@ def record_many(
     write_injected = (
         None
         if connection is None
-        else backends.injected_writer(connection, "record_many() connection", service._linker)[0]
+        else backends.injected_writer(
+            connection,
+            "record_many() connection",
+            service._linker,
+            service.settings.busy_timeout,
+        )[0]
     )
     if not service._enabled:
         return [None] * len(items)

@@ -82,7 +82,9 @@ class AuditService:
         # service writes nothing and reads no key.
         self._linker = linker = load_linker(s.chain_key_file) if s.enabled else UNKEYED
         if connection is not None:
-            injected = backends.injected_writer(connection, "AuditService() connection", linker)
+            injected = backends.injected_writer(
+                connection, "AuditService() connection", linker, s.busy_timeout
+            )
         self._enabled = s.enabled
         self.policy = AuditPolicy.from_settings(s)
         # context(), disabled() and scope() blocks: one ContextVar per service.
@@ -207,7 +209,9 @@ class AuditService:
         write_injected = (
             None
             if connection is None
-            else backends.injected_writer(connection, "record() connection", self._linker)[0]
+            else backends.injected_writer(
+                connection, "record() connection", self._linker, self.settings.busy_timeout
+            )[0]
         )
         if not self._enabled:
             return None

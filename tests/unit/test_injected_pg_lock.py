@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from audit_engine import AuditService, AuditStore
+from audit_engine import AuditService, AuditStore, AuditWriteError
 from audit_engine.models import AuditEntry
 from audit_engine.rows import Row, entry_row
 from audit_engine.storage import backends
@@ -157,3 +157,23 @@ def test_an_uncontended_entry_costs_one_lock_statement_and_changes_no_setting(tr
         app.commit()
 
     assert _event_ids(trail) == ["one"]
+
+
+def test_record_through_a_connection_waits_at_most_the_services_busy_timeout(trail: str) -> None:
+    # AuditService(busy_timeout=...) bounds the wait (docs/configuration.md), as an
+    # AuditWriteError; the caller's transaction stays usable.
+    with (
+        AuditService(trail, cleanup_enabled=False, busy_timeout=0.3) as service,
+        psycopg.connect(trail) as app,
+        _lock_held(trail),
+    ):
+        app.execute("INSERT INTO notes VALUES (1)")
+        started = time.monotonic()
+        with pytest.raises(AuditWriteError, match=r"busy_timeout \(0.3 s\)"):
+            service.record(action="note.save", connection=app)
+        waited = time.monotonic() - started
+        app.execute("INSERT INTO notes VALUES (2)")
+        app.commit()
+
+    assert 0.3 <= waited < _BOUNDED_WITHIN_S
+    assert _event_ids(trail) == []
