@@ -8,8 +8,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orm
 import pytest
-from sqlalchemy import Engine, ForeignKey, String, create_engine, insert, update
+from sqlalchemy import Engine, ForeignKey, String, insert, update
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -19,7 +20,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
+from audit_engine import AuditService
 from audit_engine.integrations.sqlalchemy import Tracking, track
 
 
@@ -55,42 +56,20 @@ class Unmapped:
 
 @pytest.fixture
 def engine(trail_db: Path | str) -> Iterator[Engine]:
-    url = (
-        f"sqlite:///{trail_db}"
-        if isinstance(trail_db, Path)
-        else trail_db.replace("postgresql://", "postgresql+psycopg://", 1)
-    )
-    made = create_engine(url)
-    Base.metadata.create_all(made)
-    yield made
-    made.dispose()
+    with orm.engine(trail_db, Base.metadata) as made:
+        yield made
 
 
 @pytest.fixture
 def service(trail_db: Path | str) -> Iterator[AuditService]:
-    made = AuditService(AuditSettings(database=trail_db, cleanup_enabled=False))
-    yield made
-    made.close(timeout=10)
+    with orm.service(trail_db) as made:
+        yield made
 
 
 @pytest.fixture
 def tracked(service: AuditService) -> Iterator[Callable[..., Tracking]]:
-    made: list[Tracking] = []
-
-    def start(*targets: type, **options: Any) -> Tracking:
-        tracking = track(service, *(targets or (Base,)), **options)
-        made.append(tracking)
-        return tracking
-
-    yield start
-    for tracking in made:
-        tracking.stop()
-
-
-def _entries(trail_db: Path | str, service: AuditService, **where: Any) -> list[AuditEntry]:
-    assert service.flush(timeout=10)
-    with AuditStore(trail_db) as reader:
-        return list(reader.query(**where))
+    with orm.tracked(service, Base) as start:
+        yield start
 
 
 # -- H1: a foreign key changed through a relationship ------------------------------------------
@@ -116,7 +95,9 @@ def test_a_foreign_key_set_through_a_relationship_records_its_true_old_value(
         a.folder = None
         session.commit()
 
-    updates = [(e.resource_id, e.details) for e in _entries(trail_db, service, operation="update")]
+    updates = [
+        (e.resource_id, e.details) for e in orm.entries(trail_db, service, operation="update")
+    ]
     assert updates == [
         ("10", {"folder_id": [1, 2]}),
         ("20", {"folder_id": [1, None]}),
@@ -139,7 +120,7 @@ def test_columns_set_by_onupdate_appear_in_the_update_diff(
         doc.title = "b"  # expired: title, version and updated_by are read before the UPDATE
         session.commit()
 
-    (entry,) = _entries(trail_db, service, operation="update")
+    (entry,) = orm.entries(trail_db, service, operation="update")
     assert entry.details == {
         "title": ["a", "b"],
         "version": [1, 2],
@@ -161,7 +142,7 @@ def test_a_bulk_statement_records_its_real_row_count(
         session.commit()
 
     assert sorted(row.id for row in returned) == [1, 2, 3]  # the caller still gets its rows
-    found = [(e.action, e.details["rows"]) for e in _entries(trail_db, service)]
+    found = [(e.action, e.details["rows"]) for e in orm.entries(trail_db, service)]
     assert found == [("notes.bulk_create", 1), ("notes.bulk_create", 2), ("notes.bulk_update", 3)]
 
 
@@ -184,7 +165,7 @@ def test_the_legacy_bulk_methods_are_one_entry_per_call(
 
     found = [
         (e.action, e.operation.value, e.details["statement"], e.details["rows"])
-        for e in _entries(trail_db, service)
+        for e in orm.entries(trail_db, service)
     ]
     assert found == [
         ("notes.bulk_create", "create", "Session.bulk_insert_mappings", 3),

@@ -5,52 +5,39 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import orm
 import pytest
 import trails
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from audit_engine import AuditService, AuditSettings, AuditStore
+from audit_engine import AuditService, AuditSettings
 
 MakeService = Callable[..., AuditService]
-
-
-def _url(trail_db: Path | str) -> str:
-    if isinstance(trail_db, Path):
-        return f"sqlite:///{trail_db}"
-    return trail_db.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 @pytest.fixture
 def engine(trail_db: Path | str) -> Iterator[Engine]:
     """The application's engine on the test's database (each backend in turn), with a table."""
-    made = create_engine(_url(trail_db))
-    with made.begin() as conn:
-        conn.execute(text("CREATE TABLE notes (id integer PRIMARY KEY, title text)"))
-    yield made
-    made.dispose()
+    with orm.engine(trail_db) as made:
+        with made.begin() as conn:
+            conn.execute(text("CREATE TABLE notes (id integer PRIMARY KEY, title text)"))
+        yield made
 
 
 @pytest.fixture
 def service(trail_db: Path | str) -> Iterator[AuditService]:
-    made = AuditService(AuditSettings(database=trail_db, cleanup_enabled=False))
-    yield made
-    made.close(timeout=10)
+    with orm.service(trail_db) as made:
+        yield made
 
 
 def _event_ids(trail_db: Path | str) -> list[str]:
     found = trails.query(trail_db, "SELECT event_id FROM audit_entries ORDER BY id")
     return [row[0] for row in found]
-
-
-def _verify_ok(trail_db: Path | str) -> bool:
-    with AuditStore(trail_db) as reader:
-        return reader.verify(min_retention=timedelta(0)).ok
 
 
 def test_a_session_commit_keeps_the_entry_with_the_change(
@@ -63,7 +50,7 @@ def test_a_session_commit_keeps_the_entry_with_the_change(
         session.commit()
 
     assert _event_ids(trail_db) == ["kept"]
-    assert _verify_ok(trail_db)
+    assert orm.verify_ok(trail_db)
 
 
 def test_a_session_rollback_removes_the_entry_with_the_change(
@@ -78,7 +65,7 @@ def test_a_session_rollback_removes_the_entry_with_the_change(
 
     assert _event_ids(trail_db) == ["kept"]
     assert trails.query(trail_db, "SELECT count(*) FROM notes") == [(0,)]
-    assert _verify_ok(trail_db)
+    assert orm.verify_ok(trail_db)
 
 
 def test_an_entry_first_in_the_transaction_begins_it_so_commit_keeps_it(
@@ -104,7 +91,7 @@ def test_an_entry_first_in_the_transaction_goes_when_the_session_closes_uncommit
         session.commit()
 
     assert _event_ids(trail_db) == ["second"]
-    assert _verify_ok(trail_db)
+    assert orm.verify_ok(trail_db)
 
 
 def test_a_core_connection_commit_keeps_and_rollback_removes(
@@ -121,7 +108,7 @@ def test_a_core_connection_commit_keeps_and_rollback_removes(
         service.record(action="a", event_id="in-begin", connection=conn)
 
     assert _event_ids(trail_db) == ["kept", "in-begin"]
-    assert _verify_ok(trail_db)
+    assert orm.verify_ok(trail_db)
 
 
 def test_a_savepoint_rolled_back_removes_only_its_entry(
@@ -135,7 +122,7 @@ def test_a_savepoint_rolled_back_removes_only_its_entry(
         session.commit()
 
     assert _event_ids(trail_db) == ["outer"]
-    assert _verify_ok(trail_db)
+    assert orm.verify_ok(trail_db)
 
 
 def test_a_service_holding_a_session_follows_it_across_transactions(
@@ -156,7 +143,7 @@ def test_a_service_holding_a_session_follows_it_across_transactions(
 
     assert _event_ids(trail_db) == ["one", "two"]
     assert service.stats().written == 3  # written into the session; one rolled back with it
-    assert _verify_ok(trail_db)
+    assert orm.verify_ok(trail_db)
 
 
 def test_the_reported_object_not_executable_error_is_gone(

@@ -10,15 +10,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
+import orm
 import pytest
 from sqlalchemy import Engine, String, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from audit_engine import AuditEntry, AuditService, AuditServiceClosed, AuditSettings, AuditStore
+from audit_engine import AuditServiceClosed, AuditStore
 from audit_engine.integrations.sqlalchemy import sweep, track
 
 JOIN_S = 30.0
@@ -35,27 +34,10 @@ class Note(Base):
     password: Mapped[str | None] = mapped_column(String(50), default=None)
 
 
-def _url(database: Path | str) -> str:
-    if isinstance(database, Path):
-        return f"sqlite:///{database}"
-    return database.replace("postgresql://", "postgresql+psycopg://", 1)
-
-
 @pytest.fixture
 def engine(trail_db: Path | str) -> Iterator[Engine]:
-    made = create_engine(_url(trail_db))
-    Base.metadata.create_all(made)
-    yield made
-    made.dispose()
-
-
-def _service(trail_db: Path | str, **settings: Any) -> AuditService:
-    return AuditService(AuditSettings(database=trail_db, cleanup_enabled=False, **settings))
-
-
-def _entries(trail_db: Path | str) -> list[AuditEntry]:
-    with AuditStore(trail_db) as reader:
-        return list(reader.query())
+    with orm.engine(trail_db, Base.metadata) as made:
+        yield made
 
 
 # -- atomic: written at the commit, inside the transaction ---------------------------------------
@@ -66,7 +48,7 @@ def test_atomic_takes_the_chain_lock_only_at_commit_so_row_locks_do_not_deadlock
 ) -> None:
     """The reviewer's case: A flushes a tracked change, B locks a row and flushes, A then needs
     B's row. Had A's flush taken the chain's lock, B's flush would wait for A and A for B."""
-    engine = create_engine(_url(pg_url))
+    engine = create_engine(orm.url(pg_url))
     Base.metadata.create_all(engine)
     with Session(engine) as session:
         session.execute(text("CREATE TABLE counters (id int PRIMARY KEY, n int)"))
@@ -101,7 +83,7 @@ def test_atomic_takes_the_chain_lock_only_at_commit_so_row_locks_do_not_deadlock
         except Exception as exc:
             results["B"] = repr(exc)
 
-    service = _service(pg_url, busy_timeout=5)
+    service = orm.open_service(pg_url, busy_timeout=5)
     try:
         with track(service, Note):
             threads = [threading.Thread(target=a), threading.Thread(target=b)]
@@ -115,15 +97,14 @@ def test_atomic_takes_the_chain_lock_only_at_commit_so_row_locks_do_not_deadlock
         engine.dispose()
 
     assert results == {"A": "committed", "B": "committed"}
-    assert sorted(e.resource_id or "" for e in _entries(pg_url)) == ["1", "2"]
-    with AuditStore(pg_url) as reader:
-        assert reader.verify(min_retention=timedelta(0)).ok
+    assert sorted(e.resource_id or "" for e in orm.entries(pg_url)) == ["1", "2"]
+    assert orm.verify_ok(pg_url)
 
 
 def test_an_atomic_entry_that_cannot_be_written_fails_the_commit_before_it_commits(
     trail_db: Path | str, engine: Engine
 ) -> None:
-    service = _service(trail_db)
+    service = orm.open_service(trail_db)
     with track(service, Note), Session(engine) as session:
         session.add(Note(id=1, title="not saved"))
         session.flush()
@@ -134,13 +115,13 @@ def test_an_atomic_entry_that_cannot_be_written_fails_the_commit_before_it_commi
 
     with Session(engine) as session:
         assert session.query(Note).count() == 0
-    assert _entries(trail_db) == []
+    assert orm.entries(trail_db) == []
 
 
 def test_a_change_flushed_by_the_commit_itself_is_written_too(
     trail_db: Path | str, engine: Engine
 ) -> None:
-    with _service(trail_db) as service, track(service, Note), Session(engine) as session:
+    with orm.open_service(trail_db) as service, track(service, Note), Session(engine) as session:
         # Registered after track(): runs after its before_commit, so the commit's own flush
         # captures this change once the others were written.
         @event.listens_for(session, "before_commit")
@@ -152,7 +133,7 @@ def test_a_change_flushed_by_the_commit_itself_is_written_too(
         session.add(Note(id=1, title="first"))
         session.commit()
 
-    assert [e.resource_id for e in _entries(trail_db)] == ["1", "2"]
+    assert [e.resource_id for e in orm.entries(trail_db)] == ["1", "2"]
 
 
 # -- after_commit: one hand-off, never a failed commit -------------------------------------------
@@ -162,7 +143,7 @@ def test_a_refused_hand_off_after_the_commit_is_set_aside_not_raised(
     trail_db: Path | str, engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     dead_letters = tmp_path / "set-aside.jsonl"
-    service = _service(trail_db, deadletter_path=dead_letters, redact_fields=["password"])
+    service = orm.open_service(trail_db, deadletter_path=dead_letters, redact_fields=["password"])
     with track(service, Note, mode="after_commit"), Session(engine) as session:
         session.add_all([Note(id=1, title="a", password="hunter2"), Note(id=2, title="b")])
         session.flush()
@@ -181,16 +162,16 @@ def test_a_refused_hand_off_after_the_commit_is_set_aside_not_raised(
     assert "hunter2" not in dead_letters.read_text()  # redacted as the trail would have it
     with AuditStore(trail_db) as store:
         assert store.replay_dead_letters(dead_letters).replayed == 2
-    assert [e.resource_id for e in _entries(trail_db)] == ["1", "2"]
+    assert [e.resource_id for e in orm.entries(trail_db)] == ["1", "2"]
 
 
 def test_a_full_queue_makes_a_commit_wait_once_not_once_per_change(
     db_path: Path, tmp_path: Path
 ) -> None:
-    engine = create_engine(_url(tmp_path / "app.db"))
+    engine = create_engine(orm.url(tmp_path / "app.db"))
     Base.metadata.create_all(engine)
     wait_s = 0.3
-    service = _service(
+    service = orm.open_service(
         db_path,
         queue_maxsize=1,
         block_timeout=wait_s,
@@ -223,7 +204,7 @@ def test_a_full_queue_makes_a_commit_wait_once_not_once_per_change(
 def test_entries_pending_at_stop_are_handed_on_at_their_commit(
     trail_db: Path | str, engine: Engine, mode: str
 ) -> None:
-    with _service(trail_db) as service:
+    with orm.open_service(trail_db) as service:
         session = Session(engine)
         tracking = track(service, Note, mode=mode)
         committed = tracking._end_listeners[-1]
@@ -237,4 +218,4 @@ def test_entries_pending_at_stop_are_handed_on_at_their_commit(
         sweep()  # the session is done: the commit listeners go
         assert not event.contains(Session, committed[1], committed[2])
 
-    assert [e.resource_id for e in _entries(trail_db)] == ["1"]
+    assert [e.resource_id for e in orm.entries(trail_db)] == ["1"]

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import orm
 import pytest
-from sqlalchemy import LargeBinary, Numeric, String, create_engine
+from sqlalchemy import LargeBinary, Numeric, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from audit_engine import AuditService, AuditStore
@@ -153,18 +154,17 @@ def test_a_value_is_stored_as_json_by_one_rule_per_type(value: object, stored: o
 
 
 def test_a_row_of_rich_types_is_recorded_as_json(service: AuditService, tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'app.db'}")
-    Base.metadata.create_all(engine)
     made = datetime(2026, 1, 31, 12, 0)
-    try:
-        with track(service, Item), Session(engine) as session:
-            item = Item(
-                id=1, price=Decimal("9.90"), made=made, blob=b"\x00\x01", color=Color.RED, code="c"
-            )
-            session.add(item)
-            session.commit()
-    finally:
-        engine.dispose()
+    with (
+        orm.engine(tmp_path / "app.db", Base.metadata) as engine,
+        track(service, Item),
+        Session(engine) as session,
+    ):
+        item = Item(
+            id=1, price=Decimal("9.90"), made=made, blob=b"\x00\x01", color=Color.RED, code="c"
+        )
+        session.add(item)
+        session.commit()
 
     # Atomic: written in the session's transaction, so into the application's database.
     with AuditStore(tmp_path / "app.db") as reader:

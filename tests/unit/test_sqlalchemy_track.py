@@ -4,15 +4,15 @@ the session's transaction (atomic) or after its commit, on SQLite and on a real 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import orm
 import pytest
-from sqlalchemy import Engine, ForeignKey, String, create_engine, delete, insert, text, update
+from sqlalchemy import Engine, ForeignKey, String, delete, insert, text, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from audit_engine import AuditEntry, AuditService, AuditSettings, AuditStore
+from audit_engine import AuditService
 from audit_engine.integrations.sqlalchemy import Tracking, track
 
 
@@ -36,58 +36,30 @@ class Tag(Base):
     label: Mapped[str] = mapped_column(String(50))
 
 
-def _url(trail_db: Path | str) -> str:
-    if isinstance(trail_db, Path):
-        return f"sqlite:///{trail_db}"
-    return trail_db.replace("postgresql://", "postgresql+psycopg://", 1)
-
-
 @pytest.fixture
 def engine(trail_db: Path | str) -> Iterator[Engine]:
-    made = create_engine(_url(trail_db))
-    Base.metadata.create_all(made)
-    yield made
-    made.dispose()
+    with orm.engine(trail_db, Base.metadata) as made:
+        yield made
 
 
 @pytest.fixture
 def service(trail_db: Path | str) -> Iterator[AuditService]:
-    made = AuditService(AuditSettings(database=trail_db, cleanup_enabled=False))
-    yield made
-    made.close(timeout=10)
+    with orm.service(trail_db) as made:
+        yield made
 
 
 @pytest.fixture
 def tracked(service: AuditService) -> Iterator[Callable[..., Tracking]]:
     """``tracked(*targets, **options)``: track() on the test's service; every one stopped after."""
-    made: list[Tracking] = []
-
-    def start(*targets: type, **options: Any) -> Tracking:
-        tracking = track(service, *(targets or (Base,)), **options)
-        made.append(tracking)
-        return tracking
-
-    yield start
-    for tracking in made:
-        tracking.stop()
-
-
-def _entries(trail_db: Path | str, service: AuditService) -> list[AuditEntry]:
-    assert service.flush(timeout=10)
-    with AuditStore(trail_db) as reader:
-        return list(reader.query())
+    with orm.tracked(service, Base) as start:
+        yield start
 
 
 def _changes(trail_db: Path | str, service: AuditService) -> list[tuple[Any, ...]]:
     return [
         (e.action, e.operation.value, e.resource_type, e.resource_id, e.details)
-        for e in _entries(trail_db, service)
+        for e in orm.entries(trail_db, service)
     ]
-
-
-def _verify_ok(trail_db: Path | str) -> bool:
-    with AuditStore(trail_db) as reader:
-        return reader.verify(min_retention=timedelta(0)).ok
 
 
 # -- atomic: one entry per object, with the field diff ------------------------------------------
@@ -135,7 +107,7 @@ def test_create_update_delete_record_their_field_diffs(
             },
         ),
     ]
-    assert _verify_ok(trail_db)
+    assert orm.verify_ok(trail_db)
 
 
 def test_atomic_entries_commit_and_roll_back_with_the_change(
@@ -145,16 +117,16 @@ def test_atomic_entries_commit_and_roll_back_with_the_change(
     with Session(engine) as session:
         session.add(Note(id=1, title="kept"))
         session.flush()
-        assert _entries(trail_db, service) == []  # written, not yet committed
+        assert orm.entries(trail_db, service) == []  # written, not yet committed
         session.commit()
         session.add(Note(id=2, title="undone"))
         session.flush()
         session.rollback()
 
-    assert [e.resource_id for e in _entries(trail_db, service)] == ["1"]
+    assert [e.resource_id for e in orm.entries(trail_db, service)] == ["1"]
     with Session(engine) as session:
         assert [n.id for n in session.query(Note)] == [1]
-    assert _verify_ok(trail_db)
+    assert orm.verify_ok(trail_db)
 
 
 def test_a_composite_primary_key_is_a_json_array(
@@ -166,7 +138,7 @@ def test_a_composite_primary_key_is_a_json_array(
         session.add(Tag(note_id=7, lang="en", label="x"))
         session.commit()
 
-    assert [(e.action, e.resource_id) for e in _entries(trail_db, service)] == [
+    assert [(e.action, e.resource_id) for e in orm.entries(trail_db, service)] == [
         ("tags.create", '[7,"en"]')
     ]
 
@@ -188,7 +160,7 @@ def test_after_commit_entries_wait_for_the_commit_and_a_rollback_discards_them(
         session.flush()
         session.rollback()
 
-    assert [e.resource_id for e in _entries(trail_db, service)] == ["1"]
+    assert [e.resource_id for e in orm.entries(trail_db, service)] == ["1"]
     assert service.stats().accepted == 1
 
 
@@ -204,7 +176,7 @@ def test_a_rolled_back_change_is_recorded_as_a_failure_when_asked(
         session.flush()
         session.rollback()
 
-    assert [(e.resource_id, e.outcome.value) for e in _entries(trail_db, service)] == [
+    assert [(e.resource_id, e.outcome.value) for e in orm.entries(trail_db, service)] == [
         ("1", "success"),
         ("2", "failure"),
     ]
@@ -227,7 +199,7 @@ def test_a_savepoint_rolled_back_loses_its_entries_and_a_released_one_keeps_them
         savepoint.rollback()
         session.commit()
 
-    assert [e.resource_id for e in _entries(trail_db, service)] == ["1", "2"]
+    assert [e.resource_id for e in orm.entries(trail_db, service)] == ["1", "2"]
 
 
 # -- bulk statements ------------------------------------------------------------------------
@@ -246,14 +218,16 @@ def test_a_bulk_statement_is_one_entry_with_its_sql_and_row_count(
         session.commit()
 
     marker = "?" if isinstance(trail_db, Path) else "%("
-    found = [(e.action, e.operation.value, e.details["rows"]) for e in _entries(trail_db, service)]
+    found = [
+        (e.action, e.operation.value, e.details["rows"]) for e in orm.entries(trail_db, service)
+    ]
     assert found == [
         ("notes.bulk_create", "create", 3),
         ("notes.bulk_update", "update", 2),
         ("notes.bulk_delete", "delete", 2),
         ("notes.bulk_update", "update", 1),
     ]
-    statements = [e.details["statement"] for e in _entries(trail_db, service)]
+    statements = [e.details["statement"] for e in orm.entries(trail_db, service)]
     assert statements[1].startswith("UPDATE notes SET archived=")
     assert statements[3].startswith("UPDATE notes SET title=")
     assert "WHERE notes.id = " in statements[3]
@@ -274,7 +248,7 @@ def test_excluded_fields_are_never_diffed_and_redaction_applies(
         session.add(Note(id=2, title="t", body="b"))
         session.commit()
 
-    first, second = (e.details for e in _entries(trail_db, service))
+    first, second = (e.details for e in orm.entries(trail_db, service))
     assert set(first) == {"id", "title", "password", "archived"}
     assert first["password"] == "[REDACTED]"  # the service's policy masks the whole change
     assert set(second) == {"id", "body"}  # password was never set: nothing to show
@@ -302,7 +276,7 @@ def test_a_class_mapped_after_track_is_tracked_and_stop_removes_every_listener(
         session.execute(update(Later).values(id=Later.id + 10))
         session.commit()
 
-    assert [(e.action, e.resource_id) for e in _entries(trail_db, service)] == [
+    assert [(e.action, e.resource_id) for e in orm.entries(trail_db, service)] == [
         ("later.create", "1")
     ]
     assert tracking.active is False
@@ -321,7 +295,7 @@ def test_only_the_chosen_sessionmakers_sessions_are_tracked(
         session.add(Note(id=2, title="b"))
         session.commit()
 
-    assert [e.resource_id for e in _entries(trail_db, service)] == ["1"]
+    assert [e.resource_id for e in orm.entries(trail_db, service)] == ["1"]
 
 
 def test_deleting_an_expired_object_records_the_values_it_had(
@@ -365,7 +339,7 @@ def test_the_context_around_the_flush_gives_the_actor(
             session.add(Note(id=2, title="b"))  # only added: nothing flushed in the context
         session.commit()
 
-    assert [(e.resource_id, e.actor, e.correlation_id) for e in _entries(trail_db, service)] == [
+    assert [(e.resource_id, e.actor, e.correlation_id) for e in orm.entries(trail_db, service)] == [
         ("1", "alice", "req-1"),
         ("2", None, None),
     ]
@@ -384,7 +358,7 @@ def test_nothing_is_captured_while_the_service_is_disabled(
         session.add(Note(id=2, title="b"))
         session.commit()
 
-    assert [e.resource_id for e in _entries(trail_db, service)] == ["2"]
+    assert [e.resource_id for e in orm.entries(trail_db, service)] == ["2"]
     assert service.stats().skipped_disabled == 1
 
 
@@ -400,7 +374,7 @@ def test_an_entry_that_cannot_be_recorded_fails_the_atomic_flush(
 
     with Session(engine) as session:
         assert session.query(Note).count() == 0
-    assert _entries(trail_db, service) == []
+    assert orm.entries(trail_db, service) == []
 
 
 def test_a_session_closed_uncommitted_records_the_attempt_as_a_failure(
@@ -411,7 +385,7 @@ def test_a_session_closed_uncommitted_records_the_attempt_as_a_failure(
         session.add(Note(id=1, title="never saved"))
         session.flush()
 
-    assert [(e.resource_id, e.outcome.value) for e in _entries(trail_db, service)] == [
+    assert [(e.resource_id, e.outcome.value) for e in orm.entries(trail_db, service)] == [
         ("1", "failure")
     ]
 
@@ -426,4 +400,4 @@ def test_only_the_chosen_session_is_tracked(
         other.add(Note(id=2, title="b"))
         other.commit()
 
-    assert [e.resource_id for e in _entries(trail_db, service)] == ["1"]
+    assert [e.resource_id for e in orm.entries(trail_db, service)] == ["1"]
