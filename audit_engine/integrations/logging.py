@@ -9,11 +9,18 @@ The handler never recurses and never deadlocks, the two ways logging bridges fai
 record logged while this thread is already inside the handler (a redaction or a policy that logs)
 is ignored, and ``record()`` runs without the handler's lock. It waits no longer than the
 service's ``on_full`` allows, because ``record()`` itself honours ``on_full``/``block_timeout``.
+
+It needs no ``QueueHandler`` in front (``record()`` only hands the entry to the writer thread),
+and is best attached directly: ``QueueHandler.prepare()`` formats the traceback into the message
+and drops ``exc_info``, so the exception's type is gone and its message is in the text. A
+message holding a formatted traceback is therefore cut to its first line (see
+:func:`_message_of`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 from collections.abc import Iterable, Mapping
@@ -32,6 +39,22 @@ _error_logger = logging.getLogger("audit_engine.logging")
 _AUDIT_ATTRIBUTE = "audit"
 # The exit hook drains a service for as long (audit_engine.pipeline.lifecycle).
 _DEFAULT_CLOSE_TIMEOUT_S = 60.0
+# Lines that logging.Formatter (through the traceback module) writes into a message when a
+# QueueHandler formats a record's exception or stack: the header of an exception's traceback (an
+# exception group's too) and the separators of a chain, whose first exception may have no
+# traceback and so no header.
+_TRACEBACK_LINE = re.compile(
+    r"^(?:  \+ Exception Group )?Traceback \(most recent call last\):$"
+    r"|^The above exception was the direct cause of the following exception:$"
+    r"|^During handling of the above exception, another exception occurred:$",
+    re.MULTILINE,
+)
+_STACK_LINE = re.compile(r"^Stack \(most recent call last\):$", re.MULTILINE)
+_TRACEBACK_HEADER = re.compile(
+    r"^(?:  \+ Exception Group )?Traceback \(most recent call last\):$", re.MULTILINE
+)
+# The last line of a traceback's frames: "module.Type: message" or "Type" alone.
+_EXCEPTION_LINE = re.compile(r"([A-Za-z_][\w.]*)(?::|$)")
 
 
 class AuditHandler(logging.Handler):
@@ -52,7 +75,9 @@ class AuditHandler(logging.Handler):
 
     Errors: an ``extra={"audit": ...}`` record that cannot be recorded (invalid fields, a full
     queue with ``on_full='block'``, a closed service) raises to the logging call, as ``record()``
-    would: the application asked for that entry. A record taken only through ``loggers=`` goes to
+    would: the application asked for that entry (a message whose %-arguments do not format is
+    not an error: it is recorded unformatted, noted in ``details["message_error"]``). A record
+    taken only through ``loggers=`` goes to
     :meth:`handleError`, which logs an ERROR on ``audit_engine.logging`` (also when
     ``logging.raiseExceptions`` is off: never silent).
     """
@@ -183,27 +208,75 @@ def _fields_of_audit(audit: object, record: logging.LogRecord) -> dict[str, Any]
         )
     fields = dict(audit)
     details = fields.get("details")
-    if details is None:
-        fields["details"] = {"message": record.getMessage()}
-    elif isinstance(details, Mapping) and "message" not in details:
-        fields["details"] = {**details, "message": record.getMessage()}
+    if details is None or (isinstance(details, Mapping) and "message" not in details):
+        message, notes, _error = _message_of(record)
+        fields["details"] = {**(details or {}), "message": message, **notes}
     # Anything else is record()'s to refuse, naming the field.
     return fields
 
 
 def _fields_of_log(record: logging.LogRecord) -> dict[str, Any]:
     """``record()``'s keywords for a record taken because of the logger it came from."""
+    message, notes, error = _message_of(record)
     details: dict[str, Any] = {
-        "message": record.getMessage(),
+        "message": message,
         "logger": record.name,
         "level": record.levelname,
+        **notes,
     }
     failed = record.levelno >= logging.ERROR
     if record.exc_info and record.exc_info[0] is not None:
-        details["error"] = record.exc_info[0].__name__  # the type only: messages hold secrets
+        error = record.exc_info[0].__name__  # the type only: messages hold secrets
+    if error is not None:
+        details["error"] = error
         failed = True
     return {
         "action": record.name,
         "outcome": Outcome.FAILURE if failed else Outcome.SUCCESS,
         "details": details,
     }
+
+
+def _message_of(record: logging.LogRecord) -> tuple[str, dict[str, str], str | None]:
+    """The record's message, notes for ``details``, and an exception type read from its text.
+
+    A message whose %-arguments do not format is kept unformatted, noted as
+    ``message_error`` (the entry is still recorded: losing it to a formatting bug in the
+    logging call would be worse). A message holding a formatted traceback (what
+    ``QueueHandler.prepare()`` leaves, ``exc_info`` gone) is cut to its first line, which is
+    the app's: the rest can hold the exception's message. The type is then read from the
+    traceback's last block ("unknown" when its text is not Python's).
+    """
+    notes: dict[str, str] = {}
+    try:
+        message = record.getMessage()
+    except Exception as exc:
+        message = str(record.msg)
+        notes["message_error"] = f"{type(exc).__name__}: the arguments did not format"
+    error: str | None = None
+    if record.exc_info is None:
+        found = _TRACEBACK_LINE.search(message)
+        if found is not None:
+            error = _exception_type(message[found.start() :])
+            message = message.split("\n", 1)[0]
+        elif _STACK_LINE.search(message) is not None:
+            message = message.split("\n", 1)[0]
+    return message, notes, error
+
+
+def _exception_type(text: str) -> str:
+    """The type named by the last block of a formatted traceback, or ``"unknown"``."""
+    # The last unindented header: the exception that was logged (a chain ends with it); the
+    # headers of an exception group's members are indented.
+    headers = list(_TRACEBACK_HEADER.finditer(text))
+    if not headers:
+        return "unknown"
+    for line in text[headers[-1].end() :].splitlines()[1:]:
+        line = line.removeprefix("  | ")  # an exception group's frames
+        if line[:1].isspace():
+            continue  # a frame, its source line or its carets
+        matched = _EXCEPTION_LINE.match(line)
+        if matched is None:
+            return "unknown"
+        return matched.group(1).rsplit(".", 1)[-1]
+    return "unknown"

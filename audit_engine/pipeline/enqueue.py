@@ -5,14 +5,19 @@ The fast path (a plain entry, room in the queue) is one ``offer`` in the service
 caller's thread (``sync``) or drop it (``drop``; never a critical entry, which waits as with
 ``block``). With ``critical_sync`` a critical entry is waited for until committed.
 :func:`enqueue_many` does the same for ``record_many()``'s entries, all of them or none.
+
+From an audit writer thread (an ``on_checkpoint`` callback that records) nothing waits: that
+thread alone makes room and commits, so a wait could only last ``block_timeout`` and fail. A
+critical entry is handed off and not waited for; a full queue is handled at once.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 from audit_engine.errors import AuditQueueFull, AuditWriteError
-from audit_engine.pipeline.writer import Writer
+from audit_engine.pipeline.writer import WRITER_THREAD_NAME, Writer
 from audit_engine.rows import Row
 from audit_engine.settings import AuditSettings
 
@@ -29,8 +34,9 @@ def enqueue_waiting(
     on_full = settings.on_full
     if on_full == "drop" and entry.critical:
         on_full = "block"  # a critical entry is never dropped: it waits, or fails loudly
-    timeout = settings.block_timeout if on_full == "block" else 0.0
-    waits = entry.critical and settings.critical_sync
+    on_writer = _on_writer_thread()
+    timeout = settings.block_timeout if on_full == "block" and not on_writer else 0.0
+    waits = entry.critical and settings.critical_sync and not on_writer
     if waits:
         writer.watch(entry)  # before queueing: the writer may set it aside at once
     position = writer.put(entry, timeout)
@@ -50,11 +56,23 @@ def enqueue_waiting(
         if settings.on_full == "drop"
         else ""
     )
+    if on_writer:
+        raise AuditQueueFull(
+            f"the audit queue is full (queue_maxsize={settings.queue_maxsize}) and record() "
+            "was called from the audit writer thread (an on_checkpoint callback), which alone "
+            "makes room: it cannot wait; the entry was not recorded"
+        )
     raise AuditQueueFull(
         f"the audit queue stayed full for {settings.block_timeout}s "
         f"(queue_maxsize={settings.queue_maxsize}); the "
         f"{'critical ' if never_dropped else ''}entry was not recorded{never_dropped}"
     )
+
+
+def _on_writer_thread() -> bool:
+    # By name, so that no writer thread waits on any writer (two services' callbacks recording
+    # into each other would otherwise wait on each other).
+    return threading.current_thread().name == WRITER_THREAD_NAME
 
 
 def _wait_committed(writer: Writer, position: int, entry: Row, block_timeout: float) -> None:
@@ -90,10 +108,11 @@ def enqueue_many(
     on_full = settings.on_full
     if on_full == "drop" and critical:
         on_full = "block"  # a critical entry is never dropped, so neither are its companions
-    watched = critical if settings.critical_sync else []
+    on_writer = _on_writer_thread()
+    watched = critical if settings.critical_sync and not on_writer else []
     for entry in watched:
         writer.watch(entry)  # before queueing: the writer may set it aside at once
-    timeout = settings.block_timeout if on_full == "block" else 0.0
+    timeout = settings.block_timeout if on_full == "block" and not on_writer else 0.0
     last = writer.put_many(entries, timeout)
     if last:
         if watched:
