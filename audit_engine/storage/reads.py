@@ -16,10 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, TypedDict
+from uuid import UUID
 
 from audit_engine.columns import FILTER_COLUMNS
-from audit_engine.models import Operation, Outcome
+from audit_engine.models import ID_FIELDS_TAKING_NUMBERS, Operation, Outcome
 from audit_engine.storage.stored import as_utc
 
 __all__ = [
@@ -41,15 +43,18 @@ MAX_PAGE_SIZE = 100_000
 
 class EntryFilters(TypedDict, total=False):
     """The filters of ``query``, ``count`` and ``export``: equality on the filter columns
-    (:data:`~audit_engine.columns.FILTER_COLUMNS`), ``since`` inclusive, ``until`` exclusive."""
+    (:data:`~audit_engine.columns.FILTER_COLUMNS`), ``since`` inclusive, ``until`` exclusive.
 
-    actor: str | None
+    ``actor``, ``resource_id`` and ``correlation_id`` also take an int or a UUID, as ``record()``
+    does (it stores their text, and so does the filter)."""
+
+    actor: str | int | UUID | None
     action: str | None
     operation: Operation | str | None
     outcome: Outcome | str | None
     resource_type: str | None
-    resource_id: str | None
-    correlation_id: str | None
+    resource_id: str | int | UUID | None
+    correlation_id: str | int | UUID | None
     since: datetime | str | None
     until: datetime | str | None
 
@@ -57,18 +62,18 @@ class EntryFilters(TypedDict, total=False):
 #: Every filter's keyword, in order (tests/unit/test_columns.py holds it to FILTER_COLUMNS).
 FILTER_NAMES: tuple[str, ...] = tuple(EntryFilters.__annotations__)
 
-_ENUMS: dict[str, Callable[[Any], Any]] = {
-    "operation": lambda value: Operation(value).value,
-    "outcome": lambda value: Outcome(value).value,
-}
+_ENUMS: dict[str, type[StrEnum]] = {"operation": Operation, "outcome": Outcome}
 
 
 def where(filters: Mapping[str, Any], method: str) -> tuple[str, list[Any]]:
     """The ``WHERE`` clause (empty without filters) and its parameters.
 
-    An unknown keyword raises ``TypeError`` as Python would for ``method``; a bad value the
-    error of its check (``ValueError`` for an unknown operation, ``AuditStoreError`` for a
-    naive datetime, see :func:`~audit_engine.storage.stored.as_utc`).
+    Every value is checked here, so that a bad one fails the call, not the first read (where it
+    would be a driver's error, and differ between backends). An unknown keyword raises
+    ``TypeError`` as Python would for ``method``; a value of a wrong type ``TypeError`` naming
+    the filter; an unknown operation or outcome, or text no database can hold (a NUL, a lone
+    surrogate), ``ValueError``; a naive datetime or an unreadable time ``AuditStoreError`` (see
+    :func:`~audit_engine.storage.stored.as_utc`).
     """
     for name in filters:
         if name not in FILTER_NAMES:
@@ -82,13 +87,49 @@ def where(filters: Mapping[str, Any], method: str) -> tuple[str, list[Any]]:
         value = filters.get(column)
         if value is not None:
             clauses.append(f"{column} = ?")
-            params.append(_ENUMS[column](value) if column in _ENUMS else value)
+            params.append(_checked(column, value, method))
     for name, operator in (("since", ">="), ("until", "<")):
         bound = filters.get(name)
         if bound is not None:
             clauses.append(f"timestamp {operator} ?")
             params.append(as_utc(bound, name))
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _checked(column: str, value: object, method: str) -> str:
+    """The stored text a filter's ``value`` matches."""
+    if column in ID_FIELDS_TAKING_NUMBERS and (type(value) is int or isinstance(value, UUID)):
+        return str(value)  # as record() stores it
+    enum = _ENUMS.get(column)
+    if not isinstance(value, str):  # an Operation or an Outcome is one (a StrEnum)
+        kinds = f"str or an {enum.__name__}" if enum else "str"
+        if column in ID_FIELDS_TAKING_NUMBERS:
+            kinds = "str, int or UUID"
+        raise TypeError(
+            f"{method}() filter {column} must be a {kinds} (got {type(value).__name__})"
+        )
+    if enum is not None:
+        try:
+            return str(enum(value).value)
+        except ValueError:
+            raise ValueError(
+                f"{method}() filter {column}: {value!r} is not a valid {enum.__name__} "
+                f"(one of {', '.join(enum)})"
+            ) from None
+    if "\x00" in value or not _encodable(value):
+        raise ValueError(
+            f"{method}() filter {column} must be text a database can hold "
+            "(no NUL character, no lone surrogate)"
+        )
+    return value
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def checked_page_size(page_size: object) -> int:

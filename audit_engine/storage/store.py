@@ -82,6 +82,7 @@ class AuditStore:
         create: bool = False,
         chain_key_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        self._closed = False
         self._keys: ChainKeys | None = chain_keys_from(chain_key_file)
         self._linker = linker_for(self._keys)
         try:
@@ -101,7 +102,9 @@ class AuditStore:
         self.close()
 
     def close(self) -> None:
-        """Close the connection. Idempotent."""
+        """Close the connection. Idempotent. An iterator of :meth:`query` or :meth:`export`
+        read afterwards raises :class:`AuditStoreError` saying the store is closed."""
+        self._closed = True
         self._conn.close()
 
     def quick_check(self) -> None:
@@ -265,13 +268,24 @@ class AuditStore:
     def _in_snapshot(self, pages: Iterator[Sequence[Sequence[Any]]]) -> Iterator[Sequence[Any]]:
         # One read transaction around every page: an export is one contiguous, verifiable range
         # even while a purge or other writers commit (a query, which proves nothing, holds none).
-        with snapshot(self._conn):
-            for page in pages:
-                yield from page
+        dropped = False
+        try:
+            with snapshot(self._conn):
+                for page in pages:
+                    try:
+                        yield from page
+                    except GeneratorExit:
+                        dropped = True
+                        raise
+        except DATABASE_ERRORS:
+            # An export left unread, dropped after close(): closing ended its snapshot already,
+            # so ending it fails; nobody reads on to be told (pytest would report it unraisable).
+            if not (dropped and self._closed):
+                raise
 
     def _guarded(self, lines: Iterator[str], what: str) -> Iterator[str]:
         # Rows are read while the caller iterates: a corrupt page shows up here, not earlier.
-        with self._errors(what):
+        with self._errors(what, iterating=True):
             yield from lines
 
     def _tail(self) -> tuple[int, str]:
@@ -283,12 +297,16 @@ class AuditStore:
         return [(int(a), str(b), c) for a, b, c in self._conn.execute(_CHAIN_VERSIONS_SQL)]
 
     @contextlib.contextmanager
-    def _errors(self, what: str) -> Iterator[None]:
+    def _errors(self, what: str, *, iterating: bool = False) -> Iterator[None]:
         try:
             yield
-        except sqlite3.ProgrammingError:
-            raise  # a misuse (a closed store), not a problem of the file
-        except DATABASE_ERRORS as exc:
+        except DATABASE_ERRORS as exc:  # SQLite's ProgrammingError among them
+            # A closed store: each backend says so in its own error (SQLite's ProgrammingError);
+            # an iterator of query() or export() read later than close() says it in one.
+            if iterating and self._closed:
+                raise AuditStoreError(f"cannot {what} {self.path}: the store is closed") from None
+            if isinstance(exc, sqlite3.ProgrammingError):
+                raise  # another misuse, not a problem of the file
             raise AuditStoreError(f"cannot {what} {self.path}: {exc}") from None
 
     def replay_dead_letters(
@@ -367,7 +385,9 @@ class AuditStore:
         an ISO-8601 string (``"2026-01-31"``, ``"2026-01-31T12:00:00+01:00"``); a string
         without an offset is UTC. ``limit`` caps the rows across all pages. The arguments are
         checked here, before any row is read: a naive ``datetime`` is refused
-        (:class:`AuditStoreError`), a value of another type raises ``TypeError``; ``limit`` is
+        (:class:`AuditStoreError`), a value of another type raises ``TypeError`` naming the
+        filter (``actor``, ``resource_id`` and ``correlation_id`` also take an int or a UUID,
+        as ``record()`` does), an unknown operation or outcome ``ValueError``; ``limit`` is
         an int from 0 to 2**63 - 1, ``page_size`` from 1 to 100 000 (``ValueError`` out of
         range, ``TypeError`` for another type); an unknown keyword raises ``TypeError``.
 
@@ -375,7 +395,8 @@ class AuditStore:
         transaction stays open between pages: rows committed while the iterator pages appear
         when reading in commit order, and never newest first (see
         :mod:`audit_engine.storage.reads`). A database error while iterating, or a row another
-        tool wrote that is not a valid entry (named by its id), raises :class:`AuditStoreError`.
+        tool wrote that is not a valid entry (named by its id), raises :class:`AuditStoreError`,
+        as does iterating after :meth:`close` (saying the store is closed).
         """
         where_clause, params = reads.where(filters, "query")
         total = None if limit is None else checked_limit(limit)
@@ -404,7 +425,7 @@ class AuditStore:
     def _fetch_page(self, what: str, sql: str, params: list[Any]) -> list[Any]:
         # fetchall: the statement is finished before its rows are handed out, so nothing
         # (no SQLite read snapshot, no PostgreSQL transaction) is held between pages.
-        with self._errors(what):
+        with self._errors(what, iterating=True):
             rows: list[Any] = self._conn.execute(sql, params).fetchall()
         return rows
 
