@@ -26,6 +26,7 @@ from pydantic import ValidationError
 
 from audit_engine.settings import AuditSettings, database_url
 from audit_engine.storage import deadletter
+from audit_engine.storage.keys import key_file_kind
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -290,12 +291,16 @@ _DEAD_LETTER_KIN = re.compile(r"(?:\.lock|\.tmp|\.\d+-\d+\.jsonl(?:\.part)?)\Z")
 
 def reserved_output(output: Path, database: Path | str) -> str | None:
     """Why ``export --output`` must not write ``output``: it is (a link to) one of the database's
-    own files or its dead-letter files; None when it is not.
+    own files or its dead-letter files, or looks like a key, a log or a database; None if not.
 
     The database is taken both as given and with its symlinks resolved, since its -wal and its
     dead-letter files are named after the one or the other. A PostgreSQL trail has no local
     files but its dead-letter file.
     """
+    return _reserved_path(output, database) or looks_unreplaceable(output)
+
+
+def _reserved_path(output: Path, database: Path | str) -> str | None:
     target = Path(os.path.realpath(output))
     if isinstance(database, str):
         dead = deadletter_file(database)
@@ -318,6 +323,42 @@ def reserved_output(output: Path, database: Path | str) -> str | None:
             and target.parent == Path(os.path.realpath(dead.parent))
         ):
             return "is a lock or side file of the audit database's dead-letter file"
+    return None
+
+
+_SNIFFED = 64 * 1024  # a key file or a checkpoint line is far shorter
+
+
+def looks_unreplaceable(output: Path) -> str | None:
+    """Why ``--output`` must not replace the existing regular file ``output`` (or its target), by
+    its first bytes: it looks like a chain key file, a PEM key, a checkpoint log or an SQLite
+    database, configured for this command or not (nobody gives a viewer command keys)."""
+    try:
+        # O_NONBLOCK: a FIFO put there since the caller looked must not hang the open.
+        fd = os.open(os.path.realpath(output), os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except PermissionError as exc:  # it may be anything: not replaced blind
+        return f"cannot be read ({exc.strerror}) to check that it is no key or database"
+    except OSError:  # missing, or no file can be there: the write says why
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None  # a FIFO or a terminal is written into, never replaced
+        head = os.read(fd, _SNIFFED + 1)
+    finally:
+        os.close(fd)
+    kind = "an SQLite database" if head.startswith(b"SQLite format 3\x00") else None
+    kind = kind or key_file_kind(head[:_SNIFFED], whole=len(head) <= _SNIFFED)
+    if kind or (kind := _checkpoint_log(head)):
+        return f"looks like {kind}, which --output never replaces (move it away first if it is not)"
+    return None
+
+
+def _checkpoint_log(head: bytes) -> str | None:
+    # The writer's lines are JSON objects with the signed note (as checkpoint_log checks them).
+    with contextlib.suppress(ValueError, RecursionError):  # not JSON, or nested too deeply
+        record = json.loads(head.split(b"\n", 1)[0])
+        if isinstance(record, dict) and isinstance(record.get("note"), str):
+            return "a checkpoint log"
     return None
 
 
@@ -386,10 +427,10 @@ def refuse_output(
     checkpoints: Path | None = None,
     public_key: Path | None = None,
 ) -> None:
-    """Refuse an ``--output`` that is the trail, a side file of it, a key or a checkpoint log."""
+    """Refuse an ``--output`` that is (or looks like) the trail, a side file, a key or a log."""
     # One typo must not replace the trail, a key or the log a proof stands on (review3 H1).
     database = root_database(ctx)
-    reserved = reserved_output(output, database)
+    reserved = _reserved_path(output, database)
     target = Path(os.path.realpath(output))
     settings = AuditSettings(database=database, cleanup_enabled=False)
     read = {
@@ -402,5 +443,6 @@ def refuse_output(
     for reason, path in read.items():
         if reserved is None and path is not None and _same_file(target, path):
             reserved = reason
+    reserved = reserved or looks_unreplaceable(output)  # a named file's reason is more precise
     if reserved is not None:
         raise click.BadParameter(reserved, param_hint="'--output'")

@@ -22,6 +22,7 @@ import errno
 import hmac
 import importlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "ChainKeys",
     "chain_key_id",
     "generate_keys",
+    "key_file_kind",
     "load_chain_keys",
     "load_public_key",
     "load_signing_key",
@@ -62,6 +64,10 @@ SIGNING_EXTRA = "pip install 'audit-engine[signing]'"
 _KEY_BYTES = 32
 _KEY_ID_LABEL = b"audit-engine chain key id"
 _HEX = frozenset("0123456789abcdefABCDEF")
+# keygen's first line, and a PEM key's armour at the start of a line (any algorithm, encrypted
+# or not: what is at stake is that it is some key).
+_CHAIN_HEADER = b"# audit-engine chain key"
+_PEM_KEY = re.compile(rb"^-----BEGIN (?:[A-Z0-9]+ )*(PRIVATE|PUBLIC) KEY-----", re.MULTILINE)
 
 
 def chain_key_id(key: bytes) -> str:
@@ -160,7 +166,7 @@ def load_chain_keys(path: str | os.PathLike[str], setting: str = "chain_key_file
         word = line.strip()
         if not word or word.startswith("#"):
             continue
-        if len(word) != 2 * _KEY_BYTES or not _HEX.issuperset(word):
+        if not _is_key(word):
             # The line itself is never shown: it may be a key with a typo.
             raise SettingsError(
                 f"{setting} {file} line {number} is not a key: each key is one line of "
@@ -173,6 +179,37 @@ def load_chain_keys(path: str | os.PathLike[str], setting: str = "chain_key_file
             f"{setting} {file} holds no key (audit-engine keygen --out DIR writes one)"
         )
     return ChainKeys(keys=tuple(keys), path=file)
+
+
+def _is_key(word: str) -> bool:
+    return len(word) == 2 * _KEY_BYTES and _HEX.issuperset(word)
+
+
+def key_file_kind(head: bytes, *, whole: bool) -> str | None:
+    """What key file the bytes ``head`` look like: ``"a chain key file"`` (keygen's first line,
+    or lines :func:`load_chain_keys` accepts with at least one key), ``"a PEM private key"``,
+    ``"a PEM public key"``; None for anything else.
+
+    ``head`` is the start of a file (``whole``: all of it); a line it cuts is not judged. For a
+    command that must never replace a key, whether configured or not (``--output``).
+    """
+    if head.startswith(_CHAIN_HEADER):
+        return "a chain key file"
+    pem = _PEM_KEY.search(head)
+    if pem is not None:
+        return f"a PEM {pem.group(1).decode('ascii').lower()} key"
+    lines = head.splitlines()
+    if not whole and lines and not head.endswith((b"\n", b"\r")):
+        lines.pop()  # cut by the read: it may be a key or anything
+    keys = 0
+    for line in lines:
+        word = line.strip()
+        if not word or word.startswith(b"#"):
+            continue
+        if not _is_key(word.decode("latin-1")):
+            return None
+        keys += 1
+    return "a chain key file" if keys else None
 
 
 def _import(module: str, what: str) -> ModuleType:

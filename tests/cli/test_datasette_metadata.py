@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from test_export_targets import LOOK_ALIKES, look_alike_reason, look_alikes
 
 from audit_engine.columns import STORED_ROW
 from audit_engine.errors import AuditStoreError
@@ -101,6 +102,34 @@ def test_output_refuses_the_database_and_key_files(
 
     assert f"Error: Invalid value for '--output': {reason}" in result.output
     assert (target.read_bytes() if target.exists() else None) == before
+
+
+@pytest.mark.parametrize("kind", LOOK_ALIKES)
+def test_output_refuses_a_file_that_looks_like_a_key_a_log_or_a_database(
+    cli: Cli, trail: Trail, tmp_path: Path, kind: str
+) -> None:
+    """A viewer command is given no key: the key files keygen wrote are refused all the same
+    (review15b M2: keys/chain.key became the metadata, and the keyed chain unverifiable)."""
+    trail.init()
+    target = look_alikes(tmp_path)[kind]
+    before = target.read_bytes()
+
+    result = cli.run("datasette-metadata", "--output", str(target), code=2)
+
+    assert result.output.endswith(
+        f"\nError: Invalid value for '--output': {look_alike_reason(kind)}\n"
+    )
+    assert target.read_bytes() == before
+
+
+def test_output_replaces_an_earlier_metadata_file(cli: Cli, trail: Trail, tmp_path: Path) -> None:
+    trail.init()
+    target = tmp_path / "meta.json"
+    target.write_text('{"title": "an older metadata file"}\n', encoding="utf-8")
+
+    cli.run("datasette-metadata", "--output", str(target))
+
+    assert json.loads(target.read_text(encoding="utf-8")) == datasette_metadata(cli.database)
 
 
 def test_a_missing_database_is_an_error(cli: Cli, tmp_path: Path) -> None:

@@ -1,5 +1,7 @@
 """``export --output`` never replaces what it must not (review D5): the database's own files and
-its dead-letter files are refused, a symlink is written through, a FIFO is written into.
+its dead-letter files are refused, and so is an existing file that looks like a key, a checkpoint
+log or an SQLite database, named by no setting (review15b M2); a symlink is written through, a
+FIFO is written into. ``look_alikes`` serves the tests of prove and datasette-metadata too.
 
 Special files are made in the test's tmp directory only (a FIFO, symlinks), never under /dev.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -15,13 +18,50 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from click.testing import CliRunner
 
+from audit_engine.cli import main
 from audit_engine.storage import deadletter
 
 if TYPE_CHECKING:
     from conftest import Cli, Trail
 
 DEAD_LETTER_LINE = '{"entry": {"event_id": "kept"}, "error": "x", "failed_at": "now"}\n'
+
+#: What an existing file looks like, for each kind ``look_alikes`` makes.
+LOOK_ALIKES = [
+    "a chain key file",  # as keygen writes it
+    "a chain key file without its header",  # as load_chain_keys accepts it
+    "a PEM private key",
+    "a PEM public key",
+    "a checkpoint log",
+    "an SQLite database",
+]
+
+
+def look_alikes(directory: Path) -> dict[str, Path]:
+    """One file of each kind of LOOK_ALIKES in ``directory``, none of them configured anywhere:
+    keygen's three keys, a bare chain key file, a checkpoint log line, another SQLite file."""
+    keys = directory / "keys"
+    result = CliRunner().invoke(main, ["keygen", "--out", str(keys)])
+    assert result.exit_code == 0, result.output
+    bare = directory / "rotated.key"
+    bare.write_text(f"\n{'0f' * 32}\n# the old one\n{'A1' * 32}\n")
+    log = directory / "checkpoints.jsonl"
+    line = {"trail_id": "t1", "size": 3, "note": "audit-engine/t1\n3\nroot\n\n— sig\n"}
+    log.write_text(json.dumps(line) + "\n")
+    other = directory / "other-trail.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE kept (x)")
+    conn.close()
+    files = [keys / "chain.key", bare, keys / "signing.key", keys / "signing.pub", log, other]
+    return dict(zip(LOOK_ALIKES, files, strict=True))
+
+
+def look_alike_reason(kind: str) -> str:
+    """The refusal of ``--output`` naming what the file of ``kind`` looks like."""
+    shown = kind.removesuffix(" without its header")
+    return f"looks like {shown}, which --output never replaces (move it away first if it is not)"
 
 
 def _refused(cli: Cli, target: Path | str, reason: str) -> None:
@@ -228,3 +268,49 @@ def test_export_over_a_regular_file_still_replaces_it_whole(
 
     assert target.stat().st_ino != inode  # a new file renamed into place
     assert [json.loads(line)["id"] for line in target.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("kind", LOOK_ALIKES)
+def test_export_refuses_a_file_that_looks_like_a_key_a_log_or_a_database(
+    cli: Cli, notes: Trail, tmp_path: Path, kind: str
+) -> None:
+    """No setting names these files: export is given no key, yet one typo must not replace it."""
+    target = look_alikes(tmp_path)[kind]
+    before = target.read_bytes()
+
+    _refused(cli, target, look_alike_reason(kind))
+
+    assert target.read_bytes() == before
+
+
+def test_export_refuses_a_look_alike_through_a_symlink(
+    cli: Cli, notes: Trail, tmp_path: Path
+) -> None:
+    link = tmp_path / "latest.jsonl"
+    link.symlink_to(look_alikes(tmp_path)["a chain key file"])
+
+    _refused(cli, link, look_alike_reason("a chain key file"))
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_an_earlier_export_is_replaced(cli: Cli, notes: Trail, tmp_path: Path, fmt: str) -> None:
+    target = tmp_path / f"trail.{fmt}"
+    cli.run("export", "--format", fmt, "--output", str(target))
+    target.write_text(target.read_text() + "a line of an older export\n")
+
+    cli.run("export", "--format", fmt, "--output", str(target))
+
+    assert target.read_text(encoding="utf-8") == cli.run("export", "--format", fmt).output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_export_refuses_a_file_it_cannot_read_to_check(
+    cli: Cli, notes: Trail, tmp_path: Path
+) -> None:
+    target = tmp_path / "unknown"
+    target.write_text("?\n")
+    target.chmod(0)
+
+    _refused(
+        cli, target, "cannot be read (Permission denied) to check that it is no key or database"
+    )

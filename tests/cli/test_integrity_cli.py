@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import Cli, Trail
+from test_export_targets import LOOK_ALIKES, look_alike_reason, look_alikes
 
 from audit_engine import AuditService, AuditSettings
 from audit_engine.cli import main
@@ -209,6 +210,43 @@ def test_prove_output_refuses_the_key_files_and_the_checkpoint_log(
     _prove_refused(
         cli, key_dir, log, "is the checkpoint log given to --checkpoints", "--checkpoints", str(log)
     )
+
+
+@pytest.mark.parametrize("kind", LOOK_ALIKES)
+def test_prove_output_refuses_a_look_alike_no_option_names(
+    cli: Cli, trail: Trail, tmp_path: Path, kind: str
+) -> None:
+    """Neither --chain-key-file nor a setting names these files (review15b M2)."""
+    trail.init()
+    target = look_alikes(tmp_path)[kind]
+    before = target.read_bytes()
+
+    result = cli.run("prove", "evt-3", "--output", str(target), code=2)
+
+    assert result.output.endswith(
+        f"\nError: Invalid value for '--output': {look_alike_reason(kind)}\n"
+    )
+    assert target.read_bytes() == before
+
+
+def test_prove_output_refuses_the_writer_s_checkpoint_log_when_not_given(
+    cli: Cli, key_dir: Path, log: Path
+) -> None:
+    """The log a signing service appended to, though this prove reads the trail's copies."""
+    _prove_refused(cli, key_dir, log, look_alike_reason("a checkpoint log"))
+
+
+def test_prove_output_replaces_an_earlier_proof(
+    cli: Cli, key_dir: Path, log: Path, tmp_path: Path
+) -> None:
+    proof_file = tmp_path / "proof.json"
+    cli.run("prove", "evt-2", "--output", str(proof_file))
+    earlier = proof_file.read_text()
+
+    cli.run("prove", "evt-7", "--output", str(proof_file))
+
+    assert json.loads(earlier)["entry"]["event_id"] == "evt-2"
+    assert json.loads(proof_file.read_text())["entry"]["event_id"] == "evt-7"
 
 
 @pytest.mark.sqlite_only  # a PostgreSQL trail has no local database file
