@@ -266,7 +266,8 @@ def export(ctx: click.Context, /, fmt: str, output: Path | None, **filters: Any)
     With --output the file is readable by its owner only, and appears only once the export is
     complete: a failed export leaves no partial file, and an earlier file as it was. A symlink
     is written through (the link stays); a FIFO or a terminal is written into, never replaced.
-    The database's own files and its dead-letter files are refused.
+    The database's own files and its dead-letter files are refused, and so is any existing file
+    that looks like a key, a checkpoint log or an SQLite database.
     """
     reserved = None if output is None else reserved_output(output, root_database(ctx))
     if reserved is not None:

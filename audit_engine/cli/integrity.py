@@ -180,7 +180,8 @@ def prove(
     checks it with verify-proof, without the database.
 
     --output refuses what export --output refuses (the database's own files, its dead-letter
-    files), the key files in use and the checkpoint log."""
+    files, any file that looks like a key, a checkpoint log or an SQLite database), the key files
+    in use and the checkpoint log."""
     if output is not None:
         refuse_output(ctx, output, checkpoints, public_key)
     with _store(ctx) as store:
