@@ -285,7 +285,7 @@ class AuditStore:
 
     def _guarded(self, lines: Iterator[str], what: str) -> Iterator[str]:
         # Rows are read while the caller iterates: a corrupt page shows up here, not earlier.
-        with self._errors(what, iterating=True):
+        with self._errors(what):
             yield from lines
 
     def _tail(self) -> tuple[int, str]:
@@ -297,13 +297,13 @@ class AuditStore:
         return [(int(a), str(b), c) for a, b, c in self._conn.execute(_CHAIN_VERSIONS_SQL)]
 
     @contextlib.contextmanager
-    def _errors(self, what: str, *, iterating: bool = False) -> Iterator[None]:
+    def _errors(self, what: str) -> Iterator[None]:
         try:
             yield
         except DATABASE_ERRORS as exc:  # SQLite's ProgrammingError among them
             # A closed store: each backend says so in its own error (SQLite's ProgrammingError);
-            # an iterator of query() or export() read later than close() says it in one.
-            if iterating and self._closed:
+            # every read after close() (an iterator of query() or export() too) says it in one.
+            if self._closed:
                 raise AuditStoreError(f"cannot {what} {self.path}: the store is closed") from None
             if isinstance(exc, sqlite3.ProgrammingError):
                 raise  # another misuse, not a problem of the file
@@ -425,7 +425,7 @@ class AuditStore:
     def _fetch_page(self, what: str, sql: str, params: list[Any]) -> list[Any]:
         # fetchall: the statement is finished before its rows are handed out, so nothing
         # (no SQLite read snapshot, no PostgreSQL transaction) is held between pages.
-        with self._errors(what, iterating=True):
+        with self._errors(what):
             rows: list[Any] = self._conn.execute(sql, params).fetchall()
         return rows
 

@@ -958,7 +958,7 @@ def test_audit_store_is_a_context_manager_that_closes(
         assert reader.path == db_path
         assert reader.count() == 4
 
-    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+    with pytest.raises(AuditStoreError, match="the store is closed"):
         reader.count()
     reader.close()  # idempotent
 
