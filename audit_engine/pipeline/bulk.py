@@ -61,7 +61,7 @@ def record_many(
     write_injected = (
         None
         if connection is None
-        else backends.injected_writer(
+        else backends.injected_batch_writer(
             connection,
             "record_many() connection",
             service._linker,
@@ -175,13 +175,21 @@ def _count(service: AuditService, batch: _Batch) -> None:
 
 
 def _hand_off(
-    service: AuditService, batch: _Batch, write_injected: backends.InjectedWriter | None
+    service: AuditService, batch: _Batch, write_injected: backends.InjectedBatchWriter | None
 ) -> bool:
     """The one hand-off of the service's write mode; False if the rows were dropped."""
     if write_injected is not None:
         _write_injected(service, write_injected, batch.kept)
     elif service._connection is not None:
-        _write_injected(service, service._own_connection_writer, batch.kept)
+        # The service's own connection, as its record() writes through it (checked when the
+        # service was built), but all the rows in one step.
+        own = backends.injected_batch_writer(
+            service._connection,
+            "AuditService() connection",
+            service._linker,
+            service.settings.busy_timeout,
+        )[0]
+        _write_injected(service, own, batch.kept)
     elif service._writer is not None:
         here: list[Sequence[Row]] = []  # set if on_full='sync' wrote them in this thread
 
@@ -238,19 +246,22 @@ def _not_taken_back(exc: AuditWriteError, batch: _Batch) -> AuditWriteError:
     )
 
 
-def _write_injected(service: AuditService, write: backends.InjectedWriter, rows: list[Row]) -> None:
-    """Insert the rows through the caller's connection, in the caller's transaction."""
-    for index, row in enumerate(rows):
-        try:
-            write(row)
-        except DATABASE_ERRORS as exc:
-            raise AuditWriteError(
-                f"could not write audit entry {row.event_id}: {exc}"
-                + (
-                    f"; the {index} entries before it are in your transaction, uncommitted: "
-                    "roll it back to record none of them"
-                    if index
-                    else ""
-                )
-            ) from exc
+def _write_injected(
+    service: AuditService, write: backends.InjectedBatchWriter, rows: list[Row]
+) -> None:
+    """Insert the rows through the caller's connection, in the caller's transaction, all in one
+    step (one lock wait, one tail read, one insert): all of them or, on an error, none."""
+    try:
+        write(rows)
+    except DATABASE_ERRORS as exc:
+        which = (
+            f"audit entry {rows[0].event_id}"
+            if len(rows) == 1
+            else f"the {len(rows)} audit entries {rows[0].event_id} to {rows[-1].event_id}"
+        )
+        raise AuditWriteError(
+            f"could not write {which} of this record_many() call: {exc}; none of them was "
+            "written (only the call's own writes were rolled back: the rest of your "
+            "transaction is as it was)"
+        ) from exc
     service._counters.count_injected(len(rows))

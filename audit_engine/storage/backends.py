@@ -29,9 +29,11 @@ from audit_engine.storage.sqlite.sink import SqliteSink
 
 __all__ = [
     "POSTGRES_EXTRA",
+    "InjectedBatchWriter",
     "InjectedWriter",
     "check_reachable",
     "describe",
+    "injected_batch_writer",
     "injected_writer",
     "open_sink",
     "open_trail",
@@ -44,6 +46,8 @@ POSTGRES_EXTRA = "pip install 'audit-engine[postgres]'"
 
 # Writes one row through a connection the application owns, inside its transaction.
 InjectedWriter = Callable[[Row], None]
+# Writes rows through a connection the application owns, inside its transaction, all or none.
+InjectedBatchWriter = Callable[[Sequence[Row]], None]
 
 
 def postgres() -> ModuleType:
@@ -132,9 +136,18 @@ def permission_warning(database: Path | str) -> str | None:
 def injected_writer(
     conn: object, what: str, linker: Linker = UNKEYED, busy_timeout: float | None = None
 ) -> tuple[InjectedWriter, Callable[[], None]]:
+    """:func:`injected_batch_writer` for one row at a time (``record()``)."""
+    write_many, migrate = injected_batch_writer(conn, what, linker, busy_timeout)
+    return lambda row: write_many((row,)), migrate
+
+
+def injected_batch_writer(
+    conn: object, what: str, linker: Linker = UNKEYED, busy_timeout: float | None = None
+) -> tuple[InjectedBatchWriter, Callable[[], None]]:
     """How to write through a connection the application passed (``connection=``).
 
-    Returns (write one row inside the caller's transaction, create or migrate the schema and
+    Returns (write rows inside the caller's transaction, all or none, in one step: one wait for
+    the lock, one read of the tail, one insert of them all; create or migrate the schema and
     refuse an unkeyed ``linker`` on a keyed trail). Rows are linked by ``linker``.
     A ``sqlite3.Connection``, a ``psycopg.Connection``, or a SQLAlchemy ``Session``,
     ``scoped_session`` or ``Connection`` whose driver connection is one of those (unwrapped at
@@ -148,21 +161,29 @@ def injected_writer(
     if isinstance(conn, sqlite3.Connection):
         sqlite_conn = conn
         return (
-            lambda row: append.write_in_caller_transaction(sqlite_conn, row, linker),
+            lambda rows: append.write_many_in_caller_transaction(sqlite_conn, rows, linker),
             lambda: _migrate_sqlite(sqlite_conn, linker),
         )
     # A psycopg connection can only come from an application that imported psycopg.
     psycopg: Any = sys.modules.get("psycopg")
     if psycopg is not None and isinstance(conn, psycopg.Connection):
-        backend = postgres()
+        backend = _pg_append()
         pg_conn = conn
         return (
-            lambda row: backend.write_in_caller_transaction(pg_conn, row, linker, busy_timeout),
+            lambda rows: backend.write_many_in_caller_transaction(
+                pg_conn, rows, linker, busy_timeout
+            ),
             lambda: backend.migrate_caller_connection(pg_conn, linker),
         )
     if _is_sqlalchemy(conn):
         return _sqlalchemy_writer(conn, what, linker, busy_timeout)
     raise TypeError(f"{what} must be {_SUPPORTED}; got {type(conn).__name__}")
+
+
+def _pg_append() -> ModuleType:
+    """The PostgreSQL backend's write side (:func:`postgres` first, for its error)."""
+    postgres()
+    return importlib.import_module("audit_engine.storage.postgres.append")
 
 
 _SUPPORTED = (
@@ -190,22 +211,22 @@ def _is_sqlalchemy(conn: object) -> bool:
 
 def _sqlalchemy_writer(
     conn: Any, what: str, linker: Linker, busy_timeout: float | None
-) -> tuple[InjectedWriter, Callable[[], None]]:
+) -> tuple[InjectedBatchWriter, Callable[[], None]]:
     """The writer for a SQLAlchemy Session, scoped_session or Connection: the driver is checked
     now, from the dialect, so a refused one leaves the application's session as it was (nothing
     begun, no connection checked out); each write unwraps again, because a session's connection
     changes from one transaction to the next (and a scoped_session's session too)."""
     if _sqlalchemy_dialect(conn, what).name == "sqlite":
 
-        def write_sqlite(row: Row) -> None:
-            append.write_in_caller_transaction(_unwrap_sqlalchemy(conn, what), row, linker)
+        def write_sqlite(rows: Sequence[Row]) -> None:
+            append.write_many_in_caller_transaction(_unwrap_sqlalchemy(conn, what), rows, linker)
 
         return write_sqlite, lambda: _migrate_sqlite(_unwrap_sqlalchemy(conn, what), linker)
-    backend = postgres()
+    backend = _pg_append()
 
-    def write_pg(row: Row) -> None:
+    def write_pg(rows: Sequence[Row]) -> None:
         raw = _unwrap_sqlalchemy(conn, what)
-        backend.write_in_caller_transaction(raw, row, linker, busy_timeout)
+        backend.write_many_in_caller_transaction(raw, rows, linker, busy_timeout)
 
     return write_pg, lambda: backend.migrate_caller_connection(
         _unwrap_sqlalchemy(conn, what), linker

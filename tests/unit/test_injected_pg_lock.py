@@ -177,3 +177,25 @@ def test_record_through_a_connection_waits_at_most_the_services_busy_timeout(tra
 
     assert 0.3 <= waited < _BOUNDED_WITHIN_S
     assert _event_ids(trail) == []
+
+
+def test_record_many_through_a_connection_waits_once_at_most_busy_timeout(trail: str) -> None:
+    # All the call's rows wait for the lock once (not once per row), then none is written.
+    with (
+        AuditService(trail, cleanup_enabled=False, busy_timeout=0.3) as service,
+        psycopg.connect(trail) as app,
+        _lock_held(trail),
+    ):
+        app.execute("INSERT INTO notes VALUES (1)")
+        started = time.monotonic()
+        with pytest.raises(AuditWriteError, match=r"busy_timeout \(0.3 s\)") as raised:
+            service.record_many([{"action": "note.save"} for _ in range(50)], connection=app)
+        waited = time.monotonic() - started
+        app.execute("INSERT INTO notes VALUES (2)")
+        app.commit()
+
+    assert 0.3 <= waited < _BOUNDED_WITHIN_S
+    assert "none of them was written" in str(raised.value)
+    with psycopg.connect(trail) as check:
+        assert [r[0] for r in check.execute("SELECT id FROM notes ORDER BY id")] == [1, 2]
+    assert _event_ids(trail) == []

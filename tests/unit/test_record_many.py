@@ -471,27 +471,34 @@ def test_with_a_connection_they_commit_and_roll_back_with_the_callers_transactio
     assert _verified(trail_db) == 3
 
 
-def test_with_a_connection_a_failing_entry_names_what_is_left_to_roll_back(
+def test_with_a_connection_a_failing_entry_leaves_none_of_the_call_in_the_transaction(
     db_path: Path, make_service: MakeService
 ) -> None:
     service = make_service(async_writes=False)
     service.record(action="x", event_id="taken")
     lite = sqlite3.connect(db_path)
     try:
+        lite.execute("CREATE TABLE notes (id INTEGER)")
+        lite.execute("INSERT INTO notes VALUES (1)")  # the caller's own change, kept below
         with pytest.raises(AuditWriteError) as raised:
             service.record_many(
                 [{"action": "a", "event_id": "a1"}, {"action": "a", "event_id": "taken"}],
                 connection=lite,
             )
-        lite.rollback()
+        lite.commit()
+        notes = lite.execute("SELECT id FROM notes").fetchall()
     finally:
         lite.close()
-    assert str(raised.value).startswith("could not write audit entry taken: ")
-    assert str(raised.value).endswith(
-        "; the 1 entries before it are in your transaction, uncommitted: roll it back to record "
-        "none of them"
+    assert str(raised.value).startswith(
+        "could not write the 2 audit entries a1 to taken of this record_many() call: "
     )
+    assert str(raised.value).endswith(
+        "; none of them was written (only the call's own writes were rolled back: the rest of "
+        "your transaction is as it was)"
+    )
+    assert notes == [(1,)]
     assert [e for _, e, _ in _stored(db_path)] == ["taken"]
+    assert service.stats().accepted == 1
 
 
 # -- the queue's put-many -------------------------------------------------------------------------

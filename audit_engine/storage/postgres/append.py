@@ -37,6 +37,7 @@ __all__ = [
     "migrate_caller_connection",
     "write_batch",
     "write_in_caller_transaction",
+    "write_many_in_caller_transaction",
 ]
 
 # The newest row, else the newest purge anchor, else genesis (as on SQLite), through the
@@ -131,27 +132,42 @@ def write_in_caller_transaction(
     linker: Linker = UNKEYED,
     lock_timeout_s: float | None = None,
 ) -> None:
-    """Insert ``row`` through a psycopg connection the application owns, without committing.
+    """Insert ``row`` through a psycopg connection the application owns, without committing:
+    see :func:`write_many_in_caller_transaction`."""
+    write_many_in_caller_transaction(conn, (row,), linker, lock_timeout_s)
 
-    Inside the caller's transaction, in a savepoint, so a failure leaves that transaction
-    usable; if none is open, a non-autocommit connection starts one (the engine's first read),
-    which the caller commits or rolls back with its own change; an autocommit connection
-    commits the entry at once. The chain's advisory lock is held until the caller's
-    transaction ends; one wait for it lasts at most ``lock_timeout_s`` (None: the connection's
-    own ``lock_timeout``), then :class:`BackendError` says so. The schema is created on first
-    use, in the same transaction.
+
+def write_many_in_caller_transaction(
+    conn: psycopg.Connection[Any],
+    rows: Sequence[Row],
+    linker: Linker = UNKEYED,
+    lock_timeout_s: float | None = None,
+) -> None:
+    """Insert ``rows`` through a psycopg connection the application owns, without committing,
+    all or none: the schema checked once, then in one savepoint one wait for the chain's
+    advisory lock, one read of the tail and one ``COPY`` of every row (one row: an INSERT).
+
+    Inside the caller's transaction, in that savepoint, so a failure leaves the transaction
+    usable and none of the rows in it; if none is open, a non-autocommit connection starts one
+    (the engine's first read), which the caller commits or rolls back with its own change; an
+    autocommit connection commits the rows at once. The chain's advisory lock is held until the
+    caller's transaction ends; one wait for it lasts at most ``lock_timeout_s`` (None: the
+    connection's own ``lock_timeout``), then :class:`BackendError` says so. The schema is
+    created on first use, in the same transaction.
     """
+    if not rows:
+        return
     with _as_the_engine_reads(conn):
         if conn.autocommit:
             with conn.transaction():
                 migrate(conn)
-                _insert_one(conn, row, linker, lock_timeout_s)
+                _insert_all(conn, rows, linker, lock_timeout_s)
             return
         # Its first read begins the caller's transaction if none is open: transaction() below
-        # is then a savepoint, never a transaction of its own that would commit the entry.
+        # is then a savepoint, never a transaction of its own that would commit the rows.
         migrate(conn)
         with conn.transaction():
-            _insert_one(conn, row, linker, lock_timeout_s)
+            _insert_all(conn, rows, linker, lock_timeout_s)
 
 
 def migrate_caller_connection(conn: psycopg.Connection[Any], linker: Linker = UNKEYED) -> None:
@@ -181,14 +197,18 @@ def _as_the_engine_reads(conn: psycopg.Connection[Any]) -> Iterator[None]:
         conn.row_factory = factory
 
 
-def _insert_one(
-    conn: psycopg.Connection[Any], row: Row, linker: Linker, lock_timeout_s: float | None
+def _insert_all(
+    conn: psycopg.Connection[Any], rows: Sequence[Row], linker: Linker, lock_timeout_s: float | None
 ) -> None:
     _lock_chain_within(conn, table_oid(conn), lock_timeout_s)
     tail = chain_tail(conn)
     ensure_version(conn, tail[0], linker, "%s")
     params: list[Any] = []
-    linker.link_into(params, (row,), *tail)
+    linker.link_into(params, rows, *tail)
+    if len(rows) > 1:
+        copy_linked(conn, params)
+        return
+    # One row (record()): an INSERT is one round trip, a COPY three.
     params[11] = bool(params[11])  # critical: a boolean column (COPY's text takes 0/1)
     conn.execute(INSERT_SQL, params)
 

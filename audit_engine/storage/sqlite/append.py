@@ -36,6 +36,7 @@ __all__ = [
     "max_chunk",
     "write_batch",
     "write_in_caller_transaction",
+    "write_many_in_caller_transaction",
 ]
 
 _COLUMNS = STORED_COLUMNS
@@ -222,27 +223,48 @@ def commit_batch(
 def write_in_caller_transaction(
     conn: sqlite3.Connection, row: Row, linker: Linker = UNKEYED
 ) -> None:
-    """Insert ``row`` through a connection the application owns, without committing.
+    """Insert ``row`` through a connection the application owns, without committing: see
+    :func:`write_many_in_caller_transaction`."""
+    write_many_in_caller_transaction(conn, (row,), linker)
+
+
+def write_many_in_caller_transaction(
+    conn: sqlite3.Connection, rows: Sequence[Row], linker: Linker = UNKEYED
+) -> None:
+    """Insert ``rows`` through a connection the application owns, without committing, all or
+    none: one wait for the write lock, one read of the tail, one guarded INSERT per chunk.
 
     The chain's tail is read only once SQLite's write lock is held, so no other connection can
-    move it before the row goes in. In the caller's open transaction, a statement that writes
-    nothing takes the lock first (waiting the connection's own busy timeout). With none open,
-    the entry begins one with ``BEGIN IMMEDIATE`` — not the deferred ``BEGIN`` the sqlite3
-    module would issue at the insert, after the tail was read outside any transaction. That
-    transaction is the caller's to commit, unless the connection autocommits
-    (``isolation_level=None``, or ``autocommit=True`` on Python 3.12+): then the entry commits
-    at once. On an error, a transaction the entry began is rolled back.
+    move it before the rows go in. In the caller's open transaction, a statement that writes
+    nothing takes the lock first (waiting the connection's own busy timeout), inside a savepoint
+    when there are several rows, so a failure rolls back this call's rows and nothing else of
+    the caller's transaction. With none open, the call begins one with ``BEGIN IMMEDIATE`` —
+    not the deferred ``BEGIN`` the sqlite3 module would issue at the insert, after the tail was
+    read outside any transaction. That transaction is the caller's to commit, unless the
+    connection autocommits (``isolation_level=None``, or ``autocommit=True`` on Python 3.12+):
+    then the rows commit at once. On an error, a transaction the call began is rolled back.
 
     The schema is created or upgraded on first use (inside the caller's transaction, so a
     rollback undoes it too); the common path pays nothing for that check.
     """
+    if not rows:
+        return
     if conn.in_transaction:
-        _insert_locked(conn, row, linker, take_lock=True)
+        if len(rows) == 1:  # one guarded INSERT: a statement SQLite undoes whole on an error
+            _insert_locked(conn, rows, linker, take_lock=True)
+            return
+        conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            _insert_locked(conn, rows, linker, take_lock=True)
+        except BaseException:
+            _roll_back_savepoint(conn)
+            raise
+        conn.execute(f"RELEASE {_SAVEPOINT}")
         return
     commit_now = _autocommits(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        _insert_locked(conn, row, linker, take_lock=False)
+        _insert_locked(conn, rows, linker, take_lock=False)
         if commit_now:
             conn.execute("COMMIT")
     except BaseException:
@@ -250,11 +272,25 @@ def write_in_caller_transaction(
         raise
 
 
+# The savepoint of a many-row write in the caller's transaction.
+_SAVEPOINT = "audit_engine_entries"
+
+
+def _roll_back_savepoint(conn: sqlite3.Connection) -> None:
+    """Undo what the call wrote since its savepoint; quietly, because an error that ended the
+    whole transaction (SQLite rolls back on some, such as a full disk) took the savepoint too."""
+    try:
+        conn.execute(f"ROLLBACK TO {_SAVEPOINT}")
+        conn.execute(f"RELEASE {_SAVEPOINT}")
+    except sqlite3.Error:
+        pass
+
+
 # A statement that changes nothing but takes SQLite's write lock (any write does, first).
 _TAKE_WRITE_LOCK_SQL = f"UPDATE {META} SET value = value WHERE 0"
 # Why the guarded insert can still miss the tail on a caller's connection, and what to do.
 _TAIL_MOVED_IN_CALLER = (
-    "the audit chain's tail moved while this entry was written through the caller's "
+    "the audit chain's tail moved while these entries were written through the caller's "
     "connection: something else wrote to the trail through that same connection in between "
     "(a connection shared by threads: record through it from one thread at a time)"
 )
@@ -273,21 +309,23 @@ def _autocommits(conn: sqlite3.Connection) -> bool:
 _LEGACY_TRANSACTION_CONTROL = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1)
 
 
-def _insert_locked(conn: sqlite3.Connection, row: Row, linker: Linker, *, take_lock: bool) -> None:
-    """Insert ``row`` in the open transaction, taking the write lock first if ``take_lock``;
+def _insert_locked(
+    conn: sqlite3.Connection, rows: Sequence[Row], linker: Linker, *, take_lock: bool
+) -> None:
+    """Insert ``rows`` in the open transaction, taking the write lock first if ``take_lock``;
     the schema is created or upgraded when it is missing."""
     try:
         try:
             if take_lock:
                 conn.execute(_TAKE_WRITE_LOCK_SQL)
-            insert_entries(conn, (row,), _SAFE_CHUNK, linker)
+            insert_entries(conn, rows, _SAFE_CHUNK, linker)
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc) and "has no column" not in str(exc):
                 raise
             migrate(conn)
             if take_lock:
                 conn.execute(_TAKE_WRITE_LOCK_SQL)
-            insert_entries(conn, (row,), _SAFE_CHUNK, linker)
+            insert_entries(conn, rows, _SAFE_CHUNK, linker)
     except AuditStoreError as exc:
         if str(exc) != _TAIL_MOVED:
             raise
