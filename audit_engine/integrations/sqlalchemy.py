@@ -23,7 +23,9 @@ from sqlalchemy.orm import InstanceState, Mapper, ORMExecuteState, Session, Sess
 
 from audit_engine import AuditService
 from audit_engine.integrations import sqlalchemy_changes as changes
+from audit_engine.integrations import sqlalchemy_joined as joined
 from audit_engine.integrations import sqlalchemy_legacy as legacy
+from audit_engine.integrations import sqlalchemy_links as links
 from audit_engine.integrations import sqlalchemy_options as options
 from audit_engine.integrations.sqlalchemy_handoff import (
     Pending,
@@ -94,10 +96,14 @@ class Tracking:
         _listen(capture, session_target, "after_flush", self._after_flush)
         _listen(capture, session_target, "do_orm_execute", self._on_orm_execute)
         legacy.listen(session_target, self._on_legacy_bulk)
+        # The commit listeners go through a shared hub: a stopped tracking leaves them when its
+        # last pending transaction ends, from inside that event.
         if mode == "atomic":
-            _listen(end, session_target, "before_commit", self._before_commit)
-        _listen(end, session_target, "after_commit", self._after_commit)
-        _listen(end, session_target, "after_transaction_end", self._after_transaction_end)
+            end.append((session_target, "before_commit", self._before_commit))
+        end.append((session_target, "after_commit", self._after_commit))
+        end.append((session_target, "after_transaction_end", self._after_transaction_end))
+        for target, name, fn in end:
+            joined.hub_add(target, name, fn)
 
     @property
     def active(self) -> bool:
@@ -106,8 +112,8 @@ class Tracking:
 
     def stop(self) -> None:
         """Stop capturing; idempotent. Entries already captured in a session whose transaction
-        is still open are handed on at its end as usual: the commit listeners stay until those
-        sessions finished, and are removed by a later ``stop()`` or ``track()`` after that."""
+        is still open are handed on at its end as usual: the commit listeners stay until the
+        last of those transactions ended, and go then."""
         with self._lock:
             if self._stopped:
                 return
@@ -123,14 +129,17 @@ class Tracking:
         sweep()
 
     def _release_if_done(self) -> bool:
-        """Remove the commit listeners of a stopped tracking once no session waits on them
-        (never from inside an event: SQLAlchemy refuses removal while it dispatches)."""
+        """Take the commit listeners of a stopped tracking off their hubs once no session waits
+        on them (also from inside an event), so nothing keeps it, or its service, alive."""
         with self._lock:
             if not self._stopped or any(self._pending_of(s) for s in list(self._waiting)):
                 return False
             listeners, self._end_listeners = self._end_listeners, []
         for target, name, fn in listeners:
-            event.remove(target, name, fn)
+            joined.hub_discard(target, name, fn)
+        with _registry_lock:
+            if self in _retiring:
+                _retiring.remove(self)
         return True
 
     def __enter__(self) -> Self:
@@ -201,6 +210,12 @@ class Tracking:
 
     def _after_flush(self, session: Session, flush: Any) -> None:
         session.info.pop(self._info_key, None)
+        if self._wants(session):
+            for mapper, fields in links.link_rows(session, self._is_tracked):
+                self._capture(session, mapper, fields)
+
+    def _is_tracked(self, mapper: Mapper[Any]) -> bool:
+        return self._tracked_keys(mapper) is not None
 
     def _after_insert(self, mapper: Mapper[Any], connection: Any, target: Any) -> None:
         self._object_changed(mapper, target, "create")
@@ -295,7 +310,7 @@ class Tracking:
         if pending.written:
             # Flushed by the commit after our before_commit wrote the others (another listener
             # changed objects): still inside the transaction, so written now.
-            write_atomic(self.service, session, [item])
+            write_atomic(self.service, session, pending)
 
     def _pending_of(self, session: Session) -> dict[SessionTransaction, Pending]:
         found: dict[SessionTransaction, Pending] = session.info.get(self._pending_key, {})
@@ -320,9 +335,10 @@ class Tracking:
             return  # a savepoint's release: its entries wait for the transaction around it
         if not self._stopped:
             session.flush()  # the commit's own flush runs after this: its entries belong here
+        elif boundary(session) not in self._pending_of(session):
+            return  # stopped, and nothing captured in this transaction
         pending = self._pending(session, boundary(session))
-        if pending.entries:
-            write_atomic(self.service, session, pending.entries)
+        write_atomic(self.service, session, pending)
         pending.written = True
 
     def _after_commit(self, session: Session) -> None:
@@ -341,7 +357,13 @@ class Tracking:
         if not by_transaction:
             with self._lock:
                 self._waiting.discard(session)
+            if self._stopped:
+                self._release_if_done()
         if pending is None or not pending.entries:
+            return
+        if transaction.parent is None and joined.end_joined(
+            self.service, self.mode, self.record_rollbacks, session, transaction, pending
+        ):
             return
         if pending.committed and transaction.nested:
             # A released savepoint: its entries now wait for the transaction around it.
@@ -377,14 +399,13 @@ def _listen(
 
 
 def sweep() -> None:
-    """Remove the commit listeners of stopped trackings whose sessions have all finished."""
+    """Remove the commit listeners of stopped trackings whose sessions have all finished (a
+    session dropped with its transaction open never ends it), and the hubs nobody uses."""
     with _registry_lock:
         retiring = list(_retiring)
     for tracking in retiring:
-        if tracking._release_if_done():
-            with _registry_lock:
-                if tracking in _retiring:
-                    _retiring.remove(tracking)
+        tracking._release_if_done()
+    joined.hub_sweep()
 
 
 def track(
@@ -403,24 +424,14 @@ def track(
     ``"after_commit"`` (queued once the commit succeeded, in one hand-off; discarded on
     rollback). ``record_rollbacks=True`` records a change that
     was rolled back, after the rollback, with ``outcome="failure"``. ``session``: which sessions
-    (a Session, a sessionmaker or a Session subclass; default every Session).
+    (a Session, a sessionmaker, a scoped_session — its sessionmaker — or a Session subclass;
+    default every Session).
     ``exclude_fields``: field names never diffed, everywhere (a set of names) or per class
     (a mapping from class to names). A class a live tracking already covers (for sessions both
     select) is refused. Returns the :class:`Tracking`: call ``stop()``.
     """
-    if not isinstance(service, AuditService):
-        raise TypeError(f"track() service must be an AuditService, got {type(service).__name__}")
-    if not targets:
-        raise TypeError("track() needs a declarative Base or at least one mapped class")
-    for target in targets:
-        options.check_target(target)
-    if mode not in MODES:
-        raise ValueError(f"track() mode must be 'atomic' or 'after_commit', got {mode!r}")
-    if not isinstance(record_rollbacks, bool):
-        raise TypeError(
-            f"track() record_rollbacks must be True or False, got {type(record_rollbacks).__name__}"
-        )
-    options.sessions(session)  # checked before anything is installed
+    options.check(service, targets, mode, record_rollbacks)
+    session = options.session_choice(session)  # checked before anything is installed
     everywhere, by_class = options.exclusions(exclude_fields, targets)
     sweep()
     with _registry_lock:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -44,7 +44,7 @@ class Item(NamedTuple):
 class Pending:
     """The entries of one database transaction (or savepoint) that wait for its end."""
 
-    __slots__ = ("committed", "entries", "written")
+    __slots__ = ("committed", "done", "entries", "written")
 
     def __init__(self) -> None:
         self.entries: list[Item] = []
@@ -52,6 +52,14 @@ class Pending:
         # atomic: the entries were written at before_commit; one captured later (a flush that
         # the commit itself runs after another listener changed objects) is written at once.
         self.written = False
+        # atomic: the entries already written in this transaction (their indexes): a commit()
+        # that raised after our write (a later before_commit hook, a second bind's lock wait)
+        # and is retried writes only the others (each event_id is UNIQUE in the trail). The
+        # transaction's end drops this Pending, so a rollback forgets them with the rows.
+        self.done: set[int] = set()
+
+    def unwritten(self) -> list[tuple[int, Item]]:
+        return [(i, item) for i, item in enumerate(self.entries) if i not in self.done]
 
 
 def boundary(session: Session) -> SessionTransaction:
@@ -94,19 +102,30 @@ def build(service: AuditService, mapper: Mapper[Any], fields: dict[str, Any]) ->
     return Item(mapper, fields, entry)
 
 
-def write_atomic(service: AuditService, session: Session, items: Sequence[Item]) -> None:
-    """Write ``items`` through ``session``'s connections, uncommitted: one ``record_many()``
-    per database the classes are bound to (usually one). Raises what it raises."""
-    by_bind: dict[int, list[Item]] = {}
-    for item in items:
-        by_bind.setdefault(id(session.get_bind(mapper=item.mapper)), []).append(item)
+def write_atomic(
+    service: AuditService,
+    session: Session,
+    pending: Pending,
+    connection_of: Callable[[Mapper[Any]], Any] | None = None,
+) -> None:
+    """Write ``pending``'s entries not written yet through ``session``'s connections (or
+    ``connection_of(mapper)``'s), uncommitted: one ``record_many()`` per database the classes
+    are bound to (usually one), each marked done once written. Raises what it raises."""
+    by_bind: dict[int, list[tuple[int, Item]]] = {}
+    for index, item in pending.unwritten():
+        by_bind.setdefault(id(session.get_bind(mapper=item.mapper)), []).append((index, item))
     for group in by_bind.values():
-        connection = session.connection(bind_arguments={"mapper": group[0].mapper})
+        mapper = group[0][1].mapper
+        if connection_of is None:
+            connection = session.connection(bind_arguments={"mapper": mapper})
+        else:
+            connection = connection_of(mapper)
         # A fresh, empty context: each entry already carries its flush's context, and the
         # one around the commit (a disabled() or another actor) must not be applied on top.
         contextvars.Context().run(
-            service.record_many, [item.entry for item in group], connection=connection
+            service.record_many, [item.entry for _, item in group], connection=connection
         )
+        pending.done.update(index for index, _ in group)
 
 
 def hand_on(service: AuditService, items: Iterable[Item], *, failure: bool) -> None:

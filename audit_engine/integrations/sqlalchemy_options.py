@@ -6,9 +6,36 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import inspect
-from sqlalchemy.orm import Mapper, Session, registry, sessionmaker
+from sqlalchemy.orm import Mapper, Session, registry, scoped_session, sessionmaker
+
+from audit_engine import AuditService
 
 MODES = ("atomic", "after_commit")
+
+
+def check(service: object, targets: tuple[type, ...], mode: object, rollbacks: object) -> None:
+    """Refuse a bad service, target, mode or record_rollbacks, naming it."""
+    if not isinstance(service, AuditService):
+        raise TypeError(f"track() service must be an AuditService, got {type(service).__name__}")
+    if not targets:
+        raise TypeError("track() needs a declarative Base or at least one mapped class")
+    for target in targets:
+        check_target(target)
+    if mode not in MODES:
+        raise ValueError(f"track() mode must be 'atomic' or 'after_commit', got {mode!r}")
+    if not isinstance(rollbacks, bool):
+        raise TypeError(
+            f"track() record_rollbacks must be True or False, got {type(rollbacks).__name__}"
+        )
+
+
+def session_choice(session: object) -> object:
+    """``session`` checked; a ``scoped_session`` (Flask-SQLAlchemy's ``db.session``) stands
+    for the sessions its sessionmaker makes — each thread's current one among them."""
+    if isinstance(session, scoped_session):
+        session = session.session_factory
+    sessions(session)
+    return session
 
 
 def check_target(target: object) -> None:
@@ -36,8 +63,8 @@ def sessions(session: object) -> tuple[Any, Callable[[Session], bool]]:
         one = session
         return one, lambda s: s is one
     raise TypeError(
-        "track() session must be None (every session), a Session, a sessionmaker or a Session "
-        f"subclass, got {type(session).__name__}"
+        "track() session must be None (every session), a Session, a sessionmaker, a "
+        f"scoped_session or a Session subclass, got {type(session).__name__}"
     )
 
 

@@ -18,7 +18,8 @@ from sqlalchemy import Engine, String, create_engine, event, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from audit_engine import AuditServiceClosed, AuditStore
-from audit_engine.integrations.sqlalchemy import sweep, track
+from audit_engine.integrations import sqlalchemy_joined as joined
+from audit_engine.integrations.sqlalchemy import _retiring, track
 
 JOIN_S = 30.0
 
@@ -208,14 +209,17 @@ def test_entries_pending_at_stop_are_handed_on_at_their_commit(
         session = Session(engine)
         tracking = track(service, Note, mode=mode)
         committed = tracking._end_listeners[-1]
+        assert joined.hub_has(*committed)
         session.add(Note(id=1, title="flushed while tracked"))
         session.flush()
         tracking.stop()
         session.add(Note(id=2, title="after stop: not captured"))
         session.commit()
         session.close()
+        # The transaction's end took the stopped tracking's commit listeners off, without
+        # waiting for a later track() or stop().
+        assert not joined.hub_has(*committed)
+        assert tracking not in _retiring
         assert service.flush(timeout=10)
-        sweep()  # the session is done: the commit listeners go
-        assert not event.contains(Session, committed[1], committed[2])
 
     assert [e.resource_id for e in orm.entries(trail_db)] == ["1"]

@@ -71,8 +71,8 @@ def service(make_service: Any) -> AuditService:
             (Item,),
             {"session": "db"},
             TypeError,
-            "track() session must be None (every session), a Session, a sessionmaker or a "
-            "Session subclass, got str",
+            "track() session must be None (every session), a Session, a sessionmaker, a "
+            "scoped_session or a Session subclass, got str",
         ),
         (
             (Item,),
