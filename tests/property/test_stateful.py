@@ -169,11 +169,17 @@ class AuditMachine(RuleBasedStateMachine):
     def poison_the_next_entry(self) -> None:
         self.poison_next = True
 
-    @precondition(lambda self: self.service is not None and bool(self.committed_ids))
-    @rule(data=st.data())
-    def repeat_a_committed_event_id(self, data: st.DataObject) -> None:
+    # Which entries are committed depends on timing (a close that times out on a locked database
+    # dead-letters what it could not write), so neither the precondition nor the draw may depend
+    # on it: hypothesis replays a case and refuses data that is drawn differently the second time
+    # (FlakyStrategyDefinition, seen on a loaded machine). An index is drawn, then applied.
+    @precondition(lambda self: self.service is not None)
+    @rule(pick=st.integers(min_value=0, max_value=2**16))
+    def repeat_a_committed_event_id(self, pick: int) -> None:
         assert self.service is not None
-        event_id = data.draw(st.sampled_from(self.committed_ids))
+        if not self.committed_ids:
+            return
+        event_id = self.committed_ids[pick % len(self.committed_ids)]
         self._record(self.service, critical=False, event_id=event_id)
 
     @precondition(lambda self: self.service is not None)
