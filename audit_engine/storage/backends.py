@@ -167,7 +167,7 @@ def injected_batch_writer(
     # A psycopg connection can only come from an application that imported psycopg.
     psycopg: Any = sys.modules.get("psycopg")
     if psycopg is not None and isinstance(conn, psycopg.Connection):
-        backend = _pg_append()
+        backend = postgres()
         pg_conn = conn
         return (
             lambda rows: backend.write_many_in_caller_transaction(
@@ -178,12 +178,6 @@ def injected_batch_writer(
     if _is_sqlalchemy(conn):
         return _sqlalchemy_writer(conn, what, linker, busy_timeout)
     raise TypeError(f"{what} must be {_SUPPORTED}; got {type(conn).__name__}")
-
-
-def _pg_append() -> ModuleType:
-    """The PostgreSQL backend's write side (:func:`postgres` first, for its error)."""
-    postgres()
-    return importlib.import_module("audit_engine.storage.postgres.append")
 
 
 _SUPPORTED = (
@@ -222,7 +216,7 @@ def _sqlalchemy_writer(
             append.write_many_in_caller_transaction(_unwrap_sqlalchemy(conn, what), rows, linker)
 
         return write_sqlite, lambda: _migrate_sqlite(_unwrap_sqlalchemy(conn, what), linker)
-    backend = _pg_append()
+    backend = postgres()
 
     def write_pg(rows: Sequence[Row]) -> None:
         raw = _unwrap_sqlalchemy(conn, what)

@@ -14,6 +14,7 @@ from audit_engine.storage.postgres.append import (
     migrate_caller_connection,
     write_batch,
     write_in_caller_transaction,
+    write_many_in_caller_transaction,
 )
 from audit_engine.storage.postgres.connection import PG, classify, connect, mask_url
 from audit_engine.storage.postgres.schema import (
@@ -43,4 +44,5 @@ __all__ = [
     "trail_bytes",
     "write_batch",
     "write_in_caller_transaction",
+    "write_many_in_caller_transaction",
 ]
