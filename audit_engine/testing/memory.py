@@ -7,7 +7,10 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
 from audit_engine.pipeline.service import AuditService
+from audit_engine.settings import AuditSettings
 
 # Settings of where and how entries are written, which a service on its own in-memory connection
 # does not use (every entry is committed in record(), no writer thread, no file, no cleanup):
@@ -40,7 +43,8 @@ def memory_service(**settings: Any) -> AbstractContextManager[AuditService]:
     ``redact_fields=[...]``); those of where and how entries are written
     (:data:`IGNORED_SETTINGS`) are a TypeError naming them, since nothing here would use them.
     Every entry is committed in ``record()`` through the service's one connection (autocommit),
-    so record from one thread at a time.
+    so record from one thread at a time. The environment (``AUDIT_TRAIL_*``) is not read: the
+    settings are the arguments and the defaults, whatever the shell or CI runner exports.
     """
     ignored = [name for name in IGNORED_SETTINGS if name in settings]
     if ignored:
@@ -53,12 +57,32 @@ def memory_service(**settings: Any) -> AbstractContextManager[AuditService]:
     return _in_memory(settings)
 
 
+class _CodeOnly(AuditSettings):
+    """Settings from the arguments and the defaults only: a test must not pass or fail by what
+    the shell or the CI runner exports (``AUDIT_TRAIL_ENABLED=false``, ``..._LEVEL=all``)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 @contextmanager
 def _in_memory(settings: dict[str, Any]) -> Iterator[AuditService]:
+    unknown = sorted(set(settings) - set(AuditSettings.model_fields))
+    if unknown:
+        raise TypeError(f"memory_service() got an unexpected keyword argument {unknown[0]!r}")
+    resolved = _CodeOnly(**settings)  # a bad value: SettingsError naming it, as AuditService()
     # check_same_thread=False: the block may end in another thread than it began in (a fixture).
     connection = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
     try:
-        service = AuditService(connection=connection, **settings)
+        service = AuditService(resolved, connection=connection)
         try:
             yield service
         finally:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support import locked
 
-from audit_engine import AuditEntry, AuditService
+from audit_engine import AuditEntry, AuditService, SettingsError
 from audit_engine.pipeline.bulk import TAP_ATTRIBUTE
 from audit_engine.testing import CapturedEntries, capture, memory_service
 
@@ -310,3 +310,28 @@ def test_the_plugin_is_opt_in_so_other_suites_do_not_load_the_engine(
     )
     enabled.assert_outcomes(passed=1, failed=1)
     enabled.stdout.fnmatch_lines(["*test_audit_engine_is_not_loaded*"])
+
+
+def test_memory_service_does_not_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the shell or the CI runner exports must not change what an app's audit test sees.
+    monkeypatch.setenv("AUDIT_TRAIL_ENABLED", "false")
+    monkeypatch.setenv("AUDIT_TRAIL_LEVEL", "all")
+    monkeypatch.setenv("AUDIT_TRAIL_CHAIN_KEY_FILE", "/nonexistent/chain.key")
+    monkeypatch.setenv("AUDIT_TRAIL_ON_FULL", "bogus")
+    with memory_service() as service, capture(service) as captured:
+        assert service.record(action="note.open", operation="read") is None  # writes_only
+        assert service.record(action="note.pin", operation="update") is not None
+    assert [entry.action for entry in captured] == ["note.pin"]
+    with memory_service(level="all") as service, capture(service) as captured:
+        service.record(action="note.open", operation="read")
+    assert len(captured) == 1
+
+
+def test_memory_service_names_a_bad_or_unknown_setting() -> None:
+    with pytest.raises(SettingsError, match="level"), memory_service(level="loud"):
+        pass  # pragma: no cover
+    with (
+        pytest.raises(TypeError, match="unexpected keyword argument 'levle'"),
+        memory_service(levle="all"),
+    ):
+        pass  # pragma: no cover
