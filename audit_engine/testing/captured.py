@@ -47,6 +47,12 @@ class CapturedEntries(list[AuditEntry]):
         """The first entry matching ``fields``; AssertionError listing what was recorded if none
         does (or, with ``times``, if not exactly that many do)."""
         __tracebackhide__ = True  # pytest shows the test's line, not this one
+        if times is not None and (type(times) is not int or times < 1):
+            # 0 would have nothing to return: that is assert_not_recorded()'s question.
+            raise (ValueError if type(times) is int else TypeError)(
+                f"assert_recorded() times must be an int of 1 or more (got {times!r}); "
+                "for none, use assert_not_recorded()"
+            )
         found = self.find(**fields)
         if not found or (times is not None and len(found) != times):
             expected = "an audit entry" if times is None else f"{times} audit entries"

@@ -335,3 +335,13 @@ def test_memory_service_names_a_bad_or_unknown_setting() -> None:
         memory_service(levle="all"),
     ):
         pass  # pragma: no cover
+
+
+@pytest.mark.parametrize(
+    ("times", "error"), [(0, ValueError), (-1, ValueError), ("1", TypeError), (True, TypeError)]
+)
+def test_assert_recorded_refuses_a_times_it_cannot_mean(times: object, error: type) -> None:
+    captured = CapturedEntries([AuditEntry(action="a")])
+    with pytest.raises(error, match=r"times must be an int of 1 or more .*assert_not_recorded"):
+        captured.assert_recorded(times=times, action="a")  # type: ignore[arg-type]
+    assert captured.assert_recorded(times=1, action="a").action == "a"
