@@ -389,7 +389,8 @@ class AuditStore:
         filter (``actor``, ``resource_id`` and ``correlation_id`` also take an int or a UUID,
         as ``record()`` does), an unknown operation or outcome ``ValueError``; ``limit`` is
         an int from 0 to 2**63 - 1, ``page_size`` from 1 to 100 000 (``ValueError`` out of
-        range, ``TypeError`` for another type); an unknown keyword raises ``TypeError``.
+        range, ``TypeError`` for another type), ``newest_first`` a bool; an unknown keyword raises
+        ``TypeError``.
 
         Each page is a statement of its own (keyset pagination on the row id), so no
         transaction stays open between pages: rows committed while the iterator pages appear
@@ -401,12 +402,14 @@ class AuditStore:
         where_clause, params = reads.where(filters, "query")
         total = None if limit is None else checked_limit(limit)
         size = checked_page_size(page_size)
+        if not isinstance(newest_first, bool):  # "no" is truthy: it would read newest first
+            raise TypeError(f"newest_first must be a bool, got {type(newest_first).__name__}")
         pages = reads.pages(
             functools.partial(self._fetch_page, "query"),
             self._select(),
             where_clause,
             params,
-            newest_first=bool(newest_first),
+            newest_first=newest_first,
             limit=total,
             page_size=size,
         )

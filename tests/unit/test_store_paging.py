@@ -437,3 +437,13 @@ def test_an_export_is_one_snapshot_a_purge_meanwhile_leaves_no_gap(
     exported = [first, *rest]
     assert len(exported) == 2500  # as the trail was when the export started
     assert verify_exported_lines(exported).ok
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_newest_first_must_be_a_bool(db_path: Path, value: object) -> None:
+    _write(db_path, range(3))
+    with (
+        AuditStore(db_path) as reader,
+        pytest.raises(TypeError, match="newest_first must be a bool"),
+    ):
+        reader.query(newest_first=value)  # type: ignore[arg-type]
