@@ -8,8 +8,10 @@ user's input). The exception itself is re-raised unchanged.
 Everything about the decoration is checked when it is applied, not on the first call: the
 fields (as ``record()`` checks them), the parameter names given to take values from, and that
 the target is a plain synchronous function (not a classmethod/staticmethod object, not a
-non-callable). The values taken from each call are checked before the function runs: a value
-the entry cannot hold raises without running it.
+non-callable). The values taken from each call are checked before the function runs, merged as
+``record()`` will merge them (the ``context()``'s details, the decorator's, the taken ones) and
+against the service's ``max_details_bytes``: an entry that cannot be recorded raises without
+running the function, so its result is never lost.
 """
 
 from __future__ import annotations
@@ -121,15 +123,14 @@ def audited(
         # (click.pass_context, a session injector): the call then does not bind to the
         # signature inspect follows __wrapped__ to.
         wrapper = signature is not None and hasattr(func, "__wrapped__")
-        taking = _Taking(service, action, name, resource_id_arg, taken, wrapper)
+        taking = _Taking(service, action, name, resource_id_arg, taken, signature, wrapper)
 
         @functools.wraps(func)
         def audited_call(*args: Any, **kwargs: Any) -> Any:
             call_fields = dict(fields)
             details = dict(fixed_details)
-            if signature is not None:
-                # Before the call: a value the entry cannot hold raises without running it.
-                taking.take(signature, args, kwargs, call_fields, details)
+            # Before the call: an entry that cannot be recorded raises without running it.
+            taking.take(args, kwargs, call_fields, details)
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
@@ -158,20 +159,37 @@ def _signature_for(
     signature = inspect.signature(func)
     params = signature.parameters
     for arg in wanted:
-        if arg not in params or params[arg].kind in (
-            inspect.Parameter.VAR_POSITIONAL,
-            inspect.Parameter.VAR_KEYWORD,
-        ):
-            option = "resource_id_arg" if arg == resource_id_arg else "details_args"
+        option = "resource_id_arg" if arg == resource_id_arg else "details_args"
+        if arg not in params:
             raise TypeError(
                 f"audited({option}={arg!r}): {name}() has no parameter {arg!r} "
                 f"(its parameters: {', '.join(params) or 'none'})"
             )
+        star = _VARIADIC.get(params[arg].kind)
+        if star is not None:
+            # Its value is a tuple or dict of whatever the caller passed: not one value.
+            others = [p for p, param in params.items() if param.kind not in _VARIADIC]
+            raise TypeError(
+                f"audited({option}={arg!r}): {star}{arg} of {name}() is a variadic parameter, "
+                "which cannot be used: name one of its named parameters "
+                f"({', '.join(others) or 'it has none'})"
+            )
     return signature
 
 
+_VARIADIC: dict[inspect._ParameterKind, str] = {
+    inspect.Parameter.VAR_POSITIONAL: "*",
+    inspect.Parameter.VAR_KEYWORD: "**",
+}
+
+
 class _Taking:
-    """Takes ``resource_id_arg``/``details_args`` from each call, checked as the entry's."""
+    """Takes ``resource_id_arg``/``details_args`` from each call and checks the entry to be.
+
+    The check merges the details as ``record()`` will (the ``context()``'s, the decorator's,
+    the taken ones, inner winning), so a combination over ``max_details_bytes`` is refused
+    before the function runs, not after it has returned.
+    """
 
     def __init__(
         self,
@@ -180,6 +198,7 @@ class _Taking:
         name: str,
         resource_id_arg: str | None,
         taken: tuple[str, ...],
+        signature: inspect.Signature | None,
         wrapper: bool,
     ) -> None:
         self.service = service
@@ -187,46 +206,98 @@ class _Taking:
         self.name = name
         self.resource_id_arg = resource_id_arg
         self.taken = taken
+        self.signature = signature
         self.wrapper = wrapper
 
     def take(
         self,
-        signature: inspect.Signature,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         call_fields: dict[str, Any],
         details: dict[str, Any],
     ) -> None:
-        values = self._values(signature, args, kwargs)
-        if values is None:
-            return  # the call itself raises the same TypeError, and is recorded as a failure
-        resource_id_arg = self.resource_id_arg
-        rid = values.get(resource_id_arg) if resource_id_arg is not None else None
-        if isinstance(rid, bytes | bytearray):
-            # pydantic would decode it silently; which encoding is the app's to say.
-            raise TypeError(
-                f"audited(resource_id_arg={resource_id_arg!r}): {self.name}() was given "
-                f"{type(rid).__name__}; the resource id is text (decode it, or pass a str)"
-            )
-        taken_details = {arg: values[arg] for arg in self.taken}
+        """Put the call's values in ``call_fields``/``details``; raise if it cannot be recorded."""
+        taken_details: dict[str, Any] = {}
+        rid: Any = None
+        if self.signature is not None:
+            values = self._values(self.signature, args, kwargs)
+            if values is None:
+                return  # the call itself raises the same TypeError, and is recorded as a failure
+            if self.resource_id_arg is not None:
+                rid = values.get(self.resource_id_arg)
+                if isinstance(rid, bytes | bytearray):
+                    # pydantic would decode it silently; which encoding is the app's to say.
+                    raise TypeError(
+                        f"audited(resource_id_arg={self.resource_id_arg!r}): {self.name}() was "
+                        f"given {type(rid).__name__}; the resource id is text (decode it, or "
+                        "pass a str)"
+                    )
+            taken_details = {arg: values[arg] for arg in self.taken}
+        # The context's details as record() will read them: the same thread, the same block.
+        frame = self.service._frames.current()
+        context_details = frame.details if frame is not None else {}
+        if self.signature is None and not (context_details and details):
+            return  # nothing merged: each part was checked on its own, when it was given
+        entry: dict[str, Any] = {
+            "action": self.action,
+            "details": {**context_details, **details, **taken_details},
+        }
+        if self.resource_id_arg is not None:
+            entry["resource_id"] = rid
         try:
-            entry = AuditEntry.model_validate(
-                {"action": self.action, "resource_id": rid, "details": taken_details},
-                context={"max_details_bytes": self.service.settings.max_details_bytes},
-            )
+            checked = self._validate(entry)
         except ValueError as exc:
-            source = (
-                f" (resource_id is its parameter {resource_id_arg!r})"
-                if resource_id_arg is not None
-                else ""
-            )
-            raise ValueError(
-                f"audited({self.action!r}): a value taken from the call of {self.name}(){source} "
-                f"cannot be recorded, so {self.name}() was not run: {exc}"
-            ) from exc
-        if resource_id_arg is not None:
-            call_fields["resource_id"] = entry.resource_id
-        details.update(entry.details)
+            raise self._refusal(rid, taken_details, bool(context_details), details, exc) from exc
+        if self.resource_id_arg is not None:
+            call_fields["resource_id"] = checked.resource_id
+        details.update({arg: checked.details[arg] for arg in taken_details})
+
+    def _validate(self, fields: dict[str, Any]) -> AuditEntry:
+        return AuditEntry.model_validate(
+            fields, context={"max_details_bytes": self.service.settings.max_details_bytes}
+        )
+
+    def _refusal(
+        self,
+        rid: Any,
+        taken_details: dict[str, Any],
+        has_context: bool,
+        fixed_details: dict[str, Any],
+        exc: ValueError,
+    ) -> ValueError:
+        """The error naming what cannot be recorded: one parameter's value, or the merge."""
+        head = f"audited({self.action!r}): "
+        tail = f", so {self.name}() was not run: "
+        if self.resource_id_arg is not None:
+            try:
+                self._validate({"action": self.action, "resource_id": rid})
+            except ValueError as alone:
+                return ValueError(
+                    f"{head}the value of parameter {self.resource_id_arg!r} (resource_id_arg) "
+                    f"of {self.name}() cannot be the entry's resource_id{tail}{alone}"
+                )
+        for arg, value in taken_details.items():
+            try:
+                self._validate({"action": self.action, "details": {arg: value}})
+            except ValueError as alone:
+                return ValueError(
+                    f"{head}the value of parameter {arg!r} (details_args) of {self.name}() "
+                    f"cannot be recorded in details{tail}{alone}"
+                )
+        # Each part fits alone: together they do not (in practice, max_details_bytes).
+        parts = [
+            *(["the context()'s details"] if has_context else []),
+            *(["the decorator's details"] if fixed_details else []),
+            *(
+                [f"the values of {', '.join(repr(arg) for arg in taken_details)}"]
+                if taken_details
+                else []
+            ),
+        ]
+        return ValueError(
+            f"{head}the entry's details, merged from {' and '.join(parts)}, cannot be "
+            f"recorded{tail}{exc}"
+        )
 
     def _values(
         self, signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -133,20 +133,32 @@ def test_a_call_that_does_not_bind_is_the_function_s_own_type_error(
             {"resource_id_arg": "noteid"},
             "audited(resource_id_arg='noteid'): "
             "test_bad_decorations_fail_when_applied.<locals>.export_note() has no parameter "
-            "'noteid' (its parameters: note_id, args)",
+            "'noteid' (its parameters: note_id, args, options)",
         ),
         (
             {"details_args": ["args"]},
-            "audited(details_args='args'): "
-            "test_bad_decorations_fail_when_applied.<locals>.export_note() has no parameter "
-            "'args' (its parameters: note_id, args)",
+            "audited(details_args='args'): *args of "
+            "test_bad_decorations_fail_when_applied.<locals>.export_note() is a variadic "
+            "parameter, which cannot be used: name one of its named parameters (note_id)",
+        ),
+        (
+            {"resource_id_arg": "args"},
+            "audited(resource_id_arg='args'): *args of "
+            "test_bad_decorations_fail_when_applied.<locals>.export_note() is a variadic "
+            "parameter, which cannot be used: name one of its named parameters (note_id)",
+        ),
+        (
+            {"resource_id_arg": "options"},
+            "audited(resource_id_arg='options'): **options of "
+            "test_bad_decorations_fail_when_applied.<locals>.export_note() is a variadic "
+            "parameter, which cannot be used: name one of its named parameters (note_id)",
         ),
     ],
 )
 def test_bad_decorations_fail_when_applied(
     service: AuditService, options: dict[str, Any], message: str
 ) -> None:
-    def export_note(note_id: int, *args: Any) -> None:
+    def export_note(note_id: int, *args: Any, **options: Any) -> None:
         pass
 
     decorate = service.audited("note.export", **options)

@@ -202,3 +202,128 @@ def test_taken_values_are_stored_as_record_would_store_them(
         "12",
         {"when": "2024-05-01", "where": "notes/a"},
     )
+
+
+# -- the whole entry, checked before the run ---------------------------------------------------
+
+
+def test_a_bad_details_args_value_is_named_by_its_parameter(
+    service: AuditService, entries: Callable[[], list[AuditEntry]]
+) -> None:
+    ran: list[object] = []
+
+    @service.audited("note.save", resource_id_arg="note_id", details_args=["meta"])
+    def save(note_id: str, meta: object) -> None:
+        ran.append(meta)
+
+    with pytest.raises(ValueError, match=r"parameter 'meta' \(details_args\)") as caught:
+        save("n-1", meta=object())
+    first_line = str(caught.value).splitlines()[0]
+    assert first_line.startswith(
+        "audited('note.save'): the value of parameter 'meta' (details_args) of "
+        "test_a_bad_details_args_value_is_named_by_its_parameter.<locals>.save() cannot be "
+        "recorded in details, so "
+    )
+    assert "resource_id" not in first_line
+    assert "details.meta" in str(caught.value)
+    assert ran == []
+    assert entries() == []
+
+
+def test_a_bad_resource_id_value_is_named_by_its_parameter(service: AuditService) -> None:
+    @service.audited("note.save", resource_id_arg="note_id", details_args=["meta"])
+    def save(note_id: str, meta: object) -> None:
+        pass
+
+    with pytest.raises(ValueError, match=r"parameter 'note_id' \(resource_id_arg\)") as caught:
+        save("x" * 2000, meta={})
+    assert (
+        str(caught.value)
+        .splitlines()[0]
+        .startswith("audited('note.save'): the value of parameter 'note_id' (resource_id_arg) of ")
+    )
+    assert "the entry's resource_id, so " in str(caught.value)
+
+
+def test_taken_values_too_large_with_the_context_s_details_are_refused_before_the_run(
+    service: AuditService, entries: Callable[[], list[AuditEntry]]
+) -> None:
+    # Each part fits the service's max_details_bytes (64 KiB) alone; record() would merge them.
+    ran: list[str] = []
+
+    @service.audited("note.import", details_args=["body"], details={"source": "upload"})
+    def import_note(body: str) -> str:
+        ran.append(body)
+        return "imported"
+
+    with (
+        service.context(request_headers="h" * 10_000),
+        pytest.raises(ValueError, match="merged from") as caught,
+    ):
+        import_note("b" * 60_000)
+    assert (
+        str(caught.value)
+        .splitlines()[0]
+        .startswith(
+            "audited('note.import'): the entry's details, merged from the context()'s details and "
+            "the decorator's details and the values of 'body', cannot be recorded, so "
+        )
+    )
+    assert "more than max_details_bytes=" in str(caught.value)
+    assert ran == []
+    assert entries() == []
+    # Outside the block the same call fits: nothing lost, nothing left over from the block.
+    assert import_note("b" * 60_000) == "imported"
+    (entry,) = entries()
+    assert entry.details == {"source": "upload", "body": "b" * 60_000}
+
+
+def test_the_decorator_s_details_too_large_with_the_context_s_are_refused_before_the_run(
+    service: AuditService, entries: Callable[[], list[AuditEntry]]
+) -> None:
+    ran: list[bool] = []
+
+    @service.audited("note.import", details={"template": "t" * 40_000})
+    def import_note() -> str:
+        ran.append(True)
+        return "imported"
+
+    with (
+        service.context(request_headers="h" * 40_000),
+        pytest.raises(ValueError, match="merged from") as caught,
+    ):
+        import_note()
+    assert "merged from the context()'s details and the decorator's details, cannot" in str(
+        caught.value
+    )
+    assert ran == []
+    assert entries() == []
+
+
+def test_a_taken_value_replaces_the_context_s_value_under_its_name_as_record_merges(
+    service: AuditService, entries: Callable[[], list[AuditEntry]]
+) -> None:
+    @service.audited("note.import", details_args=["body"])
+    def import_note(body: str) -> str:
+        return "imported"
+
+    # The context's large "body" is replaced by the entry's own: the merged entry fits.
+    with service.context(body="c" * 60_000, request="r" * 4_000):
+        assert import_note("b" * 60_000) == "imported"
+    (entry,) = entries()
+    assert entry.details == {"body": "b" * 60_000, "request": "r" * 4_000}
+
+
+def test_the_limit_checked_before_the_run_is_the_service_s(
+    make_service: Callable[..., AuditService],
+) -> None:
+    service = make_service(async_writes=False, max_details_bytes=200_000)
+
+    @service.audited("note.import", details_args=["body"])
+    def import_note(body: str) -> str:
+        return "imported"
+
+    with service.context(request_headers="h" * 100_000):
+        assert import_note("b" * 90_000) == "imported"
+        with pytest.raises(ValueError, match="more than max_details_bytes=200000"):
+            import_note("b" * 110_000)
