@@ -75,8 +75,9 @@ class AuditHandler(logging.Handler):
 
     Errors: an ``extra={"audit": ...}`` record that cannot be recorded (invalid fields, a full
     queue with ``on_full='block'``, a closed service) raises to the logging call, as ``record()``
-    would: the application asked for that entry (a message whose %-arguments do not format is
-    not an error: it is recorded unformatted, noted in ``details["message_error"]``). A record
+    would: the application asked for that entry (a message whose %-arguments do not format, or
+    whose ``str()`` raises, is not an error: it is recorded as best it can be, noted in
+    ``details["message_error"]``). A record
     taken only through ``loggers=`` goes to
     :meth:`handleError`, which logs an ERROR on ``audit_engine.logging`` (also when
     ``logging.raiseExceptions`` is off: never silent).
@@ -242,7 +243,8 @@ def _message_of(record: logging.LogRecord) -> tuple[str, dict[str, str], str | N
 
     A message whose %-arguments do not format is kept unformatted, noted as
     ``message_error`` (the entry is still recorded: losing it to a formatting bug in the
-    logging call would be worse). A message holding a formatted traceback (what
+    logging call would be worse); so is a message object whose ``str()`` raises, recorded as
+    ``<unprintable Type message>``. A message holding a formatted traceback (what
     ``QueueHandler.prepare()`` leaves, ``exc_info`` gone) is cut to its first line, which is
     the app's: the rest can hold the exception's message. The type is then read from the
     traceback's last block ("unknown" when its text is not Python's).
@@ -251,8 +253,15 @@ def _message_of(record: logging.LogRecord) -> tuple[str, dict[str, str], str | N
     try:
         message = record.getMessage()
     except Exception as exc:
-        message = str(record.msg)
-        notes["message_error"] = f"{type(exc).__name__}: the arguments did not format"
+        try:
+            message = str(record.msg)
+        except Exception:
+            # The message object itself cannot become text (its __str__ raises): the entry is
+            # still recorded, naming its type; the exception's text could hold anything.
+            message = f"<unprintable {type(record.msg).__name__} message>"
+            notes["message_error"] = f"{type(exc).__name__}: str() of the message raised"
+        else:
+            notes["message_error"] = f"{type(exc).__name__}: the arguments did not format"
     error: str | None = None
     if record.exc_info is None:
         found = _TRACEBACK_LINE.search(message)

@@ -202,6 +202,32 @@ def test_a_message_whose_arguments_do_not_format_is_still_recorded(
     assert entry.details["message_error"] == "TypeError: the arguments did not format"
 
 
+class Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError(SECRET)
+
+
+@pytest.mark.parametrize("route", ["audit-dict", "loggers"])
+def test_a_message_object_whose_str_raises_is_still_recorded(
+    service: AuditService, entries: Callable[[], list[AuditEntry]], prefix: str, route: str
+) -> None:
+    log = logging.getLogger(f"{prefix}.app")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = AuditHandler(service, loggers=[log.name] if route == "loggers" else None)
+    log.addHandler(handler)
+    extra = {"audit": {"action": "note.export"}} if route == "audit-dict" else None
+    try:
+        log.warning(Unprintable(), extra=extra)  # no exception into the call
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    (entry,) = entries()
+    assert entry.details["message"] == "<unprintable Unprintable message>"
+    assert entry.details["message_error"] == "RuntimeError: str() of the message raised"
+    assert SECRET not in entry.model_dump_json()
+
+
 # -- from the writer thread ------------------------------------------------------------------------
 
 
