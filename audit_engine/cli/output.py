@@ -354,10 +354,12 @@ def looks_unreplaceable(output: Path) -> str | None:
 
 
 def _checkpoint_log(head: bytes) -> str | None:
-    # The writer's lines are JSON objects with the signed note (as checkpoint_log checks them).
+    # The writer's lines are JSON objects with the signed note, whose origin line names the
+    # engine (an app's own JSON lines with a "note" are not one).
     with contextlib.suppress(ValueError, RecursionError):  # not JSON, or nested too deeply
         record = json.loads(head.split(b"\n", 1)[0])
-        if isinstance(record, dict) and isinstance(record.get("note"), str):
+        note = record.get("note") if isinstance(record, dict) else None
+        if isinstance(note, str) and note.startswith("audit-engine/"):
             return "a checkpoint log"
     return None
 

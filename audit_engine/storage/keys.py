@@ -68,6 +68,13 @@ _HEX = frozenset("0123456789abcdefABCDEF")
 # or not: what is at stake is that it is some key).
 _CHAIN_HEADER = b"# audit-engine chain key"
 _PEM_KEY = re.compile(rb"^-----BEGIN (?:[A-Z0-9]+ )*(PRIVATE|PUBLIC) KEY-----", re.MULTILINE)
+# Other key and certificate files an --output must not replace: any PEM armour (a certificate,
+# a CSR, an OpenSSH key), an SSH public key or authorized_keys line.
+_PEM_OTHER = re.compile(rb"^-----BEGIN [A-Z0-9 ]+-----", re.MULTILINE)
+_SSH_PUBLIC = re.compile(
+    rb"^(?:\S+ )?(?:ssh-(?:rsa|dss|ed25519)|ecdsa-sha2-\S+|sk-\S+@openssh\.com) [A-Za-z0-9+/]+=*",
+    re.MULTILINE,
+)
 
 
 def chain_key_id(key: bytes) -> str:
@@ -188,7 +195,8 @@ def _is_key(word: str) -> bool:
 def key_file_kind(head: bytes, *, whole: bool) -> str | None:
     """What key file the bytes ``head`` look like: ``"a chain key file"`` (keygen's first line,
     or lines :func:`load_chain_keys` accepts with at least one key), ``"a PEM private key"``,
-    ``"a PEM public key"``; None for anything else.
+    ``"a PEM public key"``, ``"a PEM key or certificate"``, ``"an SSH public key"``; None for
+    anything else.
 
     ``head`` is the start of a file (``whole``: all of it); a line it cuts is not judged. For a
     command that must never replace a key, whether configured or not (``--output``).
@@ -198,6 +206,10 @@ def key_file_kind(head: bytes, *, whole: bool) -> str | None:
     pem = _PEM_KEY.search(head)
     if pem is not None:
         return f"a PEM {pem.group(1).decode('ascii').lower()} key"
+    if _PEM_OTHER.search(head):
+        return "a PEM key or certificate"
+    if _SSH_PUBLIC.search(head):
+        return "an SSH public key"
     lines = head.splitlines()
     if not whole and lines and not head.endswith((b"\n", b"\r")):
         lines.pop()  # cut by the read: it may be a key or anything

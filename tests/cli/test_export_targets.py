@@ -321,3 +321,37 @@ def test_export_refuses_a_file_it_cannot_read_to_check(
     _refused(
         cli, target, "cannot be read (Permission denied) to check that it is no key or database"
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            "a PEM key or certificate",
+        ),
+        ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0 alice@laptop\n", "an SSH public key"),
+        ('from="10.0.0.1" ssh-rsa AAAAB3NzaC1yc2E= bob\n', "an SSH public key"),
+    ],
+)
+def test_export_refuses_other_keys_and_certificates(
+    cli: Cli, notes: Trail, tmp_path: Path, content: str, kind: str
+) -> None:
+    target = tmp_path / "id"
+    target.write_text(content)
+    _refused(
+        cli,
+        target,
+        f"looks like {kind}, which --output never replaces (move it away first if it is not)",
+    )
+    assert target.read_text() == content
+
+
+def test_an_apps_own_json_lines_with_a_note_are_replaced(
+    cli: Cli, notes: Trail, tmp_path: Path
+) -> None:
+    # Only the engine's checkpoint lines (a note whose origin names the engine) are refused.
+    target = tmp_path / "notes.jsonl"
+    target.write_text('{"note": "buy milk", "id": 1}\n')
+    cli.run("export", "--output", str(target))
+    assert target.read_text(encoding="utf-8") == cli.run("export").output
