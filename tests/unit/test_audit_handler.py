@@ -15,27 +15,12 @@ from typing import Any
 import pytest
 from support import locked
 
-from audit_engine import AuditEntry, AuditQueueFull, AuditService, AuditStore
+from audit_engine import AuditEntry, AuditQueueFull, AuditService
 from audit_engine.integrations.logging import AuditHandler
 
 Attach = Callable[..., logging.Logger]
 # The handler's import path for dictConfig; "audit_engine.AuditHandler" once the root exports it.
 HANDLER_PATH = "audit_engine.integrations.logging.AuditHandler"
-
-
-@pytest.fixture
-def service(make_service: Callable[..., AuditService]) -> AuditService:
-    # Synchronous: an entry is committed when record() returns, nothing to wait for.
-    return make_service(async_writes=False)
-
-
-@pytest.fixture
-def entries(db_path: Path) -> Callable[[], list[AuditEntry]]:
-    def read() -> list[AuditEntry]:
-        with AuditStore(db_path) as store:
-            return list(store.query())
-
-    return read
 
 
 @pytest.fixture

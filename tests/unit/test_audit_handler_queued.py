@@ -29,20 +29,6 @@ class SignInRefused(Exception):
 
 
 @pytest.fixture
-def service(make_service: Callable[..., AuditService]) -> AuditService:
-    return make_service(async_writes=False)
-
-
-@pytest.fixture
-def entries(db_path: Path) -> Callable[[], list[AuditEntry]]:
-    def read() -> list[AuditEntry]:
-        with AuditStore(db_path) as store:
-            return list(store.query())
-
-    return read
-
-
-@pytest.fixture
 def queued(
     service: AuditService, request: pytest.FixtureRequest
 ) -> Iterator[tuple[logging.Logger, logging.handlers.QueueListener]]:

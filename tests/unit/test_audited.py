@@ -9,34 +9,18 @@ import inspect
 import logging
 import traceback
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import click
 import pytest
 from click.testing import CliRunner
 
-from audit_engine import AuditEntry, AuditService, AuditServiceClosed, AuditStore
+from audit_engine import AuditEntry, AuditService, AuditServiceClosed
 from audit_engine.pipeline.audited import audited
 
 
 class ExportError(Exception):
     pass
-
-
-@pytest.fixture
-def service(make_service: Callable[..., AuditService]) -> AuditService:
-    # Synchronous: every entry is committed when record() returns, nothing to wait for.
-    return make_service(async_writes=False)
-
-
-@pytest.fixture
-def entries(db_path: Path) -> Callable[[], list[AuditEntry]]:
-    def read() -> list[AuditEntry]:
-        with AuditStore(db_path) as store:
-            return list(store.query())
-
-    return read
 
 
 def test_a_call_that_returns_records_one_success(

@@ -16,22 +16,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from audit_engine import AuditEntry, AuditService, AuditStore
-
-
-@pytest.fixture
-def service(make_service: Callable[..., AuditService]) -> AuditService:
-    # Synchronous: every entry is committed when record() returns, nothing to wait for.
-    return make_service(async_writes=False)
-
-
-@pytest.fixture
-def entries(db_path: Path) -> Callable[[], list[AuditEntry]]:
-    def read() -> list[AuditEntry]:
-        with AuditStore(db_path) as store:
-            return list(store.query())
-
-    return read
+from audit_engine import AuditEntry, AuditService
 
 
 def with_session(func: Callable[..., Any]) -> Callable[..., Any]:
