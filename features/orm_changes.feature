@@ -45,6 +45,19 @@ Feature: Changes a tool saves through its ORM are audited field by field
     Then the trail shows one bulk archive of notes by carol covering 5 notes
     And the trail shows no entry per archived note
 
+  Scenario Outline: Labelling a note records each label put on or taken off (<when>)
+    Given the tool's audit captures note changes <when>
+    And alice wrote the note "Groceries" saying "milk"
+    When bob labels the note "Groceries" "urgent" and "home"
+    And carol takes the label "urgent" off the note "Groceries"
+    Then the trail shows bob put the labels "urgent" and "home" on the note
+    And the trail shows carol took the label "urgent" off the note
+
+    Examples:
+      | when                        |
+      | in the same transaction     |
+      | once the save has committed |
+
   Scenario Outline: Moving a note to another folder records the folder it left (<when>)
     Given the tool's audit captures note changes <when>
     And alice filed the note "Groceries" in the folder "Home"

@@ -5,7 +5,7 @@ from typing import Any
 
 from behave import given, then, when
 from behave.runner import Context
-from sqlalchemy import ForeignKey, String, create_engine, select, update
+from sqlalchemy import Column, ForeignKey, String, Table, create_engine, select, update
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 from trail_backend import read_rows
 
@@ -26,6 +26,21 @@ class _Folder(_Base):
     name: Mapped[str] = mapped_column(String(50))
 
 
+class _Label(_Base):
+    __tablename__ = "labels"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+
+
+# Many-to-many: the association rows are the ORM's own, written by its flush.
+_NOTE_LABELS = Table(
+    "note_labels",
+    _Base.metadata,
+    Column("note_id", ForeignKey("notes.id"), primary_key=True),
+    Column("label_id", ForeignKey("labels.id"), primary_key=True),
+)
+
+
 class _Note(_Base):
     __tablename__ = "notes"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -34,6 +49,7 @@ class _Note(_Base):
     archived: Mapped[bool] = mapped_column(default=False)
     folder_id: Mapped[int | None] = mapped_column(ForeignKey("folders.id"), default=None)
     folder: Mapped[_Folder | None] = relationship()
+    labels: Mapped[list[_Label]] = relationship(secondary=_NOTE_LABELS)
 
 
 def _rows(context: Context) -> list[dict[str, Any]]:
@@ -257,3 +273,59 @@ def then_set_aside(context: Context, actor: str) -> None:
     lines = context.world.audit.settings.deadletter_file.read_text().splitlines()
     entries = [json.loads(line)["entry"] for line in lines]
     assert [(e["actor"], e["action"]) for e in entries] == [(actor, "notes.create")], entries
+
+
+# -- labels: many-to-many links -------------------------------------------------------------
+
+
+def _labelled(context: Context, actor: str, title: str, change: Any) -> None:
+    world = context.world
+    note_id = _note_id(context, title)
+    with world.audit.context(actor=actor), Session(world.notes_engine) as session:
+        note = session.get(_Note, note_id)
+        assert note is not None
+        change(session, note)
+        session.commit()
+    with Session(world.notes_engine) as session:
+        world.labels = {label.name: label.id for label in session.scalars(select(_Label))}
+    world.note_id = note_id
+
+
+@when('{actor} labels the note "{title}" "{first}" and "{second}"')
+def when_label(context: Context, actor: str, title: str, first: str, second: str) -> None:
+    def put_on(session: Session, note: _Note) -> None:
+        note.labels.extend([_Label(name=first), _Label(name=second)])
+
+    _labelled(context, actor, title, put_on)
+
+
+@when('{actor} takes the label "{name}" off the note "{title}"')
+def when_unlabel(context: Context, actor: str, name: str, title: str) -> None:
+    def take_off(session: Session, note: _Note) -> None:
+        note.labels = [label for label in note.labels if label.name != name]
+
+    _labelled(context, actor, title, take_off)
+
+
+@then('the trail shows {actor} put the labels "{first}" and "{second}" on the note')
+def then_labels_put(context: Context, actor: str, first: str, second: str) -> None:
+    world = context.world
+    links = [r for r in _rows(context) if r["actor"] == actor and r["action"].startswith("note_")]
+    found = sorted((r["action"], r["details"]["label_id"][1]) for r in links)
+    labels = world.labels
+    assert found == sorted(
+        [("note_labels.create", labels[first]), ("note_labels.create", labels[second])]
+    ), links
+    assert all(r["details"]["note_id"] == [None, world.note_id] for r in links), links
+
+
+@then('the trail shows {actor} took the label "{name}" off the note')
+def then_label_taken(context: Context, actor: str, name: str) -> None:
+    world = context.world
+    links = [r for r in _rows(context) if r["actor"] == actor]
+    assert [(r["action"], r["details"]) for r in links] == [
+        (
+            "note_labels.delete",
+            {"label_id": [world.labels[name], None], "note_id": [world.note_id, None]},
+        )
+    ], links
