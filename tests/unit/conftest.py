@@ -26,3 +26,9 @@ def entries(db_path: Path) -> Callable[[], list[AuditEntry]]:
             return list(store.query())
 
     return read
+
+
+@pytest.fixture
+def prefix(request: pytest.FixtureRequest) -> str:
+    """The test's own logger namespace (its node name)."""
+    return str(request.node.name)

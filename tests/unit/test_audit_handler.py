@@ -24,12 +24,6 @@ HANDLER_PATH = "audit_engine.integrations.logging.AuditHandler"
 
 
 @pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    """The test's own logger namespace."""
-    return str(request.node.name)
-
-
-@pytest.fixture
 def attach(prefix: str) -> Iterator[Attach]:
     """Attach a handler to a logger of this test's own; detached and closed afterwards."""
     attached: list[tuple[logging.Logger, AuditHandler]] = []

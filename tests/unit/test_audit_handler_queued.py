@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -163,26 +164,39 @@ def test_a_direct_handler_keeps_a_multi_line_message(
     assert (entry.outcome, entry.details["error"]) == ("failure", "PermissionError")
 
 
-@pytest.fixture
-def prefix(request: pytest.FixtureRequest) -> str:
-    return str(request.node.name)
+def _log_once(
+    service: AuditService,
+    prefix: str,
+    route: str,
+    action: str,
+    emit: Callable[[logging.Logger, Any], None],
+) -> None:
+    """``emit(logger, extra)`` once through an AuditHandler taking the record by ``route``: its
+    ``extra={"audit": ...}`` dict, or the logger being one of its ``loggers=``."""
+    log = logging.getLogger(f"{prefix}.app")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    handler = AuditHandler(service, loggers=[log.name] if route == "loggers" else None)
+    log.addHandler(handler)
+    extra = {"audit": {"action": action}} if route == "audit-dict" else None
+    try:
+        emit(log, extra)  # no exception into the call
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 @pytest.mark.parametrize("route", ["audit-dict", "loggers"])
 def test_a_message_whose_arguments_do_not_format_is_still_recorded(
     service: AuditService, entries: Callable[[], list[AuditEntry]], prefix: str, route: str
 ) -> None:
-    log = logging.getLogger(f"{prefix}.app")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    handler = AuditHandler(service, loggers=[log.name] if route == "loggers" else None)
-    log.addHandler(handler)
-    extra = {"audit": {"action": "note.count"}} if route == "audit-dict" else None
-    try:
-        log.info("counted %d notes", "three", extra=extra)  # no exception into the call
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    _log_once(
+        service,
+        prefix,
+        route,
+        "note.count",
+        lambda log, extra: log.info("counted %d notes", "three", extra=extra),
+    )
     (entry,) = entries()
     assert entry.details["message"] == "counted %d notes"
     assert entry.details["message_error"] == "TypeError: the arguments did not format"
@@ -197,17 +211,13 @@ class Unprintable:
 def test_a_message_object_whose_str_raises_is_still_recorded(
     service: AuditService, entries: Callable[[], list[AuditEntry]], prefix: str, route: str
 ) -> None:
-    log = logging.getLogger(f"{prefix}.app")
-    log.setLevel(logging.INFO)
-    log.propagate = False
-    handler = AuditHandler(service, loggers=[log.name] if route == "loggers" else None)
-    log.addHandler(handler)
-    extra = {"audit": {"action": "note.export"}} if route == "audit-dict" else None
-    try:
-        log.warning(Unprintable(), extra=extra)  # no exception into the call
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    _log_once(
+        service,
+        prefix,
+        route,
+        "note.export",
+        lambda log, extra: log.warning(Unprintable(), extra=extra),
+    )
     (entry,) = entries()
     assert entry.details["message"] == "<unprintable Unprintable message>"
     assert entry.details["message_error"] == "RuntimeError: str() of the message raised"
