@@ -29,6 +29,8 @@ from audit_engine.rows import entry_row
 from audit_engine.storage import sqlite as store
 from audit_engine.storage.retention import CleanupReport
 
+from .bench_record import _fields  # the realistic row: a user saves a note
+
 # The suite measures the defaults: AUDIT_TRAIL_* variables in a developer's shell must not change
 # them (asv imports this module in processes of its own, so this touches nothing else).
 for _name in [name for name in os.environ if name.upper().startswith("AUDIT_TRAIL_")]:
@@ -46,18 +48,6 @@ WARMUP = 200  # record() calls made, untimed, before the per-call latencies are 
 LARGE_QUEUE = 2_000_000  # no call ever waits for room in the queue: the hand-off is timed
 OLD = timedelta(days=200)
 RETENTION = timedelta(days=90)
-
-
-def _fields(i: int) -> dict[str, Any]:
-    """The realistic row of bench_record.py: a user saves a note."""
-    return {
-        "action": "note.save",
-        "actor": "alice",
-        "operation": "update",
-        "resource_type": "note",
-        "resource_id": str(i),
-        "details": {"bytes": 812, "title": "Quarterly plan"},
-    }
 
 
 def fill(path: Path, rows: int, batch: int, age: timedelta) -> float:

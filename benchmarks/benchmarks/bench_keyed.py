@@ -28,6 +28,8 @@ from audit_engine.storage import sqlite as store
 from audit_engine.storage.checkpointing import Checkpointer
 from audit_engine.storage.keys import generate_keys, load_signing_key
 
+from .bench_record import _fields  # the realistic row: a user saves a note
+
 # The suite measures the defaults: AUDIT_TRAIL_* variables in a developer's shell must not change
 # them (asv imports this module in processes of its own, so this touches nothing else).
 for _name in [name for name in os.environ if name.upper().startswith("AUDIT_TRAIL_")]:
@@ -38,18 +40,6 @@ ROUNDS = 3  # the track_* rates are the median of this many runs
 EVERY = 10_000  # checkpoint_every's default
 LARGE_QUEUE = 200_000  # record() never waits for room while the trail is filled
 PROVEN_ID = ROWS // 2  # the entry proved: a long audit path, from the middle of the tree
-
-
-def _fields(i: int) -> dict[str, Any]:
-    """The realistic row of bench_record.py: a user saves a note."""
-    return {
-        "action": "note.save",
-        "actor": "alice",
-        "operation": "update",
-        "resource_type": "note",
-        "resource_id": str(i),
-        "details": {"bytes": 812, "title": "Quarterly plan"},
-    }
 
 
 def fill(path: Path, rows: int, first: int = 0, **settings: Any) -> None:
