@@ -19,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from audit_engine import forks
 from audit_engine.pipeline.committer import Committer
@@ -77,10 +76,10 @@ class Writer:
 
     def _reset_state(self) -> None:
         self._queue = HandoffQueue(self._queue_maxsize)
-        # Queue an entry if there is room, without waiting: its position (1-based), or 0 when
-        # full; raises AuditServiceClosed once closing. The queue's own method, bound here:
-        # record() calls it for every entry.
-        self.offer: Callable[[Row], int] = self._queue.offer
+        # Queue an entry if there is room, without waiting: True, or False when full; raises
+        # AuditServiceClosed once closing. The queue's own method, bound here: record() calls it
+        # for every entry.
+        self.offer: Callable[[Row], bool] = self._queue.offer
         self._stopping = False
         self._abort = threading.Event()
         self._progress = threading.Condition()
@@ -88,6 +87,7 @@ class Writer:
         self._flush_target = 0
         self._alive = False
         self._inflight: list[Row] = []
+        self._inflight_slots = 0  # queue slots _inflight came from (voids included)
         self._aside = SetAside(self._dead_letters)
         # Commits batches through the sink: retry, split, set aside, and the counters. The gate
         # is looked up at each commit: reset_after_fork replaces it.
@@ -210,18 +210,19 @@ class Writer:
 
         Raises :class:`AuditServiceClosed` once the writer is closing.
         """
-        position = self.offer(entry)
-        if position or timeout_s <= 0:
-            return position
+        queue = self._queue
+        if queue.offer(entry):
+            return queue.enqueued  # exact, unless others append at the same moment (later)
+        if timeout_s <= 0:
+            return 0
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._queue.wait_for_room(remaining):
-                # Closed while waiting raises here rather than reporting a full queue.
-                return self._queue.offer(entry)
-            position = self._queue.offer(entry)
-            if position:
-                return position
+            # Closed while waiting raises in offer() rather than reporting a full queue.
+            if remaining <= 0 or not queue.wait_for_room(remaining):
+                return queue.enqueued if queue.offer(entry) else 0
+            if queue.offer(entry):
+                return queue.enqueued
 
     def put_many(self, entries: Sequence[Row], timeout_s: float) -> int:
         """Queue all of ``entries`` next to each other, or none: the last one's position, or 0
@@ -319,10 +320,12 @@ class Writer:
         # The batch the thread had in hand comes first: it was taken off the queue first. Its
         # rows already committed or dead-lettered (the thread died mid-split) are not redone.
         done = self._inflight_done
-        rows = self._inflight[done:] + self._drain_queue()
-        self._inflight, self._inflight_done = [], 0
+        queued, slots = self._queue.drain()
+        rows = self._inflight[done:] + queued
+        slots += self._inflight_slots
+        self._inflight, self._inflight_done, self._inflight_slots = [], 0, 0
         if not rows:
-            self._advance(done)
+            self._advance(slots)
             return 0
         before = self.dead_lettered
         if self._committer.sink is None:
@@ -330,10 +333,10 @@ class Writer:
                 self._committer.sink = self._open_sink()
             except Exception as exc:
                 self._dead_letter(rows, f"could not reopen the database: {exc}")
-                self._advance(done + len(rows))
+                self._advance(slots)
                 return len(rows)
         self._write(rows)
-        self._advance(done + len(rows))
+        self._advance(slots)
         return self.dead_lettered - before
 
     def _close_connection(self) -> None:
@@ -380,19 +383,21 @@ class Writer:
         """After the loop itself failed (a bug, not a write error): set the batch aside, go on."""
         logger.critical("audit writer loop failed; continuing", exc_info=exc)
         self.last_error = f"writer loop error: {exc!r}"
-        batch, done = self._inflight, self._inflight_done
-        self._inflight, self._inflight_done = [], 0
+        batch, done, slots = self._inflight, self._inflight_done, self._inflight_slots
+        self._inflight, self._inflight_done, self._inflight_slots = [], 0, 0
         if batch[done:]:
             self.loop_failures += 1
             self._dead_letter(batch[done:], self.last_error)
-        self._advance(len(batch))
+        self._advance(slots)
 
     def _run_once(self) -> bool:
         batch, stop = self._collect()
         if batch:
             self._write(batch)
-            self._inflight = []
-            self._advance(len(batch))
+        if self._inflight_slots:  # voids alone are finished too
+            slots = self._inflight_slots
+            self._inflight, self._inflight_slots = [], 0
+            self._advance(slots)
         if not stop:  # after a commit, or an idle wake-up (checkpoint_interval)
             self._checkpoint(final=False)
         return stop
@@ -407,8 +412,8 @@ class Writer:
 
     def _collect(self) -> tuple[list[Row], bool]:
         """Take up to one batch from the queue; returns (batch, writer should stop)."""
-        batch: list[Row] = self._queue.take(self._batch_size, self._flush_interval_s, self._urgent)
-        self._inflight, self._inflight_done = batch, 0
+        batch, slots = self._queue.take(self._batch_size, self._flush_interval_s, self._urgent)
+        self._inflight, self._inflight_done, self._inflight_slots = batch, 0, slots
         if self._abort.is_set():
             return batch, True
         # Stop once closing and nothing is left: close() accepts nothing new after _stopping.
@@ -427,13 +432,10 @@ class Writer:
         self._committer.set_aside(rows, error)
 
     def _dead_letter_queue(self, error: str) -> int:
-        rows = self._drain_queue()
+        rows, slots = self._queue.drain()
         self._dead_letter(rows, error)
-        self._advance(len(rows))
+        self._advance(slots)
         return len(rows)
-
-    def _drain_queue(self) -> list[Any]:
-        return self._queue.drain()
 
     def _advance(self, count: int) -> None:
         with self._progress:

@@ -350,10 +350,12 @@ RECORDING_SIGTERM_CHILD = """
 
 
     class SignalInside:
-        \"\"\"The hand-off queue's lock; SIGTERM arrives the 1000th time the main thread holds it.
+        \"\"\"The hand-off queue's lock; SIGTERM arrives the 2nd time the main thread holds it.
 
         Where a SIGTERM sent to a process busy recording lands now and then (between two
         bytecodes of record(), inside the queue's critical section), made deterministic.
+        Producers take the lock only to wake the writer (the 1st time: the first entry; the
+        2nd: when a batch is full), not for every entry.
         \"\"\"
 
         def __init__(self, lock):
@@ -364,7 +366,7 @@ RECORDING_SIGTERM_CHILD = """
             self.lock.acquire()
             if threading.current_thread() is threading.main_thread():
                 self.taken += 1
-                if self.taken == 1000:
+                if self.taken == 2:
                     os.kill(os.getpid(), signal.SIGTERM)
             return self
 

@@ -511,7 +511,7 @@ def test_the_queue_takes_all_or_none_and_a_big_batch_only_when_empty() -> None:
     assert queue.wait_for_room(0.0, 2) is False
     assert queue.wait_for_room(0.0, 1) is True
     assert queue.offer_many(["c"]) == 3
-    assert queue.drain() == ["a", "b", "c"]
+    assert queue.drain() == (["a", "b", "c"], 3)
     assert queue.offer_many(list("vwxyz")) == 8  # over capacity, into an empty queue
     assert (queue.depth(), queue.max_depth, queue.offer("late")) == (5, 5, 0)
     queue.close()
