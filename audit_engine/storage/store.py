@@ -251,7 +251,8 @@ class AuditStore:
         if fmt not in ("jsonl", "csv"):
             raise AuditStoreError(f"unknown export format {fmt!r}: use 'jsonl' or 'csv'")
         # since/until are spelled out as the ChainReader protocol (storage/base.py) has them.
-        where_clause, params = reads.where({"since": since, "until": until, **filters}, "export")
+        checked = {"since": since, "until": until, **filters}
+        where_clause, params = reads.where(checked, "export", time_index=False)
         pages = reads.pages(
             functools.partial(self._fetch_page, "export"),
             f"SELECT {dialect_of(self._conn).stored_row} FROM {TABLE}",
@@ -260,6 +261,7 @@ class AuditStore:
             newest_first=False,
             limit=None,
             page_size=DEFAULT_PAGE_SIZE,
+            probe=reads.time_probe(TABLE, checked),
         )
         return self._guarded(
             formats.export_lines(fmt, STORED_ROW, self._in_snapshot(pages)), "export"
@@ -399,7 +401,7 @@ class AuditStore:
         tool wrote that is not a valid entry (named by its id), raises :class:`AuditStoreError`,
         as does iterating after :meth:`close` (saying the store is closed).
         """
-        where_clause, params = reads.where(filters, "query")
+        where_clause, params = reads.where(filters, "query", time_index=False)
         total = None if limit is None else checked_limit(limit)
         size = checked_page_size(page_size)
         if not isinstance(newest_first, bool):  # "no" is truthy: it would read newest first
@@ -412,8 +414,9 @@ class AuditStore:
             newest_first=newest_first,
             limit=total,
             page_size=size,
+            probe=reads.time_probe(TABLE, filters),
         )
-        return _entries(pages)
+        return reads.entries(pages)
 
     def count(self, **filters: Unpack[EntryFilters]) -> int:
         """How many entries match every given filter (the filters of :meth:`query`)."""
@@ -438,12 +441,3 @@ class AuditStore:
     def _query(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
         cursor = self._conn.execute(sql, params)
         return as_dicts(cursor, cursor.description)
-
-
-_QUERY_NAMES = ("id", *_COLUMNS)
-
-
-def _entries(pages: Iterator[Sequence[Sequence[Any]]]) -> Iterator[AuditEntry]:
-    for page in pages:
-        for row in page:
-            yield parse_row(dict(zip(_QUERY_NAMES, row, strict=True)))

@@ -47,9 +47,14 @@ EXPECTED_COLUMNS = [
 EXPECTED_INDEXES = {
     "audit_entries_pkey": "(id)",
     "ux_audit_entries_event_id": "(event_id)",
-    "ix_audit_entries_timestamp": '("timestamp")',
-    "ix_audit_entries_actor_timestamp": '(actor, "timestamp")',
-    "ix_audit_entries_resource": "(resource_type, resource_id)",
+    # schema version 4: every filter's index ends in id (rows of a value come in id order)
+    "ix_audit_entries_timestamp_id": '("timestamp", id)',
+    "ix_audit_entries_actor": "(actor, id)",
+    "ix_audit_entries_action": "(action, id)",
+    "ix_audit_entries_operation": "(operation, id)",
+    "ix_audit_entries_outcome": "(outcome, id)",
+    "ix_audit_entries_resource_type": "(resource_type, id)",
+    "ix_audit_entries_resource_type_id": "(resource_type, resource_id, id)",
 }
 
 

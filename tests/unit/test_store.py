@@ -47,8 +47,13 @@ EXPECTED_INDEXES = {
     # name: (unique, columns)
     "ux_audit_entries_event_id": (1, ["event_id"]),
     "ix_audit_entries_timestamp": (0, ["timestamp"]),
-    "ix_audit_entries_actor_timestamp": (0, ["actor", "timestamp"]),
     "ix_audit_entries_resource": (0, ["resource_type", "resource_id"]),
+    # schema version 6: each ends in the rowid (id), so a value's rows come in id order
+    "ix_audit_entries_actor": (0, ["actor"]),
+    "ix_audit_entries_action": (0, ["action"]),
+    "ix_audit_entries_operation": (0, ["operation"]),
+    "ix_audit_entries_outcome": (0, ["outcome"]),
+    "ix_audit_entries_resource_type": (0, ["resource_type"]),
 }
 
 

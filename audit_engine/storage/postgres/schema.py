@@ -44,7 +44,7 @@ CHAIN_VERSIONS = "audit_chain_versions"
 CHECKPOINTS = "audit_checkpoints"
 # The schema version of a PostgreSQL trail; it counts its own steps (SQLite's reached 3 before
 # PostgreSQL existed).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _MIGRATION_LOCK = 0  # the advisory lock (CHAIN_LOCK_CLASS, 0) serialises migrations
 logger = logging.getLogger("audit_engine.schema")  # the documented logger name, as on SQLite
 
@@ -197,7 +197,30 @@ _V3 = (
     f"ALTER TABLE {TABLE} ADD CONSTRAINT audit_entries_prev_hash_hex CHECK "
     "(prev_hash ~ '^[0-9a-f]{64}$') NOT VALID",
 )
-_STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+# Version 4 (SQLite's version 6): reads page in id order (ORDER BY id, keyset on id), so every
+# filter's index ends in id: equality on its leading columns then walks the rows in id order and
+# stops after the page, where (actor, timestamp) made the server sort all of an actor's rows.
+# (timestamp, id) lets a time range's id bounds come from an index-only scan (reads.py).
+_V4 = (
+    # IF (NOT) EXISTS: a step run again on a trail that has it changes nothing.
+    "DROP INDEX IF EXISTS ix_audit_entries_actor_timestamp",
+    *(
+        f"CREATE INDEX IF NOT EXISTS ix_audit_entries_{name} ON {TABLE} ({columns}, id)"
+        for name, columns in (
+            ("actor", "actor"),
+            ("action", "action"),
+            ("operation", "operation"),
+            ("outcome", "outcome"),
+            ("resource_type", "resource_type"),
+            ("resource_type_id", "resource_type, resource_id"),
+            ("timestamp_id", "timestamp"),
+        )
+    ),
+    # Replaced by the two above, which end in id.
+    "DROP INDEX IF EXISTS ix_audit_entries_resource",
+    "DROP INDEX IF EXISTS ix_audit_entries_timestamp",
+)
+_STEPS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 assert len(_STEPS) == SCHEMA_VERSION
 
 # The guard of the current version, kept in place by keep_guard(): trigger name -> (table, its

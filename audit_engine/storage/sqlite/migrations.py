@@ -15,13 +15,10 @@ database and version its own schema with that number):
 - ``audit_chain_versions(first_id, version)`` says which canonical form (``chain.CHAIN_VERSION``)
   hashes the entries from ``first_id`` on, until the next row's ``first_id``.
 
-Releases up to 0.1.0 (schema version 3) had neither table and wrote ``user_version``: a file with
-audit tables and no meta table is theirs, and its ``user_version`` is read (never written) to
-know which steps it still needs.
-
-From version 5 on, triggers named ``audit_guard_<table>_<event>`` refuse UPDATE and DELETE on the
-audit tables (:func:`_v5_guard`); opening a trail puts back any a tool took away. A later step
-that must change rows of a guarded table, or the guard itself, follows :mod:`.guard`'s doc.
+Releases up to 0.1.0 (schema version 3) had neither table and wrote ``user_version``, which is
+read (never written) for a file with audit tables and no meta table. From version 5 on, triggers
+``audit_guard_<table>_<event>`` refuse UPDATE and DELETE on the audit tables (:func:`_v5_guard`);
+a step that changes rows of a guarded table, or the guard, follows :mod:`.guard`'s doc.
 """
 
 from __future__ import annotations
@@ -386,6 +383,19 @@ def _v5_guard(db: sqlite_utils.Database) -> None:
         conn.execute(statement)
 
 
+# -- version 6: filter indexes that end in the id ------------------------------------------------
+_V6_INDEXED = ("actor", "action", "operation", "outcome", "resource_type")  # CREATE INDEX (col)
+
+
+def _v6_indexes_in_id_order(db: sqlite_utils.Database) -> None:
+    """Version 6: reads page in id order, and every SQLite index ends in the rowid (id): (actor)
+    replaces (actor, timestamp), which made SQLite sort an actor's rows; filters get one each."""
+    conn = db.conn  # IF (NOT) EXISTS: run again on a file that has them, it changes nothing
+    conn.execute('DROP INDEX IF EXISTS "ix_audit_entries_actor_timestamp"')
+    for c in _V6_INDEXED:
+        conn.execute(f'CREATE INDEX IF NOT EXISTS "ix_audit_entries_{c}" ON audit_entries ("{c}")')
+
+
 # STEPS[v] upgrades schema version v to v + 1; append, never edit.
 STEPS: tuple[Step, ...] = (
     _v1_create_entries,
@@ -393,19 +403,15 @@ STEPS: tuple[Step, ...] = (
     _v3_maintenance_chains,
     _v4_integrity,
     _v5_guard,
+    _v6_indexes_in_id_order,
 )
 
-# The newest schema version that release 0.1.0's user_version could name.
-LAST_USER_VERSION = 3
+LAST_USER_VERSION = 3  # the newest schema version release 0.1.0's user_version could name
 
 
 def create_engine_tables(conn: sqlite3.Connection) -> None:
-    """The bookkeeping tables, on a file that has none (new, or made by release 0.1.0).
-
-    Every entry such a file holds or will get from :data:`STEPS` up to version 3 is hashed with
-    chain version "1", so that is recorded from the first id on; a step that changes the
-    canonical form records its own version from the next id.
-    """
+    """The bookkeeping tables, on a file that has none (new, or made by release 0.1.0). Its
+    entries, and those steps up to version 3 chain, are chain version "1" from the first id."""
     conn.execute(f"CREATE TABLE {META} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     conn.execute(
         f"CREATE TABLE {CHAIN_VERSIONS} (first_id INTEGER PRIMARY KEY, version TEXT NOT NULL)"
@@ -422,17 +428,13 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 
 def has_engine_tables(conn: sqlite3.Connection) -> bool:
-    """Whether ``conn`` has the engine's meta table (a file made by this release or later)."""
+    """Whether ``conn`` has the engine's meta table (made by a release after 0.1.0)."""
     return _has_table(conn, META)
 
 
 def stored_version(conn: sqlite3.Connection) -> int:
-    """The schema version of the audit tables on ``conn`` (0: none yet).
-
-    From the meta table; for a file made before it (audit tables, no meta table), the
-    ``user_version`` release 0.1.0 wrote; with neither, 0 — whatever ``user_version`` says, since
-    it is then the host application's own number.
-    """
+    """The schema version of the audit tables on ``conn`` (0: none yet): from the meta table;
+    else, with audit tables, the ``user_version`` release 0.1.0 wrote; else 0 (the host's)."""
     if _has_table(conn, META):
         row = conn.execute(f"SELECT value FROM {META} WHERE key = 'schema_version'").fetchone()
         return 0 if row is None else int(row[0])
@@ -444,6 +446,5 @@ def stored_version(conn: sqlite3.Connection) -> int:
 
 def set_stored_version(conn: sqlite3.Connection, version: int) -> None:
     """Record ``version`` in the meta table (in the migration's transaction)."""
-    conn.execute(
-        f"INSERT OR REPLACE INTO {META} (key, value) VALUES ('schema_version', ?)", (str(version),)
-    )
+    sql = f"INSERT OR REPLACE INTO {META} (key, value) VALUES ('schema_version', ?)"
+    conn.execute(sql, (str(version),))

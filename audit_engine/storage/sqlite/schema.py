@@ -28,7 +28,7 @@ from audit_engine.storage.sqlite import guard, migrations
 logger = logging.getLogger("audit_engine.schema")  # the documented logger name
 
 TABLE = "audit_entries"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 # The stored fields of an entry (defined once, in audit_engine.columns).
