@@ -241,8 +241,10 @@ def _delete_batch(
         last = conn.execute(
             f"SELECT id, hash FROM {TABLE} WHERE id <= ? ORDER BY id DESC LIMIT 1", (upto,)
         ).fetchone()
+        # Not max(timestamp) alone: SQLite would answer it from the timestamp index, walking
+        # down from the newest time past every row kept until one is <= upto (per batch).
         newest = conn.execute(
-            f"SELECT max(timestamp) FROM {TABLE} WHERE id <= ?", (upto,)
+            f"SELECT max(timestamp), count(*) FROM {TABLE} WHERE id <= ?", (upto,)
         ).fetchone()[0]
         key = _anchor_key(conn, last[0], linker)
         # The anchor keeps the Merkle tree over what it replaces: read before the rows go.
