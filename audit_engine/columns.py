@@ -56,9 +56,9 @@ ENTRY_COLUMNS: tuple[Column, ...] = (
     # Filtered as a range (``since``/``until``), not by equality.
     Column("timestamp", "TEXT", indexed=True),
     Column("actor", "TEXT", nullable=True, filter=True, indexed=True),
-    Column("action", "TEXT", filter=True),
-    Column("operation", "TEXT", filter=True),
-    Column("outcome", "TEXT", filter=True),
+    Column("action", "TEXT", filter=True, indexed=True),
+    Column("operation", "TEXT", filter=True, indexed=True),
+    Column("outcome", "TEXT", filter=True, indexed=True),
     Column("resource_type", "TEXT", nullable=True, filter=True, indexed=True),
     Column("resource_id", "TEXT", nullable=True, filter=True),
     Column("correlation_id", "TEXT", nullable=True, filter=True),
