@@ -31,7 +31,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict
 
-from audit_engine.cli.bench import (
+from audit_engine.cli.bench_modes import (
     ModeResult,
     engine_key,
     engine_settings,

@@ -47,8 +47,29 @@ def test_the_global_db_given_on_the_command_line_is_benched_too(pg_url: str) -> 
 def test_a_url_from_the_environment_alone_is_not_benched(pg_url: str) -> None:
     # A bench makes scratch schemas on the server: only a URL typed for it is used.
     result = CliRunner().invoke(
-        main, ["bench", "--events", "20", "--json"], env={"AUDIT_TRAIL_DATABASE": pg_url}
+        main,
+        ["bench", "--events", "20", "--rounds", "1", "--mode", "ceiling", "--json"],
+        env={"AUDIT_TRAIL_DATABASE": pg_url},
     )
 
     assert result.exit_code == 0, result.output
     assert "sqlite" in json.loads(result.output)
+
+
+def test_bench_on_a_url_prints_a_table_of_the_four_modes(pg_url: str) -> None:
+    result = CliRunner().invoke(main, ["bench", "--events", "20", "--threads", "2", "--db", pg_url])
+
+    assert result.exit_code == 0, result.output
+    intro, header, *rows = result.output.splitlines()
+    assert intro.startswith("Python ")
+    assert "PostgreSQL 15." in intro
+    assert intro.endswith("; 20 events, 2 recording thread(s)")
+    assert header.split()[:3] == ["mode", "events", "events/s"]
+    assert [row.split()[0] for row in rows] == [
+        "insert-commit",
+        "engine",
+        "engine-keyed",
+        "ceiling",
+    ]
+    assert rows[-1].split()[3:5] == ["-", "-"]  # the ceiling has no caller
+    assert rows[-1].split()[-1] == "1.00"
