@@ -159,3 +159,15 @@ def test_bench_table_without_a_ceiling_or_a_producer_mode_has_no_ratios_or_targe
     _, _, row = result.output.splitlines()
     assert row.split()[:3] == ["sync-wal", "1", "20"]
     assert row.split()[-2:] == ["-", "-"]  # no ceiling: no ratio, no range
+
+
+def test_a_mode_that_lost_rows_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bench, "count_rows", lambda path: 0)
+    args = ["bench", "--events", "5", "--rounds", "1", "--mode", "ceiling"]
+    result = CliRunner().invoke(main, args)
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: bench mode ceiling (1 thread(s)) stored 0 of 5 rows in round 1: "
+        "its figures would not compare\n"
+    )
