@@ -96,19 +96,33 @@ class _EventIdGenerator:
         # Started below 2**40, the counter has 3 * 2**40 ids to go before it could wrap.
         self._counter = itertools.count(seed >> 32)
         self._tag = f"{seed & 0xFFFF_FFFF:08x}"
-        # (millisecond, its text): one tuple swapped in one assignment, so threads never pair
-        # a millisecond with another one's text.
-        self._ms_cache: tuple[int, str] = (-1, "")
+        # (millisecond, the id's text for it, the timestamp's text to it): one tuple swapped in
+        # one assignment, so threads never pair a millisecond with another one's text.
+        self._ms_cache: tuple[int, str, str] = (-1, "", "")
         self._high_cache: tuple[int, str] = (-1, "")
+        self._second_cache: tuple[int, str] = (-1, "")
 
     def __call__(self) -> str:
-        now_ms = time.time_ns() // 1_000_000
-        last_ms, prefix = self._ms_cache
-        if now_ms > last_ms:
-            h = f"{now_ms & 0xFFFF_FFFF_FFFF:012x}"
-            prefix = f"{h[:8]}-{h[8:]}-7"
-            self._ms_cache = (now_ms, prefix)
-        # A clock stepping back keeps the last millisecond: the counter still orders the ids.
+        return self.stamp()[0]
+
+    def stamp(self) -> tuple[str, str]:
+        """A new event id and the stored timestamp text of now, from one reading of the clock.
+
+        ``record()`` needs both for every entry: one call and one clock reading, and the texts
+        of the millisecond (the id's prefix, the timestamp's first 23 characters) made once per
+        millisecond.
+        """
+        micros = time.time_ns() // 1000
+        now_ms = micros // 1000
+        last_ms, prefix, to_ms = self._ms_cache
+        if now_ms != last_ms:
+            to_ms = self._to_millisecond(now_ms)
+            if now_ms > last_ms:
+                h = f"{now_ms & 0xFFFF_FFFF_FFFF:012x}"
+                prefix = f"{h[:8]}-{h[8:]}-7"
+                self._ms_cache = (now_ms, prefix, to_ms)
+            # A clock stepping back keeps the last millisecond in the id (the counter still
+            # orders the ids); the timestamp says what the clock says.
         n = next(self._counter) & 0x3FF_FFFF_FFFF
         # The counter's upper 26 bits change once per 65 536 ids: their text is cached too.
         high = n >> 16
@@ -116,7 +130,16 @@ class _EventIdGenerator:
         if high != last_high:
             middle = f"{high >> 14:03x}-{0x8000 | high & 0x3FFF:04x}-"
             self._high_cache = (high, middle)
-        return f"{prefix}{middle}{n & 0xFFFF:04x}{self._tag}"
+        return f"{prefix}{middle}{n & 0xFFFF:04x}{self._tag}", f"{to_ms}{micros % 1000:03d}Z"
+
+    def _to_millisecond(self, ms: int) -> str:
+        # The stored timestamp form up to its milliseconds; strftime once per second.
+        second, milli = divmod(ms, 1000)
+        cached_second, text = self._second_cache
+        if second != cached_second:
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second_cache = (second, text)
+        return f"{text}.{milli:03d}"
 
 
 new_event_id = _EventIdGenerator()

@@ -16,7 +16,6 @@ also keeps 10 000 queued entries small.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from datetime import datetime
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
@@ -36,6 +35,7 @@ from audit_engine.models import (
 from audit_engine.rows import Row, entry_row, storable_entry
 
 _new_row = tuple.__new__
+_stamp = new_event_id.stamp
 
 _FIELDS = frozenset(AuditEntry.model_fields)
 _OPERATIONS = {op.value: op.value for op in Operation} | {op: op.value for op in Operation}
@@ -74,21 +74,24 @@ def _text(value: object, limit: int) -> str:
     return value
 
 
-# (second, its text): one tuple, swapped in one assignment, so threads never see a second with
-# another second's text.
-_stamp_cache: tuple[int, str] = (-1, "")
-
-
-def _now_text() -> str:
-    # The stored timestamp form, formatted from the clock directly (and the seconds part once
-    # per second): datetime.now(UTC) plus isoformat() costs several times more.
-    global _stamp_cache
-    second, micros = divmod(time.time_ns() // 1000, 1_000_000)
-    cached_second, text = _stamp_cache
-    if second != cached_second:
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        _stamp_cache = (second, text)
-    return f"{text}.{micros:06d}Z"
+def _given_stamps(fields: dict[str, Any], event_id: object, stamp: object) -> tuple[str, str]:
+    # An event id or a timestamp given (or one of them given as None: the model's to judge).
+    if event_id is None:
+        if "event_id" in fields:
+            raise _NotPlain
+        event_id = new_event_id()
+    elif not _text(event_id, MAX_IDENTIFIER_LENGTH):
+        raise _NotPlain
+    if stamp is None:
+        if "timestamp" in fields:
+            raise _NotPlain
+        return str(event_id), _stamp()[1]
+    if type(stamp) is datetime and stamp.utcoffset() is not None:
+        try:
+            return str(event_id), format_timestamp(stamp)
+        except OverflowError:  # an offset pushing year 1 or 9999 out of range
+            raise _NotPlain from None
+    raise _NotPlain
 
 
 def plain_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict[str, Any]]:
@@ -120,28 +123,20 @@ def plain_row(fields: dict[str, Any], max_details_bytes: int) -> tuple[Row, dict
             or not (value.isascii() and value.isprintable())
         ):
             raise _NotPlain
-    event_id = fields.get("event_id")
-    if event_id is None:
-        if "event_id" in fields:
-            raise _NotPlain
-        event_id = new_event_id()
-    elif not _text(event_id, MAX_IDENTIFIER_LENGTH):
-        raise _NotPlain
-    stamp = fields.get("timestamp")
-    if stamp is None:
-        if "timestamp" in fields:
-            raise _NotPlain
-        timestamp = _now_text()
-    elif type(stamp) is datetime and stamp.utcoffset() is not None:
-        try:
-            timestamp = format_timestamp(stamp)
-        except OverflowError:  # an offset pushing year 1 or 9999 out of range
-            raise _NotPlain from None
+    event_id = get("event_id")
+    stamp = get("timestamp")
+    if (
+        event_id is None
+        and stamp is None
+        and "event_id" not in fields
+        and "timestamp" not in fields
+    ):
+        event_id, timestamp = _stamp()  # the common case: both made here, from one clock reading
     else:
-        raise _NotPlain
-    operation_in = fields.get("operation", "execute")
-    outcome_in = fields.get("outcome", "success")
-    critical = fields.get("critical", False)
+        event_id, timestamp = _given_stamps(fields, event_id, stamp)
+    operation_in = get("operation", "execute")
+    outcome_in = get("outcome", "success")
+    critical = get("critical", False)
     if type(operation_in) not in (str, Operation) or type(outcome_in) not in (str, Outcome):
         raise _NotPlain
     operation = _OPERATIONS.get(operation_in)

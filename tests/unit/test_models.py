@@ -7,8 +7,10 @@ import json
 import math
 import os
 import pickle
+import time as real_time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Decimal
 from enum import Enum, IntEnum, StrEnum
@@ -29,6 +31,11 @@ def _only_error(exc: pytest.ExceptionInfo[ValidationError]) -> dict[str, Any]:
     errors = exc.value.errors()
     assert len(errors) == 1, errors
     return dict(errors[0])
+
+
+def _clock(time_ns: Callable[[], int]) -> SimpleNamespace:
+    """The ``time`` module as the id generator sees it, with a clock of the test's choosing."""
+    return SimpleNamespace(time_ns=time_ns, strftime=real_time.strftime, gmtime=real_time.gmtime)
 
 
 def _id_parts(event_id: str) -> tuple[int, int]:
@@ -76,7 +83,7 @@ def test_ids_within_one_millisecond_are_ordered_by_the_counter(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     frozen_ns = 1_700_000_000_123 * 1_000_000
-    monkeypatch.setattr(models, "time", SimpleNamespace(time_ns=lambda: frozen_ns))
+    monkeypatch.setattr(models, "time", _clock(lambda: frozen_ns))
     generate = models._EventIdGenerator()
 
     # More than 65 536: the counter's cached upper bits change at least once on the way.
@@ -91,9 +98,35 @@ def test_ids_within_one_millisecond_are_ordered_by_the_counter(
     assert all(uuid.UUID(i).version == 7 and str(uuid.UUID(i)) == i for i in ids[::997])
 
 
+def test_an_id_and_its_timestamp_come_from_one_reading_of_the_clock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 2023-11-14T22:13:20.123456Z, then one second and a microsecond later, then back a minute.
+    clock = iter(
+        ns * 1000 for ns in (1_700_000_000_123_456, 1_700_000_001_123_457, 1_699_999_941_000_001)
+    )
+    monkeypatch.setattr(models, "time", _clock(lambda: next(clock)))
+    generate = models._EventIdGenerator()
+
+    stamps = [generate.stamp() for _ in range(3)]
+
+    assert [stamp for _, stamp in stamps] == [
+        "2023-11-14T22:13:20.123456Z",
+        "2023-11-14T22:13:21.123457Z",
+        "2023-11-14T22:12:21.000001Z",  # the clock stepped back: the timestamp says so...
+    ]
+    assert [_id_parts(i)[0] for i, _ in stamps] == [
+        1_700_000_000_123,
+        1_700_000_001_123,
+        1_700_000_001_123,  # ...while the id keeps the last millisecond, so ids stay ordered
+    ]
+    ids = [i for i, _ in stamps]
+    assert ids == sorted(ids)
+
+
 def test_ids_keep_increasing_when_the_clock_steps_back(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter(ms * 1_000_000 for ms in (5_000, 4_000, 3_000, 5_000, 6_000))
-    monkeypatch.setattr(models, "time", SimpleNamespace(time_ns=lambda: next(clock)))
+    monkeypatch.setattr(models, "time", _clock(lambda: next(clock)))
     generate = models._EventIdGenerator()
 
     ids = [generate() for _ in range(5)]
