@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from audit_engine import AuditEntry, AuditStore, formats
-from audit_engine.cli import bench
+from audit_engine.cli import bench_modes
 from audit_engine.cli import main as cli
 from audit_engine.columns import (
     CHAIN_FIELDS,
@@ -190,9 +190,9 @@ def test_the_insert_stores_each_value_of_a_row_in_its_column(written: Path) -> N
 
 
 def test_the_benchmark_inserts_the_stored_columns() -> None:
-    assert tuple(bench._COLUMNS.split(", ")) == STORED_COLUMNS
-    assert bench._INSERT.count("?") == len(STORED_COLUMNS)
-    assert bench._INSERT_STORED.count("?") == len(STORED_ROW)
+    assert tuple(bench_modes._COLUMNS.split(", ")) == STORED_COLUMNS
+    assert bench_modes.INSERT_ROW.count("?") == len(STORED_COLUMNS)
+    assert bench_modes.INSERT_STORED.count("?") == len(STORED_ROW)
 
 
 # -- the chain ----------------------------------------------------------------------------------
