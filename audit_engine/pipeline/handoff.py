@@ -56,6 +56,7 @@ class HandoffQueue:
         self._items: deque[Any] = deque()
         self._taken = 0  # slots the consumer took off, voids included (under _mutex)
         self._voids = 0  # void slots still in _items (under _mutex)
+        self._voided = 0  # void slots ever made (under _mutex): not accepted entries
         self._mutex = threading.Lock()
         self._not_empty = threading.Condition(self._mutex)  # the consumer waits here
         self._not_full = threading.Condition(self._mutex)  # producers wait here for room
@@ -72,6 +73,12 @@ class HandoffQueue:
         with self._mutex:
             return self._taken + len(self._items)
 
+    @property
+    def accepted(self) -> int:
+        """Entries accepted so far: every slot but the void ones."""
+        with self._mutex:
+            return self._taken + len(self._items) - self._voided
+
     def depth(self) -> int:
         """Entries waiting now."""
         with self._mutex:
@@ -87,7 +94,7 @@ class HandoffQueue:
             raise AuditServiceClosed("the audit service is closed")
         items = self._items
         if len(items) >= self.capacity:
-            return False
+            return self._offer_locked(item)  # full, or void slots make it look full
         items.append(item)
         depth = len(items)
         if depth > self.capacity or self.closed:
@@ -98,6 +105,22 @@ class HandoffQueue:
             with self._mutex:
                 self._not_empty.notify()
         return True
+
+    def _offer_locked(self, item: Any) -> bool:
+        # The queue looked full: look again under the lock, not counting void slots (which
+        # stay until the writer's next take), and append there if there is room after all.
+        with self._mutex:
+            if self.closed:
+                raise AuditServiceClosed("the audit service is closed")
+            if not self._has_room(1):
+                return False
+            self._items.append(item)
+            waiting = len(self._items) - self._voids
+            if waiting > self.max_depth:
+                self.max_depth = waiting
+            if self._wanted != _NOT_WAITING:
+                self._not_empty.notify()
+            return True
 
     def _settle(self, item: Any) -> bool:
         # Raced past the capacity, or closed after the first look: decide under the lock.
@@ -119,6 +142,7 @@ class HandoffQueue:
             if items[index] is item:
                 items[index] = _VOID
                 self._voids += 1
+                self._voided += 1
                 return True
         return False
 

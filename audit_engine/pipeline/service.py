@@ -411,7 +411,7 @@ class AuditService:
         c = self._counters
         synchronous = self._sync.written + c.injected_written
         return AuditStats(
-            accepted=(w.enqueued if w else 0) + synchronous,
+            accepted=(w.accepted if w else 0) + synchronous,
             written=(w.written if w else 0) + synchronous,
             dropped=c.dropped,
             batches=w.batches if w else 0,

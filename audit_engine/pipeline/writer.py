@@ -172,7 +172,13 @@ class Writer:
 
     @property
     def enqueued(self) -> int:
+        """Position of the last entry queued so far (what ``flush()`` waits for)."""
         return self._queue.enqueued
+
+    @property
+    def accepted(self) -> int:
+        """Entries the queue accepted so far (``enqueued`` without the void slots)."""
+        return self._queue.accepted
 
     @property
     def queue_depth(self) -> int:

@@ -163,3 +163,43 @@ def test_many_producers_keep_every_entry_exactly_once_within_capacity() -> None:
         assert [i for m, i in got if m == n] == list(range(per_thread))
     assert queue.max_depth <= 50
     assert queue.enqueued >= producers * per_thread
+
+
+def test_void_slots_never_make_the_queue_refuse_an_entry_it_has_room_for() -> None:
+    queue = HandoffQueue(2)
+    items = _racing(queue)
+    queue.offer("a")
+    items.hook = lambda: items.appendleft("other")
+    assert queue.offer("b") is False  # ["other", "a", void]: two entries wait, full
+    assert queue.take(2, 0.0, lambda: True) == (["other", "a"], 2)
+    # Only the void is left: it looks like one slot used, but the queue is empty.
+    assert (queue.depth(), len(queue._items)) == (0, 1)
+    assert queue.wait_for_room(0.0) is True
+    assert queue.offer("c") is True
+    assert queue.offer("d") is True  # room for two: the void does not count
+    assert queue.offer("e") is False
+    assert queue.max_depth == 2
+    assert queue.drain() == (["c", "d"], 3)
+
+
+def test_accepted_leaves_out_entries_taken_back() -> None:
+    queue = HandoffQueue(2)
+    items = _racing(queue)
+    queue.offer("a")
+    items.hook = lambda: items.appendleft("other")
+    assert queue.offer("b") is False
+    assert (queue.accepted, queue.enqueued) == (2, 3)  # "other" and "a"; "b" was refused
+    items.hook = queue.close
+    queue.take(3, 0.0, lambda: True)
+    with pytest.raises(AuditServiceClosed):
+        queue.offer("late")
+    assert (queue.accepted, queue.enqueued) == (2, 4)
+
+
+def test_a_queue_looking_full_still_refuses_once_closed() -> None:
+    # What offer() does when the queue closes between its first look and its look under the lock.
+    queue = HandoffQueue(1)
+    queue.offer("a")
+    queue.close()
+    with pytest.raises(AuditServiceClosed):
+        queue._offer_locked("b")
