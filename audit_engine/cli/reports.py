@@ -228,6 +228,7 @@ def bench(
             option
             for option, name in (("--rounds", "rounds"), ("--mode", "modes"))
             if ctx.get_parameter_source(name) is not ParameterSource.DEFAULT
+            and not (name == "rounds" and rounds == 1)  # one round is what it runs
         ]
         if len(threads) > 1:
             given.append("a --threads list")

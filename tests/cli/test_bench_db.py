@@ -44,6 +44,15 @@ def test_the_global_db_given_on_the_command_line_is_benched_too(pg_url: str) -> 
     assert [r["rows_stored"] for r in report["results"]] == [20, 20, 20, 20]
 
 
+def test_one_round_asked_for_on_a_url_is_what_the_postgresql_bench_runs(pg_url: str) -> None:
+    result = CliRunner().invoke(
+        main, ["bench", "--events", "20", "--rounds", "1", "--db", pg_url, "--json"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert [r["rows_stored"] for r in json.loads(result.output)["results"]] == [20, 20, 20, 20]
+
+
 def test_a_url_from_the_environment_alone_is_not_benched(pg_url: str) -> None:
     # A bench makes scratch schemas on the server: only a URL typed for it is used.
     result = CliRunner().invoke(
