@@ -83,7 +83,10 @@ def cutoff_for(older_than: timedelta | datetime) -> datetime:
 
 # Planning reads the table through its primary key only, a batch-sized window at a time: a
 # "min(id) WHERE timestamp >= ?" over the whole table would walk every old row on every batch.
-_ENDS_SQL = f"SELECT min(id), max(id) FROM {TABLE}"
+# min() and max() each in a subquery of its own: together in one SELECT, SQLite cannot answer
+# them from the ends of the primary key and scans a whole index instead (~0.1 us a row, twice
+# per batch: seconds per batch on a trail of millions).
+_ENDS_SQL = f"SELECT (SELECT min(id) FROM {TABLE}), (SELECT max(id) FROM {TABLE})"
 _FIRST_KEPT_SQL = f"SELECT min(id) FROM {TABLE} WHERE id BETWEEN ? AND ? AND timestamp >= ?"
 
 

@@ -18,7 +18,7 @@ import trails
 
 from audit_engine import AuditEntry, AuditStore
 from audit_engine.rows import entry_row
-from audit_engine.storage import reads
+from audit_engine.storage import reads, retention
 from audit_engine.storage.postgres import schema as pg_schema
 from audit_engine.storage.postgres.append import write_batch as pg_write_batch
 from audit_engine.storage.sqlite import migrations, schema
@@ -196,6 +196,17 @@ def test_the_purge_reads_the_newest_purged_time_through_the_ids(sqlite_trail: Pa
             store, "SELECT max(timestamp), count(*) FROM audit_entries WHERE id <= ?", [10]
         )
     assert "INTEGER PRIMARY KEY" in plan, plan
+
+
+def test_the_purge_finds_the_trails_ends_without_scanning_an_index(sqlite_trail: Path) -> None:
+    # SELECT min(id), max(id) together scans a whole index on SQLite (seconds per batch on a
+    # trail of millions); each in its own subquery reads one end of the primary key.
+    with AuditStore(sqlite_trail) as store:
+        plan = _sqlite_plan(store, retention._ENDS_SQL, [])
+        ends = store._conn.execute(retention._ENDS_SQL).fetchone()
+    assert "SCAN audit_entries" not in plan, plan
+    assert plan.count("SEARCH audit_entries") == 2, plan
+    assert ends == (1, ROWS)
 
 
 # -- SQLite: version 5 -> 6 in place -------------------------------------------------------------
