@@ -35,6 +35,18 @@ def _racing(queue: HandoffQueue) -> _RacingDeque:
     return items
 
 
+def _raced_full() -> tuple[HandoffQueue, _RacingDeque]:
+    """A queue of capacity 2 holding "other" and "a", and a void: "b"'s producer checked for
+    room, another producer filled the queue before "b" was appended, so "b" was taken back."""
+    queue = HandoffQueue(2)
+    items = _racing(queue)
+    queue.offer("a")
+    # Between this producer's look (room for one) and its append, another one filled the queue.
+    items.hook = lambda: items.appendleft("other")
+    assert queue.offer("b") is False
+    return queue, items
+
+
 def test_positions_count_every_entry_appended_before_the_read() -> None:
     queue = HandoffQueue(10)
     assert [queue.offer(n) for n in range(3)] == [True, True, True]
@@ -45,12 +57,7 @@ def test_positions_count_every_entry_appended_before_the_read() -> None:
 
 
 def test_a_producer_raced_past_the_capacity_takes_its_entry_back_and_reports_full() -> None:
-    queue = HandoffQueue(2)
-    items = _racing(queue)
-    queue.offer("a")
-    # Between this producer's look (room for one) and its append, another one filled the queue.
-    items.hook = lambda: items.appendleft("other")
-    assert queue.offer("b") is False
+    queue, _ = _raced_full()
     assert (queue.depth(), queue.enqueued, queue.max_depth) == (2, 3, 1)
     # The void keeps positions exact: three slots, two entries, all finished by one take.
     assert queue.take(10, 0.0, lambda: True) == (["other", "a"], 3)
@@ -102,11 +109,7 @@ def test_offer_after_close_raises_and_a_full_queue_says_false() -> None:
 
 
 def test_voids_do_not_count_as_waiting_entries() -> None:
-    queue = HandoffQueue(2)
-    items = _racing(queue)
-    queue.offer("a")
-    items.hook = lambda: items.appendleft("other")
-    assert queue.offer("b") is False
+    queue, _ = _raced_full()
     assert queue.wait_for_room(0.0) is False  # two entries wait: full
     assert queue.take(1, 0.0, lambda: True) == (["other"], 1)
     assert queue.wait_for_room(0.0) is True
@@ -183,11 +186,7 @@ def test_void_slots_never_make_the_queue_refuse_an_entry_it_has_room_for() -> No
 
 
 def test_accepted_leaves_out_entries_taken_back() -> None:
-    queue = HandoffQueue(2)
-    items = _racing(queue)
-    queue.offer("a")
-    items.hook = lambda: items.appendleft("other")
-    assert queue.offer("b") is False
+    queue, items = _raced_full()
     assert (queue.accepted, queue.enqueued) == (2, 3)  # "other" and "a"; "b" was refused
     items.hook = queue.close
     queue.take(3, 0.0, lambda: True)
