@@ -212,10 +212,8 @@ class Writer:
         return self._aside.logged_only
 
     def put(self, entry: Row, timeout_s: float) -> int:
-        """Queue ``entry``; returns its position (1-based), or 0 if no room within ``timeout_s``.
-
-        Raises :class:`AuditServiceClosed` once the writer is closing.
-        """
+        """Queue ``entry``: its position (1-based), or 0 if no room within ``timeout_s``.
+        Raises :class:`AuditServiceClosed` once the writer is closing."""
         queue = self._queue
         if queue.offer(entry):
             return queue.enqueued  # exact, unless others append at the same moment (later)
@@ -223,26 +221,28 @@ class Writer:
             return 0
         deadline = time.monotonic() + timeout_s
         while True:
+            # Only the deadline ends the wait: room seen while waiting may be taken by a producer
+            # (they take no lock) before this one appends. Closed raises in offer().
             remaining = deadline - time.monotonic()
-            # Closed while waiting raises in offer() rather than reporting a full queue.
-            if remaining <= 0 or not queue.wait_for_room(remaining):
+            if remaining <= 0:
                 return queue.enqueued if queue.offer(entry) else 0
+            queue.wait_for_room(remaining)
             if queue.offer(entry):
                 return queue.enqueued
 
     def put_many(self, entries: Sequence[Row], timeout_s: float) -> int:
-        """Queue all of ``entries`` next to each other, or none: the last one's position, or 0
-        if there was no room for all of them within ``timeout_s`` (more than ``queue_maxsize``
-        wait for an empty queue). Raises :class:`AuditServiceClosed` once closing."""
+        """Queue all of ``entries`` next to each other, or none (see :meth:`put` and
+        ``HandoffQueue.offer_many``): the last one's position, or 0 (no room in time)."""
         queue = self._queue
         position = queue.offer_many(entries)
         if position or timeout_s <= 0:
             return position
         deadline = time.monotonic() + timeout_s
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not queue.wait_for_room(remaining, len(entries)):
+            remaining = deadline - time.monotonic()  # only the deadline ends the wait (put)
+            if remaining <= 0:
                 return queue.offer_many(entries)  # closed while waiting raises here
+            queue.wait_for_room(remaining, len(entries))
             position = queue.offer_many(entries)
             if position:
                 return position

@@ -181,6 +181,43 @@ def test_put_on_a_full_queue_waits_for_room_then_gives_up(
     assert writer.written == 4
 
 
+@pytest.mark.parametrize("many", [False, True])
+def test_put_waits_until_its_deadline_even_when_the_room_it_saw_was_taken(
+    make_writer: MakeWriter, monkeypatch: pytest.MonkeyPatch, many: bool
+) -> None:
+    spy = _WriteSpy(monkeypatch, hold_first=True)
+    writer = make_writer(queue_maxsize=1, batch_size=1)
+    first, second, third = _entries(3)
+    assert writer.put(entry_row(first), 1.0) == 1
+    assert spy.called.wait(5)  # the writer is stuck writing `first`
+    assert writer.put(entry_row(second), 1.0) == 2  # the queue is full now
+    real = writer._queue.wait_for_room
+    waits: list[float] = []
+
+    def raced(timeout: float, count: int = 1) -> bool:
+        waits.append(timeout)
+        if len(waits) == 1:
+            # Room appeared, and a producer (they append without the lock) took it before
+            # this one looked again: no room, long before the timeout.
+            return False
+        return real(timeout, count)
+
+    monkeypatch.setattr(writer._queue, "wait_for_room", raced)
+    releaser = threading.Timer(0.2, spy.release.set)
+    releaser.start()
+    try:
+        if many:
+            assert writer.put_many([entry_row(third)], 10) == 3
+        else:
+            assert writer.put(entry_row(third), 10) == 3
+    finally:
+        releaser.cancel()
+        spy.release.set()
+    assert len(waits) >= 2  # it went on waiting after the room it saw was gone
+    assert writer.flush(10)
+    assert writer.written == 3
+
+
 def test_a_producer_waiting_for_room_is_woken_by_close(
     make_writer: MakeWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
