@@ -216,8 +216,10 @@ class HandoffQueue:
                     return [], 0
                 self._not_empty.wait()
             deadline = time.monotonic() + fill_s
-            self._wanted = max_n
-            while len(items) < max_n and not self._woken and not urgent():
+            # A queue smaller than a batch wakes the writer when it is full: waiting for more
+            # would leave every batch to the flush interval (and producers waiting for room).
+            wanted = self._wanted = min(max_n, self.capacity)
+            while len(items) < wanted and not self._woken and not urgent():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

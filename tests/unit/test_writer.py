@@ -218,6 +218,18 @@ def test_put_waits_until_its_deadline_even_when_the_room_it_saw_was_taken(
     assert writer.written == 3
 
 
+def test_a_queue_smaller_than_a_batch_wakes_the_writer_when_full(
+    make_writer: MakeWriter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = _WriteSpy(monkeypatch)
+    # The writer would wait an hour for a batch of 500 that a queue of 3 can never hold.
+    writer = make_writer(queue_maxsize=3, batch_size=500, flush_interval_s=3600)
+    for entry in _entries(3):
+        assert writer.put(entry_row(entry), 0)
+    assert spy.called.wait(10)  # committed because the queue is full, not after the hour
+    assert spy.sizes[0] >= 1
+
+
 def test_a_producer_waiting_for_room_is_woken_by_close(
     make_writer: MakeWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
