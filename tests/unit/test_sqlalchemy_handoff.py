@@ -182,6 +182,9 @@ def test_a_full_queue_makes_a_commit_wait_once_not_once_per_change(
     blocker = sqlite3.connect(db_path, isolation_level=None)
     try:
         blocker.execute("BEGIN IMMEDIATE")  # the writer is stuck: the queue stays full
+        # The writer takes the first entry at once (the queue is full) and stays stuck retrying
+        # its commit; the second waits for that room if need be and then fills the queue.
+        service.record(action="held.by.the.writer")
         service.record(action="fills.the.queue")
         with track(service, Note, mode="after_commit"), Session(engine) as session:
             session.add_all(Note(id=n) for n in range(8))
