@@ -181,16 +181,25 @@ def test_put_on_a_full_queue_waits_for_room_then_gives_up(
     assert writer.written == 4
 
 
-@pytest.mark.parametrize("many", [False, True])
-def test_put_waits_until_its_deadline_even_when_the_room_it_saw_was_taken(
-    make_writer: MakeWriter, monkeypatch: pytest.MonkeyPatch, many: bool
-) -> None:
+def _full_behind_a_stuck_write(
+    make_writer: MakeWriter, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Writer, _WriteSpy, AuditEntry]:
+    """A writer stuck writing its first entry, a queue of one full with the second, and a third
+    entry to put (the spy's ``release`` lets the write go on)."""
     spy = _WriteSpy(monkeypatch, hold_first=True)
     writer = make_writer(queue_maxsize=1, batch_size=1)
     first, second, third = _entries(3)
     assert writer.put(entry_row(first), 1.0) == 1
     assert spy.called.wait(5)  # the writer is stuck writing `first`
     assert writer.put(entry_row(second), 1.0) == 2  # the queue is full now
+    return writer, spy, third
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_put_waits_until_its_deadline_even_when_the_room_it_saw_was_taken(
+    make_writer: MakeWriter, monkeypatch: pytest.MonkeyPatch, many: bool
+) -> None:
+    writer, spy, third = _full_behind_a_stuck_write(make_writer, monkeypatch)
     real = writer._queue.wait_for_room
     waits: list[float] = []
 
@@ -233,12 +242,7 @@ def test_a_queue_smaller_than_a_batch_wakes_the_writer_when_full(
 def test_a_producer_waiting_for_room_is_woken_by_close(
     make_writer: MakeWriter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spy = _WriteSpy(monkeypatch, hold_first=True)
-    writer = make_writer(queue_maxsize=1, batch_size=1)
-    first, second, third = _entries(3)
-    assert writer.put(entry_row(first), 1.0) == 1
-    assert spy.called.wait(5)  # the writer is stuck writing `first`
-    assert writer.put(entry_row(second), 1.0) == 2  # the queue is full now
+    writer, spy, third = _full_behind_a_stuck_write(make_writer, monkeypatch)
     outcome: list[BaseException | int] = []
 
     def produce() -> None:
