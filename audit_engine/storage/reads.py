@@ -43,6 +43,7 @@ __all__ = [
     "TimeProbe",
     "checked_page_size",
     "entries",
+    "paged_where",
     "pages",
     "time_probe",
     "where",
@@ -142,6 +143,16 @@ def time_probe(table: str, filters: Mapping[str, Any]) -> TimeProbe | None:
         f"LIMIT {WINDOW_PROBE_ROWS}) AS time_range"
     )
     return TimeProbe(sql, params, times["until"] is not None)
+
+
+def paged_where(
+    table: str, filters: Mapping[str, Any], method: str
+) -> tuple[str, list[Any], TimeProbe | None]:
+    """What :func:`pages` needs for ``filters``: the ``WHERE`` clause written for pages (no
+    index serves its time range), its parameters, and the probe of the time range (None without
+    one). The two go together: the probe bounds the ids the clause leaves unbounded."""
+    where_clause, params = where(filters, method, time_index=False)
+    return where_clause, params, time_probe(table, filters)
 
 
 def _checked(column: str, value: object, method: str) -> str:

@@ -252,7 +252,7 @@ class AuditStore:
             raise AuditStoreError(f"unknown export format {fmt!r}: use 'jsonl' or 'csv'")
         # since/until are spelled out as the ChainReader protocol (storage/base.py) has them.
         checked = {"since": since, "until": until, **filters}
-        where_clause, params = reads.where(checked, "export", time_index=False)
+        where_clause, params, probe = reads.paged_where(TABLE, checked, "export")
         pages = reads.pages(
             functools.partial(self._fetch_page, "export"),
             f"SELECT {dialect_of(self._conn).stored_row} FROM {TABLE}",
@@ -261,7 +261,7 @@ class AuditStore:
             newest_first=False,
             limit=None,
             page_size=DEFAULT_PAGE_SIZE,
-            probe=reads.time_probe(TABLE, checked),
+            probe=probe,
         )
         return self._guarded(
             formats.export_lines(fmt, STORED_ROW, self._in_snapshot(pages)), "export"
@@ -401,7 +401,7 @@ class AuditStore:
         tool wrote that is not a valid entry (named by its id), raises :class:`AuditStoreError`,
         as does iterating after :meth:`close` (saying the store is closed).
         """
-        where_clause, params = reads.where(filters, "query", time_index=False)
+        where_clause, params, probe = reads.paged_where(TABLE, filters, "query")
         total = None if limit is None else checked_limit(limit)
         size = checked_page_size(page_size)
         if not isinstance(newest_first, bool):  # "no" is truthy: it would read newest first
@@ -414,7 +414,7 @@ class AuditStore:
             newest_first=newest_first,
             limit=total,
             page_size=size,
-            probe=reads.time_probe(TABLE, filters),
+            probe=probe,
         )
         return reads.entries(pages)
 
