@@ -329,7 +329,12 @@ def test_sigint_with_the_signal_handlers_ends_by_keyboard_interrupt_wherever_it_
     assert "AuditServiceClosed" not in child.stderr
     ids = ids_path.read_text().split()
     assert ids
-    assert _ids(db_path) == ids
+    stored = _ids(db_path)
+    # Every id the app was given is stored, in order. The interrupt may land after the last
+    # record() accepted its entry but before the app wrote its id down (or inside record(), after
+    # the hand-off): that entry is stored too — one more, never one less.
+    assert stored[: len(ids)] == ids
+    assert len(stored) - len(ids) <= (1 if where == "recording" else 0)
 
 
 RECORDING_SIGTERM_CHILD = """
